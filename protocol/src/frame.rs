@@ -1,0 +1,192 @@
+//! Framing: a big-endian `u32` length prefix, then a postcard body.
+//!
+//! The length is checked against the receiver's maximum before anything is allocated, and
+//! decoding never panics: every failure is a [`FrameError`] that maps to one [`CloseCode`].
+
+use crate::close::CloseCode;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Bytes in a frame's length prefix.
+pub const LENGTH_PREFIX_LEN: usize = 4;
+
+/// Default largest frame body, in bytes: 1 MiB of payload plus 64 KiB for headers and
+/// destination lists.
+pub const DEFAULT_MAX_FRAME_LEN: u32 = (1 << 20) + (64 << 10);
+
+/// A frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The length prefix announced more than the maximum.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// The announced (or, when sending, the encoded) body length in bytes.
+        len: u64,
+        /// The maximum in force, in bytes.
+        max: u32,
+    },
+    /// The body does not decode as the expected message.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] postcard::Error),
+    /// The body decoded but left bytes over.
+    #[error("malformed frame: {extra} trailing bytes")]
+    TrailingBytes {
+        /// How many bytes were left.
+        extra: usize,
+    },
+}
+
+impl FrameError {
+    /// The close code a connection closes with when it receives this error.
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            FrameError::TooLarge { .. } => CloseCode::FrameTooLarge,
+            FrameError::Malformed(_) | FrameError::TrailingBytes { .. } => {
+                CloseCode::ProtocolViolation
+            }
+        }
+    }
+}
+
+/// Appends `message` as one frame (length prefix and body) to `out`.
+///
+/// # Errors
+/// [`FrameError::TooLarge`] when the body would exceed `max` bytes; `out` is left as it was.
+pub fn encode_frame<T: Serialize>(
+    message: &T,
+    max: u32,
+    out: &mut BytesMut,
+) -> Result<(), FrameError> {
+    let start = out.len();
+    out.put_u32(0);
+    let result = postcard::to_extend(message, BytesMutWriter(out));
+    if let Err(error) = result {
+        out.truncate(start);
+        return Err(error.into());
+    }
+    let len = out.len() - start - LENGTH_PREFIX_LEN;
+    if len > max as usize {
+        out.truncate(start);
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            max,
+        });
+    }
+    out[start..start + LENGTH_PREFIX_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Encodes `message` as one frame in a buffer of its own.
+///
+/// # Errors
+/// As [`encode_frame`].
+pub fn frame_to_bytes<T: Serialize>(message: &T, max: u32) -> Result<Bytes, FrameError> {
+    let mut out = BytesMut::new();
+    encode_frame(message, max, &mut out)?;
+    Ok(out.freeze())
+}
+
+/// Reads a length prefix and checks it against `max` before the body is allocated.
+///
+/// # Errors
+/// [`FrameError::TooLarge`] when the length exceeds `max`.
+pub fn body_len(prefix: [u8; LENGTH_PREFIX_LEN], max: u32) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(prefix);
+    if len > max {
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            max,
+        });
+    }
+    Ok(len as usize)
+}
+
+/// Decodes one frame body (or one datagram) as `T`. All of `body` must be used.
+///
+/// # Errors
+/// [`FrameError::Malformed`] or [`FrameError::TrailingBytes`]; never panics.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    let (message, rest) = postcard::take_from_bytes(body)?;
+    if !rest.is_empty() {
+        return Err(FrameError::TrailingBytes { extra: rest.len() });
+    }
+    Ok(message)
+}
+
+/// Encodes a datagram body (no length prefix: a QUIC datagram is self-delimiting).
+///
+/// # Errors
+/// [`FrameError::Malformed`] only if serde fails, which the message types never do.
+pub fn datagram_to_bytes<T: Serialize>(message: &T) -> Result<Bytes, FrameError> {
+    let mut out = BytesMut::new();
+    postcard::to_extend(message, BytesMutWriter(&mut out))?;
+    Ok(out.freeze())
+}
+
+/// Reads the protocol version from the body of a client's first frame, even when the rest
+/// of it is from a newer version this build cannot decode.
+///
+/// Returns `None` when the body is not a hello at all.
+pub fn peek_hello_version(body: &[u8]) -> Option<u32> {
+    // `ClientToServer::Hello` is variant 0 and `Hello::version` is its first field.
+    let (variant, rest): (u32, _) = postcard::take_from_bytes(body).ok()?;
+    if variant != 0 {
+        return None;
+    }
+    let (version, _): (u32, _) = postcard::take_from_bytes(rest).ok()?;
+    Some(version)
+}
+
+/// A sans-IO reassembler: push bytes as they arrive, pull whole frame bodies out.
+///
+/// Holds at most one partial frame, so its memory stays under `max` plus the prefix plus
+/// whatever was pushed in one call.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buffer: BytesMut,
+    max: u32,
+}
+
+impl FrameDecoder {
+    /// A decoder that refuses frame bodies longer than `max` bytes.
+    pub fn new(max: u32) -> Self {
+        Self {
+            buffer: BytesMut::new(),
+            max,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame body, or `None` until more bytes arrive.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] as soon as a prefix exceeds the maximum; the stream cannot be
+    /// resynchronised after that.
+    pub fn next_body(&mut self) -> Result<Option<Bytes>, FrameError> {
+        if self.buffer.len() < LENGTH_PREFIX_LEN {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; LENGTH_PREFIX_LEN];
+        prefix.copy_from_slice(&self.buffer[..LENGTH_PREFIX_LEN]);
+        let len = body_len(prefix, self.max)?;
+        if self.buffer.len() < LENGTH_PREFIX_LEN + len {
+            return Ok(None);
+        }
+        self.buffer.advance(LENGTH_PREFIX_LEN);
+        Ok(Some(self.buffer.split_to(len).freeze()))
+    }
+}
+
+/// Lets postcard write straight into a `BytesMut`.
+struct BytesMutWriter<'a>(&'a mut BytesMut);
+
+impl Extend<u8> for BytesMutWriter<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
+        self.0.extend(iter);
+    }
+}

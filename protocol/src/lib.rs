@@ -1,0 +1,45 @@
+//! The wire protocol of peergroup: everything the server and clients must agree on, once.
+//!
+//! No IO and no async runtime live here, only data and pure functions, so both sides and
+//! every test share one definition of the bytes.
+//!
+//! # Layout
+//! - [`ids`]: [`HostId`], [`GroupId`], [`PairId`] (generational `u64`s) and [`Fingerprint`].
+//! - [`messages`]: one enum per direction and carrier ([`ClientToServer`], [`ServerToClient`],
+//!   [`ClientDatagram`], [`ServerDatagram`], [`PeerToPeer`]).
+//! - [`frame`]: `u32` length prefix plus postcard body, checked before allocation.
+//! - [`close`]: [`CloseCode`], one per wire error.
+//!
+//! # Wire rules
+//! - ALPN [`ALPN`] (`peergroup/1`) in the TLS handshake, then [`PROTOCOL_VERSION`] in the
+//!   client's [`Hello`]; a mismatch closes with [`CloseCode::VersionMismatch`].
+//! - Reliable traffic: frames on one bidirectional QUIC stream per connection, in order.
+//!   Unreliable traffic: one message per QUIC datagram (RFC 9221).
+//! - Decoding never panics; errors are typed and map to close codes.
+
+pub mod close;
+pub mod frame;
+pub mod ids;
+pub mod messages;
+
+pub use close::CloseCode;
+pub use frame::{
+    body_len, datagram_to_bytes, decode_body, encode_frame, frame_to_bytes, peek_hello_version,
+    FrameDecoder, FrameError, DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN,
+};
+pub use ids::{Fingerprint, GroupId, HostId, PairId, ParseFingerprintError};
+pub use messages::{
+    ClientDatagram, ClientToServer, Delivery, Hello, PeerInfo, PeerToPeer, Path, RefuseReason,
+    RelayDest, ServerDatagram, ServerToClient,
+};
+
+/// The TLS ALPN token of this protocol (RFC 7301).
+pub const ALPN: &[u8] = b"peergroup/1";
+
+/// The protocol version checked at connect.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Bytes the server adds to an unreliable payload when it relays it (variant, sender,
+/// group and length), at most. A client subtracts this from the server connection's
+/// datagram size before it accepts an unreliable send.
+pub const DATAGRAM_DELIVER_OVERHEAD: usize = 1 + 10 + 11 + 5;

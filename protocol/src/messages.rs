@@ -1,0 +1,247 @@
+//! Every message on the wire, one enum per direction and carrier.
+//!
+//! Variant order is part of the wire format (postcard encodes the variant index), so new
+//! variants go at the end and the golden-byte tests in `tests/golden.rs` pin the rest.
+
+use crate::ids::{Fingerprint, GroupId, HostId, PairId};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// How a message is delivered. Chosen per send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// Exactly once and in order for each (sender, receiver) pair, carried on QUIC streams.
+    ReliableOrdered,
+    /// At most once, in any order, carried in QUIC datagrams (RFC 9221). A payload larger
+    /// than the path's datagram size is refused with an error, never silently dropped.
+    Unreliable,
+}
+
+/// Which path carried a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Path {
+    /// Through the server's relay.
+    Relay,
+    /// Over a direct QUIC connection between the two peers.
+    Direct,
+    /// Delivered to the sender itself (a group send that asked for loopback).
+    Loopback,
+}
+
+/// What the server tells a host about a peer it shares a group with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// SHA-256 of the peer's TLS identity certificate, as the server saw it during the
+    /// peer's handshake. A direct connection to the peer must present this certificate.
+    pub identity: Fingerprint,
+}
+
+/// One destination of a reliable relay upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayDest {
+    /// The pair between the sender and this destination.
+    pub pair: PairId,
+    /// The sender's sequence number for this pair, starting at 1 when the pair starts.
+    /// The direct path continues the same sequence, so the receiver can merge both paths.
+    pub seq: u64,
+}
+
+/// The first frame a client sends on its control stream.
+///
+/// `version` comes first so that any later version's hello can still be read far enough to
+/// report a mismatch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`crate::PROTOCOL_VERSION`] of the client.
+    pub version: u32,
+    /// Opaque login payload for the server application's auth hook.
+    pub login: Bytes,
+}
+
+/// Frames a client sends to the server on its control stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientToServer {
+    /// First frame, exactly once.
+    Hello(Hello),
+    /// Acknowledges a [`ServerToClient::MemberJoined`] notice about `member` in `group`.
+    JoinAck {
+        /// The group of the notice.
+        group: GroupId,
+        /// The member the notice was about.
+        member: HostId,
+    },
+    /// A reliable message to relay.
+    Relay {
+        /// The group the sender addressed, if any; every destination must be in it.
+        group: Option<GroupId>,
+        /// Whether the server application is a destination too.
+        to_server: bool,
+        /// The peers to deliver to, each with its pair sequence number.
+        dests: Vec<RelayDest>,
+        /// The application payload.
+        payload: Bytes,
+    },
+}
+
+/// Frames the server sends to a client on its control stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerToClient {
+    /// The login was accepted.
+    Welcome {
+        /// [`crate::PROTOCOL_VERSION`] of the server.
+        version: u32,
+        /// The client's own id.
+        host_id: HostId,
+        /// Data the auth hook attached to the login (empty if none).
+        app_data: Bytes,
+        /// The largest frame body the server accepts, in bytes.
+        max_frame_len: u32,
+    },
+    /// A pair with `peer` started: the two hosts now share a group. Sent before the first
+    /// notice or message that involves the peer. The sequence numbers of the pair start at 1.
+    PeerUp {
+        /// The other host.
+        peer: HostId,
+        /// The pair's id, used to address relay uploads to the peer.
+        pair: PairId,
+        /// What the server vouches for about the peer.
+        info: PeerInfo,
+    },
+    /// The pair with `peer` ended: the hosts shared no group for the linger time, or the peer
+    /// disconnected.
+    PeerDown {
+        /// The other host.
+        peer: HostId,
+        /// The pair that ended.
+        pair: PairId,
+    },
+    /// `member` joined `group`. Must be acknowledged with [`ClientToServer::JoinAck`].
+    MemberJoined {
+        /// The group.
+        group: GroupId,
+        /// The member that joined (possibly the receiver itself, or [`HostId::SERVER`]).
+        member: HostId,
+        /// Members after the join.
+        member_count: u32,
+        /// The application's message for this join.
+        join_message: Bytes,
+    },
+    /// `member` left `group`.
+    MemberLeft {
+        /// The group.
+        group: GroupId,
+        /// The member that left (possibly the receiver itself).
+        member: HostId,
+        /// Members after the leave.
+        member_count: u32,
+    },
+    /// A relayed reliable message. The server writes `from` itself.
+    Deliver {
+        /// The sender.
+        from: HostId,
+        /// The group the sender addressed, if any.
+        group: Option<GroupId>,
+        /// The sender's sequence number for this pair.
+        seq: u64,
+        /// The application payload.
+        payload: Bytes,
+    },
+    /// The server refused to relay the sender's message with this sequence number to the
+    /// receiver; the receiver's sequence moves past it. Sent only within a live pair, so the
+    /// receiver never waits for a message that will not come.
+    Skipped {
+        /// The sender.
+        from: HostId,
+        /// The sequence number that will not be delivered.
+        seq: u64,
+    },
+    /// A reliable message from the server application.
+    FromServer {
+        /// The group it was addressed to, if any.
+        group: Option<GroupId>,
+        /// The application payload.
+        payload: Bytes,
+    },
+    /// The server refused to relay one of this client's messages.
+    Refused {
+        /// The destination pair, or `None` when the refusal concerns the server or the
+        /// whole message.
+        pair: Option<PairId>,
+        /// The group the message addressed, if any.
+        group: Option<GroupId>,
+        /// Why.
+        reason: RefuseReason,
+    },
+}
+
+/// Why the server refused to relay a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RefuseReason {
+    /// The two hosts share no group.
+    NoSharedGroup,
+    /// The sender addressed a group it is not a member of.
+    SenderNotInGroup,
+    /// The destination is not a member of the addressed group.
+    DestNotInGroup,
+    /// The pair no longer exists (it ended while the message was in flight).
+    UnknownPair,
+    /// The server application is not a member of the addressed group, or shares no group
+    /// with the sender.
+    ServerNotMember,
+    /// The datagram does not fit the destination's path.
+    TooLargeForPath,
+}
+
+/// QUIC datagrams from a client to the server (unreliable relay).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientDatagram {
+    /// An unreliable message to relay.
+    Relay {
+        /// The group the sender addressed, if any.
+        group: Option<GroupId>,
+        /// Whether the server application is a destination too.
+        to_server: bool,
+        /// The pairs to deliver to.
+        dests: Vec<PairId>,
+        /// The application payload.
+        payload: Bytes,
+    },
+}
+
+/// QUIC datagrams from the server to a client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerDatagram {
+    /// A relayed unreliable message, stamped with its sender by the server.
+    Deliver {
+        /// The sender ([`HostId::SERVER`] for the server application).
+        from: HostId,
+        /// The group the sender addressed, if any.
+        group: Option<GroupId>,
+        /// The application payload.
+        payload: Bytes,
+    },
+}
+
+/// Frames between two peers on a direct path. The direct path arrives with the Direct P2P
+/// work; the frames are fixed here so both paths share one sequence design.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerToPeer {
+    /// A reliable message, in the same per-pair sequence as [`ServerToClient::Deliver`].
+    Data {
+        /// The group the sender addressed, if any.
+        group: Option<GroupId>,
+        /// The sender's sequence number for this pair.
+        seq: u64,
+        /// The application payload.
+        payload: Bytes,
+    },
+    /// Every sequence number up to and including `delivered` reached the receiver's
+    /// application; the sender may forget them.
+    Ack {
+        /// Highest contiguous sequence number delivered.
+        delivered: u64,
+    },
+}

@@ -1,0 +1,1 @@
+//! peergroup facade.
