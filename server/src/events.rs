@@ -1,0 +1,117 @@
+//! Events the server hands to the application.
+
+use bytes::Bytes;
+use peergroup_protocol::{Delivery, GroupId, HostId};
+use std::net::SocketAddr;
+
+/// Something the application should know about. Read them with
+/// [`ServerEvents::next`](crate::ServerEvents::next).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// A client passed the auth hook and got its id.
+    ClientConnected {
+        /// The new client's id.
+        host: HostId,
+        /// The address the server sees it at (its NAT mapping, if it is behind one).
+        remote_addr: SocketAddr,
+        /// What the auth hook attached to it.
+        app_data: Bytes,
+    },
+    /// A client is gone; it has already been removed from all its groups.
+    ClientDisconnected {
+        /// The client.
+        host: HostId,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// Every notice of `member`'s join into `group` was acknowledged, or the join ended
+    /// before that (ProudNet's `OnP2PGroupJoinMemberAckComplete`).
+    JoinAckComplete {
+        /// The group.
+        group: GroupId,
+        /// The member whose join this is.
+        member: HostId,
+        /// `Ok` when all acks arrived.
+        result: Result<(), JoinAckError>,
+    },
+    /// A group ended: destroyed by the application, or emptied with `allow_empty` off.
+    GroupRemoved {
+        /// The group.
+        group: GroupId,
+    },
+    /// A client sent a message to the server application (directly, or to a group the
+    /// server is a member of).
+    Message {
+        /// The sender, as the server authenticated it.
+        from: HostId,
+        /// The group the sender addressed, if any.
+        group: Option<GroupId>,
+        /// The application payload.
+        payload: Bytes,
+        /// How it was sent.
+        delivery: Delivery,
+    },
+}
+
+/// Why a join ended before all its acks arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinAckError {
+    /// The member left the group first.
+    #[error("the member left the group before all acks arrived")]
+    MemberLeft,
+    /// The group was destroyed first.
+    #[error("the group was destroyed before all acks arrived")]
+    GroupDestroyed,
+    /// The member disconnected first.
+    #[error("the member disconnected before all acks arrived")]
+    Disconnected,
+    /// Not every ack arrived within the ack timeout (default 15 s).
+    #[error("not every ack arrived within the ack timeout")]
+    Timeout,
+}
+
+/// Why a client's connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The client closed the connection.
+    ClientClosed {
+        /// The reason text it gave.
+        reason: String,
+    },
+    /// Nothing was heard from the client for the idle timeout (default 10 s).
+    TimedOut,
+    /// The client sent bytes that broke the protocol; the connection was closed with that
+    /// close code.
+    ProtocolError {
+        /// What was wrong.
+        detail: String,
+    },
+    /// The client did not read fast enough and its send queue overflowed.
+    SlowConsumer,
+    /// The application disconnected it.
+    Kicked,
+    /// The server shut down.
+    ServerShutdown,
+    /// The connection failed in some other way.
+    ConnectionLost {
+        /// What quinn reported.
+        detail: String,
+    },
+}
+
+impl std::fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DisconnectReason::ClientClosed { reason } => write!(f, "client closed: {reason}"),
+            DisconnectReason::TimedOut => f.write_str("timed out"),
+            DisconnectReason::ProtocolError { detail } => write!(f, "protocol error: {detail}"),
+            DisconnectReason::SlowConsumer => f.write_str("slow consumer"),
+            DisconnectReason::Kicked => f.write_str("kicked"),
+            DisconnectReason::ServerShutdown => f.write_str("server shutdown"),
+            DisconnectReason::ConnectionLost { detail } => write!(f, "connection lost: {detail}"),
+        }
+    }
+}

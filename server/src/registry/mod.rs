@@ -1,0 +1,694 @@
+//! The sans-IO core of the server: hosts, groups, join acks, pairs and relay rules.
+//!
+//! Inputs are `handle_*` calls and group operations, each given `now`; outputs are
+//! [`Action`]s taken with [`Registry::poll_action`], and [`Registry::poll_timeout`] says
+//! when [`Registry::handle_timeout`] is due. It reads no clock and touches no socket, so
+//! its tests drive it with a made-up clock in microseconds (the quinn-proto pattern).
+
+mod action;
+mod join_acks;
+mod pairs;
+
+pub use action::Action;
+
+use crate::error::GroupError;
+use crate::events::{JoinAckError, ServerEvent};
+use bytes::Bytes;
+use join_acks::PendingJoins;
+use pairs::{PairChange, PairTable};
+use peergroup_protocol::{
+    Delivery, Fingerprint, GroupId, HostId, PairId, PeerInfo, RefuseReason, RelayDest,
+    ServerDatagram, ServerToClient,
+};
+use slotmap::{Key, KeyData, SlotMap};
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+slotmap::new_key_type! {
+    struct HostKey;
+    struct GroupKey;
+}
+
+/// Timing rules of the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// How long a join may wait for its acks before it completes with
+    /// [`JoinAckError::Timeout`]. Default 15 s, as in ProudNet.
+    pub join_ack_timeout: Duration,
+    /// How long a pair outlives the last group its hosts shared. Default 10 s, as in
+    /// ProudNet, so view-group churn keeps the pair.
+    pub pair_linger: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            join_ack_timeout: Duration::from_secs(15),
+            pair_linger: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How a group behaves. Plain data with documented defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupOptions {
+    /// Keep the group when its last member leaves. Default `true` (ProudNet's
+    /// `AllowEmptyP2PGroup`); when `false` the group is removed with
+    /// [`ServerEvent::GroupRemoved`] as it empties.
+    pub allow_empty: bool,
+    /// Let members go direct with each other. Default `true`; `false` keeps the group
+    /// relay-only.
+    pub direct_p2p: bool,
+    /// Make the server application a member: it receives the group's messages and members
+    /// see it as member [`HostId::SERVER`]. Default `false`.
+    pub server_is_member: bool,
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        Self {
+            allow_empty: true,
+            direct_p2p: true,
+            server_is_member: false,
+        }
+    }
+}
+
+/// The result of a join that was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinOutcome {
+    /// The host is now a member; notices went out and acks are awaited.
+    Joined,
+    /// The host already was a member. Not a failure; nothing was sent.
+    AlreadyMember,
+}
+
+#[derive(Debug)]
+struct HostState {
+    identity: Fingerprint,
+    groups: BTreeSet<GroupId>,
+}
+
+#[derive(Debug)]
+struct GroupState {
+    options: GroupOptions,
+    members: BTreeSet<HostId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    JoinAck(GroupId, HostId),
+    PairLinger(PairId),
+}
+
+/// Why a member is leaving; decides who is told and how a pending join ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaveCause {
+    Left,
+    Destroyed,
+    Disconnected,
+}
+
+/// Counters the registry keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryCounters {
+    /// Relay destinations refused since start (one per refused destination).
+    pub relay_refused: u64,
+    /// Messages relayed since start (one per delivered destination).
+    pub relayed: u64,
+}
+
+/// Hosts, groups, join acks and pairs: everything the server holds, with no IO.
+#[derive(Debug)]
+pub struct Registry {
+    config: RegistryConfig,
+    hosts: SlotMap<HostKey, HostState>,
+    groups: SlotMap<GroupKey, GroupState>,
+    pairs: PairTable,
+    joins: PendingJoins,
+    timers: BTreeSet<(Instant, Timer)>,
+    actions: VecDeque<Action>,
+    counters: RegistryCounters,
+}
+
+fn host_id(key: HostKey) -> HostId {
+    HostId::from_raw(key.data().as_ffi())
+}
+
+fn host_key(id: HostId) -> HostKey {
+    KeyData::from_ffi(id.raw()).into()
+}
+
+fn group_id(key: GroupKey) -> GroupId {
+    GroupId::from_raw(key.data().as_ffi())
+}
+
+fn group_key(id: GroupId) -> GroupKey {
+    KeyData::from_ffi(id.raw()).into()
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(config: RegistryConfig) -> Self {
+        Self {
+            config,
+            hosts: SlotMap::with_key(),
+            groups: SlotMap::with_key(),
+            pairs: PairTable::default(),
+            joins: PendingJoins::default(),
+            timers: BTreeSet::new(),
+            actions: VecDeque::new(),
+            counters: RegistryCounters::default(),
+        }
+    }
+
+    // ---- outputs -------------------------------------------------------------------------
+
+    /// The next action to carry out, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Registry::handle_timeout`] should next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Counters since start.
+    pub fn counters(&self) -> RegistryCounters {
+        self.counters
+    }
+
+    // ---- hosts ---------------------------------------------------------------------------
+
+    /// Registers an authenticated client and gives it its id.
+    pub fn handle_connect(&mut self, identity: Fingerprint) -> HostId {
+        host_id(self.hosts.insert(HostState {
+            identity,
+            groups: BTreeSet::new(),
+        }))
+    }
+
+    /// Removes a client: it leaves every group (the others are told), its pending joins end
+    /// with [`JoinAckError::Disconnected`] and its pairs end at once.
+    pub fn handle_disconnect(&mut self, host: HostId, now: Instant) {
+        let Some(state) = self.hosts.get(host_key(host)) else {
+            return;
+        };
+        for group in state.groups.clone() {
+            self.remove_member(group, host, LeaveCause::Disconnected, now);
+        }
+        for pair in self.pairs.of_host(host) {
+            if let Some((a, b)) = self.pairs.remove(pair) {
+                let other = if a == host { b } else { a };
+                self.send(other, ServerToClient::PeerDown { peer: host, pair });
+            }
+        }
+        self.hosts.remove(host_key(host));
+    }
+
+    /// Whether `host` is a connected client.
+    pub fn is_connected(&self, host: HostId) -> bool {
+        self.hosts.contains_key(host_key(host))
+    }
+
+    /// Connected clients.
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Pairs, lingering ones included.
+    pub fn pair_count(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// The pair between two clients, if any, and how many groups they share now.
+    pub fn pair_between(&self, a: HostId, b: HostId) -> Option<(PairId, u32)> {
+        self.pairs.between(a, b).map(|(id, p)| (id, p.shared_groups))
+    }
+
+    // ---- groups --------------------------------------------------------------------------
+
+    /// Creates a group and joins `members` to it in order, each with `join_message`.
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownHost`] if any member is not connected, and
+    /// [`GroupError::EmptyNotAllowed`] for no members without `allow_empty`; nothing
+    /// changes then.
+    pub fn create_group(
+        &mut self,
+        members: &[HostId],
+        options: GroupOptions,
+        join_message: Bytes,
+        now: Instant,
+    ) -> Result<GroupId, GroupError> {
+        if let Some(unknown) = members.iter().find(|h| !self.is_connected(**h)) {
+            return Err(GroupError::UnknownHost(*unknown));
+        }
+        if members.is_empty() && !options.allow_empty {
+            return Err(GroupError::EmptyNotAllowed);
+        }
+        let group = group_id(self.groups.insert(GroupState {
+            options,
+            members: BTreeSet::new(),
+        }));
+        for &member in members {
+            self.join_group(group, member, join_message.clone(), now)?;
+        }
+        Ok(group)
+    }
+
+    /// Adds `host` to `group`. Every existing member is told of it, and the host is told
+    /// of every member including itself (the server too, when it is a member); the join
+    /// completes with [`ServerEvent::JoinAckComplete`] once all of them ack.
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownGroup`] or [`GroupError::UnknownHost`].
+    pub fn join_group(
+        &mut self,
+        group: GroupId,
+        host: HostId,
+        join_message: Bytes,
+        now: Instant,
+    ) -> Result<JoinOutcome, GroupError> {
+        let state = self
+            .groups
+            .get(group_key(group))
+            .ok_or(GroupError::UnknownGroup(group))?;
+        if !self.is_connected(host) {
+            return Err(GroupError::UnknownHost(host));
+        }
+        if state.members.contains(&host) {
+            return Ok(JoinOutcome::AlreadyMember);
+        }
+        let existing: Vec<HostId> = state.members.iter().copied().collect();
+        let server_is_member = state.options.server_is_member;
+        let member_count = (existing.len() + 1 + usize::from(server_is_member)) as u32;
+
+        self.groups[group_key(group)].members.insert(host);
+        self.hosts[host_key(host)].groups.insert(group);
+        for &other in &existing {
+            if let PairChange::Started(pair) = self.pairs.add_shared_group(host, other) {
+                self.announce_pair(pair, host, other);
+            }
+        }
+
+        let notice = |member: HostId| ServerToClient::MemberJoined {
+            group,
+            member,
+            member_count,
+            join_message: join_message.clone(),
+        };
+        for &other in &existing {
+            self.send(other, notice(host));
+        }
+        if server_is_member {
+            self.send(host, notice(HostId::SERVER));
+        }
+        for &other in &existing {
+            self.send(host, notice(other));
+        }
+        // The joiner's notice about itself comes last, so its ack means it has read all.
+        self.send(host, notice(host));
+
+        let waiting_on: BTreeSet<HostId> = existing.iter().copied().chain([host]).collect();
+        let deadline = now + self.config.join_ack_timeout;
+        self.joins.start(group, host, waiting_on, deadline);
+        self.timers.insert((deadline, Timer::JoinAck(group, host)));
+        Ok(JoinOutcome::Joined)
+    }
+
+    /// Removes `host` from `group`. Each remaining member is told, and the host is told of
+    /// every member including itself. A group without `allow_empty` is removed as it
+    /// empties.
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownGroup`] or [`GroupError::NotMember`].
+    pub fn leave_group(
+        &mut self,
+        group: GroupId,
+        host: HostId,
+        now: Instant,
+    ) -> Result<(), GroupError> {
+        let state = self
+            .groups
+            .get(group_key(group))
+            .ok_or(GroupError::UnknownGroup(group))?;
+        if !state.members.contains(&host) {
+            return Err(GroupError::NotMember { group, host });
+        }
+        self.remove_member(group, host, LeaveCause::Left, now);
+        Ok(())
+    }
+
+    /// Ends a group: every member leaves, then [`ServerEvent::GroupRemoved`].
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownGroup`].
+    pub fn destroy_group(&mut self, group: GroupId, now: Instant) -> Result<(), GroupError> {
+        let state = self
+            .groups
+            .get(group_key(group))
+            .ok_or(GroupError::UnknownGroup(group))?;
+        let members: Vec<HostId> = state.members.iter().copied().collect();
+        for member in members {
+            self.remove_member(group, member, LeaveCause::Destroyed, now);
+        }
+        self.remove_group(group);
+        Ok(())
+    }
+
+    /// Members of a group, with [`HostId::SERVER`] first when the server is a member.
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownGroup`].
+    pub fn group_members(&self, group: GroupId) -> Result<Vec<HostId>, GroupError> {
+        let state = self
+            .groups
+            .get(group_key(group))
+            .ok_or(GroupError::UnknownGroup(group))?;
+        let server = state.options.server_is_member.then_some(HostId::SERVER);
+        Ok(server.into_iter().chain(state.members.iter().copied()).collect())
+    }
+
+    /// The options a group was made with.
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownGroup`].
+    pub fn group_options(&self, group: GroupId) -> Result<GroupOptions, GroupError> {
+        self.groups
+            .get(group_key(group))
+            .map(|g| g.options)
+            .ok_or(GroupError::UnknownGroup(group))
+    }
+
+    /// Groups `host` is a member of.
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownHost`].
+    pub fn groups_of(&self, host: HostId) -> Result<Vec<GroupId>, GroupError> {
+        self.hosts
+            .get(host_key(host))
+            .map(|h| h.groups.iter().copied().collect())
+            .ok_or(GroupError::UnknownHost(host))
+    }
+
+    /// Every group.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.groups.keys().map(group_id).collect()
+    }
+
+    /// Records `from`'s ack of the notice that `member` joined `group`.
+    pub fn handle_join_ack(&mut self, from: HostId, group: GroupId, member: HostId) {
+        if self.joins.ack(group, member, from) {
+            self.event(ServerEvent::JoinAckComplete {
+                group,
+                member,
+                result: Ok(()),
+            });
+        }
+    }
+
+    // ---- relay ---------------------------------------------------------------------------
+
+    /// Relays a reliable message from `from`. Each destination that passes the relay rule
+    /// gets it stamped with `from`; each one refused is reported to the sender (and, within
+    /// a live pair, skipped in the receiver's sequence so it never waits for it).
+    ///
+    /// The rule: with a `group`, sender and destination must both be members of it;
+    /// without one, they must share at least one group.
+    pub fn handle_relay(
+        &mut self,
+        from: HostId,
+        group: Option<GroupId>,
+        to_server: bool,
+        dests: &[RelayDest],
+        payload: Bytes,
+    ) {
+        if to_server {
+            self.relay_to_server(from, group, payload.clone(), Delivery::ReliableOrdered);
+        }
+        for dest in dests {
+            match self.relay_verdict(from, group, dest.pair) {
+                Ok(to) => {
+                    self.counters.relayed += 1;
+                    self.send(
+                        to,
+                        ServerToClient::Deliver {
+                            from,
+                            group,
+                            seq: dest.seq,
+                            payload: payload.clone(),
+                        },
+                    );
+                }
+                Err((reason, live_peer)) => {
+                    if let Some(peer) = live_peer {
+                        self.send(peer, ServerToClient::Skipped { from, seq: dest.seq });
+                    }
+                    self.refuse(from, Some(dest.pair), group, reason);
+                }
+            }
+        }
+    }
+
+    /// Relays an unreliable message from `from` under the same rule as
+    /// [`Registry::handle_relay`]; refused destinations are reported to the sender.
+    pub fn handle_datagram(
+        &mut self,
+        from: HostId,
+        group: Option<GroupId>,
+        to_server: bool,
+        dests: &[PairId],
+        payload: Bytes,
+    ) {
+        if to_server {
+            self.relay_to_server(from, group, payload.clone(), Delivery::Unreliable);
+        }
+        for &pair in dests {
+            match self.relay_verdict(from, group, pair) {
+                Ok(to) => {
+                    self.counters.relayed += 1;
+                    self.actions.push_back(Action::Datagram {
+                        to,
+                        sender: from,
+                        message: ServerDatagram::Deliver {
+                            from,
+                            group,
+                            payload: payload.clone(),
+                        },
+                    });
+                }
+                Err((reason, _)) => self.refuse(from, Some(pair), group, reason),
+            }
+        }
+    }
+
+    /// Reports to `sender` that a destination was refused, and counts it.
+    pub fn refuse(
+        &mut self,
+        sender: HostId,
+        pair: Option<PairId>,
+        group: Option<GroupId>,
+        reason: RefuseReason,
+    ) {
+        self.counters.relay_refused += 1;
+        self.send(
+            sender,
+            ServerToClient::Refused {
+                pair,
+                group,
+                reason,
+            },
+        );
+    }
+
+    /// Decides one destination: the receiving host, or why not (with the receiver when the
+    /// pair is live, so its sequence can skip the message).
+    fn relay_verdict(
+        &self,
+        from: HostId,
+        group: Option<GroupId>,
+        pair: PairId,
+    ) -> Result<HostId, (RefuseReason, Option<HostId>)> {
+        let Some(state) = self.pairs.get(pair) else {
+            return Err((RefuseReason::UnknownPair, None));
+        };
+        let Some(to) = state.other(from) else {
+            return Err((RefuseReason::UnknownPair, None));
+        };
+        match group {
+            Some(group) => {
+                let members = self.groups.get(group_key(group)).map(|g| &g.members);
+                if !members.is_some_and(|m| m.contains(&from)) {
+                    return Err((RefuseReason::SenderNotInGroup, Some(to)));
+                }
+                if !members.is_some_and(|m| m.contains(&to)) {
+                    return Err((RefuseReason::DestNotInGroup, Some(to)));
+                }
+            }
+            None if state.shared_groups == 0 => {
+                return Err((RefuseReason::NoSharedGroup, Some(to)));
+            }
+            None => {}
+        }
+        Ok(to)
+    }
+
+    /// A client may always message the server directly; to a group only when the server is
+    /// one of its members and so is the sender.
+    fn relay_to_server(
+        &mut self,
+        from: HostId,
+        group: Option<GroupId>,
+        payload: Bytes,
+        delivery: Delivery,
+    ) {
+        if let Some(g) = group {
+            let allowed = self.groups.get(group_key(g)).is_some_and(|state| {
+                state.options.server_is_member && state.members.contains(&from)
+            });
+            if !allowed {
+                self.refuse(from, None, group, RefuseReason::ServerNotMember);
+                return;
+            }
+        }
+        self.event(ServerEvent::Message {
+            from,
+            group,
+            payload,
+            delivery,
+        });
+    }
+
+    // ---- time ----------------------------------------------------------------------------
+
+    /// Ends what is due at `now`: joins whose acks timed out and pairs whose linger ran out.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::JoinAck(group, member) => {
+                    if self.joins.expire(group, member, now) {
+                        self.event(ServerEvent::JoinAckComplete {
+                            group,
+                            member,
+                            result: Err(JoinAckError::Timeout),
+                        });
+                    }
+                }
+                Timer::PairLinger(pair) => {
+                    if let Some((a, b)) = self.pairs.expire(pair, now) {
+                        self.send(a, ServerToClient::PeerDown { peer: b, pair });
+                        self.send(b, ServerToClient::PeerDown { peer: a, pair });
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- internals -----------------------------------------------------------------------
+
+    fn remove_member(&mut self, group: GroupId, host: HostId, cause: LeaveCause, now: Instant) {
+        let Some(state) = self.groups.get_mut(group_key(group)) else {
+            return;
+        };
+        if !state.members.remove(&host) {
+            return;
+        }
+        let server_is_member = state.options.server_is_member;
+        let allow_empty = state.options.allow_empty;
+        let remaining: Vec<HostId> = state.members.iter().copied().collect();
+        let member_count = (remaining.len() + usize::from(server_is_member)) as u32;
+        if let Some(h) = self.hosts.get_mut(host_key(host)) {
+            h.groups.remove(&group);
+        }
+
+        let notice = |member: HostId| ServerToClient::MemberLeft {
+            group,
+            member,
+            member_count,
+        };
+        for &other in &remaining {
+            self.send(other, notice(host));
+        }
+        if cause != LeaveCause::Disconnected {
+            if server_is_member {
+                self.send(host, notice(HostId::SERVER));
+            }
+            for &other in &remaining {
+                self.send(host, notice(other));
+            }
+            self.send(host, notice(host));
+        }
+
+        if self.joins.cancel(group, host) {
+            let error = match cause {
+                LeaveCause::Left => JoinAckError::MemberLeft,
+                LeaveCause::Destroyed => JoinAckError::GroupDestroyed,
+                LeaveCause::Disconnected => JoinAckError::Disconnected,
+            };
+            self.event(ServerEvent::JoinAckComplete {
+                group,
+                member: host,
+                result: Err(error),
+            });
+        }
+        for member in self.joins.forget_acker(group, host) {
+            self.event(ServerEvent::JoinAckComplete {
+                group,
+                member,
+                result: Ok(()),
+            });
+        }
+
+        let linger_until = now + self.config.pair_linger;
+        for &other in &remaining {
+            if let Some((pair, at)) = self.pairs.remove_shared_group(host, other, linger_until) {
+                self.timers.insert((at, Timer::PairLinger(pair)));
+            }
+        }
+
+        if remaining.is_empty() && !allow_empty && cause != LeaveCause::Destroyed {
+            self.remove_group(group);
+        }
+    }
+
+    fn remove_group(&mut self, group: GroupId) {
+        for member in self.joins.members_pending_in(group) {
+            self.joins.cancel(group, member);
+        }
+        if self.groups.remove(group_key(group)).is_some() {
+            self.event(ServerEvent::GroupRemoved { group });
+        }
+    }
+
+    /// Tells both hosts of a new pair about each other, before any notice that needs it.
+    fn announce_pair(&mut self, pair: PairId, a: HostId, b: HostId) {
+        for (to, peer) in [(a, b), (b, a)] {
+            let identity = self.hosts[host_key(peer)].identity;
+            self.send(
+                to,
+                ServerToClient::PeerUp {
+                    peer,
+                    pair,
+                    info: PeerInfo { identity },
+                },
+            );
+        }
+    }
+
+    fn send(&mut self, to: HostId, message: ServerToClient) {
+        self.actions.push_back(Action::Send { to, message });
+    }
+
+    fn event(&mut self, event: ServerEvent) {
+        self.actions.push_back(Action::Event(event));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+//! Pair state: one record per pair of client hosts that share (or recently shared) a group.
+//!
+//! A pair is reference-counted by the groups the two hosts share and lingers for a while
+//! after the count drops to zero, so view-group churn (leave, then rejoin within seconds)
+//! keeps the pair's sequence numbers and, later, its direct path. ProudNet keeps P2P
+//! connections alive the same way after a leave.
+
+use peergroup_protocol::{HostId, PairId};
+use slotmap::{Key, KeyData, SlotMap};
+use std::collections::HashMap;
+use std::time::Instant;
+
+slotmap::new_key_type! {
+    struct PairKey;
+}
+
+/// One pair's record.
+#[derive(Debug, Clone)]
+pub(crate) struct Pair {
+    /// The two hosts, lower id first.
+    pub hosts: (HostId, HostId),
+    /// How many groups the two hosts share now.
+    pub shared_groups: u32,
+    /// When the pair ends if the hosts still share no group.
+    pub linger_until: Option<Instant>,
+}
+
+impl Pair {
+    /// The side of the pair that is not `host`, or `None` if `host` is not in the pair.
+    pub fn other(&self, host: HostId) -> Option<HostId> {
+        match self.hosts {
+            (a, b) if a == host => Some(b),
+            (a, b) if b == host => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// What a reference change did to a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PairChange {
+    /// A new pair was made; both hosts must be told before anything else about each other.
+    Started(PairId),
+    /// The pair existed (perhaps lingering) and now has one more shared group.
+    Kept(PairId),
+}
+
+/// All pairs, indexed both by id and by host pair.
+#[derive(Debug, Default)]
+pub(crate) struct PairTable {
+    pairs: SlotMap<PairKey, Pair>,
+    by_hosts: HashMap<(HostId, HostId), PairKey>,
+}
+
+fn ordered(a: HostId, b: HostId) -> (HostId, HostId) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+fn id_of(key: PairKey) -> PairId {
+    PairId::from_raw(key.data().as_ffi())
+}
+
+fn key_of(id: PairId) -> PairKey {
+    KeyData::from_ffi(id.raw()).into()
+}
+
+impl PairTable {
+    /// Counts one more group shared by `a` and `b`, starting the pair if needed.
+    pub fn add_shared_group(&mut self, a: HostId, b: HostId) -> PairChange {
+        let hosts = ordered(a, b);
+        if let Some(&key) = self.by_hosts.get(&hosts) {
+            let pair = &mut self.pairs[key];
+            pair.shared_groups += 1;
+            pair.linger_until = None;
+            return PairChange::Kept(id_of(key));
+        }
+        let key = self.pairs.insert(Pair {
+            hosts,
+            shared_groups: 1,
+            linger_until: None,
+        });
+        self.by_hosts.insert(hosts, key);
+        PairChange::Started(id_of(key))
+    }
+
+    /// Counts one group fewer; when none is left the pair lingers until `linger_until`,
+    /// which is returned so the caller can schedule it.
+    pub fn remove_shared_group(
+        &mut self,
+        a: HostId,
+        b: HostId,
+        linger_until: Instant,
+    ) -> Option<(PairId, Instant)> {
+        let key = *self.by_hosts.get(&ordered(a, b))?;
+        let pair = &mut self.pairs[key];
+        pair.shared_groups = pair.shared_groups.saturating_sub(1);
+        if pair.shared_groups == 0 {
+            pair.linger_until = Some(linger_until);
+            return Some((id_of(key), linger_until));
+        }
+        None
+    }
+
+    /// Ends the pair if it is still lingering and its time is up; returns its hosts.
+    pub fn expire(&mut self, id: PairId, now: Instant) -> Option<(HostId, HostId)> {
+        let key = key_of(id);
+        let due = matches!(self.pairs.get(key), Some(p) if p.linger_until.is_some_and(|t| t <= now));
+        if !due {
+            return None;
+        }
+        self.remove(id)
+    }
+
+    /// Ends the pair at once (a host disconnected); returns its hosts.
+    pub fn remove(&mut self, id: PairId) -> Option<(HostId, HostId)> {
+        let pair = self.pairs.remove(key_of(id))?;
+        self.by_hosts.remove(&pair.hosts);
+        Some(pair.hosts)
+    }
+
+    /// The pair with this id, if it still exists.
+    pub fn get(&self, id: PairId) -> Option<&Pair> {
+        self.pairs.get(key_of(id))
+    }
+
+    /// The pair between two hosts, if any.
+    pub fn between(&self, a: HostId, b: HostId) -> Option<(PairId, &Pair)> {
+        let key = *self.by_hosts.get(&ordered(a, b))?;
+        Some((id_of(key), &self.pairs[key]))
+    }
+
+    /// Every pair `host` is in.
+    pub fn of_host(&self, host: HostId) -> Vec<PairId> {
+        self.pairs
+            .iter()
+            .filter(|(_, p)| p.hosts.0 == host || p.hosts.1 == host)
+            .map(|(k, _)| id_of(k))
+            .collect()
+    }
+
+    /// How many pairs exist, lingering ones included.
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const A: HostId = HostId::from_raw(10);
+    const B: HostId = HostId::from_raw(20);
+
+    #[test]
+    fn one_pair_per_host_pair_whatever_the_order_or_group_count() {
+        let mut table = PairTable::default();
+        let PairChange::Started(id) = table.add_shared_group(A, B) else {
+            panic!("first shared group starts the pair")
+        };
+        assert_eq!(table.add_shared_group(B, A), PairChange::Kept(id));
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.get(id).unwrap().shared_groups, 2);
+        assert_eq!(table.get(id).unwrap().other(A), Some(B));
+    }
+
+    #[test]
+    fn pair_lingers_then_expires_and_a_rejoin_cancels_the_linger() {
+        let now = Instant::now();
+        let mut table = PairTable::default();
+        let PairChange::Started(id) = table.add_shared_group(A, B) else {
+            panic!()
+        };
+        let until = now + Duration::from_secs(10);
+        assert_eq!(table.remove_shared_group(A, B, until), Some((id, until)));
+        assert_eq!(table.expire(id, now), None, "not due yet");
+        assert_eq!(table.add_shared_group(A, B), PairChange::Kept(id));
+        assert_eq!(table.expire(id, until), None, "a rejoin cancels the linger");
+        table.remove_shared_group(A, B, until);
+        assert_eq!(table.expire(id, until), Some((A, B)));
+        assert!(table.get(id).is_none());
+        let PairChange::Started(new_id) = table.add_shared_group(A, B) else {
+            panic!("an ended pair starts afresh")
+        };
+        assert_ne!(new_id, id, "a new pair never reuses the old id");
+    }
+}

@@ -1,0 +1,641 @@
+//! Registry tests on a made-up clock: exact notices, ack completion, pairs and relay rules.
+
+use super::*;
+use peergroup_protocol::ServerToClient as S;
+
+fn identity(n: u8) -> Fingerprint {
+    Fingerprint([n; 32])
+}
+
+struct World {
+    registry: Registry,
+    now: Instant,
+}
+
+impl World {
+    fn new() -> Self {
+        Self {
+            registry: Registry::new(RegistryConfig::default()),
+            now: Instant::now(),
+        }
+    }
+
+    fn connect(&mut self, n: u8) -> HostId {
+        self.registry.handle_connect(identity(n))
+    }
+
+    fn drain(&mut self) -> Vec<Action> {
+        std::iter::from_fn(|| self.registry.poll_action()).collect()
+    }
+
+    /// Frames sent to `to`, in order, from the drained actions.
+    fn frames_to(actions: &[Action], to: HostId) -> Vec<S> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { to: t, message } if *t == to => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn events(actions: &[Action]) -> Vec<ServerEvent> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event(e) => Some(e.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.registry.handle_timeout(self.now);
+    }
+}
+
+fn joined(group: GroupId, member: HostId, member_count: u32) -> S {
+    S::MemberJoined {
+        group,
+        member,
+        member_count,
+        join_message: Bytes::from_static(b"hi"),
+    }
+}
+
+fn left(group: GroupId, member: HostId, member_count: u32) -> S {
+    S::MemberLeft {
+        group,
+        member,
+        member_count,
+    }
+}
+
+fn pair_of(actions: &[Action], to: HostId, peer: HostId) -> PairId {
+    World::frames_to(actions, to)
+        .into_iter()
+        .find_map(|f| match f {
+            S::PeerUp { peer: p, pair, .. } if p == peer => Some(pair),
+            _ => None,
+        })
+        .expect("a PeerUp about the peer")
+}
+
+fn ack_all(world: &mut World, actions: &[Action], hosts: &[HostId]) {
+    for &host in hosts {
+        for frame in World::frames_to(actions, host) {
+            if let S::MemberJoined { group, member, .. } = frame {
+                world.registry.handle_join_ack(host, group, member);
+            }
+        }
+    }
+}
+
+#[test]
+fn join_notifies_everyone_in_proudnet_order_and_completes_on_all_acks() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    let g = w
+        .registry
+        .create_group(&[a], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    let first = w.drain();
+    assert_eq!(World::frames_to(&first, a), vec![joined(g, a, 1)]);
+    w.registry.handle_join_ack(a, g, a);
+    assert_eq!(
+        World::events(&w.drain()),
+        vec![ServerEvent::JoinAckComplete {
+            group: g,
+            member: a,
+            result: Ok(())
+        }]
+    );
+
+    assert_eq!(
+        w.registry.join_group(g, b, "hi".into(), w.now),
+        Ok(JoinOutcome::Joined)
+    );
+    let actions = w.drain();
+    let pair = pair_of(&actions, a, b);
+    let to_a = World::frames_to(&actions, a);
+    let to_b = World::frames_to(&actions, b);
+    let peer_up = |peer, n| S::PeerUp {
+        peer,
+        pair,
+        info: PeerInfo {
+            identity: identity(n),
+        },
+    };
+    assert_eq!(to_a, vec![peer_up(b, 2), joined(g, b, 2)]);
+    assert_eq!(to_b, vec![peer_up(a, 1), joined(g, a, 2), joined(g, b, 2)]);
+
+    // B's ack alone is not enough; A's completes the join.
+    w.registry.handle_join_ack(b, g, b);
+    w.registry.handle_join_ack(b, g, a); // B acks its catch-up notice about A: not owed.
+    assert!(World::events(&w.drain()).is_empty());
+    w.registry.handle_join_ack(a, g, b);
+    assert_eq!(
+        World::events(&w.drain()),
+        vec![ServerEvent::JoinAckComplete {
+            group: g,
+            member: b,
+            result: Ok(())
+        }]
+    );
+}
+
+#[test]
+fn joining_twice_is_already_member_and_sends_nothing() {
+    let mut w = World::new();
+    let a = w.connect(1);
+    let g = w
+        .registry
+        .create_group(&[a], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    w.drain();
+    assert_eq!(
+        w.registry.join_group(g, a, "hi".into(), w.now),
+        Ok(JoinOutcome::AlreadyMember)
+    );
+    assert!(w.drain().is_empty());
+}
+
+#[test]
+fn leave_tells_the_rest_and_the_leaver_hears_everyone_including_itself() {
+    let mut w = World::new();
+    let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
+    let g = w
+        .registry
+        .create_group(&[a, b, c], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    w.drain();
+    w.registry.leave_group(g, b, w.now).unwrap();
+    let actions = w.drain();
+    assert_eq!(World::frames_to(&actions, a), vec![left(g, b, 2)]);
+    assert_eq!(World::frames_to(&actions, c), vec![left(g, b, 2)]);
+    assert_eq!(
+        World::frames_to(&actions, b),
+        vec![left(g, a, 2), left(g, c, 2), left(g, b, 2)]
+    );
+    assert_eq!(
+        w.registry.leave_group(g, b, w.now),
+        Err(GroupError::NotMember { group: g, host: b })
+    );
+    assert_eq!(w.registry.group_members(g).unwrap(), vec![a, c]);
+    assert_eq!(w.registry.groups_of(b).unwrap(), vec![]);
+}
+
+#[test]
+fn leaving_before_acks_ends_the_join_with_member_left() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    let g = w
+        .registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    w.drain();
+    w.registry.leave_group(g, b, w.now).unwrap();
+    let events = World::events(&w.drain());
+    assert!(events.contains(&ServerEvent::JoinAckComplete {
+        group: g,
+        member: b,
+        result: Err(JoinAckError::MemberLeft)
+    }));
+    // A's own join was waiting on B's ack; B is gone, so it completes once A acks.
+    w.registry.handle_join_ack(a, g, a);
+    assert_eq!(
+        World::events(&w.drain()),
+        vec![ServerEvent::JoinAckComplete {
+            group: g,
+            member: a,
+            result: Ok(())
+        }]
+    );
+}
+
+#[test]
+fn destroy_ends_pending_joins_then_removes_the_group() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    let g = w
+        .registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    w.drain();
+    w.registry.destroy_group(g, w.now).unwrap();
+    let actions = w.drain();
+    let events = World::events(&actions);
+    assert_eq!(
+        events.last(),
+        Some(&ServerEvent::GroupRemoved { group: g }),
+        "GroupRemoved comes after the leaves"
+    );
+    for member in [a, b] {
+        assert!(events.contains(&ServerEvent::JoinAckComplete {
+            group: g,
+            member,
+            result: Err(JoinAckError::GroupDestroyed)
+        }));
+    }
+    assert!(World::frames_to(&actions, a).contains(&left(g, a, 1)));
+    assert_eq!(
+        w.registry.group_members(g),
+        Err(GroupError::UnknownGroup(g))
+    );
+    assert_eq!(
+        w.registry.destroy_group(g, w.now),
+        Err(GroupError::UnknownGroup(g))
+    );
+}
+
+#[test]
+fn disconnect_leaves_every_group_and_ends_pairs_at_once() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    let g1 = w
+        .registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    let g2 = w
+        .registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    let setup = w.drain();
+    let pair = pair_of(&setup, a, b);
+    ack_all(&mut w, &setup, &[a, b]);
+    w.drain();
+
+    w.registry.handle_disconnect(b, w.now);
+    let actions = w.drain();
+    assert_eq!(
+        World::frames_to(&actions, a),
+        vec![
+            left(g1, b, 1),
+            left(g2, b, 1),
+            S::PeerDown { peer: b, pair }
+        ]
+    );
+    assert!(World::frames_to(&actions, b).is_empty(), "b is gone");
+    assert!(!w.registry.is_connected(b));
+    assert_eq!(w.registry.pair_count(), 0);
+    assert_eq!(
+        w.registry.join_group(g1, b, "hi".into(), w.now),
+        Err(GroupError::UnknownHost(b))
+    );
+}
+
+#[test]
+fn disconnect_during_join_reports_disconnected() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    let g = w
+        .registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    w.drain();
+    w.registry.handle_disconnect(b, w.now);
+    assert!(World::events(&w.drain()).contains(&ServerEvent::JoinAckComplete {
+        group: g,
+        member: b,
+        result: Err(JoinAckError::Disconnected)
+    }));
+}
+
+#[test]
+fn missing_acks_time_out_after_the_configured_time_and_not_before() {
+    let mut w = World::new();
+    let a = w.connect(1);
+    let g = w
+        .registry
+        .create_group(&[a], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    w.drain();
+    assert_eq!(
+        w.registry.poll_timeout(),
+        Some(w.now + Duration::from_secs(15))
+    );
+    w.advance(Duration::from_millis(14_999));
+    assert!(World::events(&w.drain()).is_empty());
+    w.advance(Duration::from_millis(1));
+    assert_eq!(
+        World::events(&w.drain()),
+        vec![ServerEvent::JoinAckComplete {
+            group: g,
+            member: a,
+            result: Err(JoinAckError::Timeout)
+        }]
+    );
+    w.registry.handle_join_ack(a, g, a);
+    assert!(w.drain().is_empty(), "a late ack changes nothing");
+}
+
+#[test]
+fn a_pair_lingers_after_the_last_shared_group_and_survives_a_quick_rejoin() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    let g = w
+        .registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    let pair = pair_of(&w.drain(), a, b);
+    w.registry.leave_group(g, b, w.now).unwrap();
+    w.drain();
+    w.advance(Duration::from_secs(5));
+    w.registry.join_group(g, b, "hi".into(), w.now).unwrap();
+    let rejoin = w.drain();
+    assert!(
+        !World::frames_to(&rejoin, a)
+            .iter()
+            .any(|f| matches!(f, S::PeerUp { .. })),
+        "the pair is kept, so no new PeerUp"
+    );
+    assert_eq!(w.registry.pair_between(a, b), Some((pair, 1)));
+
+    w.registry.leave_group(g, b, w.now).unwrap();
+    w.drain();
+    w.advance(Duration::from_millis(9_999));
+    assert_eq!(w.registry.pair_count(), 1);
+    w.advance(Duration::from_millis(1));
+    let actions = w.drain();
+    assert_eq!(
+        World::frames_to(&actions, a),
+        vec![S::PeerDown { peer: b, pair }]
+    );
+    assert_eq!(
+        World::frames_to(&actions, b),
+        vec![S::PeerDown { peer: a, pair }]
+    );
+}
+
+#[test]
+fn two_groups_share_one_pair() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    let opts = GroupOptions::default();
+    let g1 = w
+        .registry
+        .create_group(&[a, b], opts, "hi".into(), w.now)
+        .unwrap();
+    w.registry
+        .create_group(&[a, b], opts, "hi".into(), w.now)
+        .unwrap();
+    let actions = w.drain();
+    let ups = World::frames_to(&actions, a)
+        .into_iter()
+        .filter(|f| matches!(f, S::PeerUp { .. }))
+        .count();
+    assert_eq!(ups, 1);
+    w.registry.leave_group(g1, a, w.now).unwrap();
+    assert_eq!(w.registry.pair_between(a, b).map(|p| p.1), Some(1));
+    assert_eq!(w.registry.poll_timeout().map(|t| t > w.now), Some(true));
+}
+
+#[test]
+fn group_without_allow_empty_is_removed_as_it_empties() {
+    let mut w = World::new();
+    let a = w.connect(1);
+    let options = GroupOptions {
+        allow_empty: false,
+        ..GroupOptions::default()
+    };
+    assert_eq!(
+        w.registry.create_group(&[], options, "hi".into(), w.now),
+        Err(GroupError::EmptyNotAllowed)
+    );
+    let g = w
+        .registry
+        .create_group(&[a], options, "hi".into(), w.now)
+        .unwrap();
+    w.drain();
+    w.registry.leave_group(g, a, w.now).unwrap();
+    assert!(World::events(&w.drain()).contains(&ServerEvent::GroupRemoved { group: g }));
+    assert!(w.registry.groups().is_empty());
+}
+
+#[test]
+fn create_group_with_an_unknown_member_changes_nothing() {
+    let mut w = World::new();
+    let a = w.connect(1);
+    let ghost = HostId::from_raw(12345 << 32 | 7);
+    assert_eq!(
+        w.registry
+            .create_group(&[a, ghost], GroupOptions::default(), "hi".into(), w.now),
+        Err(GroupError::UnknownHost(ghost))
+    );
+    assert!(w.registry.groups().is_empty());
+    assert!(w.drain().is_empty());
+}
+
+#[test]
+fn a_stale_host_id_never_names_the_new_host_in_its_slot() {
+    let mut w = World::new();
+    let old = w.connect(1);
+    w.registry.handle_disconnect(old, w.now);
+    let new = w.connect(2);
+    assert_ne!(old, new);
+    assert!(!w.registry.is_connected(old));
+    assert!(w.registry.is_connected(new));
+    assert_ne!(old, HostId::SERVER);
+    assert_ne!(new, HostId::SERVER);
+}
+
+#[test]
+fn server_member_appears_in_notices_and_receives_group_messages() {
+    let mut w = World::new();
+    let a = w.connect(1);
+    let options = GroupOptions {
+        server_is_member: true,
+        ..GroupOptions::default()
+    };
+    let g = w
+        .registry
+        .create_group(&[a], options, "hi".into(), w.now)
+        .unwrap();
+    let actions = w.drain();
+    assert_eq!(
+        World::frames_to(&actions, a),
+        vec![joined(g, HostId::SERVER, 2), joined(g, a, 2)]
+    );
+    assert_eq!(w.registry.group_members(g).unwrap(), vec![HostId::SERVER, a]);
+    w.registry
+        .handle_relay(a, Some(g), true, &[], Bytes::from_static(b"x"));
+    assert_eq!(
+        World::events(&w.drain()),
+        vec![ServerEvent::Message {
+            from: a,
+            group: Some(g),
+            payload: Bytes::from_static(b"x"),
+            delivery: Delivery::ReliableOrdered
+        }]
+    );
+}
+
+#[test]
+fn relay_delivers_within_a_shared_group_stamped_with_the_real_sender() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    let g = w
+        .registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    let pair = pair_of(&w.drain(), a, b);
+    w.registry.handle_relay(
+        a,
+        Some(g),
+        false,
+        &[RelayDest { pair, seq: 1 }],
+        Bytes::from_static(b"p"),
+    );
+    let actions = w.drain();
+    assert_eq!(
+        World::frames_to(&actions, b),
+        vec![S::Deliver {
+            from: a,
+            group: Some(g),
+            seq: 1,
+            payload: Bytes::from_static(b"p")
+        }]
+    );
+    assert_eq!(w.registry.counters().relayed, 1);
+}
+
+#[test]
+fn relay_outside_a_shared_group_is_refused_counted_and_skipped_for_the_receiver() {
+    let mut w = World::new();
+    let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
+    let g = w
+        .registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    let g_ac = w
+        .registry
+        .create_group(&[a, c], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    let pair_ab = pair_of(&w.drain(), a, b);
+    w.registry.leave_group(g, b, w.now).unwrap(); // the pair now lingers
+    w.drain();
+
+    w.registry.handle_relay(
+        a,
+        None,
+        false,
+        &[RelayDest {
+            pair: pair_ab,
+            seq: 4,
+        }],
+        Bytes::from_static(b"p"),
+    );
+    let actions = w.drain();
+    assert_eq!(
+        World::frames_to(&actions, b),
+        vec![S::Skipped { from: a, seq: 4 }]
+    );
+    assert_eq!(
+        World::frames_to(&actions, a),
+        vec![S::Refused {
+            pair: Some(pair_ab),
+            group: None,
+            reason: RefuseReason::NoSharedGroup
+        }]
+    );
+
+    // Naming a group the destination is not in is refused too.
+    w.registry.handle_relay(
+        a,
+        Some(g_ac),
+        false,
+        &[RelayDest {
+            pair: pair_ab,
+            seq: 5,
+        }],
+        Bytes::from_static(b"p"),
+    );
+    assert!(World::frames_to(&w.drain(), a).contains(&S::Refused {
+        pair: Some(pair_ab),
+        group: Some(g_ac),
+        reason: RefuseReason::DestNotInGroup
+    }));
+
+    // A pair the sender is not part of (B-C never shared a group, so C can only guess ids).
+    w.registry.handle_relay(
+        c,
+        None,
+        false,
+        &[RelayDest {
+            pair: pair_ab,
+            seq: 1,
+        }],
+        Bytes::from_static(b"forged"),
+    );
+    let actions = w.drain();
+    assert!(World::frames_to(&actions, b).is_empty());
+    assert!(World::frames_to(&actions, a).is_empty());
+    assert_eq!(
+        World::frames_to(&actions, c),
+        vec![S::Refused {
+            pair: Some(pair_ab),
+            group: None,
+            reason: RefuseReason::UnknownPair
+        }]
+    );
+    assert_eq!(w.registry.counters().relay_refused, 3);
+}
+
+#[test]
+fn datagram_relay_follows_the_same_rule_without_skips() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    let g = w
+        .registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    let pair = pair_of(&w.drain(), a, b);
+    w.registry
+        .handle_datagram(a, Some(g), false, &[pair], Bytes::from_static(b"d"));
+    assert_eq!(
+        w.drain(),
+        vec![Action::Datagram {
+            to: b,
+            sender: a,
+            message: ServerDatagram::Deliver {
+                from: a,
+                group: Some(g),
+                payload: Bytes::from_static(b"d")
+            }
+        }]
+    );
+    w.registry.leave_group(g, b, w.now).unwrap();
+    w.drain();
+    w.registry
+        .handle_datagram(a, None, false, &[pair], Bytes::from_static(b"d"));
+    let actions = w.drain();
+    assert!(World::frames_to(&actions, b).is_empty());
+    assert_eq!(actions.len(), 1, "only the refusal to the sender");
+}
+
+#[test]
+fn messages_to_a_group_the_server_is_not_in_are_refused() {
+    let mut w = World::new();
+    let a = w.connect(1);
+    let g = w
+        .registry
+        .create_group(&[a], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    w.drain();
+    w.registry
+        .handle_relay(a, Some(g), true, &[], Bytes::from_static(b"x"));
+    assert_eq!(
+        World::frames_to(&w.drain(), a),
+        vec![S::Refused {
+            pair: None,
+            group: Some(g),
+            reason: RefuseReason::ServerNotMember
+        }]
+    );
+    w.registry.handle_relay(a, None, true, &[], Bytes::from_static(b"x"));
+    assert!(matches!(
+        World::events(&w.drain()).as_slice(),
+        [ServerEvent::Message { group: None, .. }]
+    ));
+}
