@@ -140,8 +140,9 @@ pub fn peek_hello_version(body: &[u8]) -> Option<u32> {
 
 /// A sans-IO reassembler: push bytes as they arrive, pull whole frame bodies out.
 ///
-/// Holds at most one partial frame, so its memory stays under `max` plus the prefix plus
-/// whatever was pushed in one call.
+/// It keeps whatever was pushed and not yet taken out. A caller that takes every whole
+/// body after each push holds at most one partial frame: under `max` plus the prefix plus
+/// what one push added.
 #[derive(Debug)]
 pub struct FrameDecoder {
     buffer: BytesMut,

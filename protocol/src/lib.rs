@@ -29,7 +29,7 @@ pub use frame::{
 };
 pub use ids::{Fingerprint, GroupId, HostId, PairId, ParseFingerprintError};
 pub use messages::{
-    ClientDatagram, ClientToServer, Delivery, Hello, PeerInfo, PeerToPeer, Path, RefuseReason,
+    ClientDatagram, ClientToServer, Delivery, Hello, Path, PeerInfo, PeerToPeer, RefuseReason,
     RelayDest, ServerDatagram, ServerToClient,
 };
 

@@ -1,5 +1,56 @@
-//! peergroup server.
-#![allow(missing_docs)]
-pub mod error;
-pub mod events;
+//! The peergroup server: authenticates clients, owns P2P groups and relays between members.
+//!
+//! A game server embeds it: it decides who may connect (the [`AuthHook`]), creates groups
+//! and moves hosts in and out of them ([`Server::create_group`], [`Server::join_group`],
+//! ...), and reads what happens from [`ServerEvents`]. Members of a group can message each
+//! other at once through the relay; the server stamps every sender and refuses to relay
+//! between hosts that share no group.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use peergroup_server::{GroupOptions, Identity, Server, ServerConfig, ServerEvent};
+//! let identity = Identity::load_or_generate("server-identity".as_ref())?;
+//! let config = ServerConfig::new("0.0.0.0:7700".parse()?, identity);
+//! let (server, mut events) = Server::start(config).await?;
+//! println!("clients pin {}", server.fingerprint());
+//! let lobby = server.create_group(&[], GroupOptions::default(), "")?;
+//! while let Some(event) = events.next().await {
+//!     if let ServerEvent::ClientConnected { host, .. } = event {
+//!         server.join_group(lobby, host, "welcome")?;
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - `registry/`: the sans-IO core (hosts, groups, join acks, pairs, relay rules), driven
+//!   by `handle_*(.., now)` and drained with `poll_action`/`poll_timeout`.
+//! - `shared.rs`: the lock around the core and the one place its actions are carried out.
+//! - `connection.rs`: one task per client (handshake, hello, auth, read loops, writer).
+//! - `server.rs`: the [`Server`] handle, the accept loop and the timer task.
+//! - `tls.rs`, `identity.rs`: rustls/quinn setup and the server certificate.
+//! - `rooms.rs`: the rooms application the `peergroup-server` binary runs.
+
+mod app_events;
+mod auth;
+mod config;
+mod connection;
+mod error;
+mod events;
+mod identity;
+mod outbound;
 pub mod registry;
+mod server;
+mod shared;
+mod tls;
+
+pub use app_events::ServerEvents;
+pub use auth::{AuthDecision, AuthHook, LoginRequest};
+pub use config::{Limits, ServerConfig, Timeouts};
+pub use error::{GroupError, SendError};
+pub use events::{DisconnectReason, JoinAckError, ServerEvent};
+pub use identity::{fingerprint_of, Identity, IdentityError};
+pub use peergroup_protocol::{Delivery, Fingerprint, GroupId, HostId};
+pub use registry::{GroupOptions, JoinOutcome};
+pub use server::{HostInfo, Server, ServerStats, ServerTarget, StartError};
+pub use tokio_util::sync::CancellationToken;

@@ -1,7 +1,7 @@
 //! What the registry asks its driver to do.
 
 use crate::events::ServerEvent;
-use peergroup_protocol::{HostId, ServerDatagram, ServerToClient};
+use peergroup_protocol::{HostId, PairId, ServerDatagram, ServerToClient};
 
 /// One output of the [`Registry`](super::Registry), in the order it must be carried out.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +20,8 @@ pub enum Action {
         to: HostId,
         /// The client whose message this is, to tell if it does not fit.
         sender: HostId,
+        /// The pair the datagram travels for, to name in that refusal.
+        pair: PairId,
         /// The datagram.
         message: ServerDatagram,
     },

@@ -83,6 +83,7 @@ impl PendingJoins {
     }
 
     /// Whether the join of `member` into `group` is still waiting.
+    #[cfg(test)]
     pub fn is_pending(&self, group: GroupId, member: HostId) -> bool {
         self.joins.contains_key(&(group, member))
     }

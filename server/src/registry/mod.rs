@@ -224,7 +224,9 @@ impl Registry {
 
     /// The pair between two clients, if any, and how many groups they share now.
     pub fn pair_between(&self, a: HostId, b: HostId) -> Option<(PairId, u32)> {
-        self.pairs.between(a, b).map(|(id, p)| (id, p.shared_groups))
+        self.pairs
+            .between(a, b)
+            .map(|(id, p)| (id, p.shared_groups))
     }
 
     // ---- groups --------------------------------------------------------------------------
@@ -368,7 +370,10 @@ impl Registry {
             .get(group_key(group))
             .ok_or(GroupError::UnknownGroup(group))?;
         let server = state.options.server_is_member.then_some(HostId::SERVER);
-        Ok(server.into_iter().chain(state.members.iter().copied()).collect())
+        Ok(server
+            .into_iter()
+            .chain(state.members.iter().copied())
+            .collect())
     }
 
     /// The options a group was made with.
@@ -444,7 +449,13 @@ impl Registry {
                 }
                 Err((reason, live_peer)) => {
                     if let Some(peer) = live_peer {
-                        self.send(peer, ServerToClient::Skipped { from, seq: dest.seq });
+                        self.send(
+                            peer,
+                            ServerToClient::Skipped {
+                                from,
+                                seq: dest.seq,
+                            },
+                        );
                     }
                     self.refuse(from, Some(dest.pair), group, reason);
                 }
@@ -472,6 +483,7 @@ impl Registry {
                     self.actions.push_back(Action::Datagram {
                         to,
                         sender: from,
+                        pair,
                         message: ServerDatagram::Deliver {
                             from,
                             group,

@@ -108,7 +108,8 @@ impl PairTable {
     /// Ends the pair if it is still lingering and its time is up; returns its hosts.
     pub fn expire(&mut self, id: PairId, now: Instant) -> Option<(HostId, HostId)> {
         let key = key_of(id);
-        let due = matches!(self.pairs.get(key), Some(p) if p.linger_until.is_some_and(|t| t <= now));
+        let due =
+            matches!(self.pairs.get(key), Some(p) if p.linger_until.is_some_and(|t| t <= now));
         if !due {
             return None;
         }

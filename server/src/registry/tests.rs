@@ -295,11 +295,13 @@ fn disconnect_during_join_reports_disconnected() {
         .unwrap();
     w.drain();
     w.registry.handle_disconnect(b, w.now);
-    assert!(World::events(&w.drain()).contains(&ServerEvent::JoinAckComplete {
-        group: g,
-        member: b,
-        result: Err(JoinAckError::Disconnected)
-    }));
+    assert!(
+        World::events(&w.drain()).contains(&ServerEvent::JoinAckComplete {
+            group: g,
+            member: b,
+            result: Err(JoinAckError::Disconnected)
+        })
+    );
 }
 
 #[test]
@@ -457,7 +459,10 @@ fn server_member_appears_in_notices_and_receives_group_messages() {
         World::frames_to(&actions, a),
         vec![joined(g, HostId::SERVER, 2), joined(g, a, 2)]
     );
-    assert_eq!(w.registry.group_members(g).unwrap(), vec![HostId::SERVER, a]);
+    assert_eq!(
+        w.registry.group_members(g).unwrap(),
+        vec![HostId::SERVER, a]
+    );
     w.registry
         .handle_relay(a, Some(g), true, &[], Bytes::from_static(b"x"));
     assert_eq!(
@@ -598,6 +603,7 @@ fn datagram_relay_follows_the_same_rule_without_skips() {
         vec![Action::Datagram {
             to: b,
             sender: a,
+            pair,
             message: ServerDatagram::Deliver {
                 from: a,
                 group: Some(g),
@@ -633,7 +639,8 @@ fn messages_to_a_group_the_server_is_not_in_are_refused() {
             reason: RefuseReason::ServerNotMember
         }]
     );
-    w.registry.handle_relay(a, None, true, &[], Bytes::from_static(b"x"));
+    w.registry
+        .handle_relay(a, None, true, &[], Bytes::from_static(b"x"));
     assert!(matches!(
         World::events(&w.drain()).as_slice(),
         [ServerEvent::Message { group: None, .. }]

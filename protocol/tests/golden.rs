@@ -1,0 +1,540 @@
+//! Golden-byte tests: they pin the exact wire encoding of every message.
+//!
+//! A failing golden test means the wire format changed. That is a protocol break: bump
+//! `PROTOCOL_VERSION` (and update the bytes here) rather than just editing the expectation.
+//!
+//! The expected bytes were derived by hand from postcard's format: unsigned integers are
+//! LEB128 varints, an enum variant is its index as a varint, `Option` is a `0`/`1` byte then
+//! the value, `bool` is one `0`/`1` byte, `Bytes` and `Vec` are a varint length then the
+//! elements, and `[u8; 32]` is 32 raw bytes. Stream frames add a 4-byte big-endian length
+//! prefix in front of the body.
+
+use bytes::Bytes;
+use peergroup_protocol::{
+    datagram_to_bytes, decode_body, frame_to_bytes, ClientDatagram, ClientToServer, Delivery,
+    Fingerprint, FrameDecoder, GroupId, Hello, HostId, PairId, Path, PeerInfo, PeerToPeer,
+    RefuseReason, RelayDest, ServerDatagram, ServerToClient, DEFAULT_MAX_FRAME_LEN,
+};
+use serde::{de::DeserializeOwned, Serialize};
+use std::fmt::Debug;
+
+/// `0x1_0000_0002` as a varint: five bytes, the last carrying bit 32.
+const HOST: [u8; 5] = [0x82, 0x80, 0x80, 0x80, 0x10];
+/// `0x2_0000_0005` as a varint: five bytes, the last carrying bit 33.
+const GROUP: [u8; 5] = [0x85, 0x80, 0x80, 0x80, 0x20];
+/// `300` as a varint.
+const PAIR: [u8; 2] = [0xac, 0x02];
+
+fn host() -> HostId {
+    HostId::from_raw(0x1_0000_0002)
+}
+
+fn group() -> GroupId {
+    GroupId::from_raw(0x2_0000_0005)
+}
+
+fn pair() -> PairId {
+    PairId::from_raw(300)
+}
+
+/// Bytes `0x00, 0x01, ..., 0x1f`.
+fn fingerprint() -> Fingerprint {
+    Fingerprint(core::array::from_fn(|i| i as u8))
+}
+
+/// Concatenates byte pieces, so an expectation can reuse the id constants above.
+fn cat(pieces: &[&[u8]]) -> Vec<u8> {
+    pieces.concat()
+}
+
+/// Checks that `message` encodes as the frame `expected` (prefix included) and that the
+/// frame reads back, through [`FrameDecoder`] and [`decode_body`], as `message`.
+fn check_frame<T>(name: &str, message: &T, expected: &[u8])
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    let encoded = frame_to_bytes(message, DEFAULT_MAX_FRAME_LEN)
+        .unwrap_or_else(|error| panic!("{name}: encoding failed: {error}"));
+    assert_eq!(encoded.as_ref(), expected, "{name}: frame bytes changed");
+
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+    decoder.push(expected);
+    let body = decoder
+        .next_body()
+        .unwrap_or_else(|error| panic!("{name}: decoder refused the frame: {error}"))
+        .unwrap_or_else(|| panic!("{name}: decoder wants more bytes"));
+    assert_eq!(
+        body.as_ref(),
+        &expected[4..],
+        "{name}: body is not the rest"
+    );
+    assert!(
+        matches!(decoder.next_body(), Ok(None)),
+        "{name}: decoder has bytes left"
+    );
+    let decoded: T =
+        decode_body(&body).unwrap_or_else(|error| panic!("{name}: decoding failed: {error}"));
+    assert_eq!(&decoded, message, "{name}: decoded message differs");
+}
+
+/// Checks that `message` encodes as the bare body (datagram) `expected` and decodes back.
+fn check_body<T>(name: &str, message: &T, expected: &[u8])
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    let encoded = datagram_to_bytes(message)
+        .unwrap_or_else(|error| panic!("{name}: encoding failed: {error}"));
+    assert_eq!(encoded.as_ref(), expected, "{name}: bytes changed");
+    let decoded: T =
+        decode_body(expected).unwrap_or_else(|error| panic!("{name}: decoding failed: {error}"));
+    assert_eq!(&decoded, message, "{name}: decoded message differs");
+}
+
+// Exhaustive matches (no wildcard), so adding a variant to a message enum fails to compile
+// here until it gets a golden case below.
+
+fn client_to_server_variant(message: &ClientToServer) -> u32 {
+    match message {
+        ClientToServer::Hello(_) => 0,
+        ClientToServer::JoinAck { .. } => 1,
+        ClientToServer::Relay { .. } => 2,
+    }
+}
+
+fn server_to_client_variant(message: &ServerToClient) -> u32 {
+    match message {
+        ServerToClient::Welcome { .. } => 0,
+        ServerToClient::PeerUp { .. } => 1,
+        ServerToClient::PeerDown { .. } => 2,
+        ServerToClient::MemberJoined { .. } => 3,
+        ServerToClient::MemberLeft { .. } => 4,
+        ServerToClient::Deliver { .. } => 5,
+        ServerToClient::Skipped { .. } => 6,
+        ServerToClient::FromServer { .. } => 7,
+        ServerToClient::Refused { .. } => 8,
+    }
+}
+
+fn client_datagram_variant(message: &ClientDatagram) -> u32 {
+    match message {
+        ClientDatagram::Relay { .. } => 0,
+    }
+}
+
+fn server_datagram_variant(message: &ServerDatagram) -> u32 {
+    match message {
+        ServerDatagram::Deliver { .. } => 0,
+    }
+}
+
+fn peer_to_peer_variant(message: &PeerToPeer) -> u32 {
+    match message {
+        PeerToPeer::Data { .. } => 0,
+        PeerToPeer::Ack { .. } => 1,
+    }
+}
+
+/// Asserts that the cases cover variants `0..count`, and that each case's body starts with
+/// its variant index (all indices here are below 128, so one varint byte).
+fn assert_covers<T>(
+    cases: &[(&str, T, Vec<u8>)],
+    variant: fn(&T) -> u32,
+    count: u32,
+    prefix_len: usize,
+) {
+    let mut seen: Vec<u32> = cases.iter().map(|(_, m, _)| variant(m)).collect();
+    for (name, message, bytes) in cases {
+        assert_eq!(
+            u32::from(bytes[prefix_len]),
+            variant(message),
+            "{name}: body does not start with the variant index"
+        );
+    }
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        (0..count).collect::<Vec<_>>(),
+        "a variant has no golden case"
+    );
+}
+
+#[test]
+fn client_to_server_frames() {
+    let cases: Vec<(&str, ClientToServer, Vec<u8>)> = vec![
+        (
+            "Hello",
+            ClientToServer::Hello(Hello {
+                version: 1,
+                login: Bytes::from_static(b"tok"),
+            }),
+            vec![0x00, 0x00, 0x00, 0x06, 0x00, 0x01, 0x03, b't', b'o', b'k'],
+        ),
+        (
+            "JoinAck",
+            ClientToServer::JoinAck {
+                group: group(),
+                member: host(),
+            },
+            cat(&[&[0x00, 0x00, 0x00, 0x0b, 0x01], &GROUP, &HOST]),
+        ),
+        (
+            "Relay with group, server and two dests",
+            ClientToServer::Relay {
+                group: Some(group()),
+                to_server: true,
+                dests: vec![
+                    RelayDest {
+                        pair: pair(),
+                        seq: 1,
+                    },
+                    RelayDest {
+                        pair: PairId::from_raw(7),
+                        seq: 16384,
+                    },
+                ],
+                payload: Bytes::from_static(b"hi"),
+            },
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x13, 0x02, 0x01],
+                &GROUP,
+                &[0x01, 0x02],
+                &PAIR,
+                &[0x01, 0x07, 0x80, 0x80, 0x01],
+                &[0x02, b'h', b'i'],
+            ]),
+        ),
+        (
+            "Relay with nothing",
+            ClientToServer::Relay {
+                group: None,
+                to_server: false,
+                dests: Vec::new(),
+                payload: Bytes::new(),
+            },
+            vec![0x00, 0x00, 0x00, 0x05, 0x02, 0x00, 0x00, 0x00, 0x00],
+        ),
+    ];
+    for (name, message, expected) in &cases {
+        check_frame(name, message, expected);
+    }
+    assert_covers(&cases, client_to_server_variant, 3, 4);
+}
+
+#[test]
+fn server_to_client_frames() {
+    let cases: Vec<(&str, ServerToClient, Vec<u8>)> = vec![
+        (
+            "Welcome",
+            ServerToClient::Welcome {
+                version: 1,
+                host_id: host(),
+                app_data: Bytes::from_static(b"ok"),
+                max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            },
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x0d, 0x00, 0x01],
+                &HOST,
+                &[0x02, b'o', b'k'],
+                // 0x110000 = 1 MiB + 64 KiB.
+                &[0x80, 0x80, 0x44],
+            ]),
+        ),
+        (
+            "PeerUp",
+            ServerToClient::PeerUp {
+                peer: host(),
+                pair: pair(),
+                info: PeerInfo {
+                    identity: fingerprint(),
+                },
+            },
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x28, 0x01],
+                &HOST,
+                &PAIR,
+                &[
+                    0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c,
+                    0x0d, 0x0e, 0x0f, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19,
+                    0x1a, 0x1b, 0x1c, 0x1d, 0x1e, 0x1f,
+                ],
+            ]),
+        ),
+        (
+            "PeerDown",
+            ServerToClient::PeerDown {
+                peer: host(),
+                pair: pair(),
+            },
+            cat(&[&[0x00, 0x00, 0x00, 0x08, 0x02], &HOST, &PAIR]),
+        ),
+        (
+            "MemberJoined",
+            ServerToClient::MemberJoined {
+                group: group(),
+                member: HostId::SERVER,
+                member_count: 200,
+                join_message: Bytes::from_static(b"yo"),
+            },
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x0c, 0x03],
+                &GROUP,
+                &[0x01, 0xc8, 0x01, 0x02, b'y', b'o'],
+            ]),
+        ),
+        (
+            "MemberLeft",
+            ServerToClient::MemberLeft {
+                group: group(),
+                member: host(),
+                member_count: 0,
+            },
+            cat(&[&[0x00, 0x00, 0x00, 0x0c, 0x04], &GROUP, &HOST, &[0x00]]),
+        ),
+        (
+            "Deliver",
+            ServerToClient::Deliver {
+                from: host(),
+                group: Some(group()),
+                seq: 129,
+                payload: Bytes::from_static(b"hi"),
+            },
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x11, 0x05],
+                &HOST,
+                &[0x01],
+                &GROUP,
+                &[0x81, 0x01, 0x02, b'h', b'i'],
+            ]),
+        ),
+        (
+            "Skipped",
+            ServerToClient::Skipped {
+                from: host(),
+                seq: 16384,
+            },
+            cat(&[&[0x00, 0x00, 0x00, 0x09, 0x06], &HOST, &[0x80, 0x80, 0x01]]),
+        ),
+        (
+            "FromServer",
+            ServerToClient::FromServer {
+                group: None,
+                payload: Bytes::from_static(b"srv"),
+            },
+            vec![0x00, 0x00, 0x00, 0x06, 0x07, 0x00, 0x03, b's', b'r', b'v'],
+        ),
+        (
+            "Refused with pair",
+            ServerToClient::Refused {
+                pair: Some(pair()),
+                group: None,
+                reason: RefuseReason::DestNotInGroup,
+            },
+            cat(&[&[0x00, 0x00, 0x00, 0x06, 0x08, 0x01], &PAIR, &[0x00, 0x02]]),
+        ),
+        (
+            "Refused with group",
+            ServerToClient::Refused {
+                pair: None,
+                group: Some(group()),
+                reason: RefuseReason::TooLargeForPath,
+            },
+            cat(&[&[0x00, 0x00, 0x00, 0x09, 0x08, 0x00, 0x01], &GROUP, &[0x05]]),
+        ),
+    ];
+    for (name, message, expected) in &cases {
+        check_frame(name, message, expected);
+    }
+    assert_covers(&cases, server_to_client_variant, 9, 4);
+}
+
+#[test]
+fn frame_length_prefix_is_big_endian() {
+    // A 304-byte body (variant, `None`, two-byte length 300, payload) shows the byte order
+    // of the prefix: 0x0130.
+    let payload = vec![0xab; 300];
+    let message = ServerToClient::FromServer {
+        group: None,
+        payload: Bytes::from(payload.clone()),
+    };
+    let expected = cat(&[&[0x00, 0x00, 0x01, 0x30, 0x07, 0x00], &PAIR, &payload]);
+    check_frame("FromServer with 300 bytes", &message, &expected);
+}
+
+#[test]
+fn peer_to_peer_frames() {
+    let cases: Vec<(&str, PeerToPeer, Vec<u8>)> = vec![
+        (
+            "Data",
+            PeerToPeer::Data {
+                group: Some(group()),
+                seq: 1,
+                payload: Bytes::from_static(b"hi"),
+            },
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x0b, 0x00, 0x01],
+                &GROUP,
+                &[0x01, 0x02, b'h', b'i'],
+            ]),
+        ),
+        (
+            "Data without group",
+            PeerToPeer::Data {
+                group: None,
+                seq: 0,
+                payload: Bytes::new(),
+            },
+            vec![0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00],
+        ),
+        (
+            "Ack of u64::MAX",
+            PeerToPeer::Ack {
+                delivered: u64::MAX,
+            },
+            vec![
+                0x00, 0x00, 0x00, 0x0b, 0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+                0x01,
+            ],
+        ),
+    ];
+    for (name, message, expected) in &cases {
+        check_frame(name, message, expected);
+    }
+    assert_covers(&cases, peer_to_peer_variant, 2, 4);
+}
+
+#[test]
+fn client_datagrams() {
+    let cases: Vec<(&str, ClientDatagram, Vec<u8>)> = vec![
+        (
+            "Relay with group and two dests",
+            ClientDatagram::Relay {
+                group: Some(group()),
+                to_server: false,
+                dests: vec![pair(), PairId::from_raw(1)],
+                payload: Bytes::from_static(b"ping"),
+            },
+            cat(&[
+                &[0x00, 0x01],
+                &GROUP,
+                &[0x00, 0x02],
+                &PAIR,
+                &[0x01, 0x04, b'p', b'i', b'n', b'g'],
+            ]),
+        ),
+        (
+            "Relay to the server only",
+            ClientDatagram::Relay {
+                group: None,
+                to_server: true,
+                dests: Vec::new(),
+                payload: Bytes::from_static(b"x"),
+            },
+            vec![0x00, 0x00, 0x01, 0x00, 0x01, b'x'],
+        ),
+    ];
+    for (name, message, expected) in &cases {
+        check_body(name, message, expected);
+    }
+    assert_covers(&cases, client_datagram_variant, 1, 0);
+}
+
+#[test]
+fn server_datagrams() {
+    let cases: Vec<(&str, ServerDatagram, Vec<u8>)> = vec![
+        (
+            "Deliver from a host in a group",
+            ServerDatagram::Deliver {
+                from: host(),
+                group: Some(group()),
+                payload: Bytes::from_static(b"hi"),
+            },
+            cat(&[&[0x00], &HOST, &[0x01], &GROUP, &[0x02, b'h', b'i']]),
+        ),
+        (
+            "Deliver from the server",
+            ServerDatagram::Deliver {
+                from: HostId::SERVER,
+                group: None,
+                payload: Bytes::from_static(b"x"),
+            },
+            vec![0x00, 0x01, 0x00, 0x01, b'x'],
+        ),
+    ];
+    for (name, message, expected) in &cases {
+        check_body(name, message, expected);
+    }
+    assert_covers(&cases, server_datagram_variant, 1, 0);
+}
+
+// The parts below are pinned as bare bodies: they travel only inside the messages above.
+
+#[test]
+fn delivery_variants() {
+    check_body("ReliableOrdered", &Delivery::ReliableOrdered, &[0x00]);
+    check_body("Unreliable", &Delivery::Unreliable, &[0x01]);
+}
+
+#[test]
+fn path_variants() {
+    check_body("Relay", &Path::Relay, &[0x00]);
+    check_body("Direct", &Path::Direct, &[0x01]);
+    check_body("Loopback", &Path::Loopback, &[0x02]);
+}
+
+#[test]
+fn refuse_reason_variants() {
+    check_body("NoSharedGroup", &RefuseReason::NoSharedGroup, &[0x00]);
+    check_body("SenderNotInGroup", &RefuseReason::SenderNotInGroup, &[0x01]);
+    check_body("DestNotInGroup", &RefuseReason::DestNotInGroup, &[0x02]);
+    check_body("UnknownPair", &RefuseReason::UnknownPair, &[0x03]);
+    check_body("ServerNotMember", &RefuseReason::ServerNotMember, &[0x04]);
+    check_body("TooLargeForPath", &RefuseReason::TooLargeForPath, &[0x05]);
+}
+
+#[test]
+fn peer_info() {
+    check_body(
+        "PeerInfo",
+        &PeerInfo {
+            identity: fingerprint(),
+        },
+        &[
+            0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d,
+            0x0e, 0x0f, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b,
+            0x1c, 0x1d, 0x1e, 0x1f,
+        ],
+    );
+}
+
+#[test]
+fn relay_dest() {
+    check_body(
+        "RelayDest",
+        &RelayDest {
+            pair: pair(),
+            seq: 129,
+        },
+        &[0xac, 0x02, 0x81, 0x01],
+    );
+}
+
+#[test]
+fn hello() {
+    check_body(
+        "Hello",
+        &Hello {
+            version: 300,
+            login: Bytes::from_static(b"ab"),
+        },
+        &[0xac, 0x02, 0x02, b'a', b'b'],
+    );
+    check_body(
+        "Hello with u32::MAX",
+        &Hello {
+            version: u32::MAX,
+            login: Bytes::new(),
+        },
+        &[0xff, 0xff, 0xff, 0xff, 0x0f, 0x00],
+    );
+}

@@ -1,0 +1,599 @@
+//! Property tests of the codec: every message round-trips through frames (reassembled from
+//! arbitrary chunks) and datagrams, arbitrary input never panics, and the framing errors
+//! are the documented ones with the documented close codes.
+
+use bytes::{Bytes, BytesMut};
+use peergroup_protocol::{
+    body_len, datagram_to_bytes, decode_body, encode_frame, frame_to_bytes, peek_hello_version,
+    ClientDatagram, ClientToServer, CloseCode, Fingerprint, FrameDecoder, FrameError, GroupId,
+    Hello, HostId, PairId, PeerInfo, PeerToPeer, RefuseReason, RelayDest, ServerDatagram,
+    ServerToClient, DATAGRAM_DELIVER_OVERHEAD, DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN,
+};
+use proptest::prelude::*;
+use serde::{de::DeserializeOwned, Serialize};
+use std::fmt::Debug;
+
+// ---------------------------------------------------------------------------------------
+// Strategies
+// ---------------------------------------------------------------------------------------
+
+fn host_id() -> impl Strategy<Value = HostId> {
+    any::<u64>().prop_map(HostId::from_raw)
+}
+
+fn group_id() -> impl Strategy<Value = GroupId> {
+    any::<u64>().prop_map(GroupId::from_raw)
+}
+
+fn pair_id() -> impl Strategy<Value = PairId> {
+    any::<u64>().prop_map(PairId::from_raw)
+}
+
+fn payload() -> impl Strategy<Value = Bytes> {
+    // Up to 200 bytes, so lengths of one and two varint bytes both occur.
+    prop::collection::vec(any::<u8>(), 0..200).prop_map(Bytes::from)
+}
+
+fn peer_info() -> impl Strategy<Value = PeerInfo> {
+    prop::array::uniform32(any::<u8>()).prop_map(|bytes| PeerInfo {
+        identity: Fingerprint(bytes),
+    })
+}
+
+fn relay_dest() -> impl Strategy<Value = RelayDest> {
+    (pair_id(), any::<u64>()).prop_map(|(pair, seq)| RelayDest { pair, seq })
+}
+
+fn refuse_reason() -> impl Strategy<Value = RefuseReason> {
+    prop_oneof![
+        Just(RefuseReason::NoSharedGroup),
+        Just(RefuseReason::SenderNotInGroup),
+        Just(RefuseReason::DestNotInGroup),
+        Just(RefuseReason::UnknownPair),
+        Just(RefuseReason::ServerNotMember),
+        Just(RefuseReason::TooLargeForPath),
+    ]
+}
+
+fn hello() -> impl Strategy<Value = Hello> {
+    (any::<u32>(), payload()).prop_map(|(version, login)| Hello { version, login })
+}
+
+fn client_to_server() -> impl Strategy<Value = ClientToServer> {
+    prop_oneof![
+        hello().prop_map(ClientToServer::Hello),
+        (group_id(), host_id())
+            .prop_map(|(group, member)| ClientToServer::JoinAck { group, member }),
+        (
+            prop::option::of(group_id()),
+            any::<bool>(),
+            prop::collection::vec(relay_dest(), 0..8),
+            payload(),
+        )
+            .prop_map(|(group, to_server, dests, payload)| ClientToServer::Relay {
+                group,
+                to_server,
+                dests,
+                payload,
+            }),
+    ]
+}
+
+fn server_to_client() -> impl Strategy<Value = ServerToClient> {
+    prop_oneof![
+        (any::<u32>(), host_id(), payload(), any::<u32>()).prop_map(
+            |(version, host_id, app_data, max_frame_len)| ServerToClient::Welcome {
+                version,
+                host_id,
+                app_data,
+                max_frame_len,
+            }
+        ),
+        (host_id(), pair_id(), peer_info()).prop_map(|(peer, pair, info)| ServerToClient::PeerUp {
+            peer,
+            pair,
+            info
+        }),
+        (host_id(), pair_id()).prop_map(|(peer, pair)| ServerToClient::PeerDown { peer, pair }),
+        (group_id(), host_id(), any::<u32>(), payload()).prop_map(
+            |(group, member, member_count, join_message)| ServerToClient::MemberJoined {
+                group,
+                member,
+                member_count,
+                join_message,
+            }
+        ),
+        (group_id(), host_id(), any::<u32>()).prop_map(|(group, member, member_count)| {
+            ServerToClient::MemberLeft {
+                group,
+                member,
+                member_count,
+            }
+        }),
+        (
+            host_id(),
+            prop::option::of(group_id()),
+            any::<u64>(),
+            payload()
+        )
+            .prop_map(|(from, group, seq, payload)| ServerToClient::Deliver {
+                from,
+                group,
+                seq,
+                payload,
+            }),
+        (host_id(), any::<u64>()).prop_map(|(from, seq)| ServerToClient::Skipped { from, seq }),
+        (prop::option::of(group_id()), payload())
+            .prop_map(|(group, payload)| ServerToClient::FromServer { group, payload }),
+        (
+            prop::option::of(pair_id()),
+            prop::option::of(group_id()),
+            refuse_reason()
+        )
+            .prop_map(|(pair, group, reason)| ServerToClient::Refused {
+                pair,
+                group,
+                reason,
+            }),
+    ]
+}
+
+fn client_datagram() -> impl Strategy<Value = ClientDatagram> {
+    (
+        prop::option::of(group_id()),
+        any::<bool>(),
+        prop::collection::vec(pair_id(), 0..8),
+        payload(),
+    )
+        .prop_map(|(group, to_server, dests, payload)| ClientDatagram::Relay {
+            group,
+            to_server,
+            dests,
+            payload,
+        })
+}
+
+fn server_datagram() -> impl Strategy<Value = ServerDatagram> {
+    (host_id(), prop::option::of(group_id()), payload()).prop_map(|(from, group, payload)| {
+        ServerDatagram::Deliver {
+            from,
+            group,
+            payload,
+        }
+    })
+}
+
+fn peer_to_peer() -> impl Strategy<Value = PeerToPeer> {
+    prop_oneof![
+        (prop::option::of(group_id()), any::<u64>(), payload()).prop_map(
+            |(group, seq, payload)| PeerToPeer::Data {
+                group,
+                seq,
+                payload
+            }
+        ),
+        any::<u64>().prop_map(|delivered| PeerToPeer::Ack { delivered }),
+    ]
+}
+
+/// Chunk sizes for feeding a decoder; used cyclically.
+fn chunk_sizes() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1usize..=24, 1..8)
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+/// Encodes `messages` as consecutive frames, feeds them to a [`FrameDecoder`] in chunks of
+/// the given sizes (cycled), and checks that exactly the same messages come out.
+fn stream_round_trip<T>(messages: &[T], chunks: &[usize]) -> Result<(), TestCaseError>
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    let mut wire = BytesMut::new();
+    for message in messages {
+        encode_frame(message, DEFAULT_MAX_FRAME_LEN, &mut wire)
+            .map_err(|error| TestCaseError::fail(format!("encode failed: {error}")))?;
+    }
+    // Frames appended to one buffer are the same bytes as frames encoded alone.
+    let separately: Vec<u8> = messages
+        .iter()
+        .flat_map(|m| frame_to_bytes(m, DEFAULT_MAX_FRAME_LEN).unwrap().to_vec())
+        .collect();
+    prop_assert_eq!(&wire[..], &separately[..]);
+
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+    let mut decoded = Vec::new();
+    let mut rest = &wire[..];
+    for &size in chunks.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (chunk, tail) = rest.split_at(size.min(rest.len()));
+        rest = tail;
+        decoder.push(chunk);
+        while let Some(body) = decoder
+            .next_body()
+            .map_err(|error| TestCaseError::fail(format!("decoder failed: {error}")))?
+        {
+            let message: T = decode_body(&body)
+                .map_err(|error| TestCaseError::fail(format!("decode failed: {error}")))?;
+            decoded.push(message);
+        }
+    }
+    prop_assert!(matches!(decoder.next_body(), Ok(None)));
+    prop_assert_eq!(&decoded[..], messages);
+    Ok(())
+}
+
+/// Datagram round trip, plus: every strict prefix of the encoding is refused (a truncated
+/// body never decodes as some other message).
+fn datagram_round_trip<T>(message: &T) -> Result<(), TestCaseError>
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug,
+{
+    let bytes = datagram_to_bytes(message).unwrap();
+    let decoded: T = decode_body(&bytes)
+        .map_err(|error| TestCaseError::fail(format!("decode failed: {error}")))?;
+    prop_assert_eq!(&decoded, message);
+    check_truncations::<T>(&bytes)
+}
+
+fn check_truncations<T: DeserializeOwned + Debug>(bytes: &[u8]) -> Result<(), TestCaseError> {
+    for cut in 0..bytes.len() {
+        let result = decode_body::<T>(&bytes[..cut]);
+        prop_assert!(
+            matches!(result, Err(FrameError::Malformed(_))),
+            "prefix of {} of {} bytes gave {:?}",
+            cut,
+            bytes.len(),
+            result
+        );
+    }
+    Ok(())
+}
+
+/// `message` encoded with `extra` appended must be refused with exactly `extra.len()` bytes
+/// over.
+fn check_trailing<T>(message: &T, extra: &[u8]) -> Result<(), TestCaseError>
+where
+    T: Serialize + DeserializeOwned + Debug,
+{
+    let mut bytes = datagram_to_bytes(message).unwrap().to_vec();
+    bytes.extend_from_slice(extra);
+    match decode_body::<T>(&bytes) {
+        Err(error @ FrameError::TrailingBytes { extra: n }) => {
+            prop_assert_eq!(n, extra.len());
+            prop_assert_eq!(error.close_code(), CloseCode::ProtocolViolation);
+        }
+        other => prop_assert!(false, "expected TrailingBytes, got {:?}", other),
+    }
+    Ok(())
+}
+
+/// The `len` and `max` of a [`FrameError::TooLarge`], after checking its close code.
+fn too_large<T: Debug>(result: Result<T, FrameError>) -> Result<(u64, u32), TestCaseError> {
+    match result {
+        Err(error) => match &error {
+            FrameError::TooLarge { len, max } => {
+                prop_assert_eq!(error.close_code(), CloseCode::FrameTooLarge);
+                Ok((*len, *max))
+            }
+            _ => Err(TestCaseError::fail(format!(
+                "expected TooLarge, got {error:?}"
+            ))),
+        },
+        Ok(value) => Err(TestCaseError::fail(format!(
+            "expected TooLarge, got Ok({value:?})"
+        ))),
+    }
+}
+
+/// LEB128, written here independently of postcard.
+fn varint(mut value: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Round trips
+// ---------------------------------------------------------------------------------------
+
+proptest! {
+    #[test]
+    fn client_to_server_frames_round_trip(
+        messages in prop::collection::vec(client_to_server(), 1..6),
+        chunks in chunk_sizes(),
+    ) {
+        stream_round_trip(&messages, &chunks)?;
+        for message in &messages {
+            check_truncations::<ClientToServer>(
+                &frame_to_bytes(message, DEFAULT_MAX_FRAME_LEN).unwrap()[LENGTH_PREFIX_LEN..],
+            )?;
+        }
+    }
+
+    #[test]
+    fn server_to_client_frames_round_trip(
+        messages in prop::collection::vec(server_to_client(), 1..6),
+        chunks in chunk_sizes(),
+    ) {
+        stream_round_trip(&messages, &chunks)?;
+        for message in &messages {
+            check_truncations::<ServerToClient>(
+                &frame_to_bytes(message, DEFAULT_MAX_FRAME_LEN).unwrap()[LENGTH_PREFIX_LEN..],
+            )?;
+        }
+    }
+
+    #[test]
+    fn peer_to_peer_frames_round_trip(
+        messages in prop::collection::vec(peer_to_peer(), 1..6),
+        chunks in chunk_sizes(),
+    ) {
+        stream_round_trip(&messages, &chunks)?;
+        for message in &messages {
+            check_truncations::<PeerToPeer>(
+                &frame_to_bytes(message, DEFAULT_MAX_FRAME_LEN).unwrap()[LENGTH_PREFIX_LEN..],
+            )?;
+        }
+    }
+
+    #[test]
+    fn client_datagrams_round_trip(message in client_datagram()) {
+        datagram_round_trip(&message)?;
+    }
+
+    #[test]
+    fn server_datagrams_round_trip(message in server_datagram()) {
+        datagram_round_trip(&message)?;
+    }
+
+    #[test]
+    fn server_datagram_overhead_is_bounded(
+        from in prop_oneof![Just(u64::MAX), any::<u64>()],
+        group in prop::option::of(prop_oneof![Just(u64::MAX), any::<u64>()]),
+        len in prop_oneof![0usize..200, 16_000usize..17_000],
+    ) {
+        // The server adds at most DATAGRAM_DELIVER_OVERHEAD bytes to a relayed payload.
+        let message = ServerDatagram::Deliver {
+            from: HostId::from_raw(from),
+            group: group.map(GroupId::from_raw),
+            payload: Bytes::from(vec![0x5a; len]),
+        };
+        let bytes = datagram_to_bytes(&message).unwrap();
+        prop_assert!(
+            bytes.len() - len <= DATAGRAM_DELIVER_OVERHEAD,
+            "{} bytes of overhead",
+            bytes.len() - len
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Arbitrary input never panics
+// ---------------------------------------------------------------------------------------
+
+proptest! {
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode_body::<ClientToServer>(&bytes);
+        let _ = decode_body::<ServerToClient>(&bytes);
+        let _ = decode_body::<ClientDatagram>(&bytes);
+        let _ = decode_body::<ServerDatagram>(&bytes);
+        let _ = decode_body::<PeerToPeer>(&bytes);
+        let _ = decode_body::<Hello>(&bytes);
+        let _ = decode_body::<PeerInfo>(&bytes);
+        let _ = decode_body::<RelayDest>(&bytes);
+        let _ = decode_body::<RefuseReason>(&bytes);
+        let _ = peek_hello_version(&bytes);
+    }
+
+    #[test]
+    fn decoding_mutated_messages_never_panics(
+        message in server_to_client(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+    ) {
+        // Near-valid input reaches deeper into the decoder than random bytes do.
+        let mut bytes = datagram_to_bytes(&message).unwrap().to_vec();
+        for (index, value) in flips {
+            let at = index.index(bytes.len());
+            bytes[at] = value;
+        }
+        let _ = decode_body::<ServerToClient>(&bytes);
+        let _ = decode_body::<ClientToServer>(&bytes);
+        let _ = decode_body::<PeerToPeer>(&bytes);
+    }
+
+    #[test]
+    fn frame_decoder_on_arbitrary_bytes_never_panics(
+        bytes in prop::collection::vec(any::<u8>(), 0..512),
+        max in 0u32..64,
+        chunk in 1usize..64,
+    ) {
+        let mut decoder = FrameDecoder::new(max);
+        for piece in bytes.chunks(chunk) {
+            decoder.push(piece);
+            loop {
+                match decoder.next_body() {
+                    Ok(Some(body)) => {
+                        prop_assert!(body.len() <= max as usize);
+                        let _ = decode_body::<ClientToServer>(&body);
+                        let _ = decode_body::<ServerToClient>(&body);
+                        let _ = decode_body::<PeerToPeer>(&body);
+                    }
+                    Ok(None) => break,
+                    result @ Err(_) => {
+                        let (len, m) = too_large(result)?;
+                        prop_assert_eq!(m, max);
+                        prop_assert!(len > u64::from(max));
+                        // The stream cannot be resynchronised: the error stays.
+                        too_large(decoder.next_body())?;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Framing errors
+// ---------------------------------------------------------------------------------------
+
+proptest! {
+    #[test]
+    fn oversized_prefix_is_refused_before_the_body(
+        max in 0u32..=DEFAULT_MAX_FRAME_LEN,
+        excess in prop_oneof![Just(1u64), 1u64..=u64::from(u32::MAX)],
+    ) {
+        let len = (u64::from(max) + excess).min(u64::from(u32::MAX)) as u32;
+        let mut decoder = FrameDecoder::new(max);
+        // Only the prefix, none of the body.
+        decoder.push(&len.to_be_bytes());
+        prop_assert_eq!(too_large(decoder.next_body())?, (u64::from(len), max));
+        prop_assert_eq!(too_large(body_len(len.to_be_bytes(), max))?, (u64::from(len), max));
+    }
+
+    #[test]
+    fn prefix_within_max_waits_for_the_body(
+        max in 1u32..=DEFAULT_MAX_FRAME_LEN,
+        len_seed in any::<u32>(),
+    ) {
+        let len = len_seed % (max + 1);
+        let mut decoder = FrameDecoder::new(max);
+        decoder.push(&len.to_be_bytes());
+        if len == 0 {
+            prop_assert_eq!(decoder.next_body().unwrap(), Some(Bytes::new()));
+        } else {
+            prop_assert!(matches!(decoder.next_body(), Ok(None)));
+            // One byte short is still not a frame.
+            decoder.push(&vec![0u8; len as usize - 1]);
+            prop_assert!(matches!(decoder.next_body(), Ok(None)));
+            decoder.push(&[0]);
+            prop_assert_eq!(decoder.next_body().unwrap().map(|b| b.len()), Some(len as usize));
+        }
+        prop_assert_eq!(body_len(len.to_be_bytes(), max).unwrap(), len as usize);
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused(
+        c2s in client_to_server(),
+        s2c in server_to_client(),
+        p2p in peer_to_peer(),
+        cd in client_datagram(),
+        sd in server_datagram(),
+        extra in prop::collection::vec(any::<u8>(), 1..16),
+    ) {
+        check_trailing(&c2s, &extra)?;
+        check_trailing(&s2c, &extra)?;
+        check_trailing(&p2p, &extra)?;
+        check_trailing(&cd, &extra)?;
+        check_trailing(&sd, &extra)?;
+    }
+
+    #[test]
+    fn encode_frame_over_max_leaves_the_buffer_alone(
+        message in server_to_client(),
+        existing in prop::collection::vec(any::<u8>(), 0..32),
+        shortfall_seed in any::<u32>(),
+    ) {
+        let body = frame_to_bytes(&message, DEFAULT_MAX_FRAME_LEN).unwrap().len()
+            - LENGTH_PREFIX_LEN;
+        let body = u32::try_from(body).unwrap();
+        // Any max below the body length: body - 1 down to 0.
+        let max = body - 1 - shortfall_seed % body;
+
+        let mut out = BytesMut::from(&existing[..]);
+        prop_assert_eq!(
+            too_large(encode_frame(&message, max, &mut out))?,
+            (u64::from(body), max)
+        );
+        prop_assert_eq!(&out[..], &existing[..]);
+        prop_assert_eq!(too_large(frame_to_bytes(&message, max))?, (u64::from(body), max));
+
+        // Exactly at the maximum is allowed, and appends after what was there.
+        encode_frame(&message, body, &mut out).unwrap();
+        prop_assert_eq!(&out[..existing.len()], &existing[..]);
+        prop_assert_eq!(
+            &out[existing.len()..],
+            &frame_to_bytes(&message, DEFAULT_MAX_FRAME_LEN).unwrap()[..]
+        );
+    }
+}
+
+#[test]
+fn malformed_bodies_are_protocol_violations() {
+    let cases: [(&str, &[u8]); 4] = [
+        ("empty", &[]),
+        ("unknown variant", &[0x03]),
+        ("bool out of range", &[0x02, 0x00, 0x02, 0x00, 0x00]),
+        ("length past the end", &[0x00, 0x01, 0x05, b'a']),
+    ];
+    for (name, body) in cases {
+        match decode_body::<ClientToServer>(body) {
+            Err(error @ FrameError::Malformed(_)) => {
+                assert_eq!(error.close_code(), CloseCode::ProtocolViolation, "{name}");
+            }
+            other => panic!("{name}: expected Malformed, got {other:?}"),
+        }
+    }
+    let trailing = decode_body::<PeerToPeer>(&[0x01, 0x00, 0x00]).unwrap_err();
+    assert!(matches!(trailing, FrameError::TrailingBytes { extra: 1 }));
+    assert_eq!(trailing.close_code(), CloseCode::ProtocolViolation);
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading the version of any hello
+// ---------------------------------------------------------------------------------------
+
+proptest! {
+    #[test]
+    fn peek_reads_the_version_of_a_hello(hello in hello()) {
+        let version = hello.version;
+        let frame = frame_to_bytes(&ClientToServer::Hello(hello), DEFAULT_MAX_FRAME_LEN).unwrap();
+        prop_assert_eq!(peek_hello_version(&frame[LENGTH_PREFIX_LEN..]), Some(version));
+    }
+
+    #[test]
+    fn peek_reads_the_version_of_a_newer_hello(
+        version in any::<u32>(),
+        rest in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        // A later version may change everything after `version`.
+        let mut body = vec![0x00];
+        body.extend(varint(version));
+        body.extend(&rest);
+        prop_assert_eq!(peek_hello_version(&body), Some(version));
+    }
+
+    #[test]
+    fn peek_is_none_for_other_frames(message in client_to_server()) {
+        let frame = frame_to_bytes(&message, DEFAULT_MAX_FRAME_LEN).unwrap();
+        let peeked = peek_hello_version(&frame[LENGTH_PREFIX_LEN..]);
+        match message {
+            ClientToServer::Hello(hello) => prop_assert_eq!(peeked, Some(hello.version)),
+            _ => prop_assert_eq!(peeked, None),
+        }
+    }
+}
+
+#[test]
+fn peek_is_none_for_empty_or_truncated_bodies() {
+    assert_eq!(peek_hello_version(&[]), None);
+    // Hello variant, but the version varint is cut short.
+    assert_eq!(peek_hello_version(&[0x00]), None);
+    assert_eq!(peek_hello_version(&[0x00, 0x80]), None);
+    // JoinAck and Relay.
+    assert_eq!(peek_hello_version(&[0x01, 0x01, 0x01]), None);
+    assert_eq!(peek_hello_version(&[0x02, 0x01]), None);
+}

@@ -1,0 +1,99 @@
+//! Server configuration: plain data with documented defaults.
+
+use crate::identity::Identity;
+use crate::registry::RegistryConfig;
+use peergroup_protocol::DEFAULT_MAX_FRAME_LEN;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything [`Server::start`](crate::Server::start) needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// UDP address to listen on, e.g. `0.0.0.0:7700` or `[::]:7700`.
+    pub listen: SocketAddr,
+    /// The TLS certificate and key clients pin.
+    pub identity: Identity,
+    /// Size limits.
+    pub limits: Limits,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl ServerConfig {
+    /// A config with default limits and timeouts.
+    pub fn new(listen: SocketAddr, identity: Identity) -> Self {
+        Self {
+            listen,
+            identity,
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Size limits. Every queue the server keeps is bounded by one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connected clients at most; one more is closed with `ServerFull`. Default 10,000.
+    pub max_clients: usize,
+    /// Largest frame body accepted or sent, in bytes. Default
+    /// [`DEFAULT_MAX_FRAME_LEN`] (1 MiB + 64 KiB).
+    pub max_frame_len: u32,
+    /// Bytes queued for one client before it counts as a slow consumer and is
+    /// disconnected. Raised to at least one maximal frame. Default 8 MiB.
+    pub client_queue_bytes: usize,
+    /// Messages from clients to the server application held until the application reads
+    /// them; when full, the sending client's stream waits. Default 4,096.
+    pub app_message_queue: usize,
+    /// Lifecycle events (connects, acks, removals) held for the application; past this the
+    /// oldest are dropped and counted in [`ServerStats::events_dropped`](crate::ServerStats).
+    /// Default 65,536.
+    pub app_event_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_clients: 10_000,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            client_queue_bytes: 8 << 20,
+            app_message_queue: 4_096,
+            app_event_queue: 65_536,
+        }
+    }
+}
+
+/// Timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A client silent this long is disconnected (QUIC idle timeout, RFC 9000 section
+    /// 10.1). Clients send keepalives well inside it. Default 10 s.
+    pub idle: Duration,
+    /// TLS handshake, hello and auth hook together. Default 10 s.
+    pub handshake: Duration,
+    /// Join acks, then [`JoinAckError::Timeout`](crate::JoinAckError). Default 15 s.
+    pub join_ack: Duration,
+    /// How long a pair outlives its last shared group. Default 10 s.
+    pub pair_linger: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        let registry = RegistryConfig::default();
+        Self {
+            idle: Duration::from_secs(10),
+            handshake: Duration::from_secs(10),
+            join_ack: registry.join_ack_timeout,
+            pair_linger: registry.pair_linger,
+        }
+    }
+}
+
+impl Timeouts {
+    pub(crate) fn registry(&self) -> RegistryConfig {
+        RegistryConfig {
+            join_ack_timeout: self.join_ack,
+            pair_linger: self.pair_linger,
+        }
+    }
+}

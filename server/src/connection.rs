@@ -1,0 +1,349 @@
+//! One task per client connection: handshake, hello, auth, then the read loops.
+//!
+//! Errors end only this connection: they are logged and reported as
+//! [`ServerEvent::ClientDisconnected`], never propagated (the mini-redis pattern).
+
+use crate::auth::{AuthDecision, AuthHook, LoginRequest};
+use crate::events::{DisconnectReason, ServerEvent};
+use crate::outbound::{OutboundQueue, Queued};
+use crate::shared::{close_with, Link, Shared};
+use crate::tls::peer_fingerprint;
+use bytes::Bytes;
+use peergroup_protocol::{
+    body_len, decode_body, frame_to_bytes, peek_hello_version, ClientDatagram, ClientToServer,
+    CloseCode, FrameError, Hello, HostId, ServerToClient, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
+};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Why the read side stopped.
+enum ReadEnd {
+    /// The peer or the network ended the connection.
+    Connection(quinn::ConnectionError),
+    /// The client broke the protocol; close with this code and text.
+    Violation(CloseCode, String),
+}
+
+impl From<quinn::ConnectionError> for ReadEnd {
+    fn from(error: quinn::ConnectionError) -> Self {
+        ReadEnd::Connection(error)
+    }
+}
+
+impl From<FrameError> for ReadEnd {
+    fn from(error: FrameError) -> Self {
+        ReadEnd::Violation(error.close_code(), error.to_string())
+    }
+}
+
+/// Serves one incoming connection until it ends.
+pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, auth: AuthHook) {
+    let remote = incoming.remote_address();
+    let handshake = shared.handshake;
+    let close_reason = Arc::new(OnceLock::new());
+    let accepted = tokio::time::timeout(
+        handshake,
+        accept(&shared, incoming, &auth, close_reason.clone()),
+    )
+    .await;
+    let (host, connection, recv) = match accepted {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(error)) => {
+            tracing::debug!(%remote, %error, "connection not admitted");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "handshake timed out");
+            return;
+        }
+    };
+    tracing::info!(%host, %remote, "client connected");
+
+    let end = tokio::select! {
+        end = read_frames(&shared, host, recv) => end,
+        end = read_datagrams(&shared, host, &connection) => end,
+        _ = shared.shutdown.cancelled() => ReadEnd::Connection(quinn::ConnectionError::LocallyClosed),
+    };
+    let reason = match end {
+        ReadEnd::Violation(code, text) => {
+            tracing::warn!(%host, %code, %text, "closing client for a protocol error");
+            let reason = DisconnectReason::ProtocolError {
+                detail: text.clone(),
+            };
+            close_with(&connection, &close_reason, code, reason, &text);
+            close_reason
+                .get()
+                .cloned()
+                .unwrap_or(DisconnectReason::TimedOut)
+        }
+        ReadEnd::Connection(error) => close_reason
+            .get()
+            .cloned()
+            .unwrap_or_else(|| disconnect_reason(&shared, error)),
+    };
+    if shared.shutdown.is_cancelled() {
+        connection.close(
+            quinn::VarInt::from_u64(CloseCode::ServerShutdown.to_u64()).unwrap_or_default(),
+            b"server shutting down",
+        );
+    }
+    let (_, messages) = shared.with_core(|core| {
+        core.links.remove(&host);
+        core.registry.handle_disconnect(host, Instant::now());
+    });
+    debug_assert!(messages.is_empty(), "a disconnect sends nothing to the app");
+    tracing::info!(%host, %reason, "client disconnected");
+    shared
+        .events
+        .push_lifecycle(ServerEvent::ClientDisconnected { host, reason });
+}
+
+fn disconnect_reason(shared: &Shared, error: quinn::ConnectionError) -> DisconnectReason {
+    use quinn::ConnectionError as E;
+    match error {
+        _ if shared.shutdown.is_cancelled() => DisconnectReason::ServerShutdown,
+        E::ApplicationClosed(close) => DisconnectReason::ClientClosed {
+            reason: String::from_utf8_lossy(&close.reason).into_owned(),
+        },
+        E::TimedOut => DisconnectReason::TimedOut,
+        E::LocallyClosed => DisconnectReason::Kicked,
+        other => DisconnectReason::ConnectionLost {
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Handshake, hello and auth; registers the client and starts its writer.
+async fn accept(
+    shared: &Arc<Shared>,
+    incoming: quinn::Incoming,
+    auth: &AuthHook,
+    close_reason: Arc<OnceLock<DisconnectReason>>,
+) -> Result<(HostId, quinn::Connection, quinn::RecvStream), String> {
+    let connection = incoming.await.map_err(|e| e.to_string())?;
+    let identity = peer_fingerprint(&connection).ok_or("no client certificate")?;
+    let (send, mut recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
+
+    let refuse = |code: CloseCode, text: String| {
+        let reason = DisconnectReason::ProtocolError {
+            detail: text.clone(),
+        };
+        close_with(&connection, &close_reason, code, reason, &text);
+        text
+    };
+    let body = match read_frame(&mut recv, shared.limits.max_frame_len).await {
+        Ok(Some(body)) => body,
+        Ok(None) => return Err("stream closed before hello".into()),
+        Err(ReadEnd::Violation(code, text)) => return Err(refuse(code, text)),
+        Err(ReadEnd::Connection(error)) => return Err(error.to_string()),
+    };
+    match peek_hello_version(&body) {
+        Some(PROTOCOL_VERSION) => {}
+        Some(theirs) => {
+            let text = format!(
+                "protocol version mismatch: server speaks {PROTOCOL_VERSION}, client sent {theirs}"
+            );
+            return Err(refuse(CloseCode::VersionMismatch, text));
+        }
+        None => {
+            let text = "the first frame must be a hello".to_string();
+            return Err(refuse(CloseCode::ProtocolViolation, text));
+        }
+    }
+    let hello = match decode_body::<ClientToServer>(&body) {
+        Ok(ClientToServer::Hello(hello)) => hello,
+        Ok(_) => unreachable!("peek_hello_version accepted a non-hello"),
+        Err(error) => return Err(refuse(error.close_code(), error.to_string())),
+    };
+    let Hello { login, .. } = hello;
+
+    let request = LoginRequest {
+        remote_addr: connection.remote_address(),
+        identity,
+        login,
+    };
+    let app_data = match auth.decide(request).await {
+        AuthDecision::Accept { app_data } => app_data,
+        AuthDecision::Reject { reason } => {
+            let code = CloseCode::AuthRejected;
+            close_with(
+                &connection,
+                &close_reason,
+                code,
+                DisconnectReason::Kicked,
+                &reason,
+            );
+            return Err(format!("login rejected: {reason}"));
+        }
+    };
+
+    let capacity = shared
+        .limits
+        .client_queue_bytes
+        .max(shared.limits.max_frame_len as usize + LENGTH_PREFIX_LEN);
+    let (outbound, queued) = OutboundQueue::new(capacity);
+    let link = Link {
+        connection: connection.clone(),
+        outbound,
+        remote_addr: connection.remote_address(),
+        identity,
+        app_data: app_data.clone(),
+        close_reason,
+    };
+    let registered = shared.with_core(|core| {
+        if core.links.len() >= shared.limits.max_clients {
+            return Err(link);
+        }
+        let host = core.registry.handle_connect(identity);
+        let welcome = ServerToClient::Welcome {
+            version: PROTOCOL_VERSION,
+            host_id: host,
+            app_data: app_data.clone(),
+            max_frame_len: shared.limits.max_frame_len,
+        };
+        // The welcome is queued before the link is visible, so it is the first frame.
+        if let Ok(frame) = frame_to_bytes(&welcome, shared.limits.max_frame_len) {
+            let _ = link.outbound.try_push(frame);
+        }
+        core.links.insert(host, link);
+        Ok(host)
+    });
+    let host = match registered.0 {
+        Ok(host) => host,
+        Err(link) => {
+            link.close(
+                CloseCode::ServerFull,
+                DisconnectReason::Kicked,
+                "the server is at its client limit",
+            );
+            return Err("server full".into());
+        }
+    };
+    shared.events.push_lifecycle(ServerEvent::ClientConnected {
+        host,
+        remote_addr: connection.remote_address(),
+        app_data,
+    });
+    tokio::spawn(write_frames(send, queued));
+    Ok((host, connection, recv))
+}
+
+/// Writes queued frames in order, several at a time.
+async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::UnboundedReceiver<Queued>) {
+    let mut batch = Vec::with_capacity(64);
+    let mut chunks = Vec::with_capacity(64);
+    while queued.recv_many(&mut batch, 64).await > 0 {
+        chunks.extend(batch.iter().map(|q| q.frame.clone()));
+        if send.write_all_chunks(&mut chunks).await.is_err() {
+            return;
+        }
+        chunks.clear();
+        batch.clear(); // frees the byte budget of what was written
+    }
+}
+
+/// Reads one frame body; `Ok(None)` on a clean end of stream before a frame starts.
+async fn read_frame(recv: &mut quinn::RecvStream, max: u32) -> Result<Option<Bytes>, ReadEnd> {
+    let mut prefix = [0u8; LENGTH_PREFIX_LEN];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => {
+            return Err(ReadEnd::Violation(
+                CloseCode::ProtocolViolation,
+                "stream ended inside a frame".into(),
+            ))
+        }
+        Err(quinn::ReadExactError::ReadError(error)) => return Err(read_error(error)),
+    }
+    let len = body_len(prefix, max)?;
+    let mut body = vec![0u8; len];
+    match recv.read_exact(&mut body).await {
+        Ok(()) => Ok(Some(body.into())),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => Err(ReadEnd::Violation(
+            CloseCode::ProtocolViolation,
+            "stream ended inside a frame".into(),
+        )),
+        Err(quinn::ReadExactError::ReadError(error)) => Err(read_error(error)),
+    }
+}
+
+fn read_error(error: quinn::ReadError) -> ReadEnd {
+    match error {
+        quinn::ReadError::ConnectionLost(error) => ReadEnd::Connection(error),
+        other => ReadEnd::Violation(CloseCode::ProtocolViolation, other.to_string()),
+    }
+}
+
+/// The control stream: acks and reliable relay uploads, in order.
+async fn read_frames(shared: &Shared, host: HostId, mut recv: quinn::RecvStream) -> ReadEnd {
+    loop {
+        let body = match read_frame(&mut recv, shared.limits.max_frame_len).await {
+            Ok(Some(body)) => body,
+            Ok(None) => {
+                return ReadEnd::Violation(
+                    CloseCode::ProtocolViolation,
+                    "control stream closed".into(),
+                )
+            }
+            Err(end) => return end,
+        };
+        let message = match decode_body::<ClientToServer>(&body) {
+            Ok(message) => message,
+            Err(error) => return error.into(),
+        };
+        let messages = match message {
+            ClientToServer::Hello(_) => {
+                return ReadEnd::Violation(CloseCode::ProtocolViolation, "a second hello".into())
+            }
+            ClientToServer::JoinAck { group, member } => {
+                shared
+                    .with_core(|core| core.registry.handle_join_ack(host, group, member))
+                    .1
+            }
+            ClientToServer::Relay {
+                group,
+                to_server,
+                dests,
+                payload,
+            } => {
+                shared
+                    .with_core(|core| {
+                        core.registry
+                            .handle_relay(host, group, to_server, &dests, payload)
+                    })
+                    .1
+            }
+        };
+        for message in messages {
+            shared.events.push_message(message).await;
+        }
+    }
+}
+
+/// Unreliable relay uploads.
+async fn read_datagrams(shared: &Shared, host: HostId, connection: &quinn::Connection) -> ReadEnd {
+    loop {
+        let datagram = match connection.read_datagram().await {
+            Ok(datagram) => datagram,
+            Err(error) => return error.into(),
+        };
+        let ClientDatagram::Relay {
+            group,
+            to_server,
+            dests,
+            payload,
+        } = match decode_body::<ClientDatagram>(&datagram) {
+            Ok(message) => message,
+            Err(error) => return error.into(),
+        };
+        let (_, messages) = shared.with_core(|core| {
+            core.registry
+                .handle_datagram(host, group, to_server, &dests, payload)
+        });
+        for message in messages {
+            shared.events.push_message(message).await;
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! The public [`Server`] handle and its background tasks (accept loop, timer).
+
+use crate::app_events::{EventSink, ServerEvents};
+use crate::auth::AuthHook;
+use crate::config::ServerConfig;
+use crate::error::{GroupError, SendError};
+use crate::events::DisconnectReason;
+use crate::identity::IdentityError;
+use crate::registry::{GroupOptions, JoinOutcome, Registry};
+use crate::shared::Shared;
+use crate::tls::quic_server_config;
+use bytes::Bytes;
+use peergroup_protocol::{
+    datagram_to_bytes, frame_to_bytes, CloseCode, Delivery, Fingerprint, GroupId, HostId,
+    ServerDatagram, ServerToClient, DATAGRAM_DELIVER_OVERHEAD,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The UDP socket could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TLS identity was unusable.
+    #[error("TLS setup: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The identity could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+}
+
+/// Where a message from the server application goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerTarget {
+    /// One client.
+    Host(HostId),
+    /// Every client member of a group.
+    Group(GroupId),
+    /// Several clients.
+    Hosts(Vec<HostId>),
+}
+
+/// What the server knows of one connected client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInfo {
+    /// The address the server sees (its NAT mapping).
+    pub remote_addr: SocketAddr,
+    /// SHA-256 of its identity certificate.
+    pub identity: Fingerprint,
+    /// What the auth hook attached.
+    pub app_data: Bytes,
+    /// Smoothed RTT of its server connection.
+    pub rtt: Duration,
+}
+
+/// Counters for monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connected clients.
+    pub clients: usize,
+    /// Groups.
+    pub groups: usize,
+    /// Pairs, lingering ones included.
+    pub pairs: usize,
+    /// Messages relayed (one per destination) since start.
+    pub relayed: u64,
+    /// Relay destinations refused since start.
+    pub relay_refused: u64,
+    /// Lifecycle events dropped because the application did not read them.
+    pub events_dropped: u64,
+}
+
+/// Cancels the server when the last handle goes.
+#[derive(Debug)]
+struct ShutdownOnDrop(CancellationToken);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// A running server: a cheap `Clone` handle. Dropping the last handle shuts it down;
+/// [`Server::shutdown`] does so at once.
+#[derive(Debug, Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    fingerprint: Fingerprint,
+    _guard: Arc<ShutdownOnDrop>,
+}
+
+impl Server {
+    /// Binds and starts a server that accepts every client.
+    ///
+    /// # Errors
+    /// [`StartError`] when the socket cannot be bound or the identity is unusable.
+    pub async fn start(config: ServerConfig) -> Result<(Server, ServerEvents), StartError> {
+        Self::start_with_auth(config, AuthHook::accept_all(), CancellationToken::new()).await
+    }
+
+    /// Binds and starts a server with an auth hook, stopping when `shutdown` is cancelled
+    /// (or the last handle is dropped).
+    ///
+    /// # Errors
+    /// [`StartError`] when the socket cannot be bound or the identity is unusable.
+    pub async fn start_with_auth(
+        config: ServerConfig,
+        auth: AuthHook,
+        shutdown: CancellationToken,
+    ) -> Result<(Server, ServerEvents), StartError> {
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(
+                config
+                    .timeouts
+                    .idle
+                    .try_into()
+                    .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::MAX)),
+            ))
+            // Datagrams queued for a slow client: the oldest go first (RFC 9221 allows it).
+            .datagram_send_buffer_size(256 << 10);
+        let quic = quic_server_config(&config.identity, transport)?;
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        // Clients demultiplex punch probes by the QUIC fixed bit (DESIGN.md section 4).
+        endpoint_config.grease_quic_bit(false);
+        let socket =
+            std::net::UdpSocket::bind(config.listen).map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(quic),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let local_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+
+        let (sink, events) = EventSink::new(
+            config.limits.app_event_queue,
+            config.limits.app_message_queue,
+            shutdown.clone(),
+        );
+        let shared = Arc::new(Shared::new(
+            Registry::new(config.timeouts.registry()),
+            sink,
+            config.limits,
+            config.timeouts.handshake,
+            shutdown.clone(),
+        ));
+        let fingerprint = config.identity.fingerprint();
+        tracing::info!(%local_addr, %fingerprint, "peergroup server listening");
+        tokio::spawn(accept_loop(endpoint, shared.clone(), auth));
+        tokio::spawn(timer_loop(shared.clone()));
+        let server = Server {
+            shared,
+            local_addr,
+            fingerprint,
+            _guard: Arc::new(ShutdownOnDrop(shutdown)),
+        };
+        Ok((server, events))
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// SHA-256 of the server certificate: what clients pin.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// Stops accepting, closes every connection with `ServerShutdown`, and ends the event
+    /// stream once it is drained.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// Creates a group and joins `members` in order. See [`Server::join_group`].
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownHost`] if any member is not connected (nothing changes then),
+    /// [`GroupError::EmptyNotAllowed`] for no members without `allow_empty`.
+    pub fn create_group(
+        &self,
+        members: &[HostId],
+        options: GroupOptions,
+        join_message: impl Into<Bytes>,
+    ) -> Result<GroupId, GroupError> {
+        let join_message = join_message.into();
+        self.shared
+            .with_core(|core| {
+                core.registry
+                    .create_group(members, options, join_message, Instant::now())
+            })
+            .0
+    }
+
+    /// Adds `host` to `group`. Existing members get `MemberJoined` for it; it gets
+    /// `MemberJoined` for every member including itself. When all have acked,
+    /// [`ServerEvent::JoinAckComplete`](crate::ServerEvent) follows.
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownGroup`], [`GroupError::UnknownHost`].
+    pub fn join_group(
+        &self,
+        group: GroupId,
+        host: HostId,
+        join_message: impl Into<Bytes>,
+    ) -> Result<JoinOutcome, GroupError> {
+        let join_message = join_message.into();
+        self.shared
+            .with_core(|core| {
+                core.registry
+                    .join_group(group, host, join_message, Instant::now())
+            })
+            .0
+    }
+
+    /// Removes `host` from `group`; everyone is told with `MemberLeft`.
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownGroup`], [`GroupError::NotMember`].
+    pub fn leave_group(&self, group: GroupId, host: HostId) -> Result<(), GroupError> {
+        self.shared
+            .with_core(|core| core.registry.leave_group(group, host, Instant::now()))
+            .0
+    }
+
+    /// Every member leaves, then [`ServerEvent::GroupRemoved`](crate::ServerEvent).
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownGroup`].
+    pub fn destroy_group(&self, group: GroupId) -> Result<(), GroupError> {
+        self.shared
+            .with_core(|core| core.registry.destroy_group(group, Instant::now()))
+            .0
+    }
+
+    /// Members of a group ([`HostId::SERVER`] first when the server is a member).
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownGroup`].
+    pub fn group_members(&self, group: GroupId) -> Result<Vec<HostId>, GroupError> {
+        self.shared.lock().registry.group_members(group)
+    }
+
+    /// Groups a client is in.
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownHost`].
+    pub fn groups_of(&self, host: HostId) -> Result<Vec<GroupId>, GroupError> {
+        self.shared.lock().registry.groups_of(host)
+    }
+
+    /// Every group.
+    pub fn groups(&self) -> Vec<GroupId> {
+        self.shared.lock().registry.groups()
+    }
+
+    /// What the server knows about a connected client.
+    pub fn host_info(&self, host: HostId) -> Option<HostInfo> {
+        let core = self.shared.lock();
+        let link = core.links.get(&host)?;
+        Some(HostInfo {
+            remote_addr: link.remote_addr,
+            identity: link.identity,
+            app_data: link.app_data.clone(),
+            rtt: link.connection.rtt(),
+        })
+    }
+
+    /// Disconnects a client with `Kicked` and a reason it sees.
+    ///
+    /// # Errors
+    /// [`GroupError::UnknownHost`].
+    pub fn disconnect(&self, host: HostId, reason: &str) -> Result<(), GroupError> {
+        let core = self.shared.lock();
+        let link = core.links.get(&host).ok_or(GroupError::UnknownHost(host))?;
+        link.close(CloseCode::Kicked, DisconnectReason::Kicked, reason);
+        Ok(())
+    }
+
+    /// Sends a message from the server application. Reliable messages go on each client's
+    /// control stream (a client whose queue is full is disconnected as a slow consumer);
+    /// unreliable ones in one datagram each.
+    ///
+    /// # Errors
+    /// [`SendError::UnknownHost`] / [`SendError::UnknownGroup`] for a bad target,
+    /// [`SendError::TooLarge`] over the frame limit, [`SendError::TooLargeForDatagram`]
+    /// when an unreliable payload does not fit some receiver's path. Nothing is sent then.
+    pub fn send(
+        &self,
+        target: ServerTarget,
+        payload: impl Into<Bytes>,
+        delivery: Delivery,
+    ) -> Result<(), SendError> {
+        let payload = payload.into();
+        let core = self.shared.lock();
+        let (hosts, group) = match target {
+            ServerTarget::Host(host) => (vec![host], None),
+            ServerTarget::Hosts(hosts) => (hosts, None),
+            ServerTarget::Group(group) => {
+                let members = core
+                    .registry
+                    .group_members(group)
+                    .map_err(|_| SendError::UnknownGroup(group))?;
+                let clients = members.into_iter().filter(|h| *h != HostId::SERVER);
+                (clients.collect(), Some(group))
+            }
+        };
+        let mut links = Vec::with_capacity(hosts.len());
+        for host in &hosts {
+            links.push(core.links.get(host).ok_or(SendError::UnknownHost(*host))?);
+        }
+        let max_frame = self.shared.limits.max_frame_len;
+        match delivery {
+            Delivery::Unreliable => {
+                for (link, host) in links.iter().zip(&hosts) {
+                    let max = link
+                        .connection
+                        .max_datagram_size()
+                        .unwrap_or(0)
+                        .saturating_sub(DATAGRAM_DELIVER_OVERHEAD);
+                    if payload.len() > max {
+                        return Err(SendError::TooLargeForDatagram {
+                            host: *host,
+                            len: payload.len(),
+                            max,
+                        });
+                    }
+                }
+                let datagram = ServerDatagram::Deliver {
+                    from: HostId::SERVER,
+                    group,
+                    payload,
+                };
+                let bytes = datagram_to_bytes(&datagram).map_err(|_| SendError::TooLarge {
+                    len: 0,
+                    max: max_frame as usize,
+                })?;
+                for link in links {
+                    let _ = link.connection.send_datagram(bytes.clone());
+                }
+            }
+            _ => {
+                let len = payload.len();
+                let frame =
+                    frame_to_bytes(&ServerToClient::FromServer { group, payload }, max_frame)
+                        .map_err(|_| SendError::TooLarge {
+                            len,
+                            max: max_frame as usize,
+                        })?;
+                for link in links {
+                    self.shared.push_frame(link, frame.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counters for monitoring.
+    pub fn stats(&self) -> ServerStats {
+        let core = self.shared.lock();
+        let counters = core.registry.counters();
+        ServerStats {
+            clients: core.registry.host_count(),
+            groups: core.registry.groups().len(),
+            pairs: core.registry.pair_count(),
+            relayed: counters.relayed,
+            relay_refused: counters.relay_refused,
+            events_dropped: self.shared.events.dropped(),
+        }
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, auth: AuthHook) {
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                tokio::spawn(crate::connection::serve(shared.clone(), incoming, auth.clone()));
+            }
+            _ = shared.shutdown.cancelled() => break,
+        }
+    }
+    endpoint.close(
+        quinn::VarInt::from_u64(CloseCode::ServerShutdown.to_u64()).unwrap_or_default(),
+        b"server shutting down",
+    );
+    // Give the close frames a moment to leave before the socket goes.
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// Fires the registry's deadlines: join-ack timeouts and pair lingers.
+async fn timer_loop(shared: Arc<Shared>) {
+    loop {
+        let deadline = shared.lock().registry.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {
+                shared.with_core(|core| core.registry.handle_timeout(Instant::now()));
+            }
+            _ = shared.timer.notified() => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
