@@ -9,6 +9,7 @@
 //!   [`ClientDatagram`], [`ServerDatagram`], [`PeerToPeer`]).
 //! - [`frame`]: `u32` length prefix plus postcard body, checked before allocation.
 //! - [`close`]: [`CloseCode`], one per wire error.
+//! - [`rooms`]: the requests and replies of the rooms application in `peergroup-server`.
 //!
 //! # Wire rules
 //! - ALPN [`ALPN`] (`peergroup/1`) in the TLS handshake, then [`PROTOCOL_VERSION`] in the
@@ -21,6 +22,7 @@ pub mod close;
 pub mod frame;
 pub mod ids;
 pub mod messages;
+pub mod rooms;
 
 pub use close::CloseCode;
 pub use frame::{
