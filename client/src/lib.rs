@@ -1,1 +1,59 @@
-//! placeholder
+//! The peergroup client: joins server-owned P2P groups and messages their members.
+//!
+//! A client connects to a `peergroup-server`, logs in through the server's auth hook and
+//! gets a [`HostId`]. The server puts it into groups; the client hears every join and
+//! leave ([`ClientEvent::MemberJoined`], [`ClientEvent::MemberLeft`], acknowledged
+//! automatically) and can message members at once with [`Client::send`].
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use peergroup_client::{Client, ClientConfig, ClientEvent, Delivery, ServerTrust, Target};
+//! let trust = ServerTrust::from_cert_file("peergroup-identity/cert.pem".as_ref())?;
+//! let mut config = ClientConfig::new("127.0.0.1:7700".parse()?, trust);
+//! config.login = "alice".into();
+//! let (client, mut events) = Client::connect(config).await?;
+//! while let Some(event) = events.next().await {
+//!     match event {
+//!         ClientEvent::MemberJoined { group, member, .. } if member == client.host_id() => {
+//!             client.send(Target::Group(group), "hello", Delivery::ReliableOrdered).await?;
+//!         }
+//!         ClientEvent::Message { from, payload, path, .. } => {
+//!             println!("{from} via {path:?}: {payload:?}");
+//!         }
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Delivery
+//! - [`Delivery::ReliableOrdered`]: exactly once and in order per (sender, receiver) pair.
+//!   Each message carries the pair's sequence number, so any path (relay now, direct
+//!   later) continues the same sequence.
+//! - [`Delivery::Unreliable`]: one QUIC datagram (RFC 9221); may be lost, never
+//!   duplicated. Too large for the path is an error, never a silent drop.
+//!
+//! # Layout
+//! - `session.rs`, `sequencing.rs`: the sans-IO core (groups, peers, sequence numbers,
+//!   reordering and duplicate removal).
+//! - `client.rs`: the [`Client`] handle and its tasks (writer, receiver).
+//! - `tls.rs`: server pinning and the client's identity certificate.
+//! - `config.rs`, `events.rs`, `error.rs`: plain data.
+
+mod client;
+mod config;
+mod error;
+mod events;
+mod sequencing;
+mod session;
+mod tls;
+
+pub use client::{Client, ClientEvents};
+pub use config::{ClientConfig, Limits, Timeouts};
+pub use error::{ConnectError, SendError};
+pub use events::{ClientEvent, DisconnectReason};
+pub use peergroup_protocol::{
+    CloseCode, Delivery, Fingerprint, GroupId, HostId, Path, PeerInfo, RefuseReason,
+};
+pub use session::Target;
+pub use tls::{fingerprint_of, ServerTrust};

@@ -40,6 +40,7 @@ mod events;
 mod identity;
 mod outbound;
 pub mod registry;
+pub mod rooms;
 mod server;
 mod shared;
 mod tls;

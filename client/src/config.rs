@@ -1,0 +1,98 @@
+//! Client configuration: plain data with documented defaults.
+
+use crate::tls::ServerTrust;
+use bytes::Bytes;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+/// Everything [`Client::connect`](crate::Client::connect) needs.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The server's UDP address.
+    pub server_addr: SocketAddr,
+    /// The name sent in TLS SNI and, with [`ServerTrust::SystemRoots`], checked against
+    /// the certificate. Default `"peergroup"`; pinned trust ignores it.
+    pub server_name: String,
+    /// How the server is trusted.
+    pub server_trust: ServerTrust,
+    /// The login payload for the server's auth hook. Default empty.
+    pub login: Bytes,
+    /// Local UDP address to bind. Default: the unspecified address of the server's
+    /// family, port 0 (the OS picks).
+    pub bind_addr: Option<SocketAddr>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Size limits.
+    pub limits: Limits,
+}
+
+impl ClientConfig {
+    /// A config with defaults for everything but the server and its trust.
+    pub fn new(server_addr: SocketAddr, server_trust: ServerTrust) -> Self {
+        Self {
+            server_addr,
+            server_name: "peergroup".into(),
+            server_trust,
+            login: Bytes::new(),
+            bind_addr: None,
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+        }
+    }
+
+    pub(crate) fn bind_addr(&self) -> SocketAddr {
+        self.bind_addr.unwrap_or(match self.server_addr {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        })
+    }
+}
+
+/// Timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Handshake and welcome. Default 10 s.
+    pub connect: Duration,
+    /// The server counts as gone after this much silence (QUIC idle timeout, RFC 9000
+    /// section 10.1). Default 10 s.
+    pub idle: Duration,
+    /// A QUIC PING goes out after this much quiet, keeping the connection and the NAT
+    /// mapping alive (Linux conntrack drops idle UDP after 30 s). Default 4 s; must be
+    /// under `idle`.
+    pub keepalive: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            idle: Duration::from_secs(10),
+            keepalive: Duration::from_secs(4),
+        }
+    }
+}
+
+/// Size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Payload bytes queued for the server (plus 64 bytes a message) before
+    /// [`Client::send`](crate::Client::send) waits and
+    /// [`Client::try_send`](crate::Client::try_send) fails. Default 4 MiB.
+    pub send_queue_bytes: usize,
+    /// Events held for the application; when full, the client stops reading from the
+    /// server, and the server eventually drops it as a slow consumer. Default 4,096.
+    pub event_queue: usize,
+    /// How far ahead of the next expected reliable message another may arrive before the
+    /// sender counts as broken. Default 65,536.
+    pub receive_window: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            send_queue_bytes: 4 << 20,
+            event_queue: 4_096,
+            receive_window: 65_536,
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Events the client hands to the application.
+
+use bytes::Bytes;
+use peergroup_protocol::{CloseCode, Delivery, GroupId, HostId, Path, PeerInfo, RefuseReason};
+
+/// Something the application should know about. Read them with
+/// [`ClientEvents::next`](crate::ClientEvents::next).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The server accepted the login. Always the first event.
+    Connected {
+        /// This client's id.
+        host_id: HostId,
+    },
+    /// `member` joined `group`: another host, this client itself, or
+    /// [`HostId::SERVER`]. The client acknowledges it to the server by itself.
+    MemberJoined {
+        /// The group.
+        group: GroupId,
+        /// Who joined.
+        member: HostId,
+        /// Members after the join (the server counts when it is a member).
+        member_count: u32,
+        /// The server application's message for this join.
+        join_message: Bytes,
+        /// What the server vouches for about the member (`None` for this client itself
+        /// and for the server).
+        peer: Option<PeerInfo>,
+    },
+    /// `member` left `group`. When `member` is this client, it is no longer in the group.
+    MemberLeft {
+        /// The group.
+        group: GroupId,
+        /// Who left.
+        member: HostId,
+        /// Members after the leave.
+        member_count: u32,
+    },
+    /// A message arrived.
+    Message {
+        /// The sender, as the server authenticated it ([`HostId::SERVER`] for the server).
+        from: HostId,
+        /// The group the sender addressed, if any.
+        group: Option<GroupId>,
+        /// The application payload.
+        payload: Bytes,
+        /// How it was sent.
+        delivery: Delivery,
+        /// Which path carried it.
+        path: Path,
+    },
+    /// The server refused to relay a message this client sent.
+    SendFailed {
+        /// The destination refused ([`HostId::SERVER`] when it was the server).
+        to: HostId,
+        /// The group addressed, if any.
+        group: Option<GroupId>,
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// The connection to the server ended. Always the last event.
+    Disconnected {
+        /// Why.
+        reason: DisconnectReason,
+    },
+}
+
+/// Why the client's connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The server closed the connection with this code and text.
+    ServerClosed {
+        /// The application close code.
+        code: CloseCode,
+        /// The server's text.
+        reason: String,
+    },
+    /// Nothing was heard from the server for the idle timeout (default 10 s).
+    TimedOut,
+    /// This client closed it ([`Client::close`](crate::Client::close) or the last handle
+    /// dropped).
+    Closed,
+    /// The server sent something this client could not accept.
+    ProtocolError {
+        /// What was wrong.
+        detail: String,
+    },
+    /// The connection failed in some other way.
+    ConnectionLost {
+        /// What quinn reported.
+        detail: String,
+    },
+}
+
+impl std::fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DisconnectReason::ServerClosed { code, reason } => {
+                write!(f, "server closed the connection ({code}): {reason}")
+            }
+            DisconnectReason::TimedOut => f.write_str("timed out"),
+            DisconnectReason::Closed => f.write_str("closed"),
+            DisconnectReason::ProtocolError { detail } => write!(f, "protocol error: {detail}"),
+            DisconnectReason::ConnectionLost { detail } => write!(f, "connection lost: {detail}"),
+        }
+    }
+}
+
+impl DisconnectReason {
+    pub(crate) fn from_connection_error(error: &quinn::ConnectionError) -> Self {
+        use quinn::ConnectionError as E;
+        match error {
+            E::ApplicationClosed(close) => DisconnectReason::ServerClosed {
+                code: CloseCode::from_u64(close.error_code.into_inner()),
+                reason: String::from_utf8_lossy(&close.reason).into_owned(),
+            },
+            E::TimedOut => DisconnectReason::TimedOut,
+            E::LocallyClosed => DisconnectReason::Closed,
+            other => DisconnectReason::ConnectionLost {
+                detail: other.to_string(),
+            },
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! rustls and quinn configuration for the client side.
+//!
+//! The server is trusted by pin (the SHA-256 of its certificate, whatever name or address
+//! it is reached by) or by system roots. The client proves its own identity with a fresh
+//! self-signed certificate as its TLS client certificate; the server records its
+//! fingerprint and vouches for it to peers.
+
+use crate::error::ConnectError;
+use peergroup_protocol::{Fingerprint, ALPN};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::path::Path;
+use std::sync::Arc;
+
+/// How the client decides the server is the right one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerTrust {
+    /// Accept exactly the certificate with this SHA-256, by any name or address.
+    Fingerprint(Fingerprint),
+    /// Accept exactly this certificate (DER), by any name or address.
+    Certificate(CertificateDer<'static>),
+    /// Verify a chain to the operating system's roots for
+    /// [`ClientConfig::server_name`](crate::ClientConfig).
+    SystemRoots,
+}
+
+impl ServerTrust {
+    /// Pins the certificate in a PEM or DER file (the first certificate of a PEM file).
+    ///
+    /// # Errors
+    /// [`ConnectError::Tls`] when the file cannot be read or holds no certificate.
+    pub fn from_cert_file(path: &Path) -> Result<Self, ConnectError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| ConnectError::Tls(format!("{}: {e}", path.display())))?;
+        if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+            let cert = CertificateDer::from_pem_slice(&bytes)
+                .map_err(|e| ConnectError::Tls(format!("{}: {e}", path.display())))?;
+            return Ok(ServerTrust::Certificate(cert));
+        }
+        Ok(ServerTrust::Certificate(CertificateDer::from(bytes)))
+    }
+}
+
+/// SHA-256 of a DER certificate.
+pub fn fingerprint_of(cert: &CertificateDer<'_>) -> Fingerprint {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    Fingerprint(out)
+}
+
+/// The client's identity: a self-signed certificate made at start-up, and its key.
+#[derive(Debug)]
+pub(crate) struct ClientIdentity {
+    pub certificate: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl ClientIdentity {
+    /// A fresh ECDSA P-256 key pair and certificate.
+    pub fn generate() -> Result<Self, ConnectError> {
+        let certified = rcgen::generate_simple_self_signed(vec!["peergroup-client".into()])
+            .map_err(|e| ConnectError::Tls(e.to_string()))?;
+        Ok(Self {
+            certificate: certified.cert.der().clone(),
+            key: PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into()),
+        })
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        fingerprint_of(&self.certificate)
+    }
+}
+
+/// The one crypto provider of the tree (ring).
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Accepts exactly one certificate, and still checks the handshake signature with it.
+#[derive(Debug)]
+struct PinnedCertificate {
+    expected: Fingerprint,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if fingerprint_of(end_entity) == self.expected {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The quinn client config for the server connection.
+pub(crate) fn server_client_config(
+    trust: &ServerTrust,
+    identity: &ClientIdentity,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, ConnectError> {
+    let provider = provider();
+    let tls_error = |e: rustls::Error| ConnectError::Tls(e.to_string());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_error)?;
+    let builder =
+        match trust {
+            ServerTrust::Fingerprint(expected) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+                    expected: *expected,
+                    provider,
+                })),
+            ServerTrust::Certificate(cert) => {
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+                        expected: fingerprint_of(cert),
+                        provider,
+                    }))
+            }
+            ServerTrust::SystemRoots => {
+                let mut roots = rustls::RootCertStore::empty();
+                let native = rustls_native_certs::load_native_certs();
+                for cert in native.certs {
+                    let _ = roots.add(cert);
+                }
+                if roots.is_empty() {
+                    return Err(ConnectError::Tls(
+                        "no system root certificates found".into(),
+                    ));
+                }
+                builder.with_root_certificates(roots)
+            }
+        };
+    let mut tls = builder
+        .with_client_auth_cert(vec![identity.certificate.clone()], identity.key.clone_key())
+        .map_err(tls_error)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport);
+    Ok(config)
+}
