@@ -56,4 +56,4 @@ pub use peergroup_protocol::{
     CloseCode, Delivery, Fingerprint, GroupId, HostId, Path, PeerInfo, RefuseReason,
 };
 pub use session::Target;
-pub use tls::{fingerprint_of, ServerTrust};
+pub use tls::{fingerprint_of, raw_quic_client_config, ServerTrust};

@@ -192,3 +192,19 @@ pub(crate) fn server_client_config(
     config.transport_config(transport);
     Ok(config)
 }
+
+/// A quinn client config for the server with a fresh identity, for conformance tests that
+/// speak the wire protocol by hand (malformed frames, other versions). Not part of the
+/// supported API.
+///
+/// # Errors
+/// [`ConnectError::Tls`] when the config cannot be built.
+#[doc(hidden)]
+pub fn raw_quic_client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, ConnectError> {
+    let identity = ClientIdentity::generate()?;
+    server_client_config(
+        trust,
+        &identity,
+        Arc::new(quinn::TransportConfig::default()),
+    )
+}

@@ -1,0 +1,182 @@
+//! Shared set-up for the loopback integration tests: a server on 127.0.0.1, clients that
+//! pin its certificate, and bounded waits for events.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use peergroup_client::{Client, ClientConfig, ClientEvent, ClientEvents, ServerTrust};
+use peergroup_protocol::{frame_to_bytes, ClientToServer, HostId, DEFAULT_MAX_FRAME_LEN};
+use peergroup_server::{
+    AuthHook, CancellationToken, Identity, Server, ServerConfig, ServerEvent, ServerEvents,
+};
+use std::future::Future;
+use std::time::Duration;
+
+/// How long any single expected thing may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub async fn start_server() -> (Server, ServerEvents) {
+    start_server_with(|_| {}, AuthHook::accept_all()).await
+}
+
+pub async fn start_server_with(
+    adjust: impl FnOnce(&mut ServerConfig),
+    auth: AuthHook,
+) -> (Server, ServerEvents) {
+    init_logs();
+    let identity = Identity::generate(&["peergroup"]).expect("identity");
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity);
+    adjust(&mut config);
+    Server::start_with_auth(config, auth, CancellationToken::new())
+        .await
+        .expect("server starts")
+}
+
+pub fn client_config(server: &Server, login: &str) -> ClientConfig {
+    let mut config = ClientConfig::new(
+        server.local_addr(),
+        ServerTrust::Fingerprint(server.fingerprint()),
+    );
+    config.login = Bytes::copy_from_slice(login.as_bytes());
+    config
+}
+
+/// Connects a client and returns it once `Connected` was seen.
+pub async fn connect(server: &Server, login: &str) -> (Client, ClientEvents, HostId) {
+    connect_with(server, login, |_| {}).await
+}
+
+/// As [`connect`], with the config adjusted first.
+pub async fn connect_with(
+    server: &Server,
+    login: &str,
+    adjust: impl FnOnce(&mut ClientConfig),
+) -> (Client, ClientEvents, HostId) {
+    let mut config = client_config(server, login);
+    adjust(&mut config);
+    let (client, mut events) = Client::connect(config).await.expect("client connects");
+    let host = wait_client(&mut events, |e| match e {
+        ClientEvent::Connected { host_id } => Some(*host_id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(host, client.host_id());
+    (client, events, host)
+}
+
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Skips events until `pick` accepts one.
+pub async fn wait_client<T>(
+    events: &mut ClientEvents,
+    mut pick: impl FnMut(&ClientEvent) -> Option<T>,
+) -> T {
+    within("a client event", async {
+        loop {
+            let event = events.next().await.expect("event stream ended");
+            if let Some(found) = pick(&event) {
+                return found;
+            }
+        }
+    })
+    .await
+}
+
+/// The next `n` events, in order.
+pub async fn next_client_events(events: &mut ClientEvents, n: usize) -> Vec<ClientEvent> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(
+            within("the next client event", events.next())
+                .await
+                .expect("stream ended"),
+        );
+    }
+    out
+}
+
+/// Skips server events until `pick` accepts one.
+pub async fn wait_server<T>(
+    events: &mut ServerEvents,
+    mut pick: impl FnMut(&ServerEvent) -> Option<T>,
+) -> T {
+    within("a server event", async {
+        loop {
+            let event = events.next().await.expect("server event stream ended");
+            if let Some(found) = pick(&event) {
+                return found;
+            }
+        }
+    })
+    .await
+}
+
+/// Asserts no client event arrives within `quiet`.
+pub async fn assert_quiet(events: &mut ClientEvents, quiet: Duration) {
+    if let Ok(event) = tokio::time::timeout(quiet, events.next()).await {
+        panic!("expected no event, got {event:?}");
+    }
+}
+
+/// A raw connection that speaks the wire protocol by hand.
+pub struct RawClient {
+    pub endpoint: quinn::Endpoint,
+    pub connection: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+}
+
+pub async fn raw_connect(server: &Server) -> RawClient {
+    let config =
+        peergroup_client::raw_quic_client_config(&ServerTrust::Fingerprint(server.fingerprint()))
+            .expect("raw config");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).expect("bind");
+    endpoint.set_default_client_config(config);
+    let connection = within(
+        "a raw handshake",
+        endpoint.connect(server.local_addr(), "peergroup").unwrap(),
+    )
+    .await
+    .expect("raw handshake");
+    let (send, recv) = connection.open_bi().await.expect("stream");
+    RawClient {
+        endpoint,
+        connection,
+        send,
+        recv,
+    }
+}
+
+impl RawClient {
+    pub async fn send_frame(&mut self, message: &ClientToServer) {
+        let frame = frame_to_bytes(message, DEFAULT_MAX_FRAME_LEN).unwrap();
+        self.send.write_all(&frame).await.expect("write");
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.expect("write");
+    }
+
+    /// Waits for the server to close the connection; returns its close code and text.
+    pub async fn closed(&self) -> (u64, String) {
+        match within("the server to close", self.connection.closed()).await {
+            quinn::ConnectionError::ApplicationClosed(close) => (
+                close.error_code.into_inner(),
+                String::from_utf8_lossy(&close.reason).into_owned(),
+            ),
+            other => panic!("expected an application close, got {other}"),
+        }
+    }
+}
