@@ -10,6 +10,10 @@
 //! prefix in front of the body.
 
 use bytes::Bytes;
+use peergroup_protocol::rooms::{
+    RoomSummary, RoomsReply, RoomsRequest, MAX_DISPLAY_NAME_LEN, MAX_PASSWORD_LEN,
+    MAX_ROOM_NAME_LEN,
+};
 use peergroup_protocol::{
     datagram_to_bytes, decode_body, frame_to_bytes, ClientDatagram, ClientToServer, Delivery,
     Fingerprint, FrameDecoder, GroupId, Hello, HostId, PairId, Path, PeerInfo, PeerToPeer,
@@ -124,6 +128,23 @@ fn client_datagram_variant(message: &ClientDatagram) -> u32 {
 fn server_datagram_variant(message: &ServerDatagram) -> u32 {
     match message {
         ServerDatagram::Deliver { .. } => 0,
+    }
+}
+
+fn rooms_request_variant(message: &RoomsRequest) -> u32 {
+    match message {
+        RoomsRequest::Join { .. } => 0,
+        RoomsRequest::Leave { .. } => 1,
+        RoomsRequest::List => 2,
+    }
+}
+
+fn rooms_reply_variant(message: &RoomsReply) -> u32 {
+    match message {
+        RoomsReply::Joined { .. } => 0,
+        RoomsReply::Refused { .. } => 1,
+        RoomsReply::Left { .. } => 2,
+        RoomsReply::Rooms(_) => 3,
     }
 }
 
@@ -537,4 +558,112 @@ fn hello() {
         },
         &[0xff, 0xff, 0xff, 0xff, 0x0f, 0x00],
     );
+}
+
+// The rooms application's messages travel as the payloads of reliable messages to and from
+// the server, so they are pinned as bare bodies.
+
+#[test]
+fn rooms_requests() {
+    let cases: Vec<(&str, RoomsRequest, Vec<u8>)> = vec![
+        (
+            "Join with a password",
+            RoomsRequest::Join {
+                room: "lobby".into(),
+                password: Some("pw".into()),
+                name: "al".into(),
+            },
+            vec![
+                0x00, 0x05, b'l', b'o', b'b', b'b', b'y', 0x01, 0x02, b'p', b'w', 0x02, b'a', b'l',
+            ],
+        ),
+        (
+            "Join without a password",
+            RoomsRequest::Join {
+                room: "r".into(),
+                password: None,
+                name: "n".into(),
+            },
+            vec![0x00, 0x01, b'r', 0x00, 0x01, b'n'],
+        ),
+        (
+            "Leave",
+            RoomsRequest::Leave { room: "ab".into() },
+            vec![0x01, 0x02, b'a', b'b'],
+        ),
+        ("List", RoomsRequest::List, vec![0x02]),
+    ];
+    for (name, message, expected) in &cases {
+        check_body(name, message, expected);
+    }
+    assert_covers(&cases, rooms_request_variant, 3, 0);
+}
+
+#[test]
+fn rooms_replies() {
+    let cases: Vec<(&str, RoomsReply, Vec<u8>)> = vec![
+        (
+            "Joined",
+            RoomsReply::Joined {
+                room: "r".into(),
+                group: group(),
+                members: vec![(host(), "al".into()), (HostId::from_raw(7), "b".into())],
+            },
+            cat(&[
+                &[0x00, 0x01, b'r'],
+                &GROUP,
+                &[0x02],
+                &HOST,
+                &[0x02, b'a', b'l', 0x07, 0x01, b'b'],
+            ]),
+        ),
+        (
+            "Refused without a room",
+            RoomsReply::Refused {
+                room: String::new(),
+                reason: "no".into(),
+            },
+            vec![0x01, 0x00, 0x02, b'n', b'o'],
+        ),
+        (
+            "Left",
+            RoomsReply::Left { room: "r".into() },
+            vec![0x02, 0x01, b'r'],
+        ),
+        (
+            "Rooms",
+            RoomsReply::Rooms(vec![RoomSummary {
+                name: "a".into(),
+                members: 300,
+                password: true,
+            }]),
+            vec![0x03, 0x01, 0x01, b'a', 0xac, 0x02, 0x01],
+        ),
+        ("Rooms, none", RoomsReply::Rooms(vec![]), vec![0x03, 0x00]),
+    ];
+    for (name, message, expected) in &cases {
+        check_body(name, message, expected);
+    }
+    assert_covers(&cases, rooms_reply_variant, 4, 0);
+}
+
+#[test]
+fn room_summary() {
+    check_body(
+        "RoomSummary",
+        &RoomSummary {
+            name: "ab".into(),
+            members: 0,
+            password: false,
+        },
+        &[0x02, b'a', b'b', 0x00, 0x00],
+    );
+}
+
+#[test]
+fn rooms_limits() {
+    // Both sides validate against these; changing one is a protocol change.
+    assert_eq!(MAX_ROOM_NAME_LEN, 64);
+    assert_eq!(MAX_DISPLAY_NAME_LEN, 32);
+    assert_eq!(MAX_PASSWORD_LEN, 64);
 }

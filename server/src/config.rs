@@ -39,8 +39,11 @@ pub struct Limits {
     /// Largest frame body accepted or sent, in bytes. Default
     /// [`DEFAULT_MAX_FRAME_LEN`] (1 MiB + 64 KiB).
     pub max_frame_len: u32,
-    /// Bytes queued for one client before it counts as a slow consumer and is
-    /// disconnected. Raised to at least one maximal frame. Default 8 MiB.
+    /// Bytes queued for one client before back-pressure starts (soft limit): a client
+    /// whose message pushes a receiver's queue past it is paused until the queue drains,
+    /// and a receiver that does not drain within [`Timeouts::slow_consumer`], or whose
+    /// queue passes twice this (hard limit), is disconnected as a slow consumer. Raised to
+    /// at least one maximal frame. Default 8 MiB.
     pub client_queue_bytes: usize,
     /// Messages from clients to the server application held until the application reads
     /// them; when full, the sending client's stream waits. Default 4,096.
@@ -71,6 +74,9 @@ pub struct Timeouts {
     pub idle: Duration,
     /// TLS handshake, hello and auth hook together. Default 10 s.
     pub handshake: Duration,
+    /// How long a backlogged receiver may take to drain below its soft limit before it is
+    /// disconnected as a slow consumer. Default 3 s.
+    pub slow_consumer: Duration,
     /// Join acks, then [`JoinAckError::Timeout`](crate::JoinAckError). Default 15 s.
     pub join_ack: Duration,
     /// How long a pair outlives its last shared group. Default 10 s.
@@ -83,6 +89,7 @@ impl Default for Timeouts {
         Self {
             idle: Duration::from_secs(10),
             handshake: Duration::from_secs(10),
+            slow_consumer: Duration::from_secs(3),
             join_ack: registry.join_ack_timeout,
             pair_linger: registry.pair_linger,
         }

@@ -5,7 +5,7 @@
 
 use crate::auth::{AuthDecision, AuthHook, LoginRequest};
 use crate::events::{DisconnectReason, ServerEvent};
-use crate::outbound::{OutboundQueue, Queued};
+use crate::outbound::{OutboundQueue, OutboundReceiver};
 use crate::shared::{close_with, Link, Shared};
 use crate::tls::peer_fingerprint;
 use bytes::Bytes;
@@ -15,7 +15,6 @@ use peergroup_protocol::{
 };
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
-use tokio::sync::mpsc;
 
 /// Why the read side stopped.
 enum ReadEnd {
@@ -88,11 +87,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, auth: 
             b"server shutting down",
         );
     }
-    let (_, messages) = shared.with_core(|core| {
+    let (_, deferred) = shared.with_core(|core| {
         core.links.remove(&host);
         core.registry.handle_disconnect(host, Instant::now());
     });
-    debug_assert!(messages.is_empty(), "a disconnect sends nothing to the app");
+    // Only notices to the others are left: never wait on their queues from here.
+    drop(deferred);
     tracing::info!(%host, %reason, "client disconnected");
     shared
         .events
@@ -178,11 +178,11 @@ async fn accept(
         }
     };
 
-    let capacity = shared
+    let soft_limit = shared
         .limits
         .client_queue_bytes
         .max(shared.limits.max_frame_len as usize + LENGTH_PREFIX_LEN);
-    let (outbound, queued) = OutboundQueue::new(capacity);
+    let (outbound, queued) = OutboundQueue::new(soft_limit);
     let link = Link {
         connection: connection.clone(),
         outbound,
@@ -193,7 +193,7 @@ async fn accept(
     };
     let registered = shared.with_core(|core| {
         if core.links.len() >= shared.limits.max_clients {
-            return Err(link);
+            return Err(Box::new(link));
         }
         let host = core.registry.handle_connect(identity);
         let welcome = ServerToClient::Welcome {
@@ -204,7 +204,7 @@ async fn accept(
         };
         // The welcome is queued before the link is visible, so it is the first frame.
         if let Ok(frame) = frame_to_bytes(&welcome, shared.limits.max_frame_len) {
-            let _ = link.outbound.try_push(frame);
+            link.outbound.push(frame);
         }
         core.links.insert(host, link);
         Ok(host)
@@ -230,16 +230,15 @@ async fn accept(
 }
 
 /// Writes queued frames in order, several at a time.
-async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::UnboundedReceiver<Queued>) {
+async fn write_frames(mut send: quinn::SendStream, mut queued: OutboundReceiver) {
     let mut batch = Vec::with_capacity(64);
-    let mut chunks = Vec::with_capacity(64);
     while queued.recv_many(&mut batch, 64).await > 0 {
-        chunks.extend(batch.iter().map(|q| q.frame.clone()));
-        if send.write_all_chunks(&mut chunks).await.is_err() {
+        let bytes = batch.iter().map(Bytes::len).sum();
+        if send.write_all_chunks(&mut batch).await.is_err() {
             return;
         }
-        chunks.clear();
-        batch.clear(); // frees the byte budget of what was written
+        batch.clear();
+        queued.written(bytes);
     }
 }
 
@@ -293,7 +292,7 @@ async fn read_frames(shared: &Shared, host: HostId, mut recv: quinn::RecvStream)
             Ok(message) => message,
             Err(error) => return error.into(),
         };
-        let messages = match message {
+        let deferred = match message {
             ClientToServer::Hello(_) => {
                 return ReadEnd::Violation(CloseCode::ProtocolViolation, "a second hello".into())
             }
@@ -316,9 +315,7 @@ async fn read_frames(shared: &Shared, host: HostId, mut recv: quinn::RecvStream)
                     .1
             }
         };
-        for message in messages {
-            shared.events.push_message(message).await;
-        }
+        shared.settle(deferred).await;
     }
 }
 
@@ -338,12 +335,10 @@ async fn read_datagrams(shared: &Shared, host: HostId, connection: &quinn::Conne
             Ok(message) => message,
             Err(error) => return error.into(),
         };
-        let (_, messages) = shared.with_core(|core| {
+        let (_, deferred) = shared.with_core(|core| {
             core.registry
                 .handle_datagram(host, group, to_server, &dests, payload)
         });
-        for message in messages {
-            shared.events.push_message(message).await;
-        }
+        shared.settle(deferred).await;
     }
 }

@@ -165,6 +165,7 @@ impl Server {
             sink,
             config.limits,
             config.timeouts.handshake,
+            config.timeouts.slow_consumer,
             shutdown.clone(),
         ));
         let fingerprint = config.identity.fingerprint();
@@ -371,9 +372,13 @@ impl Server {
                             len,
                             max: max_frame as usize,
                         })?;
-                for link in links {
-                    self.shared.push_frame(link, frame.clone());
+                // The application's call cannot wait, so only the hard limit applies here.
+                let mut unsettled = crate::shared::Deferred::default();
+                for (link, host) in links.iter().zip(&hosts) {
+                    self.shared
+                        .push_frame(*host, link, frame.clone(), &mut unsettled);
                 }
+                drop(unsettled);
             }
         }
         Ok(())
@@ -424,7 +429,10 @@ async fn timer_loop(shared: Arc<Shared>) {
         };
         tokio::select! {
             _ = sleep => {
-                shared.with_core(|core| core.registry.handle_timeout(Instant::now()));
+                // Timeouts only send notices; the timer must never wait on a client's queue.
+                let (_, unsettled) =
+                    shared.with_core(|core| core.registry.handle_timeout(Instant::now()));
+                drop(unsettled);
             }
             _ = shared.timer.notified() => {}
             _ = shared.shutdown.cancelled() => return,

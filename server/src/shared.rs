@@ -8,7 +8,7 @@
 use crate::app_events::EventSink;
 use crate::config::Limits;
 use crate::events::{DisconnectReason, ServerEvent};
-use crate::outbound::OutboundQueue;
+use crate::outbound::{Fill, OutboundQueue};
 use crate::registry::{Action, Registry};
 use bytes::Bytes;
 use peergroup_protocol::{
@@ -61,6 +61,26 @@ pub(crate) fn close_with(
     );
 }
 
+const SLOW_CONSUMER_TEXT: &str = "send queue overflow: the client did not read fast enough";
+
+/// A receiver whose queue went past its soft limit.
+#[derive(Debug)]
+struct Backlog {
+    host: HostId,
+    queue: OutboundQueue,
+    connection: quinn::Connection,
+    close_reason: Arc<OnceLock<DisconnectReason>>,
+}
+
+/// What an operation on the core leaves to do after the lock is released.
+#[derive(Debug, Default)]
+#[must_use = "call Shared::settle, or drop it where waiting is impossible"]
+pub(crate) struct Deferred {
+    /// Client messages for the application.
+    pub messages: Vec<ServerEvent>,
+    backlogged: Vec<Backlog>,
+}
+
 /// The registry and the links, locked together.
 #[derive(Debug)]
 pub(crate) struct Core {
@@ -76,6 +96,8 @@ pub(crate) struct Shared {
     pub limits: Limits,
     /// TLS handshake, hello and auth hook together.
     pub handshake: Duration,
+    /// How long a backlogged receiver may take to drain before it is dropped.
+    pub slow_consumer: Duration,
     /// Wakes the timer task when a new deadline may be earlier than the one it sleeps to.
     pub timer: Notify,
     pub shutdown: CancellationToken,
@@ -87,6 +109,7 @@ impl Shared {
         events: EventSink,
         limits: Limits,
         handshake: Duration,
+        slow_consumer: Duration,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -97,6 +120,7 @@ impl Shared {
             events,
             limits,
             handshake,
+            slow_consumer,
             timer: Notify::new(),
             shutdown,
         }
@@ -111,13 +135,13 @@ impl Shared {
     }
 
     /// Runs `operation` on the core, carries out the actions it caused, and returns its
-    /// result with the client messages for the application (to be awaited after the lock
-    /// is released).
-    pub fn with_core<T>(&self, operation: impl FnOnce(&mut Core) -> T) -> (T, Vec<ServerEvent>) {
+    /// result with what is left to wait for once the lock is released (see
+    /// [`Shared::settle`]).
+    pub fn with_core<T>(&self, operation: impl FnOnce(&mut Core) -> T) -> (T, Deferred) {
         let mut core = self.lock();
         let deadline_before = core.registry.poll_timeout();
         let result = operation(&mut core);
-        let messages = self.dispatch(&mut core);
+        let deferred = self.dispatch(&mut core);
         let deadline_after = core.registry.poll_timeout();
         drop(core);
         // Only an earlier deadline needs the timer task to wake and re-arm.
@@ -129,15 +153,40 @@ impl Shared {
         if earlier {
             self.timer.notify_one();
         }
-        (result, messages)
+        (result, deferred)
+    }
+
+    /// Finishes what an operation left: hands client messages to the application (waiting
+    /// for room) and waits for receivers it backlogged to drain, dropping any that take
+    /// longer than the slow-consumer timeout. Called by the task whose client caused the
+    /// work, so that client is the one paused.
+    pub async fn settle(&self, deferred: Deferred) {
+        for message in deferred.messages {
+            self.events.push_message(message).await;
+        }
+        for backlog in deferred.backlogged {
+            if tokio::time::timeout(self.slow_consumer, backlog.queue.drained())
+                .await
+                .is_err()
+            {
+                tracing::warn!(host = %backlog.host, "receiver stayed backlogged; disconnecting");
+                close_with(
+                    &backlog.connection,
+                    &backlog.close_reason,
+                    CloseCode::SlowConsumer,
+                    DisconnectReason::SlowConsumer,
+                    SLOW_CONSUMER_TEXT,
+                );
+            }
+        }
     }
 
     /// Carries out every pending action of the registry.
-    fn dispatch(&self, core: &mut Core) -> Vec<ServerEvent> {
-        let mut messages = Vec::new();
+    fn dispatch(&self, core: &mut Core) -> Deferred {
+        let mut deferred = Deferred::default();
         while let Some(action) = core.registry.poll_action() {
             match action {
-                Action::Send { to, message } => self.send_frame(core, to, &message),
+                Action::Send { to, message } => self.send_frame(core, to, &message, &mut deferred),
                 Action::Datagram {
                     to,
                     sender,
@@ -161,33 +210,55 @@ impl Shared {
                         );
                     }
                 }
-                Action::Event(event @ ServerEvent::Message { .. }) => messages.push(event),
+                Action::Event(event @ ServerEvent::Message { .. }) => deferred.messages.push(event),
                 Action::Event(event) => self.events.push_lifecycle(event),
             }
         }
-        messages
+        deferred
     }
 
-    /// Encodes and queues one frame for `to`; a full queue disconnects it.
-    pub fn send_frame(&self, core: &Core, to: HostId, message: &ServerToClient) {
+    /// Encodes and queues one frame for `to`.
+    fn send_frame(
+        &self,
+        core: &Core,
+        to: HostId,
+        message: &ServerToClient,
+        deferred: &mut Deferred,
+    ) {
         let Some(link) = core.links.get(&to) else {
             return;
         };
         match frame_to_bytes(message, self.limits.max_frame_len) {
-            Ok(frame) => self.push_frame(link, frame),
+            Ok(frame) => self.push_frame(to, link, frame, deferred),
             Err(error) => tracing::error!(%to, %error, "frame not sent"),
         }
     }
 
-    /// Queues an encoded frame for `link`; a full queue disconnects it.
-    pub fn push_frame(&self, link: &Link, frame: Bytes) {
-        if link.outbound.try_push(frame).is_err() {
-            tracing::warn!(remote = %link.remote_addr, "send queue overflow; disconnecting");
-            link.close(
-                CloseCode::SlowConsumer,
-                DisconnectReason::SlowConsumer,
-                "send queue overflow: the client did not read fast enough",
-            );
+    /// Queues an encoded frame for `link`. Past the soft limit the link is noted in
+    /// `deferred` for the caller to wait on; past the hard limit it is disconnected now.
+    pub fn push_frame(&self, host: HostId, link: &Link, frame: Bytes, deferred: &mut Deferred) {
+        match link.outbound.push(frame) {
+            Fill::Fine => {}
+            Fill::Backlogged => {
+                if !deferred.backlogged.iter().any(|b| b.host == host) {
+                    deferred.backlogged.push(Backlog {
+                        host,
+                        queue: link.outbound.clone(),
+                        connection: link.connection.clone(),
+                        close_reason: link.close_reason.clone(),
+                    });
+                }
+            }
+            Fill::Overflowing => {
+                if link.close_reason.get().is_none() {
+                    tracing::warn!(%host, "send queue past its hard limit; disconnecting");
+                }
+                link.close(
+                    CloseCode::SlowConsumer,
+                    DisconnectReason::SlowConsumer,
+                    SLOW_CONSUMER_TEXT,
+                );
+            }
         }
     }
 }

@@ -41,7 +41,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The peergroup server with the rooms application.
 #[derive(Debug, Parser)]
-#[command(name = "peergroup-server", version, about, long_about = None)]
+#[command(name = "peergroup-server", version)]
 struct Args {
     /// UDP address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:7700")]
@@ -85,7 +85,6 @@ async fn main() -> ExitCode {
     match serve(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error}");
             eprintln!("peergroup-server: {error}");
             ExitCode::FAILURE
         }

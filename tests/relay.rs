@@ -1,0 +1,421 @@
+//! Relay messaging over real QUIC on loopback: delivery guarantees, fan-out, the relay
+//! rule, the stamped sender, size limits and slow receivers.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use peergroup_client::{ClientEvent, Delivery, Path, RefuseReason, SendError, Target};
+use peergroup_protocol::{ClientToServer, Hello, HostId, PairId, RelayDest, PROTOCOL_VERSION};
+use peergroup_server::{DisconnectReason, GroupOptions, ServerEvent, ServerTarget};
+use std::time::Duration;
+
+fn message(e: &ClientEvent) -> Option<(HostId, Bytes, Delivery, Path)> {
+    match e {
+        ClientEvent::Message {
+            from,
+            payload,
+            delivery,
+            path,
+            ..
+        } => Some((*from, payload.clone(), *delivery, *path)),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_reliable_messages_arrive_exactly_once_and_in_order() {
+    let (server, _server_events) = start_server().await;
+    let (a, mut a_events, a_id) = connect(&server, "a").await;
+    let (_b, mut b_events, b_id) = connect(&server, "b").await;
+    let group = server
+        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .unwrap();
+    next_client_events(&mut a_events, 2).await;
+    next_client_events(&mut b_events, 2).await;
+
+    const COUNT: u32 = 10_000;
+    let sender = tokio::spawn(async move {
+        for n in 0..COUNT {
+            a.send(
+                Target::Host(b_id),
+                n.to_be_bytes().to_vec(),
+                Delivery::ReliableOrdered,
+            )
+            .await
+            .unwrap();
+        }
+        a
+    });
+    for expected in 0..COUNT {
+        let (from, payload, delivery, path) = wait_client(&mut b_events, message).await;
+        assert_eq!(from, a_id);
+        assert_eq!(delivery, Delivery::ReliableOrdered);
+        assert_eq!(path, Path::Relay);
+        assert_eq!(
+            payload.as_ref(),
+            expected.to_be_bytes(),
+            "message {expected}"
+        );
+    }
+    let _a = sender.await.unwrap();
+    assert_quiet(&mut b_events, Duration::from_millis(200)).await;
+    assert_eq!(server.stats().relayed, u64::from(COUNT));
+    let _ = group;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_send_is_fanned_out_to_every_other_member_and_loops_back_on_request() {
+    let (server, _server_events) = start_server().await;
+    let mut clients = Vec::new();
+    for n in 0..5 {
+        clients.push(connect(&server, &format!("c{n}")).await);
+    }
+    let ids: Vec<HostId> = clients.iter().map(|c| c.2).collect();
+    let group = server
+        .create_group(&ids, GroupOptions::default(), "")
+        .unwrap();
+    for (i, (_, events, _)) in clients.iter_mut().enumerate() {
+        // Member i hears of each member before it, itself, and each after it.
+        next_client_events(events, 5).await;
+        let _ = i;
+    }
+    let relayed_before = server.stats().relayed;
+    let (sender, sender_events, sender_id) = &mut clients[0];
+    sender
+        .send(Target::Group(group), "to all", Delivery::ReliableOrdered)
+        .await
+        .unwrap();
+    sender
+        .send(
+            Target::GroupLoopback(group),
+            "me too",
+            Delivery::ReliableOrdered,
+        )
+        .await
+        .unwrap();
+    let looped = wait_client(sender_events, message).await;
+    assert_eq!(
+        looped,
+        (
+            *sender_id,
+            Bytes::from_static(b"me too"),
+            Delivery::ReliableOrdered,
+            Path::Loopback
+        )
+    );
+    let sender_id = *sender_id;
+    for (_, events, _) in clients.iter_mut().skip(1) {
+        let first = wait_client(events, message).await;
+        assert_eq!(first.0, sender_id);
+        assert_eq!(first.1, Bytes::from_static(b"to all"));
+        let second = wait_client(events, message).await;
+        assert_eq!(second.1, Bytes::from_static(b"me too"));
+    }
+    assert_eq!(
+        server.stats().relayed - relayed_before,
+        8,
+        "4 receivers x 2 sends"
+    );
+    assert_quiet(&mut clients[0].1, Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreliable_messages_arrive_once_and_oversized_ones_are_refused_up_front() {
+    let (server, _server_events) = start_server().await;
+    let (a, mut a_events, a_id) = connect(&server, "a").await;
+    let (_b, mut b_events, b_id) = connect(&server, "b").await;
+    let group = server
+        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .unwrap();
+    next_client_events(&mut a_events, 2).await;
+    next_client_events(&mut b_events, 2).await;
+
+    for n in 0..50u8 {
+        a.send(Target::Group(group), vec![n; 100], Delivery::Unreliable)
+            .await
+            .unwrap();
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_millis(500), b_events.next()).await
+    {
+        if let Some((from, payload, delivery, _)) = message(&event) {
+            assert_eq!((from, delivery), (a_id, Delivery::Unreliable));
+            assert!(seen.insert(payload[0]), "duplicate datagram {}", payload[0]);
+        }
+    }
+    assert!(!seen.is_empty(), "loopback delivers datagrams");
+
+    let huge = vec![0u8; 64 * 1024];
+    let error = a
+        .send(Target::Group(group), huge, Delivery::Unreliable)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, SendError::TooLargeForDatagram { len: 65536, max } if max > 1000 && max < 65536),
+        "{error:?}"
+    );
+    let too_big = vec![0u8; 2 << 20];
+    assert!(matches!(
+        a.send(Target::Host(b_id), too_big, Delivery::ReliableOrdered)
+            .await,
+        Err(SendError::TooLarge { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_outside_a_shared_group_is_refused_and_counted() {
+    let (server, _server_events) = start_server().await;
+    let (a, mut a_events, a_id) = connect(&server, "a").await;
+    let (_b, mut b_events, b_id) = connect(&server, "b").await;
+    let (_c, mut c_events, c_id) = connect(&server, "c").await;
+    let g_ab = server
+        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .unwrap();
+    server
+        .create_group(&[b_id, c_id], GroupOptions::default(), "")
+        .unwrap();
+    next_client_events(&mut a_events, 2).await;
+    next_client_events(&mut b_events, 4).await;
+    next_client_events(&mut c_events, 2).await;
+
+    // A never shared a group with C: the client refuses before anything is sent.
+    assert_eq!(
+        a.send(Target::Host(c_id), "hi", Delivery::ReliableOrdered)
+            .await,
+        Err(SendError::NotAPeer(c_id))
+    );
+    // B leaves A's group; A's pair with B lingers, so A's client still sends, and the
+    // server refuses: A is told, C and B get nothing.
+    server.leave_group(g_ab, b_id).unwrap();
+    wait_client(&mut a_events, |e| {
+        matches!(e, ClientEvent::MemberLeft { member, .. } if *member == b_id).then_some(())
+    })
+    .await;
+    let refused_before = server.stats().relay_refused;
+    a.send(Target::Host(b_id), "after leave", Delivery::ReliableOrdered)
+        .await
+        .unwrap();
+    let failure = wait_client(&mut a_events, |e| match e {
+        ClientEvent::SendFailed { to, reason, .. } => Some((*to, *reason)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(failure, (b_id, RefuseReason::NoSharedGroup));
+    assert_eq!(server.stats().relay_refused, refused_before + 1);
+    // B drains its leave notices and must see no message from A.
+    next_client_events(&mut b_events, 2).await;
+    assert_quiet(&mut b_events, Duration::from_millis(300)).await;
+    assert_eq!(
+        a.send(Target::Group(g_ab), "x", Delivery::ReliableOrdered)
+            .await,
+        Ok(()),
+        "a group of one sends nothing, which is fine"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_forge_a_sender_or_reach_a_pair_it_is_not_in() {
+    let (server, mut server_events) = start_server().await;
+    let (_a, mut a_events, a_id) = connect(&server, "a").await;
+    let (_b, mut b_events, b_id) = connect(&server, "b").await;
+    server
+        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .unwrap();
+    next_client_events(&mut a_events, 2).await;
+    next_client_events(&mut b_events, 2).await;
+
+    // A raw client in no group guesses pair ids (the A-B pair is one of the first few).
+    let mut raw = raw_connect(&server).await;
+    raw.send_frame(&ClientToServer::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        login: Bytes::new(),
+    }))
+    .await;
+    let raw_id = wait_server(&mut server_events, |e| match e {
+        ServerEvent::ClientConnected { host, .. } if *host != a_id && *host != b_id => Some(*host),
+        _ => None,
+    })
+    .await;
+    let refused_before = server.stats().relay_refused;
+    let dests: Vec<RelayDest> = (1..4u64)
+        .flat_map(|version| (0..4u64).map(move |index| (version << 32) | index))
+        .map(|raw_pair| RelayDest {
+            pair: PairId::from_raw(raw_pair),
+            seq: 1,
+        })
+        .collect();
+    raw.send_frame(&ClientToServer::Relay {
+        group: None,
+        to_server: false,
+        dests: dests.clone(),
+        payload: Bytes::from_static(b"i am a"),
+    })
+    .await;
+    // Every guess is refused, and neither A nor B hears anything.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.stats().relay_refused < refused_before + dests.len() as u64 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "refusals not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_quiet(&mut a_events, Duration::from_millis(200)).await;
+    assert_quiet(&mut b_events, Duration::from_millis(200)).await;
+    assert!(
+        server.host_info(raw_id).is_some(),
+        "refusal is not a disconnect"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_as_member_receives_group_messages_and_sends_to_groups() {
+    let (server, mut server_events) = start_server().await;
+    let (a, mut a_events, a_id) = connect(&server, "a").await;
+    let options = GroupOptions {
+        server_is_member: true,
+        ..GroupOptions::default()
+    };
+    let group = server.create_group(&[a_id], options, "").unwrap();
+    let joins = next_client_events(&mut a_events, 2).await;
+    assert!(
+        matches!(&joins[0], ClientEvent::MemberJoined { member, member_count: 2, .. } if *member == HostId::SERVER)
+    );
+    a.send(
+        Target::Group(group),
+        "to the group",
+        Delivery::ReliableOrdered,
+    )
+    .await
+    .unwrap();
+    a.send(Target::Server, "to the server", Delivery::Unreliable)
+        .await
+        .unwrap();
+    // The datagram and the stream frame travel independently: take both, in any order.
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        got.push(
+            wait_server(&mut server_events, |e| match e {
+                ServerEvent::Message {
+                    from,
+                    group,
+                    payload,
+                    delivery,
+                } => Some((*from, *group, payload.clone(), *delivery)),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    got.sort_by_key(|m| m.1.is_none());
+    assert_eq!(
+        got,
+        vec![
+            (
+                a_id,
+                Some(group),
+                Bytes::from_static(b"to the group"),
+                Delivery::ReliableOrdered
+            ),
+            (
+                a_id,
+                None,
+                Bytes::from_static(b"to the server"),
+                Delivery::Unreliable
+            ),
+        ]
+    );
+
+    server
+        .send(
+            ServerTarget::Group(group),
+            "from the server",
+            Delivery::ReliableOrdered,
+        )
+        .unwrap();
+    let (from, payload, _, _) = wait_client(&mut a_events, message).await;
+    assert_eq!(
+        (from, payload),
+        (HostId::SERVER, Bytes::from_static(b"from the server"))
+    );
+    assert!(matches!(
+        server.send(
+            ServerTarget::Host(a_id),
+            vec![0u8; 100_000],
+            Delivery::Unreliable
+        ),
+        Err(peergroup_server::SendError::TooLargeForDatagram { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_stops_reading_is_dropped_while_one_that_reads_keeps_up() {
+    // Small queues, so a burst from A backlogs even C, which reads: C must be paced (A is
+    // paused), never dropped; B, which never reads, must be dropped.
+    let (server, mut server_events) = start_server_with(
+        |c| {
+            c.limits.client_queue_bytes = 256 * 1024;
+            c.limits.max_frame_len = 64 * 1024;
+            c.timeouts.slow_consumer = Duration::from_secs(1);
+        },
+        Default::default(),
+    )
+    .await;
+    let (a, mut a_events, a_id) = connect(&server, "a").await;
+    let (_c, mut c_events, c_id) = connect(&server, "c").await;
+    // B logs in by hand and then never reads its stream.
+    let mut raw = raw_connect(&server).await;
+    raw.send_frame(&ClientToServer::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        login: Bytes::new(),
+    }))
+    .await;
+    let b_id = wait_server(&mut server_events, |e| match e {
+        ServerEvent::ClientConnected { host, .. } if *host != a_id && *host != c_id => Some(*host),
+        _ => None,
+    })
+    .await;
+    let group = server
+        .create_group(&[a_id, b_id, c_id], GroupOptions::default(), "")
+        .unwrap();
+    next_client_events(&mut a_events, 3).await;
+    next_client_events(&mut c_events, 3).await;
+
+    // 32 MiB to the group: far beyond B's flow-control window plus its 256 KiB queue.
+    let payload = Bytes::from(vec![7u8; 32 * 1024]);
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for _ in 0..1024 {
+                a.send(
+                    Target::Group(group),
+                    payload.clone(),
+                    Delivery::ReliableOrdered,
+                )
+                .await
+                .unwrap();
+            }
+        })
+    };
+    let reason = wait_server(&mut server_events, |e| match e {
+        ServerEvent::ClientDisconnected { host, reason } if *host == b_id => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, DisconnectReason::SlowConsumer);
+    let (code, text) = raw.closed().await;
+    assert_eq!(code, peergroup_protocol::CloseCode::SlowConsumer.to_u64());
+    assert!(text.contains("did not read fast enough"), "{text}");
+    // C, which reads, gets all 1024 messages.
+    let mut received = 0;
+    while received < 1024 {
+        if wait_client(&mut c_events, message).await.0 == a_id {
+            received += 1;
+        }
+    }
+    sender.await.unwrap();
+    assert_eq!(server.stats().clients, 2, "A and C are still connected");
+    assert_quiet(&mut c_events, Duration::from_millis(200)).await;
+}
