@@ -51,7 +51,7 @@ async fn join_notifies_every_member_and_completes_when_all_have_acked() {
             group: g,
             member,
             result,
-        } if *g == group && *member == a_id => Some(result.clone()),
+        } if *g == group && *member == a_id => Some(*result),
         _ => None,
     })
     .await
@@ -81,7 +81,7 @@ async fn join_notifies_every_member_and_completes_when_all_have_acked() {
             group: g,
             member,
             result,
-        } if *g == group && *member == b_id => Some(result.clone()),
+        } if *g == group && *member == b_id => Some(*result),
         _ => None,
     })
     .await;

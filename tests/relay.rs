@@ -419,3 +419,45 @@ async fn a_receiver_that_stops_reading_is_dropped_while_one_that_reads_keeps_up(
     assert_eq!(server.stats().clients, 2, "A and C are still connected");
     assert_quiet(&mut c_events, Duration::from_millis(200)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_delivers_everything_already_sent_first() {
+    let (server, mut server_events) = start_server().await;
+    let (a, mut a_events, a_id) = connect(&server, "a").await;
+    let (_b, mut b_events, b_id) = connect(&server, "b").await;
+    server
+        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .unwrap();
+    next_client_events(&mut a_events, 2).await;
+    next_client_events(&mut b_events, 2).await;
+    for n in 0..2_000u32 {
+        a.send(
+            Target::Host(b_id),
+            n.to_be_bytes().to_vec(),
+            Delivery::ReliableOrdered,
+        )
+        .await
+        .unwrap();
+    }
+    a.close().await;
+    for expected in 0..2_000u32 {
+        let (_, payload, _, _) = wait_client(&mut b_events, message).await;
+        assert_eq!(payload.as_ref(), expected.to_be_bytes());
+    }
+    let reason = wait_server(&mut server_events, |e| match e {
+        ServerEvent::ClientDisconnected { host, reason } if *host == a_id => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        reason,
+        DisconnectReason::ClientClosed {
+            reason: "client closed".into()
+        }
+    );
+    assert_eq!(
+        a.send(Target::Host(b_id), "late", Delivery::ReliableOrdered)
+            .await,
+        Err(SendError::Disconnected)
+    );
+}

@@ -14,7 +14,7 @@ use peergroup_protocol::{
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Bytes a queued message costs beyond its payload, so that many empty messages are
 /// bounded too.
@@ -24,6 +24,19 @@ const PER_MESSAGE_COST: usize = 64;
 struct Queued {
     frame: Bytes,
     _budget: Option<OwnedSemaphorePermit>,
+    /// Set on the last item [`Client::close`] queues: finish the stream after everything
+    /// before it, wait until the server has read it all, then say so.
+    finished: Option<oneshot::Sender<()>>,
+}
+
+impl Queued {
+    fn frame(frame: Bytes, budget: Option<OwnedSemaphorePermit>) -> Self {
+        Self {
+            frame,
+            _budget: budget,
+            finished: None,
+        }
+    }
 }
 
 struct Inner {
@@ -305,6 +318,7 @@ impl Client {
         let max_datagram = inner.connection.max_datagram_size();
         // Sequence numbers are assigned and frames queued under one lock, so the stream
         // carries each pair's messages in sequence order.
+        let len = payload.len();
         let mut session = self.session();
         let uploads = session.plan_send(target, payload, delivery, max_datagram)?;
         if let (Some(permit), Some(event)) = (loopback, session.poll_event()) {
@@ -319,10 +333,7 @@ impl Client {
                             max: inner.max_frame_len as usize,
                         }
                     })?;
-                    let queued = Queued {
-                        frame,
-                        _budget: budget.take(),
-                    };
+                    let queued = Queued::frame(frame, budget.take());
                     inner
                         .queue
                         .send(queued)
@@ -331,7 +342,7 @@ impl Client {
                 Upload::Datagram(datagram) => {
                     let bytes = datagram_to_bytes(&datagram).map_err(|_| {
                         SendError::TooLargeForDatagram {
-                            len: 0,
+                            len,
                             max: max_datagram.unwrap_or(0),
                         }
                     })?;
@@ -339,7 +350,7 @@ impl Client {
                         Ok(()) => {}
                         Err(quinn::SendDatagramError::TooLarge) => {
                             return Err(SendError::TooLargeForDatagram {
-                                len: 0,
+                                len,
                                 max: inner.connection.max_datagram_size().unwrap_or(0),
                             })
                         }
@@ -407,8 +418,19 @@ impl Client {
         self.inner.endpoint.local_addr()
     }
 
-    /// Closes the connection and waits up to 1 s for the close to reach the server.
+    /// Closes the connection gracefully: reliable messages already queued are delivered
+    /// to the server first (waiting up to 2 s), then the close goes out (waiting up to
+    /// 1 s for it to leave). Other handles see [`SendError::Disconnected`] afterwards.
     pub async fn close(&self) {
+        let (done, finished) = oneshot::channel();
+        let marker = Queued {
+            frame: Bytes::new(),
+            _budget: None,
+            finished: Some(done),
+        };
+        if self.inner.queue.send(marker).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), finished).await;
+        }
         close(&self.inner.connection, CloseCode::Normal, "client closed");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
     }
@@ -459,12 +481,22 @@ async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::UnboundedRe
     let mut batch = Vec::with_capacity(64);
     let mut chunks = Vec::with_capacity(64);
     while queued.recv_many(&mut batch, 64).await > 0 {
-        chunks.extend(batch.iter().map(|q: &Queued| q.frame.clone()));
+        for item in batch.drain(..) {
+            if let Some(done) = item.finished {
+                if send.write_all_chunks(&mut chunks).await.is_err() || send.finish().is_err() {
+                    return;
+                }
+                // Resolves once the server has read the stream to its end.
+                let _ = send.stopped().await;
+                let _ = done.send(());
+                return;
+            }
+            chunks.push(item.frame);
+        }
         if send.write_all_chunks(&mut chunks).await.is_err() {
             return;
         }
         chunks.clear();
-        batch.clear();
     }
 }
 
@@ -519,10 +551,7 @@ async fn read_frames(inner: &Inner, mut recv: quinn::RecvStream) -> ReadEnd {
                 // Acks are tiny and bounded by the notices the server sends; they skip
                 // the send budget so a full queue never stalls them.
                 if let Ok(frame) = frame_to_bytes(&ack, inner.max_frame_len) {
-                    let _ = inner.queue.send(Queued {
-                        frame,
-                        _budget: None,
-                    });
+                    let _ = inner.queue.send(Queued::frame(frame, None));
                 }
             }
             events.extend(std::iter::from_fn(|| session.poll_event()));

@@ -22,7 +22,9 @@ pub enum Target {
     /// One host: a peer, the server ([`HostId::SERVER`]) or this client itself.
     Host(HostId),
     /// Every other member of a group this client is in (the server too, when it is a
-    /// member). One upload, fanned out by the server.
+    /// member), as this client knows the group when it sends: a member whose join notice
+    /// has not arrived yet is not included (each destination needs its pair's sequence
+    /// number). One upload, fanned out by the server.
     Group(GroupId),
     /// As [`Target::Group`], and delivered to this client as well, locally.
     GroupLoopback(GroupId),

@@ -60,7 +60,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, auth: 
     tracing::info!(%host, %remote, "client connected");
 
     let end = tokio::select! {
-        end = read_frames(&shared, host, recv) => end,
+        end = read_frames(&shared, host, recv, &connection) => end,
         end = read_datagrams(&shared, host, &connection) => end,
         _ = shared.shutdown.cancelled() => ReadEnd::Connection(quinn::ConnectionError::LocallyClosed),
     };
@@ -276,15 +276,25 @@ fn read_error(error: quinn::ReadError) -> ReadEnd {
 }
 
 /// The control stream: acks and reliable relay uploads, in order.
-async fn read_frames(shared: &Shared, host: HostId, mut recv: quinn::RecvStream) -> ReadEnd {
+async fn read_frames(
+    shared: &Shared,
+    host: HostId,
+    mut recv: quinn::RecvStream,
+    connection: &quinn::Connection,
+) -> ReadEnd {
     loop {
         let body = match read_frame(&mut recv, shared.limits.max_frame_len).await {
             Ok(Some(body)) => body,
             Ok(None) => {
-                return ReadEnd::Violation(
-                    CloseCode::ProtocolViolation,
-                    "control stream closed".into(),
-                )
+                // A client that is leaving finishes its stream after its last message,
+                // so all of it has been read; its close follows.
+                return match tokio::time::timeout(shared.handshake, connection.closed()).await {
+                    Ok(error) => ReadEnd::Connection(error),
+                    Err(_) => ReadEnd::Violation(
+                        CloseCode::ProtocolViolation,
+                        "control stream finished without a close".into(),
+                    ),
+                };
             }
             Err(end) => return end,
         };

@@ -65,11 +65,14 @@ impl OutboundQueue {
     /// Queues a frame and says how full the queue now is.
     pub fn push(&self, frame: Bytes) -> Fill {
         let len = frame.len();
+        // Count the bytes before the writer can see the frame, or its subtraction could
+        // run first and wrap the counter.
+        let queued = self.state.bytes.fetch_add(len, Ordering::AcqRel) + len;
         if self.tx.send(frame).is_err() {
             // The writer is gone (connection closing): nothing is held.
+            self.state.bytes.fetch_sub(len, Ordering::AcqRel);
             return Fill::Fine;
         }
-        let queued = self.state.bytes.fetch_add(len, Ordering::AcqRel) + len;
         if queued > self.state.soft_limit.saturating_mul(2) {
             Fill::Overflowing
         } else if queued > self.state.soft_limit {
@@ -132,7 +135,7 @@ mod tests {
         assert_eq!(queue.push(Bytes::from_static(b"123456")), Fill::Fine);
         assert_eq!(queue.push(Bytes::from_static(b"12345")), Fill::Backlogged);
         assert_eq!(
-            queue.push(Bytes::from_static(b"123456789")),
+            queue.push(Bytes::from_static(b"1234567890")),
             Fill::Overflowing
         );
 
@@ -149,7 +152,7 @@ mod tests {
             .await
             .expect("woken once under the soft limit")
             .unwrap();
-        assert_eq!(queue.queued_bytes(), 9);
+        assert_eq!(queue.queued_bytes(), 10);
     }
 
     #[tokio::test]

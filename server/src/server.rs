@@ -356,8 +356,11 @@ impl Server {
                     group,
                     payload,
                 };
+                let len = match &datagram {
+                    ServerDatagram::Deliver { payload, .. } => payload.len(),
+                };
                 let bytes = datagram_to_bytes(&datagram).map_err(|_| SendError::TooLarge {
-                    len: 0,
+                    len,
                     max: max_frame as usize,
                 })?;
                 for link in links {

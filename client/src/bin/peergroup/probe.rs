@@ -1,0 +1,892 @@
+//! `peergroup probe`: a machine-readable client for tests and benchmarks.
+//!
+//! The contract (also in `peergroup probe --help`; keep both in step, and keep it
+//! stable: tests and benchmark scripts parse it):
+//!
+//! 1. Connects (login payload = `--name`) and joins `--room` as `--name`.
+//! 2. Waits until at least `--expect-peers` other members are in the room, for at most
+//!    `--duration` seconds; fewer by then is a failure (exit 3, nothing sent).
+//! 3. Sends `--count` messages to the room's group at `--rate` per second, with
+//!    `--delivery` (`reliable` = ReliableOrdered, `unreliable` = datagrams). Payload,
+//!    `--size` bytes (at least 16): sequence number (u64 big-endian, from 0), send time in
+//!    microseconds since the UNIX epoch (u64 big-endian; for one-way latency on one
+//!    machine), zeros.
+//! 4. Stays until `--duration` seconds have passed since sending started and its own
+//!    sending has finished, and then until `--count` distinct messages have arrived from
+//!    every peer still in the room, for at most 10 more seconds (1 for unreliable). A
+//!    peer that leaves is not waited for.
+//! 5. Leaves the room (which also flushes what it sent), disconnects and prints the
+//!    summary.
+//!
+//! Stdout carries JSON objects, one per line, flushed line by line (ids are raw `u64`s,
+//! `at_ms` counts milliseconds from process start):
+//!
+//! ```text
+//! {"event":"connected","host":ID}
+//! {"event":"member_joined","group":G,"host":H}
+//! {"event":"member_left","group":G,"host":H}
+//! {"event":"path","peer":H,"path":"relay"|"direct","at_ms":T}
+//! {"event":"summary","sent":N,"peers":[{"peer":H,"received":n,"lost":n,"duplicates":n,
+//!   "out_of_order":n,"malformed":n,"path":"relay"|"direct","relay_received":n,
+//!   "direct_received":n,"rtt_ms":x,"latency_p50_us":n|null,"latency_p99_us":n|null}],
+//!   "send_failed":n}
+//! ```
+//!
+//! - `member_joined` / `member_left`: every membership notice (the probe's own included).
+//! - `path`: when a peer is first seen (its `MemberJoined`: `relay`), and whenever a
+//!   message from it arrives on another path than the last one recorded.
+//! - `summary`: exactly once, last, also after a failure once the room was joined.
+//!   `received` counts every message from the peer (duplicates included, malformed ones
+//!   not); `lost` = count - distinct sequence numbers below count; `duplicates` = repeats
+//!   of a sequence number; `out_of_order` = arrivals, not duplicates, below the highest
+//!   sequence number seen before from that peer; `malformed` = payloads under 16 bytes;
+//!   `path` = the last path; `rtt_ms` = the smoothed RTT to the server (the relay);
+//!   latencies are one-way, send to receipt, over distinct arrivals (nearest rank),
+//!   `null` when nothing arrived. `send_failed` counts messages the server refused to
+//!   relay. Messages from the server itself are never counted.
+//!
+//! Exit status: 0 success; 1 connection failed or lost, or a send failed; 2 the room
+//! join was refused; 3 a check failed: fewer than `--expect-peers` peers, fewer than
+//! `--count` messages sent, a duplicate or malformed message, a relay refusal, or (for
+//! reliable delivery) any loss or reordering. The reason goes to stderr.
+
+use crate::common::{self, Failure, ServerArgs, EXIT_CHECK_FAILED};
+use peergroup_client::{
+    Client, ClientEvent, ClientEvents, Delivery, GroupId, HostId, Path, SendError, Target,
+};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+/// Bytes of the payload header: sequence number and send time.
+pub const HEADER_LEN: usize = 16;
+
+/// How long past the end of the run the probe waits for missing reliable messages.
+const RELIABLE_GRACE: Duration = Duration::from_secs(10);
+/// How long past the end of the run the probe waits for missing unreliable messages.
+const UNRELIABLE_GRACE: Duration = Duration::from_secs(1);
+
+/// How the probe sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeliveryArg {
+    /// `Delivery::ReliableOrdered`: no loss, duplicate or reordering allowed.
+    Reliable,
+    /// `Delivery::Unreliable` (QUIC datagrams): loss and reordering allowed.
+    Unreliable,
+}
+
+impl DeliveryArg {
+    fn delivery(self) -> Delivery {
+        match self {
+            DeliveryArg::Reliable => Delivery::ReliableOrdered,
+            DeliveryArg::Unreliable => Delivery::Unreliable,
+        }
+    }
+
+    fn grace(self) -> Duration {
+        match self {
+            DeliveryArg::Reliable => RELIABLE_GRACE,
+            DeliveryArg::Unreliable => UNRELIABLE_GRACE,
+        }
+    }
+}
+
+/// Measure a room: send sequenced messages, count what arrives, print JSON lines.
+///
+/// A machine-readable client for tests and benchmarks; this contract is stable.
+///
+///  1. Joins ROOM as NAME (also the login payload).
+///  2. Waits until at least --expect-peers other members are in the room, for at most
+///     --duration seconds; fewer by then fails (exit 3, nothing sent).
+///  3. Sends --count messages to the room at --rate per second with --delivery. Payload
+///     (--size bytes, at least 16): sequence number (u64 big-endian, from 0), send time
+///     in microseconds since the UNIX epoch (u64 big-endian), zeros.
+///  4. Stays until --duration seconds have passed since sending started and its own
+///     sending finished, then until --count distinct messages arrived from every peer
+///     still in the room, for at most 10 s more (1 s for unreliable).
+///  5. Leaves the room, disconnects, prints the summary.
+///
+/// Stdout: one JSON object per line (ids are raw u64; at_ms = ms since process start):
+///   {"event":"connected","host":ID}
+///   {"event":"member_joined","group":G,"host":H}
+///   {"event":"member_left","group":G,"host":H}
+///   {"event":"path","peer":H,"path":"relay"|"direct","at_ms":T}
+///   {"event":"summary","sent":N,"peers":[{"peer":H,"received":n,"lost":n,
+///     "duplicates":n,"out_of_order":n,"malformed":n,"path":"relay"|"direct",
+///     "relay_received":n,"direct_received":n,"rtt_ms":x,
+///     "latency_p50_us":n|null,"latency_p99_us":n|null}],"send_failed":n}
+///
+/// member_joined/member_left: every membership notice, the probe's own included.
+/// path: when a peer is first seen (relay) and whenever its messages change path.
+/// summary: exactly once, last, whenever the room was joined (also on failure).
+/// received = all messages from the peer (duplicates included); lost = count -
+/// distinct sequence numbers; out_of_order = non-duplicate arrivals below the highest
+/// sequence number seen before; malformed = payloads under 16 bytes; rtt_ms =
+/// smoothed RTT to the server; latencies are one-way (nearest rank). Messages from
+/// the server are never counted.
+///
+/// Exit status: 0 success; 1 connection failed or lost; 2 join refused; 3 a check
+/// failed (too few peers, not all sent, duplicates, malformed messages, relay
+/// refusals, or for reliable delivery any loss or reordering). Reasons go to stderr.
+#[derive(Debug, Clone, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct ProbeArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+
+    /// The room to join (created on first join).
+    #[arg(long, value_name = "NAME")]
+    room: String,
+
+    /// Display name and login payload.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+
+    /// The room's password, if it has one.
+    #[arg(long, value_name = "PW")]
+    password: Option<String>,
+
+    /// Messages to send.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    count: u64,
+
+    /// Messages per second.
+    #[arg(long, value_name = "PER_SEC", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    rate: u32,
+
+    /// Payload bytes, at least 16.
+    #[arg(long, value_name = "BYTES", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(16..))]
+    size: u32,
+
+    /// Seconds to stay from the start of sending (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    duration: Duration,
+
+    /// How to send.
+    #[arg(long, value_enum, default_value_t = DeliveryArg::Reliable)]
+    delivery: DeliveryArg,
+
+    /// Other members to wait for before sending.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    expect_peers: usize,
+}
+
+fn parse_secs(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|e| format!("not a number of seconds: {e}"))?;
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("not a duration: {e}"))
+}
+
+// ---- payload ---------------------------------------------------------------------------
+
+/// Microseconds since the UNIX epoch (0 if the clock is before it).
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A probe payload of `size` bytes (at least [`HEADER_LEN`]).
+pub fn encode_payload(seq: u64, sent_us: u64, size: usize) -> Vec<u8> {
+    let mut payload = vec![0u8; size.max(HEADER_LEN)];
+    payload[..8].copy_from_slice(&seq.to_be_bytes());
+    payload[8..HEADER_LEN].copy_from_slice(&sent_us.to_be_bytes());
+    payload
+}
+
+/// The sequence number and send time of a probe payload; `None` if it is too short.
+pub fn decode_payload(payload: &[u8]) -> Option<(u64, u64)> {
+    let seq = payload.get(..8)?.try_into().ok()?;
+    let sent = payload.get(8..HEADER_LEN)?.try_into().ok()?;
+    Some((u64::from_be_bytes(seq), u64::from_be_bytes(sent)))
+}
+
+// ---- statistics ------------------------------------------------------------------------
+
+/// The `p`-th percentile (0 to 100) of sorted values by nearest rank; `None` if empty.
+pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (p.clamp(0.0, 100.0) / 100.0 * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// What one probe learned about one peer: sequence tracking, paths and latencies. No IO.
+#[derive(Debug, Default, Clone)]
+pub struct PeerStats {
+    seqs: HashSet<u64>,
+    highest: Option<u64>,
+    received: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    malformed: u64,
+    relay_received: u64,
+    direct_received: u64,
+    latencies_us: Vec<u64>,
+    path: Option<Path>,
+}
+
+impl PeerStats {
+    /// Records the path the peer is on; `true` when it differs from the last one
+    /// recorded (or none was).
+    pub fn note_path(&mut self, path: Path) -> bool {
+        let changed = self.path != Some(path);
+        self.path = Some(path);
+        changed
+    }
+
+    /// Records one message that arrived at `now_us` (microseconds since the UNIX epoch)
+    /// on `path`. Returns `true` when the path changed.
+    pub fn record(&mut self, payload: &[u8], path: Path, now_us: u64) -> bool {
+        let changed = self.note_path(path);
+        let Some((seq, sent_us)) = decode_payload(payload) else {
+            self.malformed += 1;
+            return changed;
+        };
+        self.received += 1;
+        match path {
+            Path::Direct => self.direct_received += 1,
+            _ => self.relay_received += 1,
+        }
+        if !self.seqs.insert(seq) {
+            self.duplicates += 1;
+            return changed;
+        }
+        if self.highest.is_some_and(|highest| seq < highest) {
+            self.out_of_order += 1;
+        }
+        self.highest = Some(self.highest.map_or(seq, |highest| highest.max(seq)));
+        self.latencies_us.push(now_us.saturating_sub(sent_us));
+        changed
+    }
+
+    /// Distinct sequence numbers below `count` received.
+    pub fn distinct_below(&self, count: u64) -> u64 {
+        self.seqs.iter().filter(|&&seq| seq < count).count() as u64
+    }
+
+    /// Of `count` messages sent, how many never arrived.
+    pub fn lost(&self, count: u64) -> u64 {
+        count.saturating_sub(self.distinct_below(count))
+    }
+
+    /// One-way latency percentile in microseconds over distinct arrivals.
+    pub fn latency_us(&self, p: f64) -> Option<u64> {
+        let mut sorted = self.latencies_us.clone();
+        sorted.sort_unstable();
+        percentile(&sorted, p)
+    }
+
+    /// The peer's entry of the summary line.
+    pub fn summary(&self, peer: HostId, count: u64, rtt_ms: f64) -> PeerSummary {
+        PeerSummary {
+            peer: peer.raw(),
+            received: self.received,
+            lost: self.lost(count),
+            duplicates: self.duplicates,
+            out_of_order: self.out_of_order,
+            malformed: self.malformed,
+            path: common::path_name(self.path.unwrap_or(Path::Relay)),
+            relay_received: self.relay_received,
+            direct_received: self.direct_received,
+            rtt_ms,
+            latency_p50_us: self.latency_us(50.0),
+            latency_p99_us: self.latency_us(99.0),
+        }
+    }
+
+    /// What is wrong with this peer's figures, if anything.
+    pub fn problems(&self, count: u64, reliable: bool) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.duplicates > 0 {
+            problems.push(format!("{} duplicates", self.duplicates));
+        }
+        if self.malformed > 0 {
+            problems.push(format!("{} malformed messages", self.malformed));
+        }
+        if reliable && self.lost(count) > 0 {
+            problems.push(format!("{} of {count} lost", self.lost(count)));
+        }
+        if reliable && self.out_of_order > 0 {
+            problems.push(format!("{} out of order", self.out_of_order));
+        }
+        problems
+    }
+}
+
+// ---- the run ---------------------------------------------------------------------------
+
+/// One line of the probe's stdout. Field order is the documented one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Line {
+    /// Connected to the server as `host`.
+    Connected {
+        /// This probe's host id.
+        host: u64,
+    },
+    /// `host` joined `group`.
+    MemberJoined {
+        /// The group.
+        group: u64,
+        /// Who joined.
+        host: u64,
+    },
+    /// `host` left `group`.
+    MemberLeft {
+        /// The group.
+        group: u64,
+        /// Who left.
+        host: u64,
+    },
+    /// `peer` is (now) reached over `path`.
+    Path {
+        /// The peer.
+        peer: u64,
+        /// `relay` or `direct`.
+        path: &'static str,
+        /// Milliseconds since process start.
+        at_ms: u64,
+    },
+    /// The results, printed once at the end.
+    Summary {
+        /// Messages this probe sent.
+        sent: u64,
+        /// One entry per peer seen in the room.
+        peers: Vec<PeerSummary>,
+        /// Messages the server refused to relay.
+        send_failed: u64,
+    },
+}
+
+/// One peer's entry of [`Line::Summary`]; see the module docs for each figure.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerSummary {
+    /// The peer's host id.
+    pub peer: u64,
+    /// Messages received, duplicates included, malformed ones not.
+    pub received: u64,
+    /// Of the count, sequence numbers that never arrived.
+    pub lost: u64,
+    /// Repeated sequence numbers.
+    pub duplicates: u64,
+    /// Non-duplicate arrivals below the highest sequence number seen before them.
+    pub out_of_order: u64,
+    /// Payloads too short to be probe messages.
+    pub malformed: u64,
+    /// The last path.
+    pub path: &'static str,
+    /// Messages that came through the relay.
+    pub relay_received: u64,
+    /// Messages that came over a direct path.
+    pub direct_received: u64,
+    /// Smoothed RTT to the server, milliseconds.
+    pub rtt_ms: f64,
+    /// Median one-way latency, microseconds.
+    pub latency_p50_us: Option<u64>,
+    /// 99th percentile one-way latency, microseconds.
+    pub latency_p99_us: Option<u64>,
+}
+
+/// Prints one JSON line to stdout and flushes it.
+fn emit(line: &Line) {
+    let Ok(text) = serde_json::to_string(line) else {
+        return;
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{text}");
+    let _ = stdout.flush();
+}
+
+/// The probe's view of its room.
+struct Run {
+    me: HostId,
+    group: GroupId,
+    /// Every peer seen in the room (by notice or message), by id.
+    peers: BTreeMap<HostId, PeerStats>,
+    /// Peers in the room now.
+    present: BTreeSet<HostId>,
+    /// `SendFailed` events: messages the server refused to relay.
+    send_failed: u64,
+    /// Why the connection ended, once it has.
+    disconnected: Option<String>,
+}
+
+impl Run {
+    fn new(me: HostId, group: GroupId) -> Self {
+        Self {
+            me,
+            group,
+            peers: BTreeMap::new(),
+            present: BTreeSet::new(),
+            send_failed: 0,
+            disconnected: None,
+        }
+    }
+
+    fn emit_path(peer: HostId, path: Path) {
+        emit(&Line::Path {
+            peer: peer.raw(),
+            path: common::path_name(path),
+            at_ms: common::ms_since_start(),
+        });
+    }
+
+    /// Takes one event (`None`: the stream ended). Returns the failure that ends the
+    /// run, if this event is one.
+    fn handle(&mut self, event: Option<ClientEvent>) -> Result<(), Failure> {
+        let Some(event) = event else {
+            return self.disconnect("the event stream ended".into());
+        };
+        match event {
+            ClientEvent::MemberJoined { group, member, .. } => {
+                emit(&Line::MemberJoined {
+                    group: group.raw(),
+                    host: member.raw(),
+                });
+                if group == self.group && member != self.me && member != HostId::SERVER {
+                    self.present.insert(member);
+                    let stats = self.peers.entry(member).or_default();
+                    if stats.path.is_none() {
+                        stats.note_path(Path::Relay);
+                        Self::emit_path(member, Path::Relay);
+                    }
+                }
+            }
+            ClientEvent::MemberLeft { group, member, .. } => {
+                emit(&Line::MemberLeft {
+                    group: group.raw(),
+                    host: member.raw(),
+                });
+                if group == self.group {
+                    if member == self.me {
+                        return Err(Failure::new("the server removed this probe from the room"));
+                    }
+                    self.present.remove(&member);
+                }
+            }
+            ClientEvent::Message { from, .. } if from == HostId::SERVER => {
+                tracing::debug!("ignoring a message from the server");
+            }
+            ClientEvent::Message {
+                from,
+                group,
+                payload,
+                path,
+                ..
+            } if group.is_none() || group == Some(self.group) => {
+                let stats = self.peers.entry(from).or_default();
+                if stats.record(&payload, path, unix_micros()) {
+                    Self::emit_path(from, path);
+                }
+            }
+            ClientEvent::SendFailed { to, reason, .. } => {
+                self.send_failed += 1;
+                tracing::warn!(%to, ?reason, "the server refused to relay a message");
+            }
+            ClientEvent::Disconnected { reason } => return self.disconnect(reason.to_string()),
+            other => tracing::debug!(?other, "ignored event"),
+        }
+        Ok(())
+    }
+
+    fn disconnect(&mut self, reason: String) -> Result<(), Failure> {
+        let failure = Failure::new(format!("disconnected: {reason}"));
+        self.disconnected = Some(reason);
+        Err(failure)
+    }
+
+    /// Whether every peer still in the room has sent `count` distinct messages.
+    fn complete(&self, count: u64) -> bool {
+        self.present.iter().all(|peer| {
+            self.peers
+                .get(peer)
+                .is_some_and(|stats| stats.distinct_below(count) >= count)
+        })
+    }
+
+    fn summary(&self, sent: u64, count: u64, rtt_ms: f64) -> Line {
+        Line::Summary {
+            sent,
+            peers: self
+                .peers
+                .iter()
+                .map(|(peer, stats)| stats.summary(*peer, count, rtt_ms))
+                .collect(),
+            send_failed: self.send_failed,
+        }
+    }
+}
+
+/// Waits for the peers, sends, and waits for arrivals, per the contract. `sent` counts
+/// the messages sent so far, also when this fails.
+async fn drive(
+    args: &ProbeArgs,
+    client: &Client,
+    events: &mut ClientEvents,
+    run: &mut Run,
+    sent: &mut u64,
+) -> Result<(), Failure> {
+    let wait_deadline = Instant::now() + args.duration;
+    while run.present.len() < args.expect_peers {
+        tokio::select! {
+            event = events.next() => run.handle(event)?,
+            _ = tokio::time::sleep_until(wait_deadline) => {
+                return Err(Failure::with_code(
+                    EXIT_CHECK_FAILED,
+                    format!(
+                        "only {} of {} expected peers joined within {:?}",
+                        run.present.len(),
+                        args.expect_peers,
+                        args.duration
+                    ),
+                ));
+            }
+        }
+    }
+
+    let count = args.count;
+    let size = args.size as usize;
+    let delivery = args.delivery.delivery();
+    let grace = args.delivery.grace();
+    let period = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+    let send_time = Duration::from_secs_f64(count as f64 / f64::from(args.rate));
+    let send_start = Instant::now();
+    let min_end = send_start + args.duration;
+    let cap = send_start + args.duration.max(send_time) + grace;
+    let mut interval = tokio::time::interval_at(send_start, period);
+    let mut send_done = (count == 0).then_some(send_start);
+    tracing::info!(
+        count,
+        rate = args.rate,
+        ?delivery,
+        peers = run.present.len(),
+        "sending"
+    );
+
+    loop {
+        let now = Instant::now();
+        let wake = match send_done {
+            Some(done) => {
+                let ready = min_end.max(done);
+                let give_up = (ready + grace).min(cap);
+                if now >= ready && run.complete(count) {
+                    return Ok(());
+                }
+                if now >= give_up {
+                    tracing::info!("stopped waiting for missing messages");
+                    return Ok(());
+                }
+                if now < ready {
+                    ready
+                } else {
+                    give_up
+                }
+            }
+            None if now >= cap => {
+                return Err(Failure::with_code(
+                    EXIT_CHECK_FAILED,
+                    format!(
+                        "sent only {sent} of {count} messages within {:?}",
+                        cap - send_start
+                    ),
+                ));
+            }
+            None => cap,
+        };
+        tokio::select! {
+            _ = interval.tick(), if send_done.is_none() => {
+                let payload = encode_payload(*sent, unix_micros(), size);
+                let send = client.send(Target::Group(run.group), payload, delivery);
+                match tokio::time::timeout_at(cap, send).await {
+                    Ok(Ok(())) => {
+                        *sent += 1;
+                        if *sent == count {
+                            send_done = Some(Instant::now());
+                        }
+                    }
+                    Ok(Err(SendError::Disconnected)) => {
+                        // The Disconnected event carries the reason; take it from there.
+                        let reason = tokio::time::timeout(Duration::from_secs(1), async {
+                            loop {
+                                match events.next().await {
+                                    Some(ClientEvent::Disconnected { reason }) => {
+                                        return reason.to_string()
+                                    }
+                                    None => return "the event stream ended".to_string(),
+                                    Some(_) => {}
+                                }
+                            }
+                        })
+                        .await
+                        .unwrap_or_else(|_| "not connected".into());
+                        return run.disconnect(reason);
+                    }
+                    Ok(Err(error)) => {
+                        return Err(Failure::new(format!("sending message {sent}: {error}")));
+                    }
+                    Err(_) => {} // past the cap: the loop's top reports it
+                }
+            }
+            event = events.next() => run.handle(event)?,
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+    }
+}
+
+/// Runs `peergroup probe` (see the [module docs](self) for the contract).
+///
+/// # Errors
+/// A [`Failure`] with the exit status the contract gives.
+pub async fn run(args: ProbeArgs) -> Result<(), Failure> {
+    common::process_start();
+    let (client, mut events) = common::connect(&args.server, &args.name).await?;
+    emit(&Line::Connected {
+        host: client.host_id().raw(),
+    });
+    let mut backlog = Vec::new();
+    let joined = common::join(
+        &client,
+        &mut events,
+        &args.room,
+        args.password.as_deref(),
+        &args.name,
+        &mut backlog,
+    )
+    .await?;
+    let mut run = Run::new(client.host_id(), joined.group);
+    let mut sent = 0;
+    let mut outcome = Ok(());
+    for event in backlog {
+        outcome = run.handle(Some(event));
+        if outcome.is_err() {
+            break;
+        }
+    }
+    if outcome.is_ok() {
+        outcome = drive(&args, &client, &mut events, &mut run, &mut sent).await;
+    }
+
+    let rtt_ms = client.server_rtt().as_secs_f64() * 1e3;
+    if run.disconnected.is_none() {
+        common::leave(&client, &mut events, &args.room).await;
+    }
+    client.close().await;
+    emit(&run.summary(sent, args.count, rtt_ms));
+    outcome?;
+
+    let reliable = args.delivery == DeliveryArg::Reliable;
+    let mut problems = Vec::new();
+    if run.peers.len() < args.expect_peers {
+        problems.push(format!(
+            "heard from {} of {} expected peers",
+            run.peers.len(),
+            args.expect_peers
+        ));
+    }
+    if sent < args.count {
+        problems.push(format!("sent {sent} of {} messages", args.count));
+    }
+    if run.send_failed > 0 {
+        problems.push(format!(
+            "the server refused to relay {} messages",
+            run.send_failed
+        ));
+    }
+    for (peer, stats) in &run.peers {
+        let found = stats.problems(args.count, reliable);
+        if !found.is_empty() {
+            problems.push(format!("peer {peer}: {}", found.join(", ")));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::with_code(EXIT_CHECK_FAILED, problems.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrive(stats: &mut PeerStats, seqs: &[u64]) {
+        for &seq in seqs {
+            stats.record(&encode_payload(seq, 1_000, 64), Path::Relay, 1_000 + seq);
+        }
+    }
+
+    #[test]
+    fn payload_layout_is_big_endian_sequence_then_time_then_zeros() {
+        let payload = encode_payload(0x0102, 0x0a0b, 20);
+        assert_eq!(payload.len(), 20);
+        assert_eq!(&payload[..8], &[0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(&payload[8..16], &[0, 0, 0, 0, 0, 0, 0x0a, 0x0b]);
+        assert_eq!(&payload[16..], &[0; 4]);
+        assert_eq!(decode_payload(&payload), Some((0x0102, 0x0a0b)));
+        assert_eq!(encode_payload(1, 2, 3).len(), HEADER_LEN);
+        assert_eq!(decode_payload(&payload[..15]), None);
+    }
+
+    #[test]
+    fn in_order_arrivals_count_clean() {
+        let mut stats = PeerStats::default();
+        arrive(&mut stats, &[0, 1, 2, 3]);
+        assert_eq!(stats.received, 4);
+        assert_eq!(stats.lost(4), 0);
+        assert_eq!(stats.duplicates, 0);
+        assert_eq!(stats.out_of_order, 0);
+        assert!(stats.problems(4, true).is_empty());
+    }
+
+    #[test]
+    fn gaps_duplicates_and_reordering_are_counted_apart() {
+        let mut stats = PeerStats::default();
+        // 0 1 3 2 3 5: 4 lost of 6, one duplicate (3), one out of order (2).
+        arrive(&mut stats, &[0, 1, 3, 2, 3, 5]);
+        assert_eq!(stats.received, 6);
+        assert_eq!(stats.duplicates, 1);
+        assert_eq!(stats.out_of_order, 1);
+        assert_eq!(stats.lost(6), 1);
+        assert_eq!(stats.distinct_below(6), 5);
+        // A late duplicate of an old number is a duplicate, not out of order.
+        arrive(&mut stats, &[0]);
+        assert_eq!((stats.duplicates, stats.out_of_order), (2, 1));
+        // Numbers at or above the count do not hide losses.
+        arrive(&mut stats, &[9]);
+        assert_eq!(stats.lost(6), 1);
+        let problems = stats.problems(6, true);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        // Unreliable delivery forgives loss and reordering, never duplicates.
+        assert_eq!(stats.problems(6, false), vec!["2 duplicates".to_string()]);
+    }
+
+    #[test]
+    fn short_payloads_are_malformed_not_received() {
+        let mut stats = PeerStats::default();
+        stats.record(b"hello", Path::Relay, 0);
+        assert_eq!((stats.received, stats.malformed), (0, 1));
+        assert_eq!(stats.lost(1), 1);
+        assert!(!stats.problems(1, false).is_empty());
+    }
+
+    #[test]
+    fn paths_are_counted_and_changes_reported() {
+        let mut stats = PeerStats::default();
+        assert!(stats.note_path(Path::Relay));
+        assert!(!stats.record(&encode_payload(0, 0, 16), Path::Relay, 0));
+        assert!(stats.record(&encode_payload(1, 0, 16), Path::Direct, 0));
+        assert!(!stats.record(&encode_payload(2, 0, 16), Path::Direct, 0));
+        assert!(stats.record(&encode_payload(3, 0, 16), Path::Relay, 0));
+        let summary = stats.summary(HostId::from_raw(7), 4, 1.5);
+        assert_eq!(summary.peer, 7);
+        assert_eq!((summary.relay_received, summary.direct_received), (2, 2));
+        assert_eq!(summary.path, "relay");
+        assert_eq!(summary.rtt_ms, 1.5);
+        assert_eq!(summary.lost, 0);
+    }
+
+    #[test]
+    fn latency_percentiles_use_nearest_rank() {
+        assert_eq!(percentile(&[], 50.0), None);
+        assert_eq!(percentile(&[5], 99.0), Some(5));
+        let values: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&values, 50.0), Some(50));
+        assert_eq!(percentile(&values, 99.0), Some(99));
+        assert_eq!(percentile(&values, 100.0), Some(100));
+        assert_eq!(percentile(&values, 0.0), Some(1));
+
+        let mut stats = PeerStats::default();
+        // Latency = receive time - send time; a clock step backwards counts as 0.
+        stats.record(&encode_payload(0, 100, 16), Path::Relay, 130);
+        stats.record(&encode_payload(1, 100, 16), Path::Relay, 110);
+        stats.record(&encode_payload(2, 100, 16), Path::Relay, 50);
+        stats.record(&encode_payload(2, 100, 16), Path::Relay, 900); // duplicate: ignored
+        assert_eq!(stats.latency_us(50.0), Some(10));
+        assert_eq!(stats.latency_us(99.0), Some(30));
+        assert_eq!(
+            stats.summary(HostId::from_raw(9), 3, 0.0).latency_p50_us,
+            Some(10)
+        );
+        let empty = PeerStats::default().summary(HostId::from_raw(9), 3, 0.0);
+        assert_eq!((empty.latency_p50_us, empty.lost), (None, 3));
+    }
+
+    #[test]
+    fn lines_are_json_with_the_event_first_in_documented_order() {
+        let line = |l: &Line| serde_json::to_string(l).unwrap();
+        assert_eq!(
+            line(&Line::Connected { host: 3 }),
+            r#"{"event":"connected","host":3}"#
+        );
+        assert_eq!(
+            line(&Line::MemberJoined { group: 5, host: 3 }),
+            r#"{"event":"member_joined","group":5,"host":3}"#
+        );
+        assert_eq!(
+            line(&Line::MemberLeft { group: 5, host: 3 }),
+            r#"{"event":"member_left","group":5,"host":3}"#
+        );
+        assert_eq!(
+            line(&Line::Path {
+                peer: 3,
+                path: "relay",
+                at_ms: 12
+            }),
+            r#"{"event":"path","peer":3,"path":"relay","at_ms":12}"#
+        );
+        let mut stats = PeerStats::default();
+        stats.record(&encode_payload(0, 100, 16), Path::Relay, 130);
+        let summary = Line::Summary {
+            sent: 1,
+            peers: vec![stats.summary(HostId::from_raw(3), 1, 0.25)],
+            send_failed: 0,
+        };
+        assert_eq!(
+            line(&summary),
+            concat!(
+                r#"{"event":"summary","sent":1,"peers":[{"peer":3,"received":1,"lost":0,"#,
+                r#""duplicates":0,"out_of_order":0,"malformed":0,"path":"relay","#,
+                r#""relay_received":1,"direct_received":0,"rtt_ms":0.25,"#,
+                r#""latency_p50_us":30,"latency_p99_us":30}],"send_failed":0}"#
+            )
+        );
+    }
+
+    #[test]
+    fn room_completion_waits_only_for_present_peers() {
+        let group = GroupId::from_raw(5);
+        let mut run = Run::new(HostId::from_raw(2), group);
+        assert!(run.complete(3));
+        let peer = HostId::from_raw(3);
+        run.present.insert(peer);
+        assert!(!run.complete(3));
+        let stats = run.peers.entry(peer).or_default();
+        arrive(stats, &[0, 1]);
+        assert!(!run.complete(3));
+        arrive(run.peers.get_mut(&peer).unwrap(), &[2]);
+        assert!(run.complete(3));
+        run.present.clear();
+        run.present.insert(HostId::from_raw(4));
+        assert!(!run.complete(3));
+        // Messages from the server are not a peer's.
+        let reply = ClientEvent::Message {
+            from: HostId::SERVER,
+            group: None,
+            payload: encode_payload(0, 0, 16).into(),
+            delivery: Delivery::ReliableOrdered,
+            path: Path::Relay,
+        };
+        run.handle(Some(reply)).unwrap();
+        assert!(!run.peers.contains_key(&HostId::SERVER));
+        assert!(run.handle(None).is_err());
+        assert!(run.disconnected.is_some());
+    }
+}

@@ -1,0 +1,512 @@
+//! End to end through the real binaries: a `peergroup-server` (rooms application) on
+//! loopback and two `peergroup probe` processes in one room, checked through the probe's
+//! JSON-lines contract (see `peergroup probe --help`).
+//!
+//! The binaries belong to other packages, so Cargo gives this test no
+//! `CARGO_BIN_EXE_*` for them. They are taken from the directory above this test
+//! executable (`target/<profile>/`), after one `cargo build -p peergroup-server -p
+//! peergroup-client --bins` per test process so they are never stale. Set
+//! `PEERGROUP_E2E_NO_BUILD=1` to skip that build and use whatever is there.
+
+use serde_json::Value;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// No child process may run longer than this.
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the server may take to print its address.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+// ---- binaries ---------------------------------------------------------------------------
+
+struct Binaries {
+    server: PathBuf,
+    client: PathBuf,
+}
+
+/// `target/<profile>/`: the parent of the `deps/` directory holding this test.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let deps = exe.parent().expect("the test executable's directory");
+    deps.parent()
+        .expect("the directory above deps/")
+        .to_path_buf()
+}
+
+fn binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        let dir = bin_dir();
+        let exe = |name: &str| dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+        let binaries = Binaries {
+            server: exe("peergroup-server"),
+            client: exe("peergroup"),
+        };
+        if std::env::var_os("PEERGROUP_E2E_NO_BUILD").is_none() {
+            build(&dir);
+        }
+        for path in [&binaries.server, &binaries.client] {
+            assert!(
+                path.exists(),
+                "{} is missing; build it with `cargo build -p peergroup-server -p \
+                 peergroup-client --bins` (same profile and target directory as the tests)",
+                path.display()
+            );
+        }
+        binaries
+    })
+}
+
+/// Builds both binaries into the profile directory this test runs from.
+fn build(dir: &Path) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+        "build",
+        "--quiet",
+        "-p",
+        "peergroup-server",
+        "-p",
+        "peergroup-client",
+        "--bins",
+    ]);
+    match dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") | None => {}
+        Some(profile) => {
+            command.args(["--profile", profile]);
+        }
+    }
+    let status = command.status().expect("running cargo build");
+    assert!(
+        status.success(),
+        "cargo build of the binaries failed: {status}"
+    );
+}
+
+// ---- processes --------------------------------------------------------------------------
+
+/// A directory removed on drop, unique to one test run.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "peergroup-e2e-{tag}-{}-{nanos}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("creating the temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (and reaped) on drop, also when the test panics.
+struct Proc {
+    child: Child,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+fn collect(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+impl Proc {
+    /// Spawns `command` with stdout and stderr collected in the background.
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {command:?}: {e}"));
+        let stdout = child.stdout.take().map(collect);
+        let stderr = child.stderr.take().map(collect);
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits for the exit, killing the process at `PROCESS_TIMEOUT` (which fails).
+    fn wait(mut self) -> Output {
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        let status = loop {
+            match self.child.try_wait().expect("waiting for a child") {
+                Some(status) => break Some(status),
+                None if Instant::now() >= deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break None;
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let stdout = self.stdout.take().map(|t| t.join().unwrap_or_default());
+        let stderr = self.stderr.take().map(|t| t.join().unwrap_or_default());
+        let output = Output {
+            status,
+            stdout: stdout.unwrap_or_default(),
+            stderr: stderr.unwrap_or_default(),
+        };
+        assert!(
+            output.status.is_some(),
+            "a process ran longer than {PROCESS_TIMEOUT:?} and was killed\n{output}"
+        );
+        output
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a finished process left.
+struct Output {
+    /// `None` when it had to be killed.
+    status: Option<ExitStatus>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status: {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A running `peergroup-server`, killed on drop; its log is printed if the test fails.
+struct Server {
+    proc: Proc,
+    addr: String,
+    cert: PathBuf,
+    log: PathBuf,
+    // Dropped last: the server's identity and log live here.
+    _dir: TempDir,
+}
+
+impl Server {
+    fn start(tag: &str) -> Self {
+        let dir = TempDir::new(tag);
+        let log = dir.0.join("server.log");
+        let mut command = Command::new(&binaries().server);
+        command
+            .args(["--listen", "127.0.0.1:0", "--log", "info", "--identity-dir"])
+            .arg(dir.0.join("identity"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&log).expect("creating the server log"));
+        let mut child = command.spawn().expect("spawning peergroup-server");
+        let stdout = child.stdout.take().expect("the server's stdout");
+        let proc = Proc {
+            child,
+            stdout: None,
+            stderr: None,
+        };
+
+        // Read the first line on a thread, so a silent server cannot hang the test; keep
+        // draining afterwards so the server never writes into a closed pipe.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(Some(Ok(line))) => line,
+            other => panic!(
+                "peergroup-server printed no address within {STARTUP_TIMEOUT:?} ({other:?}); \
+                 log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ),
+        };
+        let (addr, cert) = parse_listening(&line)
+            .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"));
+        Self {
+            proc,
+            addr,
+            cert,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// The `--server` and `--server-cert` arguments.
+    fn args(&self) -> [String; 4] {
+        [
+            "--server".into(),
+            self.addr.clone(),
+            "--server-cert".into(),
+            self.cert.display().to_string(),
+        ]
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- peergroup-server log ---\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// `listening on ADDR fingerprint HEX cert PATH` → (ADDR, PATH).
+fn parse_listening(line: &str) -> Option<(String, PathBuf)> {
+    let rest = line.strip_prefix("listening on ")?;
+    let (addr, rest) = rest.split_once(" fingerprint ")?;
+    let (fingerprint, cert) = rest.split_once(" cert ")?;
+    if fingerprint.len() != 64 || !fingerprint.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((addr.to_owned(), PathBuf::from(cert)))
+}
+
+#[test]
+fn the_server_line_parses() {
+    let line = "listening on 127.0.0.1:4433 fingerprint ".to_owned()
+        + &"ab".repeat(32)
+        + " cert /tmp/a dir/cert.pem";
+    assert_eq!(
+        parse_listening(&line),
+        Some(("127.0.0.1:4433".into(), "/tmp/a dir/cert.pem".into()))
+    );
+    assert_eq!(
+        parse_listening("listening on x fingerprint zz cert c"),
+        None
+    );
+}
+
+// ---- probes -----------------------------------------------------------------------------
+
+fn probe(server: &Server, room: &str, name: &str, extra: &[&str]) -> Proc {
+    let mut command = Command::new(&binaries().client);
+    command
+        .arg("probe")
+        .args(server.args())
+        .args(["--room", room, "--name", name])
+        .args(extra);
+    Proc::spawn(command)
+}
+
+/// A finished probe's JSON lines.
+struct ProbeRun {
+    output: Output,
+    lines: Vec<Value>,
+}
+
+impl ProbeRun {
+    fn new(output: Output) -> Self {
+        let lines = output
+            .stdout
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not a JSON line: {line:?}: {e}\n{output}"))
+            })
+            .collect();
+        Self { output, lines }
+    }
+
+    fn events<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.lines.iter().filter(move |line| line["event"] == kind)
+    }
+
+    fn host(&self) -> u64 {
+        let connected: Vec<&Value> = self.events("connected").collect();
+        assert_eq!(connected.len(), 1, "one connected line\n{}", self.output);
+        connected[0]["host"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("connected without a host\n{}", self.output))
+    }
+
+    fn summary(&self) -> &Value {
+        let summaries: Vec<&Value> = self.events("summary").collect();
+        assert_eq!(summaries.len(), 1, "exactly one summary\n{}", self.output);
+        assert_eq!(
+            self.lines.last(),
+            Some(summaries[0]),
+            "the summary comes last\n{}",
+            self.output
+        );
+        summaries[0]
+    }
+
+    /// Checks what every run must show, and returns the summary's entry for `peer`.
+    fn common_checks(&self, peer: u64, count: u64) -> &Value {
+        let out = &self.output;
+        assert_eq!(
+            out.status.and_then(|s| s.code()),
+            Some(0),
+            "the probe succeeds\n{out}"
+        );
+        assert!(
+            self.events("member_joined")
+                .any(|line| line["host"].as_u64() == Some(peer)),
+            "member_joined for the other probe ({peer})\n{out}"
+        );
+        assert!(
+            self.events("path")
+                .any(|line| line["peer"].as_u64() == Some(peer) && line["path"] == "relay"),
+            "a relay path line for the other probe\n{out}"
+        );
+        let summary = self.summary();
+        assert_eq!(summary["sent"].as_u64(), Some(count), "sent\n{out}");
+        let peers = summary["peers"].as_array().expect("peers is an array");
+        assert_eq!(peers.len(), 1, "exactly one peer\n{out}");
+        let entry = &peers[0];
+        assert_eq!(entry["peer"].as_u64(), Some(peer), "the peer's id\n{out}");
+        assert_eq!(entry["duplicates"].as_u64(), Some(0), "duplicates\n{out}");
+        assert_eq!(entry["malformed"].as_u64(), Some(0), "malformed\n{out}");
+        assert_eq!(entry["path"], "relay", "path\n{out}");
+        assert_eq!(entry["direct_received"].as_u64(), Some(0), "direct\n{out}");
+        assert!(entry["rtt_ms"].as_f64().is_some(), "rtt_ms\n{out}");
+        entry
+    }
+}
+
+/// Runs two probes in one room with `extra` arguments; returns both runs with their
+/// host ids. When `room_listing` is set, also checks that `peergroup rooms` shows the
+/// room with both probes in it while they run.
+fn run_pair(
+    server: &Server,
+    room: &str,
+    extra: &[&str],
+    room_listing: bool,
+) -> [(ProbeRun, u64); 2] {
+    let mut a = probe(server, room, "probe-a", extra);
+    let mut b = probe(server, room, "probe-b", extra);
+
+    if room_listing {
+        let wanted = format!("{room}  2 members");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = None;
+        loop {
+            let mut command = Command::new(&binaries().client);
+            command.arg("rooms").args(server.args());
+            let output = Proc::spawn(command).wait();
+            assert_eq!(
+                output.status.and_then(|s| s.code()),
+                Some(0),
+                "peergroup rooms succeeds\n{output}"
+            );
+            if output.stdout.lines().any(|line| line == wanted) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline && a.running() && b.running(),
+                "`peergroup rooms` never listed {wanted:?} while the probes ran; last:\n{}",
+                last.map(|o: Output| o.to_string()).unwrap_or_default()
+            );
+            last = Some(output);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    let a = ProbeRun::new(a.wait());
+    let b = ProbeRun::new(b.wait());
+    let (host_a, host_b) = (a.host(), b.host());
+    assert_ne!(host_a, host_b);
+    [(a, host_b), (b, host_a)]
+}
+
+#[test]
+fn two_reliable_probes_lose_nothing_through_the_relay() {
+    let server = Server::start("reliable");
+    let room = format!("e2e-reliable-{}", std::process::id());
+    let args = [
+        "--count",
+        "200",
+        "--rate",
+        "200",
+        "--duration",
+        "3",
+        "--expect-peers",
+        "1",
+        "--delivery",
+        "reliable",
+    ];
+    for (run, peer) in run_pair(&server, &room, &args, true) {
+        let entry = run.common_checks(peer, 200);
+        let out = &run.output;
+        for (field, value) in [
+            ("received", 200),
+            ("lost", 0),
+            ("duplicates", 0),
+            ("out_of_order", 0),
+            ("relay_received", 200),
+        ] {
+            assert_eq!(entry[field].as_u64(), Some(value), "{field}\n{out}");
+        }
+        assert!(entry["latency_p50_us"].as_u64().is_some(), "latency\n{out}");
+        assert!(entry["latency_p99_us"].as_u64() >= entry["latency_p50_us"].as_u64());
+    }
+}
+
+#[test]
+fn two_unreliable_probes_never_duplicate() {
+    let server = Server::start("unreliable");
+    let room = format!("e2e-unreliable-{}", std::process::id());
+    let args = [
+        "--count",
+        "200",
+        "--rate",
+        "200",
+        "--duration",
+        "3",
+        "--expect-peers",
+        "1",
+        "--delivery",
+        "unreliable",
+    ];
+    for (run, peer) in run_pair(&server, &room, &args, false) {
+        let entry = run.common_checks(peer, 200);
+        let out = &run.output;
+        let received = entry["received"].as_u64().expect("received");
+        assert!(received > 0, "something arrived\n{out}");
+        assert!(received <= 200, "no more than was sent\n{out}");
+        assert_eq!(entry["relay_received"].as_u64(), Some(received), "{out}");
+        assert_eq!(
+            entry["lost"].as_u64(),
+            Some(200 - received),
+            "lost = sent - received without duplicates\n{out}"
+        );
+    }
+}
