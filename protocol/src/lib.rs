@@ -9,6 +9,7 @@
 //!   [`ClientDatagram`], [`ServerDatagram`], [`PeerToPeer`]).
 //! - [`frame`]: `u32` length prefix plus postcard body, checked before allocation.
 //! - [`close`]: [`CloseCode`], one per wire error.
+//! - [`probe`]: the punch probe packet, told apart from QUIC by its first byte.
 //! - [`rooms`]: the requests and replies of the rooms application in `peergroup-server`.
 //!
 //! # Wire rules
@@ -22,6 +23,7 @@ pub mod close;
 pub mod frame;
 pub mod ids;
 pub mod messages;
+pub mod probe;
 pub mod rooms;
 
 pub use close::CloseCode;
@@ -30,13 +32,18 @@ pub use frame::{
     FrameDecoder, FrameError, DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN,
 };
 pub use ids::{Fingerprint, GroupId, HostId, PairId, ParseFingerprintError};
+pub use probe::{is_probe, MalformedProbe, Probe, ProbeKind, PROBE_MAC_LEN};
 pub use messages::{
-    ClientDatagram, ClientToServer, Delivery, Hello, Path, PeerInfo, PeerToPeer, RefuseReason,
-    RelayDest, ServerDatagram, ServerToClient,
+    ClientDatagram, ClientToServer, Delivery, Hello, PairPath, Path, PathReason, PeerInfo,
+    PeerToPeer, PunchOrder, PunchOutcome, RefuseReason, RelayDest, ServerDatagram,
+    ServerToClient,
 };
 
 /// The TLS ALPN token of this protocol (RFC 7301).
 pub const ALPN: &[u8] = b"peergroup/1";
+
+/// The ALPN token of direct connections between peers.
+pub const PEER_ALPN: &[u8] = b"peergroup-p2p/1";
 
 /// The protocol version checked at connect.
 pub const PROTOCOL_VERSION: u32 = 1;

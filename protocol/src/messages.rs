@@ -6,6 +6,7 @@
 use crate::ids::{Fingerprint, GroupId, HostId, PairId};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 
 /// How a message is delivered. Chosen per send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -83,6 +84,98 @@ pub enum ClientToServer {
         /// The application payload.
         payload: Bytes,
     },
+    /// The client's host candidates: its interface addresses on the port of the socket it
+    /// shares between the server connection, peers and probes. Sent after the welcome and
+    /// whenever they change.
+    HostCandidates {
+        /// The addresses, IPv4 and IPv6.
+        addrs: Vec<SocketAddr>,
+    },
+    /// Just-in-time mode: the first user message went to this pair's peer, so the pair
+    /// should punch now.
+    WantDirect {
+        /// The pair.
+        pair: PairId,
+    },
+    /// How a punch order ended on this side.
+    PunchReport {
+        /// The pair.
+        pair: PairId,
+        /// The order's attempt number.
+        attempt: u32,
+        /// What happened.
+        outcome: PunchOutcome,
+    },
+    /// The pair's path changed on this side.
+    PathReport {
+        /// The pair.
+        pair: PairId,
+        /// The path now in use.
+        path: PairPath,
+        /// Why it changed.
+        reason: PathReason,
+    },
+}
+
+/// The path a pair's traffic uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PairPath {
+    /// Through the server.
+    Relay,
+    /// Over a direct QUIC connection.
+    Direct,
+}
+
+/// How a punch attempt ended on one side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum PunchOutcome {
+    /// A candidate pair validated and the direct QUIC connection is up.
+    Direct {
+        /// Smoothed RTT of the direct path, microseconds.
+        rtt_us: u32,
+    },
+    /// No candidate pair validated within the punch window.
+    NoResponse,
+    /// Probes got through but the QUIC handshake failed (for example a wrong identity).
+    HandshakeFailed,
+    /// This side would not punch (relay-only, or at its direct-peer limit).
+    Declined,
+}
+
+/// Why a pair's path changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum PathReason {
+    /// Hole punching succeeded.
+    Punched,
+    /// The direct path stopped answering for the path timeout.
+    DirectTimedOut,
+    /// The peer closed the direct connection.
+    DirectClosed,
+    /// The pair ended.
+    PairEnded,
+}
+
+/// An order to punch towards a peer, from the server (the referee).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PunchOrder {
+    /// The other host.
+    pub peer: HostId,
+    /// The pair.
+    pub pair: PairId,
+    /// Counts the orders for this pair from 1; probes carry it.
+    pub attempt: u32,
+    /// A fresh secret for this attempt, known to the two hosts and the server only: it keys
+    /// the probes' MAC.
+    pub secret: [u8; 32],
+    /// The peer's candidates: server-reflexive first, then host candidates.
+    pub candidates: Vec<SocketAddr>,
+    /// Wait this long before the first probe, so both sides' first probes leave together
+    /// (the server times it from both RTTs, as libp2p's DCUtR does), milliseconds.
+    pub start_in_ms: u32,
+    /// Whether this side opens the QUIC connection once a candidate pair validates.
+    pub controlling: bool,
 }
 
 /// Frames the server sends to a client on its control stream.
@@ -174,6 +267,8 @@ pub enum ServerToClient {
         /// Why.
         reason: RefuseReason,
     },
+    /// Punch towards a peer.
+    PunchOrder(PunchOrder),
 }
 
 /// Why the server refused to relay a message.
@@ -243,5 +338,12 @@ pub enum PeerToPeer {
     Ack {
         /// Highest contiguous sequence number delivered.
         delivered: u64,
+    },
+    /// The first frame on a direct connection, from the side that opened it.
+    Hello {
+        /// The pair the connection serves.
+        pair: PairId,
+        /// The opener's id.
+        host: HostId,
     },
 }
