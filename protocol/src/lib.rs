@@ -32,12 +32,11 @@ pub use frame::{
     FrameDecoder, FrameError, DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN,
 };
 pub use ids::{Fingerprint, GroupId, HostId, PairId, ParseFingerprintError};
-pub use probe::{is_probe, MalformedProbe, Probe, ProbeKind, PROBE_MAC_LEN};
 pub use messages::{
     ClientDatagram, ClientToServer, Delivery, Hello, PairPath, Path, PathReason, PeerInfo,
-    PeerToPeer, PunchOrder, PunchOutcome, RefuseReason, RelayDest, ServerDatagram,
-    ServerToClient,
+    PeerToPeer, PunchOrder, PunchOutcome, RefuseReason, RelayDest, ServerDatagram, ServerToClient,
 };
+pub use probe::{is_probe, MalformedProbe, Probe, ProbeKind, PROBE_MAC_LEN};
 
 /// The TLS ALPN token of this protocol (RFC 7301).
 pub const ALPN: &[u8] = b"peergroup/1";

@@ -157,8 +157,9 @@ pub enum PathReason {
     PairEnded,
 }
 
-/// An order to punch towards a peer, from the server (the referee).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// An order to punch towards a peer, from the server (the referee). Its `Debug` output
+/// leaves the secret out, so logging an order never leaks it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PunchOrder {
     /// The other host.
     pub peer: HostId,
@@ -176,6 +177,20 @@ pub struct PunchOrder {
     pub start_in_ms: u32,
     /// Whether this side opens the QUIC connection once a candidate pair validates.
     pub controlling: bool,
+}
+
+impl std::fmt::Debug for PunchOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PunchOrder")
+            .field("peer", &self.peer)
+            .field("pair", &self.pair)
+            .field("attempt", &self.attempt)
+            .field("secret", &"<redacted>")
+            .field("candidates", &self.candidates)
+            .field("start_in_ms", &self.start_in_ms)
+            .field("controlling", &self.controlling)
+            .finish()
+    }
 }
 
 /// Frames the server sends to a client on its control stream.

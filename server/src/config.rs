@@ -1,7 +1,7 @@
 //! Server configuration: plain data with documented defaults.
 
 use crate::identity::Identity;
-use crate::registry::RegistryConfig;
+use crate::registry::{PunchConfig, RegistryConfig};
 use peergroup_protocol::DEFAULT_MAX_FRAME_LEN;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,6 +17,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Hole-punching policy.
+    pub punch: PunchConfig,
 }
 
 impl ServerConfig {
@@ -27,6 +29,15 @@ impl ServerConfig {
             identity,
             limits: Limits::default(),
             timeouts: Timeouts::default(),
+            punch: PunchConfig::default(),
+        }
+    }
+
+    pub(crate) fn registry(&self) -> RegistryConfig {
+        RegistryConfig {
+            join_ack_timeout: self.timeouts.join_ack,
+            pair_linger: self.timeouts.pair_linger,
+            punch: self.punch,
         }
     }
 }
@@ -92,15 +103,6 @@ impl Default for Timeouts {
             slow_consumer: Duration::from_secs(3),
             join_ack: registry.join_ack_timeout,
             pair_linger: registry.pair_linger,
-        }
-    }
-}
-
-impl Timeouts {
-    pub(crate) fn registry(&self) -> RegistryConfig {
-        RegistryConfig {
-            join_ack_timeout: self.join_ack,
-            pair_linger: self.pair_linger,
         }
     }
 }

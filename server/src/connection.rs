@@ -195,7 +195,9 @@ async fn accept(
         if core.links.len() >= shared.limits.max_clients {
             return Err(Box::new(link));
         }
-        let host = core.registry.handle_connect(identity);
+        let host = core
+            .registry
+            .handle_connect(identity, connection.remote_address());
         let welcome = ServerToClient::Welcome {
             version: PROTOCOL_VERSION,
             host_id: host,
@@ -311,6 +313,41 @@ async fn read_frames(
                     .with_core(|core| core.registry.handle_join_ack(host, group, member))
                     .1
             }
+            ClientToServer::HostCandidates { addrs } => {
+                shared
+                    .with_core(|core| core.registry.handle_host_candidates(host, addrs))
+                    .1
+            }
+            ClientToServer::WantDirect { pair } => {
+                shared
+                    .with_core(|core| core.registry.handle_want_direct(host, pair, Instant::now()))
+                    .1
+            }
+            ClientToServer::PunchReport {
+                pair,
+                attempt,
+                outcome,
+            } => {
+                shared
+                    .with_core(|core| {
+                        core.registry.handle_punch_report(
+                            host,
+                            pair,
+                            attempt,
+                            outcome,
+                            Instant::now(),
+                        )
+                    })
+                    .1
+            }
+            ClientToServer::PathReport { pair, path, reason } => {
+                shared
+                    .with_core(|core| {
+                        core.registry
+                            .handle_path_report(host, pair, path, reason, Instant::now())
+                    })
+                    .1
+            }
             ClientToServer::Relay {
                 group,
                 to_server,
@@ -319,8 +356,14 @@ async fn read_frames(
             } => {
                 shared
                     .with_core(|core| {
-                        core.registry
-                            .handle_relay(host, group, to_server, &dests, payload)
+                        core.registry.handle_relay(
+                            host,
+                            group,
+                            to_server,
+                            &dests,
+                            payload,
+                            Instant::now(),
+                        )
                     })
                     .1
             }
@@ -347,7 +390,7 @@ async fn read_datagrams(shared: &Shared, host: HostId, connection: &quinn::Conne
         };
         let (_, deferred) = shared.with_core(|core| {
             core.registry
-                .handle_datagram(host, group, to_server, &dests, payload)
+                .handle_datagram(host, group, to_server, &dests, payload, Instant::now())
         });
         shared.settle(deferred).await;
     }

@@ -1,7 +1,7 @@
 //! Events the server hands to the application.
 
 use bytes::Bytes;
-use peergroup_protocol::{Delivery, GroupId, HostId};
+use peergroup_protocol::{Delivery, GroupId, HostId, PairPath, PathReason};
 use std::net::SocketAddr;
 
 /// Something the application should know about. Read them with
@@ -51,6 +51,18 @@ pub enum ServerEvent {
         payload: Bytes,
         /// How it was sent.
         delivery: Delivery,
+    },
+    /// A pair's traffic moved to a direct path, or back to the relay. ProudNet has no such
+    /// server-side event; matchmakers and monitoring want one.
+    PairPathChanged {
+        /// One host (the lower id).
+        a: HostId,
+        /// The other.
+        b: HostId,
+        /// The path now in use.
+        path: PairPath,
+        /// Why it changed.
+        reason: PathReason,
     },
 }
 

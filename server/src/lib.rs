@@ -52,6 +52,7 @@ pub use error::{GroupError, SendError};
 pub use events::{DisconnectReason, JoinAckError, ServerEvent};
 pub use identity::{fingerprint_of, Identity, IdentityError};
 pub use peergroup_protocol::{Delivery, Fingerprint, GroupId, HostId};
-pub use registry::{GroupOptions, JoinOutcome};
+pub use peergroup_protocol::{PairPath, PathReason};
+pub use registry::{GroupOptions, JoinOutcome, PairStats, PunchConfig, PunchStart, PunchStats};
 pub use server::{HostInfo, Server, ServerStats, ServerTarget, StartError};
 pub use tokio_util::sync::CancellationToken;

@@ -604,9 +604,10 @@ mod tests {
 
         fn connect(&mut self) -> HostId {
             self.next_identity += 1;
-            self.registry
-                .borrow_mut()
-                .handle_connect(Fingerprint([self.next_identity; 32]))
+            self.registry.borrow_mut().handle_connect(
+                Fingerprint([self.next_identity; 32]),
+                std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + u16::from(self.next_identity))),
+            )
         }
 
         /// Disconnects `host` in the server without telling the rooms app yet.

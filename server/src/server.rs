@@ -161,7 +161,7 @@ impl Server {
             shutdown.clone(),
         );
         let shared = Arc::new(Shared::new(
-            Registry::new(config.timeouts.registry()),
+            Registry::new(config.registry()),
             sink,
             config.limits,
             config.timeouts.handshake,
@@ -385,6 +385,18 @@ impl Server {
             }
         }
         Ok(())
+    }
+
+    /// A client's punch record: orders, successes, failures by kind, lost direct paths.
+    /// `None` for a host that is not connected.
+    pub fn punch_stats(&self, host: HostId) -> Option<crate::PunchStats> {
+        self.shared.lock().registry.punch_stats(host)
+    }
+
+    /// The server's view of the pair between two clients: path, relayed messages, punch
+    /// attempts. `None` if they have no pair.
+    pub fn pair_stats(&self, a: HostId, b: HostId) -> Option<crate::PairStats> {
+        self.shared.lock().registry.pair_stats(a, b)
     }
 
     /// Counters for monitoring.

@@ -9,11 +9,13 @@ use crate::app_events::EventSink;
 use crate::config::Limits;
 use crate::events::{DisconnectReason, ServerEvent};
 use crate::outbound::{Fill, OutboundQueue};
-use crate::registry::{Action, Registry};
+use crate::registry::{punch_start_delays, Action, Registry};
 use bytes::Bytes;
 use peergroup_protocol::{
-    datagram_to_bytes, frame_to_bytes, CloseCode, Fingerprint, HostId, RefuseReason, ServerToClient,
+    datagram_to_bytes, frame_to_bytes, CloseCode, Fingerprint, HostId, PunchOrder, RefuseReason,
+    ServerToClient,
 };
+use ring::rand::SecureRandom;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -100,6 +102,8 @@ pub(crate) struct Shared {
     pub slow_consumer: Duration,
     /// Wakes the timer task when a new deadline may be earlier than the one it sleeps to.
     pub timer: Notify,
+    /// Makes punch secrets.
+    random: ring::rand::SystemRandom,
     pub shutdown: CancellationToken,
 }
 
@@ -122,6 +126,7 @@ impl Shared {
             handshake,
             slow_consumer,
             timer: Notify::new(),
+            random: ring::rand::SystemRandom::new(),
             shutdown,
         }
     }
@@ -212,6 +217,42 @@ impl Shared {
                 }
                 Action::Event(event @ ServerEvent::Message { .. }) => deferred.messages.push(event),
                 Action::Event(event) => self.events.push_lifecycle(event),
+                Action::Punch {
+                    pair,
+                    attempt,
+                    controlling,
+                    controlled,
+                    candidates_of_controlling,
+                    candidates_of_controlled,
+                } => {
+                    let (Some(link_a), Some(link_b)) =
+                        (core.links.get(&controlling), core.links.get(&controlled))
+                    else {
+                        continue;
+                    };
+                    let (delay_a, delay_b) =
+                        punch_start_delays(link_a.connection.rtt(), link_b.connection.rtt());
+                    let mut secret = [0u8; 32];
+                    if self.random.fill(&mut secret).is_err() {
+                        tracing::error!("no randomness for a punch secret; not punching");
+                        continue;
+                    }
+                    let order = |peer, candidates, delay: Duration, controlling| {
+                        ServerToClient::PunchOrder(PunchOrder {
+                            peer,
+                            pair,
+                            attempt,
+                            secret,
+                            candidates,
+                            start_in_ms: delay.as_millis().min(10_000) as u32,
+                            controlling,
+                        })
+                    };
+                    let to_a = order(controlled, candidates_of_controlled, delay_a, true);
+                    let to_b = order(controlling, candidates_of_controlling, delay_b, false);
+                    self.send_frame(core, controlling, &to_a, &mut deferred);
+                    self.send_frame(core, controlled, &to_b, &mut deferred);
+                }
             }
         }
         deferred

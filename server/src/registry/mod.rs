@@ -8,8 +8,10 @@
 mod action;
 mod join_acks;
 mod pairs;
+mod punch;
 
 pub use action::Action;
+pub use punch::{punch_start_delays, PunchConfig, PunchStart};
 
 use crate::error::GroupError;
 use crate::events::{JoinAckError, ServerEvent};
@@ -17,11 +19,13 @@ use bytes::Bytes;
 use join_acks::PendingJoins;
 use pairs::{PairChange, PairTable};
 use peergroup_protocol::{
-    Delivery, Fingerprint, GroupId, HostId, PairId, PeerInfo, RefuseReason, RelayDest,
-    ServerDatagram, ServerToClient,
+    Delivery, Fingerprint, GroupId, HostId, PairId, PairPath, PathReason, PeerInfo, PunchOutcome,
+    RefuseReason, RelayDest, ServerDatagram, ServerToClient,
 };
+use punch::Verdict;
 use slotmap::{Key, KeyData, SlotMap};
 use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 slotmap::new_key_type! {
@@ -38,15 +42,55 @@ pub struct RegistryConfig {
     /// How long a pair outlives the last group its hosts shared. Default 10 s, as in
     /// ProudNet, so view-group churn keeps the pair.
     pub pair_linger: Duration,
+    /// Hole-punching policy.
+    pub punch: PunchConfig,
 }
+
+/// Most host candidates kept per client; more are ignored.
+pub const MAX_HOST_CANDIDATES: usize = 16;
 
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             join_ack_timeout: Duration::from_secs(15),
             pair_linger: Duration::from_secs(10),
+            punch: PunchConfig::default(),
         }
     }
+}
+
+/// One host's punch record, for matchmakers that prefer hosts that punch well. Counts
+/// the host's own reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PunchStats {
+    /// Punch orders sent to the host.
+    pub orders: u32,
+    /// Attempts that ended with a direct path.
+    pub direct: u32,
+    /// Attempts where no candidate pair validated.
+    pub no_response: u32,
+    /// Attempts where probes passed but the QUIC handshake failed.
+    pub handshake_failed: u32,
+    /// Orders the host declined (relay-only, or at its direct-peer limit).
+    pub declined: u32,
+    /// Direct paths that later died.
+    pub direct_lost: u32,
+}
+
+/// What the server knows of one pair: ProudNet's `GetP2PConnectionStats` for the server
+/// side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairStats {
+    /// The pair's id.
+    pub pair: PairId,
+    /// Groups the two share now (0 while lingering).
+    pub shared_groups: u32,
+    /// The path in use, as both sides reported it.
+    pub path: PairPath,
+    /// Messages relayed between them, both ways, since the pair started.
+    pub relayed: u64,
+    /// Punch attempts so far.
+    pub punch_attempts: u32,
 }
 
 /// How a group behaves. Plain data with documented defaults.
@@ -87,6 +131,11 @@ pub enum JoinOutcome {
 struct HostState {
     identity: Fingerprint,
     groups: BTreeSet<GroupId>,
+    /// The address the server sees: the host's server-reflexive candidate.
+    server_reflexive: SocketAddr,
+    /// The host's interface addresses on its socket's port.
+    host_candidates: Vec<SocketAddr>,
+    punch: PunchStats,
 }
 
 #[derive(Debug)]
@@ -99,6 +148,7 @@ struct GroupState {
 enum Timer {
     JoinAck(GroupId, HostId),
     PairLinger(PairId),
+    PunchRetry(PairId),
 }
 
 /// Why a member is leaving; decides who is told and how a pending join ends.
@@ -181,12 +231,27 @@ impl Registry {
 
     // ---- hosts ---------------------------------------------------------------------------
 
-    /// Registers an authenticated client and gives it its id.
-    pub fn handle_connect(&mut self, identity: Fingerprint) -> HostId {
+    /// Registers an authenticated client, seen at `server_reflexive`, and gives it its id.
+    pub fn handle_connect(
+        &mut self,
+        identity: Fingerprint,
+        server_reflexive: SocketAddr,
+    ) -> HostId {
         host_id(self.hosts.insert(HostState {
             identity,
             groups: BTreeSet::new(),
+            server_reflexive,
+            host_candidates: Vec::new(),
+            punch: PunchStats::default(),
         }))
+    }
+
+    /// Records a client's host candidates (at most [`MAX_HOST_CANDIDATES`]).
+    pub fn handle_host_candidates(&mut self, host: HostId, mut addrs: Vec<SocketAddr>) {
+        addrs.truncate(MAX_HOST_CANDIDATES);
+        if let Some(state) = self.hosts.get_mut(host_key(host)) {
+            state.host_candidates = addrs;
+        }
     }
 
     /// Removes a client: it leaves every group (the others are told), its pending joins end
@@ -285,13 +350,19 @@ impl Registry {
         }
         let existing: Vec<HostId> = state.members.iter().copied().collect();
         let server_is_member = state.options.server_is_member;
+        let direct = state.options.direct_p2p;
         let member_count = (existing.len() + 1 + usize::from(server_is_member)) as u32;
 
         self.groups[group_key(group)].members.insert(host);
         self.hosts[host_key(host)].groups.insert(group);
+        let mut pairs = Vec::with_capacity(existing.len());
         for &other in &existing {
-            if let PairChange::Started(pair) = self.pairs.add_shared_group(host, other) {
-                self.announce_pair(pair, host, other);
+            match self.pairs.add_shared_group(host, other, direct) {
+                PairChange::Started(pair) => {
+                    self.announce_pair(pair, host, other);
+                    pairs.push(pair);
+                }
+                PairChange::Kept(pair) => pairs.push(pair),
             }
         }
 
@@ -317,6 +388,10 @@ impl Registry {
         let deadline = now + self.config.join_ack_timeout;
         self.joins.start(group, host, waiting_on, deadline);
         self.timers.insert((deadline, Timer::JoinAck(group, host)));
+        // Punch orders go after the notices, so each side already knows the peer.
+        for pair in pairs {
+            self.maybe_punch(pair, now);
+        }
         Ok(JoinOutcome::Joined)
     }
 
@@ -429,6 +504,7 @@ impl Registry {
         to_server: bool,
         dests: &[RelayDest],
         payload: Bytes,
+        now: Instant,
     ) {
         if to_server {
             self.relay_to_server(from, group, payload.clone(), Delivery::ReliableOrdered);
@@ -436,7 +512,6 @@ impl Registry {
         for dest in dests {
             match self.relay_verdict(from, group, dest.pair) {
                 Ok(to) => {
-                    self.counters.relayed += 1;
                     self.send(
                         to,
                         ServerToClient::Deliver {
@@ -446,6 +521,7 @@ impl Registry {
                             payload: payload.clone(),
                         },
                     );
+                    self.count_relayed(dest.pair, now);
                 }
                 Err((reason, live_peer)) => {
                     if let Some(peer) = live_peer {
@@ -472,6 +548,7 @@ impl Registry {
         to_server: bool,
         dests: &[PairId],
         payload: Bytes,
+        now: Instant,
     ) {
         if to_server {
             self.relay_to_server(from, group, payload.clone(), Delivery::Unreliable);
@@ -479,7 +556,6 @@ impl Registry {
         for &pair in dests {
             match self.relay_verdict(from, group, pair) {
                 Ok(to) => {
-                    self.counters.relayed += 1;
                     self.actions.push_back(Action::Datagram {
                         to,
                         sender: from,
@@ -490,6 +566,7 @@ impl Registry {
                             payload: payload.clone(),
                         },
                     });
+                    self.count_relayed(pair, now);
                 }
                 Err((reason, _)) => self.refuse(from, Some(pair), group, reason),
             }
@@ -592,6 +669,7 @@ impl Registry {
                         });
                     }
                 }
+                Timer::PunchRetry(pair) => self.maybe_punch(pair, now),
                 Timer::PairLinger(pair) => {
                     if let Some((a, b)) = self.pairs.expire(pair, now) {
                         self.send(a, ServerToClient::PeerDown { peer: b, pair });
@@ -600,6 +678,177 @@ impl Registry {
                 }
             }
         }
+    }
+
+    // ---- hole punching --------------------------------------------------------------------
+
+    /// Just-in-time mode: `from` sent its first user message to the pair's peer.
+    pub fn handle_want_direct(&mut self, from: HostId, pair: PairId, now: Instant) {
+        let Some(state) = self.pairs.get_mut(pair) else {
+            return;
+        };
+        if state.other(from).is_none() {
+            return;
+        }
+        state.talked = true;
+        self.maybe_punch(pair, now);
+    }
+
+    /// `from`'s report of how its side of a punch attempt ended.
+    pub fn handle_punch_report(
+        &mut self,
+        from: HostId,
+        pair: PairId,
+        attempt: u32,
+        outcome: PunchOutcome,
+        now: Instant,
+    ) {
+        let config = self.config.punch;
+        let Some(state) = self.pairs.get_mut(pair) else {
+            return;
+        };
+        if state.other(from).is_none() {
+            return;
+        }
+        let verdict = state
+            .punch
+            .handle_punch_report(attempt, outcome, now, &config);
+        if let Some(host) = self.hosts.get_mut(host_key(from)) {
+            let stats = &mut host.punch;
+            match outcome {
+                PunchOutcome::Direct { .. } => stats.direct += 1,
+                PunchOutcome::NoResponse => stats.no_response += 1,
+                PunchOutcome::HandshakeFailed => stats.handshake_failed += 1,
+                _ => stats.declined += 1,
+            }
+        }
+        if let Verdict::RetryAt(at) = verdict {
+            self.timers.insert((at, Timer::PunchRetry(pair)));
+        }
+    }
+
+    /// `from`'s report of the path its side of the pair uses now.
+    pub fn handle_path_report(
+        &mut self,
+        from: HostId,
+        pair: PairId,
+        path: PairPath,
+        reason: PathReason,
+        now: Instant,
+    ) {
+        let config = self.config.punch;
+        let Some(state) = self.pairs.get_mut(pair) else {
+            return;
+        };
+        if state.other(from).is_none() {
+            return;
+        }
+        let (a, b) = state.hosts;
+        let verdict = state
+            .punch
+            .handle_path_report(from == a, path, reason, now, &config);
+        let changed = match verdict {
+            Verdict::PathChanged(path, reason) => Some((path, reason)),
+            Verdict::FellBack(reason, at) => {
+                self.timers.insert((at, Timer::PunchRetry(pair)));
+                Some((PairPath::Relay, reason))
+            }
+            _ => None,
+        };
+        if let Some((path, reason)) = changed {
+            if path == PairPath::Relay {
+                if let Some(host) = self.hosts.get_mut(host_key(from)) {
+                    host.punch.direct_lost += 1;
+                }
+            }
+            self.event(ServerEvent::PairPathChanged { a, b, path, reason });
+        }
+    }
+
+    /// A host's punch record.
+    pub fn punch_stats(&self, host: HostId) -> Option<PunchStats> {
+        self.hosts.get(host_key(host)).map(|h| h.punch)
+    }
+
+    /// What the server knows of the pair between two hosts.
+    pub fn pair_stats(&self, a: HostId, b: HostId) -> Option<PairStats> {
+        let (pair, state) = self.pairs.between(a, b)?;
+        Some(PairStats {
+            pair,
+            shared_groups: state.shared_groups,
+            path: state.punch.path(),
+            relayed: state.relayed,
+            punch_attempts: state.punch.attempts,
+        })
+    }
+
+    fn count_relayed(&mut self, pair: PairId, now: Instant) {
+        self.counters.relayed += 1;
+        let Some(state) = self.pairs.get_mut(pair) else {
+            return;
+        };
+        state.relayed += 1;
+        if !state.talked {
+            // The first user message between the two: just-in-time punching starts now,
+            // with no extra round trip from the client.
+            state.talked = true;
+            self.maybe_punch(pair, now);
+        }
+    }
+
+    /// Orders both sides of `pair` to punch, if the policy allows it now.
+    fn maybe_punch(&mut self, pair: PairId, now: Instant) {
+        let config = self.config.punch;
+        let Some(state) = self.pairs.get_mut(pair) else {
+            return;
+        };
+        let due = match state.punch.stage {
+            punch::Stage::Relay { retry_at } => retry_at.is_none_or(|at| at <= now),
+            _ => false,
+        };
+        let wanted = config.start == PunchStart::Always || state.talked;
+        if !due || !wanted || state.direct_groups == 0 || !state.punch.may_attempt(&config) {
+            return;
+        }
+        let (a, b) = state.hosts;
+        let (Some(host_a), Some(host_b)) =
+            (self.hosts.get(host_key(a)), self.hosts.get(host_key(b)))
+        else {
+            return;
+        };
+        // Host candidates only help behind the same NAT (the same public address), where
+        // they avoid hairpinning; elsewhere they point into another private network.
+        let same_nat = host_a.server_reflexive.ip() == host_b.server_reflexive.ip();
+        let candidates = |h: &HostState| {
+            let mut out = vec![h.server_reflexive];
+            if same_nat {
+                out.extend(
+                    h.host_candidates
+                        .iter()
+                        .copied()
+                        .filter(|c| *c != h.server_reflexive),
+                );
+            }
+            out
+        };
+        let (candidates_of_a, candidates_of_b) = (candidates(host_a), candidates(host_b));
+        let attempt = self
+            .pairs
+            .get_mut(pair)
+            .map_or(0, |s| s.punch.begin_attempt());
+        for host in [a, b] {
+            if let Some(h) = self.hosts.get_mut(host_key(host)) {
+                h.punch.orders += 1;
+            }
+        }
+        self.actions.push_back(Action::Punch {
+            pair,
+            attempt,
+            controlling: a,
+            controlled: b,
+            candidates_of_controlling: candidates_of_a,
+            candidates_of_controlled: candidates_of_b,
+        });
     }
 
     // ---- internals -----------------------------------------------------------------------
@@ -613,6 +862,7 @@ impl Registry {
         }
         let server_is_member = state.options.server_is_member;
         let allow_empty = state.options.allow_empty;
+        let direct = state.options.direct_p2p;
         let remaining: Vec<HostId> = state.members.iter().copied().collect();
         let member_count = (remaining.len() + usize::from(server_is_member)) as u32;
         if let Some(h) = self.hosts.get_mut(host_key(host)) {
@@ -659,7 +909,10 @@ impl Registry {
 
         let linger_until = now + self.config.pair_linger;
         for &other in &remaining {
-            if let Some((pair, at)) = self.pairs.remove_shared_group(host, other, linger_until) {
+            if let Some((pair, at)) =
+                self.pairs
+                    .remove_shared_group(host, other, direct, linger_until)
+            {
                 self.timers.insert((at, Timer::PairLinger(pair)));
             }
         }

@@ -5,6 +5,7 @@
 //! keeps the pair's sequence numbers and, later, its direct path. ProudNet keeps P2P
 //! connections alive the same way after a leave.
 
+use super::punch::PunchState;
 use peergroup_protocol::{HostId, PairId};
 use slotmap::{Key, KeyData, SlotMap};
 use std::collections::HashMap;
@@ -21,6 +22,14 @@ pub(crate) struct Pair {
     pub hosts: (HostId, HostId),
     /// How many groups the two hosts share now.
     pub shared_groups: u32,
+    /// How many of those allow direct P2P.
+    pub direct_groups: u32,
+    /// Messages relayed between the two, both ways, since the pair started.
+    pub relayed: u64,
+    /// Whether a user message went between them (just-in-time punching waits for it).
+    pub talked: bool,
+    /// Hole punching and path.
+    pub punch: PunchState,
     /// When the pair ends if the hosts still share no group.
     pub linger_until: Option<Instant>,
 }
@@ -69,18 +78,24 @@ fn key_of(id: PairId) -> PairKey {
 }
 
 impl PairTable {
-    /// Counts one more group shared by `a` and `b`, starting the pair if needed.
-    pub fn add_shared_group(&mut self, a: HostId, b: HostId) -> PairChange {
+    /// Counts one more group shared by `a` and `b` (`direct`: one that allows direct
+    /// P2P), starting the pair if needed.
+    pub fn add_shared_group(&mut self, a: HostId, b: HostId, direct: bool) -> PairChange {
         let hosts = ordered(a, b);
         if let Some(&key) = self.by_hosts.get(&hosts) {
             let pair = &mut self.pairs[key];
             pair.shared_groups += 1;
+            pair.direct_groups += u32::from(direct);
             pair.linger_until = None;
             return PairChange::Kept(id_of(key));
         }
         let key = self.pairs.insert(Pair {
             hosts,
             shared_groups: 1,
+            direct_groups: u32::from(direct),
+            relayed: 0,
+            talked: false,
+            punch: PunchState::new(),
             linger_until: None,
         });
         self.by_hosts.insert(hosts, key);
@@ -93,11 +108,13 @@ impl PairTable {
         &mut self,
         a: HostId,
         b: HostId,
+        direct: bool,
         linger_until: Instant,
     ) -> Option<(PairId, Instant)> {
         let key = *self.by_hosts.get(&ordered(a, b))?;
         let pair = &mut self.pairs[key];
         pair.shared_groups = pair.shared_groups.saturating_sub(1);
+        pair.direct_groups = pair.direct_groups.saturating_sub(u32::from(direct));
         if pair.shared_groups == 0 {
             pair.linger_until = Some(linger_until);
             return Some((id_of(key), linger_until));
@@ -126,6 +143,11 @@ impl PairTable {
     /// The pair with this id, if it still exists.
     pub fn get(&self, id: PairId) -> Option<&Pair> {
         self.pairs.get(key_of(id))
+    }
+
+    /// The pair with this id, to change it.
+    pub fn get_mut(&mut self, id: PairId) -> Option<&mut Pair> {
+        self.pairs.get_mut(key_of(id))
     }
 
     /// The pair between two hosts, if any.
@@ -160,10 +182,10 @@ mod tests {
     #[test]
     fn one_pair_per_host_pair_whatever_the_order_or_group_count() {
         let mut table = PairTable::default();
-        let PairChange::Started(id) = table.add_shared_group(A, B) else {
+        let PairChange::Started(id) = table.add_shared_group(A, B, true) else {
             panic!("first shared group starts the pair")
         };
-        assert_eq!(table.add_shared_group(B, A), PairChange::Kept(id));
+        assert_eq!(table.add_shared_group(B, A, true), PairChange::Kept(id));
         assert_eq!(table.len(), 1);
         assert_eq!(table.get(id).unwrap().shared_groups, 2);
         assert_eq!(table.get(id).unwrap().other(A), Some(B));
@@ -173,18 +195,21 @@ mod tests {
     fn pair_lingers_then_expires_and_a_rejoin_cancels_the_linger() {
         let now = Instant::now();
         let mut table = PairTable::default();
-        let PairChange::Started(id) = table.add_shared_group(A, B) else {
+        let PairChange::Started(id) = table.add_shared_group(A, B, true) else {
             panic!()
         };
         let until = now + Duration::from_secs(10);
-        assert_eq!(table.remove_shared_group(A, B, until), Some((id, until)));
+        assert_eq!(
+            table.remove_shared_group(A, B, true, until),
+            Some((id, until))
+        );
         assert_eq!(table.expire(id, now), None, "not due yet");
-        assert_eq!(table.add_shared_group(A, B), PairChange::Kept(id));
+        assert_eq!(table.add_shared_group(A, B, true), PairChange::Kept(id));
         assert_eq!(table.expire(id, until), None, "a rejoin cancels the linger");
-        table.remove_shared_group(A, B, until);
+        table.remove_shared_group(A, B, true, until);
         assert_eq!(table.expire(id, until), Some((A, B)));
         assert!(table.get(id).is_none());
-        let PairChange::Started(new_id) = table.add_shared_group(A, B) else {
+        let PairChange::Started(new_id) = table.add_shared_group(A, B, true) else {
             panic!("an ended pair starts afresh")
         };
         assert_ne!(new_id, id, "a new pair never reuses the old id");

@@ -2,6 +2,7 @@
 
 use super::*;
 use peergroup_protocol::ServerToClient as S;
+use peergroup_protocol::{PairPath, PathReason, PunchOutcome};
 
 fn identity(n: u8) -> Fingerprint {
     Fingerprint([n; 32])
@@ -21,7 +22,24 @@ impl World {
     }
 
     fn connect(&mut self, n: u8) -> HostId {
-        self.registry.handle_connect(identity(n))
+        // Each host behind its own NAT unless a test says otherwise.
+        let seen_at = SocketAddr::from(([198, 18, 0, n], 40_000 + u16::from(n)));
+        self.registry.handle_connect(identity(n), seen_at)
+    }
+
+    fn connect_at(&mut self, n: u8, seen_at: &str) -> HostId {
+        self.registry
+            .handle_connect(identity(n), seen_at.parse().unwrap())
+    }
+
+    fn with_punch(punch: PunchConfig) -> Self {
+        Self {
+            registry: Registry::new(RegistryConfig {
+                punch,
+                ..RegistryConfig::default()
+            }),
+            now: Instant::now(),
+        }
     }
 
     fn drain(&mut self) -> Vec<Action> {
@@ -464,7 +482,7 @@ fn server_member_appears_in_notices_and_receives_group_messages() {
         vec![HostId::SERVER, a]
     );
     w.registry
-        .handle_relay(a, Some(g), true, &[], Bytes::from_static(b"x"));
+        .handle_relay(a, Some(g), true, &[], Bytes::from_static(b"x"), w.now);
     assert_eq!(
         World::events(&w.drain()),
         vec![ServerEvent::Message {
@@ -491,6 +509,7 @@ fn relay_delivers_within_a_shared_group_stamped_with_the_real_sender() {
         false,
         &[RelayDest { pair, seq: 1 }],
         Bytes::from_static(b"p"),
+        w.now,
     );
     let actions = w.drain();
     assert_eq!(
@@ -530,6 +549,7 @@ fn relay_outside_a_shared_group_is_refused_counted_and_skipped_for_the_receiver(
             seq: 4,
         }],
         Bytes::from_static(b"p"),
+        w.now,
     );
     let actions = w.drain();
     assert_eq!(
@@ -555,6 +575,7 @@ fn relay_outside_a_shared_group_is_refused_counted_and_skipped_for_the_receiver(
             seq: 5,
         }],
         Bytes::from_static(b"p"),
+        w.now,
     );
     assert!(World::frames_to(&w.drain(), a).contains(&S::Refused {
         pair: Some(pair_ab),
@@ -572,6 +593,7 @@ fn relay_outside_a_shared_group_is_refused_counted_and_skipped_for_the_receiver(
             seq: 1,
         }],
         Bytes::from_static(b"forged"),
+        w.now,
     );
     let actions = w.drain();
     assert!(World::frames_to(&actions, b).is_empty());
@@ -597,7 +619,7 @@ fn datagram_relay_follows_the_same_rule_without_skips() {
         .unwrap();
     let pair = pair_of(&w.drain(), a, b);
     w.registry
-        .handle_datagram(a, Some(g), false, &[pair], Bytes::from_static(b"d"));
+        .handle_datagram(a, Some(g), false, &[pair], Bytes::from_static(b"d"), w.now);
     assert_eq!(
         w.drain(),
         vec![Action::Datagram {
@@ -614,7 +636,7 @@ fn datagram_relay_follows_the_same_rule_without_skips() {
     w.registry.leave_group(g, b, w.now).unwrap();
     w.drain();
     w.registry
-        .handle_datagram(a, None, false, &[pair], Bytes::from_static(b"d"));
+        .handle_datagram(a, None, false, &[pair], Bytes::from_static(b"d"), w.now);
     let actions = w.drain();
     assert!(World::frames_to(&actions, b).is_empty());
     assert_eq!(actions.len(), 1, "only the refusal to the sender");
@@ -630,7 +652,7 @@ fn messages_to_a_group_the_server_is_not_in_are_refused() {
         .unwrap();
     w.drain();
     w.registry
-        .handle_relay(a, Some(g), true, &[], Bytes::from_static(b"x"));
+        .handle_relay(a, Some(g), true, &[], Bytes::from_static(b"x"), w.now);
     assert_eq!(
         World::frames_to(&w.drain(), a),
         vec![S::Refused {
@@ -640,9 +662,251 @@ fn messages_to_a_group_the_server_is_not_in_are_refused() {
         }]
     );
     w.registry
-        .handle_relay(a, None, true, &[], Bytes::from_static(b"x"));
+        .handle_relay(a, None, true, &[], Bytes::from_static(b"x"), w.now);
     assert!(matches!(
         World::events(&w.drain()).as_slice(),
         [ServerEvent::Message { group: None, .. }]
     ));
+}
+
+fn punches(actions: &[Action]) -> Vec<Action> {
+    actions
+        .iter()
+        .filter(|a| matches!(a, Action::Punch { .. }))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_new_pair_in_a_direct_group_is_ordered_to_punch_after_its_notices() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    w.registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    let actions = w.drain();
+    let pair = pair_of(&actions, a, b);
+    let last = actions.last().unwrap();
+    assert_eq!(
+        last,
+        &Action::Punch {
+            pair,
+            attempt: 1,
+            controlling: a.min(b),
+            controlled: a.max(b),
+            candidates_of_controlling: vec!["198.18.0.1:40001".parse().unwrap()],
+            candidates_of_controlled: vec!["198.18.0.2:40002".parse().unwrap()],
+        },
+        "behind different NATs only server-reflexive candidates are offered"
+    );
+    assert_eq!(w.registry.punch_stats(a).unwrap().orders, 1);
+    // A second shared group does not punch again.
+    w.registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    assert!(punches(&w.drain()).is_empty());
+}
+
+#[test]
+fn hosts_behind_one_nat_also_get_each_others_host_candidates() {
+    let mut w = World::new();
+    let a = w.connect_at(1, "203.0.113.9:50001");
+    let b = w.connect_at(2, "203.0.113.9:50002");
+    w.registry
+        .handle_host_candidates(a, vec!["192.168.1.10:6000".parse().unwrap()]);
+    w.registry
+        .handle_host_candidates(b, vec!["192.168.1.11:6001".parse().unwrap()]);
+    w.registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    let Some(Action::Punch {
+        candidates_of_controlling,
+        candidates_of_controlled,
+        ..
+    }) = punches(&w.drain()).pop()
+    else {
+        panic!("a punch order")
+    };
+    assert_eq!(
+        candidates_of_controlling,
+        vec![
+            "203.0.113.9:50001".parse().unwrap(),
+            "192.168.1.10:6000".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        candidates_of_controlled,
+        vec![
+            "203.0.113.9:50002".parse().unwrap(),
+            "192.168.1.11:6001".parse().unwrap()
+        ]
+    );
+}
+
+#[test]
+fn relay_only_groups_never_punch_until_a_direct_group_is_shared() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    let relay_only = GroupOptions {
+        direct_p2p: false,
+        ..GroupOptions::default()
+    };
+    w.registry
+        .create_group(&[a, b], relay_only, "hi".into(), w.now)
+        .unwrap();
+    assert!(punches(&w.drain()).is_empty());
+    w.registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    assert_eq!(punches(&w.drain()).len(), 1);
+}
+
+#[test]
+fn just_in_time_mode_punches_on_the_first_message_only() {
+    let mut w = World::with_punch(PunchConfig {
+        start: PunchStart::OnFirstMessage,
+        ..PunchConfig::default()
+    });
+    let (a, b) = (w.connect(1), w.connect(2));
+    w.registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    let actions = w.drain();
+    assert!(punches(&actions).is_empty());
+    let pair = pair_of(&actions, a, b);
+    w.registry.handle_want_direct(a, pair, w.now);
+    assert_eq!(punches(&w.drain()).len(), 1);
+    w.registry.handle_want_direct(b, pair, w.now);
+    assert!(punches(&w.drain()).is_empty(), "one order per attempt");
+}
+
+#[test]
+fn just_in_time_mode_also_punches_on_the_first_relayed_message() {
+    let mut w = World::with_punch(PunchConfig {
+        start: PunchStart::OnFirstMessage,
+        ..PunchConfig::default()
+    });
+    let (a, b) = (w.connect(1), w.connect(2));
+    w.registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    let pair = pair_of(&w.drain(), a, b);
+    w.registry.handle_relay(
+        a,
+        None,
+        false,
+        &[RelayDest { pair, seq: 1 }],
+        Bytes::from_static(b"first"),
+        w.now,
+    );
+    let actions = w.drain();
+    assert_eq!(punches(&actions).len(), 1);
+    assert!(
+        matches!(
+            actions.first(),
+            Some(Action::Send {
+                message: S::Deliver { .. },
+                ..
+            })
+        ),
+        "the message is relayed before the order goes out"
+    );
+}
+
+#[test]
+fn a_failed_punch_is_retried_after_60_s_and_recorded_per_host() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    w.registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    let actions = w.drain();
+    let pair = pair_of(&actions, a, b);
+    w.registry
+        .handle_punch_report(a, pair, 1, PunchOutcome::NoResponse, w.now);
+    w.registry
+        .handle_punch_report(b, pair, 1, PunchOutcome::NoResponse, w.now);
+    assert_eq!(w.registry.punch_stats(a).unwrap().no_response, 1);
+    w.advance(Duration::from_secs(59));
+    assert!(punches(&w.drain()).is_empty());
+    w.advance(Duration::from_secs(1));
+    let retry = punches(&w.drain());
+    assert!(
+        matches!(retry.as_slice(), [Action::Punch { attempt: 2, .. }]),
+        "{retry:?}"
+    );
+    // A report from a host outside the pair is ignored.
+    let c = w.connect(3);
+    w.registry
+        .handle_punch_report(c, pair, 2, PunchOutcome::NoResponse, w.now);
+    assert_eq!(w.registry.punch_stats(c).unwrap().no_response, 0);
+}
+
+#[test]
+fn path_reports_drive_pair_path_events_and_a_dead_direct_path_re_punches_later() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    w.registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    let pair = pair_of(&w.drain(), a, b);
+    let (lo, hi) = (a.min(b), a.max(b));
+    w.registry
+        .handle_path_report(a, pair, PairPath::Direct, PathReason::Punched, w.now);
+    assert!(
+        World::events(&w.drain()).is_empty(),
+        "one side is not enough"
+    );
+    w.registry
+        .handle_path_report(b, pair, PairPath::Direct, PathReason::Punched, w.now);
+    assert_eq!(
+        World::events(&w.drain()),
+        vec![ServerEvent::PairPathChanged {
+            a: lo,
+            b: hi,
+            path: PairPath::Direct,
+            reason: PathReason::Punched
+        }]
+    );
+    assert_eq!(w.registry.pair_stats(a, b).unwrap().path, PairPath::Direct);
+    w.registry
+        .handle_path_report(b, pair, PairPath::Relay, PathReason::DirectTimedOut, w.now);
+    assert_eq!(
+        World::events(&w.drain()),
+        vec![ServerEvent::PairPathChanged {
+            a: lo,
+            b: hi,
+            path: PairPath::Relay,
+            reason: PathReason::DirectTimedOut
+        }]
+    );
+    assert_eq!(w.registry.punch_stats(b).unwrap().direct_lost, 1);
+    w.advance(Duration::from_secs(60));
+    assert!(matches!(
+        punches(&w.drain()).as_slice(),
+        [Action::Punch { attempt: 2, .. }]
+    ));
+}
+
+#[test]
+fn relayed_messages_are_counted_per_pair() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    let g = w
+        .registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    let pair = pair_of(&w.drain(), a, b);
+    for seq in 1..=3 {
+        w.registry.handle_relay(
+            a,
+            Some(g),
+            false,
+            &[RelayDest { pair, seq }],
+            Bytes::from_static(b"x"),
+            w.now,
+        );
+    }
+    assert_eq!(w.registry.pair_stats(a, b).unwrap().relayed, 3);
+    assert_eq!(w.registry.pair_stats(a, b).unwrap().shared_groups, 1);
 }
