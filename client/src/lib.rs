@@ -44,8 +44,11 @@ mod client;
 mod config;
 mod error;
 mod events;
+#[allow(dead_code)] // wired into the driver by the Direct P2P work in progress
+mod punch;
 mod sequencing;
 mod session;
+mod socket;
 mod tls;
 
 pub use client::{Client, ClientEvents};

@@ -10,8 +10,8 @@ use crate::events::ClientEvent;
 use crate::sequencing::{Rejected, ReliableReceiver, Slot};
 use bytes::Bytes;
 use peergroup_protocol::{
-    ClientDatagram, ClientToServer, Delivery, GroupId, HostId, PairId, Path, PeerInfo, RelayDest,
-    ServerDatagram, ServerToClient, DATAGRAM_DELIVER_OVERHEAD,
+    ClientDatagram, ClientToServer, Delivery, GroupId, HostId, PairId, Path, PeerInfo, PunchOrder,
+    RelayDest, ServerDatagram, ServerToClient, DATAGRAM_DELIVER_OVERHEAD,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -67,6 +67,7 @@ pub(crate) struct Session {
     peers: HashMap<HostId, Peer>,
     events: VecDeque<ClientEvent>,
     frames: VecDeque<ClientToServer>,
+    punch_orders: VecDeque<PunchOrder>,
 }
 
 impl Session {
@@ -81,6 +82,7 @@ impl Session {
             peers: HashMap::new(),
             events: VecDeque::new(),
             frames: VecDeque::new(),
+            punch_orders: VecDeque::new(),
         }
     }
 
@@ -92,6 +94,12 @@ impl Session {
     /// The next frame for the server (acks).
     pub fn poll_frame(&mut self) -> Option<ClientToServer> {
         self.frames.pop_front()
+    }
+
+    /// The next punch order for the driver, for a peer this session knows.
+    #[allow(dead_code)] // taken by the driver once direct paths are wired in
+    pub fn poll_punch_order(&mut self) -> Option<PunchOrder> {
+        self.punch_orders.pop_front()
     }
 
     /// Takes one frame from the server's control stream.
@@ -168,6 +176,16 @@ impl Session {
                     path: Path::Relay,
                 });
             }
+            ServerToClient::PunchOrder(order)
+                if self
+                    .peers
+                    .get(&order.peer)
+                    .is_some_and(|p| p.pair == order.pair) =>
+            {
+                self.punch_orders.push_back(order);
+            }
+            // An order for a pair that has already ended.
+            ServerToClient::PunchOrder(_) => {}
             ServerToClient::Refused {
                 pair,
                 group,
