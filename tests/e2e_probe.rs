@@ -395,8 +395,18 @@ impl ProbeRun {
         assert_eq!(entry["peer"].as_u64(), Some(peer), "the peer's id\n{out}");
         assert_eq!(entry["duplicates"].as_u64(), Some(0), "duplicates\n{out}");
         assert_eq!(entry["malformed"].as_u64(), Some(0), "malformed\n{out}");
-        assert_eq!(entry["path"], "relay", "path\n{out}");
-        assert_eq!(entry["direct_received"].as_u64(), Some(0), "direct\n{out}");
+        // On one machine the pair punches at once: the relay carries the first messages and
+        // the direct path may take over; every message is counted on exactly one of them.
+        assert!(
+            entry["path"] == "relay" || entry["path"] == "direct",
+            "path\n{out}"
+        );
+        assert_eq!(
+            entry["relay_received"].as_u64().unwrap_or(0)
+                + entry["direct_received"].as_u64().unwrap_or(0),
+            entry["received"].as_u64().unwrap_or(u64::MAX),
+            "every message arrived on one path\n{out}"
+        );
         assert!(entry["rtt_ms"].as_f64().is_some(), "rtt_ms\n{out}");
         entry
     }
@@ -448,7 +458,7 @@ fn run_pair(
 }
 
 #[test]
-fn two_reliable_probes_lose_nothing_through_the_relay() {
+fn two_reliable_probes_lose_nothing_across_relay_and_direct() {
     let server = Server::start("reliable");
     let room = format!("e2e-reliable-{}", std::process::id());
     let args = [
@@ -471,7 +481,6 @@ fn two_reliable_probes_lose_nothing_through_the_relay() {
             ("lost", 0),
             ("duplicates", 0),
             ("out_of_order", 0),
-            ("relay_received", 200),
         ] {
             assert_eq!(entry[field].as_u64(), Some(value), "{field}\n{out}");
         }
@@ -502,7 +511,6 @@ fn two_unreliable_probes_never_duplicate() {
         let received = entry["received"].as_u64().expect("received");
         assert!(received > 0, "something arrived\n{out}");
         assert!(received <= 200, "no more than was sent\n{out}");
-        assert_eq!(entry["relay_received"].as_u64(), Some(received), "{out}");
         assert_eq!(
             entry["lost"].as_u64(),
             Some(200 - received),

@@ -29,7 +29,7 @@ async fn ten_thousand_reliable_messages_arrive_exactly_once_and_in_order() {
     let (a, mut a_events, a_id) = connect(&server, "a").await;
     let (_b, mut b_events, b_id) = connect(&server, "b").await;
     let group = server
-        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .create_group(&[a_id, b_id], relay_only(), "")
         .unwrap();
     next_client_events(&mut a_events, 2).await;
     next_client_events(&mut b_events, 2).await;
@@ -72,9 +72,7 @@ async fn a_group_send_is_fanned_out_to_every_other_member_and_loops_back_on_requ
         clients.push(connect(&server, &format!("c{n}")).await);
     }
     let ids: Vec<HostId> = clients.iter().map(|c| c.2).collect();
-    let group = server
-        .create_group(&ids, GroupOptions::default(), "")
-        .unwrap();
+    let group = server.create_group(&ids, relay_only(), "").unwrap();
     for (i, (_, events, _)) in clients.iter_mut().enumerate() {
         // Member i hears of each member before it, itself, and each after it.
         next_client_events(events, 5).await;
@@ -126,7 +124,7 @@ async fn unreliable_messages_arrive_once_and_oversized_ones_are_refused_up_front
     let (a, mut a_events, a_id) = connect(&server, "a").await;
     let (_b, mut b_events, b_id) = connect(&server, "b").await;
     let group = server
-        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .create_group(&[a_id, b_id], relay_only(), "")
         .unwrap();
     next_client_events(&mut a_events, 2).await;
     next_client_events(&mut b_events, 2).await;
@@ -171,10 +169,10 @@ async fn relay_outside_a_shared_group_is_refused_and_counted() {
     let (_b, mut b_events, b_id) = connect(&server, "b").await;
     let (_c, mut c_events, c_id) = connect(&server, "c").await;
     let g_ab = server
-        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .create_group(&[a_id, b_id], relay_only(), "")
         .unwrap();
     server
-        .create_group(&[b_id, c_id], GroupOptions::default(), "")
+        .create_group(&[b_id, c_id], relay_only(), "")
         .unwrap();
     next_client_events(&mut a_events, 2).await;
     next_client_events(&mut b_events, 4).await;
@@ -221,7 +219,7 @@ async fn a_client_cannot_forge_a_sender_or_reach_a_pair_it_is_not_in() {
     let (_a, mut a_events, a_id) = connect(&server, "a").await;
     let (_b, mut b_events, b_id) = connect(&server, "b").await;
     server
-        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .create_group(&[a_id, b_id], relay_only(), "")
         .unwrap();
     next_client_events(&mut a_events, 2).await;
     next_client_events(&mut b_events, 2).await;
@@ -378,7 +376,7 @@ async fn a_receiver_that_stops_reading_is_dropped_while_one_that_reads_keeps_up(
     })
     .await;
     let group = server
-        .create_group(&[a_id, b_id, c_id], GroupOptions::default(), "")
+        .create_group(&[a_id, b_id, c_id], relay_only(), "")
         .unwrap();
     next_client_events(&mut a_events, 3).await;
     next_client_events(&mut c_events, 3).await;
@@ -426,7 +424,7 @@ async fn close_delivers_everything_already_sent_first() {
     let (a, mut a_events, a_id) = connect(&server, "a").await;
     let (_b, mut b_events, b_id) = connect(&server, "b").await;
     server
-        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .create_group(&[a_id, b_id], relay_only(), "")
         .unwrap();
     next_client_events(&mut a_events, 2).await;
     next_client_events(&mut b_events, 2).await;

@@ -1,16 +1,19 @@
 //! The public [`Client`] handle and its background tasks.
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, DirectConfig};
+use crate::direct::{self, DirectLink, PunchHandle};
 use crate::error::{ConnectError, SendError};
 use crate::events::{ClientEvent, DisconnectReason};
-use crate::session::{Session, Target, Upload};
-use crate::tls::{server_client_config, ClientIdentity};
+use crate::session::{PeerStats, Session, Target, Upload};
+use crate::socket::DemuxSocket;
+use crate::tls::{peer_server_config, server_client_config, ClientIdentity, ExpectedPeers};
 use bytes::Bytes;
 use peergroup_protocol::{
     body_len, datagram_to_bytes, decode_body, frame_to_bytes, ClientToServer, CloseCode, Delivery,
-    Fingerprint, FrameError, GroupId, Hello, HostId, PeerInfo, ServerDatagram, ServerToClient,
-    DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
+    Fingerprint, FrameError, GroupId, Hello, HostId, PairId, PeerInfo, ServerDatagram,
+    ServerToClient, DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
 };
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -39,24 +42,126 @@ impl Queued {
     }
 }
 
-struct Inner {
-    session: Mutex<Session>,
-    connection: quinn::Connection,
-    endpoint: quinn::Endpoint,
+/// Everything that changes together, under one lock: the sans-IO session, the direct
+/// links and the punches under way.
+pub(crate) struct Core {
+    pub session: Session,
+    pub directs: HashMap<HostId, DirectLink>,
+    pub punches: HashMap<PairId, PunchHandle>,
+}
+
+pub(crate) struct Inner {
+    core: Mutex<Core>,
+    pub connection: quinn::Connection,
+    pub endpoint: quinn::Endpoint,
+    pub socket: Arc<DemuxSocket>,
     queue: mpsc::UnboundedSender<Queued>,
     budget: Arc<Semaphore>,
     events: mpsc::Sender<ClientEvent>,
-    max_frame_len: u32,
+    pub max_frame_len: u32,
+    pub host_id: HostId,
     app_data: Bytes,
-    identity: Fingerprint,
+    pub identity: ClientIdentity,
+    pub expected_peers: Arc<ExpectedPeers>,
+    pub direct: DirectConfig,
+    pub peer_transport: Arc<quinn::TransportConfig>,
+    pub random: ring::rand::SystemRandom,
 }
 
-/// Closes the connection when the last handle goes.
-struct CloseOnDrop(quinn::Connection);
+impl Inner {
+    /// Locks the core; a panic elsewhere while holding it must not wedge the client.
+    pub fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a frame for the server outside the send budget (control traffic is small
+    /// and bounded by what the server sends).
+    pub fn send_server_frame(&self, frame: &ClientToServer) {
+        if let Ok(bytes) = frame_to_bytes(frame, self.max_frame_len) {
+            let _ = self.queue.send(Queued::frame(bytes, None));
+        }
+    }
+
+    /// Sends what the session produced after an operation: frames for the server and for
+    /// peers, punch orders, ended pairs. Returns the events for the application, to be
+    /// handed over once the lock is released.
+    pub fn flush(self: &Arc<Self>, core: &mut Core) -> Vec<ClientEvent> {
+        while let Some(frame) = core.session.poll_frame() {
+            self.send_server_frame(&frame);
+        }
+        while let Some((to, frame)) = core.session.poll_peer_frame() {
+            direct::send_peer_frame(core, to, &frame, self.max_frame_len);
+        }
+        while let Some(order) = core.session.poll_punch_order() {
+            direct::start_punch(self, core, order);
+        }
+        while let Some(peer) = core.session.poll_ended_pair() {
+            if let Some(link) = core.directs.get(&peer) {
+                link.connection.close(
+                    quinn::VarInt::from_u64(CloseCode::Normal.to_u64()).unwrap_or_default(),
+                    b"pair ended",
+                );
+            }
+        }
+        std::iter::from_fn(|| core.session.poll_event()).collect()
+    }
+
+    /// Hands events to the application, waiting for room.
+    pub async fn emit(&self, events: Vec<ClientEvent>) {
+        for event in events {
+            // An error only means the application dropped its event stream.
+            let _ = self.events.send(event).await;
+        }
+    }
+
+    /// Sends uploads on their paths, in order; the first frame for the server carries the
+    /// send budget of the message.
+    pub fn dispatch(
+        &self,
+        core: &mut Core,
+        uploads: Vec<Upload>,
+        mut budget: Option<OwnedSemaphorePermit>,
+    ) {
+        for upload in uploads {
+            match upload {
+                Upload::Frame(frame) => match frame_to_bytes(&frame, self.max_frame_len) {
+                    Ok(bytes) => {
+                        let _ = self.queue.send(Queued::frame(bytes, budget.take()));
+                    }
+                    Err(error) => tracing::error!(%error, "frame not sent"),
+                },
+                Upload::Datagram(datagram) => {
+                    if let Ok(bytes) = datagram_to_bytes(&datagram) {
+                        let _ = self.connection.send_datagram(bytes);
+                    }
+                }
+                Upload::Peer { to, frame } => {
+                    direct::send_peer_frame(core, to, &frame, self.max_frame_len);
+                }
+                Upload::PeerDatagram { to, datagram } => {
+                    direct::send_peer_datagram(core, to, &datagram);
+                }
+            }
+        }
+    }
+}
+
+/// Closes the connections when the last handle goes.
+struct CloseOnDrop {
+    connection: quinn::Connection,
+    endpoint: quinn::Endpoint,
+}
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        close(&self.0, CloseCode::Normal, "client closed");
+        close(&self.connection, CloseCode::Normal, "client closed");
+        // Closing the endpoint ends direct connections and the tasks that serve them.
+        self.endpoint.close(
+            quinn::VarInt::from_u64(CloseCode::Normal.to_u64()).unwrap_or_default(),
+            b"client closed",
+        );
     }
 }
 
@@ -122,14 +227,30 @@ impl Client {
             .keep_alive_interval(Some(config.timeouts.keepalive));
         let transport = Arc::new(transport);
         let client_config = server_client_config(&config.server_trust, &identity, transport)?;
+        let mut peer_transport = quinn::TransportConfig::default();
+        peer_transport
+            .max_idle_timeout(config.direct.path_timeout.try_into().ok())
+            .keep_alive_interval(Some(config.direct.keepalive));
+        let peer_transport = Arc::new(peer_transport);
+        let expected_peers = Arc::new(ExpectedPeers::default());
+        let peer_server =
+            peer_server_config(&identity, expected_peers.clone(), peer_transport.clone())?;
 
-        let socket = std::net::UdpSocket::bind(config.bind_addr()).map_err(ConnectError::Bind)?;
+        // One socket for the server connection, direct connections and punch probes, so
+        // the address the server sees is the NAT mapping peers punch to.
+        let std_socket =
+            std::net::UdpSocket::bind(config.bind_addr()).map_err(ConnectError::Bind)?;
+        let (socket, probes) = DemuxSocket::new(std_socket).map_err(ConnectError::Bind)?;
         let mut endpoint_config = quinn::EndpointConfig::default();
-        // Punch probes share this socket and are told apart by the QUIC fixed bit.
+        // Probes are told apart from QUIC by the fixed bit, so it must never be greased.
         endpoint_config.grease_quic_bit(false);
-        let endpoint =
-            quinn::Endpoint::new(endpoint_config, None, socket, Arc::new(quinn::TokioRuntime))
-                .map_err(ConnectError::Bind)?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config,
+            Some(peer_server),
+            socket.clone(),
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(ConnectError::Bind)?;
 
         let handshake = async {
             let connection = endpoint
@@ -192,28 +313,46 @@ impl Client {
         let (events_tx, events_rx) = mpsc::channel(config.limits.event_queue.max(2));
         let _ = events_tx.try_send(ClientEvent::Connected { host_id });
         let (queue, queued) = mpsc::unbounded_channel();
+        let guard = Arc::new(CloseOnDrop {
+            connection: connection.clone(),
+            endpoint: endpoint.clone(),
+        });
         let inner = Arc::new(Inner {
-            session: Mutex::new(Session::new(
-                host_id,
-                max_frame_len,
-                config.limits.receive_window,
-            )),
+            core: Mutex::new(Core {
+                session: Session::new(host_id, max_frame_len, config.limits.receive_window),
+                directs: HashMap::new(),
+                punches: HashMap::new(),
+            }),
             connection: connection.clone(),
             endpoint,
+            socket,
             queue,
             budget: Arc::new(Semaphore::new(
                 config.limits.send_queue_bytes.min(Semaphore::MAX_PERMITS),
             )),
             events: events_tx,
             max_frame_len,
+            host_id,
             app_data,
-            identity: identity.fingerprint(),
+            identity,
+            expected_peers,
+            direct: config.direct,
+            peer_transport,
+            random: ring::rand::SystemRandom::new(),
         });
         tokio::spawn(write_frames(send, queued));
         tokio::spawn(receive(inner.clone(), recv));
+        tokio::spawn(direct::accept_peers(inner.clone()));
+        tokio::spawn(direct::dispatch_probes(inner.clone(), probes));
+        tokio::spawn(direct::flush_acks(inner.clone()));
+        if let Ok(local) = inner.endpoint.local_addr() {
+            let addrs = host_candidates(local);
+            tracing::debug!(?addrs, "host candidates");
+            inner.send_server_frame(&ClientToServer::HostCandidates { addrs });
+        }
         tracing::info!(%host_id, server = %config.server_addr, "connected");
         let client = Client {
-            _guard: Arc::new(CloseOnDrop(connection)),
+            _guard: guard,
             inner,
         };
         Ok((client, ClientEvents { rx: events_rx }))
@@ -308,7 +447,7 @@ impl Client {
         target: &Target,
         payload: Bytes,
         delivery: Delivery,
-        mut budget: Option<OwnedSemaphorePermit>,
+        budget: Option<OwnedSemaphorePermit>,
         loopback: Option<mpsc::Permit<'_, ClientEvent>>,
     ) -> Result<(), SendError> {
         let inner = &self.inner;
@@ -316,62 +455,32 @@ impl Client {
             return Err(SendError::Disconnected);
         }
         let max_datagram = inner.connection.max_datagram_size();
-        // Sequence numbers are assigned and frames queued under one lock, so the stream
-        // carries each pair's messages in sequence order.
-        let len = payload.len();
-        let mut session = self.session();
-        let uploads = session.plan_send(target, payload, delivery, max_datagram)?;
-        if let (Some(permit), Some(event)) = (loopback, session.poll_event()) {
+        // Sequence numbers are assigned, paths chosen and frames queued under one lock, so
+        // each path carries a pair's messages in sequence order and none slips between
+        // paths while one changes.
+        let mut core = inner.lock();
+        let uploads = core
+            .session
+            .plan_send(target, payload, delivery, max_datagram)?;
+        inner.dispatch(&mut core, uploads, budget);
+        let mut events = inner.flush(&mut core).into_iter();
+        drop(core);
+        if let (Some(permit), Some(event)) = (loopback, events.next()) {
             permit.send(event);
         }
-        for upload in uploads {
-            match upload {
-                Upload::Frame(frame) => {
-                    let frame = frame_to_bytes(&frame, inner.max_frame_len).map_err(|_| {
-                        SendError::TooLarge {
-                            len: 0,
-                            max: inner.max_frame_len as usize,
-                        }
-                    })?;
-                    let queued = Queued::frame(frame, budget.take());
-                    inner
-                        .queue
-                        .send(queued)
-                        .map_err(|_| SendError::Disconnected)?;
-                }
-                Upload::Datagram(datagram) => {
-                    let bytes = datagram_to_bytes(&datagram).map_err(|_| {
-                        SendError::TooLargeForDatagram {
-                            len,
-                            max: max_datagram.unwrap_or(0),
-                        }
-                    })?;
-                    match inner.connection.send_datagram(bytes) {
-                        Ok(()) => {}
-                        Err(quinn::SendDatagramError::TooLarge) => {
-                            return Err(SendError::TooLargeForDatagram {
-                                len,
-                                max: inner.connection.max_datagram_size().unwrap_or(0),
-                            })
-                        }
-                        Err(_) => return Err(SendError::Disconnected),
-                    }
-                }
-            }
+        for event in events {
+            let _ = inner.events.try_send(event);
         }
         Ok(())
     }
 
-    fn session(&self) -> MutexGuard<'_, Session> {
-        self.inner
-            .session
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn session(&self) -> SessionGuard<'_> {
+        SessionGuard(self.inner.lock())
     }
 
     /// This client's id.
     pub fn host_id(&self) -> HostId {
-        self.session().host_id()
+        self.inner.host_id
     }
 
     /// What the server's auth hook attached to the login.
@@ -381,7 +490,13 @@ impl Client {
 
     /// SHA-256 of this client's identity certificate, as peers will see it.
     pub fn identity(&self) -> Fingerprint {
-        self.inner.identity
+        self.inner.identity.fingerprint()
+    }
+
+    /// What this client measures about a peer: path, direct RTT, messages and bytes per
+    /// path, punch attempts. `None` if it is not a peer.
+    pub fn peer_stats(&self, peer: HostId) -> Option<PeerStats> {
+        self.session().peer_stats(peer)
     }
 
     /// Groups this client is in.
@@ -405,6 +520,18 @@ impl Client {
         self.session().peers()
     }
 
+    /// Closes the direct connection to `peer`, as if the path had died, so its traffic
+    /// falls back to the relay. For tests of path switching; not part of the supported API.
+    #[doc(hidden)]
+    pub fn close_direct_path(&self, peer: HostId) {
+        if let Some(link) = self.inner.lock().directs.get(&peer) {
+            link.connection.close(
+                quinn::VarInt::from_u64(CloseCode::Normal.to_u64()).unwrap_or_default(),
+                b"closed for a test",
+            );
+        }
+    }
+
     /// Smoothed RTT to the server.
     pub fn server_rtt(&self) -> Duration {
         self.inner.connection.rtt()
@@ -420,7 +547,8 @@ impl Client {
 
     /// Closes the connection gracefully: reliable messages already queued are delivered
     /// to the server first (waiting up to 2 s), then the close goes out (waiting up to
-    /// 1 s for it to leave). Other handles see [`SendError::Disconnected`] afterwards.
+    /// 1 s for it to leave), and direct connections close too. Other handles see
+    /// [`SendError::Disconnected`] afterwards.
     pub async fn close(&self) {
         let (done, finished) = oneshot::channel();
         let marker = Queued {
@@ -432,6 +560,10 @@ impl Client {
             let _ = tokio::time::timeout(Duration::from_secs(2), finished).await;
         }
         close(&self.inner.connection, CloseCode::Normal, "client closed");
+        self.inner.endpoint.close(
+            quinn::VarInt::from_u64(CloseCode::Normal.to_u64()).unwrap_or_default(),
+            b"client closed",
+        );
         let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
     }
 }
@@ -441,7 +573,7 @@ fn cost(payload: &Bytes) -> u32 {
 }
 
 /// Why reading stopped.
-enum ReadEnd {
+pub(crate) enum ReadEnd {
     Connection(quinn::ConnectionError),
     Violation(CloseCode, String),
 }
@@ -452,7 +584,10 @@ impl From<FrameError> for ReadEnd {
     }
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream, max: u32) -> Result<Option<Bytes>, ReadEnd> {
+pub(crate) async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    max: u32,
+) -> Result<Option<Bytes>, ReadEnd> {
     let mut prefix = [0u8; LENGTH_PREFIX_LEN];
     let ended = |error: quinn::ReadExactError| match error {
         quinn::ReadExactError::FinishedEarly(_) => ReadEnd::Violation(
@@ -503,17 +638,32 @@ async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::UnboundedRe
 /// Reads the control stream and datagrams until the connection ends, then reports
 /// `Disconnected`.
 async fn receive(inner: Arc<Inner>, recv: quinn::RecvStream) {
-    let end = tokio::select! {
-        end = read_frames(&inner, recv) => end,
-        end = read_datagrams(&inner) => end,
-    };
-    let reason = match end {
-        ReadEnd::Connection(error) => DisconnectReason::from_connection_error(&error),
-        ReadEnd::Violation(code, text) => {
-            tracing::warn!(%code, %text, "closing: the server broke the protocol");
-            close(&inner.connection, code, &text);
-            DisconnectReason::ProtocolError { detail: text }
+    // Both loops run to their end (an error in one closes the connection, which ends the
+    // other): cancelling one could drop messages it was handing to the application.
+    let (frames_end, datagrams_end) = tokio::join!(
+        async {
+            let end = read_frames(&inner, recv).await;
+            if let ReadEnd::Violation(code, text) = &end {
+                close(&inner.connection, *code, text);
+            }
+            end
+        },
+        async {
+            let end = read_datagrams(&inner).await;
+            if let ReadEnd::Violation(code, text) = &end {
+                close(&inner.connection, *code, text);
+            }
+            end
         }
+    );
+    let reason = match (&frames_end, &datagrams_end) {
+        (ReadEnd::Violation(code, text), _) | (_, ReadEnd::Violation(code, text)) => {
+            tracing::warn!(%code, %text, "closed: the server broke the protocol");
+            DisconnectReason::ProtocolError {
+                detail: text.clone(),
+            }
+        }
+        (ReadEnd::Connection(error), _) => DisconnectReason::from_connection_error(error),
     };
     tracing::info!(%reason, "disconnected");
     let _ = inner
@@ -522,8 +672,7 @@ async fn receive(inner: Arc<Inner>, recv: quinn::RecvStream) {
         .await;
 }
 
-async fn read_frames(inner: &Inner, mut recv: quinn::RecvStream) -> ReadEnd {
-    let mut events = Vec::new();
+async fn read_frames(inner: &Arc<Inner>, mut recv: quinn::RecvStream) -> ReadEnd {
     loop {
         let body = match read_frame(&mut recv, inner.max_frame_len).await {
             Ok(Some(body)) => body,
@@ -539,32 +688,18 @@ async fn read_frames(inner: &Inner, mut recv: quinn::RecvStream) -> ReadEnd {
             Ok(frame) => frame,
             Err(error) => return error.into(),
         };
-        {
-            let mut session = inner
-                .session
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Err(text) = session.handle_frame(frame) {
+        let events = {
+            let mut core = inner.lock();
+            if let Err(text) = core.session.handle_frame(frame) {
                 return ReadEnd::Violation(CloseCode::ProtocolViolation, text);
             }
-            while let Some(ack) = session.poll_frame() {
-                // Acks are tiny and bounded by the notices the server sends; they skip
-                // the send budget so a full queue never stalls them.
-                if let Ok(frame) = frame_to_bytes(&ack, inner.max_frame_len) {
-                    let _ = inner.queue.send(Queued::frame(frame, None));
-                }
-            }
-            events.extend(std::iter::from_fn(|| session.poll_event()));
-        }
-        for event in events.drain(..) {
-            if inner.events.send(event).await.is_err() {
-                // The application dropped its event stream; keep the connection serving.
-            }
-        }
+            inner.flush(&mut core)
+        };
+        inner.emit(events).await;
     }
 }
 
-async fn read_datagrams(inner: &Inner) -> ReadEnd {
+async fn read_datagrams(inner: &Arc<Inner>) -> ReadEnd {
     loop {
         let datagram = match inner.connection.read_datagram().await {
             Ok(datagram) => datagram,
@@ -574,16 +709,41 @@ async fn read_datagrams(inner: &Inner) -> ReadEnd {
             Ok(message) => message,
             Err(error) => return error.into(),
         };
-        let event = {
-            let mut session = inner
-                .session
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            session.handle_datagram(message);
-            session.poll_event()
+        let events = {
+            let mut core = inner.lock();
+            core.session.handle_datagram(message);
+            inner.flush(&mut core)
         };
-        if let Some(event) = event {
-            let _ = inner.events.send(event).await;
-        }
+        inner.emit(events).await;
+    }
+}
+
+/// The client's host candidates: its interface addresses (of the socket's family) on the
+/// socket's port, or just the bound address if it is a specific one.
+fn host_candidates(local: SocketAddr) -> Vec<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return vec![local];
+    }
+    let mut addrs: Vec<SocketAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|interface| interface.ip())
+        .filter(|ip| ip.is_ipv4() == local.is_ipv4() && !ip.is_loopback())
+        .map(|ip| SocketAddr::new(ip, local.port()))
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs.truncate(16);
+    addrs
+}
+
+/// A locked view of the session for queries.
+struct SessionGuard<'a>(MutexGuard<'a, Core>);
+
+impl std::ops::Deref for SessionGuard<'_> {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        &self.0.session
     }
 }

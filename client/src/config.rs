@@ -24,6 +24,8 @@ pub struct ClientConfig {
     pub timeouts: Timeouts,
     /// Size limits.
     pub limits: Limits,
+    /// Direct paths to peers.
+    pub direct: DirectConfig,
 }
 
 impl ClientConfig {
@@ -37,6 +39,7 @@ impl ClientConfig {
             bind_addr: None,
             timeouts: Timeouts::default(),
             limits: Limits::default(),
+            direct: DirectConfig::default(),
         }
     }
 
@@ -93,6 +96,41 @@ impl Default for Limits {
             send_queue_bytes: 4 << 20,
             event_queue: 4_096,
             receive_window: 65_536,
+        }
+    }
+}
+
+/// Direct paths to peers: hole punching and the direct QUIC connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectConfig {
+    /// Take part in hole punching at all. `false` keeps this client relay-only: it
+    /// declines every punch order. Default `true`.
+    pub enabled: bool,
+    /// Direct connections at most; orders beyond it are declined and those peers stay on
+    /// the relay (ProudNet's direct-peer limit). Default 32.
+    pub max_direct_peers: usize,
+    /// A direct path silent this long is dropped and its traffic goes back to the relay
+    /// (the direct connection's QUIC idle timeout). Default 5 s.
+    pub path_timeout: Duration,
+    /// Idle direct paths send a QUIC PING this often, keeping the NAT mappings open
+    /// (ICE keeps them with 15 s; this is well inside). Default 1 s; must be under
+    /// `path_timeout`.
+    pub keepalive: Duration,
+    /// Probe rounds start 50 ms apart and back off to this. Default 500 ms.
+    pub probe_max_interval: Duration,
+    /// How long one attempt probes before it gives up. Default 5 s.
+    pub punch_window: Duration,
+}
+
+impl Default for DirectConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_direct_peers: 32,
+            path_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(1),
+            probe_max_interval: Duration::from_millis(500),
+            punch_window: Duration::from_secs(5),
         }
     }
 }

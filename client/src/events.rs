@@ -1,7 +1,10 @@
 //! Events the client hands to the application.
 
 use bytes::Bytes;
-use peergroup_protocol::{CloseCode, Delivery, GroupId, HostId, Path, PeerInfo, RefuseReason};
+use peergroup_protocol::{
+    CloseCode, Delivery, GroupId, HostId, PairPath, Path, PathReason, PeerInfo, RefuseReason,
+};
+use std::time::Duration;
 
 /// Something the application should know about. Read them with
 /// [`ClientEvents::next`](crate::ClientEvents::next).
@@ -58,6 +61,18 @@ pub enum ClientEvent {
         group: Option<GroupId>,
         /// Why.
         reason: RefuseReason,
+    },
+    /// Messages to and from `peer` moved to another path. Reliable messages keep their
+    /// order and are neither lost nor duplicated across the change.
+    PathChanged {
+        /// The peer.
+        peer: HostId,
+        /// The path now in use.
+        path: PairPath,
+        /// The direct path's RTT when it is up.
+        rtt: Option<Duration>,
+        /// Why.
+        reason: PathReason,
     },
     /// The connection to the server ended. Always the last event.
     Disconnected {

@@ -42,9 +42,9 @@
 
 mod client;
 mod config;
+mod direct;
 mod error;
 mod events;
-#[allow(dead_code)] // wired into the driver by the Direct P2P work in progress
 mod punch;
 mod sequencing;
 mod session;
@@ -52,11 +52,12 @@ mod socket;
 mod tls;
 
 pub use client::{Client, ClientEvents};
-pub use config::{ClientConfig, Limits, Timeouts};
+pub use config::{ClientConfig, DirectConfig, Limits, Timeouts};
 pub use error::{ConnectError, SendError};
 pub use events::{ClientEvent, DisconnectReason};
 pub use peergroup_protocol::{
-    CloseCode, Delivery, Fingerprint, GroupId, HostId, Path, PeerInfo, RefuseReason,
+    CloseCode, Delivery, Fingerprint, GroupId, HostId, PairPath, Path, PathReason, PeerInfo,
+    RefuseReason,
 };
-pub use session::Target;
+pub use session::{PathCounters, PeerStats, Target};
 pub use tls::{fingerprint_of, raw_quic_client_config, ServerTrust};

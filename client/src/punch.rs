@@ -76,7 +76,6 @@ pub(crate) struct PunchSession {
     key: hmac::Key,
     candidates: Vec<Candidate>,
     timing: PunchTiming,
-    start_at: Instant,
     deadline: Instant,
     next_round_at: Instant,
     interval: Duration,
@@ -127,7 +126,6 @@ impl PunchSession {
             key: hmac::Key::new(hmac::HMAC_SHA256, &order.secret),
             candidates,
             timing,
-            start_at,
             deadline: start_at + timing.window,
             next_round_at: start_at,
             interval: timing.first_interval,
@@ -137,16 +135,6 @@ impl PunchSession {
             outbound: VecDeque::new(),
             result: None,
         }
-    }
-
-    /// The pair this attempt punches for.
-    pub fn pair(&self) -> PairId {
-        self.pair
-    }
-
-    /// The attempt number of the order.
-    pub fn attempt(&self) -> u32 {
-        self.attempt
     }
 
     /// Whether this side opens the QUIC connection.

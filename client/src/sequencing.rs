@@ -71,7 +71,6 @@ impl<T> ReliableReceiver<T> {
     }
 
     /// Highest sequence number delivered (0 before the first).
-    #[cfg(test)]
     pub fn delivered(&self) -> u64 {
         self.next - 1
     }

@@ -10,10 +10,12 @@ use crate::events::ClientEvent;
 use crate::sequencing::{Rejected, ReliableReceiver, Slot};
 use bytes::Bytes;
 use peergroup_protocol::{
-    ClientDatagram, ClientToServer, Delivery, GroupId, HostId, PairId, Path, PeerInfo, PunchOrder,
-    RelayDest, ServerDatagram, ServerToClient, DATAGRAM_DELIVER_OVERHEAD,
+    ClientDatagram, ClientToServer, Delivery, GroupId, HostId, PairId, PairPath, Path, PathReason,
+    PeerInfo, PeerToPeer, PunchOrder, RelayDest, ServerDatagram, ServerToClient,
+    DATAGRAM_DELIVER_OVERHEAD,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
 
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,13 +36,62 @@ pub enum Target {
     Hosts(Vec<HostId>),
 }
 
-/// One message for the server, ready to encode.
+/// One message to send, ready to encode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Upload {
-    /// On the control stream.
+    /// On the server connection's control stream.
     Frame(ClientToServer),
-    /// In a QUIC datagram.
+    /// In a QUIC datagram to the server.
     Datagram(ClientDatagram),
+    /// On the direct connection to a peer.
+    Peer {
+        /// The peer.
+        to: HostId,
+        /// The frame.
+        frame: PeerToPeer,
+    },
+    /// In a QUIC datagram on the direct connection to a peer (the server's datagram
+    /// layout, with this client as the sender).
+    PeerDatagram {
+        /// The peer.
+        to: HostId,
+        /// The datagram.
+        datagram: ServerDatagram,
+    },
+}
+
+/// Messages and bytes one way on one path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathCounters {
+    /// Messages.
+    pub messages: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+}
+
+/// What the client measures about one peer (ProudNet's `GetP2PConnectionStats` and
+/// `GetP2PRecentPingMs`, client side).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// The path messages to this peer take now.
+    pub path: Option<PairPath>,
+    /// Smoothed RTT of the direct path while it is up (`None` on the relay; the server's
+    /// RTT is [`Client::server_rtt`](crate::Client::server_rtt)).
+    pub direct_rtt: Option<Duration>,
+    /// Sent through the relay.
+    pub relay_sent: PathCounters,
+    /// Received through the relay.
+    pub relay_received: PathCounters,
+    /// Sent on the direct path.
+    pub direct_sent: PathCounters,
+    /// Received on the direct path.
+    pub direct_received: PathCounters,
+    /// Reliable messages sent direct and not yet acknowledged.
+    pub unacked: usize,
+    /// Punch orders received for this peer.
+    pub punch_attempts: u32,
+    /// Punch attempts that ended direct.
+    pub punch_successes: u32,
 }
 
 /// What the client knows about one peer.
@@ -50,7 +101,40 @@ struct Peer {
     info: PeerInfo,
     next_seq: u64,
     receiver: ReliableReceiver<(Option<GroupId>, Bytes, Path)>,
+    path: PairPath,
+    /// Reliable messages sent direct, kept until the peer acks them, to be sent again
+    /// through the relay if the direct path dies first.
+    unacked: VecDeque<(u64, Option<GroupId>, Bytes)>,
+    unacked_bytes: usize,
+    /// The last `delivered` this client acked to the peer.
+    acked: u64,
+    stats: PeerStats,
 }
+
+impl Peer {
+    fn new(pair: PairId, info: PeerInfo, window: u64) -> Self {
+        Self {
+            pair,
+            info,
+            next_seq: 1,
+            receiver: ReliableReceiver::new(window),
+            path: PairPath::Relay,
+            unacked: VecDeque::new(),
+            unacked_bytes: 0,
+            acked: 0,
+            stats: PeerStats {
+                path: Some(PairPath::Relay),
+                ..PeerStats::default()
+            },
+        }
+    }
+}
+
+/// Bytes of reliable messages kept unacked per direct peer; past it, messages to that peer
+/// take the relay (the receiver merges both paths by sequence number).
+pub(crate) const MAX_UNACKED_BYTES: usize = 4 << 20;
+/// Acknowledge after this many direct messages, besides the driver's periodic flush.
+const ACK_EVERY: u64 = 32;
 
 /// Upper bounds of encoded sizes, used to split long destination lists.
 const UPLOAD_FIXED_OVERHEAD: usize = 1 + 11 + 1 + 5 + 5;
@@ -68,6 +152,8 @@ pub(crate) struct Session {
     events: VecDeque<ClientEvent>,
     frames: VecDeque<ClientToServer>,
     punch_orders: VecDeque<PunchOrder>,
+    peer_frames: VecDeque<(HostId, PeerToPeer)>,
+    ended_pairs: VecDeque<HostId>,
 }
 
 impl Session {
@@ -83,6 +169,8 @@ impl Session {
             events: VecDeque::new(),
             frames: VecDeque::new(),
             punch_orders: VecDeque::new(),
+            peer_frames: VecDeque::new(),
+            ended_pairs: VecDeque::new(),
         }
     }
 
@@ -111,19 +199,15 @@ impl Session {
         match frame {
             ServerToClient::Welcome { .. } => return Err("a second welcome".into()),
             ServerToClient::PeerUp { peer, pair, info } => {
-                self.peers.insert(
-                    peer,
-                    Peer {
-                        pair,
-                        info,
-                        next_seq: 1,
-                        receiver: ReliableReceiver::new(self.receive_window),
-                    },
-                );
+                self.peers
+                    .insert(peer, Peer::new(pair, info, self.receive_window));
             }
             ServerToClient::PeerDown { peer, pair } => {
                 if self.peers.get(&peer).is_some_and(|p| p.pair == pair) {
-                    self.peers.remove(&peer);
+                    let ended = self.peers.remove(&peer);
+                    if ended.is_some_and(|p| p.path == PairPath::Direct) {
+                        self.ended_pairs.push_back(peer);
+                    }
                 }
             }
             ServerToClient::MemberJoined {
@@ -165,7 +249,12 @@ impl Session {
                 group,
                 seq,
                 payload,
-            } => self.receive(from, seq, Slot::Message((group, payload, Path::Relay)))?,
+            } => {
+                if let Some(peer) = self.peers.get_mut(&from) {
+                    count(&mut peer.stats.relay_received, &payload);
+                }
+                self.receive(from, seq, Slot::Message((group, payload, Path::Relay)))?
+            }
             ServerToClient::Skipped { from, seq } => self.receive(from, seq, Slot::Skipped)?,
             ServerToClient::FromServer { group, payload } => {
                 self.events.push_back(ClientEvent::Message {
@@ -209,6 +298,9 @@ impl Session {
             group,
             payload,
         } = datagram;
+        if let Some(peer) = self.peers.get_mut(&from) {
+            count(&mut peer.stats.relay_received, &payload);
+        }
         self.events.push_back(ClientEvent::Message {
             from,
             group,
@@ -216,6 +308,183 @@ impl Session {
             delivery: Delivery::Unreliable,
             path: Path::Relay,
         });
+    }
+
+    /// Takes one datagram from the direct connection to `from`.
+    pub fn handle_peer_datagram(&mut self, from: HostId, datagram: ServerDatagram) {
+        let ServerDatagram::Deliver {
+            from: claimed,
+            group,
+            payload,
+        } = datagram;
+        // The connection's pinned identity names the sender; a different claim is a lie.
+        let Some(peer) = self.peers.get_mut(&from).filter(|_| claimed == from) else {
+            return;
+        };
+        count(&mut peer.stats.direct_received, &payload);
+        self.events.push_back(ClientEvent::Message {
+            from,
+            group,
+            payload,
+            delivery: Delivery::Unreliable,
+            path: Path::Direct,
+        });
+    }
+
+    /// Takes one frame from the direct connection to `from`.
+    ///
+    /// # Errors
+    /// A description of the violation; the caller closes that direct connection.
+    pub fn handle_peer_frame(&mut self, from: HostId, frame: PeerToPeer) -> Result<(), String> {
+        match frame {
+            PeerToPeer::Data {
+                group,
+                seq,
+                payload,
+            } => {
+                if let Some(peer) = self.peers.get_mut(&from) {
+                    count(&mut peer.stats.direct_received, &payload);
+                }
+                self.receive(from, seq, Slot::Message((group, payload, Path::Direct)))?;
+                if let Some(peer) = self.peers.get_mut(&from) {
+                    let delivered = peer.receiver.delivered();
+                    if delivered >= peer.acked + ACK_EVERY {
+                        peer.acked = delivered;
+                        self.peer_frames
+                            .push_back((from, PeerToPeer::Ack { delivered }));
+                    }
+                }
+                Ok(())
+            }
+            PeerToPeer::Ack { delivered } => {
+                if let Some(peer) = self.peers.get_mut(&from) {
+                    while peer
+                        .unacked
+                        .front()
+                        .is_some_and(|(seq, ..)| *seq <= delivered)
+                    {
+                        if let Some((_, _, payload)) = peer.unacked.pop_front() {
+                            peer.unacked_bytes -= payload.len();
+                        }
+                    }
+                    peer.stats.unacked = peer.unacked.len();
+                }
+                Ok(())
+            }
+            PeerToPeer::Hello { .. } => Err("a second hello on a direct connection".into()),
+        }
+    }
+
+    /// Acks everything delivered from direct peers and not acked yet (called every few
+    /// tens of milliseconds by the driver, so a quiet sender still hears back).
+    pub fn flush_acks(&mut self) {
+        for (&host, peer) in &mut self.peers {
+            let delivered = peer.receiver.delivered();
+            if peer.path == PairPath::Direct && delivered > peer.acked {
+                peer.acked = delivered;
+                self.peer_frames
+                    .push_back((host, PeerToPeer::Ack { delivered }));
+            }
+        }
+    }
+
+    /// The next frame for a direct connection (acks).
+    pub fn poll_peer_frame(&mut self) -> Option<(HostId, PeerToPeer)> {
+        self.peer_frames.pop_front()
+    }
+
+    /// A peer whose pair ended while its direct connection was up: the driver closes it.
+    pub fn poll_ended_pair(&mut self) -> Option<HostId> {
+        self.ended_pairs.pop_front()
+    }
+
+    /// The direct connection to `peer` is up: its messages take it from now on.
+    pub fn set_direct(&mut self, peer: HostId, rtt: Duration) -> bool {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        state.path = PairPath::Direct;
+        state.acked = state.receiver.delivered();
+        state.stats.path = Some(PairPath::Direct);
+        state.stats.direct_rtt = Some(rtt);
+        state.stats.punch_successes += 1;
+        let pair = state.pair;
+        self.frames.push_back(ClientToServer::PathReport {
+            pair,
+            path: PairPath::Direct,
+            reason: PathReason::Punched,
+        });
+        self.events.push_back(ClientEvent::PathChanged {
+            peer,
+            path: PairPath::Direct,
+            rtt: Some(rtt),
+            reason: PathReason::Punched,
+        });
+        true
+    }
+
+    /// The direct connection to `peer` is gone: its messages take the relay again, and
+    /// reliable ones the peer has not acked are sent again through the relay, with their
+    /// original sequence numbers (the peer drops any it already has).
+    pub fn set_relay(&mut self, peer: HostId, reason: PathReason) -> Vec<Upload> {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return Vec::new();
+        };
+        if state.path != PairPath::Direct {
+            return Vec::new();
+        }
+        state.path = PairPath::Relay;
+        state.stats.path = Some(PairPath::Relay);
+        state.stats.direct_rtt = None;
+        state.unacked_bytes = 0;
+        let pair = state.pair;
+        let resend: Vec<Upload> = state
+            .unacked
+            .drain(..)
+            .map(|(seq, group, payload)| {
+                count(&mut state.stats.relay_sent, &payload);
+                Upload::Frame(ClientToServer::Relay {
+                    group,
+                    to_server: false,
+                    dests: vec![RelayDest { pair, seq }],
+                    payload,
+                })
+            })
+            .collect();
+        state.stats.unacked = 0;
+        self.frames.push_back(ClientToServer::PathReport {
+            pair,
+            path: PairPath::Relay,
+            reason,
+        });
+        self.events.push_back(ClientEvent::PathChanged {
+            peer,
+            path: PairPath::Relay,
+            rtt: None,
+            reason,
+        });
+        resend
+    }
+
+    /// What this client measures about a peer.
+    pub fn peer_stats(&self, peer: HostId) -> Option<PeerStats> {
+        self.peers.get(&peer).map(|p| p.stats)
+    }
+
+    /// The host whose identity certificate has this fingerprint, among current peers.
+    pub fn peer_by_identity(
+        &self,
+        identity: &peergroup_protocol::Fingerprint,
+    ) -> Option<(HostId, PairId)> {
+        self.peers
+            .iter()
+            .find(|(_, p)| p.info.identity == *identity)
+            .map(|(host, p)| (*host, p.pair))
+    }
+
+    /// The current pair with `peer`.
+    pub fn pair_of(&self, peer: HostId) -> Option<PairId> {
+        self.peers.get(&peer).map(|p| p.pair)
     }
 
     fn receive(
@@ -240,8 +509,8 @@ impl Session {
                 }
                 Ok(())
             }
-            // The relay is one ordered stream, so a duplicate there is the server's fault.
-            Err(Rejected::Duplicate) => Err(format!("duplicate sequence {seq} from {from}")),
+            // A message sent again after a path switch, which the other path delivered.
+            Err(Rejected::Duplicate) => Ok(()),
             Err(Rejected::BeyondWindow) => Err(format!(
                 "sequence {seq} from {from} is beyond the receive window"
             )),
@@ -305,6 +574,44 @@ impl Session {
                 path: Path::Loopback,
             });
         }
+        let mut uploads = Vec::new();
+        // Peers on a direct path get their copy there; the rest share one relay upload.
+        let mut relayed = Vec::with_capacity(resolved.peers.len());
+        for host in resolved.peers {
+            let peer = self.peers.get_mut(&host).expect("resolved peers exist");
+            let direct = peer.path == PairPath::Direct
+                && (unreliable || peer.unacked_bytes + payload.len() <= MAX_UNACKED_BYTES);
+            if !direct {
+                relayed.push(host);
+                continue;
+            }
+            count(&mut peer.stats.direct_sent, &payload);
+            if unreliable {
+                uploads.push(Upload::PeerDatagram {
+                    to: host,
+                    datagram: ServerDatagram::Deliver {
+                        from: self.host_id,
+                        group: resolved.group,
+                        payload: payload.clone(),
+                    },
+                });
+                continue;
+            }
+            let seq = peer.next_seq;
+            peer.next_seq += 1;
+            peer.unacked
+                .push_back((seq, resolved.group, payload.clone()));
+            peer.unacked_bytes += payload.len();
+            peer.stats.unacked = peer.unacked.len();
+            uploads.push(Upload::Peer {
+                to: host,
+                frame: PeerToPeer::Data {
+                    group: resolved.group,
+                    seq,
+                    payload: payload.clone(),
+                },
+            });
+        }
         let dest_len = if unreliable {
             DATAGRAM_DEST_LEN
         } else {
@@ -312,15 +619,19 @@ impl Session {
         };
         let per_upload =
             (limit.saturating_sub(UPLOAD_FIXED_OVERHEAD + payload.len()) / dest_len).max(1);
-        let mut uploads = Vec::new();
         let mut to_server = resolved.to_server;
-        let mut chunks = resolved.peers.chunks(per_upload).peekable();
+        let mut chunks = relayed.chunks(per_upload).peekable();
         if chunks.peek().is_none() && !to_server {
             return Ok(uploads);
         }
         loop {
             let chunk = chunks.next().unwrap_or(&[]);
             let group = resolved.group;
+            for host in chunk {
+                if let Some(peer) = self.peers.get_mut(host) {
+                    count(&mut peer.stats.relay_sent, &payload);
+                }
+            }
             let upload = if unreliable {
                 let dests = chunk.iter().map(|host| self.peers[host].pair).collect();
                 Upload::Datagram(ClientDatagram::Relay {
@@ -402,11 +713,6 @@ impl Session {
 
     // ---- queries -------------------------------------------------------------------------
 
-    /// This client's id.
-    pub fn host_id(&self) -> HostId {
-        self.host_id
-    }
-
     /// Groups this client is in.
     pub fn groups(&self) -> Vec<GroupId> {
         self.groups
@@ -432,6 +738,11 @@ impl Session {
         peers.sort();
         peers
     }
+}
+
+fn count(counters: &mut PathCounters, payload: &Bytes) {
+    counters.messages += 1;
+    counters.bytes += payload.len() as u64;
 }
 
 #[derive(Debug, Default)]

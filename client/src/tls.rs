@@ -6,14 +6,18 @@
 //! fingerprint and vouches for it to peers.
 
 use crate::error::ConnectError;
-use peergroup_protocol::{Fingerprint, ALPN};
+use peergroup_protocol::{Fingerprint, ALPN, PEER_ALPN};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::DistinguishedName;
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::RwLock;
 
 /// How the client decides the server is the right one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,4 +211,155 @@ pub fn raw_quic_client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig
         &identity,
         Arc::new(quinn::TransportConfig::default()),
     )
+}
+
+/// The identities the client accepts direct connections from: peers it is punching with
+/// now, each as vouched for by the server.
+#[derive(Debug, Default)]
+pub(crate) struct ExpectedPeers(RwLock<HashSet<Fingerprint>>);
+
+impl ExpectedPeers {
+    pub fn insert(&self, identity: Fingerprint) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(identity);
+    }
+
+    pub fn remove(&self, identity: &Fingerprint) {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(identity);
+    }
+
+    fn contains(&self, identity: &Fingerprint) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(identity)
+    }
+}
+
+/// Accepts a peer's client certificate only if the server vouched for it for a punch
+/// under way, and checks the handshake signature with it.
+#[derive(Debug)]
+struct ExpectedPeerCertificate {
+    expected: Arc<ExpectedPeers>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for ExpectedPeerCertificate {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if self.expected.contains(&fingerprint_of(end_entity)) {
+            Ok(ClientCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The quinn server config for direct connections from peers: our identity certificate,
+/// ALPN `peergroup-p2p/1`, and a client certificate required from an expected peer.
+pub(crate) fn peer_server_config(
+    identity: &ClientIdentity,
+    expected: Arc<ExpectedPeers>,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig, ConnectError> {
+    let provider = provider();
+    let verifier = Arc::new(ExpectedPeerCertificate {
+        expected,
+        provider: provider.clone(),
+    });
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .and_then(|b| {
+            b.with_client_cert_verifier(verifier)
+                .with_single_cert(vec![identity.certificate.clone()], identity.key.clone_key())
+        })
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// The quinn client config for a direct connection to one peer: it must present exactly
+/// the certificate the server vouched for, and we present ours.
+pub(crate) fn peer_client_config(
+    identity: &ClientIdentity,
+    peer: Fingerprint,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, ConnectError> {
+    let provider = provider();
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ConnectError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+            expected: peer,
+            provider,
+        }))
+        .with_client_auth_cert(vec![identity.certificate.clone()], identity.key.clone_key())
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport);
+    Ok(config)
+}
+
+/// The fingerprint of the certificate the other side of a connection presented.
+pub(crate) fn peer_fingerprint(connection: &quinn::Connection) -> Option<Fingerprint> {
+    let identity = connection.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.first().map(fingerprint_of)
 }

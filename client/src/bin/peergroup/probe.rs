@@ -33,14 +33,15 @@
 //! ```
 //!
 //! - `member_joined` / `member_left`: every membership notice (the probe's own included).
-//! - `path`: when a peer is first seen (its `MemberJoined`: `relay`), and whenever a
-//!   message from it arrives on another path than the last one recorded.
+//! - `path`: when a peer is first seen (its `MemberJoined`: `relay`), and on every
+//!   change of the peer's path the client reports (relay to direct and back).
 //! - `summary`: exactly once, last, also after a failure once the room was joined.
 //!   `received` counts every message from the peer (duplicates included, malformed ones
 //!   not); `lost` = count - distinct sequence numbers below count; `duplicates` = repeats
 //!   of a sequence number; `out_of_order` = arrivals, not duplicates, below the highest
 //!   sequence number seen before from that peer; `malformed` = payloads under 16 bytes;
-//!   `path` = the last path; `rtt_ms` = the smoothed RTT to the server (the relay);
+//!   `path` = the last path; `rtt_ms` = the smoothed RTT of that path (the direct
+//!   connection's, or the server connection's for the relay);
 //!   latencies are one-way, send to receipt, over distinct arrivals (nearest rank),
 //!   `null` when nothing arrived. `send_failed` counts messages the server refused to
 //!   relay. Messages from the server itself are never counted.
@@ -52,7 +53,7 @@
 
 use crate::common::{self, Failure, ServerArgs, EXIT_CHECK_FAILED};
 use peergroup_client::{
-    Client, ClientEvent, ClientEvents, Delivery, GroupId, HostId, Path, SendError, Target,
+    Client, ClientEvent, ClientEvents, Delivery, GroupId, HostId, PairPath, Path, SendError, Target,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -119,12 +120,12 @@ impl DeliveryArg {
 ///     "latency_p50_us":n|null,"latency_p99_us":n|null}],"send_failed":n}
 ///
 /// member_joined/member_left: every membership notice, the probe's own included.
-/// path: when a peer is first seen (relay) and whenever its messages change path.
+/// path: when a peer is first seen (relay) and on every reported change of its path.
 /// summary: exactly once, last, whenever the room was joined (also on failure).
 /// received = all messages from the peer (duplicates included); lost = count -
 /// distinct sequence numbers; out_of_order = non-duplicate arrivals below the highest
 /// sequence number seen before; malformed = payloads under 16 bytes; rtt_ms =
-/// smoothed RTT to the server; latencies are one-way (nearest rank). Messages from
+/// smoothed RTT of the peer's path; latencies are one-way (nearest rank). Messages from
 /// the server are never counted.
 ///
 /// Exit status: 0 success; 1 connection failed or lost; 2 join refused; 3 a check
@@ -243,12 +244,12 @@ impl PeerStats {
     }
 
     /// Records one message that arrived at `now_us` (microseconds since the UNIX epoch)
-    /// on `path`. Returns `true` when the path changed.
-    pub fn record(&mut self, payload: &[u8], path: Path, now_us: u64) -> bool {
-        let changed = self.note_path(path);
+    /// on `path`. The peer's path itself is what the client reports (`PathChanged`):
+    /// around a switch, messages of both paths can arrive interleaved.
+    pub fn record(&mut self, payload: &[u8], path: Path, now_us: u64) {
         let Some((seq, sent_us)) = decode_payload(payload) else {
             self.malformed += 1;
-            return changed;
+            return;
         };
         self.received += 1;
         match path {
@@ -257,14 +258,13 @@ impl PeerStats {
         }
         if !self.seqs.insert(seq) {
             self.duplicates += 1;
-            return changed;
+            return;
         }
         if self.highest.is_some_and(|highest| seq < highest) {
             self.out_of_order += 1;
         }
         self.highest = Some(self.highest.map_or(seq, |highest| highest.max(seq)));
         self.latencies_us.push(now_us.saturating_sub(sent_us));
-        changed
     }
 
     /// Distinct sequence numbers below `count` received.
@@ -483,8 +483,15 @@ impl Run {
                 ..
             } if group.is_none() || group == Some(self.group) => {
                 let stats = self.peers.entry(from).or_default();
-                if stats.record(&payload, path, unix_micros()) {
-                    Self::emit_path(from, path);
+                stats.record(&payload, path, unix_micros());
+            }
+            ClientEvent::PathChanged { peer, path, .. } => {
+                let path = match path {
+                    PairPath::Direct => Path::Direct,
+                    _ => Path::Relay,
+                };
+                if self.peers.entry(peer).or_default().note_path(path) {
+                    Self::emit_path(peer, path);
                 }
             }
             ClientEvent::SendFailed { to, reason, .. } => {
@@ -512,13 +519,13 @@ impl Run {
         })
     }
 
-    fn summary(&self, sent: u64, count: u64, rtt_ms: f64) -> Line {
+    fn summary(&self, sent: u64, count: u64, rtt_ms: impl Fn(HostId) -> f64) -> Line {
         Line::Summary {
             sent,
             peers: self
                 .peers
                 .iter()
-                .map(|(peer, stats)| stats.summary(*peer, count, rtt_ms))
+                .map(|(peer, stats)| stats.summary(*peer, count, rtt_ms(*peer)))
                 .collect(),
             send_failed: self.send_failed,
         }
@@ -674,7 +681,21 @@ pub async fn run(args: ProbeArgs) -> Result<(), Failure> {
         outcome = drive(&args, &client, &mut events, &mut run, &mut sent).await;
     }
 
-    let rtt_ms = client.server_rtt().as_secs_f64() * 1e3;
+    // The RTT of the path each peer is on: the direct path's, or the relay's (to the
+    // server), measured before leaving.
+    let server_rtt_ms = client.server_rtt().as_secs_f64() * 1e3;
+    let rtts: std::collections::HashMap<HostId, f64> = run
+        .peers
+        .keys()
+        .map(|peer| {
+            let direct = client.peer_stats(*peer).and_then(|s| s.direct_rtt);
+            (
+                *peer,
+                direct.map_or(server_rtt_ms, |rtt| rtt.as_secs_f64() * 1e3),
+            )
+        })
+        .collect();
+    let rtt_ms = |peer: HostId| rtts.get(&peer).copied().unwrap_or(server_rtt_ms);
     if run.disconnected.is_none() {
         common::leave(&client, &mut events, &args.room).await;
     }
@@ -781,10 +802,13 @@ mod tests {
     fn paths_are_counted_and_changes_reported() {
         let mut stats = PeerStats::default();
         assert!(stats.note_path(Path::Relay));
-        assert!(!stats.record(&encode_payload(0, 0, 16), Path::Relay, 0));
-        assert!(stats.record(&encode_payload(1, 0, 16), Path::Direct, 0));
-        assert!(!stats.record(&encode_payload(2, 0, 16), Path::Direct, 0));
-        assert!(stats.record(&encode_payload(3, 0, 16), Path::Relay, 0));
+        stats.record(&encode_payload(0, 0, 16), Path::Relay, 0);
+        stats.record(&encode_payload(1, 0, 16), Path::Direct, 0);
+        assert!(stats.note_path(Path::Direct));
+        assert!(!stats.note_path(Path::Direct));
+        stats.record(&encode_payload(2, 0, 16), Path::Direct, 0);
+        stats.record(&encode_payload(3, 0, 16), Path::Relay, 0);
+        assert!(stats.note_path(Path::Relay));
         let summary = stats.summary(HostId::from_raw(7), 4, 1.5);
         assert_eq!(summary.peer, 7);
         assert_eq!((summary.relay_received, summary.direct_received), (2, 2));

@@ -1,0 +1,486 @@
+//! The thin async driver of direct paths: punch tasks, the probe dispatcher, direct
+//! connections in both directions, and moving a peer's traffic between paths.
+//!
+//! The decisions live in sans-IO code ([`PunchSession`], [`Session`](crate::session));
+//! this file only moves bytes and timers. A peer's path changes under the same lock that
+//! sends take, so no message can slip between the old path and the new.
+
+use crate::client::{read_frame, Core, Inner, ReadEnd};
+use crate::punch::{PunchResult, PunchSession, PunchTiming};
+use crate::tls::peer_client_config;
+use bytes::Bytes;
+use peergroup_protocol::{
+    datagram_to_bytes, decode_body, frame_to_bytes, ClientToServer, CloseCode, Fingerprint, HostId,
+    PairId, PathReason, PeerToPeer, Probe, PunchOrder, PunchOutcome, ServerDatagram,
+};
+use ring::rand::SecureRandom;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// How long the QUIC handshake may take after a candidate pair validated.
+const HANDSHAKE_GRACE: Duration = Duration::from_secs(5);
+/// How often acks for direct messages go out when no others carried them.
+const ACK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A live direct connection to one peer.
+#[derive(Debug)]
+pub(crate) struct DirectLink {
+    pub connection: quinn::Connection,
+    /// Encoded frames for the link's writer task.
+    pub queue: mpsc::UnboundedSender<Bytes>,
+}
+
+/// What a punch task is told.
+#[derive(Debug)]
+pub(crate) enum PunchInput {
+    /// A probe for its pair arrived.
+    Probe(SocketAddr, Bytes),
+    /// The peer opened the direct connection to us: the attempt succeeded.
+    Connected,
+}
+
+/// A punch under way, as the rest of the client sees it.
+#[derive(Debug)]
+pub(crate) struct PunchHandle {
+    pub attempt: u32,
+    pub input: mpsc::Sender<PunchInput>,
+}
+
+/// Starts carrying out a punch order, or declines it.
+pub(crate) fn start_punch(inner: &Arc<Inner>, core: &mut Core, order: PunchOrder) {
+    let at_limit = core.directs.len() >= inner.direct.max_direct_peers;
+    if !inner.direct.enabled || at_limit {
+        inner.send_server_frame(&ClientToServer::PunchReport {
+            pair: order.pair,
+            attempt: order.attempt,
+            outcome: PunchOutcome::Declined,
+        });
+        return;
+    }
+    if core.directs.contains_key(&order.peer) || core.punches.contains_key(&order.pair) {
+        return; // already direct, or already punching: a stale order
+    }
+    let Some(info) = core.session.peer_info(order.peer) else {
+        return;
+    };
+    inner.expected_peers.insert(info.identity);
+    let (input, inputs) = mpsc::channel(256);
+    core.punches.insert(
+        order.pair,
+        PunchHandle {
+            attempt: order.attempt,
+            input,
+        },
+    );
+    tokio::spawn(punch(inner.clone(), order, inputs, info.identity));
+}
+
+/// One punch attempt: probes until a candidate pair validates, then (on the controlling
+/// side) opens the direct connection; reports how it ended.
+async fn punch(
+    inner: Arc<Inner>,
+    order: PunchOrder,
+    mut inputs: mpsc::Receiver<PunchInput>,
+    identity: Fingerprint,
+) {
+    let outcome = run_punch(&inner, &order, &mut inputs, identity).await;
+    tracing::debug!(peer = %order.peer, attempt = order.attempt, ?outcome, "punch ended");
+    {
+        let mut core = inner.lock();
+        if core
+            .punches
+            .get(&order.pair)
+            .is_some_and(|p| p.attempt == order.attempt)
+        {
+            core.punches.remove(&order.pair);
+        }
+    }
+    inner.expected_peers.remove(&identity);
+    if let Some(outcome) = outcome {
+        inner.send_server_frame(&ClientToServer::PunchReport {
+            pair: order.pair,
+            attempt: order.attempt,
+            outcome,
+        });
+    }
+}
+
+/// Returns the failure to report, or `None` when the direct path came up (its success is
+/// reported when it is established).
+async fn run_punch(
+    inner: &Arc<Inner>,
+    order: &PunchOrder,
+    inputs: &mut mpsc::Receiver<PunchInput>,
+    identity: Fingerprint,
+) -> Option<PunchOutcome> {
+    let local = inner.endpoint.local_addr().ok()?;
+    let mut seed = [0u8; 8];
+    let _ = inner.random.fill(&mut seed);
+    let timing = PunchTiming {
+        window: inner.direct.punch_window,
+        max_interval: inner.direct.probe_max_interval,
+        ..PunchTiming::default()
+    };
+    let mut session = PunchSession::new(
+        order,
+        local,
+        timing,
+        std::time::Instant::now(),
+        u64::from_le_bytes(seed),
+    );
+    let give_up = Instant::now()
+        + Duration::from_millis(u64::from(order.start_in_ms))
+        + timing.window
+        + HANDSHAKE_GRACE;
+    let mut connecting: Option<tokio::task::JoinHandle<Result<(), PunchOutcome>>> = None;
+    loop {
+        while let Some((to, bytes)) = session.poll_transmit() {
+            if let Err(error) = inner.socket.send_probe(to, &bytes).await {
+                tracing::debug!(%to, %error, "probe not sent");
+            }
+        }
+        match session.result() {
+            Some(PunchResult::TimedOut) if connecting.is_none() => {
+                return Some(PunchOutcome::NoResponse)
+            }
+            Some(PunchResult::Validated(addr)) if session.controlling() && connecting.is_none() => {
+                tracing::debug!(peer = %order.peer, %addr, "candidate pair validated; connecting");
+                connecting = Some(tokio::spawn(connect(
+                    inner.clone(),
+                    order.clone(),
+                    addr,
+                    identity,
+                )));
+            }
+            _ => {}
+        }
+        let next = Instant::from_std(session.poll_timeout());
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => session.handle_timeout(std::time::Instant::now()),
+            input = inputs.recv() => match input {
+                Some(PunchInput::Probe(from, bytes)) => {
+                    session.handle_probe(from, &bytes, std::time::Instant::now());
+                }
+                Some(PunchInput::Connected) | None => return None,
+            },
+            result = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
+                return match result {
+                    Ok(Ok(())) => None,
+                    Ok(Err(outcome)) => Some(outcome),
+                    Err(_) => Some(PunchOutcome::HandshakeFailed),
+                };
+            }
+            _ = tokio::time::sleep_until(give_up) => {
+                return Some(match connecting {
+                    Some(_) => PunchOutcome::HandshakeFailed,
+                    None => PunchOutcome::NoResponse,
+                });
+            }
+        }
+    }
+}
+
+/// The controlling side opens the direct connection to the validated address.
+async fn connect(
+    inner: Arc<Inner>,
+    order: PunchOrder,
+    addr: SocketAddr,
+    identity: Fingerprint,
+) -> Result<(), PunchOutcome> {
+    let failed = |error: &dyn std::fmt::Display| {
+        tracing::debug!(peer = %order.peer, %addr, %error, "direct handshake failed");
+        PunchOutcome::HandshakeFailed
+    };
+    let config = peer_client_config(&inner.identity, identity, inner.peer_transport.clone())
+        .map_err(|e| failed(&e))?;
+    let connection = inner
+        .endpoint
+        .connect_with(config, addr, "peergroup-peer")
+        .map_err(|e| failed(&e))?
+        .await
+        .map_err(|e| failed(&e))?;
+    let (mut send, recv) = connection.open_bi().await.map_err(|e| failed(&e))?;
+    let hello = PeerToPeer::Hello {
+        pair: order.pair,
+        host: inner.host_id,
+    };
+    let frame = frame_to_bytes(&hello, inner.max_frame_len).map_err(|e| failed(&e))?;
+    send.write_all(&frame).await.map_err(|e| failed(&e))?;
+    establish(
+        &inner,
+        order.peer,
+        order.pair,
+        order.attempt,
+        connection,
+        send,
+        recv,
+    )
+    .await;
+    Ok(())
+}
+
+/// Accepts direct connections from peers for as long as the endpoint is open.
+pub(crate) async fn accept_peers(inner: Arc<Inner>) {
+    while let Some(incoming) = inner.endpoint.accept().await {
+        tokio::spawn(accept_peer(inner.clone(), incoming));
+    }
+}
+
+async fn accept_peer(inner: Arc<Inner>, incoming: quinn::Incoming) {
+    let accepted = tokio::time::timeout(HANDSHAKE_GRACE, async {
+        let connection = incoming.await.ok()?;
+        let identity = crate::tls::peer_fingerprint(&connection)?;
+        let (peer, pair) = inner.lock().session.peer_by_identity(&identity)?;
+        let (send, mut recv) = connection.accept_bi().await.ok()?;
+        let body = match read_frame(&mut recv, inner.max_frame_len).await {
+            Ok(Some(body)) => body,
+            _ => return None,
+        };
+        match decode_body::<PeerToPeer>(&body) {
+            Ok(PeerToPeer::Hello { pair: p, host }) if p == pair && host == peer => {
+                Some((peer, pair, connection, send, recv))
+            }
+            _ => {
+                close(
+                    &connection,
+                    CloseCode::ProtocolViolation,
+                    "expected the peer hello",
+                );
+                None
+            }
+        }
+    })
+    .await;
+    let Ok(Some((peer, pair, connection, send, recv))) = accepted else {
+        return;
+    };
+    let attempt = {
+        let core = inner.lock();
+        let handle = core.punches.get(&pair);
+        let attempt = handle.map(|h| h.attempt);
+        if let Some(handle) = handle {
+            let _ = handle.input.try_send(PunchInput::Connected);
+        }
+        attempt
+    };
+    let Some(attempt) = attempt else {
+        // No punch of ours expected this peer: it cannot have passed the certificate
+        // check, but refuse it all the same.
+        close(
+            &connection,
+            CloseCode::ProtocolViolation,
+            "no punch under way",
+        );
+        return;
+    };
+    establish(&inner, peer, pair, attempt, connection, send, recv).await;
+}
+
+fn close(connection: &quinn::Connection, code: CloseCode, text: &str) {
+    connection.close(
+        quinn::VarInt::from_u64(code.to_u64()).unwrap_or_default(),
+        text.as_bytes(),
+    );
+}
+
+/// Makes `connection` the peer's path, then serves it until it ends.
+async fn establish(
+    inner: &Arc<Inner>,
+    peer: HostId,
+    pair: PairId,
+    attempt: u32,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let events = {
+        let mut core = inner.lock();
+        let current = core.session.pair_of(peer) == Some(pair);
+        if !current || core.directs.contains_key(&peer) {
+            drop(core);
+            close(&connection, CloseCode::Normal, "not needed");
+            return;
+        }
+        let (queue, queued) = mpsc::unbounded_channel();
+        tokio::spawn(write_frames(send, queued));
+        core.directs.insert(
+            peer,
+            DirectLink {
+                connection: connection.clone(),
+                queue,
+            },
+        );
+        let rtt = connection.rtt();
+        core.session.set_direct(peer, rtt);
+        inner.send_server_frame(&ClientToServer::PunchReport {
+            pair,
+            attempt,
+            outcome: PunchOutcome::Direct {
+                rtt_us: rtt.as_micros().min(u128::from(u32::MAX)) as u32,
+            },
+        });
+        inner.flush(&mut core)
+    };
+    tracing::info!(%peer, remote = %connection.remote_address(), "direct path up");
+    inner.emit(events).await;
+    serve_direct(inner.clone(), peer, connection, recv).await;
+}
+
+/// Reads a direct connection until it ends, then moves the peer back to the relay.
+async fn serve_direct(
+    inner: Arc<Inner>,
+    peer: HostId,
+    connection: quinn::Connection,
+    recv: quinn::RecvStream,
+) {
+    // Both loops run to their end (each closes the connection as it ends, which ends the
+    // other): cancelling one mid-way could drop messages it was handing to the
+    // application after they were acked.
+    let (frames_end, _) = tokio::join!(
+        async {
+            let end = read_peer_frames(&inner, peer, recv).await;
+            if let ReadEnd::Violation(code, text) = &end {
+                close(&connection, *code, text);
+            } else {
+                close(&connection, CloseCode::Normal, "direct path closed");
+            }
+            end
+        },
+        async {
+            let end = read_peer_datagrams(&inner, peer, &connection).await;
+            if let ReadEnd::Violation(code, text) = &end {
+                close(&connection, *code, text);
+            }
+        }
+    );
+    let reason = match &frames_end {
+        ReadEnd::Connection(quinn::ConnectionError::TimedOut) => PathReason::DirectTimedOut,
+        _ => PathReason::DirectClosed,
+    };
+    let events = {
+        let mut core = inner.lock();
+        let ours = core
+            .directs
+            .get(&peer)
+            .is_some_and(|link| link.connection.stable_id() == connection.stable_id());
+        if !ours {
+            return;
+        }
+        core.directs.remove(&peer);
+        let resend = core.session.set_relay(peer, reason);
+        inner.dispatch(&mut core, resend, None);
+        inner.flush(&mut core)
+    };
+    tracing::info!(%peer, ?reason, "direct path down; back to the relay");
+    inner.emit(events).await;
+}
+
+async fn read_peer_frames(
+    inner: &Arc<Inner>,
+    peer: HostId,
+    mut recv: quinn::RecvStream,
+) -> ReadEnd {
+    loop {
+        let body = match read_frame(&mut recv, inner.max_frame_len).await {
+            Ok(Some(body)) => body,
+            Ok(None) => return ReadEnd::Connection(quinn::ConnectionError::LocallyClosed),
+            Err(end) => return end,
+        };
+        let frame = match decode_body::<PeerToPeer>(&body) {
+            Ok(frame) => frame,
+            Err(error) => return error.into(),
+        };
+        let events = {
+            let mut core = inner.lock();
+            if let Err(text) = core.session.handle_peer_frame(peer, frame) {
+                return ReadEnd::Violation(CloseCode::ProtocolViolation, text);
+            }
+            inner.flush(&mut core)
+        };
+        inner.emit(events).await;
+    }
+}
+
+async fn read_peer_datagrams(
+    inner: &Arc<Inner>,
+    peer: HostId,
+    connection: &quinn::Connection,
+) -> ReadEnd {
+    loop {
+        let datagram = match connection.read_datagram().await {
+            Ok(datagram) => datagram,
+            Err(error) => return ReadEnd::Connection(error),
+        };
+        let Ok(message) = decode_body::<ServerDatagram>(&datagram) else {
+            return ReadEnd::Violation(CloseCode::ProtocolViolation, "malformed datagram".into());
+        };
+        let events = {
+            let mut core = inner.lock();
+            core.session.handle_peer_datagram(peer, message);
+            inner.flush(&mut core)
+        };
+        inner.emit(events).await;
+    }
+}
+
+async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::UnboundedReceiver<Bytes>) {
+    let mut batch = Vec::with_capacity(64);
+    while queued.recv_many(&mut batch, 64).await > 0 {
+        if send.write_all_chunks(&mut batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+}
+
+/// Hands each received probe to the punch task of its pair.
+pub(crate) async fn dispatch_probes(inner: Arc<Inner>, mut probes: crate::socket::ProbeReceiver) {
+    while let Some((from, bytes)) = probes.recv().await {
+        let Ok((probe, _, _)) = Probe::decode(&bytes) else {
+            continue;
+        };
+        let core = inner.lock();
+        if let Some(handle) = core.punches.get(&probe.pair) {
+            // A full queue drops the probe: the next round brings another.
+            let _ = handle.input.try_send(PunchInput::Probe(from, bytes));
+        }
+    }
+}
+
+/// Acks direct messages that no other ack covered yet, every 20 ms, while the client
+/// lives.
+pub(crate) async fn flush_acks(inner: Arc<Inner>) {
+    let mut ticker = tokio::time::interval(ACK_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while inner.connection.close_reason().is_none() {
+        ticker.tick().await;
+        let mut core = inner.lock();
+        if core.directs.is_empty() {
+            continue;
+        }
+        core.session.flush_acks();
+        let events = inner.flush(&mut core);
+        debug_assert!(events.is_empty());
+    }
+}
+
+/// Encodes a peer frame for its link; `false` if the peer has no direct link.
+pub(crate) fn send_peer_frame(core: &Core, to: HostId, frame: &PeerToPeer, max: u32) -> bool {
+    let Some(link) = core.directs.get(&to) else {
+        return false;
+    };
+    match frame_to_bytes(frame, max) {
+        Ok(bytes) => link.queue.send(bytes).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Sends a datagram on the peer's direct link.
+pub(crate) fn send_peer_datagram(core: &Core, to: HostId, datagram: &ServerDatagram) {
+    if let (Some(link), Ok(bytes)) = (core.directs.get(&to), datagram_to_bytes(datagram)) {
+        let _ = link.connection.send_datagram(bytes);
+    }
+}
