@@ -2,6 +2,7 @@
 
 use super::*;
 use peergroup_protocol::{Fingerprint, RefuseReason};
+use std::time::Duration;
 
 const ME: HostId = HostId::from_raw(1 << 32 | 1);
 const PEER: HostId = HostId::from_raw(1 << 32 | 2);
@@ -305,9 +306,10 @@ fn relayed_messages_arrive_in_sequence_and_skips_fill_gaps() {
         payloads,
         vec![Bytes::from_static(b"a"), Bytes::from_static(b"c")]
     );
+    s.handle_frame(deliver(3, "c")).unwrap();
     assert!(
-        s.handle_frame(deliver(3, "c")).is_err(),
-        "a relay duplicate is a violation"
+        events(&mut s).is_empty(),
+        "a duplicate (sent again after a path switch) is dropped"
     );
     assert!(s
         .handle_frame(ServerToClient::Deliver {
@@ -369,4 +371,172 @@ fn refusals_name_the_peer_of_the_pair() {
             reason: RefuseReason::NoSharedGroup
         }]
     );
+}
+
+#[test]
+fn a_direct_peer_gets_its_copy_direct_and_the_rest_share_one_relay_upload() {
+    let mut s = session_in_group();
+    assert!(s.set_direct(PEER, Duration::from_millis(3)));
+    assert_eq!(
+        std::iter::from_fn(|| s.poll_frame()).collect::<Vec<_>>(),
+        vec![ClientToServer::PathReport {
+            pair: PAIR,
+            path: PairPath::Direct,
+            reason: PathReason::Punched
+        }]
+    );
+    events(&mut s);
+    let payload = Bytes::from_static(b"m");
+    let uploads = s
+        .plan_send(
+            &Target::Group(G),
+            payload.clone(),
+            Delivery::ReliableOrdered,
+            None,
+        )
+        .unwrap();
+    assert_eq!(
+        uploads,
+        vec![
+            Upload::Peer {
+                to: PEER,
+                frame: PeerToPeer::Data {
+                    group: Some(G),
+                    seq: 1,
+                    payload: payload.clone()
+                }
+            },
+            Upload::Frame(ClientToServer::Relay {
+                group: Some(G),
+                to_server: false,
+                dests: vec![RelayDest {
+                    pair: PAIR2,
+                    seq: 1
+                }],
+                payload,
+            })
+        ]
+    );
+    assert_eq!(s.peer_stats(PEER).unwrap().unacked, 1);
+}
+
+#[test]
+fn when_the_direct_path_dies_unacked_messages_go_again_through_the_relay_with_their_numbers() {
+    let mut s = session_in_group();
+    s.set_direct(PEER, Duration::from_millis(3));
+    for text in ["a", "b", "c"] {
+        s.plan_send(
+            &Target::Host(PEER),
+            Bytes::from_static(text.as_bytes()),
+            Delivery::ReliableOrdered,
+            None,
+        )
+        .unwrap();
+    }
+    s.handle_peer_frame(PEER, PeerToPeer::Ack { delivered: 1 })
+        .unwrap();
+    assert_eq!(s.peer_stats(PEER).unwrap().unacked, 2);
+    let resend = s.set_relay(PEER, PathReason::DirectTimedOut);
+    let seqs: Vec<u64> = resend
+        .iter()
+        .map(|u| match u {
+            Upload::Frame(ClientToServer::Relay { dests, .. }) => dests[0].seq,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, vec![2, 3]);
+    assert!(events(&mut s).contains(&ClientEvent::PathChanged {
+        peer: PEER,
+        path: PairPath::Relay,
+        rtt: None,
+        reason: PathReason::DirectTimedOut
+    }));
+    // New messages continue the same sequence on the relay.
+    let next = s
+        .plan_send(
+            &Target::Host(PEER),
+            Bytes::new(),
+            Delivery::ReliableOrdered,
+            None,
+        )
+        .unwrap();
+    assert!(
+        matches!(&next[0], Upload::Frame(ClientToServer::Relay { dests, .. }) if dests[0].seq == 4)
+    );
+    assert!(
+        s.set_relay(PEER, PathReason::DirectTimedOut).is_empty(),
+        "already on the relay"
+    );
+}
+
+#[test]
+fn direct_and_relay_arrivals_merge_into_one_sequence_and_are_acked() {
+    let mut s = session_in_group();
+    s.set_direct(PEER, Duration::from_millis(3));
+    events(&mut s);
+    let number = |seq: u64| Bytes::from(seq.to_be_bytes().to_vec());
+    // 2 comes direct before 1 arrives through the relay; then 2 again through the relay.
+    s.handle_peer_frame(
+        PEER,
+        PeerToPeer::Data {
+            group: None,
+            seq: 2,
+            payload: number(2),
+        },
+    )
+    .unwrap();
+    assert!(events(&mut s).is_empty());
+    for seq in [1, 2] {
+        s.handle_frame(ServerToClient::Deliver {
+            from: PEER,
+            group: None,
+            seq,
+            payload: number(seq),
+        })
+        .unwrap();
+    }
+    let delivered: Vec<(u64, Path)> = events(&mut s)
+        .into_iter()
+        .map(|e| match e {
+            ClientEvent::Message { payload, path, .. } => (
+                u64::from_be_bytes(payload.as_ref().try_into().unwrap()),
+                path,
+            ),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(delivered, vec![(1, Path::Relay), (2, Path::Direct)]);
+    s.flush_acks();
+    assert_eq!(
+        s.poll_peer_frame(),
+        Some((PEER, PeerToPeer::Ack { delivered: 2 }))
+    );
+    s.flush_acks();
+    assert_eq!(s.poll_peer_frame(), None, "nothing new to ack");
+}
+
+#[test]
+fn a_direct_datagram_claiming_another_sender_is_dropped() {
+    let mut s = session_in_group();
+    s.handle_peer_datagram(
+        PEER,
+        ServerDatagram::Deliver {
+            from: OTHER,
+            group: None,
+            payload: Bytes::from_static(b"lie"),
+        },
+    );
+    assert!(events(&mut s).is_empty());
+    s.handle_peer_datagram(
+        PEER,
+        ServerDatagram::Deliver {
+            from: PEER,
+            group: None,
+            payload: Bytes::from_static(b"true"),
+        },
+    );
+    assert!(matches!(
+        events(&mut s).as_slice(),
+        [ClientEvent::Message { path: Path::Direct, from, .. }] if *from == PEER
+    ));
 }
