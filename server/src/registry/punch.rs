@@ -29,8 +29,12 @@ pub struct PunchConfig {
     /// retry waits twice as long. Default 60 s (over twice Linux conntrack's 30 s UDP
     /// timeout).
     pub first_retry: Duration,
-    /// Attempts per pair at most, the first included. Default 4.
+    /// Failed attempts in a row at most before the pair stays on the relay; a direct
+    /// path resets the count. Default 4.
     pub max_attempts: u32,
+    /// Wait before punching again after a direct path that worked has died. Its NAT
+    /// mappings were good, so there is no bad conntrack entry to outwait. Default 5 s.
+    pub after_direct_lost: Duration,
 }
 
 impl Default for PunchConfig {
@@ -39,6 +43,7 @@ impl Default for PunchConfig {
             start: PunchStart::Always,
             first_retry: Duration::from_secs(60),
             max_attempts: 4,
+            after_direct_lost: Duration::from_secs(5),
         }
     }
 }
@@ -58,7 +63,10 @@ pub(crate) enum Stage {
 #[derive(Debug, Clone)]
 pub(crate) struct PunchState {
     pub stage: Stage,
+    /// Attempts so far; numbers each attempt.
     pub attempts: u32,
+    /// Failed attempts since the last direct path.
+    failures: u32,
     /// Which sides (lower id first) report a direct path now.
     direct_sides: (bool, bool),
 }
@@ -81,13 +89,14 @@ impl PunchState {
         Self {
             stage: Stage::Relay { retry_at: None },
             attempts: 0,
+            failures: 0,
             direct_sides: (false, false),
         }
     }
 
     /// Whether another attempt is allowed.
     pub fn may_attempt(&self, config: &PunchConfig) -> bool {
-        self.attempts < config.max_attempts
+        self.failures < config.max_attempts
     }
 
     /// Starts the next attempt; returns its number.
@@ -100,12 +109,13 @@ impl PunchState {
         self.attempts
     }
 
-    /// The retry time after `attempts` attempts: `first_retry` doubled per earlier retry.
-    fn retry_at(&self, now: Instant, config: &PunchConfig) -> Option<Instant> {
+    /// The retry time after a failure: `first_retry`, doubled per earlier failure.
+    fn retry_after_failure(&mut self, now: Instant, config: &PunchConfig) -> Option<Instant> {
+        self.failures += 1;
         if !self.may_attempt(config) {
             return None;
         }
-        let doublings = self.attempts.saturating_sub(1).min(16);
+        let doublings = (self.failures - 1).min(16);
         Some(now + config.first_retry * 2u32.pow(doublings))
     }
 
@@ -134,7 +144,7 @@ impl PunchState {
                 Verdict::Nothing
             }
             _ => {
-                let retry_at = self.retry_at(now, config);
+                let retry_at = self.retry_after_failure(now, config);
                 self.stage = Stage::Relay { retry_at };
                 retry_at.map_or(Verdict::Nothing, Verdict::RetryAt)
             }
@@ -160,19 +170,13 @@ impl PunchState {
         match (self.stage, path) {
             (Stage::Direct, PairPath::Relay) => {
                 self.direct_sides = (false, false);
-                match self.retry_at(now, config) {
-                    Some(at) => {
-                        self.stage = Stage::Relay { retry_at: Some(at) };
-                        Verdict::FellBack(reason, at)
-                    }
-                    None => {
-                        self.stage = Stage::Relay { retry_at: None };
-                        Verdict::PathChanged(PairPath::Relay, reason)
-                    }
-                }
+                let at = now + config.after_direct_lost;
+                self.stage = Stage::Relay { retry_at: Some(at) };
+                Verdict::FellBack(reason, at)
             }
             (Stage::Punching { .. }, PairPath::Direct) if both_direct => {
                 self.stage = Stage::Direct;
+                self.failures = 0;
                 Verdict::PathChanged(PairPath::Direct, reason)
             }
             _ => Verdict::Nothing,
@@ -264,8 +268,11 @@ mod tests {
         );
         assert_eq!(
             fell,
-            Verdict::FellBack(PathReason::DirectTimedOut, now + Duration::from_secs(60))
+            Verdict::FellBack(PathReason::DirectTimedOut, now + Duration::from_secs(5)),
+            "a path that worked is punched again soon"
         );
+        assert!(state.may_attempt(&config()));
+        assert_eq!(state.begin_attempt(), 2, "attempt numbers keep counting");
         assert_eq!(state.path(), PairPath::Relay);
     }
 

@@ -881,7 +881,9 @@ fn path_reports_drive_pair_path_events_and_a_dead_direct_path_re_punches_later()
         }]
     );
     assert_eq!(w.registry.punch_stats(b).unwrap().direct_lost, 1);
-    w.advance(Duration::from_secs(60));
+    w.advance(Duration::from_millis(4_999));
+    assert!(punches(&w.drain()).is_empty());
+    w.advance(Duration::from_millis(1));
     assert!(matches!(
         punches(&w.drain()).as_slice(),
         [Action::Punch { attempt: 2, .. }]
