@@ -193,3 +193,139 @@ async fn relay_only_groups_and_relay_only_clients_never_go_direct() {
     .await;
     assert!(quiet.is_err(), "A went direct with someone: {quiet:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn just_in_time_mode_punches_only_once_a_message_goes_between_the_pair() {
+    let (server, _server_events) = start_server_with(
+        |c| c.punch.start = peergroup_server::PunchStart::OnFirstMessage,
+        Default::default(),
+    )
+    .await;
+    let (a, mut a_events, a_id) = connect(&server, "a").await;
+    let (_b, mut b_events, b_id) = connect(&server, "b").await;
+    server
+        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .unwrap();
+    next_client_events(&mut a_events, 2).await;
+    let idle = tokio::time::timeout(Duration::from_millis(500), async {
+        wait_client(&mut b_events, path_changed).await
+    })
+    .await;
+    assert!(idle.is_err(), "no punch before the first message: {idle:?}");
+    assert_eq!(server.punch_stats(a_id).unwrap().orders, 0);
+
+    a.send(Target::Host(b_id), "first", Delivery::ReliableOrdered)
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_client(&mut b_events, path_changed).await,
+        (PairPath::Direct, PathReason::Punched)
+    );
+    assert_eq!(server.punch_stats(a_id).unwrap().orders, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_at_its_direct_peer_limit_keeps_further_peers_on_the_relay() {
+    let (server, _server_events) = start_server().await;
+    let (_a, mut a_events, a_id) =
+        connect_with(&server, "a", |c| c.direct.max_direct_peers = 1).await;
+    let (_b, _b_events, b_id) = connect(&server, "b").await;
+    let (_c, _c_events, c_id) = connect(&server, "c").await;
+    server
+        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .unwrap();
+    wait_client(&mut a_events, path_changed).await;
+    server
+        .create_group(&[a_id, c_id], GroupOptions::default(), "")
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.punch_stats(a_id).unwrap().declined == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "A never declined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        server.pair_stats(a_id, c_id).unwrap().path,
+        PairPath::Relay
+    );
+    assert_eq!(
+        server.pair_stats(a_id, b_id).unwrap().path,
+        PairPath::Direct
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_group_churn_within_the_linger_keeps_the_direct_path() {
+    let (server, _server_events) = start_server().await;
+    let (a, mut a_events, a_id) = connect(&server, "a").await;
+    let (_b, mut b_events, b_id) = connect(&server, "b").await;
+    let group = server
+        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .unwrap();
+    wait_client(&mut a_events, path_changed).await;
+    wait_client(&mut b_events, path_changed).await;
+    // B walks out of view and back in, as MMO view groups do.
+    server.leave_group(group, b_id).unwrap();
+    // While they share no group, A's messages to B take the relay, which refuses them.
+    wait_client(&mut a_events, |e| {
+        matches!(e, ClientEvent::MemberLeft { member, .. } if *member == b_id).then_some(())
+    })
+    .await;
+    a.send(Target::Host(b_id), "out of view", Delivery::ReliableOrdered)
+        .await
+        .unwrap();
+    assert!(matches!(
+        wait_client(&mut a_events, |e| match e {
+            ClientEvent::SendFailed { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .await,
+        peergroup_client::RefuseReason::NoSharedGroup
+    ));
+    server.join_group(group, b_id, "").unwrap();
+    wait_client(&mut a_events, |e| {
+        matches!(e, ClientEvent::MemberJoined { member, .. } if *member == b_id).then_some(())
+    })
+    .await;
+    a.send(Target::Host(b_id), "back in view", Delivery::ReliableOrdered)
+        .await
+        .unwrap();
+    let (payload, path) = wait_client(&mut b_events, |e| match e {
+        ClientEvent::Message { payload, path, .. } => Some((payload.clone(), *path)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(payload, Bytes::from_static(b"back in view"));
+    assert_eq!(path, Path::Direct, "the pair kept its direct path");
+    assert_eq!(a.peer_stats(b_id).unwrap().path, Some(PairPath::Direct));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_works_end_to_end_including_the_direct_path() {
+    let (server, _server_events) = start_server_with(
+        |c| c.listen = "[::1]:0".parse().unwrap(),
+        Default::default(),
+    )
+    .await;
+    assert!(server.local_addr().is_ipv6());
+    let (a, mut a_events, a_id) = connect(&server, "a").await;
+    let (_b, mut b_events, b_id) = connect(&server, "b").await;
+    assert!(a.local_addr().unwrap().is_ipv6());
+    server
+        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .unwrap();
+    assert_eq!(
+        wait_client(&mut a_events, path_changed).await,
+        (PairPath::Direct, PathReason::Punched)
+    );
+    a.send(Target::Host(b_id), "over ipv6", Delivery::ReliableOrdered)
+        .await
+        .unwrap();
+    let path = wait_client(&mut b_events, |e| match e {
+        ClientEvent::Message { path, .. } => Some(*path),
+        _ => None,
+    })
+    .await;
+    assert_eq!(path, Path::Direct);
+    let info = server.host_info(a_id).unwrap();
+    assert!(info.remote_addr.to_string().starts_with("[::1]:"), "{}", info.remote_addr);
+}

@@ -201,6 +201,13 @@ fn pair(a: Nat, b: Option<Nat>, expect_direct: bool) {
                 );
             }
         }
+        if std::env::var_os("NATLAB_SHOW").is_some() {
+            for (who, run) in [("a", &runs[0]), ("b", &runs[1])] {
+                for line in &run.lines {
+                    println!("{name} | client {who}: {line}");
+                }
+            }
+        }
         let outcome = if expect_direct { "direct" } else { "relay" };
         let time = times
             .iter()

@@ -578,8 +578,13 @@ impl Session {
         // Peers on a direct path get their copy there; the rest share one relay upload.
         let mut relayed = Vec::with_capacity(resolved.peers.len());
         for host in resolved.peers {
+            // A lingering pair keeps its direct link, but only a shared group entitles a
+            // message to skip the server: otherwise it takes the relay, where the server
+            // applies its rule.
+            let shares_group = resolved.group.is_some() || self.shares_group(host);
             let peer = self.peers.get_mut(&host).expect("resolved peers exist");
             let direct = peer.path == PairPath::Direct
+                && shares_group
                 && (unreliable || peer.unacked_bytes + payload.len() <= MAX_UNACKED_BYTES);
             if !direct {
                 relayed.push(host);
@@ -666,6 +671,13 @@ impl Session {
                 return Ok(uploads);
             }
         }
+    }
+
+    /// Whether this client shares a group with `host`, as far as it has been told.
+    fn shares_group(&self, host: HostId) -> bool {
+        self.groups
+            .values()
+            .any(|members| members.contains(&host) && members.contains(&self.host_id))
     }
 
     fn resolve(&self, target: &Target) -> Result<Resolved, SendError> {
