@@ -243,10 +243,7 @@ async fn a_client_at_its_direct_peer_limit_keeps_further_peers_on_the_relay() {
         assert!(tokio::time::Instant::now() < deadline, "A never declined");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        server.pair_stats(a_id, c_id).unwrap().path,
-        PairPath::Relay
-    );
+    assert_eq!(server.pair_stats(a_id, c_id).unwrap().path, PairPath::Relay);
     assert_eq!(
         server.pair_stats(a_id, b_id).unwrap().path,
         PairPath::Direct
@@ -286,9 +283,13 @@ async fn view_group_churn_within_the_linger_keeps_the_direct_path() {
         matches!(e, ClientEvent::MemberJoined { member, .. } if *member == b_id).then_some(())
     })
     .await;
-    a.send(Target::Host(b_id), "back in view", Delivery::ReliableOrdered)
-        .await
-        .unwrap();
+    a.send(
+        Target::Host(b_id),
+        "back in view",
+        Delivery::ReliableOrdered,
+    )
+    .await
+    .unwrap();
     let (payload, path) = wait_client(&mut b_events, |e| match e {
         ClientEvent::Message { payload, path, .. } => Some((payload.clone(), *path)),
         _ => None,
@@ -327,5 +328,9 @@ async fn ipv6_works_end_to_end_including_the_direct_path() {
     .await;
     assert_eq!(path, Path::Direct);
     let info = server.host_info(a_id).unwrap();
-    assert!(info.remote_addr.to_string().starts_with("[::1]:"), "{}", info.remote_addr);
+    assert!(
+        info.remote_addr.to_string().starts_with("[::1]:"),
+        "{}",
+        info.remote_addr
+    );
 }
