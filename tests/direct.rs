@@ -334,3 +334,44 @@ async fn ipv6_works_end_to_end_including_the_direct_path() {
         info.remote_addr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_at_full_speed_on_the_direct_path_is_paced_not_diverted() {
+    let (server, _server_events) = start_server().await;
+    let (a, mut a_events, a_id) = connect(&server, "a").await;
+    let (_b, mut b_events, b_id) = connect(&server, "b").await;
+    server
+        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .unwrap();
+    wait_client(&mut a_events, path_changed).await;
+    wait_client(&mut b_events, path_changed).await;
+    let relayed_before = server.pair_stats(a_id, b_id).unwrap().relayed;
+    const COUNT: u32 = 50_000;
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            for n in 0..COUNT {
+                let mut payload = vec![0u8; 64];
+                payload[..4].copy_from_slice(&n.to_be_bytes());
+                a.send(Target::Host(b_id), payload, Delivery::ReliableOrdered)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    for expected in 0..COUNT {
+        let payload = wait_client(&mut b_events, |e| match e {
+            ClientEvent::Message { payload, .. } => Some(payload.clone()),
+            ClientEvent::Disconnected { reason } => panic!("B disconnected: {reason}"),
+            _ => None,
+        })
+        .await;
+        assert_eq!(&payload[..4], expected.to_be_bytes(), "message {expected}");
+    }
+    sender.await.unwrap();
+    assert_eq!(
+        server.pair_stats(a_id, b_id).unwrap().relayed,
+        relayed_before,
+        "a busy direct path paces the sender instead of spilling onto the relay"
+    );
+}

@@ -92,7 +92,7 @@ impl Inner {
             self.send_server_frame(&frame);
         }
         while let Some((to, frame)) = core.session.poll_peer_frame() {
-            direct::send_peer_frame(core, to, &frame, self.max_frame_len);
+            direct::send_peer_frame(core, to, &frame, self.max_frame_len, None);
         }
         while let Some(order) = core.session.poll_punch_order() {
             direct::start_punch(self, core, order);
@@ -138,7 +138,8 @@ impl Inner {
                     }
                 }
                 Upload::Peer { to, frame } => {
-                    direct::send_peer_frame(core, to, &frame, self.max_frame_len);
+                    // The first copy of a message carries its budget, on any path.
+                    direct::send_peer_frame(core, to, &frame, self.max_frame_len, budget.take());
                 }
                 Upload::PeerDatagram { to, datagram } => {
                     direct::send_peer_datagram(core, to, &datagram);

@@ -85,8 +85,9 @@ pub struct Limits {
     /// Events held for the application; when full, the client stops reading from the
     /// server, and the server eventually drops it as a slow consumer. Default 4,096.
     pub event_queue: usize,
-    /// How far ahead of the next expected reliable message another may arrive before the
-    /// sender counts as broken. Default 65,536.
+    /// How far ahead of the next expected reliable message another may arrive (in
+    /// sequence numbers) before the sender counts as broken. Memory is bounded separately:
+    /// past 4 MiB of early arrivals, reading pauses. Default 1,048,576.
     pub receive_window: u64,
 }
 
@@ -95,7 +96,7 @@ impl Default for Limits {
         Self {
             send_queue_bytes: 4 << 20,
             event_queue: 4_096,
-            receive_window: 65_536,
+            receive_window: 1 << 20,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::client::{read_frame, Core, Inner, ReadEnd};
 use crate::punch::{PunchResult, PunchSession, PunchTiming};
+use crate::session::MAX_HELD_BYTES;
 use crate::tls::peer_client_config;
 use bytes::Bytes;
 use peergroup_protocol::{
@@ -17,20 +18,23 @@ use ring::rand::SecureRandom;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 /// How long the QUIC handshake may take after a candidate pair validated.
 const HANDSHAKE_GRACE: Duration = Duration::from_secs(5);
 /// How often acks for direct messages go out when no others carried them.
 const ACK_INTERVAL: Duration = Duration::from_millis(20);
+/// How often a paused direct reader checks whether the relay has caught up.
+const HELD_POLL: Duration = Duration::from_millis(5);
 
 /// A live direct connection to one peer.
 #[derive(Debug)]
 pub(crate) struct DirectLink {
     pub connection: quinn::Connection,
-    /// Encoded frames for the link's writer task.
-    pub queue: mpsc::UnboundedSender<Bytes>,
+    /// Encoded frames for the link's writer task, each with its share of the send budget
+    /// (released once written, so `send` waits while the path is busy).
+    pub queue: mpsc::UnboundedSender<(Bytes, Option<OwnedSemaphorePermit>)>,
 }
 
 /// What a punch task is told.
@@ -393,15 +397,29 @@ async fn read_peer_frames(
             Ok(frame) => frame,
             Err(error) => return error.into(),
         };
-        let events = {
+        let (events, held) = {
             let mut core = inner.lock();
             if let Err(text) = core.session.handle_peer_frame(peer, frame) {
                 return ReadEnd::Violation(CloseCode::ProtocolViolation, text);
             }
-            inner.flush(&mut core)
+            (inner.flush(&mut core), core.session.held_bytes(peer))
         };
         inner.emit(events).await;
+        if held > MAX_HELD_BYTES {
+            // The direct path is far ahead of the relay: stop reading it until the relay
+            // catches up, so held memory stays bounded and the sender is paced.
+            while inner.lock().session.held_bytes(peer) > MAX_HELD_BYTES {
+                if connection_closed(inner) {
+                    break;
+                }
+                tokio::time::sleep(HELD_POLL).await;
+            }
+        }
     }
+}
+
+fn connection_closed(inner: &Inner) -> bool {
+    inner.connection.close_reason().is_some()
 }
 
 async fn read_peer_datagrams(
@@ -426,13 +444,19 @@ async fn read_peer_datagrams(
     }
 }
 
-async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::UnboundedReceiver<Bytes>) {
+async fn write_frames(
+    mut send: quinn::SendStream,
+    mut queued: mpsc::UnboundedReceiver<(Bytes, Option<OwnedSemaphorePermit>)>,
+) {
     let mut batch = Vec::with_capacity(64);
+    let mut chunks = Vec::with_capacity(64);
     while queued.recv_many(&mut batch, 64).await > 0 {
-        if send.write_all_chunks(&mut batch).await.is_err() {
+        chunks.extend(batch.iter().map(|(frame, _)| frame.clone()));
+        if send.write_all_chunks(&mut chunks).await.is_err() {
             return;
         }
-        batch.clear();
+        chunks.clear();
+        batch.clear(); // releases the send budget of what was written
     }
 }
 
@@ -467,13 +491,20 @@ pub(crate) async fn flush_acks(inner: Arc<Inner>) {
     }
 }
 
-/// Encodes a peer frame for its link; `false` if the peer has no direct link.
-pub(crate) fn send_peer_frame(core: &Core, to: HostId, frame: &PeerToPeer, max: u32) -> bool {
+/// Encodes a peer frame for its link, with the message's send budget; `false` if the
+/// peer has no direct link.
+pub(crate) fn send_peer_frame(
+    core: &Core,
+    to: HostId,
+    frame: &PeerToPeer,
+    max: u32,
+    budget: Option<OwnedSemaphorePermit>,
+) -> bool {
     let Some(link) = core.directs.get(&to) else {
         return false;
     };
     match frame_to_bytes(frame, max) {
-        Ok(bytes) => link.queue.send(bytes).is_ok(),
+        Ok(bytes) => link.queue.send((bytes, budget)).is_ok(),
         Err(_) => false,
     }
 }

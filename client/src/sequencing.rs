@@ -30,7 +30,8 @@ pub(crate) enum Rejected {
 #[derive(Debug)]
 pub(crate) struct ReliableReceiver<T> {
     next: u64,
-    held: BTreeMap<u64, Slot<T>>,
+    held: BTreeMap<u64, (Slot<T>, usize)>,
+    held_bytes: usize,
     window: u64,
 }
 
@@ -40,12 +41,14 @@ impl<T> ReliableReceiver<T> {
         Self {
             next: 1,
             held: BTreeMap::new(),
+            held_bytes: 0,
             window: window.max(1),
         }
     }
 
-    /// Takes slot `seq`; returns the messages now deliverable, in order.
-    pub fn accept(&mut self, seq: u64, slot: Slot<T>) -> Result<Vec<T>, Rejected> {
+    /// Takes slot `seq`, whose message is `size` bytes; returns the messages now
+    /// deliverable, in order.
+    pub fn accept(&mut self, seq: u64, slot: Slot<T>, size: usize) -> Result<Vec<T>, Rejected> {
         if seq < self.next || self.held.contains_key(&seq) {
             return Err(Rejected::Duplicate);
         }
@@ -53,7 +56,8 @@ impl<T> ReliableReceiver<T> {
             return Err(Rejected::BeyondWindow);
         }
         if seq > self.next {
-            self.held.insert(seq, slot);
+            self.held.insert(seq, (slot, size));
+            self.held_bytes += size;
             return Ok(Vec::new());
         }
         let mut ready = Vec::new();
@@ -61,7 +65,8 @@ impl<T> ReliableReceiver<T> {
             ready.push(message);
         }
         self.next += 1;
-        while let Some(slot) = self.held.remove(&self.next) {
+        while let Some((slot, size)) = self.held.remove(&self.next) {
+            self.held_bytes -= size;
             if let Slot::Message(message) = slot {
                 ready.push(message);
             }
@@ -80,6 +85,11 @@ impl<T> ReliableReceiver<T> {
     pub fn held(&self) -> usize {
         self.held.len()
     }
+
+    /// Bytes of the early arrivals held.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
 }
 
 #[cfg(test)]
@@ -90,36 +100,55 @@ mod tests {
     #[test]
     fn in_order_arrivals_pass_straight_through() {
         let mut rx = ReliableReceiver::new(16);
-        assert_eq!(rx.accept(1, Slot::Message('a')), Ok(vec!['a']));
-        assert_eq!(rx.accept(2, Slot::Message('b')), Ok(vec!['b']));
+        assert_eq!(rx.accept(1, Slot::Message('a'), 1), Ok(vec!['a']));
+        assert_eq!(rx.accept(2, Slot::Message('b'), 1), Ok(vec!['b']));
         assert_eq!(rx.delivered(), 2);
     }
 
     #[test]
     fn early_arrivals_wait_for_the_gap_and_duplicates_are_dropped() {
         let mut rx = ReliableReceiver::new(16);
-        assert_eq!(rx.accept(3, Slot::Message('c')), Ok(vec![]));
-        assert_eq!(rx.accept(3, Slot::Message('c')), Err(Rejected::Duplicate));
-        assert_eq!(rx.accept(2, Slot::Message('b')), Ok(vec![]));
+        assert_eq!(rx.accept(3, Slot::Message('c'), 1), Ok(vec![]));
+        assert_eq!(
+            rx.accept(3, Slot::Message('c'), 1),
+            Err(Rejected::Duplicate)
+        );
+        assert_eq!(rx.accept(2, Slot::Message('b'), 1), Ok(vec![]));
         assert_eq!(rx.held(), 2);
-        assert_eq!(rx.accept(1, Slot::Message('a')), Ok(vec!['a', 'b', 'c']));
-        assert_eq!(rx.accept(2, Slot::Message('b')), Err(Rejected::Duplicate));
+        assert_eq!(rx.accept(1, Slot::Message('a'), 1), Ok(vec!['a', 'b', 'c']));
+        assert_eq!(
+            rx.accept(2, Slot::Message('b'), 1),
+            Err(Rejected::Duplicate)
+        );
         assert_eq!(rx.held(), 0);
     }
 
     #[test]
     fn a_skip_fills_its_gap_without_delivering_anything() {
         let mut rx = ReliableReceiver::new(16);
-        assert_eq!(rx.accept(2, Slot::Message('b')), Ok(vec![]));
-        assert_eq!(rx.accept(1, Slot::Skipped), Ok(vec!['b']));
+        assert_eq!(rx.accept(2, Slot::Message('b'), 1), Ok(vec![]));
+        assert_eq!(rx.accept(1, Slot::Skipped, 1), Ok(vec!['b']));
         assert_eq!(rx.delivered(), 2);
+    }
+
+    #[test]
+    fn held_bytes_count_early_arrivals_until_they_are_delivered() {
+        let mut rx = ReliableReceiver::new(16);
+        rx.accept(3, Slot::Message('c'), 300).unwrap();
+        rx.accept(2, Slot::Message('b'), 20).unwrap();
+        assert_eq!(rx.held_bytes(), 320);
+        rx.accept(1, Slot::Message('a'), 1).unwrap();
+        assert_eq!(rx.held_bytes(), 0);
     }
 
     #[test]
     fn arrivals_beyond_the_window_are_refused_so_memory_stays_bounded() {
         let mut rx = ReliableReceiver::<u8>::new(4);
-        assert_eq!(rx.accept(5, Slot::Message(5)), Err(Rejected::BeyondWindow));
-        assert_eq!(rx.accept(4, Slot::Message(4)), Ok(vec![]));
+        assert_eq!(
+            rx.accept(5, Slot::Message(5), 1),
+            Err(Rejected::BeyondWindow)
+        );
+        assert_eq!(rx.accept(4, Slot::Message(4), 1), Ok(vec![]));
         assert_eq!(rx.held(), 1);
     }
 
@@ -148,7 +177,7 @@ mod tests {
             loop {
                 let next = if pick.next().unwrap_or(true) { a.next().or_else(|| b.next()) } else { b.next().or_else(|| a.next()) };
                 let Some(seq) = next else { break };
-                if let Ok(ready) = rx.accept(seq, Slot::Message(seq)) {
+                if let Ok(ready) = rx.accept(seq, Slot::Message(seq), 1) {
                     delivered.extend(ready);
                 }
             }

@@ -105,7 +105,6 @@ struct Peer {
     /// Reliable messages sent direct, kept until the peer acks them, to be sent again
     /// through the relay if the direct path dies first.
     unacked: VecDeque<(u64, Option<GroupId>, Bytes)>,
-    unacked_bytes: usize,
     /// The last `delivered` this client acked to the peer.
     acked: u64,
     stats: PeerStats,
@@ -120,7 +119,6 @@ impl Peer {
             receiver: ReliableReceiver::new(window),
             path: PairPath::Relay,
             unacked: VecDeque::new(),
-            unacked_bytes: 0,
             acked: 0,
             stats: PeerStats {
                 path: Some(PairPath::Relay),
@@ -130,9 +128,10 @@ impl Peer {
     }
 }
 
-/// Bytes of reliable messages kept unacked per direct peer; past it, messages to that peer
-/// take the relay (the receiver merges both paths by sequence number).
-pub(crate) const MAX_UNACKED_BYTES: usize = 4 << 20;
+/// Bytes of early arrivals a receiver holds for one peer before it stops reading that
+/// peer's direct connection until the relay catches up (QUIC flow control then pauses
+/// the sender).
+pub(crate) const MAX_HELD_BYTES: usize = 4 << 20;
 /// Acknowledge after this many direct messages, besides the driver's periodic flush.
 const ACK_EVERY: u64 = 32;
 
@@ -363,9 +362,7 @@ impl Session {
                         .front()
                         .is_some_and(|(seq, ..)| *seq <= delivered)
                     {
-                        if let Some((_, _, payload)) = peer.unacked.pop_front() {
-                            peer.unacked_bytes -= payload.len();
-                        }
+                        peer.unacked.pop_front();
                     }
                     peer.stats.unacked = peer.unacked.len();
                 }
@@ -436,7 +433,6 @@ impl Session {
         state.path = PairPath::Relay;
         state.stats.path = Some(PairPath::Relay);
         state.stats.direct_rtt = None;
-        state.unacked_bytes = 0;
         let pair = state.pair;
         let resend: Vec<Upload> = state
             .unacked
@@ -482,6 +478,11 @@ impl Session {
             .map(|(host, p)| (*host, p.pair))
     }
 
+    /// Bytes held from `peer` waiting for a gap to fill.
+    pub fn held_bytes(&self, peer: HostId) -> usize {
+        self.peers.get(&peer).map_or(0, |p| p.receiver.held_bytes())
+    }
+
     /// The current pair with `peer`.
     pub fn pair_of(&self, peer: HostId) -> Option<PairId> {
         self.peers.get(&peer).map(|p| p.pair)
@@ -496,7 +497,11 @@ impl Session {
         let Some(peer) = self.peers.get_mut(&from) else {
             return Err(format!("a message from {from}, which is not a peer"));
         };
-        match peer.receiver.accept(seq, slot) {
+        let size = match &slot {
+            Slot::Message((_, payload, _)) => payload.len(),
+            Slot::Skipped => 0,
+        };
+        match peer.receiver.accept(seq, slot, size) {
             Ok(ready) => {
                 for (group, payload, path) in ready {
                     self.events.push_back(ClientEvent::Message {
@@ -583,9 +588,9 @@ impl Session {
             // applies its rule.
             let shares_group = resolved.group.is_some() || self.shares_group(host);
             let peer = self.peers.get_mut(&host).expect("resolved peers exist");
-            let direct = peer.path == PairPath::Direct
-                && shares_group
-                && (unreliable || peer.unacked_bytes + payload.len() <= MAX_UNACKED_BYTES);
+            // No fallback to the relay for a busy direct path: the send budget paces the
+            // sender instead, and the two paths never drift far apart in sequence.
+            let direct = peer.path == PairPath::Direct && shares_group;
             if !direct {
                 relayed.push(host);
                 continue;
@@ -606,7 +611,6 @@ impl Session {
             peer.next_seq += 1;
             peer.unacked
                 .push_back((seq, resolved.group, payload.clone()));
-            peer.unacked_bytes += payload.len();
             peer.stats.unacked = peer.unacked.len();
             uploads.push(Upload::Peer {
                 to: host,
