@@ -9,9 +9,9 @@ use crate::socket::DemuxSocket;
 use crate::tls::{peer_server_config, server_client_config, ClientIdentity, ExpectedPeers};
 use bytes::Bytes;
 use peergroup_protocol::{
-    body_len, datagram_to_bytes, decode_body, frame_to_bytes, ClientToServer, CloseCode, Delivery,
-    Fingerprint, FrameError, GroupId, Hello, HostId, PairId, PeerInfo, ServerDatagram,
-    ServerToClient, DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
+    datagram_to_bytes, decode_body, frame_to_bytes, ClientToServer, CloseCode, Delivery,
+    Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, PairId, PeerInfo,
+    ServerDatagram, ServerToClient, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -259,7 +259,8 @@ impl Client {
                 .map_err(|e| ConnectError::Connection(e.to_string()))?
                 .await
                 .map_err(connection_error)?;
-            let (mut send, mut recv) = connection.open_bi().await.map_err(connection_error)?;
+            let (mut send, recv) = connection.open_bi().await.map_err(connection_error)?;
+            let mut recv = FrameReader::new(recv, DEFAULT_MAX_FRAME_LEN);
             let hello = ClientToServer::Hello(Hello {
                 version: PROTOCOL_VERSION,
                 login: config.login.clone(),
@@ -270,7 +271,7 @@ impl Client {
                 quinn::WriteError::ConnectionLost(e) => connection_error(e),
                 other => ConnectError::Connection(other.to_string()),
             })?;
-            let welcome = match read_frame(&mut recv, DEFAULT_MAX_FRAME_LEN).await {
+            let welcome = match recv.next().await {
                 Ok(Some(body)) => decode_body::<ServerToClient>(&body)
                     .map_err(|e| ConnectError::Protocol(e.to_string()))?,
                 Ok(None) => return Err(ConnectError::Protocol("stream closed".into())),
@@ -585,32 +586,52 @@ impl From<FrameError> for ReadEnd {
     }
 }
 
-pub(crate) async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    max: u32,
-) -> Result<Option<Bytes>, ReadEnd> {
-    let mut prefix = [0u8; LENGTH_PREFIX_LEN];
-    let ended = |error: quinn::ReadExactError| match error {
-        quinn::ReadExactError::FinishedEarly(_) => ReadEnd::Violation(
-            CloseCode::ProtocolViolation,
-            "stream ended inside a frame".into(),
-        ),
-        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e)) => {
-            ReadEnd::Connection(e)
+/// Reads length-prefixed frames from a QUIC stream in large chunks, so one read (and one
+/// lock of quinn's connection state) serves many small frames.
+pub(crate) struct FrameReader {
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+}
+
+/// The most bytes taken from the stream in one read.
+const READ_CHUNK: usize = 64 * 1024;
+
+impl FrameReader {
+    /// Frames of at most `max` bytes from `recv`.
+    pub fn new(recv: quinn::RecvStream, max: u32) -> Self {
+        Self {
+            recv,
+            decoder: FrameDecoder::new(max),
         }
-        quinn::ReadExactError::ReadError(other) => {
-            ReadEnd::Violation(CloseCode::ProtocolViolation, other.to_string())
-        }
-    };
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(error) => return Err(ended(error)),
     }
-    let len = body_len(prefix, max)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(ended)?;
-    Ok(Some(body.into()))
+
+    /// The next frame body; `Ok(None)` on a clean end of stream between frames.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, ReadEnd> {
+        loop {
+            if let Some(body) = self.decoder.next_body()? {
+                return Ok(Some(body));
+            }
+            match self.recv.read_chunk(READ_CHUNK, true).await {
+                Ok(Some(chunk)) => self.decoder.push(&chunk.bytes),
+                Ok(None) if self.decoder.buffered() == 0 => return Ok(None),
+                Ok(None) => {
+                    return Err(ReadEnd::Violation(
+                        CloseCode::ProtocolViolation,
+                        "stream ended inside a frame".into(),
+                    ))
+                }
+                Err(quinn::ReadError::ConnectionLost(error)) => {
+                    return Err(ReadEnd::Connection(error))
+                }
+                Err(other) => {
+                    return Err(ReadEnd::Violation(
+                        CloseCode::ProtocolViolation,
+                        other.to_string(),
+                    ))
+                }
+            }
+        }
+    }
 }
 
 async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::UnboundedReceiver<Queued>) {
@@ -638,7 +659,7 @@ async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::UnboundedRe
 
 /// Reads the control stream and datagrams until the connection ends, then reports
 /// `Disconnected`.
-async fn receive(inner: Arc<Inner>, recv: quinn::RecvStream) {
+async fn receive(inner: Arc<Inner>, recv: FrameReader) {
     // Both loops run to their end (an error in one closes the connection, which ends the
     // other): cancelling one could drop messages it was handing to the application.
     let (frames_end, datagrams_end) = tokio::join!(
@@ -673,9 +694,9 @@ async fn receive(inner: Arc<Inner>, recv: quinn::RecvStream) {
         .await;
 }
 
-async fn read_frames(inner: &Arc<Inner>, mut recv: quinn::RecvStream) -> ReadEnd {
+async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
     loop {
-        let body = match read_frame(&mut recv, inner.max_frame_len).await {
+        let body = match recv.next().await {
             Ok(Some(body)) => body,
             Ok(None) => {
                 return ReadEnd::Violation(

@@ -5,7 +5,7 @@
 //! this file only moves bytes and timers. A peer's path changes under the same lock that
 //! sends take, so no message can slip between the old path and the new.
 
-use crate::client::{read_frame, Core, Inner, ReadEnd};
+use crate::client::{Core, FrameReader, Inner, ReadEnd};
 use crate::punch::{PunchResult, PunchSession, PunchTiming};
 use crate::session::MAX_HELD_BYTES;
 use crate::tls::peer_client_config;
@@ -220,7 +220,7 @@ async fn connect(
         order.attempt,
         connection,
         send,
-        recv,
+        FrameReader::new(recv, inner.max_frame_len),
     )
     .await;
     Ok(())
@@ -238,8 +238,9 @@ async fn accept_peer(inner: Arc<Inner>, incoming: quinn::Incoming) {
         let connection = incoming.await.ok()?;
         let identity = crate::tls::peer_fingerprint(&connection)?;
         let (peer, pair) = inner.lock().session.peer_by_identity(&identity)?;
-        let (send, mut recv) = connection.accept_bi().await.ok()?;
-        let body = match read_frame(&mut recv, inner.max_frame_len).await {
+        let (send, recv) = connection.accept_bi().await.ok()?;
+        let mut recv = FrameReader::new(recv, inner.max_frame_len);
+        let body = match recv.next().await {
             Ok(Some(body)) => body,
             _ => return None,
         };
@@ -298,7 +299,7 @@ async fn establish(
     attempt: u32,
     connection: quinn::Connection,
     send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    recv: FrameReader,
 ) {
     let events = {
         let mut core = inner.lock();
@@ -338,7 +339,7 @@ async fn serve_direct(
     inner: Arc<Inner>,
     peer: HostId,
     connection: quinn::Connection,
-    recv: quinn::RecvStream,
+    recv: FrameReader,
 ) {
     // Both loops run to their end (each closes the connection as it ends, which ends the
     // other): cancelling one mid-way could drop messages it was handing to the
@@ -382,13 +383,9 @@ async fn serve_direct(
     inner.emit(events).await;
 }
 
-async fn read_peer_frames(
-    inner: &Arc<Inner>,
-    peer: HostId,
-    mut recv: quinn::RecvStream,
-) -> ReadEnd {
+async fn read_peer_frames(inner: &Arc<Inner>, peer: HostId, mut recv: FrameReader) -> ReadEnd {
     loop {
-        let body = match read_frame(&mut recv, inner.max_frame_len).await {
+        let body = match recv.next().await {
             Ok(Some(body)) => body,
             Ok(None) => return ReadEnd::Connection(quinn::ConnectionError::LocallyClosed),
             Err(end) => return end,

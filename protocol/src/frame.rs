@@ -163,6 +163,11 @@ impl FrameDecoder {
         self.buffer.extend_from_slice(bytes);
     }
 
+    /// Bytes received and not yet taken out as frames.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
     /// The next whole frame body, or `None` until more bytes arrive.
     ///
     /// # Errors

@@ -10,8 +10,8 @@ use crate::shared::{close_with, Link, Shared};
 use crate::tls::peer_fingerprint;
 use bytes::Bytes;
 use peergroup_protocol::{
-    body_len, decode_body, frame_to_bytes, peek_hello_version, ClientDatagram, ClientToServer,
-    CloseCode, FrameError, Hello, HostId, ServerToClient, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
+    decode_body, frame_to_bytes, peek_hello_version, ClientDatagram, ClientToServer, CloseCode,
+    FrameDecoder, FrameError, Hello, HostId, ServerToClient, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
 };
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -120,10 +120,11 @@ async fn accept(
     incoming: quinn::Incoming,
     auth: &AuthHook,
     close_reason: Arc<OnceLock<DisconnectReason>>,
-) -> Result<(HostId, quinn::Connection, quinn::RecvStream), String> {
+) -> Result<(HostId, quinn::Connection, FrameReader), String> {
     let connection = incoming.await.map_err(|e| e.to_string())?;
     let identity = peer_fingerprint(&connection).ok_or("no client certificate")?;
-    let (send, mut recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
+    let (send, recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
+    let mut recv = FrameReader::new(recv, shared.limits.max_frame_len);
 
     let refuse = |code: CloseCode, text: String| {
         let reason = DisconnectReason::ProtocolError {
@@ -132,7 +133,7 @@ async fn accept(
         close_with(&connection, &close_reason, code, reason, &text);
         text
     };
-    let body = match read_frame(&mut recv, shared.limits.max_frame_len).await {
+    let body = match recv.next().await {
         Ok(Some(body)) => body,
         Ok(None) => return Err("stream closed before hello".into()),
         Err(ReadEnd::Violation(code, text)) => return Err(refuse(code, text)),
@@ -244,29 +245,42 @@ async fn write_frames(mut send: quinn::SendStream, mut queued: OutboundReceiver)
     }
 }
 
-/// Reads one frame body; `Ok(None)` on a clean end of stream before a frame starts.
-async fn read_frame(recv: &mut quinn::RecvStream, max: u32) -> Result<Option<Bytes>, ReadEnd> {
-    let mut prefix = [0u8; LENGTH_PREFIX_LEN];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => {
-            return Err(ReadEnd::Violation(
-                CloseCode::ProtocolViolation,
-                "stream ended inside a frame".into(),
-            ))
+/// Reads length-prefixed frames from a QUIC stream in large chunks, so one read (and one
+/// lock of quinn's connection state) serves many small frames.
+struct FrameReader {
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+}
+
+/// The most bytes taken from the stream in one read.
+const READ_CHUNK: usize = 64 * 1024;
+
+impl FrameReader {
+    fn new(recv: quinn::RecvStream, max: u32) -> Self {
+        Self {
+            recv,
+            decoder: FrameDecoder::new(max),
         }
-        Err(quinn::ReadExactError::ReadError(error)) => return Err(read_error(error)),
     }
-    let len = body_len(prefix, max)?;
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => Ok(Some(body.into())),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => Err(ReadEnd::Violation(
-            CloseCode::ProtocolViolation,
-            "stream ended inside a frame".into(),
-        )),
-        Err(quinn::ReadExactError::ReadError(error)) => Err(read_error(error)),
+
+    /// The next frame body; `Ok(None)` on a clean end of stream between frames.
+    async fn next(&mut self) -> Result<Option<Bytes>, ReadEnd> {
+        loop {
+            if let Some(body) = self.decoder.next_body()? {
+                return Ok(Some(body));
+            }
+            match self.recv.read_chunk(READ_CHUNK, true).await {
+                Ok(Some(chunk)) => self.decoder.push(&chunk.bytes),
+                Ok(None) if self.decoder.buffered() == 0 => return Ok(None),
+                Ok(None) => {
+                    return Err(ReadEnd::Violation(
+                        CloseCode::ProtocolViolation,
+                        "stream ended inside a frame".into(),
+                    ))
+                }
+                Err(error) => return Err(read_error(error)),
+            }
+        }
     }
 }
 
@@ -281,11 +295,11 @@ fn read_error(error: quinn::ReadError) -> ReadEnd {
 async fn read_frames(
     shared: &Shared,
     host: HostId,
-    mut recv: quinn::RecvStream,
+    mut recv: FrameReader,
     connection: &quinn::Connection,
 ) -> ReadEnd {
     loop {
-        let body = match read_frame(&mut recv, shared.limits.max_frame_len).await {
+        let body = match recv.next().await {
             Ok(Some(body)) => body,
             Ok(None) => {
                 // A client that is leaving finishes its stream after its last message,
