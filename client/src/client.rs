@@ -636,11 +636,11 @@ impl FrameReader {
 
 async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::UnboundedReceiver<Queued>) {
     let mut batch = Vec::with_capacity(64);
-    let mut chunks = Vec::with_capacity(64);
+    let mut chunks = bytes::BytesMut::new();
     while queued.recv_many(&mut batch, 64).await > 0 {
         for item in batch.drain(..) {
             if let Some(done) = item.finished {
-                if send.write_all_chunks(&mut chunks).await.is_err() || send.finish().is_err() {
+                if send.write_all(&chunks).await.is_err() || send.finish().is_err() {
                     return;
                 }
                 // Resolves once the server has read the stream to its end.
@@ -648,9 +648,11 @@ async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::UnboundedRe
                 let _ = done.send(());
                 return;
             }
-            chunks.push(item.frame);
+            // One buffer per batch: quinn scans a stream's unacknowledged buffers for
+            // each packet it builds, so many small ones slow it down.
+            chunks.extend_from_slice(&item.frame);
         }
-        if send.write_all_chunks(&mut chunks).await.is_err() {
+        if send.write_all(&chunks).await.is_err() {
             return;
         }
         chunks.clear();

@@ -446,13 +446,17 @@ async fn write_frames(
     mut queued: mpsc::UnboundedReceiver<(Bytes, Option<OwnedSemaphorePermit>)>,
 ) {
     let mut batch = Vec::with_capacity(64);
-    let mut chunks = Vec::with_capacity(64);
+    let mut merged = bytes::BytesMut::new();
     while queued.recv_many(&mut batch, 64).await > 0 {
-        chunks.extend(batch.iter().map(|(frame, _)| frame.clone()));
-        if send.write_all_chunks(&mut chunks).await.is_err() {
+        // One buffer per batch: quinn scans a stream's unacknowledged buffers for each
+        // packet it builds, so many small ones slow it down.
+        for (frame, _) in &batch {
+            merged.extend_from_slice(frame);
+        }
+        if send.write_all(&merged).await.is_err() {
             return;
         }
-        chunks.clear();
+        merged.clear();
         batch.clear(); // releases the send budget of what was written
     }
 }

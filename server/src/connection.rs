@@ -8,7 +8,7 @@ use crate::events::{DisconnectReason, ServerEvent};
 use crate::outbound::{OutboundQueue, OutboundReceiver};
 use crate::shared::{close_with, Link, Shared};
 use crate::tls::peer_fingerprint;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use peergroup_protocol::{
     decode_body, frame_to_bytes, peek_hello_version, ClientDatagram, ClientToServer, CloseCode,
     FrameDecoder, FrameError, Hello, HostId, ServerToClient, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
@@ -235,12 +235,18 @@ async fn accept(
 /// Writes queued frames in order, several at a time.
 async fn write_frames(mut send: quinn::SendStream, mut queued: OutboundReceiver) {
     let mut batch = Vec::with_capacity(64);
+    let mut merged = BytesMut::new();
     while queued.recv_many(&mut batch, 64).await > 0 {
         let bytes = batch.iter().map(Bytes::len).sum();
-        if send.write_all_chunks(&mut batch).await.is_err() {
+        // One buffer per batch: quinn scans a stream's unacknowledged buffers for each
+        // packet it builds, so many small ones slow it down.
+        for frame in batch.drain(..) {
+            merged.extend_from_slice(&frame);
+        }
+        if send.write_all(&merged).await.is_err() {
             return;
         }
-        batch.clear();
+        merged.clear();
         queued.written(bytes);
     }
 }

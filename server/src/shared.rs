@@ -195,24 +195,26 @@ impl Shared {
                 Action::Datagram {
                     to,
                     sender,
-                    pair,
                     message,
                 } => {
-                    let Some(link) = core.links.get(&to) else {
-                        continue;
-                    };
+                    // Encoded once, whatever the fan-out.
                     let Ok(bytes) = datagram_to_bytes(&message) else {
                         continue;
                     };
-                    if let Err(quinn::SendDatagramError::TooLarge) =
-                        link.connection.send_datagram(bytes)
-                    {
-                        core.registry.refuse(
-                            sender,
-                            Some(pair),
-                            None,
-                            RefuseReason::TooLargeForPath,
-                        );
+                    for (host, pair) in to {
+                        let Some(link) = core.links.get(&host) else {
+                            continue;
+                        };
+                        if let Err(quinn::SendDatagramError::TooLarge) =
+                            link.connection.send_datagram(bytes.clone())
+                        {
+                            core.registry.refuse(
+                                sender,
+                                Some(pair),
+                                None,
+                                RefuseReason::TooLargeForPath,
+                            );
+                        }
                     }
                 }
                 Action::Event(event @ ServerEvent::Message { .. }) => deferred.messages.push(event),

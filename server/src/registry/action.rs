@@ -14,15 +14,15 @@ pub enum Action {
         /// The frame.
         message: ServerToClient,
     },
-    /// Send a QUIC datagram to the host. The driver checks it against the path's datagram
-    /// size and reports [`peergroup_protocol::RefuseReason::TooLargeForPath`] to `sender`.
+    /// Send one QUIC datagram to each recipient (encoded once). The driver checks it
+    /// against each path's datagram size and reports
+    /// [`peergroup_protocol::RefuseReason::TooLargeForPath`] to `sender`.
     Datagram {
-        /// The receiving client.
-        to: HostId,
+        /// The receiving clients, each with the pair the datagram travels for (named in a
+        /// refusal).
+        to: Vec<(HostId, PairId)>,
         /// The client whose message this is, to tell if it does not fit.
         sender: HostId,
-        /// The pair the datagram travels for, to name in that refusal.
-        pair: PairId,
         /// The datagram.
         message: ServerDatagram,
     },

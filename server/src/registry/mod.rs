@@ -553,23 +553,28 @@ impl Registry {
         if to_server {
             self.relay_to_server(from, group, payload.clone(), Delivery::Unreliable);
         }
+        let mut recipients = Vec::with_capacity(dests.len());
         for &pair in dests {
             match self.relay_verdict(from, group, pair) {
-                Ok(to) => {
-                    self.actions.push_back(Action::Datagram {
-                        to,
-                        sender: from,
-                        pair,
-                        message: ServerDatagram::Deliver {
-                            from,
-                            group,
-                            payload: payload.clone(),
-                        },
-                    });
-                    self.count_relayed(pair, now);
-                }
+                Ok(to) => recipients.push((to, pair)),
                 Err((reason, _)) => self.refuse(from, Some(pair), group, reason),
             }
+        }
+        if recipients.is_empty() {
+            return;
+        }
+        let pairs: Vec<PairId> = recipients.iter().map(|(_, pair)| *pair).collect();
+        self.actions.push_back(Action::Datagram {
+            to: recipients,
+            sender: from,
+            message: ServerDatagram::Deliver {
+                from,
+                group,
+                payload,
+            },
+        });
+        for pair in pairs {
+            self.count_relayed(pair, now);
         }
     }
 

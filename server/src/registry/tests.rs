@@ -623,9 +623,8 @@ fn datagram_relay_follows_the_same_rule_without_skips() {
     assert_eq!(
         w.drain(),
         vec![Action::Datagram {
-            to: b,
+            to: vec![(b, pair)],
             sender: a,
-            pair,
             message: ServerDatagram::Deliver {
                 from: a,
                 group: Some(g),
