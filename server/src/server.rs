@@ -19,6 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// UDP receive buffer asked of the kernel, bytes (the kernel may cap it at
+/// `net.core.rmem_max`).
+const SOCKET_BUFFER: usize = 4 << 20;
+
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -130,7 +134,11 @@ impl Server {
                     .unwrap_or(quinn::IdleTimeout::from(quinn::VarInt::MAX)),
             ))
             // Datagrams queued for a slow client: the oldest go first (RFC 9221 allows it).
-            .datagram_send_buffer_size(256 << 10);
+            .datagram_send_buffer_size(256 << 10)
+            // Clients use one bidirectional stream; quinn reserves state for every stream
+            // it allows up front (about 8.5 KiB per client at its default of 100 + 100).
+            .max_concurrent_bidi_streams(1u8.into())
+            .max_concurrent_uni_streams(0u8.into());
         let quic = quic_server_config(&config.identity, transport)?;
         let mut endpoint_config = quinn::EndpointConfig::default();
         // Clients demultiplex punch probes by the QUIC fixed bit (DESIGN.md section 4).
@@ -140,6 +148,13 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
+        // Bursts of handshakes overflow the kernel's default receive buffer (about
+        // 208 KiB on Linux), and each lost handshake packet costs its client a ~1 s resend.
+        if let Ok(state) = quinn::udp::UdpSocketState::new((&socket).into()) {
+            if let Err(error) = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER) {
+                tracing::warn!(%error, "could not enlarge the UDP receive buffer");
+            }
+        }
         let endpoint = quinn::Endpoint::new(
             endpoint_config,
             Some(quic),

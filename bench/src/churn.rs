@@ -1,0 +1,859 @@
+//! Group churn: join and leave operations per second with every ack completed, for 1,000
+//! clients in 100 groups (the MMO view-group pattern: groups of about 10 that clients
+//! keep entering and leaving).
+//!
+//! Two measurements of the same pattern:
+//! - End to end: a `peergroup_server::Server` in-process on its own runtime, and 1,000
+//!   lightweight raw protocol clients (QUIC connections sharing a few quinn endpoints, on
+//!   another runtime) that send `Hello` and ack every `MemberJoined` at once. The driver
+//!   calls `join_group`/`leave_group` on the server and counts a join as done when its
+//!   `JoinAckComplete` arrives, a leave when `leave_group` returns (leaves need no acks).
+//!   At most [`JOINS_IN_FLIGHT`] joins wait for their acks at a time.
+//! - The sans-IO `Registry` alone: the same operations with every ack fed back
+//!   synchronously, no encoding and no IO. This is the core's ceiling.
+
+use crate::report::{rate, Report, Table};
+use crate::stats::Latencies;
+use crate::Mode;
+use bytes::{Bytes, BytesMut};
+use peergroup_client::ServerTrust;
+use peergroup_protocol::{
+    decode_body, encode_frame, frame_to_bytes, ClientToServer, Fingerprint, FrameDecoder, GroupId,
+    Hello, HostId, ServerToClient, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
+};
+use peergroup_server::registry::{Action, Registry, RegistryConfig};
+use peergroup_server::{
+    GroupOptions, Identity, JoinOutcome, Server, ServerConfig, ServerEvent, ServerEvents,
+};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Connected clients.
+const CLIENTS: usize = 1_000;
+/// Groups.
+const GROUPS: usize = 100;
+/// Members a group is kept around.
+const GROUP_SIZE: usize = 10;
+/// Client endpoints (UDP sockets) the connections share.
+const CLIENT_ENDPOINTS: usize = 8;
+/// Joins waiting for their acks at most.
+const JOINS_IN_FLIGHT: usize = 256;
+/// Handshakes under way at once while the clients connect.
+const HANDSHAKES_IN_FLIGHT: usize = 32;
+/// Joins timed one at a time after the window.
+const UNLOADED_JOINS: u64 = 200;
+/// Bound on each set-up phase (connecting, the first joins).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs the section.
+pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
+    let core = registry_churn(mode.pick(Duration::from_secs(1), Duration::from_secs(3)));
+    eprintln!(
+        "   registry alone: {} ops/s ({} joins, {} leaves in {:.1} s)",
+        rate(core.ops_per_sec()),
+        core.joins,
+        core.leaves,
+        core.window.as_secs_f64()
+    );
+    let net = network_churn(mode.pick(Duration::from_secs(5), Duration::from_secs(20)))?;
+    eprintln!(
+        "   end to end: {} ops/s ({} joins, {} leaves in {:.1} s, {} failed joins)",
+        rate(net.ops_per_sec()),
+        net.joins,
+        net.leaves,
+        net.window.as_secs_f64(),
+        net.failed
+    );
+
+    let (p50, p99) = (
+        net.latencies.percentile_us(50.0),
+        net.latencies.percentile_us(99.0),
+    );
+    report.set("churn.ops_per_sec", net.ops_per_sec().round());
+    report.set("churn.registry_ops_per_sec", core.ops_per_sec().round());
+    report.set("churn.join_ack_p50_us", p50);
+    report.set("churn.join_ack_p99_us", p99);
+
+    let ops = |r: &Outcome| (r.joins + r.leaves).max(1) as f64;
+    let us_per_op = |seconds: f64, r: &Outcome| format!("{:.1}", seconds * 1e6 / ops(r));
+    let row = |name: &str, r: &Outcome| {
+        let (p50, p99) = if r.latencies.is_empty() {
+            ("-".into(), "-".into())
+        } else {
+            (
+                r.latencies.percentile_us(50.0).to_string(),
+                r.latencies.percentile_us(99.0).to_string(),
+            )
+        };
+        let (server_cpu, client_cpu) = match r.cpu {
+            Some(cpu) => (
+                us_per_op(cpu.server + cpu.driver, r),
+                us_per_op(cpu.clients, r),
+            ),
+            // The registry alone runs on one busy thread.
+            None => (us_per_op(r.window.as_secs_f64(), r), "-".into()),
+        };
+        vec![
+            name.to_string(),
+            rate(r.ops_per_sec()),
+            r.joins.to_string(),
+            r.leaves.to_string(),
+            format!("{:.1}", r.window.as_secs_f64()),
+            p50,
+            p99,
+            server_cpu,
+            client_cpu,
+        ]
+    };
+    let mut unloaded_row = vec![String::new(); 9];
+    unloaded_row[0] = format!("peergroup-server, one join at a time ({UNLOADED_JOINS} joins)");
+    if !net.unloaded.is_empty() {
+        unloaded_row[5] = net.unloaded.percentile_us(50.0).to_string();
+        unloaded_row[6] = net.unloaded.percentile_us(99.0).to_string();
+        report.set(
+            "churn.join_ack_unloaded_p50_us",
+            net.unloaded.percentile_us(50.0),
+        );
+        report.set(
+            "churn.join_ack_unloaded_p99_us",
+            net.unloaded.percentile_us(99.0),
+        );
+    }
+    let mut ratio_row = vec![String::new(); 9];
+    ratio_row[0] = "end to end / Registry".into();
+    ratio_row[1] = crate::report::ratio(net.ops_per_sec(), core.ops_per_sec());
+    let mut notes = vec![format!(
+        "An operation is a join completed by its `JoinAckComplete` (every member and the \
+         joiner acked) or a leave (`leave_group` returned). Each picks a random group and \
+         keeps it near {GROUP_SIZE} members: a join of a random non-member below, a leave \
+         of a random settled member above, either at {GROUP_SIZE}. Relay-only groups \
+         (`direct_p2p: false`). End to end: {CLIENTS} raw protocol clients on \
+         {CLIENT_ENDPOINTS} client endpoints ack each `MemberJoined` as soon as they read \
+         it; at most {JOINS_IN_FLIGHT} joins in flight, so the latency is mostly queueing \
+         (in flight / join rate); {} joins ended otherwise than Ok. Latency is from the \
+         `join_group` call to `JoinAckComplete`. Target: at least 100,000 operations per \
+         second.",
+        net.failed
+    )];
+    notes.push(format!(
+        "Pairs (two hosts that share or recently shared a group; they linger 10 s) at the \
+         end of the window: {} end to end, {} for the Registry alone.",
+        net.pairs, core.pairs
+    ));
+    if let Some((down, up)) = net.datagrams {
+        notes.push(format!(
+            "UDP datagrams over the end-to-end window: {:.1} per operation from the server to \
+             the clients and {:.1} from the clients to the server ({down} and {up} in all).",
+            down as f64 / ops(&net),
+            up as f64 / ops(&net)
+        ));
+    }
+    if let Some(cpu) = net.cpu {
+        notes.push(format!(
+            "CPU over the end-to-end window ({:.1} s on {} cores): server runtime {:.2} s, \
+             driver thread (registry operations and their dispatch under the server's lock) \
+             {:.2} s, client runtime {:.2} s. Server CPU per op counts the server runtime \
+             and the driver; the clients and the server share the machine.",
+            net.window.as_secs_f64(),
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu.server,
+            cpu.driver,
+            cpu.clients
+        ));
+        report.set(
+            "churn.server_cpu_us_per_op",
+            ((cpu.server + cpu.driver) * 1e6 / ops(&net)).round(),
+        );
+    }
+    report.table(Table {
+        title: "Group churn (1,000 clients, 100 groups of about 10)".into(),
+        columns: vec![
+            "measured".into(),
+            "ops/s".into(),
+            "joins".into(),
+            "leaves".into(),
+            "window s".into(),
+            "join→ack p50 µs".into(),
+            "join→ack p99 µs".into(),
+            "server CPU µs/op".into(),
+            "client CPU µs/op".into(),
+        ],
+        rows: vec![
+            row("peergroup-server end to end (QUIC, loopback)", &net),
+            unloaded_row,
+            row("sans-IO Registry alone (acks fed back at once)", &core),
+            ratio_row,
+        ],
+        notes,
+    });
+    Ok(())
+}
+
+/// What one measurement counted.
+struct Outcome {
+    joins: u64,
+    leaves: u64,
+    failed: u64,
+    window: Duration,
+    latencies: Latencies,
+    /// CPU seconds over the window: server runtime threads, client runtime threads, and
+    /// the driver thread (which runs the registry operations under the server's lock).
+    cpu: Option<CpuSplit>,
+    /// UDP datagrams over the window: server to clients, clients to server.
+    datagrams: Option<(u64, u64)>,
+    /// Join to `JoinAckComplete` with one join at a time, after the window.
+    unloaded: Latencies,
+    /// Pairs (lingering ones included) at the end of the window.
+    pairs: usize,
+}
+
+/// Where the CPU went during the end-to-end window, in seconds.
+#[derive(Debug, Clone, Copy)]
+struct CpuSplit {
+    server: f64,
+    clients: f64,
+    driver: f64,
+}
+
+impl Outcome {
+    fn ops_per_sec(&self) -> f64 {
+        (self.joins + self.leaves) as f64 / self.window.as_secs_f64().max(1e-9)
+    }
+}
+
+/// SplitMix64: enough randomness for picking groups and members, without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i + 1));
+        }
+    }
+}
+
+/// One group as the driver sees it.
+struct GroupSim {
+    id: GroupId,
+    /// Members whose join completed: they may be made to leave.
+    settled: Vec<HostId>,
+    /// Members whose join waits for acks.
+    pending: Vec<HostId>,
+}
+
+/// The next operation of the churn pattern.
+enum Op {
+    Join(usize, HostId),
+    Leave(usize, HostId),
+}
+
+/// The driver's picture of every group, and the choice of the next operation.
+struct Pattern {
+    groups: Vec<GroupSim>,
+    index: HashMap<GroupId, usize>,
+    hosts: Vec<HostId>,
+    rng: Rng,
+}
+
+impl Pattern {
+    /// Groups whose initial members (already joined and settled) are given.
+    fn new(groups: Vec<(GroupId, Vec<HostId>)>, hosts: Vec<HostId>, seed: u64) -> Self {
+        let index = groups
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (*id, i))
+            .collect();
+        let groups = groups
+            .into_iter()
+            .map(|(id, settled)| GroupSim {
+                id,
+                settled,
+                pending: Vec::new(),
+            })
+            .collect();
+        Self {
+            groups,
+            index,
+            hosts,
+            rng: Rng(seed),
+        }
+    }
+
+    /// Picks the next operation and records it as under way.
+    fn next_op(&mut self) -> Op {
+        let g = self.rng.below(self.groups.len());
+        let size = self.groups[g].settled.len() + self.groups[g].pending.len();
+        let leave = match size.cmp(&GROUP_SIZE) {
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Equal => self.rng.next() & 1 == 0,
+        };
+        if leave && !self.groups[g].settled.is_empty() {
+            let settled = &mut self.groups[g].settled;
+            let i = self.rng.below(settled.len());
+            return Op::Leave(g, settled.swap_remove(i));
+        }
+        loop {
+            let host = self.hosts[self.rng.below(self.hosts.len())];
+            let group = &self.groups[g];
+            if !group.settled.contains(&host) && !group.pending.contains(&host) {
+                self.groups[g].pending.push(host);
+                return Op::Join(g, host);
+            }
+        }
+    }
+
+    /// A join ended: the member is settled (`ok`) or no longer a member.
+    fn join_done(&mut self, group: GroupId, member: HostId, ok: bool) {
+        let Some(&g) = self.index.get(&group) else {
+            return;
+        };
+        let state = &mut self.groups[g];
+        if let Some(i) = state.pending.iter().position(|h| *h == member) {
+            state.pending.swap_remove(i);
+            if ok {
+                state.settled.push(member);
+            }
+        }
+    }
+}
+
+// ---- the sans-IO registry alone ----------------------------------------------------------
+
+/// Carries out the registry's actions: every `MemberJoined` is acked at once, as a client
+/// would. Returns the joins that completed (and how many failed).
+fn settle_registry(registry: &mut Registry, acks: &mut Vec<(HostId, GroupId, HostId)>) -> u64 {
+    let mut completed = 0;
+    loop {
+        while let Some(action) = registry.poll_action() {
+            match action {
+                Action::Send {
+                    to,
+                    message: ServerToClient::MemberJoined { group, member, .. },
+                } => acks.push((to, group, member)),
+                Action::Event(ServerEvent::JoinAckComplete { result: Ok(()), .. }) => {
+                    completed += 1;
+                }
+                _ => {}
+            }
+        }
+        if acks.is_empty() {
+            return completed;
+        }
+        for (from, group, member) in acks.drain(..) {
+            registry.handle_join_ack(from, group, member);
+        }
+    }
+}
+
+/// The churn pattern on the registry alone for `window`.
+fn registry_churn(window: Duration) -> Outcome {
+    let mut registry = Registry::new(RegistryConfig::default());
+    let seen_at = SocketAddr::from(([127, 0, 0, 1], 40_000));
+    let hosts: Vec<HostId> = (0..CLIENTS)
+        .map(|i| {
+            let mut identity = [0u8; 32];
+            identity[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            registry.handle_connect(Fingerprint(identity), seen_at)
+        })
+        .collect();
+    let options = GroupOptions {
+        direct_p2p: false,
+        ..GroupOptions::default()
+    };
+    let mut rng = Rng(0x5eed);
+    let mut shuffled = hosts.clone();
+    rng.shuffle(&mut shuffled);
+    let mut acks = Vec::new();
+    let groups: Vec<(GroupId, Vec<HostId>)> = shuffled
+        .chunks(CLIENTS / GROUPS)
+        .map(|members| {
+            let group = registry
+                .create_group(members, options, Bytes::new(), Instant::now())
+                .expect("every member is connected");
+            settle_registry(&mut registry, &mut acks);
+            (group, members.to_vec())
+        })
+        .collect();
+    let mut pattern = Pattern::new(groups, hosts, 0xc0ffee);
+
+    let (mut joins, mut leaves) = (0u64, 0u64);
+    let started = Instant::now();
+    let mut now = started;
+    while now - started < window {
+        for _ in 0..256 {
+            match pattern.next_op() {
+                Op::Join(g, host) => {
+                    let group = pattern.groups[g].id;
+                    let outcome = registry.join_group(group, host, Bytes::new(), now);
+                    let done = settle_registry(&mut registry, &mut acks);
+                    let ok = matches!(outcome, Ok(JoinOutcome::Joined)) && done > 0;
+                    joins += done;
+                    pattern.join_done(group, host, ok);
+                }
+                Op::Leave(g, host) => {
+                    let group = pattern.groups[g].id;
+                    if registry.leave_group(group, host, now).is_ok() {
+                        leaves += 1;
+                    }
+                    joins += settle_registry(&mut registry, &mut acks);
+                }
+            }
+        }
+        now = Instant::now();
+        // As the server's timer task would: expire what is due (nothing in a short run).
+        registry.handle_timeout(now);
+        joins += settle_registry(&mut registry, &mut acks);
+    }
+    Outcome {
+        joins,
+        leaves,
+        failed: 0,
+        window: now - started,
+        latencies: Latencies::default(),
+        cpu: None,
+        datagrams: None,
+        unloaded: Latencies::default(),
+        pairs: registry.pair_count(),
+    }
+}
+
+// ---- end to end --------------------------------------------------------------------------
+
+fn runtime(name: &str, workers: usize) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("{name} runtime: {e}"))
+}
+
+/// The churn pattern against a real server and 1,000 connected clients for `window`.
+fn network_churn(window: Duration) -> Result<Outcome, String> {
+    let server_rt = runtime("churn-server", 2)?;
+    let client_rt = runtime("churn-clients", 2)?;
+    let identity =
+        Identity::generate(&["peergroup"]).map_err(|e| format!("server identity: {e}"))?;
+    let config = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), identity);
+    let (server, events) = server_rt
+        .block_on(Server::start(config))
+        .map_err(|e| format!("server start: {e}"))?;
+
+    let endpoints = {
+        let _guard = client_rt.enter();
+        let mut endpoints = Vec::with_capacity(CLIENT_ENDPOINTS);
+        for _ in 0..CLIENT_ENDPOINTS {
+            let config = peergroup_client::raw_quic_client_config(&ServerTrust::Fingerprint(
+                server.fingerprint(),
+            ))
+            .map_err(|e| format!("client TLS config: {e}"))?;
+            let mut endpoint = crate::scale::client_endpoint()?;
+            endpoint.set_default_client_config(config);
+            endpoints.push(endpoint);
+        }
+        endpoints
+    };
+    let limit = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT));
+    let connections = Arc::new(Mutex::new(Vec::with_capacity(CLIENTS)));
+    let server_addr = server.local_addr();
+    for i in 0..CLIENTS {
+        let endpoint = endpoints[i % CLIENT_ENDPOINTS].clone();
+        let limit = limit.clone();
+        let connections = connections.clone();
+        client_rt.spawn(async move {
+            if let Err(error) = acking_client(endpoint, server_addr, limit, connections).await {
+                tracing::debug!(%error, "churn client ended");
+            }
+        });
+    }
+    // Datagrams so far, server to clients and clients to server, as the clients count them.
+    let datagrams = || {
+        let connections = connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections.iter().fold((0, 0), |(down, up), c| {
+            let stats = c.stats();
+            (down + stats.udp_rx.datagrams, up + stats.udp_tx.datagrams)
+        })
+    };
+
+    let result = server_rt.block_on(drive(&server, events, window, &datagrams));
+    connections
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
+
+    for endpoint in &endpoints {
+        endpoint.close(0u32.into(), b"done");
+    }
+    server.shutdown();
+    drop(server);
+    client_rt.shutdown_timeout(Duration::from_secs(2));
+    server_rt.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+/// A raw protocol client: hello, then an ack for every `MemberJoined` it reads, written
+/// together for each chunk read.
+async fn acking_client(
+    endpoint: quinn::Endpoint,
+    server: SocketAddr,
+    limit: Arc<tokio::sync::Semaphore>,
+    connections: Arc<Mutex<Vec<quinn::Connection>>>,
+) -> Result<(), String> {
+    let (connection, mut send, mut recv) = {
+        let _permit = limit.acquire().await.map_err(|e| e.to_string())?;
+        let connection = endpoint
+            .connect(server, "peergroup")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        let hello = ClientToServer::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            login: Bytes::new(),
+        });
+        let frame = frame_to_bytes(&hello, DEFAULT_MAX_FRAME_LEN).map_err(|e| e.to_string())?;
+        send.write_all(&frame).await.map_err(|e| e.to_string())?;
+        connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(connection.clone());
+        (connection, send, recv)
+    };
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+    let mut acks = BytesMut::new();
+    loop {
+        let chunk = match recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) | Err(_) => break,
+        };
+        decoder.push(&chunk.bytes);
+        while let Some(body) = decoder.next_body().map_err(|e| e.to_string())? {
+            if let ServerToClient::MemberJoined { group, member, .. } =
+                decode_body(&body).map_err(|e| e.to_string())?
+            {
+                encode_frame(
+                    &ClientToServer::JoinAck { group, member },
+                    DEFAULT_MAX_FRAME_LEN,
+                    &mut acks,
+                )
+                .map_err(|e| e.to_string())?;
+            }
+        }
+        if !acks.is_empty() {
+            send.write_all(&acks).await.map_err(|e| e.to_string())?;
+            acks.clear();
+        }
+    }
+    drop(connection);
+    Ok(())
+}
+
+/// CPU time (user + system, clock ticks) of this process's threads whose name starts with
+/// `prefix`, from `/proc/self/task/*/stat`.
+fn threads_cpu_ticks(prefix: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| {
+            let dir = task.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if !comm.starts_with(prefix) {
+                return None;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // Fields after the name, from field 3 (state): utime is 14, stime 15.
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .sum()
+}
+
+/// CPU time of the calling thread, clock ticks.
+fn this_thread_cpu_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
+        return 0;
+    };
+    let Some(end) = stat.rfind(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = stat[end + 1..].split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`), 100 if that cannot be run.
+fn clock_ticks_per_sec() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// Polls a future once without waiting: `Some` if it was ready.
+fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
+
+/// The next server event within `deadline`.
+async fn next_event(events: &mut ServerEvents, deadline: Instant) -> Result<ServerEvent, String> {
+    let wait = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(wait, events.next()).await {
+        Ok(Some(event)) => Ok(event),
+        Ok(None) => Err("the server's event stream ended".into()),
+        Err(_) => Err("timed out waiting for server events".into()),
+    }
+}
+
+/// Waits for the clients, makes the groups, then churns for `window`.
+async fn drive(
+    server: &Server,
+    mut events: ServerEvents,
+    window: Duration,
+    datagrams: &dyn Fn() -> (u64, u64),
+) -> Result<Outcome, String> {
+    // Every client connected.
+    let deadline = Instant::now() + SETUP_TIMEOUT;
+    let connecting = Instant::now();
+    let mut hosts = Vec::with_capacity(CLIENTS);
+    while hosts.len() < CLIENTS {
+        match next_event(&mut events, deadline)
+            .await
+            .map_err(|e| format!("{e} ({} of {CLIENTS} clients connected)", hosts.len()))?
+        {
+            ServerEvent::ClientConnected { host, .. } => hosts.push(host),
+            ServerEvent::ClientDisconnected { host, reason } => {
+                return Err(format!(
+                    "client {host} disconnected while connecting: {reason}"
+                ))
+            }
+            _ => {}
+        }
+    }
+    eprintln!(
+        "   {CLIENTS} clients connected in {:.2} s",
+        connecting.elapsed().as_secs_f64()
+    );
+
+    // 100 groups of 10, every first join acked.
+    let options = GroupOptions {
+        direct_p2p: false,
+        ..GroupOptions::default()
+    };
+    let mut rng = Rng(0x5eed);
+    let mut shuffled = hosts.clone();
+    rng.shuffle(&mut shuffled);
+    let mut groups = Vec::with_capacity(GROUPS);
+    for members in shuffled.chunks(CLIENTS / GROUPS) {
+        let group = server
+            .create_group(members, options, Bytes::new())
+            .map_err(|e| format!("create_group: {e}"))?;
+        groups.push((group, members.to_vec()));
+    }
+    let mut acked = 0;
+    while acked < CLIENTS {
+        match next_event(&mut events, deadline).await? {
+            ServerEvent::JoinAckComplete { result: Ok(()), .. } => acked += 1,
+            ServerEvent::JoinAckComplete { result: Err(e), .. } => {
+                return Err(format!("a first join failed: {e}"))
+            }
+            ServerEvent::ClientDisconnected { host, reason } => {
+                return Err(format!("client {host} disconnected: {reason}"))
+            }
+            _ => {}
+        }
+    }
+    let mut pattern = Pattern::new(groups, hosts, 0xc0ffee);
+
+    // The churn.
+    let mut in_flight: HashMap<(GroupId, HostId), Instant> = HashMap::new();
+    let mut latencies = Latencies::default();
+    let (mut joins, mut leaves, mut failed) = (0u64, 0u64, 0u64);
+    let cpu_before = (
+        threads_cpu_ticks("churn-server"),
+        threads_cpu_ticks("churn-clients"),
+        this_thread_cpu_ticks(),
+    );
+    let datagrams_before = datagrams();
+    let started = Instant::now();
+    let end = started + window;
+    let mut on_event = |event: ServerEvent,
+                        pattern: &mut Pattern,
+                        in_flight: &mut HashMap<(GroupId, HostId), Instant>|
+     -> Result<(), String> {
+        match event {
+            ServerEvent::JoinAckComplete {
+                group,
+                member,
+                result,
+            } => {
+                let now = Instant::now();
+                let Some(called) = in_flight.remove(&(group, member)) else {
+                    return Ok(());
+                };
+                pattern.join_done(group, member, result.is_ok());
+                if now > end {
+                    return Ok(());
+                }
+                if result.is_ok() {
+                    joins += 1;
+                    latencies.record(now - called);
+                } else {
+                    failed += 1;
+                }
+            }
+            ServerEvent::ClientDisconnected { host, reason } => {
+                return Err(format!("client {host} disconnected during churn: {reason}"))
+            }
+            _ => {}
+        }
+        Ok(())
+    };
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        // Issue operations while the joins in flight allow, a batch at a time.
+        let mut issued = 0;
+        while in_flight.len() < JOINS_IN_FLIGHT && issued < 64 {
+            issued += 1;
+            match pattern.next_op() {
+                Op::Join(g, host) => {
+                    let group = pattern.groups[g].id;
+                    let called = Instant::now();
+                    match server.join_group(group, host, Bytes::new()) {
+                        Ok(JoinOutcome::Joined) => {
+                            in_flight.insert((group, host), called);
+                        }
+                        Ok(JoinOutcome::AlreadyMember) => pattern.join_done(group, host, true),
+                        Err(e) => return Err(format!("join_group: {e}")),
+                    }
+                }
+                Op::Leave(g, host) => {
+                    let group = pattern.groups[g].id;
+                    server
+                        .leave_group(group, host)
+                        .map_err(|e| format!("leave_group: {e}"))?;
+                    leaves += 1;
+                }
+            }
+        }
+        // Take every event that is ready; wait for one only when nothing can be issued.
+        let mut took = 0;
+        while let Some(event) = now_or_never(events.next()) {
+            let event = event.ok_or("the server's event stream ended")?;
+            on_event(event, &mut pattern, &mut in_flight)?;
+            took += 1;
+        }
+        if took == 0 && in_flight.len() >= JOINS_IN_FLIGHT {
+            match next_event(&mut events, end).await {
+                Ok(event) => on_event(event, &mut pattern, &mut in_flight)?,
+                Err(_) if Instant::now() >= end => break,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    let window = started.elapsed();
+    let ticks = clock_ticks_per_sec();
+    let cpu = CpuSplit {
+        server: threads_cpu_ticks("churn-server").saturating_sub(cpu_before.0) as f64 / ticks,
+        clients: threads_cpu_ticks("churn-clients").saturating_sub(cpu_before.1) as f64 / ticks,
+        driver: this_thread_cpu_ticks().saturating_sub(cpu_before.2) as f64 / ticks,
+    };
+    let datagrams_after = datagrams();
+    let pairs = server.stats().pairs;
+
+    // Unloaded: let the joins in flight finish, then one join at a time.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !in_flight.is_empty() {
+        if let ServerEvent::JoinAckComplete {
+            group,
+            member,
+            result,
+        } = next_event(&mut events, deadline).await?
+        {
+            if in_flight.remove(&(group, member)).is_some() {
+                pattern.join_done(group, member, result.is_ok());
+            }
+        }
+    }
+    let mut unloaded = Latencies::default();
+    while unloaded.len() < UNLOADED_JOINS {
+        match pattern.next_op() {
+            Op::Leave(g, host) => server
+                .leave_group(pattern.groups[g].id, host)
+                .map_err(|e| format!("leave_group: {e}"))?,
+            Op::Join(g, host) => {
+                let group = pattern.groups[g].id;
+                let called = Instant::now();
+                server
+                    .join_group(group, host, Bytes::new())
+                    .map_err(|e| format!("join_group: {e}"))?;
+                loop {
+                    if let ServerEvent::JoinAckComplete {
+                        group: g,
+                        member,
+                        result,
+                    } = next_event(&mut events, deadline).await?
+                    {
+                        if (g, member) == (group, host) {
+                            unloaded.record(called.elapsed());
+                            pattern.join_done(group, host, result.is_ok());
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    Ok(Outcome {
+        joins,
+        leaves,
+        failed,
+        window,
+        latencies,
+        cpu: Some(cpu),
+        datagrams: Some((
+            datagrams_after.0 - datagrams_before.0,
+            datagrams_after.1 - datagrams_before.1,
+        )),
+        unloaded,
+        pairs,
+    })
+}

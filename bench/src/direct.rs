@@ -1,0 +1,321 @@
+//! Direct path: round-trip time of small messages on peergroup's direct path, on a bare
+//! quinn stream and on raw UDP, all on loopback; and the message rate of one direct pair
+//! against one bare quinn stream.
+
+use crate::report::{rate, ratio, Report, Table};
+use crate::setup::{self, wait_for};
+use crate::stats::Latencies;
+use crate::Mode;
+use bytes::Bytes;
+use peergroup_client::{ClientEvent, Delivery, PairPath, Path as MessagePath, Target};
+use peergroup_server::GroupOptions;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PAYLOAD: usize = 64;
+
+/// Runs the section.
+pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
+    let pings = mode.pick(2_000, 20_000);
+    let window = mode.pick(Duration::from_secs(3), Duration::from_secs(10));
+    let runtime = setup::client_runtime()?;
+    let udp = runtime.block_on(udp_rtt(pings))?;
+    let quinn = runtime.block_on(quinn_rtt(pings, window))?;
+    let peergroup = peergroup_direct(&runtime, pings, window)?;
+
+    let mut rows = Vec::new();
+    for (name, (rtt, throughput)) in [
+        ("peergroup direct path", (&peergroup.0, Some(peergroup.1))),
+        ("bare quinn stream", (&quinn.0, Some(quinn.1))),
+        ("raw UDP", (&udp, None)),
+    ] {
+        rows.push(vec![
+            name.to_string(),
+            rtt.percentile_us(50.0).to_string(),
+            rtt.percentile_us(99.0).to_string(),
+            throughput.map_or("-".into(), rate),
+        ]);
+    }
+    for (key, rtt) in [
+        ("peergroup", &peergroup.0),
+        ("quinn", &quinn.0),
+        ("udp", &udp),
+    ] {
+        report.set(&format!("direct.rtt_p50_us.{key}"), rtt.percentile_us(50.0));
+        report.set(&format!("direct.rtt_p99_us.{key}"), rtt.percentile_us(99.0));
+    }
+    report.set(
+        "direct.throughput_msgs_per_sec.peergroup",
+        peergroup.1.round(),
+    );
+    report.set("direct.throughput_msgs_per_sec.quinn", quinn.1.round());
+    report.table(Table {
+        title: "Direct path: RTT and one pair's message rate".into(),
+        columns: vec![
+            "path".into(),
+            "RTT p50 (µs)".into(),
+            "RTT p99 (µs)".into(),
+            "64 B msgs/s".into(),
+        ],
+        rows,
+        notes: vec![format!(
+            "Ping-pong of {PAYLOAD} B messages, {pings} round trips each, one at a time, on \
+             loopback. peergroup: reliable messages between two clients after hole punching \
+             (their server is idle); bare quinn: one bidirectional stream with length-prefixed \
+             frames. RTT ratio peergroup / quinn: p50 {}, p99 {} (target at most 1.1). Rate: \
+             one sender streaming reliable messages for {:.0} s.",
+            ratio(
+                peergroup.0.percentile_us(50.0) as f64,
+                quinn.0.percentile_us(50.0) as f64
+            ),
+            ratio(
+                peergroup.0.percentile_us(99.0) as f64,
+                quinn.0.percentile_us(99.0) as f64
+            ),
+            window.as_secs_f64()
+        )],
+    });
+    Ok(())
+}
+
+/// Raw UDP ping-pong on loopback.
+async fn udp_rtt(pings: usize) -> Result<Latencies, String> {
+    let io = |e: std::io::Error| e.to_string();
+    let echo = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .map_err(io)?;
+    let echo_addr = echo.local_addr().map_err(io)?;
+    let echo_task = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((len, from)) = echo.recv_from(&mut buf).await {
+            if echo.send_to(&buf[..len], from).await.is_err() {
+                return;
+            }
+        }
+    });
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .map_err(io)?;
+    socket.connect(echo_addr).await.map_err(io)?;
+    let mut rtt = Latencies::default();
+    let payload = [7u8; PAYLOAD];
+    let mut buf = [0u8; 2048];
+    for _ in 0..pings {
+        let sent = Instant::now();
+        socket.send(&payload).await.map_err(io)?;
+        tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf))
+            .await
+            .map_err(|_| "a UDP ping was lost on loopback".to_string())?
+            .map_err(io)?;
+        rtt.record(sent.elapsed());
+    }
+    echo_task.abort();
+    Ok(rtt)
+}
+
+/// A bare quinn server and client on loopback, with a self-signed certificate.
+fn quinn_pair() -> Result<(quinn::Endpoint, quinn::Endpoint, std::net::SocketAddr), String> {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["bench".into()]).map_err(|e| e.to_string())?;
+    let cert = certified.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .map_err(|e| e.to_string())?;
+    let server_config = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).map_err(|e| e.to_string())?,
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).map_err(|e| e.to_string())?;
+    let client_tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let client_config = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).map_err(|e| e.to_string())?,
+    ));
+    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().expect("addr"))
+        .map_err(|e| e.to_string())?;
+    let addr = server.local_addr().map_err(|e| e.to_string())?;
+    let mut client =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).map_err(|e| e.to_string())?;
+    client.set_default_client_config(client_config);
+    Ok((server, client, addr))
+}
+
+/// Ping-pong and a streaming window on one bare quinn stream.
+async fn quinn_rtt(pings: usize, window: Duration) -> Result<(Latencies, f64), String> {
+    let (server, client, addr) = quinn_pair()?;
+    let echo = tokio::spawn(async move {
+        let connection = server.accept().await?.await.ok()?;
+        let (mut send, mut recv) = connection.accept_bi().await.ok()?;
+        let mut frame = [0u8; 4 + PAYLOAD];
+        let mut count = 0u64;
+        // Echo the ping phase, then count the streaming phase.
+        while recv.read_exact(&mut frame).await.is_ok() {
+            if frame[4] == 1 {
+                send.write_all(&frame).await.ok()?;
+            } else {
+                count += 1;
+            }
+        }
+        Some(count)
+    });
+    let connection = client
+        .connect(addr, "bench")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    let mut frame = [0u8; 4 + PAYLOAD];
+    frame[..4].copy_from_slice(&(PAYLOAD as u32).to_be_bytes());
+    frame[4] = 1;
+    let mut rtt = Latencies::default();
+    let mut reply = [0u8; 4 + PAYLOAD];
+    for _ in 0..pings {
+        let sent = Instant::now();
+        send.write_all(&frame).await.map_err(|e| e.to_string())?;
+        recv.read_exact(&mut reply)
+            .await
+            .map_err(|e| e.to_string())?;
+        rtt.record(sent.elapsed());
+    }
+    frame[4] = 2;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < window {
+        send.write_all(&frame).await.map_err(|e| e.to_string())?;
+        sent += 1;
+    }
+    send.finish().map_err(|e| e.to_string())?;
+    let received = tokio::time::timeout(Duration::from_secs(10), echo)
+        .await
+        .map_err(|_| "the quinn receiver did not finish".to_string())?
+        .map_err(|e| e.to_string())?
+        .ok_or("the quinn receiver failed")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    connection.close(0u32.into(), b"done");
+    let _ = sent;
+    Ok((rtt, received as f64 / elapsed))
+}
+
+/// Ping-pong and a streaming window between two peergroup clients on their direct path.
+fn peergroup_direct(
+    runtime: &tokio::runtime::Runtime,
+    pings: usize,
+    window: Duration,
+) -> Result<(Latencies, f64), String> {
+    let server = setup::server(|_| {})?;
+    runtime.block_on(async {
+        let (a, mut a_events, a_id) = setup::client(&server.server, "a").await?;
+        let (b, mut b_events, b_id) = setup::client(&server.server, "b").await?;
+        server
+            .server
+            .create_group(&[a_id, b_id], GroupOptions::default(), "")
+            .map_err(|e| e.to_string())?;
+        let limit = Duration::from_secs(10);
+        let direct = |e: &ClientEvent| {
+            matches!(
+                e,
+                ClientEvent::PathChanged {
+                    path: PairPath::Direct,
+                    ..
+                }
+            )
+            .then_some(())
+        };
+        wait_for(&mut a_events, limit, direct).await?;
+        wait_for(&mut b_events, limit, direct).await?;
+
+        // B echoes every message back to A.
+        let echo = {
+            let b = b.clone();
+            tokio::spawn(async move {
+                let mut count = 0u64;
+                while let Some(event) = b_events.next().await {
+                    if let ClientEvent::Message { payload, path, .. } = event {
+                        if path != MessagePath::Direct {
+                            return Err("a message took the relay".to_string());
+                        }
+                        if payload[0] == 1 {
+                            b.send(Target::Host(a_id), payload, Delivery::ReliableOrdered)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                        } else if payload[0] == 3 {
+                            return Ok(count);
+                        } else {
+                            count += 1;
+                        }
+                    }
+                }
+                Err("B's events ended".to_string())
+            })
+        };
+        let ping = Bytes::from({
+            let mut p = vec![0u8; PAYLOAD];
+            p[0] = 1;
+            p
+        });
+        eprintln!(
+            "a={a_id} b={b_id} a.peers={:?} b.peers={:?} a.groups={:?}",
+            a.peers(),
+            b.peers(),
+            a.groups()
+        );
+        let mut rtt = Latencies::default();
+        for _ in 0..pings {
+            let sent = Instant::now();
+            a.send(Target::Host(b_id), ping.clone(), Delivery::ReliableOrdered)
+                .await
+                .map_err(|e| format!("ping: {e}; peers {:?}", a.peers()))?;
+            wait_for(&mut a_events, limit, |e| {
+                matches!(e, ClientEvent::Message { .. }).then_some(())
+            })
+            .await?;
+            rtt.record(sent.elapsed());
+        }
+        let data = Bytes::from({
+            let mut p = vec![0u8; PAYLOAD];
+            p[0] = 2;
+            p
+        });
+        let started = Instant::now();
+        while started.elapsed() < window {
+            a.send(Target::Host(b_id), data.clone(), Delivery::ReliableOrdered)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "stream: {e}; peers {:?} after {:?}",
+                        a.peers(),
+                        started.elapsed()
+                    )
+                })?;
+        }
+        let mut end = vec![0u8; PAYLOAD];
+        end[0] = 3;
+        a.send(Target::Host(b_id), end, Delivery::ReliableOrdered)
+            .await
+            .map_err(|e| e.to_string())?;
+        let received = tokio::time::timeout(Duration::from_secs(30), echo)
+            .await
+            .map_err(|_| "the peergroup receiver did not finish".to_string())?
+            .map_err(|e| e.to_string())??;
+        let rate = received as f64 / started.elapsed().as_secs_f64();
+        let relayed = server
+            .server
+            .pair_stats(a_id, b_id)
+            .map_or(0, |stats| stats.relayed);
+        if relayed > 0 {
+            return Err(format!("{relayed} messages took the relay"));
+        }
+        a.close().await;
+        b.close().await;
+        Ok((rtt, rate))
+    })
+}
