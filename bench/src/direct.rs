@@ -262,18 +262,12 @@ fn peergroup_direct(
             p[0] = 1;
             p
         });
-        eprintln!(
-            "a={a_id} b={b_id} a.peers={:?} b.peers={:?} a.groups={:?}",
-            a.peers(),
-            b.peers(),
-            a.groups()
-        );
         let mut rtt = Latencies::default();
         for _ in 0..pings {
             let sent = Instant::now();
             a.send(Target::Host(b_id), ping.clone(), Delivery::ReliableOrdered)
                 .await
-                .map_err(|e| format!("ping: {e}; peers {:?}", a.peers()))?;
+                .map_err(|e| format!("ping: {e}"))?;
             wait_for(&mut a_events, limit, |e| {
                 matches!(e, ClientEvent::Message { .. }).then_some(())
             })
@@ -289,13 +283,7 @@ fn peergroup_direct(
         while started.elapsed() < window {
             a.send(Target::Host(b_id), data.clone(), Delivery::ReliableOrdered)
                 .await
-                .map_err(|e| {
-                    format!(
-                        "stream: {e}; peers {:?} after {:?}",
-                        a.peers(),
-                        started.elapsed()
-                    )
-                })?;
+                .map_err(|e| format!("stream: {e}"))?;
         }
         let mut end = vec![0u8; PAYLOAD];
         end[0] = 3;

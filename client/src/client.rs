@@ -15,6 +15,7 @@ use peergroup_protocol::{
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -53,6 +54,9 @@ pub(crate) struct Core {
 pub(crate) struct Inner {
     core: Mutex<Core>,
     pub connection: quinn::Connection,
+    /// Set once the server connection has ended, so sends need not ask quinn (which
+    /// takes its connection lock) every time.
+    closed: AtomicBool,
     pub endpoint: quinn::Endpoint,
     pub socket: Arc<DemuxSocket>,
     queue: mpsc::UnboundedSender<Queued>,
@@ -326,6 +330,7 @@ impl Client {
                 punches: HashMap::new(),
             }),
             connection: connection.clone(),
+            closed: AtomicBool::new(false),
             endpoint,
             socket,
             queue,
@@ -453,10 +458,13 @@ impl Client {
         loopback: Option<mpsc::Permit<'_, ClientEvent>>,
     ) -> Result<(), SendError> {
         let inner = &self.inner;
-        if inner.connection.close_reason().is_some() {
+        if inner.closed.load(Ordering::Acquire) {
             return Err(SendError::Disconnected);
         }
-        let max_datagram = inner.connection.max_datagram_size();
+        let max_datagram = match delivery {
+            Delivery::Unreliable => inner.connection.max_datagram_size(),
+            _ => None,
+        };
         // Sequence numbers are assigned, paths chosen and frames queued under one lock, so
         // each path carries a pair's messages in sequence order and none slips between
         // paths while one changes.
@@ -561,6 +569,7 @@ impl Client {
         if self.inner.queue.send(marker).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(2), finished).await;
         }
+        self.inner.closed.store(true, Ordering::Release);
         close(&self.inner.connection, CloseCode::Normal, "client closed");
         self.inner.endpoint.close(
             quinn::VarInt::from_u64(CloseCode::Normal.to_u64()).unwrap_or_default(),
@@ -689,6 +698,7 @@ async fn receive(inner: Arc<Inner>, recv: FrameReader) {
         }
         (ReadEnd::Connection(error), _) => DisconnectReason::from_connection_error(error),
     };
+    inner.closed.store(true, Ordering::Release);
     tracing::info!(%reason, "disconnected");
     let _ = inner
         .events
