@@ -375,3 +375,29 @@ async fn a_sender_at_full_speed_on_the_direct_path_is_paced_not_diverted() {
         "a busy direct path paces the sender instead of spilling onto the relay"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_releases_the_clients_socket() {
+    let (server, _server_events) = start_server().await;
+    let (a, a_events, a_id) = connect(&server, "a").await;
+    let (_b, mut b_events, b_id) = connect(&server, "b").await;
+    server
+        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .unwrap();
+    wait_client(&mut b_events, path_changed).await;
+    let local = a.local_addr().unwrap();
+    drop(a);
+    drop(a_events);
+    // Every task of the client ends and its one UDP socket is closed: the port is free.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if std::net::UdpSocket::bind(local).is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped client still holds {local}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

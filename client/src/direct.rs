@@ -463,7 +463,16 @@ async fn write_frames(
 
 /// Hands each received probe to the punch task of its pair.
 pub(crate) async fn dispatch_probes(inner: Arc<Inner>, mut probes: crate::socket::ProbeReceiver) {
-    while let Some((from, bytes)) = probes.recv().await {
+    loop {
+        // Ends with the server connection too: this task holds the client's state, and
+        // that state holds the socket whose end would otherwise be the only way out.
+        let (from, bytes) = tokio::select! {
+            probe = probes.recv() => match probe {
+                Some(probe) => probe,
+                None => return,
+            },
+            _ = inner.connection.closed() => return,
+        };
         let Ok((probe, _, _)) = Probe::decode(&bytes) else {
             continue;
         };
