@@ -89,7 +89,46 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 #[derive(Debug)]
 struct PinnedCertificate {
     expected: Fingerprint,
-    provider: Arc<CryptoProvider>,
+    signatures: Signatures,
+}
+
+/// The handshake-signature checks both verifiers share: pinning decides *which*
+/// certificate is acceptable, and these still prove the peer holds its key.
+#[derive(Debug)]
+struct Signatures(Arc<CryptoProvider>);
+
+impl Signatures {
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 impl ServerCertVerifier for PinnedCertificate {
@@ -116,12 +155,7 @@ impl ServerCertVerifier for PinnedCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -130,18 +164,11 @@ impl ServerCertVerifier for PinnedCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -162,14 +189,14 @@ pub(crate) fn server_client_config(
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
                     expected: *expected,
-                    provider,
+                    signatures: Signatures(provider),
                 })),
             ServerTrust::Certificate(cert) => {
                 builder
                     .dangerous()
                     .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
                         expected: fingerprint_of(cert),
-                        provider,
+                        signatures: Signatures(provider),
                     }))
             }
             ServerTrust::SystemRoots => {
@@ -246,7 +273,7 @@ impl ExpectedPeers {
 #[derive(Debug)]
 struct ExpectedPeerCertificate {
     expected: Arc<ExpectedPeers>,
-    provider: Arc<CryptoProvider>,
+    signatures: Signatures,
 }
 
 impl ClientCertVerifier for ExpectedPeerCertificate {
@@ -275,12 +302,7 @@ impl ClientCertVerifier for ExpectedPeerCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -289,18 +311,11 @@ impl ClientCertVerifier for ExpectedPeerCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -314,7 +329,7 @@ pub(crate) fn peer_server_config(
     let provider = provider();
     let verifier = Arc::new(ExpectedPeerCertificate {
         expected,
-        provider: provider.clone(),
+        signatures: Signatures(provider.clone()),
     });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -345,7 +360,7 @@ pub(crate) fn peer_client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
             expected: peer,
-            provider,
+            signatures: Signatures(provider),
         }))
         .with_client_auth_cert(vec![identity.certificate.clone()], identity.key.clone_key())
         .map_err(|e| ConnectError::Tls(e.to_string()))?;
