@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job, visibly: builds peergroup, starts a peergroup-server on loopback, and has
 # two peergroup clients (alice and bob) join one room and exchange sequenced messages over
-# QUIC through the relay. Each client prints its JSON lines (see `peergroup probe --help`);
-# the summaries show every message arrived exactly once, in order.
+# QUIC: through the server's relay at first, then directly once hole punching succeeds (the
+# "path" lines). Each client prints its JSON lines (see `peergroup probe --help`); the
+# summaries show every message arrived exactly once, in order, across the switch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
