@@ -92,6 +92,9 @@ pub struct PeerStats {
     pub punch_attempts: u32,
     /// Punch attempts that ended direct.
     pub punch_successes: u32,
+    /// Relayed messages discarded because the peer sent them so far ahead of a gap in its
+    /// sequence that holding them would exceed 16 MiB (a misbehaving peer).
+    pub discarded: u64,
 }
 
 /// What the client knows about one peer.
@@ -132,6 +135,10 @@ impl Peer {
 /// peer's direct connection until the relay catches up (QUIC flow control then pauses
 /// the sender).
 pub(crate) const MAX_HELD_BYTES: usize = 4 << 20;
+/// Bytes of early arrivals held for one peer past which further *relayed* early arrivals
+/// are discarded. The relay cannot be paused for one peer without pausing all of them, and
+/// a well-behaved sender never gets this far ahead on it.
+pub(crate) const MAX_HELD_BYTES_RELAYED: usize = 16 << 20;
 /// Acknowledge after this many direct messages, besides the driver's periodic flush.
 const ACK_EVERY: u64 = 32;
 
@@ -497,10 +504,19 @@ impl Session {
         let Some(peer) = self.peers.get_mut(&from) else {
             return Err(format!("a message from {from}, which is not a peer"));
         };
-        let size = match &slot {
-            Slot::Message((_, payload, _)) => payload.len(),
-            Slot::Skipped => 0,
+        let (size, relayed) = match &slot {
+            Slot::Message((_, payload, path)) => (payload.len(), *path == Path::Relay),
+            Slot::Skipped => (0, true),
         };
+        let early = seq > peer.receiver.delivered() + 1;
+        if relayed && early && peer.receiver.held_bytes() + size > MAX_HELD_BYTES_RELAYED {
+            // Relayed messages run ahead of a live direct path only by what is in flight;
+            // this far ahead, the sender skipped numbers on purpose to make us hold its
+            // messages. Bound that memory; the loss is that sender's own doing.
+            peer.stats.discarded += 1;
+            tracing::warn!(%from, seq, "discarding a relayed message far ahead of a gap");
+            return Ok(());
+        }
         match peer.receiver.accept(seq, slot, size) {
             Ok(ready) => {
                 for (group, payload, path) in ready {

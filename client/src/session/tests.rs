@@ -540,3 +540,31 @@ fn a_direct_datagram_claiming_another_sender_is_dropped() {
         [ClientEvent::Message { path: Path::Direct, from, .. }] if *from == PEER
     ));
 }
+
+#[test]
+fn a_peer_that_skips_a_number_cannot_make_us_hold_unbounded_memory() {
+    let mut s = session_in_group();
+    let big = Bytes::from(vec![0u8; 1 << 20]);
+    // Sequence 1 never comes; 2, 3, ... arrive through the relay, 1 MiB each.
+    for seq in 2..=40u64 {
+        s.handle_frame(ServerToClient::Deliver {
+            from: PEER,
+            group: None,
+            seq,
+            payload: big.clone(),
+        })
+        .unwrap();
+    }
+    assert!(events(&mut s).is_empty(), "nothing deliverable before 1");
+    assert!(s.held_bytes(PEER) <= MAX_HELD_BYTES_RELAYED);
+    assert_eq!(s.peer_stats(PEER).unwrap().discarded, 40 - 1 - 16);
+    // Other peers are unaffected.
+    s.handle_frame(ServerToClient::Deliver {
+        from: OTHER,
+        group: None,
+        seq: 1,
+        payload: Bytes::from_static(b"fine"),
+    })
+    .unwrap();
+    assert_eq!(events(&mut s).len(), 1);
+}

@@ -509,7 +509,14 @@ impl Registry {
         if to_server {
             self.relay_to_server(from, group, payload.clone(), Delivery::ReliableOrdered);
         }
+        let mut seen = DestinationSet::default();
         for dest in dests {
+            // One copy per pair and upload: a client cannot turn one upload into thousands
+            // of deliveries to one victim by repeating its pair.
+            if !seen.insert(dest.pair) {
+                self.counters.relay_refused += 1;
+                continue;
+            }
             match self.relay_verdict(from, group, dest.pair) {
                 Ok(to) => {
                     self.send(
@@ -554,7 +561,12 @@ impl Registry {
             self.relay_to_server(from, group, payload.clone(), Delivery::Unreliable);
         }
         let mut recipients = Vec::with_capacity(dests.len());
+        let mut seen = DestinationSet::default();
         for &pair in dests {
+            if !seen.insert(pair) {
+                self.counters.relay_refused += 1;
+                continue;
+            }
             match self.relay_verdict(from, group, pair) {
                 Ok(to) => recipients.push((to, pair)),
                 Err((reason, _)) => self.refuse(from, Some(pair), group, reason),
@@ -957,6 +969,31 @@ impl Registry {
 
     fn event(&mut self, event: ServerEvent) {
         self.actions.push_back(Action::Event(event));
+    }
+}
+
+/// The pairs one upload named so far. Most uploads name a handful, so a short list is
+/// searched until it grows.
+#[derive(Default)]
+struct DestinationSet {
+    few: Vec<PairId>,
+    many: Option<std::collections::HashSet<PairId>>,
+}
+
+impl DestinationSet {
+    /// Adds `pair`; false if it was already there.
+    fn insert(&mut self, pair: PairId) -> bool {
+        if let Some(many) = &mut self.many {
+            return many.insert(pair);
+        }
+        if self.few.contains(&pair) {
+            return false;
+        }
+        self.few.push(pair);
+        if self.few.len() > 16 {
+            self.many = Some(self.few.drain(..).collect());
+        }
+        true
     }
 }
 

@@ -911,3 +911,29 @@ fn relayed_messages_are_counted_per_pair() {
     assert_eq!(w.registry.pair_stats(a, b).unwrap().relayed, 3);
     assert_eq!(w.registry.pair_stats(a, b).unwrap().shared_groups, 1);
 }
+
+#[test]
+fn a_pair_named_many_times_in_one_upload_gets_one_copy() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    w.registry
+        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .unwrap();
+    let pair = pair_of(&w.drain(), a, b);
+    let dests: Vec<RelayDest> = (1..=100).map(|seq| RelayDest { pair, seq }).collect();
+    w.registry
+        .handle_relay(a, None, false, &dests, Bytes::from_static(b"x"), w.now);
+    let delivered = World::frames_to(&w.drain(), b)
+        .into_iter()
+        .filter(|f| matches!(f, S::Deliver { .. }))
+        .count();
+    assert_eq!(delivered, 1);
+    assert_eq!(w.registry.counters().relay_refused, 99);
+    let pairs: Vec<PairId> = std::iter::repeat_n(pair, 50).collect();
+    w.registry
+        .handle_datagram(a, None, false, &pairs, Bytes::from_static(b"d"), w.now);
+    assert!(matches!(
+        w.drain().as_slice(),
+        [Action::Datagram { to, .. }] if to.len() == 1
+    ));
+}
