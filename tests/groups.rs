@@ -239,13 +239,7 @@ async fn a_client_that_goes_silent_is_dropped_within_the_idle_timeout() {
             let runtime = tokio::runtime::Runtime::new().unwrap();
             let raw = runtime.block_on(async {
                 let mut raw = raw_connect(&server).await;
-                raw.send_frame(&peergroup_protocol::ClientToServer::Hello(
-                    peergroup_protocol::Hello {
-                        version: peergroup_protocol::PROTOCOL_VERSION,
-                        login: Bytes::new(),
-                    },
-                ))
-                .await;
+                raw.send_hello().await;
                 let mut prefix = [0u8; 4];
                 raw.recv.read_exact(&mut prefix).await.unwrap();
                 raw
@@ -334,19 +328,7 @@ async fn acks_that_never_come_time_out_after_the_configured_time() {
     )
     .await;
     // A raw client logs in but never acks anything.
-    let mut raw = raw_connect(&server).await;
-    raw.send_frame(&peergroup_protocol::ClientToServer::Hello(
-        peergroup_protocol::Hello {
-            version: peergroup_protocol::PROTOCOL_VERSION,
-            login: Bytes::new(),
-        },
-    ))
-    .await;
-    let silent = wait_server(&mut server_events, |e| match e {
-        ServerEvent::ClientConnected { host, .. } => Some(*host),
-        _ => None,
-    })
-    .await;
+    let (raw, silent) = raw_login(&server, &mut server_events, &[]).await;
     let started = std::time::Instant::now();
     let group = server
         .create_group(&[silent], GroupOptions::default(), "")

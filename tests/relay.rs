@@ -6,7 +6,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use peergroup_client::{ClientEvent, Delivery, Path, RefuseReason, SendError, Target};
-use peergroup_protocol::{ClientToServer, Hello, HostId, PairId, RelayDest, PROTOCOL_VERSION};
+use peergroup_protocol::{ClientToServer, HostId, PairId, RelayDest};
 use peergroup_server::{DisconnectReason, GroupOptions, ServerEvent, ServerTarget};
 use std::time::Duration;
 
@@ -225,17 +225,7 @@ async fn a_client_cannot_forge_a_sender_or_reach_a_pair_it_is_not_in() {
     next_client_events(&mut b_events, 2).await;
 
     // A raw client in no group guesses pair ids (the A-B pair is one of the first few).
-    let mut raw = raw_connect(&server).await;
-    raw.send_frame(&ClientToServer::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        login: Bytes::new(),
-    }))
-    .await;
-    let raw_id = wait_server(&mut server_events, |e| match e {
-        ServerEvent::ClientConnected { host, .. } if *host != a_id && *host != b_id => Some(*host),
-        _ => None,
-    })
-    .await;
+    let (mut raw, raw_id) = raw_login(&server, &mut server_events, &[a_id, b_id]).await;
     let refused_before = server.stats().relay_refused;
     let dests: Vec<RelayDest> = (1..4u64)
         .flat_map(|version| (0..4u64).map(move |index| (version << 32) | index))
@@ -364,17 +354,7 @@ async fn a_receiver_that_stops_reading_is_dropped_while_one_that_reads_keeps_up(
     let (a, mut a_events, a_id) = connect(&server, "a").await;
     let (_c, mut c_events, c_id) = connect(&server, "c").await;
     // B logs in by hand and then never reads its stream.
-    let mut raw = raw_connect(&server).await;
-    raw.send_frame(&ClientToServer::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        login: Bytes::new(),
-    }))
-    .await;
-    let b_id = wait_server(&mut server_events, |e| match e {
-        ServerEvent::ClientConnected { host, .. } if *host != a_id && *host != c_id => Some(*host),
-        _ => None,
-    })
-    .await;
+    let (raw, b_id) = raw_login(&server, &mut server_events, &[a_id, c_id]).await;
     let group = server
         .create_group(&[a_id, b_id, c_id], relay_only(), "")
         .unwrap();

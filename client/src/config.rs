@@ -86,8 +86,10 @@ pub struct Limits {
     /// server, and the server eventually drops it as a slow consumer. Default 4,096.
     pub event_queue: usize,
     /// How far ahead of the next expected reliable message another may arrive (in
-    /// sequence numbers) before the sender counts as broken. Memory is bounded separately:
-    /// past 4 MiB of early arrivals, reading pauses. Default 1,048,576.
+    /// sequence numbers) before the sender counts as broken. Memory is bounded separately,
+    /// per peer: past 4 MiB of early arrivals the direct path's reader pauses, and relayed
+    /// early arrivals past 16 MiB are discarded (counted in `PeerStats::discarded`).
+    /// Default 1,048,576.
     pub receive_window: u64,
 }
 

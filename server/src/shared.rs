@@ -2,8 +2,10 @@
 //! out.
 //!
 //! The registry and the per-client links live under one `std` mutex that is never held
-//! across an await. Actions are carried out under the lock and never wait (queues are
-//! pushed with `try_push`), so every client sees frames in exactly the registry's order.
+//! across an await. Actions are carried out under the lock and never wait: frames are
+//! always admitted to a client's queue, in order, so every client sees them in exactly the
+//! registry's order. Queues pushed past their soft limit are returned in a [`Deferred`]
+//! for the task that caused the work to wait on once the lock is released.
 
 use crate::app_events::EventSink;
 use crate::config::Limits;

@@ -151,6 +151,23 @@ pub struct RawClient {
     pub recv: quinn::RecvStream,
 }
 
+/// A raw client that has logged in, and the id the server gave it (the first client to
+/// connect that is not one of `known`).
+pub async fn raw_login(
+    server: &Server,
+    server_events: &mut ServerEvents,
+    known: &[HostId],
+) -> (RawClient, HostId) {
+    let mut raw = raw_connect(server).await;
+    raw.send_hello().await;
+    let host = wait_server(server_events, |e| match e {
+        ServerEvent::ClientConnected { host, .. } if !known.contains(host) => Some(*host),
+        _ => None,
+    })
+    .await;
+    (raw, host)
+}
+
 pub async fn raw_connect(server: &Server) -> RawClient {
     let config =
         peergroup_client::raw_quic_client_config(&ServerTrust::Fingerprint(server.fingerprint()))
@@ -176,6 +193,15 @@ impl RawClient {
     pub async fn send_frame(&mut self, message: &ClientToServer) {
         let frame = frame_to_bytes(message, DEFAULT_MAX_FRAME_LEN).unwrap();
         self.send.write_all(&frame).await.expect("write");
+    }
+
+    /// Logs in with the current protocol version and an empty login.
+    pub async fn send_hello(&mut self) {
+        self.send_frame(&ClientToServer::Hello(peergroup_protocol::Hello {
+            version: peergroup_protocol::PROTOCOL_VERSION,
+            login: Bytes::new(),
+        }))
+        .await;
     }
 
     pub async fn send_bytes(&mut self, bytes: &[u8]) {

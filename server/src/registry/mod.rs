@@ -513,7 +513,7 @@ impl Registry {
         for dest in dests {
             // One copy per pair and upload: a client cannot turn one upload into thousands
             // of deliveries to one victim by repeating its pair.
-            if !seen.insert(dest.pair) {
+            if dests.len() > 1 && !seen.insert(dest.pair) {
                 self.counters.relay_refused += 1;
                 continue;
             }
@@ -563,7 +563,7 @@ impl Registry {
         let mut recipients = Vec::with_capacity(dests.len());
         let mut seen = DestinationSet::default();
         for &pair in dests {
-            if !seen.insert(pair) {
+            if dests.len() > 1 && !seen.insert(pair) {
                 self.counters.relay_refused += 1;
                 continue;
             }
