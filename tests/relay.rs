@@ -6,7 +6,7 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use peergroup_client::{ClientEvent, Delivery, Path, RefuseReason, SendError, Target};
-use peergroup_protocol::{ClientToServer, HostId, PairId, RelayDest};
+use peergroup_protocol::{ClientToServer, HostId, Lane, PairId, Priority, RelayDest};
 use peergroup_server::{DisconnectReason, GroupOptions, ServerEvent, ServerTarget};
 use std::time::Duration;
 
@@ -237,6 +237,8 @@ async fn a_client_cannot_forge_a_sender_or_reach_a_pair_it_is_not_in() {
     raw.send_frame(&ClientToServer::Relay {
         group: None,
         to_server: false,
+        lane: Lane::Ordered { channel: 0 },
+        priority: Priority::Medium,
         dests: dests.clone(),
         payload: Bytes::from_static(b"i am a"),
     })
@@ -345,7 +347,7 @@ async fn a_receiver_that_stops_reading_is_dropped_while_one_that_reads_keeps_up(
     let (server, mut server_events) = start_server_with(
         |c| {
             c.limits.client_queue_bytes = 256 * 1024;
-            c.limits.max_frame_len = 64 * 1024;
+            c.limits.max_message_len = 64 * 1024;
             c.timeouts.slow_consumer = Duration::from_secs(1);
         },
         Default::default(),

@@ -191,7 +191,7 @@ async fn malformed_frames_close_only_the_sender_with_a_protocol_violation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_length_prefix_is_refused_before_anything_is_allocated() {
     let (server, _server_events) =
-        start_server_with(|c| c.limits.max_frame_len = 4096, AuthHook::accept_all()).await;
+        start_server_with(|c| c.limits.max_message_len = 4096, AuthHook::accept_all()).await;
     let (a, mut b_events, group) = bystanders(&server).await;
 
     let mut raw = raw_connect(&server).await;
@@ -203,8 +203,9 @@ async fn an_oversized_length_prefix_is_refused_before_anything_is_allocated() {
     assert_eq!(
         reason,
         format!(
-            "frame of {} bytes exceeds the maximum of 4096 bytes",
-            u32::MAX
+            "frame of {} bytes exceeds the maximum of {} bytes",
+            u32::MAX,
+            4096 + peergroup_protocol::FRAME_HEADROOM
         )
     );
     assert!(

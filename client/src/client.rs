@@ -1,47 +1,26 @@
 //! The public [`Client`] handle and its background tasks.
 
+use crate::clock::ServerTime;
 use crate::config::{ClientConfig, DirectConfig};
 use crate::direct::{self, DirectLink, PunchHandle};
 use crate::error::{ConnectError, SendError};
 use crate::events::{ClientEvent, DisconnectReason};
-use crate::session::{PeerStats, Session, Target, Upload};
+use crate::outbound::{write_stream, UploadQueue};
+use crate::session::{PeerStats, Route, Session, SessionTiming, Target, Upload};
 use crate::socket::DemuxSocket;
 use crate::tls::{peer_server_config, server_client_config, ClientIdentity, ExpectedPeers};
 use bytes::Bytes;
 use peergroup_protocol::{
-    datagram_to_bytes, decode_body, frame_to_bytes, ClientToServer, CloseCode, Delivery,
-    Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, PairId, PeerInfo,
-    ServerDatagram, ServerToClient, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
+    datagram_to_bytes, decode_body, frame_to_bytes, Carrier, ClientToServer, CloseCode,
+    Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, PairId, PairPath, PeerInfo,
+    SendOptions, ServerDatagram, ServerToClient, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
-
-/// Bytes a queued message costs beyond its payload, so that many empty messages are
-/// bounded too.
-const PER_MESSAGE_COST: usize = 64;
-
-/// A frame waiting for the writer, holding its share of the send budget.
-struct Queued {
-    frame: Bytes,
-    _budget: Option<OwnedSemaphorePermit>,
-    /// Set on the last item [`Client::close`] queues: finish the stream after everything
-    /// before it, wait until the server has read it all, then say so.
-    finished: Option<oneshot::Sender<()>>,
-}
-
-impl Queued {
-    fn frame(frame: Bytes, budget: Option<OwnedSemaphorePermit>) -> Self {
-        Self {
-            frame,
-            _budget: budget,
-            finished: None,
-        }
-    }
-}
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// Everything that changes together, under one lock: the sans-IO session, the direct
 /// links and the punches under way.
@@ -59,8 +38,10 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     pub endpoint: quinn::Endpoint,
     pub socket: Arc<DemuxSocket>,
-    queue: mpsc::UnboundedSender<Queued>,
-    budget: Arc<Semaphore>,
+    /// Frames for the server, in the scheduler's order.
+    uploads: UploadQueue,
+    /// Each direct peer's send queue holds at most about this many bytes.
+    pub peer_queue_bytes: usize,
     events: mpsc::Sender<ClientEvent>,
     pub max_frame_len: u32,
     pub host_id: HostId,
@@ -80,11 +61,11 @@ impl Inner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a frame for the server outside the send budget (control traffic is small
-    /// and bounded by what the server sends).
+    /// Queues a notice for the server (control traffic is small and bounded by what the
+    /// server sends, so it never waits).
     pub fn send_server_frame(&self, frame: &ClientToServer) {
         if let Ok(bytes) = frame_to_bytes(frame, self.max_frame_len) {
-            let _ = self.queue.send(Queued::frame(bytes, None));
+            self.uploads.push_control(bytes);
         }
     }
 
@@ -92,11 +73,8 @@ impl Inner {
     /// peers, punch orders, ended pairs. Returns the events for the application, to be
     /// handed over once the lock is released.
     pub fn flush(self: &Arc<Self>, core: &mut Core) -> Vec<ClientEvent> {
-        while let Some(frame) = core.session.poll_frame() {
-            self.send_server_frame(&frame);
-        }
-        while let Some((to, frame)) = core.session.poll_peer_frame() {
-            direct::send_peer_frame(core, to, &frame, self.max_frame_len, None);
+        while let Some(upload) = core.session.poll_upload() {
+            self.dispatch(core, upload);
         }
         while let Some(order) = core.session.poll_punch_order() {
             direct::start_punch(self, core, order);
@@ -120,35 +98,79 @@ impl Inner {
         }
     }
 
-    /// Sends uploads on their paths, in order; the first frame for the server carries the
-    /// send budget of the message.
-    pub fn dispatch(
-        &self,
-        core: &mut Core,
-        uploads: Vec<Upload>,
-        mut budget: Option<OwnedSemaphorePermit>,
-    ) {
-        for upload in uploads {
-            match upload {
-                Upload::Frame(frame) => match frame_to_bytes(&frame, self.max_frame_len) {
-                    Ok(bytes) => {
-                        let _ = self.queue.send(Queued::frame(bytes, budget.take()));
-                    }
-                    Err(error) => tracing::error!(%error, "frame not sent"),
-                },
-                Upload::Datagram(datagram) => {
-                    if let Ok(bytes) = datagram_to_bytes(&datagram) {
-                        let _ = self.connection.send_datagram(bytes);
-                    }
-                }
-                Upload::Peer { to, frame } => {
-                    // The first copy of a message carries its budget, on any path.
-                    direct::send_peer_frame(core, to, &frame, self.max_frame_len, budget.take());
-                }
-                Upload::PeerDatagram { to, datagram } => {
-                    direct::send_peer_datagram(core, to, &datagram);
+    /// Puts one upload in its queue, or sends its datagram.
+    pub fn dispatch(&self, core: &mut Core, upload: Upload) {
+        match upload {
+            Upload::Control(frame) => {
+                if let Some(bytes) = encoded(&frame, self.max_frame_len) {
+                    self.uploads.push_control(bytes);
                 }
             }
+            Upload::Relay {
+                frame,
+                priority,
+                flow,
+                latest,
+            } => {
+                if let Some(bytes) = encoded(&frame, self.max_frame_len) {
+                    self.uploads.push_data(bytes, priority, flow, latest, 0);
+                }
+            }
+            Upload::Datagram(datagram) => {
+                if let Ok(bytes) = datagram_to_bytes(&datagram) {
+                    let _ = self.connection.send_datagram(bytes);
+                }
+            }
+            Upload::Peer {
+                to,
+                frame,
+                priority,
+                latest,
+                id,
+            } => {
+                let (Some(link), Some(bytes)) =
+                    (core.directs.get(&to), encoded(&frame, self.max_frame_len))
+                else {
+                    return;
+                };
+                if let Some(replaced) = link.queue.push_data(bytes, priority, 0, latest, id) {
+                    core.session.forget_replaced(to, replaced);
+                }
+            }
+            Upload::PeerControl { to, frame } => {
+                if let (Some(link), Some(bytes)) =
+                    (core.directs.get(&to), encoded(&frame, self.max_frame_len))
+                {
+                    link.queue.push_control(bytes);
+                }
+            }
+            Upload::PeerDatagram { to, datagram } => {
+                direct::send_peer_datagram(core, to, &datagram);
+            }
+        }
+    }
+
+    /// The first queue of `route` that is full, if any.
+    fn full_queue(&self, core: &Core, route: &Route) -> Option<UploadQueue> {
+        if route.server && !self.uploads.has_room() {
+            return Some(self.uploads.clone());
+        }
+        route
+            .direct
+            .iter()
+            .filter_map(|peer| core.directs.get(peer))
+            .find(|link| !link.queue.has_room())
+            .map(|link| link.queue.clone())
+    }
+}
+
+/// Encodes a frame, logging (and dropping) one that cannot be sent.
+fn encoded<T: serde::Serialize>(frame: &T, max_frame_len: u32) -> Option<Bytes> {
+    match frame_to_bytes(frame, max_frame_len) {
+        Ok(bytes) => Some(bytes),
+        Err(error) => {
+            tracing::error!(%error, "frame not sent");
+            None
         }
     }
 }
@@ -318,14 +340,22 @@ impl Client {
 
         let (events_tx, events_rx) = mpsc::channel(config.limits.event_queue.max(2));
         let _ = events_tx.try_send(ClientEvent::Connected { host_id });
-        let (queue, queued) = mpsc::unbounded_channel();
+        let (uploads, queued) = UploadQueue::new(config.limits.send_queue_bytes, false);
         let guard = Arc::new(CloseOnDrop {
             connection: connection.clone(),
             endpoint: endpoint.clone(),
         });
         let inner = Arc::new(Inner {
             core: Mutex::new(Core {
-                session: Session::new(host_id, max_frame_len, config.limits.receive_window),
+                session: Session::new(
+                    host_id,
+                    max_frame_len,
+                    config.limits.receive_window,
+                    SessionTiming {
+                        ping_interval: config.timeouts.ping_interval,
+                    },
+                    Instant::now(),
+                ),
                 directs: HashMap::new(),
                 punches: HashMap::new(),
             }),
@@ -333,10 +363,8 @@ impl Client {
             closed: AtomicBool::new(false),
             endpoint,
             socket,
-            queue,
-            budget: Arc::new(Semaphore::new(
-                config.limits.send_queue_bytes.min(Semaphore::MAX_PERMITS),
-            )),
+            uploads,
+            peer_queue_bytes: config.limits.send_queue_bytes,
             events: events_tx,
             max_frame_len,
             host_id,
@@ -347,11 +375,11 @@ impl Client {
             peer_transport,
             random: ring::rand::SystemRandom::new(),
         });
-        tokio::spawn(write_frames(send, queued));
+        tokio::spawn(write_stream(connection.clone(), send, queued));
         tokio::spawn(receive(inner.clone(), recv));
         tokio::spawn(direct::accept_peers(inner.clone()));
         tokio::spawn(direct::dispatch_probes(inner.clone(), probes));
-        tokio::spawn(direct::flush_acks(inner.clone()));
+        tokio::spawn(direct::tick(inner.clone()));
         if let Ok(local) = inner.endpoint.local_addr() {
             let addrs = host_candidates(local);
             tracing::debug!(?addrs, "host candidates");
@@ -365,33 +393,33 @@ impl Client {
         Ok((client, ClientEvents { rx: events_rx }))
     }
 
-    /// Sends `payload` to `target`, waiting while the send queue is full.
+    /// Sends `payload` to `target` with `options`: a [`Delivery`] mode, or
+    /// [`SendOptions`] with a channel and a priority (see the README's "Delivery modes").
     ///
-    /// Reliable messages go on the server connection's stream, each with the next sequence
-    /// number of each destination pair; unreliable ones go in datagrams and never wait.
+    /// Reliable modes are queued for their path (the stream to the server, or the direct
+    /// connection to a peer) with the next number of each destination pair's lane; a send
+    /// waits while a queue it needs holds [`Limits::send_queue_bytes`] (default 4 MiB) or
+    /// more, so a slow path paces only the sends that use it. Unreliable modes go straight
+    /// into datagrams and never wait; so do [`Delivery::Latest`] sends, which replace a
+    /// queued value of their key instead of growing the queue.
     ///
     /// # Errors
     /// [`SendError`]: a target this client may not use ([`SendError::NotInGroup`],
-    /// [`SendError::NotAPeer`]), a payload too large ([`SendError::TooLarge`],
-    /// [`SendError::TooLargeForDatagram`]), or [`SendError::Disconnected`].
+    /// [`SendError::NotAPeer`]), a payload too large ([`SendError::TooLarge`] over the
+    /// server's message limit, default 1 MiB; [`SendError::TooLargeForDatagram`] for an
+    /// unreliable payload over the path's datagram size), or [`SendError::Disconnected`].
+    ///
+    /// [`Limits::send_queue_bytes`]: crate::Limits::send_queue_bytes
+    /// [`Delivery`]: crate::Delivery
+    /// [`Delivery::Latest`]: crate::Delivery::Latest
     pub async fn send(
         &self,
         target: Target,
         payload: impl Into<Bytes>,
-        delivery: Delivery,
+        options: impl Into<SendOptions>,
     ) -> Result<(), SendError> {
         let payload = payload.into();
-        let budget = match delivery {
-            Delivery::Unreliable => None,
-            _ => Some(
-                self.inner
-                    .budget
-                    .clone()
-                    .acquire_many_owned(cost(&payload))
-                    .await
-                    .map_err(|_| SendError::Disconnected)?,
-            ),
-        };
+        let options = options.into();
         let loopback = match self.wants_loopback(&target) {
             true => Some(
                 self.inner
@@ -402,42 +430,56 @@ impl Client {
             ),
             false => None,
         };
-        self.enqueue(&target, payload, delivery, budget, loopback)
+        let mut loopback = loopback;
+        loop {
+            match self.enqueue(&target, &payload, options, &mut loopback)? {
+                None => return Ok(()),
+                Some(full) => full.room().await,
+            }
+        }
+    }
+
+    /// Sends an application message type, encoded with postcard ([`crate::encode`]); the
+    /// receiver reads it with [`crate::decode`]. Declare the message types once, in a
+    /// module or crate both sides use (the role of ProudNet's PIDL files). Otherwise as
+    /// [`Client::send`].
+    ///
+    /// # Errors
+    /// As [`Client::send`], plus [`SendError::Encode`] when the value cannot be encoded.
+    pub async fn send_message<T: serde::Serialize + ?Sized>(
+        &self,
+        target: Target,
+        message: &T,
+        options: impl Into<SendOptions>,
+    ) -> Result<(), SendError> {
+        let payload = crate::encode(message)?;
+        self.send(target, payload, options).await
     }
 
     /// As [`Client::send`], but never waits.
     ///
     /// # Errors
-    /// As [`Client::send`], plus [`SendError::QueueFull`] when the send queue (or, for a
-    /// loopback send, the event queue) is full.
+    /// As [`Client::send`], plus [`SendError::QueueFull`] when a queue the send needs is
+    /// full (or, for a loopback send, the event queue is).
     pub fn try_send(
         &self,
         target: Target,
         payload: impl Into<Bytes>,
-        delivery: Delivery,
+        options: impl Into<SendOptions>,
     ) -> Result<(), SendError> {
         let payload = payload.into();
-        let budget = match delivery {
-            Delivery::Unreliable => None,
-            _ => Some(
-                self.inner
-                    .budget
-                    .clone()
-                    .try_acquire_many_owned(cost(&payload))
-                    .map_err(|e| match e {
-                        tokio::sync::TryAcquireError::Closed => SendError::Disconnected,
-                        tokio::sync::TryAcquireError::NoPermits => SendError::QueueFull,
-                    })?,
-            ),
-        };
-        let loopback = match self.wants_loopback(&target) {
+        let options = options.into();
+        let mut loopback = match self.wants_loopback(&target) {
             true => Some(self.inner.events.try_reserve().map_err(|e| match e {
                 mpsc::error::TrySendError::Full(()) => SendError::QueueFull,
                 mpsc::error::TrySendError::Closed(()) => SendError::Disconnected,
             })?),
             false => None,
         };
-        self.enqueue(&target, payload, delivery, budget, loopback)
+        match self.enqueue(&target, &payload, options, &mut loopback)? {
+            None => Ok(()),
+            Some(_) => Err(SendError::QueueFull),
+        }
     }
 
     fn wants_loopback(&self, target: &Target) -> bool {
@@ -449,39 +491,61 @@ impl Client {
         }
     }
 
+    /// Queues the send if every queue it needs has room; otherwise returns a full one to
+    /// wait on, having assigned and queued nothing.
     fn enqueue(
         &self,
         target: &Target,
-        payload: Bytes,
-        delivery: Delivery,
-        budget: Option<OwnedSemaphorePermit>,
-        loopback: Option<mpsc::Permit<'_, ClientEvent>>,
-    ) -> Result<(), SendError> {
+        payload: &Bytes,
+        options: SendOptions,
+        loopback: &mut Option<mpsc::Permit<'_, ClientEvent>>,
+    ) -> Result<Option<UploadQueue>, SendError> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(SendError::Disconnected);
         }
-        let max_datagram = match delivery {
-            Delivery::Unreliable => inner.connection.max_datagram_size(),
-            _ => None,
-        };
-        // Sequence numbers are assigned, paths chosen and frames queued under one lock, so
-        // each path carries a pair's messages in sequence order and none slips between
+        // Lane numbers are assigned, paths chosen and frames queued under one lock, so
+        // each path carries a pair's messages in number order and none slips between
         // paths while one changes.
         let mut core = inner.lock();
+        let route = core.session.route(target)?;
+        let max_datagram = match options.carrier() {
+            // The smallest datagram size of every path the send takes.
+            Carrier::Datagram(_) => route
+                .direct
+                .iter()
+                .filter_map(|peer| core.directs.get(peer))
+                .map(|link| link.connection.max_datagram_size())
+                .fold(inner.connection.max_datagram_size(), |a, b| match (a, b) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    _ => None,
+                }),
+            // A latest value replaces its queued predecessor, so it never grows a queue
+            // by more than one message per key: it need not wait for room.
+            Carrier::Stream(lane) => {
+                if lane.latest_key().is_none() {
+                    if let Some(full) = inner.full_queue(&core, &route) {
+                        return Ok(Some(full));
+                    }
+                }
+                None
+            }
+        };
         let uploads = core
             .session
-            .plan_send(target, payload, delivery, max_datagram)?;
-        inner.dispatch(&mut core, uploads, budget);
+            .plan_send(target, payload.clone(), options, max_datagram)?;
+        for upload in uploads {
+            inner.dispatch(&mut core, upload);
+        }
         let mut events = inner.flush(&mut core).into_iter();
         drop(core);
-        if let (Some(permit), Some(event)) = (loopback, events.next()) {
+        if let (Some(permit), Some(event)) = (loopback.take(), events.next()) {
             permit.send(event);
         }
         for event in events {
             let _ = inner.events.try_send(event);
         }
-        Ok(())
+        Ok(None)
     }
 
     fn session(&self) -> SessionGuard<'_> {
@@ -503,10 +567,31 @@ impl Client {
         self.inner.identity.fingerprint()
     }
 
-    /// What this client measures about a peer: path, direct RTT, messages and bytes per
-    /// path, punch attempts. `None` if it is not a peer.
+    /// What this client measures about a peer: path, RTT (smoothed and last) and loss on
+    /// that path, messages and bytes per path and per mode, queue depth, punch attempts.
+    /// `None` if it is not a peer.
     pub fn peer_stats(&self, peer: HostId) -> Option<PeerStats> {
-        self.session().peer_stats(peer)
+        let core = self.inner.lock();
+        let mut stats = core.session.peer_stats(peer, Instant::now())?;
+        stats.queued_bytes = match (core.session.path_of(peer), core.directs.get(&peer)) {
+            (Some(PairPath::Direct), Some(link)) => link.queue.queued_bytes(),
+            _ => self.inner.uploads.queued_bytes(),
+        };
+        Some(stats)
+    }
+
+    /// The server's clock as this client estimates it now: time since the server started,
+    /// with an error bound (NTP's on-wire method, RFC 5905, over the server connection;
+    /// refreshed every 5 s). All clients of a server share this timeline, so it suits
+    /// game timing such as scheduled events and lag compensation. `None` until the first
+    /// answer, a few milliseconds after connecting.
+    pub fn server_time(&self) -> Option<ServerTime> {
+        self.session().server_time(Instant::now())
+    }
+
+    /// Bytes waiting in the upload queue to the server.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.uploads.queued_bytes()
     }
 
     /// Groups this client is in.
@@ -560,15 +645,8 @@ impl Client {
     /// 1 s for it to leave), and direct connections close too. Other handles see
     /// [`SendError::Disconnected`] afterwards.
     pub async fn close(&self) {
-        let (done, finished) = oneshot::channel();
-        let marker = Queued {
-            frame: Bytes::new(),
-            _budget: None,
-            finished: Some(done),
-        };
-        if self.inner.queue.send(marker).is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), finished).await;
-        }
+        let finished = self.inner.uploads.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), finished).await;
         self.inner.closed.store(true, Ordering::Release);
         close(&self.inner.connection, CloseCode::Normal, "client closed");
         self.inner.endpoint.close(
@@ -577,10 +655,6 @@ impl Client {
         );
         let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
     }
-}
-
-fn cost(payload: &Bytes) -> u32 {
-    u32::try_from(payload.len() + PER_MESSAGE_COST).unwrap_or(u32::MAX)
 }
 
 /// Why reading stopped.
@@ -643,31 +717,6 @@ impl FrameReader {
     }
 }
 
-async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::UnboundedReceiver<Queued>) {
-    let mut batch = Vec::with_capacity(64);
-    let mut chunks = bytes::BytesMut::new();
-    while queued.recv_many(&mut batch, 64).await > 0 {
-        for item in batch.drain(..) {
-            if let Some(done) = item.finished {
-                if send.write_all(&chunks).await.is_err() || send.finish().is_err() {
-                    return;
-                }
-                // Resolves once the server has read the stream to its end.
-                let _ = send.stopped().await;
-                let _ = done.send(());
-                return;
-            }
-            // One buffer per batch: quinn scans a stream's unacknowledged buffers for
-            // each packet it builds, so many small ones slow it down.
-            chunks.extend_from_slice(&item.frame);
-        }
-        if send.write_all(&chunks).await.is_err() {
-            return;
-        }
-        chunks.clear();
-    }
-}
-
 /// Reads the control stream and datagrams until the connection ends, then reports
 /// `Disconnected`.
 async fn receive(inner: Arc<Inner>, recv: FrameReader) {
@@ -724,7 +773,7 @@ async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
         };
         let events = {
             let mut core = inner.lock();
-            if let Err(text) = core.session.handle_frame(frame) {
+            if let Err(text) = core.session.handle_frame(frame, Instant::now()) {
                 return ReadEnd::Violation(CloseCode::ProtocolViolation, text);
             }
             inner.flush(&mut core)
@@ -745,7 +794,7 @@ async fn read_datagrams(inner: &Arc<Inner>) -> ReadEnd {
         };
         let events = {
             let mut core = inner.lock();
-            core.session.handle_datagram(message);
+            core.session.handle_datagram(message, Instant::now());
             inner.flush(&mut core)
         };
         inner.emit(events).await;

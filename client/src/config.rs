@@ -63,6 +63,10 @@ pub struct Timeouts {
     /// mapping alive (Linux conntrack drops idle UDP after 30 s). Default 4 s; must be
     /// under `idle`.
     pub keepalive: Duration,
+    /// How often each peer is pinged on its current path, for
+    /// [`PeerStats`](crate::PeerStats)' RTT and loss and the server's pair statistics.
+    /// `None` turns pings off (no RTT or loss then). Default 1 s.
+    pub ping_interval: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -71,6 +75,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(10),
             idle: Duration::from_secs(10),
             keepalive: Duration::from_secs(4),
+            ping_interval: Some(crate::ping::DEFAULT_PING_INTERVAL),
         }
     }
 }
@@ -78,9 +83,12 @@ impl Default for Timeouts {
 /// Size limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Payload bytes queued for the server (plus 64 bytes a message) before
-    /// [`Client::send`](crate::Client::send) waits and
-    /// [`Client::try_send`](crate::Client::try_send) fails. Default 4 MiB.
+    /// Bytes one send queue holds before sends that need it wait
+    /// ([`Client::send`](crate::Client::send)) or fail with `QueueFull`
+    /// ([`Client::try_send`](crate::Client::try_send)). There is one queue for the stream
+    /// to the server and one per direct peer, each bounded by this, so a slow peer holds
+    /// back only the sends that go to it. A message is admitted while its queue is under
+    /// the limit, so a queue can exceed it by one message. Default 4 MiB.
     pub send_queue_bytes: usize,
     /// Events held for the application; when full, the client stops reading from the
     /// server, and the server eventually drops it as a slow consumer. Default 4,096.

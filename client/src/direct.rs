@@ -6,6 +6,7 @@
 //! sends take, so no message can slip between the old path and the new.
 
 use crate::client::{Core, FrameReader, Inner, ReadEnd};
+use crate::outbound::{write_stream, UploadQueue};
 use crate::punch::{PunchResult, PunchSession, PunchTiming};
 use crate::session::MAX_HELD_BYTES;
 use crate::tls::peer_client_config;
@@ -18,7 +19,7 @@ use ring::rand::SecureRandom;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// How long the QUIC handshake may take after a candidate pair validated.
@@ -32,9 +33,9 @@ const HELD_POLL: Duration = Duration::from_millis(5);
 #[derive(Debug)]
 pub(crate) struct DirectLink {
     pub connection: quinn::Connection,
-    /// Encoded frames for the link's writer task, each with its share of the send budget
-    /// (released once written, so `send` waits while the path is busy).
-    pub queue: mpsc::UnboundedSender<(Bytes, Option<OwnedSemaphorePermit>)>,
+    /// Frames for the link's writer task, in the scheduler's order; sends to this peer
+    /// wait while it is full.
+    pub queue: UploadQueue,
 }
 
 /// What a punch task is told.
@@ -309,8 +310,8 @@ async fn establish(
             close(&connection, CloseCode::Normal, "not needed");
             return;
         }
-        let (queue, queued) = mpsc::unbounded_channel();
-        tokio::spawn(write_frames(send, queued));
+        let (queue, queued) = UploadQueue::new(inner.peer_queue_bytes, true);
+        tokio::spawn(write_stream(connection.clone(), send, queued));
         core.directs.insert(
             peer,
             DirectLink {
@@ -319,7 +320,8 @@ async fn establish(
             },
         );
         let rtt = connection.rtt();
-        core.session.set_direct(peer, rtt);
+        core.session
+            .set_direct(peer, rtt, std::time::Instant::now());
         inner.send_server_frame(&ClientToServer::PunchReport {
             pair,
             attempt,
@@ -375,8 +377,9 @@ async fn serve_direct(
             return;
         }
         core.directs.remove(&peer);
-        let resend = core.session.set_relay(peer, reason);
-        inner.dispatch(&mut core, resend, None);
+        // Unacked messages are queued again for the relay, with their numbers.
+        core.session
+            .set_relay(peer, reason, std::time::Instant::now());
         inner.flush(&mut core)
     };
     tracing::info!(%peer, ?reason, "direct path down; back to the relay");
@@ -396,7 +399,17 @@ async fn read_peer_frames(inner: &Arc<Inner>, peer: HostId, mut recv: FrameReade
         };
         let (events, held) = {
             let mut core = inner.lock();
-            if let Err(text) = core.session.handle_peer_frame(peer, frame) {
+            let handled = match frame {
+                PeerToPeer::Ack { received } => {
+                    // Acks count frames in the order they left the direct queue.
+                    let queue = core.directs.get(&peer).map(|link| link.queue.clone());
+                    core.session.handle_direct_ack(peer, received, |n| {
+                        queue.and_then(|queue| queue.take_sent(n))
+                    })
+                }
+                frame => core.session.handle_peer_frame(peer, frame),
+            };
+            if let Err(text) = handled {
                 return ReadEnd::Violation(CloseCode::ProtocolViolation, text);
             }
             (inner.flush(&mut core), core.session.held_bytes(peer))
@@ -434,30 +447,11 @@ async fn read_peer_datagrams(
         };
         let events = {
             let mut core = inner.lock();
-            core.session.handle_peer_datagram(peer, message);
+            core.session
+                .handle_peer_datagram(peer, message, std::time::Instant::now());
             inner.flush(&mut core)
         };
         inner.emit(events).await;
-    }
-}
-
-async fn write_frames(
-    mut send: quinn::SendStream,
-    mut queued: mpsc::UnboundedReceiver<(Bytes, Option<OwnedSemaphorePermit>)>,
-) {
-    let mut batch = Vec::with_capacity(64);
-    let mut merged = bytes::BytesMut::new();
-    while queued.recv_many(&mut batch, 64).await > 0 {
-        // One buffer per batch: quinn scans a stream's unacknowledged buffers for each
-        // packet it builds, so many small ones slow it down.
-        for (frame, _) in &batch {
-            merged.extend_from_slice(frame);
-        }
-        if send.write_all(&merged).await.is_err() {
-            return;
-        }
-        merged.clear();
-        batch.clear(); // releases the send budget of what was written
     }
 }
 
@@ -484,38 +478,24 @@ pub(crate) async fn dispatch_probes(inner: Arc<Inner>, mut probes: crate::socket
     }
 }
 
-/// Acks direct messages that no other ack covered yet, every 20 ms, while the client
-/// lives.
-pub(crate) async fn flush_acks(inner: Arc<Inner>) {
+/// The session's periodic work, every 20 ms while the client lives: acks direct
+/// messages that no other ack covered yet, and sends what is due (pings, clock requests,
+/// link reports).
+pub(crate) async fn tick(inner: Arc<Inner>) {
     let mut ticker = tokio::time::interval(ACK_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while inner.connection.close_reason().is_none() {
         ticker.tick().await;
         let mut core = inner.lock();
-        if core.directs.is_empty() {
-            continue;
+        if !core.directs.is_empty() {
+            core.session.flush_acks();
         }
-        core.session.flush_acks();
+        let now = std::time::Instant::now();
+        if now >= core.session.poll_timeout() {
+            core.session.handle_timeout(now);
+        }
         let events = inner.flush(&mut core);
         debug_assert!(events.is_empty());
-    }
-}
-
-/// Encodes a peer frame for its link, with the message's send budget; `false` if the
-/// peer has no direct link.
-pub(crate) fn send_peer_frame(
-    core: &Core,
-    to: HostId,
-    frame: &PeerToPeer,
-    max: u32,
-    budget: Option<OwnedSemaphorePermit>,
-) -> bool {
-    let Some(link) = core.directs.get(&to) else {
-        return false;
-    };
-    match frame_to_bytes(frame, max) {
-        Ok(bytes) => link.queue.send((bytes, budget)).is_ok(),
-        Err(_) => false,
     }
 }
 

@@ -48,8 +48,8 @@ pub enum SendError {
     /// The connection to the server has ended.
     #[error("not connected")]
     Disconnected,
-    /// [`Client::try_send`](crate::Client::try_send) found the send queue full
-    /// (default 4 MiB of payload).
+    /// [`Client::try_send`](crate::Client::try_send) found a send queue it needs full
+    /// (default 4 MiB each: the stream to the server, and each direct peer's).
     #[error("the send queue is full")]
     QueueFull,
     /// This client is not a member of the group.
@@ -74,4 +74,14 @@ pub enum SendError {
         /// The limit, bytes.
         max: usize,
     },
+    /// A typed message could not be encoded (a custom `Serialize` that failed); see
+    /// [`peergroup_protocol::typed`].
+    #[error("the message could not be encoded: {0}")]
+    Encode(String),
+}
+
+impl From<peergroup_protocol::typed::TypedError> for SendError {
+    fn from(error: peergroup_protocol::typed::TypedError) -> Self {
+        SendError::Encode(error.to_string())
+    }
 }

@@ -50,6 +50,8 @@ pub enum ClientEvent {
         payload: Bytes,
         /// How it was sent.
         delivery: Delivery,
+        /// The channel it was sent on (0 for modes without channels).
+        channel: u8,
         /// Which path carried it.
         path: Path,
     },

@@ -27,37 +27,54 @@
 //! ```
 //!
 //! # Delivery
-//! - [`Delivery::ReliableOrdered`]: exactly once and in order per (sender, receiver) pair.
-//!   Each message carries the pair's sequence number, so any path (relay now, direct
-//!   later) continues the same sequence.
+//! Each send names a [`Delivery`] mode, or [`SendOptions`] with a channel and a
+//! [`Priority`]; every mode keeps its guarantee on the relay, on the direct path and
+//! across a switch between them (the README's "Delivery modes" says when to use which):
+//! - [`Delivery::ReliableOrdered`]: exactly once, in order per (pair, channel).
+//! - [`Delivery::ReliableUnordered`]: exactly once, handed over on arrival.
 //! - [`Delivery::Unreliable`]: one QUIC datagram (RFC 9221); may be lost, never
 //!   duplicated. Too large for the path is an error, never a silent drop.
+//! - [`Delivery::UnreliableSequenced`]: a datagram, dropped if older than one already
+//!   delivered on its (pair, channel).
+//! - [`Delivery::Latest`]: reliable latest value per key; a queued older value is
+//!   replaced, and an older value never follows a newer one.
+//!
+//! Typed messages: any serde type, encoded with postcard ([`encode`], [`decode`],
+//! [`Client::send_message`]).
 //!
 //! # Layout
-//! - `session.rs`, `sequencing.rs`: the sans-IO core (groups, peers, sequence numbers,
-//!   reordering and duplicate removal).
+//! - `session.rs`, `receive.rs`, `sequencing.rs`: the sans-IO core (groups, peers, lanes,
+//!   reordering and duplicate removal per mode).
+//! - `clock.rs`, `ping.rs`: sans-IO server clock estimate and per-peer RTT and loss.
+//! - `outbound.rs`: the send queues (priorities, latest-value replacement, back-pressure).
 //! - `client.rs`: the [`Client`] handle and its tasks (writer, receiver).
 //! - `tls.rs`: server pinning and the client's identity certificate.
 //! - `config.rs`, `events.rs`, `error.rs`: plain data.
 
 mod client;
+mod clock;
 mod config;
 mod direct;
 mod error;
 mod events;
+mod outbound;
+mod ping;
 mod punch;
+mod receive;
 mod sequencing;
 mod session;
 mod socket;
 mod tls;
 
 pub use client::{Client, ClientEvents};
+pub use clock::ServerTime;
 pub use config::{ClientConfig, DirectConfig, Limits, Timeouts};
 pub use error::{ConnectError, SendError};
 pub use events::{ClientEvent, DisconnectReason};
+pub use peergroup_protocol::typed::{decode, encode, TypedError};
 pub use peergroup_protocol::{
     CloseCode, Delivery, Fingerprint, GroupId, HostId, PairPath, Path, PathReason, PeerInfo,
-    RefuseReason,
+    Priority, RefuseReason, SendOptions,
 };
-pub use session::{PathCounters, PeerStats, Target};
+pub use session::{ModeCounters, PathCounters, PeerStats, Target};
 pub use tls::{fingerprint_of, raw_quic_client_config, ServerTrust};

@@ -1,21 +1,28 @@
 //! The sans-IO core of the client: what it knows of its groups and peers, the per-pair
-//! sequence numbers, and how a send becomes uploads.
+//! lanes, and how a send becomes uploads.
 //!
-//! Frames from the server go in through [`Session::handle_frame`]; events for the
-//! application and frames for the server come out of [`Session::poll_event`] and
-//! [`Session::poll_frame`]. No IO, no clock.
+//! Frames from the server go in through [`Session::handle_frame`], frames from direct
+//! peers through [`Session::handle_peer_frame`]; events for the application come out of
+//! [`Session::poll_event`] and everything to send out of [`Session::poll_upload`].
+//! [`Session::handle_timeout`] runs the periodic work (pings, clock requests, link
+//! reports). No IO; every method that depends on time takes `now`.
 
+use crate::clock::{ServerClock, ServerTime};
 use crate::error::SendError;
 use crate::events::ClientEvent;
-use crate::sequencing::{Rejected, ReliableReceiver, Slot};
+use crate::ping::PingTracker;
+use crate::receive::{Accepted, LaneReceivers};
+use crate::sequencing::{Rejected, Slot};
 use bytes::Bytes;
 use peergroup_protocol::{
-    ClientDatagram, ClientToServer, Delivery, GroupId, HostId, PairId, PairPath, Path, PathReason,
-    PeerInfo, PeerToPeer, PunchOrder, RelayDest, ServerDatagram, ServerToClient,
-    DATAGRAM_DELIVER_OVERHEAD,
+    Carrier, ClientDatagram, ClientToServer, DatagramLane, Delivery, GroupId, HostId, Lane,
+    LaneCounters, PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer, Priority, PunchOrder,
+    RelayDest, SendOptions, ServerDatagram, ServerToClient, DATAGRAM_DELIVER_OVERHEAD,
+    FRAME_HEADROOM,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::time::Duration;
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
 
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,15 +43,43 @@ pub enum Target {
     Hosts(Vec<HostId>),
 }
 
-/// One message to send, ready to encode.
+/// One thing to send, ready to encode, with where it waits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Upload {
-    /// On the server connection's control stream.
-    Frame(ClientToServer),
+    /// A notice for the server (acks, reports, clock requests): it leaves before queued
+    /// messages.
+    Control(ClientToServer),
+    /// A message for the server's relay, queued by priority.
+    Relay {
+        /// The upload.
+        frame: ClientToServer,
+        /// Its priority in the upload queue.
+        priority: Priority,
+        /// Identifies the destination set, so a newer latest-value upload to the same
+        /// destinations replaces a queued one.
+        flow: u64,
+        /// The [`Delivery::Latest`] key, if any.
+        latest: Option<u64>,
+    },
     /// In a QUIC datagram to the server.
     Datagram(ClientDatagram),
-    /// On the direct connection to a peer.
+    /// A message on the direct connection to a peer, queued by priority.
     Peer {
+        /// The peer.
+        to: HostId,
+        /// The frame.
+        frame: PeerToPeer,
+        /// Its priority in the peer's queue.
+        priority: Priority,
+        /// The [`Delivery::Latest`] key, if any.
+        latest: Option<u64>,
+        /// Names the frame among those kept for retransmission: the queue logs it when
+        /// the frame goes out ([`Session::handle_direct_ack`]) and reports it when a newer
+        /// latest value replaces it ([`Session::forget_replaced`]).
+        id: u64,
+    },
+    /// A notice (an ack) on the direct connection to a peer.
+    PeerControl {
         /// The peer.
         to: HostId,
         /// The frame.
@@ -69,14 +104,51 @@ pub struct PathCounters {
     pub bytes: u64,
 }
 
+/// Messages and bytes one way, per delivery mode (all paths together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModeCounters {
+    /// [`Delivery::ReliableOrdered`].
+    pub reliable_ordered: PathCounters,
+    /// [`Delivery::ReliableUnordered`].
+    pub reliable_unordered: PathCounters,
+    /// [`Delivery::Unreliable`].
+    pub unreliable: PathCounters,
+    /// [`Delivery::UnreliableSequenced`].
+    pub unreliable_sequenced: PathCounters,
+    /// [`Delivery::Latest`].
+    pub latest: PathCounters,
+}
+
+impl ModeCounters {
+    fn count(&mut self, delivery: Delivery, payload: &Bytes) {
+        let counters = match delivery {
+            Delivery::ReliableOrdered => &mut self.reliable_ordered,
+            Delivery::ReliableUnordered => &mut self.reliable_unordered,
+            Delivery::Unreliable => &mut self.unreliable,
+            Delivery::UnreliableSequenced => &mut self.unreliable_sequenced,
+            Delivery::Latest { .. } => &mut self.latest,
+            _ => return,
+        };
+        count(counters, payload);
+    }
+}
+
 /// What the client measures about one peer (ProudNet's `GetP2PConnectionStats` and
 /// `GetP2PRecentPingMs`, client side).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PeerStats {
     /// The path messages to this peer take now.
     pub path: Option<PairPath>,
-    /// Smoothed RTT of the direct path while it is up (`None` on the relay; the server's
-    /// RTT is [`Client::server_rtt`](crate::Client::server_rtt)).
+    /// Smoothed RTT to the peer on the current path (through the server on the relay),
+    /// from pings about once a second (RFC 6298 smoothing). `None` until the first pong
+    /// after a path change.
+    pub rtt: Option<Duration>,
+    /// The last RTT sample.
+    pub last_rtt: Option<Duration>,
+    /// Fraction of the last 32 pings on the current path that got no answer (0.0 to 1.0).
+    pub loss: Option<f32>,
+    /// QUIC's smoothed RTT of the direct connection while it is up (`None` on the relay;
+    /// the server's RTT is [`Client::server_rtt`](crate::Client::server_rtt)).
     pub direct_rtt: Option<Duration>,
     /// Sent through the relay.
     pub relay_sent: PathCounters,
@@ -86,43 +158,87 @@ pub struct PeerStats {
     pub direct_sent: PathCounters,
     /// Received on the direct path.
     pub direct_received: PathCounters,
+    /// Sent, per delivery mode.
+    pub sent_by_mode: ModeCounters,
+    /// Delivered to the application, per delivery mode.
+    pub delivered_by_mode: ModeCounters,
+    /// Copies dropped because the other path had delivered them already (after a switch).
+    pub duplicates_dropped: u64,
+    /// Messages dropped because a newer one was delivered first: sequenced datagrams and
+    /// latest values that arrived late.
+    pub stale_dropped: u64,
     /// Reliable messages sent direct and not yet acknowledged.
     pub unacked: usize,
+    /// Bytes waiting in the queue this peer's messages take now (the direct connection's,
+    /// or the shared upload queue to the server on the relay).
+    pub queued_bytes: usize,
     /// Punch orders received for this peer.
     pub punch_attempts: u32,
     /// Punch attempts that ended direct.
     pub punch_successes: u32,
-    /// Relayed messages discarded because the peer sent them so far ahead of a gap in its
-    /// sequence that holding them would exceed 16 MiB (a misbehaving peer).
+    /// Relayed messages discarded because the peer broke its sequence: sent so far ahead
+    /// of a gap that holding them would exceed 16 MiB, or beyond the receive window (a
+    /// misbehaving peer).
     pub discarded: u64,
 }
+
+/// A reliable message sent direct, kept until the peer acks it.
+#[derive(Debug)]
+struct Unacked {
+    group: Option<GroupId>,
+    lane: Lane,
+    seq: u64,
+    payload: Bytes,
+    priority: Priority,
+}
+
+/// What a message carries to the application once delivered.
+type Delivered = (Option<GroupId>, Bytes, Path);
 
 /// What the client knows about one peer.
 #[derive(Debug)]
 struct Peer {
     pair: PairId,
     info: PeerInfo,
-    next_seq: u64,
-    receiver: ReliableReceiver<(Option<GroupId>, Bytes, Path)>,
+    sending: LaneCounters,
+    receiving: LaneReceivers<Delivered>,
     path: PairPath,
-    /// Reliable messages sent direct, kept until the peer acks them, to be sent again
-    /// through the relay if the direct path dies first.
-    unacked: VecDeque<(u64, Option<GroupId>, Bytes)>,
-    /// The last `delivered` this client acked to the peer.
-    acked: u64,
+    /// Reliable messages sent direct, by frame id (in the order they were sent), kept
+    /// until the peer acks them, to be sent again through the relay if the direct path
+    /// dies first.
+    unacked: BTreeMap<u64, Unacked>,
+    /// The id of the next direct data frame.
+    next_frame_id: u64,
+    /// Data frames of this direct connection the peer has acked.
+    acked_by_peer: u64,
+    /// Data frames received on this direct connection.
+    received_direct: u64,
+    /// The last count this client acked to the peer.
+    acked_to_peer: u64,
+    ping: PingTracker,
     stats: PeerStats,
 }
 
 impl Peer {
-    fn new(pair: PairId, info: PeerInfo, window: u64) -> Self {
+    fn new(
+        pair: PairId,
+        info: PeerInfo,
+        window: u64,
+        ping_interval: Duration,
+        now: Instant,
+    ) -> Self {
         Self {
             pair,
             info,
-            next_seq: 1,
-            receiver: ReliableReceiver::new(window),
+            sending: LaneCounters::default(),
+            receiving: LaneReceivers::new(window),
             path: PairPath::Relay,
-            unacked: VecDeque::new(),
-            acked: 0,
+            unacked: BTreeMap::new(),
+            next_frame_id: 1,
+            acked_by_peer: 0,
+            received_direct: 0,
+            acked_to_peer: 0,
+            ping: PingTracker::new(ping_interval, now),
             stats: PeerStats {
                 path: Some(PairPath::Relay),
                 ..PeerStats::default()
@@ -141,11 +257,20 @@ pub(crate) const MAX_HELD_BYTES: usize = 4 << 20;
 pub(crate) const MAX_HELD_BYTES_RELAYED: usize = 16 << 20;
 /// Acknowledge after this many direct messages, besides the driver's periodic flush.
 const ACK_EVERY: u64 = 32;
+/// How often each peer's RTT and loss are reported to the server.
+const LINK_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Upper bounds of encoded sizes, used to split long destination lists.
-const UPLOAD_FIXED_OVERHEAD: usize = 1 + 11 + 1 + 5 + 5;
+const UPLOAD_FIXED_OVERHEAD: usize = 1 + 11 + 1 + 11 + 1 + 5;
 const RELIABLE_DEST_LEN: usize = 20;
-const DATAGRAM_DEST_LEN: usize = 10;
+const DATAGRAM_DEST_LEN: usize = 20;
+
+/// How the periodic work is timed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionTiming {
+    /// How often each peer is pinged; `None` turns pings (and so RTT and loss) off.
+    pub ping_interval: Option<Duration>,
+}
 
 /// The client's view of its groups and peers.
 #[derive(Debug)]
@@ -153,31 +278,51 @@ pub(crate) struct Session {
     host_id: HostId,
     max_frame_len: usize,
     receive_window: u64,
+    timing: SessionTiming,
     groups: BTreeMap<GroupId, BTreeSet<HostId>>,
     peers: HashMap<HostId, Peer>,
+    /// The server application's messages, numbered per lane like a peer's.
+    from_server: LaneReceivers<Delivered>,
+    clock: ServerClock,
+    next_link_report: Instant,
     events: VecDeque<ClientEvent>,
-    frames: VecDeque<ClientToServer>,
+    uploads: VecDeque<Upload>,
     punch_orders: VecDeque<PunchOrder>,
-    peer_frames: VecDeque<(HostId, PeerToPeer)>,
     ended_pairs: VecDeque<HostId>,
 }
 
 impl Session {
-    /// A session for `host_id`; reliable messages may arrive at most `receive_window`
-    /// sequence numbers ahead of the next one due.
-    pub fn new(host_id: HostId, max_frame_len: u32, receive_window: u64) -> Self {
+    /// A session for `host_id`, starting at `now`; reliable messages may arrive at most
+    /// `receive_window` sequence numbers ahead of the next one due.
+    pub fn new(
+        host_id: HostId,
+        max_frame_len: u32,
+        receive_window: u64,
+        timing: SessionTiming,
+        now: Instant,
+    ) -> Self {
         Self {
             host_id,
             max_frame_len: max_frame_len as usize,
             receive_window,
+            timing,
             groups: BTreeMap::new(),
             peers: HashMap::new(),
+            from_server: LaneReceivers::new(receive_window),
+            clock: ServerClock::new(now),
+            next_link_report: now + LINK_REPORT_INTERVAL,
             events: VecDeque::new(),
-            frames: VecDeque::new(),
+            uploads: VecDeque::new(),
             punch_orders: VecDeque::new(),
-            peer_frames: VecDeque::new(),
             ended_pairs: VecDeque::new(),
         }
+    }
+
+    /// The largest payload a reliable send may carry, bytes.
+    pub fn max_message_len(&self) -> usize {
+        self.max_frame_len
+            .saturating_sub(FRAME_HEADROOM as usize)
+            .max(1)
     }
 
     /// The next event for the application.
@@ -185,15 +330,72 @@ impl Session {
         self.events.pop_front()
     }
 
-    /// The next frame for the server (acks).
-    pub fn poll_frame(&mut self) -> Option<ClientToServer> {
-        self.frames.pop_front()
+    /// The next thing to send.
+    pub fn poll_upload(&mut self) -> Option<Upload> {
+        self.uploads.pop_front()
     }
 
     /// The next punch order for the driver, for a peer this session knows.
-    #[allow(dead_code)] // taken by the driver once direct paths are wired in
     pub fn poll_punch_order(&mut self) -> Option<PunchOrder> {
         self.punch_orders.pop_front()
+    }
+
+    /// A peer whose pair ended while its direct connection was up: the driver closes it.
+    pub fn poll_ended_pair(&mut self) -> Option<HostId> {
+        self.ended_pairs.pop_front()
+    }
+
+    /// Does the periodic work due at `now`: pings each peer on its current path, asks
+    /// the server for its clock, reports each peer's RTT and loss to the server.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(token) = self.clock.poll_request(now) {
+            self.uploads
+                .push_back(Upload::Control(ClientToServer::TimeRequest { token }));
+        }
+        let report = now >= self.next_link_report;
+        if report {
+            self.next_link_report = now + LINK_REPORT_INTERVAL;
+        }
+        for (&host, peer) in &mut self.peers {
+            if self.timing.ping_interval.is_some() {
+                if let Some(id) = peer.ping.poll_ping(now) {
+                    let lane = DatagramLane::Ping { id };
+                    self.uploads
+                        .push_back(probe_upload(self.host_id, host, peer, lane));
+                }
+            }
+            if report && peer.ping.rtt().is_some() {
+                let micros = |d: Duration| d.as_micros().min(u128::from(u32::MAX)) as u32;
+                self.uploads
+                    .push_back(Upload::Control(ClientToServer::LinkReport {
+                        pair: peer.pair,
+                        rtt_us: peer.ping.rtt().map(micros),
+                        last_rtt_us: peer.ping.last_rtt().map(micros),
+                        loss_permille: peer
+                            .ping
+                            .loss(now)
+                            .map(|loss| (loss * 1000.0).round() as u16),
+                    }));
+            }
+        }
+    }
+
+    /// When [`Session::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Instant {
+        let pings = self
+            .peers
+            .values()
+            .filter(|_| self.timing.ping_interval.is_some())
+            .map(|p| p.ping.poll_timeout());
+        pings
+            .chain([self.clock.poll_timeout(), self.next_link_report])
+            .min()
+            .unwrap_or(self.next_link_report)
+    }
+
+    /// The estimate of the server's clock at `now`, once a reply came.
+    pub fn server_time(&self, now: Instant) -> Option<ServerTime> {
+        self.clock.estimate(now)
     }
 
     /// Takes one frame from the server's control stream.
@@ -201,12 +403,16 @@ impl Session {
     /// # Errors
     /// A description of the violation when the server sent something out of place; the
     /// caller closes the connection with `ProtocolViolation`.
-    pub fn handle_frame(&mut self, frame: ServerToClient) -> Result<(), String> {
+    pub fn handle_frame(&mut self, frame: ServerToClient, now: Instant) -> Result<(), String> {
         match frame {
             ServerToClient::Welcome { .. } => return Err("a second welcome".into()),
             ServerToClient::PeerUp { peer, pair, info } => {
-                self.peers
-                    .insert(peer, Peer::new(pair, info, self.receive_window));
+                // With pings off the tracker is never polled; any interval will do.
+                let interval = self.timing.ping_interval.unwrap_or(Duration::from_secs(1));
+                self.peers.insert(
+                    peer,
+                    Peer::new(pair, info, self.receive_window, interval, now),
+                );
             }
             ServerToClient::PeerDown { peer, pair } => {
                 if self.peers.get(&peer).is_some_and(|p| p.pair == pair) {
@@ -223,8 +429,8 @@ impl Session {
                 join_message,
             } => {
                 self.groups.entry(group).or_default().insert(member);
-                self.frames
-                    .push_back(ClientToServer::JoinAck { group, member });
+                self.uploads
+                    .push_back(Upload::Control(ClientToServer::JoinAck { group, member }));
                 let peer = self.peers.get(&member).map(|p| p.info.clone());
                 self.events.push_back(ClientEvent::MemberJoined {
                     group,
@@ -253,23 +459,49 @@ impl Session {
             ServerToClient::Deliver {
                 from,
                 group,
+                lane,
                 seq,
                 payload,
             } => {
                 if let Some(peer) = self.peers.get_mut(&from) {
                     count(&mut peer.stats.relay_received, &payload);
                 }
-                self.receive(from, seq, Slot::Message((group, payload, Path::Relay)))?
+                self.receive(
+                    from,
+                    lane,
+                    seq,
+                    Slot::Message((group, payload, Path::Relay)),
+                )?
             }
-            ServerToClient::Skipped { from, seq } => self.receive(from, seq, Slot::Skipped)?,
-            ServerToClient::FromServer { group, payload } => {
-                self.events.push_back(ClientEvent::Message {
-                    from: HostId::SERVER,
-                    group,
-                    payload,
-                    delivery: Delivery::ReliableOrdered,
-                    path: Path::Relay,
-                });
+            ServerToClient::Skipped { from, lane, seq } => {
+                self.receive(from, lane, seq, Slot::Skipped)?
+            }
+            ServerToClient::FromServer {
+                group,
+                lane,
+                seq,
+                payload,
+            } => {
+                let size = payload.len();
+                let slot = Slot::Message((group, payload, Path::Relay));
+                match self.from_server.accept(lane, seq, slot, size) {
+                    Ok(Accepted::Deliver(ready)) => {
+                        for (group, payload, path) in ready {
+                            self.events.push_back(ClientEvent::Message {
+                                from: HostId::SERVER,
+                                group,
+                                payload,
+                                delivery: lane.delivery(),
+                                channel: channel_of(lane),
+                                path,
+                            });
+                        }
+                    }
+                    Ok(Accepted::Duplicate | Accepted::Stale) => {}
+                    Err(_) => {
+                        return Err(format!("server message {seq} is beyond the receive window"))
+                    }
+                }
             }
             ServerToClient::PunchOrder(order)
                 if self
@@ -277,6 +509,9 @@ impl Session {
                     .get(&order.peer)
                     .is_some_and(|p| p.pair == order.pair) =>
             {
+                if let Some(peer) = self.peers.get_mut(&order.peer) {
+                    peer.stats.punch_attempts += 1;
+                }
                 self.punch_orders.push_back(order);
             }
             // An order for a pair that has already ended.
@@ -293,47 +528,90 @@ impl Session {
                 self.events
                     .push_back(ClientEvent::SendFailed { to, group, reason });
             }
+            ServerToClient::Time {
+                token,
+                server_time_us,
+            } => self.clock.handle_reply(token, server_time_us, now),
         }
         Ok(())
     }
 
     /// Takes one datagram from the server.
-    pub fn handle_datagram(&mut self, datagram: ServerDatagram) {
-        let ServerDatagram::Deliver {
-            from,
-            group,
-            payload,
-        } = datagram;
-        if let Some(peer) = self.peers.get_mut(&from) {
-            count(&mut peer.stats.relay_received, &payload);
-        }
-        self.events.push_back(ClientEvent::Message {
-            from,
-            group,
-            payload,
-            delivery: Delivery::Unreliable,
-            path: Path::Relay,
-        });
+    pub fn handle_datagram(&mut self, datagram: ServerDatagram, now: Instant) {
+        self.receive_datagram(datagram, Path::Relay, now);
     }
 
     /// Takes one datagram from the direct connection to `from`.
-    pub fn handle_peer_datagram(&mut self, from: HostId, datagram: ServerDatagram) {
+    pub fn handle_peer_datagram(&mut self, from: HostId, datagram: ServerDatagram, now: Instant) {
+        let ServerDatagram::Deliver { from: claimed, .. } = &datagram;
+        // The connection's pinned identity names the sender; a different claim is a lie.
+        if *claimed == from {
+            self.receive_datagram(datagram, Path::Direct, now);
+        }
+    }
+
+    fn receive_datagram(&mut self, datagram: ServerDatagram, path: Path, now: Instant) {
         let ServerDatagram::Deliver {
-            from: claimed,
+            from,
             group,
+            lane,
+            seq,
             payload,
         } = datagram;
-        // The connection's pinned identity names the sender; a different claim is a lie.
-        let Some(peer) = self.peers.get_mut(&from).filter(|_| claimed == from) else {
+        let Some(peer) = self.peers.get_mut(&from) else {
+            if from == HostId::SERVER && self.from_server.accept_datagram(lane, seq) {
+                self.events.push_back(ClientEvent::Message {
+                    from,
+                    group,
+                    payload,
+                    delivery: datagram_delivery(lane),
+                    channel: datagram_channel(lane),
+                    path,
+                });
+            }
             return;
         };
-        count(&mut peer.stats.direct_received, &payload);
+        match lane {
+            DatagramLane::Ping { id } => {
+                // Answered on the path it came by, so the RTT is that path's.
+                let pong = DatagramLane::Pong { id };
+                let upload = match path {
+                    Path::Direct => direct_probe(self.host_id, from, pong),
+                    _ => relay_probe(peer.pair, pong),
+                };
+                self.uploads.push_back(upload);
+                return;
+            }
+            DatagramLane::Pong { id } => {
+                let current = match path {
+                    Path::Direct => PairPath::Direct,
+                    _ => PairPath::Relay,
+                };
+                // A pong from the path the pair just left measures the wrong path.
+                if current == peer.path {
+                    peer.ping.handle_pong(id, now);
+                }
+                return;
+            }
+            DatagramLane::Plain | DatagramLane::Sequenced { .. } => {}
+        }
+        match path {
+            Path::Direct => count(&mut peer.stats.direct_received, &payload),
+            _ => count(&mut peer.stats.relay_received, &payload),
+        }
+        if !peer.receiving.accept_datagram(lane, seq) {
+            peer.stats.stale_dropped += 1;
+            return;
+        }
+        let delivery = datagram_delivery(lane);
+        peer.stats.delivered_by_mode.count(delivery, &payload);
         self.events.push_back(ClientEvent::Message {
             from,
             group,
             payload,
-            delivery: Delivery::Unreliable,
-            path: Path::Direct,
+            delivery,
+            channel: datagram_channel(lane),
+            path,
         });
     }
 
@@ -345,79 +623,119 @@ impl Session {
         match frame {
             PeerToPeer::Data {
                 group,
+                lane,
                 seq,
                 payload,
             } => {
+                let Some(peer) = self.peers.get_mut(&from) else {
+                    return Ok(());
+                };
+                count(&mut peer.stats.direct_received, &payload);
+                peer.received_direct += 1;
+                self.receive(
+                    from,
+                    lane,
+                    seq,
+                    Slot::Message((group, payload, Path::Direct)),
+                )?;
                 if let Some(peer) = self.peers.get_mut(&from) {
-                    count(&mut peer.stats.direct_received, &payload);
-                }
-                self.receive(from, seq, Slot::Message((group, payload, Path::Direct)))?;
-                if let Some(peer) = self.peers.get_mut(&from) {
-                    let delivered = peer.receiver.delivered();
-                    if delivered >= peer.acked + ACK_EVERY {
-                        peer.acked = delivered;
-                        self.peer_frames
-                            .push_back((from, PeerToPeer::Ack { delivered }));
+                    if peer.received_direct >= peer.acked_to_peer + ACK_EVERY {
+                        peer.acked_to_peer = peer.received_direct;
+                        self.uploads.push_back(Upload::PeerControl {
+                            to: from,
+                            frame: PeerToPeer::Ack {
+                                received: peer.received_direct,
+                            },
+                        });
                     }
                 }
                 Ok(())
             }
-            PeerToPeer::Ack { delivered } => {
-                if let Some(peer) = self.peers.get_mut(&from) {
-                    while peer
-                        .unacked
-                        .front()
-                        .is_some_and(|(seq, ..)| *seq <= delivered)
-                    {
-                        peer.unacked.pop_front();
-                    }
-                    peer.stats.unacked = peer.unacked.len();
-                }
-                Ok(())
-            }
+            // The driver hands acks to `handle_direct_ack`, with the queue's log.
+            PeerToPeer::Ack { .. } => Err("an ack outside handle_direct_ack".into()),
             PeerToPeer::Hello { .. } => Err("a second hello on a direct connection".into()),
         }
     }
 
-    /// Acks everything delivered from direct peers and not acked yet (called every few
+    /// An ack from the direct peer `from`: it has taken in the first `received` data
+    /// frames of the connection. Frames leave in the queue's order (by priority), not in
+    /// the order they were sent, so `went_out(n)` hands over the ids of the next `n` data
+    /// frames that went out, from the direct queue's log (`None` if fewer did).
+    ///
+    /// # Errors
+    /// When the peer acks more frames than went out; the caller closes that direct
+    /// connection.
+    pub fn handle_direct_ack(
+        &mut self,
+        from: HostId,
+        received: u64,
+        went_out: impl FnOnce(usize) -> Option<Vec<u64>>,
+    ) -> Result<(), String> {
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return Ok(());
+        };
+        let newly = received.saturating_sub(peer.acked_by_peer);
+        if newly == 0 {
+            return Ok(());
+        }
+        let ids = usize::try_from(newly)
+            .ok()
+            .and_then(went_out)
+            .ok_or_else(|| format!("an ack of {received} messages, more than were sent"))?;
+        for id in ids {
+            peer.unacked.remove(&id);
+        }
+        peer.acked_by_peer = received;
+        peer.stats.unacked = peer.unacked.len();
+        Ok(())
+    }
+
+    /// A newer latest value replaced frame `id` in the direct queue to `peer` before it
+    /// went out: it will never be acked, and the newer value is kept in its place.
+    pub fn forget_replaced(&mut self, peer: HostId, id: u64) {
+        if let Some(peer) = self.peers.get_mut(&peer) {
+            peer.unacked.remove(&id);
+            peer.stats.unacked = peer.unacked.len();
+        }
+    }
+
+    /// Acks everything received from direct peers and not acked yet (called every few
     /// tens of milliseconds by the driver, so a quiet sender still hears back).
     pub fn flush_acks(&mut self) {
         for (&host, peer) in &mut self.peers {
-            let delivered = peer.receiver.delivered();
-            if peer.path == PairPath::Direct && delivered > peer.acked {
-                peer.acked = delivered;
-                self.peer_frames
-                    .push_back((host, PeerToPeer::Ack { delivered }));
+            if peer.path == PairPath::Direct && peer.received_direct > peer.acked_to_peer {
+                peer.acked_to_peer = peer.received_direct;
+                self.uploads.push_back(Upload::PeerControl {
+                    to: host,
+                    frame: PeerToPeer::Ack {
+                        received: peer.received_direct,
+                    },
+                });
             }
         }
     }
 
-    /// The next frame for a direct connection (acks).
-    pub fn poll_peer_frame(&mut self) -> Option<(HostId, PeerToPeer)> {
-        self.peer_frames.pop_front()
-    }
-
-    /// A peer whose pair ended while its direct connection was up: the driver closes it.
-    pub fn poll_ended_pair(&mut self) -> Option<HostId> {
-        self.ended_pairs.pop_front()
-    }
-
     /// The direct connection to `peer` is up: its messages take it from now on.
-    pub fn set_direct(&mut self, peer: HostId, rtt: Duration) -> bool {
+    pub fn set_direct(&mut self, peer: HostId, rtt: Duration, now: Instant) -> bool {
         let Some(state) = self.peers.get_mut(&peer) else {
             return false;
         };
         state.path = PairPath::Direct;
-        state.acked = state.receiver.delivered();
+        state.unacked.clear();
+        state.acked_by_peer = 0;
+        state.received_direct = 0;
+        state.acked_to_peer = 0;
+        state.ping.reset(now);
         state.stats.path = Some(PairPath::Direct);
         state.stats.direct_rtt = Some(rtt);
         state.stats.punch_successes += 1;
         let pair = state.pair;
-        self.frames.push_back(ClientToServer::PathReport {
-            pair,
-            path: PairPath::Direct,
-            reason: PathReason::Punched,
-        });
+        self.uploads
+            .push_back(Upload::Control(ClientToServer::PathReport {
+                pair,
+                path: PairPath::Direct,
+                reason: PathReason::Punched,
+            }));
         self.events.push_back(ClientEvent::PathChanged {
             peer,
             path: PairPath::Direct,
@@ -428,50 +746,67 @@ impl Session {
     }
 
     /// The direct connection to `peer` is gone: its messages take the relay again, and
-    /// reliable ones the peer has not acked are sent again through the relay, with their
-    /// original sequence numbers (the peer drops any it already has).
-    pub fn set_relay(&mut self, peer: HostId, reason: PathReason) -> Vec<Upload> {
+    /// reliable ones the peer has not acked are queued again for the relay with their
+    /// original lanes and numbers (the peer drops any it already has).
+    pub fn set_relay(&mut self, peer: HostId, reason: PathReason, now: Instant) {
         let Some(state) = self.peers.get_mut(&peer) else {
-            return Vec::new();
+            return;
         };
         if state.path != PairPath::Direct {
-            return Vec::new();
+            return;
         }
         state.path = PairPath::Relay;
+        state.ping.reset(now);
         state.stats.path = Some(PairPath::Relay);
         state.stats.direct_rtt = None;
         let pair = state.pair;
-        let resend: Vec<Upload> = state
-            .unacked
-            .drain(..)
-            .map(|(seq, group, payload)| {
-                count(&mut state.stats.relay_sent, &payload);
-                Upload::Frame(ClientToServer::Relay {
-                    group,
+        for (_, unacked) in std::mem::take(&mut state.unacked) {
+            count(&mut state.stats.relay_sent, &unacked.payload);
+            self.uploads.push_back(Upload::Relay {
+                frame: ClientToServer::Relay {
+                    group: unacked.group,
                     to_server: false,
-                    dests: vec![RelayDest { pair, seq }],
-                    payload,
-                })
-            })
-            .collect();
+                    lane: unacked.lane,
+                    priority: unacked.priority,
+                    dests: vec![RelayDest {
+                        pair,
+                        seq: unacked.seq,
+                    }],
+                    payload: unacked.payload,
+                },
+                priority: unacked.priority,
+                flow: flow_of(&[pair], None, false),
+                latest: unacked.lane.latest_key(),
+            });
+        }
         state.stats.unacked = 0;
-        self.frames.push_back(ClientToServer::PathReport {
-            pair,
-            path: PairPath::Relay,
-            reason,
-        });
+        self.uploads
+            .push_back(Upload::Control(ClientToServer::PathReport {
+                pair,
+                path: PairPath::Relay,
+                reason,
+            }));
         self.events.push_back(ClientEvent::PathChanged {
             peer,
             path: PairPath::Relay,
             rtt: None,
             reason,
         });
-        resend
     }
 
-    /// What this client measures about a peer.
-    pub fn peer_stats(&self, peer: HostId) -> Option<PeerStats> {
-        self.peers.get(&peer).map(|p| p.stats)
+    /// What this client measures about a peer at `now`.
+    pub fn peer_stats(&self, peer: HostId, now: Instant) -> Option<PeerStats> {
+        self.peers.get(&peer).map(|p| PeerStats {
+            rtt: p.ping.rtt(),
+            last_rtt: p.ping.last_rtt(),
+            loss: p.ping.loss(now),
+            ..p.stats
+        })
+    }
+
+    /// The path messages to `peer` take now.
+    pub fn path_of(&self, peer: HostId) -> Option<PairPath> {
+        self.peers.get(&peer).map(|p| p.path)
     }
 
     /// The host whose identity certificate has this fingerprint, among current peers.
@@ -485,9 +820,11 @@ impl Session {
             .map(|(host, p)| (*host, p.pair))
     }
 
-    /// Bytes held from `peer` waiting for a gap to fill.
+    /// Bytes held from `peer` waiting for gaps to fill.
     pub fn held_bytes(&self, peer: HostId) -> usize {
-        self.peers.get(&peer).map_or(0, |p| p.receiver.held_bytes())
+        self.peers
+            .get(&peer)
+            .map_or(0, |p| p.receiving.held_bytes())
     }
 
     /// The current pair with `peer`.
@@ -498,8 +835,9 @@ impl Session {
     fn receive(
         &mut self,
         from: HostId,
+        lane: Lane,
         seq: u64,
-        slot: Slot<(Option<GroupId>, Bytes, Path)>,
+        slot: Slot<Delivered>,
     ) -> Result<(), String> {
         let Some(peer) = self.peers.get_mut(&from) else {
             return Err(format!("a message from {from}, which is not a peer"));
@@ -508,8 +846,8 @@ impl Session {
             Slot::Message((_, payload, path)) => (payload.len(), *path == Path::Relay),
             Slot::Skipped => (0, true),
         };
-        let early = seq > peer.receiver.delivered() + 1;
-        if relayed && early && peer.receiver.held_bytes() + size > MAX_HELD_BYTES_RELAYED {
+        let early = peer.receiving.is_early(lane, seq);
+        if relayed && early && peer.receiving.held_bytes() + size > MAX_HELD_BYTES_RELAYED {
             // Relayed messages run ahead of a live direct path only by what is in flight;
             // this far ahead, the sender skipped numbers on purpose to make us hold its
             // messages. Bound that memory; the loss is that sender's own doing.
@@ -517,30 +855,80 @@ impl Session {
             tracing::warn!(%from, seq, "discarding a relayed message far ahead of a gap");
             return Ok(());
         }
-        match peer.receiver.accept(seq, slot, size) {
-            Ok(ready) => {
+        match peer.receiving.accept(lane, seq, slot, size) {
+            Ok(Accepted::Deliver(ready)) => {
+                let delivery = lane.delivery();
                 for (group, payload, path) in ready {
+                    peer.stats.delivered_by_mode.count(delivery, &payload);
                     self.events.push_back(ClientEvent::Message {
                         from,
                         group,
                         payload,
-                        delivery: Delivery::ReliableOrdered,
+                        delivery,
+                        channel: channel_of(lane),
                         path,
                     });
                 }
                 Ok(())
             }
             // A message sent again after a path switch, which the other path delivered.
-            Err(Rejected::Duplicate) => Ok(()),
-            Err(Rejected::BeyondWindow) => Err(format!(
+            Ok(Accepted::Duplicate) => {
+                peer.stats.duplicates_dropped += 1;
+                Ok(())
+            }
+            Ok(Accepted::Stale) => {
+                peer.stats.stale_dropped += 1;
+                Ok(())
+            }
+            // On the relay a broken sequence is the peer's fault, and the server
+            // connection serves every other peer too: drop the message, keep the
+            // connection.
+            Err(Rejected::BeyondWindow | Rejected::Duplicate) if relayed => {
+                peer.stats.discarded += 1;
+                tracing::warn!(%from, seq, "discarding a relayed message beyond the window");
+                Ok(())
+            }
+            Err(_) => Err(format!(
                 "sequence {seq} from {from} is beyond the receive window"
             )),
         }
     }
 
-    /// Turns a send into uploads for the server, assigning pair sequence numbers to
-    /// reliable ones, and queues a loopback delivery if asked for. `max_datagram` is the
-    /// server connection's current datagram size (`None` if datagrams are off).
+    /// The queues a send would use, without assigning anything: whether it needs the
+    /// upload queue to the server, and which direct peers' queues.
+    ///
+    /// # Errors
+    /// As [`Session::plan_send`], for the target.
+    pub fn route(&self, target: &Target) -> Result<Route, SendError> {
+        let resolved = self.resolve(target)?;
+        let mut route = Route {
+            server: resolved.to_server,
+            direct: Vec::new(),
+        };
+        for host in resolved.peers {
+            if self.takes_direct(host, resolved.group) {
+                route.direct.push(host);
+            } else {
+                route.server = true;
+            }
+        }
+        Ok(route)
+    }
+
+    /// Whether a message to `host` goes direct: only on a direct path, and only within a
+    /// shared group. A lingering pair keeps its direct link, but only a shared group
+    /// entitles a message to skip the server: otherwise it takes the relay, where the
+    /// server applies its rule.
+    fn takes_direct(&self, host: HostId, group: Option<GroupId>) -> bool {
+        let shares_group = group.is_some() || self.shares_group(host);
+        self.peers
+            .get(&host)
+            .is_some_and(|p| p.path == PairPath::Direct && shares_group)
+    }
+
+    /// Turns a send into uploads, assigning lane numbers per destination pair, and queues a
+    /// loopback delivery if asked for. `max_datagram` is the current datagram size of the
+    /// server connection (`None` if datagrams are off).
     ///
     /// # Errors
     /// [`SendError`] for a target this client may not send to or a payload that does not
@@ -549,41 +937,42 @@ impl Session {
         &mut self,
         target: &Target,
         payload: Bytes,
-        delivery: Delivery,
+        options: SendOptions,
         max_datagram: Option<usize>,
     ) -> Result<Vec<Upload>, SendError> {
         let resolved = self.resolve(target)?;
-        let unreliable = delivery == Delivery::Unreliable;
+        let carrier = options.carrier();
         // Check the size before any sequence number is used.
-        let limit = if unreliable {
-            let Some(max) = max_datagram else {
-                // The server connection does not carry datagrams at all.
-                return Err(SendError::TooLargeForDatagram {
-                    len: payload.len(),
-                    max: 0,
-                });
-            };
-            let fits = max
-                .saturating_sub(UPLOAD_FIXED_OVERHEAD + DATAGRAM_DEST_LEN)
-                .min(max.saturating_sub(DATAGRAM_DELIVER_OVERHEAD));
-            if payload.len() > fits {
-                return Err(SendError::TooLargeForDatagram {
-                    len: payload.len(),
-                    max: fits,
-                });
+        let limit = match carrier {
+            Carrier::Datagram(_) => {
+                let Some(max) = max_datagram else {
+                    // The server connection does not carry datagrams at all.
+                    return Err(SendError::TooLargeForDatagram {
+                        len: payload.len(),
+                        max: 0,
+                    });
+                };
+                let fits = max
+                    .saturating_sub(UPLOAD_FIXED_OVERHEAD + DATAGRAM_DEST_LEN)
+                    .min(max.saturating_sub(DATAGRAM_DELIVER_OVERHEAD));
+                if payload.len() > fits {
+                    return Err(SendError::TooLargeForDatagram {
+                        len: payload.len(),
+                        max: fits,
+                    });
+                }
+                max
             }
-            max
-        } else {
-            let fits = self
-                .max_frame_len
-                .saturating_sub(UPLOAD_FIXED_OVERHEAD + RELIABLE_DEST_LEN);
-            if payload.len() > fits {
-                return Err(SendError::TooLarge {
-                    len: payload.len(),
-                    max: fits,
-                });
+            Carrier::Stream(_) => {
+                let max = self.max_message_len();
+                if payload.len() > max {
+                    return Err(SendError::TooLarge {
+                        len: payload.len(),
+                        max,
+                    });
+                }
+                self.max_frame_len
             }
-            self.max_frame_len
         };
 
         if resolved.loopback {
@@ -591,7 +980,8 @@ impl Session {
                 from: self.host_id,
                 group: resolved.group,
                 payload: payload.clone(),
-                delivery,
+                delivery: options.delivery,
+                channel: options.channel,
                 path: Path::Loopback,
             });
         }
@@ -599,48 +989,59 @@ impl Session {
         // Peers on a direct path get their copy there; the rest share one relay upload.
         let mut relayed = Vec::with_capacity(resolved.peers.len());
         for host in resolved.peers {
-            // A lingering pair keeps its direct link, but only a shared group entitles a
-            // message to skip the server: otherwise it takes the relay, where the server
-            // applies its rule.
-            let shares_group = resolved.group.is_some() || self.shares_group(host);
-            let peer = self.peers.get_mut(&host).expect("resolved peers exist");
-            // No fallback to the relay for a busy direct path: the send budget paces the
-            // sender instead, and the two paths never drift far apart in sequence.
-            let direct = peer.path == PairPath::Direct && shares_group;
-            if !direct {
+            // No fallback to the relay for a busy direct path: the queue paces the sender
+            // instead, and the two paths never drift far apart in sequence.
+            if !self.takes_direct(host, resolved.group) {
                 relayed.push(host);
                 continue;
             }
+            let peer = self.peers.get_mut(&host).expect("resolved peers exist");
             count(&mut peer.stats.direct_sent, &payload);
-            if unreliable {
-                uploads.push(Upload::PeerDatagram {
+            peer.stats.sent_by_mode.count(options.delivery, &payload);
+            match carrier {
+                Carrier::Datagram(lane) => uploads.push(Upload::PeerDatagram {
                     to: host,
                     datagram: ServerDatagram::Deliver {
                         from: self.host_id,
                         group: resolved.group,
+                        lane,
+                        seq: peer.sending.next_datagram(lane),
                         payload: payload.clone(),
                     },
-                });
-                continue;
+                }),
+                Carrier::Stream(lane) => {
+                    let seq = peer.sending.next(lane);
+                    let id = peer.next_frame_id;
+                    peer.next_frame_id += 1;
+                    peer.unacked.insert(
+                        id,
+                        Unacked {
+                            group: resolved.group,
+                            lane,
+                            seq,
+                            payload: payload.clone(),
+                            priority: options.priority,
+                        },
+                    );
+                    peer.stats.unacked = peer.unacked.len();
+                    uploads.push(Upload::Peer {
+                        to: host,
+                        frame: PeerToPeer::Data {
+                            group: resolved.group,
+                            lane,
+                            seq,
+                            payload: payload.clone(),
+                        },
+                        priority: options.priority,
+                        latest: lane.latest_key(),
+                        id,
+                    });
+                }
             }
-            let seq = peer.next_seq;
-            peer.next_seq += 1;
-            peer.unacked
-                .push_back((seq, resolved.group, payload.clone()));
-            peer.stats.unacked = peer.unacked.len();
-            uploads.push(Upload::Peer {
-                to: host,
-                frame: PeerToPeer::Data {
-                    group: resolved.group,
-                    seq,
-                    payload: payload.clone(),
-                },
-            });
         }
-        let dest_len = if unreliable {
-            DATAGRAM_DEST_LEN
-        } else {
-            RELIABLE_DEST_LEN
+        let dest_len = match carrier {
+            Carrier::Datagram(_) => DATAGRAM_DEST_LEN,
+            Carrier::Stream(_) => RELIABLE_DEST_LEN,
         };
         let per_upload =
             (limit.saturating_sub(UPLOAD_FIXED_OVERHEAD + payload.len()) / dest_len).max(1);
@@ -652,38 +1053,50 @@ impl Session {
         loop {
             let chunk = chunks.next().unwrap_or(&[]);
             let group = resolved.group;
+            let mut dests = Vec::with_capacity(chunk.len());
             for host in chunk {
-                if let Some(peer) = self.peers.get_mut(host) {
-                    count(&mut peer.stats.relay_sent, &payload);
-                }
+                let peer = self.peers.get_mut(host).expect("resolved peers exist");
+                count(&mut peer.stats.relay_sent, &payload);
+                peer.stats.sent_by_mode.count(options.delivery, &payload);
+                let seq = match carrier {
+                    Carrier::Datagram(lane) => peer.sending.next_datagram(lane),
+                    Carrier::Stream(lane) => peer.sending.next(lane),
+                };
+                dests.push(RelayDest {
+                    pair: peer.pair,
+                    seq,
+                });
             }
-            let upload = if unreliable {
-                let dests = chunk.iter().map(|host| self.peers[host].pair).collect();
-                Upload::Datagram(ClientDatagram::Relay {
+            let upload = match carrier {
+                Carrier::Datagram(lane) => Upload::Datagram(ClientDatagram::Relay {
                     group,
                     to_server,
+                    lane,
                     dests,
                     payload: payload.clone(),
-                })
-            } else {
-                let dests = chunk
-                    .iter()
-                    .map(|host| {
-                        let peer = self.peers.get_mut(host).expect("resolved peers exist");
-                        let seq = peer.next_seq;
-                        peer.next_seq += 1;
-                        RelayDest {
-                            pair: peer.pair,
-                            seq,
-                        }
-                    })
-                    .collect();
-                Upload::Frame(ClientToServer::Relay {
-                    group,
-                    to_server,
-                    dests,
-                    payload: payload.clone(),
-                })
+                }),
+                Carrier::Stream(lane) => {
+                    let pairs: Vec<PairId> = dests.iter().map(|d| d.pair).collect();
+                    Upload::Relay {
+                        flow: flow_of(&pairs, group, to_server),
+                        frame: ClientToServer::Relay {
+                            group,
+                            to_server,
+                            lane,
+                            priority: options.priority,
+                            dests,
+                            payload: payload.clone(),
+                        },
+                        // Messages for the server application are delivered to it in the
+                        // order they arrive, so they must not overtake each other here.
+                        priority: if to_server {
+                            Priority::Medium
+                        } else {
+                            options.priority
+                        },
+                        latest: lane.latest_key(),
+                    }
+                }
             };
             uploads.push(upload);
             to_server = false;
@@ -772,9 +1185,80 @@ impl Session {
     }
 }
 
+/// The queues a send uses.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Route {
+    /// The upload queue to the server (relay or server application).
+    pub server: bool,
+    /// Direct peers' queues.
+    pub direct: Vec<HostId>,
+}
+
 fn count(counters: &mut PathCounters, payload: &Bytes) {
     counters.messages += 1;
     counters.bytes += payload.len() as u64;
+}
+
+fn channel_of(lane: Lane) -> u8 {
+    match lane {
+        Lane::Ordered { channel } => channel,
+        Lane::Unordered | Lane::Latest { .. } => 0,
+    }
+}
+
+fn datagram_channel(lane: DatagramLane) -> u8 {
+    match lane {
+        DatagramLane::Sequenced { channel } => channel,
+        _ => 0,
+    }
+}
+
+fn datagram_delivery(lane: DatagramLane) -> Delivery {
+    match lane {
+        DatagramLane::Sequenced { .. } => Delivery::UnreliableSequenced,
+        _ => Delivery::Unreliable,
+    }
+}
+
+/// Names a destination set, so that only a latest-value upload to the very same
+/// destinations replaces a queued one (a subset would lose some receiver its value).
+fn flow_of(pairs: &[PairId], group: Option<GroupId>, to_server: bool) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    pairs.hash(&mut hasher);
+    group.hash(&mut hasher);
+    to_server.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A ping or pong to `peer` on its current path.
+fn probe_upload(me: HostId, host: HostId, peer: &Peer, lane: DatagramLane) -> Upload {
+    match peer.path {
+        PairPath::Direct => direct_probe(me, host, lane),
+        PairPath::Relay => relay_probe(peer.pair, lane),
+    }
+}
+
+fn direct_probe(me: HostId, to: HostId, lane: DatagramLane) -> Upload {
+    Upload::PeerDatagram {
+        to,
+        datagram: ServerDatagram::Deliver {
+            from: me,
+            group: None,
+            lane,
+            seq: 0,
+            payload: Bytes::new(),
+        },
+    }
+}
+
+fn relay_probe(pair: PairId, lane: DatagramLane) -> Upload {
+    Upload::Datagram(ClientDatagram::Relay {
+        group: None,
+        to_server: false,
+        lane,
+        dests: vec![RelayDest { pair, seq: 0 }],
+        payload: Bytes::new(),
+    })
 }
 
 #[derive(Debug, Default)]

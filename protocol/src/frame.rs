@@ -10,9 +10,17 @@ use serde::{de::DeserializeOwned, Serialize};
 /// Bytes in a frame's length prefix.
 pub const LENGTH_PREFIX_LEN: usize = 4;
 
-/// Default largest frame body, in bytes: 1 MiB of payload plus 64 KiB for headers and
-/// destination lists.
-pub const DEFAULT_MAX_FRAME_LEN: u32 = (1 << 20) + (64 << 10);
+/// Default largest message payload, in bytes (1 MiB).
+pub const DEFAULT_MAX_MESSAGE_LEN: u32 = 1 << 20;
+
+/// Bytes a frame may hold beyond its payload: headers and destination lists (64 KiB).
+/// The largest frame is always the largest message plus this, so a client derives the
+/// message limit from the frame limit in the welcome.
+pub const FRAME_HEADROOM: u32 = 64 << 10;
+
+/// Default largest frame body, in bytes: [`DEFAULT_MAX_MESSAGE_LEN`] plus
+/// [`FRAME_HEADROOM`].
+pub const DEFAULT_MAX_FRAME_LEN: u32 = DEFAULT_MAX_MESSAGE_LEN + FRAME_HEADROOM;
 
 /// A frame could not be read or written.
 #[derive(Debug, thiserror::Error)]

@@ -7,9 +7,14 @@
 //! - [`ids`]: [`HostId`], [`GroupId`], [`PairId`] (generational `u64`s) and [`Fingerprint`].
 //! - [`messages`]: one enum per direction and carrier ([`ClientToServer`], [`ServerToClient`],
 //!   [`ClientDatagram`], [`ServerDatagram`], [`PeerToPeer`]).
+//! - [`lanes`]: [`SendOptions`] (mode, channel, priority) and the per-lane sequence
+//!   counters.
 //! - [`frame`]: `u32` length prefix plus postcard body, checked before allocation.
 //! - [`close`]: [`CloseCode`], one per wire error.
 //! - [`probe`]: the punch probe packet, told apart from QUIC by its first byte.
+//! - [`schedule`]: the send queue both sides use: notices first, then messages by
+//!   priority (deficit round robin), with latest-value replacement.
+//! - [`typed`]: applications' own serde message types, encoded with postcard.
 //! - [`rooms`]: the requests and replies of the rooms application in `peergroup-server`.
 //!
 //! # Wire rules
@@ -22,19 +27,25 @@
 pub mod close;
 pub mod frame;
 pub mod ids;
+pub mod lanes;
 pub mod messages;
 pub mod probe;
 pub mod rooms;
+pub mod schedule;
+pub mod typed;
 
 pub use close::CloseCode;
 pub use frame::{
     body_len, datagram_to_bytes, decode_body, encode_frame, frame_to_bytes, peek_hello_version,
-    FrameDecoder, FrameError, DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN,
+    FrameDecoder, FrameError, DEFAULT_MAX_FRAME_LEN, DEFAULT_MAX_MESSAGE_LEN, FRAME_HEADROOM,
+    LENGTH_PREFIX_LEN,
 };
 pub use ids::{Fingerprint, GroupId, HostId, PairId, ParseFingerprintError};
+pub use lanes::{Carrier, LaneCounters, SendOptions, DEFAULT_CHANNEL};
 pub use messages::{
-    ClientDatagram, ClientToServer, Delivery, Hello, PairPath, Path, PathReason, PeerInfo,
-    PeerToPeer, PunchOrder, PunchOutcome, RefuseReason, RelayDest, ServerDatagram, ServerToClient,
+    ClientDatagram, ClientToServer, DatagramLane, Delivery, Hello, Lane, PairPath, Path,
+    PathReason, PeerInfo, PeerToPeer, Priority, PunchOrder, PunchOutcome, RefuseReason, RelayDest,
+    ServerDatagram, ServerToClient,
 };
 pub use probe::{is_probe, MalformedProbe, Probe, ProbeKind, PROBE_MAC_LEN};
 
@@ -45,9 +56,9 @@ pub const ALPN: &[u8] = b"peergroup/1";
 pub const PEER_ALPN: &[u8] = b"peergroup-p2p/1";
 
 /// The protocol version checked at connect.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Bytes the server adds to an unreliable payload when it relays it (variant, sender,
-/// group and length), at most. A client subtracts this from the server connection's
-/// datagram size before it accepts an unreliable send.
-pub const DATAGRAM_DELIVER_OVERHEAD: usize = 1 + 10 + 11 + 5;
+/// group, lane, number and length), at most. A client subtracts this from the server
+/// connection's datagram size before it accepts an unreliable send.
+pub const DATAGRAM_DELIVER_OVERHEAD: usize = 1 + 10 + 11 + 6 + 10 + 5;

@@ -8,15 +8,104 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
-/// How a message is delivered. Chosen per send.
+/// How a message is delivered. Chosen per send; each mode keeps its guarantee across path
+/// switches (relay to direct and back). The README's "Delivery modes" section says when a
+/// game should use which.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Delivery {
-    /// Exactly once and in order for each (sender, receiver) pair, carried on QUIC streams.
+    /// Exactly once, in order within its channel, for each (sender, receiver) pair. Carried
+    /// on QUIC streams; a message waits for every earlier one of its channel.
     ReliableOrdered,
     /// At most once, in any order, carried in QUIC datagrams (RFC 9221). A payload larger
     /// than the path's datagram size is refused with an error, never silently dropped.
     Unreliable,
+    /// Exactly once, in any order: each message is handed over as soon as it arrives,
+    /// without waiting for earlier ones (no head-of-line blocking between messages).
+    ReliableUnordered,
+    /// At most once, never older than one already delivered on its channel: a message that
+    /// arrives after a newer one of the same (pair, channel) is dropped. ENet's, laminar's
+    /// and Godot's "unreliable ordered". Carried in datagrams.
+    UnreliableSequenced,
+    /// Reliable latest value per key: while a message waits in a send queue (the sender's,
+    /// or the server's for a slow receiver), a newer one with the same key replaces it in
+    /// place; the receiver never gets an older value after a newer one of the same key, and
+    /// the last value sent for a key always arrives. ProudNet's unique-id send, for
+    /// positions and other state.
+    Latest {
+        /// Names the value being updated, e.g. an entity id. Chosen by the application.
+        key: u64,
+    },
+}
+
+impl Delivery {
+    /// Whether the mode is carried in datagrams (no retransmission).
+    pub fn is_unreliable(self) -> bool {
+        matches!(self, Delivery::Unreliable | Delivery::UnreliableSequenced)
+    }
+}
+
+/// How urgently a message should leave, relative to other queued messages. Chosen per send.
+///
+/// Queues serve the three priorities by deficit round robin over bytes with weights 4:2:1
+/// (see [`crate::schedule`]): when all are backlogged, High gets 4/7 of the bandwidth and
+/// Low still 1/7, so none starves. Ordering within a channel beats priority: a High
+/// message of a channel still waits for that channel's earlier messages at the receiver.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub enum Priority {
+    /// Movement and other urgent traffic.
+    High,
+    /// The default.
+    #[default]
+    Medium,
+    /// Bulk traffic such as chat history or asset chunks.
+    Low,
+}
+
+/// The sequence space of a reliable message within its pair, and how the receiver treats
+/// it. The sender numbers each space separately, from 1; both paths share the numbers, so
+/// the receiver merges the relay and the direct path and drops what it already has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Lane {
+    /// [`Delivery::ReliableOrdered`]: delivered in order within the channel.
+    Ordered {
+        /// The channel; channels are independent ordered streams.
+        channel: u8,
+    },
+    /// [`Delivery::ReliableUnordered`]: delivered on arrival; the number only removes
+    /// duplicates.
+    Unordered,
+    /// [`Delivery::Latest`]: delivered unless a newer message with the same key was.
+    Latest {
+        /// The application's key.
+        key: u64,
+    },
+}
+
+/// The sequence space of an unreliable message within its pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DatagramLane {
+    /// [`Delivery::Unreliable`]: any order; the number is 0.
+    Plain,
+    /// [`Delivery::UnreliableSequenced`]: numbered per (pair, channel) from 1; older than
+    /// the newest delivered is dropped.
+    Sequenced {
+        /// The channel.
+        channel: u8,
+    },
+    /// An RTT probe to a peer (or relayed through the server); the peer answers with
+    /// [`DatagramLane::Pong`] and the same `id`. The payload is empty.
+    Ping {
+        /// The ping's id.
+        id: u32,
+    },
+    /// The answer to [`DatagramLane::Ping`].
+    Pong {
+        /// The ping's id.
+        id: u32,
+    },
 }
 
 /// Which path carried a message.
@@ -79,6 +168,10 @@ pub enum ClientToServer {
         group: Option<GroupId>,
         /// Whether the server application is a destination too.
         to_server: bool,
+        /// The sequence space of the `seq`s in `dests`.
+        lane: Lane,
+        /// Where the message goes in each receiver's queue at the server.
+        priority: Priority,
         /// The peers to deliver to, each with its pair sequence number.
         dests: Vec<RelayDest>,
         /// The application payload.
@@ -114,6 +207,23 @@ pub enum ClientToServer {
         path: PairPath,
         /// Why it changed.
         reason: PathReason,
+    },
+    /// Asks for the server's clock; answered with [`ServerToClient::Time`] at once.
+    TimeRequest {
+        /// Echoed in the answer (the client's send time, in its own microseconds).
+        token: u64,
+    },
+    /// What this client measures of a peer, for the server's pair statistics. Sent every
+    /// few seconds per peer.
+    LinkReport {
+        /// The pair.
+        pair: PairId,
+        /// Smoothed RTT to the peer on the pair's current path, microseconds.
+        rtt_us: Option<u32>,
+        /// The last RTT sample, microseconds.
+        last_rtt_us: Option<u32>,
+        /// Pings lost of the last 32, per mille.
+        loss_permille: Option<u16>,
     },
 }
 
@@ -251,7 +361,9 @@ pub enum ServerToClient {
         from: HostId,
         /// The group the sender addressed, if any.
         group: Option<GroupId>,
-        /// The sender's sequence number for this pair.
+        /// The sequence space of `seq`.
+        lane: Lane,
+        /// The sender's sequence number for this pair and lane.
         seq: u64,
         /// The application payload.
         payload: Bytes,
@@ -262,6 +374,8 @@ pub enum ServerToClient {
     Skipped {
         /// The sender.
         from: HostId,
+        /// The sequence space of `seq`.
+        lane: Lane,
         /// The sequence number that will not be delivered.
         seq: u64,
     },
@@ -269,6 +383,10 @@ pub enum ServerToClient {
     FromServer {
         /// The group it was addressed to, if any.
         group: Option<GroupId>,
+        /// The sequence space of `seq`.
+        lane: Lane,
+        /// The server's sequence number for this client and lane, from 1.
+        seq: u64,
         /// The application payload.
         payload: Bytes,
     },
@@ -284,6 +402,13 @@ pub enum ServerToClient {
     },
     /// Punch towards a peer.
     PunchOrder(PunchOrder),
+    /// The answer to [`ClientToServer::TimeRequest`].
+    Time {
+        /// The request's token.
+        token: u64,
+        /// The server's clock: microseconds since the server started (monotonic).
+        server_time_us: u64,
+    },
 }
 
 /// Why the server refused to relay a message.
@@ -314,8 +439,11 @@ pub enum ClientDatagram {
         group: Option<GroupId>,
         /// Whether the server application is a destination too.
         to_server: bool,
-        /// The pairs to deliver to.
-        dests: Vec<PairId>,
+        /// The sequence space of the `seq`s in `dests`.
+        lane: DatagramLane,
+        /// The pairs to deliver to, each with its number in `lane` (0 for
+        /// [`DatagramLane::Plain`]).
+        dests: Vec<RelayDest>,
         /// The application payload.
         payload: Bytes,
     },
@@ -330,29 +458,36 @@ pub enum ServerDatagram {
         from: HostId,
         /// The group the sender addressed, if any.
         group: Option<GroupId>,
+        /// The sequence space of `seq`.
+        lane: DatagramLane,
+        /// The sender's number in `lane` for this pair (0 for [`DatagramLane::Plain`]).
+        seq: u64,
         /// The application payload.
         payload: Bytes,
     },
 }
 
-/// Frames between two peers on a direct path. The direct path arrives with the Direct P2P
-/// work; the frames are fixed here so both paths share one sequence design.
+/// Frames between two peers on a direct path, on one QUIC stream per connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerToPeer {
-    /// A reliable message, in the same per-pair sequence as [`ServerToClient::Deliver`].
+    /// A reliable message, numbered in the same per-pair lanes as
+    /// [`ServerToClient::Deliver`].
     Data {
         /// The group the sender addressed, if any.
         group: Option<GroupId>,
-        /// The sender's sequence number for this pair.
+        /// The sequence space of `seq`.
+        lane: Lane,
+        /// The sender's sequence number for this pair and lane.
         seq: u64,
         /// The application payload.
         payload: Bytes,
     },
-    /// Every sequence number up to and including `delivered` reached the receiver's
-    /// application; the sender may forget them.
+    /// The receiver has taken in the first `received` data frames of this connection (it
+    /// holds or delivered them, so a path switch cannot lose them); the sender may forget
+    /// them. The stream is ordered, so a count names them exactly.
     Ack {
-        /// Highest contiguous sequence number delivered.
-        delivered: u64,
+        /// Data frames received on this connection so far.
+        received: u64,
     },
     /// The first frame on a direct connection, from the side that opened it.
     Hello {

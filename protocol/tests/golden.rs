@@ -4,7 +4,7 @@
 //! `PROTOCOL_VERSION` (and update the bytes here) rather than just editing the expectation.
 //!
 //! The expected bytes were derived by hand from postcard's format: unsigned integers are
-//! LEB128 varints, an enum variant is its index as a varint, `Option` is a `0`/`1` byte then
+//! LEB128 varints, a `u8` is one raw byte (not a varint), an enum variant is its index as a varint, `Option` is a `0`/`1` byte then
 //! the value, `bool` is one `0`/`1` byte, `Bytes` and `Vec` are a varint length then the
 //! elements, and `[u8; 32]` is 32 raw bytes. Stream frames add a 4-byte big-endian length
 //! prefix in front of the body.
@@ -24,10 +24,10 @@ use peergroup_protocol::rooms::{
 };
 use peergroup_protocol::{
     datagram_to_bytes, decode_body, frame_to_bytes, is_probe, ClientDatagram, ClientToServer,
-    Delivery, Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, MalformedProbe,
-    PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer, Probe, ProbeKind, PunchOrder,
-    PunchOutcome, RefuseReason, RelayDest, ServerDatagram, ServerToClient, DEFAULT_MAX_FRAME_LEN,
-    PROBE_MAC_LEN,
+    DatagramLane, Delivery, Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, Lane,
+    MalformedProbe, PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer, Priority, Probe,
+    ProbeKind, PunchOrder, PunchOutcome, RefuseReason, RelayDest, ServerDatagram, ServerToClient,
+    DATAGRAM_DELIVER_OVERHEAD, DEFAULT_MAX_FRAME_LEN, PROBE_MAC_LEN,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::fmt::Debug;
@@ -39,6 +39,10 @@ const HOST: [u8; 5] = [0x82, 0x80, 0x80, 0x80, 0x10];
 const GROUP: [u8; 5] = [0x85, 0x80, 0x80, 0x80, 0x20];
 /// `300` as a varint.
 const PAIR: [u8; 2] = [0xac, 0x02];
+/// `u64::MAX` as a varint: nine bytes of seven one-bits, then the last bit (63).
+const U64_MAX: [u8; 10] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+/// `u32::MAX` as a varint: four bytes of seven one-bits, then the last four bits.
+const U32_MAX: [u8; 5] = [0xff, 0xff, 0xff, 0xff, 0x0f];
 /// [`v4_addr`]: variant `V4`, octets 203.0.113.7, port 40000 (`0x9c40`) as a varint.
 const V4_ADDR: [u8; 8] = [0x00, 0xcb, 0x00, 0x71, 0x07, 0xc0, 0xb8, 0x02];
 /// [`v6_addr`]: variant `V6`, the 16 octets of 2001:db8::1, port 9.
@@ -134,6 +138,8 @@ fn client_to_server_variant(message: &ClientToServer) -> u32 {
         ClientToServer::WantDirect { .. } => 4,
         ClientToServer::PunchReport { .. } => 5,
         ClientToServer::PathReport { .. } => 6,
+        ClientToServer::TimeRequest { .. } => 7,
+        ClientToServer::LinkReport { .. } => 8,
     }
 }
 
@@ -149,6 +155,7 @@ fn server_to_client_variant(message: &ServerToClient) -> u32 {
         ServerToClient::FromServer { .. } => 7,
         ServerToClient::Refused { .. } => 8,
         ServerToClient::PunchOrder(_) => 9,
+        ServerToClient::Time { .. } => 10,
     }
 }
 
@@ -193,6 +200,31 @@ fn pair_path_variant(path: PairPath) -> u32 {
     match path {
         PairPath::Relay => 0,
         PairPath::Direct => 1,
+    }
+}
+
+fn priority_variant(priority: &Priority) -> u32 {
+    match priority {
+        Priority::High => 0,
+        Priority::Medium => 1,
+        Priority::Low => 2,
+    }
+}
+
+fn lane_variant(lane: &Lane) -> u32 {
+    match lane {
+        Lane::Ordered { .. } => 0,
+        Lane::Unordered => 1,
+        Lane::Latest { .. } => 2,
+    }
+}
+
+fn datagram_lane_variant(lane: &DatagramLane) -> u32 {
+    match lane {
+        DatagramLane::Plain => 0,
+        DatagramLane::Sequenced { .. } => 1,
+        DatagramLane::Ping { .. } => 2,
+        DatagramLane::Pong { .. } => 3,
     }
 }
 
@@ -241,10 +273,12 @@ fn client_to_server_frames() {
             cat(&[&[0x00, 0x00, 0x00, 0x0b, 0x01], &GROUP, &HOST]),
         ),
         (
-            "Relay with group, server and two dests",
+            "Relay with group, server, an ordered lane and two dests",
             ClientToServer::Relay {
                 group: Some(group()),
                 to_server: true,
+                lane: Lane::Ordered { channel: 200 },
+                priority: Priority::High,
                 dests: vec![
                     RelayDest {
                         pair: pair(),
@@ -257,24 +291,60 @@ fn client_to_server_frames() {
                 ],
                 payload: Bytes::from_static(b"hi"),
             },
+            // 22 bytes: variant, group, to_server, lane, priority, two dests, payload.
             cat(&[
-                &[0x00, 0x00, 0x00, 0x13, 0x02, 0x01],
+                &[0x00, 0x00, 0x00, 0x16, 0x02, 0x01],
                 &GROUP,
-                &[0x01, 0x02],
+                &[0x01],
+                // Lane::Ordered, channel 200 as one raw byte (a varint would be c8 01).
+                &[0x00, 0xc8],
+                // Priority::High.
+                &[0x00],
+                &[0x02],
                 &PAIR,
                 &[0x01, 0x07, 0x80, 0x80, 0x01],
                 &[0x02, b'h', b'i'],
             ]),
         ),
         (
-            "Relay with nothing",
+            "Relay with nothing, unordered, default priority",
             ClientToServer::Relay {
                 group: None,
                 to_server: false,
+                lane: Lane::Unordered,
+                priority: Priority::default(),
                 dests: Vec::new(),
                 payload: Bytes::new(),
             },
-            vec![0x00, 0x00, 0x00, 0x05, 0x02, 0x00, 0x00, 0x00, 0x00],
+            // Variant, None, false, Lane::Unordered, Priority::Medium, no dests, no payload.
+            vec![
+                0x00, 0x00, 0x00, 0x07, 0x02, 0x00, 0x00, 0x01, 0x01, 0x00, 0x00,
+            ],
+        ),
+        (
+            "Relay, latest value of key u64::MAX, low priority",
+            ClientToServer::Relay {
+                group: None,
+                to_server: false,
+                lane: Lane::Latest { key: u64::MAX },
+                priority: Priority::Low,
+                dests: vec![RelayDest {
+                    pair: pair(),
+                    seq: 2,
+                }],
+                payload: Bytes::from_static(b"p"),
+            },
+            // 21 bytes: variant, None, false, lane (2 + 10-byte key), Low, one dest, payload.
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x15, 0x02, 0x00, 0x00],
+                &[0x02],
+                &U64_MAX,
+                &[0x02],
+                &[0x01],
+                &PAIR,
+                &[0x02],
+                &[0x01, b'p'],
+            ]),
         ),
         (
             "HostCandidates, IPv4 and IPv6",
@@ -334,11 +404,64 @@ fn client_to_server_frames() {
             },
             cat(&[&[0x00, 0x00, 0x00, 0x05, 0x06], &PAIR, &[0x00, 0x01]]),
         ),
+        (
+            "TimeRequest",
+            ClientToServer::TimeRequest { token: 1_000_000 },
+            // 1_000_000 = 0xf4240 as a varint: c0 84 3d.
+            vec![0x00, 0x00, 0x00, 0x04, 0x07, 0xc0, 0x84, 0x3d],
+        ),
+        (
+            "TimeRequest with u64::MAX",
+            ClientToServer::TimeRequest { token: u64::MAX },
+            cat(&[&[0x00, 0x00, 0x00, 0x0b, 0x07], &U64_MAX]),
+        ),
+        (
+            "LinkReport, all measured",
+            ClientToServer::LinkReport {
+                pair: pair(),
+                rtt_us: Some(25_000),
+                last_rtt_us: Some(127),
+                loss_permille: Some(1000),
+            },
+            // 25000 = 0x61a8: a8 c3 01; 127 is one byte; 1000 = 0x3e8: e8 07.
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x0c, 0x08],
+                &PAIR,
+                &[0x01, 0xa8, 0xc3, 0x01],
+                &[0x01, 0x7f],
+                &[0x01, 0xe8, 0x07],
+            ]),
+        ),
+        (
+            "LinkReport, nothing measured",
+            ClientToServer::LinkReport {
+                pair: pair(),
+                rtt_us: None,
+                last_rtt_us: None,
+                loss_permille: None,
+            },
+            cat(&[&[0x00, 0x00, 0x00, 0x06, 0x08], &PAIR, &[0x00, 0x00, 0x00]]),
+        ),
+        (
+            "LinkReport, extremes",
+            ClientToServer::LinkReport {
+                pair: PairId::from_raw(0),
+                rtt_us: None,
+                last_rtt_us: Some(u32::MAX),
+                loss_permille: Some(u16::MAX),
+            },
+            // u16::MAX = 0xffff as a varint: ff ff 03.
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x0d, 0x08, 0x00, 0x00, 0x01],
+                &U32_MAX,
+                &[0x01, 0xff, 0xff, 0x03],
+            ]),
+        ),
     ];
     for (name, message, expected) in &cases {
         check_frame(name, message, expected);
     }
-    assert_covers(&cases, client_to_server_variant, 7, 4);
+    assert_covers(&cases, client_to_server_variant, 9, 4);
 }
 
 #[test]
@@ -412,36 +535,83 @@ fn server_to_client_frames() {
             cat(&[&[0x00, 0x00, 0x00, 0x0c, 0x04], &GROUP, &HOST, &[0x00]]),
         ),
         (
-            "Deliver",
+            "Deliver, ordered",
             ServerToClient::Deliver {
                 from: host(),
                 group: Some(group()),
+                lane: Lane::Ordered { channel: 0 },
                 seq: 129,
                 payload: Bytes::from_static(b"hi"),
             },
             cat(&[
-                &[0x00, 0x00, 0x00, 0x11, 0x05],
+                &[0x00, 0x00, 0x00, 0x13, 0x05],
                 &HOST,
                 &[0x01],
                 &GROUP,
+                // Lane::Ordered, channel 0.
+                &[0x00, 0x00],
                 &[0x81, 0x01, 0x02, b'h', b'i'],
             ]),
         ),
         (
-            "Skipped",
-            ServerToClient::Skipped {
+            "Deliver, latest value of key 300, without group",
+            ServerToClient::Deliver {
                 from: host(),
-                seq: 16384,
+                group: None,
+                lane: Lane::Latest { key: 300 },
+                seq: 1,
+                payload: Bytes::new(),
             },
-            cat(&[&[0x00, 0x00, 0x00, 0x09, 0x06], &HOST, &[0x80, 0x80, 0x01]]),
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x0c, 0x05],
+                &HOST,
+                &[0x00],
+                // Lane::Latest, key 300.
+                &[0x02, 0xac, 0x02],
+                &[0x01, 0x00],
+            ]),
         ),
         (
-            "FromServer",
+            "Skipped, unordered",
+            ServerToClient::Skipped {
+                from: host(),
+                lane: Lane::Unordered,
+                seq: 16384,
+            },
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x0a, 0x06],
+                &HOST,
+                &[0x01],
+                &[0x80, 0x80, 0x01],
+            ]),
+        ),
+        (
+            "FromServer, ordered",
             ServerToClient::FromServer {
                 group: None,
+                lane: Lane::Ordered { channel: 1 },
+                seq: 1,
                 payload: Bytes::from_static(b"srv"),
             },
-            vec![0x00, 0x00, 0x00, 0x06, 0x07, 0x00, 0x03, b's', b'r', b'v'],
+            // Variant, None, Lane::Ordered channel 1, seq 1, payload.
+            vec![
+                0x00, 0x00, 0x00, 0x09, 0x07, 0x00, 0x00, 0x01, 0x01, 0x03, b's', b'r', b'v',
+            ],
+        ),
+        (
+            "FromServer in a group, latest value of key 0",
+            ServerToClient::FromServer {
+                group: Some(group()),
+                lane: Lane::Latest { key: 0 },
+                seq: 128,
+                payload: Bytes::new(),
+            },
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x0c, 0x07, 0x01],
+                &GROUP,
+                &[0x02, 0x00],
+                &[0x80, 0x01, 0x00],
+            ]),
         ),
         (
             "Refused with pair",
@@ -502,23 +672,50 @@ fn server_to_client_frames() {
                 &[0x00, 0x00, 0x00],
             ]),
         ),
+        (
+            "Time",
+            ServerToClient::Time {
+                token: 1_000_000,
+                server_time_us: 1 << 32,
+            },
+            // 1_000_000: c0 84 3d; 2^32: four bytes of no bits, then bit 32 as 0x10.
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x09, 0x0a],
+                &[0xc0, 0x84, 0x3d],
+                &[0x80, 0x80, 0x80, 0x80, 0x10],
+            ]),
+        ),
+        (
+            "Time with u64::MAX",
+            ServerToClient::Time {
+                token: 0,
+                server_time_us: u64::MAX,
+            },
+            cat(&[&[0x00, 0x00, 0x00, 0x0c, 0x0a, 0x00], &U64_MAX]),
+        ),
     ];
     for (name, message, expected) in &cases {
         check_frame(name, message, expected);
     }
-    assert_covers(&cases, server_to_client_variant, 10, 4);
+    assert_covers(&cases, server_to_client_variant, 11, 4);
 }
 
 #[test]
 fn frame_length_prefix_is_big_endian() {
-    // A 304-byte body (variant, `None`, two-byte length 300, payload) shows the byte order
-    // of the prefix: 0x0130.
+    // A 307-byte body (variant, `None`, lane `Ordered` channel 0, seq 1, two-byte length
+    // 300, payload) shows the byte order of the prefix: 0x0133.
     let payload = vec![0xab; 300];
     let message = ServerToClient::FromServer {
         group: None,
+        lane: Lane::Ordered { channel: 0 },
+        seq: 1,
         payload: Bytes::from(payload.clone()),
     };
-    let expected = cat(&[&[0x00, 0x00, 0x01, 0x30, 0x07, 0x00], &PAIR, &payload]);
+    let expected = cat(&[
+        &[0x00, 0x00, 0x01, 0x33, 0x07, 0x00, 0x00, 0x00, 0x01],
+        &PAIR,
+        &payload,
+    ]);
     check_frame("FromServer with 300 bytes", &message, &expected);
 }
 
@@ -526,32 +723,55 @@ fn frame_length_prefix_is_big_endian() {
 fn peer_to_peer_frames() {
     let cases: Vec<(&str, PeerToPeer, Vec<u8>)> = vec![
         (
-            "Data",
+            "Data, ordered",
             PeerToPeer::Data {
                 group: Some(group()),
+                lane: Lane::Ordered { channel: 7 },
                 seq: 1,
                 payload: Bytes::from_static(b"hi"),
             },
             cat(&[
-                &[0x00, 0x00, 0x00, 0x0b, 0x00, 0x01],
+                &[0x00, 0x00, 0x00, 0x0d, 0x00, 0x01],
                 &GROUP,
+                // Lane::Ordered, channel 7.
+                &[0x00, 0x07],
                 &[0x01, 0x02, b'h', b'i'],
             ]),
         ),
         (
-            "Data without group",
+            "Data without group, unordered",
             PeerToPeer::Data {
                 group: None,
+                lane: Lane::Unordered,
                 seq: 0,
                 payload: Bytes::new(),
             },
-            vec![0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00],
+            vec![0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x01, 0x00, 0x00],
+        ),
+        (
+            "Data, latest value of key u64::MAX",
+            PeerToPeer::Data {
+                group: None,
+                lane: Lane::Latest { key: u64::MAX },
+                seq: 16384,
+                payload: Bytes::from_static(b"x"),
+            },
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x12, 0x00, 0x00],
+                &[0x02],
+                &U64_MAX,
+                &[0x80, 0x80, 0x01],
+                &[0x01, b'x'],
+            ]),
+        ),
+        (
+            "Ack of 300",
+            PeerToPeer::Ack { received: 300 },
+            cat(&[&[0x00, 0x00, 0x00, 0x03, 0x01], &PAIR]),
         ),
         (
             "Ack of u64::MAX",
-            PeerToPeer::Ack {
-                delivered: u64::MAX,
-            },
+            PeerToPeer::Ack { received: u64::MAX },
             vec![
                 0x00, 0x00, 0x00, 0x0b, 0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
                 0x01,
@@ -576,30 +796,94 @@ fn peer_to_peer_frames() {
 fn client_datagrams() {
     let cases: Vec<(&str, ClientDatagram, Vec<u8>)> = vec![
         (
-            "Relay with group and two dests",
+            "Relay with group, sequenced, and two dests",
             ClientDatagram::Relay {
                 group: Some(group()),
                 to_server: false,
-                dests: vec![pair(), PairId::from_raw(1)],
+                lane: DatagramLane::Sequenced { channel: 2 },
+                dests: vec![
+                    RelayDest {
+                        pair: pair(),
+                        seq: 5,
+                    },
+                    RelayDest {
+                        pair: PairId::from_raw(1),
+                        seq: 128,
+                    },
+                ],
                 payload: Bytes::from_static(b"ping"),
             },
             cat(&[
                 &[0x00, 0x01],
                 &GROUP,
-                &[0x00, 0x02],
+                &[0x00],
+                // DatagramLane::Sequenced, channel 2.
+                &[0x01, 0x02],
+                &[0x02],
                 &PAIR,
-                &[0x01, 0x04, b'p', b'i', b'n', b'g'],
+                &[0x05],
+                &[0x01, 0x80, 0x01],
+                &[0x04, b'p', b'i', b'n', b'g'],
             ]),
         ),
         (
-            "Relay to the server only",
+            "Relay to the server only, plain",
             ClientDatagram::Relay {
                 group: None,
                 to_server: true,
+                lane: DatagramLane::Plain,
                 dests: Vec::new(),
                 payload: Bytes::from_static(b"x"),
             },
-            vec![0x00, 0x00, 0x01, 0x00, 0x01, b'x'],
+            vec![0x00, 0x00, 0x01, 0x00, 0x00, 0x01, b'x'],
+        ),
+        (
+            "Relay, plain, to one peer",
+            ClientDatagram::Relay {
+                group: None,
+                to_server: false,
+                lane: DatagramLane::Plain,
+                dests: vec![RelayDest {
+                    pair: pair(),
+                    seq: 0,
+                }],
+                payload: Bytes::from_static(b"x"),
+            },
+            cat(&[&[0x00, 0x00, 0x00, 0x00, 0x01], &PAIR, &[0x00, 0x01, b'x']]),
+        ),
+        (
+            "Relay, ping 300",
+            ClientDatagram::Relay {
+                group: None,
+                to_server: false,
+                lane: DatagramLane::Ping { id: 300 },
+                dests: vec![RelayDest {
+                    pair: PairId::from_raw(7),
+                    seq: 0,
+                }],
+                payload: Bytes::new(),
+            },
+            // DatagramLane::Ping with id 300 (ac 02), one dest, empty payload.
+            vec![0x00, 0x00, 0x00, 0x02, 0xac, 0x02, 0x01, 0x07, 0x00, 0x00],
+        ),
+        (
+            "Relay, pong u32::MAX",
+            ClientDatagram::Relay {
+                group: None,
+                to_server: false,
+                lane: DatagramLane::Pong { id: u32::MAX },
+                dests: vec![RelayDest {
+                    pair: PairId::from_raw(7),
+                    seq: 0,
+                }],
+                payload: Bytes::new(),
+            },
+            cat(&[
+                &[0x00, 0x00, 0x00],
+                &[0x03],
+                &U32_MAX,
+                &[0x01, 0x07, 0x00, 0x00],
+            ]),
         ),
     ];
     for (name, message, expected) in &cases {
@@ -612,22 +896,57 @@ fn client_datagrams() {
 fn server_datagrams() {
     let cases: Vec<(&str, ServerDatagram, Vec<u8>)> = vec![
         (
-            "Deliver from a host in a group",
+            "Deliver from a host in a group, sequenced",
             ServerDatagram::Deliver {
                 from: host(),
                 group: Some(group()),
+                lane: DatagramLane::Sequenced { channel: 255 },
+                seq: 129,
                 payload: Bytes::from_static(b"hi"),
             },
-            cat(&[&[0x00], &HOST, &[0x01], &GROUP, &[0x02, b'h', b'i']]),
+            cat(&[
+                &[0x00],
+                &HOST,
+                &[0x01],
+                &GROUP,
+                // DatagramLane::Sequenced, channel 255 as one raw byte.
+                &[0x01, 0xff],
+                &[0x81, 0x01],
+                &[0x02, b'h', b'i'],
+            ]),
         ),
         (
-            "Deliver from the server",
+            "Deliver from the server, plain",
             ServerDatagram::Deliver {
                 from: HostId::SERVER,
                 group: None,
+                lane: DatagramLane::Plain,
+                seq: 0,
                 payload: Bytes::from_static(b"x"),
             },
-            vec![0x00, 0x01, 0x00, 0x01, b'x'],
+            vec![0x00, 0x01, 0x00, 0x00, 0x00, 0x01, b'x'],
+        ),
+        (
+            "Deliver, ping 1",
+            ServerDatagram::Deliver {
+                from: host(),
+                group: None,
+                lane: DatagramLane::Ping { id: 1 },
+                seq: 0,
+                payload: Bytes::new(),
+            },
+            cat(&[&[0x00], &HOST, &[0x00, 0x02, 0x01, 0x00, 0x00]]),
+        ),
+        (
+            "Deliver, pong 1",
+            ServerDatagram::Deliver {
+                from: host(),
+                group: None,
+                lane: DatagramLane::Pong { id: 1 },
+                seq: 0,
+                payload: Bytes::new(),
+            },
+            cat(&[&[0x00], &HOST, &[0x00, 0x03, 0x01, 0x00, 0x00]]),
         ),
     ];
     for (name, message, expected) in &cases {
@@ -636,12 +955,190 @@ fn server_datagrams() {
     assert_covers(&cases, server_datagram_variant, 1, 0);
 }
 
+#[test]
+fn server_datagram_worst_case_overhead() {
+    // The most the server puts around a relayed payload: every number at its maximum, a
+    // group, and the largest lanes (a ping or pong id at u32::MAX: six bytes; a sequenced
+    // channel is two bytes at most).
+    let payload = vec![0x5a; 16_384];
+    let mut worst = 0;
+    for (name, lane, lane_bytes) in [
+        (
+            "Ping",
+            DatagramLane::Ping { id: u32::MAX },
+            cat(&[&[0x02], &U32_MAX]),
+        ),
+        (
+            "Pong",
+            DatagramLane::Pong { id: u32::MAX },
+            cat(&[&[0x03], &U32_MAX]),
+        ),
+        (
+            "Sequenced",
+            DatagramLane::Sequenced { channel: u8::MAX },
+            vec![0x01, 0xff],
+        ),
+    ] {
+        let header = cat(&[
+            // Variant Deliver.
+            &[0x00],
+            // from.
+            &U64_MAX,
+            // Some(group).
+            &[0x01],
+            &U64_MAX,
+            &lane_bytes,
+            // seq.
+            &U64_MAX,
+            // Payload length 16384 = 0x4000: 80 80 01.
+            &[0x80, 0x80, 0x01],
+        ]);
+        check_body(
+            name,
+            &ServerDatagram::Deliver {
+                from: HostId::from_raw(u64::MAX),
+                group: Some(GroupId::from_raw(u64::MAX)),
+                lane,
+                seq: u64::MAX,
+                payload: Bytes::from(payload.clone()),
+            },
+            &cat(&[&header, &payload]),
+        );
+        // The length of any datagram (below 2^32 bytes) takes at most five varint bytes
+        // instead of the three here.
+        let overhead = header.len() - 3 + 5;
+        assert!(
+            overhead <= DATAGRAM_DELIVER_OVERHEAD,
+            "{name}: {overhead} bytes of overhead"
+        );
+        worst = worst.max(overhead);
+    }
+    // The bound is tight (1 + 10 + 11 + 6 + 10 + 5), so clients give up no payload room.
+    assert_eq!(worst, DATAGRAM_DELIVER_OVERHEAD);
+}
+
 // The parts below are pinned as bare bodies: they travel only inside the messages above.
 
 #[test]
 fn delivery_variants() {
     check_body("ReliableOrdered", &Delivery::ReliableOrdered, &[0x00]);
     check_body("Unreliable", &Delivery::Unreliable, &[0x01]);
+    check_body("ReliableUnordered", &Delivery::ReliableUnordered, &[0x02]);
+    check_body(
+        "UnreliableSequenced",
+        &Delivery::UnreliableSequenced,
+        &[0x03],
+    );
+    check_body(
+        "Latest with key 0",
+        &Delivery::Latest { key: 0 },
+        &[0x04, 0x00],
+    );
+    check_body(
+        "Latest with key 300",
+        &Delivery::Latest { key: 300 },
+        &[0x04, 0xac, 0x02],
+    );
+    check_body(
+        "Latest with key u64::MAX",
+        &Delivery::Latest { key: u64::MAX },
+        &cat(&[&[0x04], &U64_MAX]),
+    );
+    assert_variant_count::<Delivery>("Delivery", 5);
+}
+
+#[test]
+fn priority_variants() {
+    let cases: Vec<(&str, Priority, Vec<u8>)> = vec![
+        ("High", Priority::High, vec![0x00]),
+        ("Medium", Priority::Medium, vec![0x01]),
+        ("Low", Priority::Low, vec![0x02]),
+    ];
+    for (name, priority, expected) in &cases {
+        check_body(name, priority, expected);
+    }
+    assert_covers(&cases, priority_variant, 3, 0);
+    assert_variant_count::<Priority>("Priority", 3);
+    assert_eq!(Priority::default(), Priority::Medium);
+}
+
+#[test]
+fn lane_variants() {
+    let cases: Vec<(&str, Lane, Vec<u8>)> = vec![
+        ("Ordered 0", Lane::Ordered { channel: 0 }, vec![0x00, 0x00]),
+        // A `u8` is one raw byte: 128 and 255 would need two bytes as varints.
+        (
+            "Ordered 128",
+            Lane::Ordered { channel: 128 },
+            vec![0x00, 0x80],
+        ),
+        (
+            "Ordered 255",
+            Lane::Ordered { channel: 255 },
+            vec![0x00, 0xff],
+        ),
+        ("Unordered", Lane::Unordered, vec![0x01]),
+        ("Latest 0", Lane::Latest { key: 0 }, vec![0x02, 0x00]),
+        ("Latest 127", Lane::Latest { key: 127 }, vec![0x02, 0x7f]),
+        (
+            "Latest 2^32",
+            Lane::Latest { key: 1 << 32 },
+            vec![0x02, 0x80, 0x80, 0x80, 0x80, 0x10],
+        ),
+        (
+            "Latest u64::MAX",
+            Lane::Latest { key: u64::MAX },
+            cat(&[&[0x02], &U64_MAX]),
+        ),
+    ];
+    for (name, lane, expected) in &cases {
+        check_body(name, lane, expected);
+    }
+    assert_covers(&cases, lane_variant, 3, 0);
+    assert_variant_count::<Lane>("Lane", 3);
+}
+
+#[test]
+fn datagram_lane_variants() {
+    let cases: Vec<(&str, DatagramLane, Vec<u8>)> = vec![
+        ("Plain", DatagramLane::Plain, vec![0x00]),
+        (
+            "Sequenced 0",
+            DatagramLane::Sequenced { channel: 0 },
+            vec![0x01, 0x00],
+        ),
+        (
+            "Sequenced 255",
+            DatagramLane::Sequenced { channel: 255 },
+            vec![0x01, 0xff],
+        ),
+        ("Ping 0", DatagramLane::Ping { id: 0 }, vec![0x02, 0x00]),
+        (
+            "Ping 16384",
+            DatagramLane::Ping { id: 16384 },
+            vec![0x02, 0x80, 0x80, 0x01],
+        ),
+        (
+            "Ping u32::MAX",
+            DatagramLane::Ping { id: u32::MAX },
+            cat(&[&[0x02], &U32_MAX]),
+        ),
+        (
+            "Pong 300",
+            DatagramLane::Pong { id: 300 },
+            vec![0x03, 0xac, 0x02],
+        ),
+        (
+            "Pong u32::MAX",
+            DatagramLane::Pong { id: u32::MAX },
+            cat(&[&[0x03], &U32_MAX]),
+        ),
+    ];
+    for (name, lane, expected) in &cases {
+        check_body(name, lane, expected);
+    }
+    assert_covers(&cases, datagram_lane_variant, 4, 0);
+    assert_variant_count::<DatagramLane>("DatagramLane", 4);
 }
 
 #[test]
@@ -649,6 +1146,7 @@ fn path_variants() {
     check_body("Relay", &Path::Relay, &[0x00]);
     check_body("Direct", &Path::Direct, &[0x01]);
     check_body("Loopback", &Path::Loopback, &[0x02]);
+    assert_variant_count::<Path>("Path", 3);
 }
 
 #[test]
@@ -659,6 +1157,7 @@ fn refuse_reason_variants() {
     check_body("UnknownPair", &RefuseReason::UnknownPair, &[0x03]);
     check_body("ServerNotMember", &RefuseReason::ServerNotMember, &[0x04]);
     check_body("TooLargeForPath", &RefuseReason::TooLargeForPath, &[0x05]);
+    assert_variant_count::<RefuseReason>("RefuseReason", 6);
 }
 
 /// Asserts that the variant index `count` of `T` is unknown, so a variant added at the end

@@ -6,11 +6,11 @@
 use bytes::{Bytes, BytesMut};
 use peergroup_protocol::{
     body_len, datagram_to_bytes, decode_body, encode_frame, frame_to_bytes, is_probe,
-    peek_hello_version, ClientDatagram, ClientToServer, CloseCode, Fingerprint, FrameDecoder,
-    FrameError, GroupId, Hello, HostId, MalformedProbe, PairId, PairPath, PathReason, PeerInfo,
-    PeerToPeer, Probe, ProbeKind, PunchOrder, PunchOutcome, RefuseReason, RelayDest,
-    ServerDatagram, ServerToClient, DATAGRAM_DELIVER_OVERHEAD, DEFAULT_MAX_FRAME_LEN,
-    LENGTH_PREFIX_LEN, PROBE_MAC_LEN,
+    peek_hello_version, ClientDatagram, ClientToServer, CloseCode, DatagramLane, Delivery,
+    Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, Lane, MalformedProbe, PairId,
+    PairPath, PathReason, PeerInfo, PeerToPeer, Priority, Probe, ProbeKind, PunchOrder,
+    PunchOutcome, RefuseReason, RelayDest, ServerDatagram, ServerToClient,
+    DATAGRAM_DELIVER_OVERHEAD, DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN, PROBE_MAC_LEN,
 };
 use proptest::prelude::*;
 use serde::{de::DeserializeOwned, Serialize};
@@ -46,6 +46,49 @@ fn peer_info() -> impl Strategy<Value = PeerInfo> {
 
 fn relay_dest() -> impl Strategy<Value = RelayDest> {
     (pair_id(), any::<u64>()).prop_map(|(pair, seq)| RelayDest { pair, seq })
+}
+
+fn relay_dests() -> impl Strategy<Value = Vec<RelayDest>> {
+    prop::collection::vec(relay_dest(), 0..8)
+}
+
+fn priority() -> impl Strategy<Value = Priority> {
+    prop_oneof![
+        Just(Priority::High),
+        Just(Priority::Medium),
+        Just(Priority::Low),
+    ]
+}
+
+fn lane() -> impl Strategy<Value = Lane> {
+    prop_oneof![
+        any::<u8>().prop_map(|channel| Lane::Ordered { channel }),
+        Just(Lane::Unordered),
+        any::<u64>().prop_map(|key| Lane::Latest { key }),
+    ]
+}
+
+fn datagram_lane() -> impl Strategy<Value = DatagramLane> {
+    prop_oneof![
+        Just(DatagramLane::Plain),
+        any::<u8>().prop_map(|channel| DatagramLane::Sequenced { channel }),
+        any::<u32>().prop_map(|id| DatagramLane::Ping { id }),
+        any::<u32>().prop_map(|id| DatagramLane::Pong { id }),
+    ]
+}
+
+fn delivery() -> impl Strategy<Value = Delivery> {
+    prop_oneof![
+        Just(Delivery::ReliableOrdered),
+        Just(Delivery::Unreliable),
+        Just(Delivery::ReliableUnordered),
+        Just(Delivery::UnreliableSequenced),
+        any::<u64>().prop_map(|key| Delivery::Latest { key }),
+    ]
+}
+
+fn optional_u32() -> impl Strategy<Value = Option<u32>> {
+    prop::option::of(any::<u32>())
 }
 
 fn refuse_reason() -> impl Strategy<Value = RefuseReason> {
@@ -131,14 +174,20 @@ fn client_to_server() -> impl Strategy<Value = ClientToServer> {
         (
             prop::option::of(group_id()),
             any::<bool>(),
-            prop::collection::vec(relay_dest(), 0..8),
+            lane(),
+            priority(),
+            relay_dests(),
             payload(),
         )
-            .prop_map(|(group, to_server, dests, payload)| ClientToServer::Relay {
-                group,
-                to_server,
-                dests,
-                payload,
+            .prop_map(|(group, to_server, lane, priority, dests, payload)| {
+                ClientToServer::Relay {
+                    group,
+                    to_server,
+                    lane,
+                    priority,
+                    dests,
+                    payload,
+                }
             }),
         socket_addrs().prop_map(|addrs| ClientToServer::HostCandidates { addrs }),
         pair_id().prop_map(|pair| ClientToServer::WantDirect { pair }),
@@ -151,6 +200,21 @@ fn client_to_server() -> impl Strategy<Value = ClientToServer> {
         }),
         (pair_id(), pair_path(), path_reason())
             .prop_map(|(pair, path, reason)| { ClientToServer::PathReport { pair, path, reason } }),
+        any::<u64>().prop_map(|token| ClientToServer::TimeRequest { token }),
+        (
+            pair_id(),
+            optional_u32(),
+            optional_u32(),
+            prop::option::of(any::<u16>()),
+        )
+            .prop_map(|(pair, rtt_us, last_rtt_us, loss_permille)| {
+                ClientToServer::LinkReport {
+                    pair,
+                    rtt_us,
+                    last_rtt_us,
+                    loss_permille,
+                }
+            }),
     ]
 }
 
@@ -188,18 +252,36 @@ fn server_to_client() -> impl Strategy<Value = ServerToClient> {
         (
             host_id(),
             prop::option::of(group_id()),
+            lane(),
             any::<u64>(),
             payload()
         )
-            .prop_map(|(from, group, seq, payload)| ServerToClient::Deliver {
-                from,
+            .prop_map(
+                |(from, group, lane, seq, payload)| ServerToClient::Deliver {
+                    from,
+                    group,
+                    lane,
+                    seq,
+                    payload,
+                }
+            ),
+        (host_id(), lane(), any::<u64>()).prop_map(|(from, lane, seq)| ServerToClient::Skipped {
+            from,
+            lane,
+            seq
+        }),
+        (
+            prop::option::of(group_id()),
+            lane(),
+            any::<u64>(),
+            payload()
+        )
+            .prop_map(|(group, lane, seq, payload)| ServerToClient::FromServer {
                 group,
+                lane,
                 seq,
                 payload,
             }),
-        (host_id(), any::<u64>()).prop_map(|(from, seq)| ServerToClient::Skipped { from, seq }),
-        (prop::option::of(group_id()), payload())
-            .prop_map(|(group, payload)| ServerToClient::FromServer { group, payload }),
         (
             prop::option::of(pair_id()),
             prop::option::of(group_id()),
@@ -211,6 +293,10 @@ fn server_to_client() -> impl Strategy<Value = ServerToClient> {
                 reason,
             }),
         punch_order().prop_map(ServerToClient::PunchOrder),
+        (any::<u64>(), any::<u64>()).prop_map(|(token, server_time_us)| ServerToClient::Time {
+            token,
+            server_time_us,
+        }),
     ]
 }
 
@@ -218,37 +304,55 @@ fn client_datagram() -> impl Strategy<Value = ClientDatagram> {
     (
         prop::option::of(group_id()),
         any::<bool>(),
-        prop::collection::vec(pair_id(), 0..8),
+        datagram_lane(),
+        relay_dests(),
         payload(),
     )
-        .prop_map(|(group, to_server, dests, payload)| ClientDatagram::Relay {
-            group,
-            to_server,
-            dests,
-            payload,
-        })
+        .prop_map(
+            |(group, to_server, lane, dests, payload)| ClientDatagram::Relay {
+                group,
+                to_server,
+                lane,
+                dests,
+                payload,
+            },
+        )
 }
 
 fn server_datagram() -> impl Strategy<Value = ServerDatagram> {
-    (host_id(), prop::option::of(group_id()), payload()).prop_map(|(from, group, payload)| {
-        ServerDatagram::Deliver {
-            from,
-            group,
-            payload,
-        }
-    })
+    (
+        host_id(),
+        prop::option::of(group_id()),
+        datagram_lane(),
+        any::<u64>(),
+        payload(),
+    )
+        .prop_map(
+            |(from, group, lane, seq, payload)| ServerDatagram::Deliver {
+                from,
+                group,
+                lane,
+                seq,
+                payload,
+            },
+        )
 }
 
 fn peer_to_peer() -> impl Strategy<Value = PeerToPeer> {
     prop_oneof![
-        (prop::option::of(group_id()), any::<u64>(), payload()).prop_map(
-            |(group, seq, payload)| PeerToPeer::Data {
+        (
+            prop::option::of(group_id()),
+            lane(),
+            any::<u64>(),
+            payload()
+        )
+            .prop_map(|(group, lane, seq, payload)| PeerToPeer::Data {
                 group,
+                lane,
                 seq,
                 payload
-            }
-        ),
-        any::<u64>().prop_map(|delivered| PeerToPeer::Ack { delivered }),
+            }),
+        any::<u64>().prop_map(|received| PeerToPeer::Ack { received }),
         (pair_id(), host_id()).prop_map(|(pair, host)| PeerToPeer::Hello { pair, host }),
     ]
 }
@@ -475,15 +579,40 @@ proptest! {
     }
 
     #[test]
+    fn delivery_parts_round_trip(
+        delivery in delivery(),
+        priority in priority(),
+        lane in lane(),
+        datagram_lane in datagram_lane(),
+        dest in relay_dest(),
+    ) {
+        datagram_round_trip(&delivery)?;
+        datagram_round_trip(&priority)?;
+        datagram_round_trip(&lane)?;
+        datagram_round_trip(&datagram_lane)?;
+        datagram_round_trip(&dest)?;
+    }
+
+    #[test]
     fn server_datagram_overhead_is_bounded(
         from in prop_oneof![Just(u64::MAX), any::<u64>()],
         group in prop::option::of(prop_oneof![Just(u64::MAX), any::<u64>()]),
-        len in prop_oneof![0usize..200, 16_000usize..17_000],
+        lane in prop_oneof![
+            Just(DatagramLane::Ping { id: u32::MAX }),
+            Just(DatagramLane::Pong { id: u32::MAX }),
+            Just(DatagramLane::Sequenced { channel: u8::MAX }),
+            datagram_lane(),
+        ],
+        seq in prop_oneof![Just(u64::MAX), any::<u64>()],
+        len in prop_oneof![0usize..200, 16_000usize..17_000, Just(65_535usize)],
     ) {
-        // The server adds at most DATAGRAM_DELIVER_OVERHEAD bytes to a relayed payload.
+        // The server adds at most DATAGRAM_DELIVER_OVERHEAD bytes to a relayed payload,
+        // whatever the ids, the lane and the number (the golden test pins the worst case).
         let message = ServerDatagram::Deliver {
             from: HostId::from_raw(from),
             group: group.map(GroupId::from_raw),
+            lane,
+            seq,
             payload: Bytes::from(vec![0x5a; len]),
         };
         let bytes = datagram_to_bytes(&message).unwrap();
@@ -516,6 +645,10 @@ proptest! {
         let _ = decode_body::<PathReason>(&bytes);
         let _ = decode_body::<PairPath>(&bytes);
         let _ = decode_body::<SocketAddr>(&bytes);
+        let _ = decode_body::<Delivery>(&bytes);
+        let _ = decode_body::<Priority>(&bytes);
+        let _ = decode_body::<Lane>(&bytes);
+        let _ = decode_body::<DatagramLane>(&bytes);
         let _ = peek_hello_version(&bytes);
     }
 
@@ -533,6 +666,26 @@ proptest! {
         let _ = decode_body::<ServerToClient>(&bytes);
         let _ = decode_body::<ClientToServer>(&bytes);
         let _ = decode_body::<PeerToPeer>(&bytes);
+    }
+
+    #[test]
+    fn decoding_mutated_datagrams_never_panics(
+        client in client_datagram(),
+        server in server_datagram(),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+    ) {
+        // The lanes and their numbers sit early in a datagram, so flips often hit them.
+        for mut bytes in [
+            datagram_to_bytes(&client).unwrap().to_vec(),
+            datagram_to_bytes(&server).unwrap().to_vec(),
+        ] {
+            for (index, value) in &flips {
+                let at = index.index(bytes.len());
+                bytes[at] = *value;
+            }
+            let _ = decode_body::<ClientDatagram>(&bytes);
+            let _ = decode_body::<ServerDatagram>(&bytes);
+        }
     }
 
     #[test]
@@ -656,7 +809,7 @@ proptest! {
 fn malformed_bodies_are_protocol_violations() {
     let cases: [(&str, &[u8]); 4] = [
         ("empty", &[]),
-        ("unknown variant", &[0x07]),
+        ("unknown variant", &[0x09]),
         ("bool out of range", &[0x02, 0x00, 0x02, 0x00, 0x00]),
         ("length past the end", &[0x00, 0x01, 0x05, b'a']),
     ];

@@ -2,7 +2,7 @@
 
 use crate::identity::Identity;
 use crate::registry::{PunchConfig, RegistryConfig};
-use peergroup_protocol::DEFAULT_MAX_FRAME_LEN;
+use peergroup_protocol::{DEFAULT_MAX_MESSAGE_LEN, FRAME_HEADROOM};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -47,9 +47,12 @@ impl ServerConfig {
 pub struct Limits {
     /// Connected clients at most; one more is closed with `ServerFull`. Default 10,000.
     pub max_clients: usize,
-    /// Largest frame body accepted or sent, in bytes. Default
-    /// [`DEFAULT_MAX_FRAME_LEN`] (1 MiB + 64 KiB).
-    pub max_frame_len: u32,
+    /// Largest message payload a client may send or receive, in bytes; larger sends fail
+    /// on the sender with a `TooLarge` error, and messages up to it are delivered whole.
+    /// Frames may be [`FRAME_HEADROOM`] (64 KiB) larger, for headers and destination
+    /// lists; clients learn the limit in the welcome. Default 1 MiB
+    /// ([`DEFAULT_MAX_MESSAGE_LEN`]).
+    pub max_message_len: u32,
     /// Bytes queued for one client before back-pressure starts (soft limit): a client
     /// whose message pushes a receiver's queue past it is paused until the queue drains,
     /// and a receiver that does not drain within [`Timeouts::slow_consumer`], or whose
@@ -65,11 +68,19 @@ pub struct Limits {
     pub app_event_queue: usize,
 }
 
+impl Limits {
+    /// The largest frame body accepted or sent, in bytes: the message limit plus
+    /// [`FRAME_HEADROOM`].
+    pub fn max_frame_len(&self) -> u32 {
+        self.max_message_len.saturating_add(FRAME_HEADROOM)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_clients: 10_000,
-            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_message_len: DEFAULT_MAX_MESSAGE_LEN,
             client_queue_bytes: 8 << 20,
             app_message_queue: 4_096,
             app_event_queue: 65_536,

@@ -14,7 +14,7 @@ use peergroup_protocol::{
     FrameDecoder, FrameError, Hello, HostId, ServerToClient, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
 };
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Why the read side stopped.
 enum ReadEnd {
@@ -124,7 +124,7 @@ async fn accept(
     let connection = incoming.await.map_err(|e| e.to_string())?;
     let identity = peer_fingerprint(&connection).ok_or("no client certificate")?;
     let (send, recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
-    let mut recv = FrameReader::new(recv, shared.limits.max_frame_len);
+    let mut recv = FrameReader::new(recv, shared.limits.max_frame_len());
 
     let refuse = |code: CloseCode, text: String| {
         let reason = DisconnectReason::ProtocolError {
@@ -182,7 +182,7 @@ async fn accept(
     let soft_limit = shared
         .limits
         .client_queue_bytes
-        .max(shared.limits.max_frame_len as usize + LENGTH_PREFIX_LEN);
+        .max(shared.limits.max_frame_len() as usize + LENGTH_PREFIX_LEN);
     let (outbound, queued) = OutboundQueue::new(soft_limit);
     let link = Link {
         connection: connection.clone(),
@@ -190,6 +190,7 @@ async fn accept(
         remote_addr: connection.remote_address(),
         identity,
         app_data: app_data.clone(),
+        app_lanes: Default::default(),
         close_reason,
     };
     let registered = shared.with_core(|core| {
@@ -203,11 +204,11 @@ async fn accept(
             version: PROTOCOL_VERSION,
             host_id: host,
             app_data: app_data.clone(),
-            max_frame_len: shared.limits.max_frame_len,
+            max_frame_len: shared.limits.max_frame_len(),
         };
         // The welcome is queued before the link is visible, so it is the first frame.
-        if let Ok(frame) = frame_to_bytes(&welcome, shared.limits.max_frame_len) {
-            link.outbound.push(frame);
+        if let Ok(frame) = frame_to_bytes(&welcome, shared.limits.max_frame_len()) {
+            link.outbound.push_control(frame);
         }
         core.links.insert(host, link);
         Ok(host)
@@ -232,11 +233,17 @@ async fn accept(
     Ok((host, connection, recv))
 }
 
+/// The most bytes the writer takes from the queue at once (beyond one frame).
+const WRITE_BATCH_BYTES: usize = 32 << 10;
+
 /// Writes queued frames in order, several at a time.
 async fn write_frames(mut send: quinn::SendStream, mut queued: OutboundReceiver) {
     let mut batch = Vec::with_capacity(64);
     let mut merged = BytesMut::new();
-    while queued.recv_many(&mut batch, 64).await > 0 {
+    loop {
+        // A few tens of KiB at a time: the order of what waits is decided in our queue,
+        // by priority, rather than in quinn's stream buffer.
+        queued.recv_many(&mut batch, 64, WRITE_BATCH_BYTES).await;
         let bytes = batch.iter().map(Bytes::len).sum();
         // One buffer per batch: quinn scans a stream's unacknowledged buffers for each
         // packet it builds, so many small ones slow it down.
@@ -371,6 +378,8 @@ async fn read_frames(
             ClientToServer::Relay {
                 group,
                 to_server,
+                lane,
+                priority,
                 dests,
                 payload,
             } => {
@@ -380,9 +389,34 @@ async fn read_frames(
                             host,
                             group,
                             to_server,
+                            lane,
+                            priority,
                             &dests,
                             payload,
                             Instant::now(),
+                        )
+                    })
+                    .1
+            }
+            ClientToServer::TimeRequest { token } => {
+                shared.answer_time_request(host, token);
+                continue;
+            }
+            ClientToServer::LinkReport {
+                pair,
+                rtt_us,
+                last_rtt_us,
+                loss_permille,
+            } => {
+                let micros = |us: Option<u32>| us.map(|us| Duration::from_micros(us.into()));
+                shared
+                    .with_core(|core| {
+                        core.registry.handle_link_report(
+                            host,
+                            pair,
+                            micros(rtt_us),
+                            micros(last_rtt_us),
+                            loss_permille.map(|p| f32::from(p) / 1000.0),
                         )
                     })
                     .1
@@ -402,6 +436,7 @@ async fn read_datagrams(shared: &Shared, host: HostId, connection: &quinn::Conne
         let ClientDatagram::Relay {
             group,
             to_server,
+            lane,
             dests,
             payload,
         } = match decode_body::<ClientDatagram>(&datagram) {
@@ -409,8 +444,15 @@ async fn read_datagrams(shared: &Shared, host: HostId, connection: &quinn::Conne
             Err(error) => return error.into(),
         };
         let (_, deferred) = shared.with_core(|core| {
-            core.registry
-                .handle_datagram(host, group, to_server, &dests, payload, Instant::now())
+            core.registry.handle_datagram(
+                host,
+                group,
+                to_server,
+                lane,
+                &dests,
+                payload,
+                Instant::now(),
+            )
         });
         shared.settle(deferred).await;
     }

@@ -53,4 +53,14 @@ pub enum SendError {
         /// The maximum, in bytes.
         max: usize,
     },
+    /// A typed message could not be encoded (a custom `Serialize` that failed); see
+    /// [`peergroup_protocol::typed`].
+    #[error("the message could not be encoded: {0}")]
+    Encode(String),
+}
+
+impl From<peergroup_protocol::typed::TypedError> for SendError {
+    fn from(error: peergroup_protocol::typed::TypedError) -> Self {
+        SendError::Encode(error.to_string())
+    }
 }

@@ -26,6 +26,8 @@
 //! - `registry/`: the sans-IO core (hosts, groups, join acks, pairs, relay rules), driven
 //!   by `handle_*(.., now)` and drained with `poll_action`/`poll_timeout`.
 //! - `shared.rs`: the lock around the core and the one place its actions are carried out.
+//! - `outbound.rs`: each client's send queue (notices first, then messages by priority,
+//!   latest values replaced in place) and the back-pressure on whoever fills it.
 //! - `connection.rs`: one task per client (handshake, hello, auth, read loops, writer).
 //! - `server.rs`: the [`Server`] handle, the accept loop and the timer task.
 //! - `tls.rs`, `identity.rs`: rustls/quinn setup and the server certificate.
@@ -51,7 +53,8 @@ pub use config::{Limits, ServerConfig, Timeouts};
 pub use error::{GroupError, SendError};
 pub use events::{DisconnectReason, JoinAckError, ServerEvent};
 pub use identity::{fingerprint_of, Identity, IdentityError};
-pub use peergroup_protocol::{Delivery, Fingerprint, GroupId, HostId};
+pub use peergroup_protocol::typed::{decode, encode, TypedError};
+pub use peergroup_protocol::{Delivery, Fingerprint, GroupId, HostId, Priority, SendOptions};
 pub use peergroup_protocol::{PairPath, PathReason};
 pub use registry::{GroupOptions, JoinOutcome, PairStats, PunchConfig, PunchStart, PunchStats};
 pub use server::{HostInfo, Server, ServerStats, ServerTarget, StartError};

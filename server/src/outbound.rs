@@ -1,29 +1,51 @@
-//! A per-client send queue bounded in bytes, with back-pressure for whoever fills it.
+//! A per-client send queue bounded in bytes, ordered by the shared scheduler, with
+//! back-pressure for whoever fills it.
 //!
-//! Frames are always admitted in order, since the order of notices and messages to one
-//! client must never change. A push that takes the queue past its soft limit tells the
-//! caller, which (outside the lock) waits for the queue to drain: the client whose message
-//! is being relayed is paused, like a TCP sender, instead of the receiver being dropped
-//! for a burst. A receiver that stays backlogged past the slow-consumer timeout, or whose
-//! queue passes the hard limit (twice the soft one), is disconnected, so memory stays
-//! bounded whatever a client does.
+//! Notices leave first, in order; messages follow by priority (deficit round robin, see
+//! [`peergroup_protocol::schedule`]), and a queued [`Delivery::Latest`] message is replaced
+//! in place by a newer one from the same sender with the same key, so a slow receiver of
+//! positions holds one per key instead of a backlog.
+//!
+//! A push that takes the queue past its soft limit tells the caller, which (outside the
+//! lock) waits for the queue to drain: the client whose message is being relayed is paused,
+//! like a TCP sender, instead of the receiver being dropped for a burst. A receiver that
+//! stays backlogged past the slow-consumer timeout, or whose queue passes the hard limit
+//! (twice the soft one), is disconnected, so memory stays bounded whatever a client does.
+//!
+//! [`Delivery::Latest`]: peergroup_protocol::Delivery::Latest
 
 use bytes::Bytes;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use tokio::sync::{mpsc, Notify};
+use peergroup_protocol::schedule::{Pushed, SendQueue};
+use peergroup_protocol::{HostId, Priority};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
 
 #[derive(Debug)]
 struct QueueState {
+    queue: Mutex<SendQueue<Bytes>>,
+    /// Bytes queued plus bytes taken by the writer and not yet written.
     bytes: AtomicUsize,
     soft_limit: usize,
+    /// Set once the writer is gone; pushes are dropped from then on.
+    closed: AtomicBool,
+    /// Wakes the writer.
+    ready: Notify,
+    /// Wakes producers waiting for the queue to drain.
     drained: Notify,
+}
+
+impl QueueState {
+    fn lock(&self) -> MutexGuard<'_, SendQueue<Bytes>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// The sending half, kept in the shared state.
 #[derive(Debug, Clone)]
 pub(crate) struct OutboundQueue {
-    tx: mpsc::UnboundedSender<Bytes>,
     state: Arc<QueueState>,
 }
 
@@ -40,39 +62,90 @@ pub(crate) enum Fill {
 
 /// The receiving half, owned by the writer task.
 pub(crate) struct OutboundReceiver {
-    rx: mpsc::UnboundedReceiver<Bytes>,
     state: Arc<QueueState>,
 }
 
 impl OutboundQueue {
     /// A queue with a soft limit of `soft_limit` bytes (the hard limit is twice that).
     pub fn new(soft_limit: usize) -> (Self, OutboundReceiver) {
-        let (tx, rx) = mpsc::unbounded_channel();
         let state = Arc::new(QueueState {
+            queue: Mutex::new(SendQueue::new()),
             bytes: AtomicUsize::new(0),
             soft_limit,
+            closed: AtomicBool::new(false),
+            ready: Notify::new(),
             drained: Notify::new(),
         });
         (
             Self {
-                tx,
                 state: state.clone(),
             },
-            OutboundReceiver { rx, state },
+            OutboundReceiver { state },
         )
     }
 
-    /// Queues a frame and says how full the queue now is.
-    pub fn push(&self, frame: Bytes) -> Fill {
+    /// Queues a notice, to leave before every queued message.
+    pub fn push_control(&self, frame: Bytes) -> Fill {
         let len = frame.len();
-        // Count the bytes before the writer can see the frame, or its subtraction could
-        // run first and wrap the counter.
-        let queued = self.state.bytes.fetch_add(len, Ordering::AcqRel) + len;
-        if self.tx.send(frame).is_err() {
+        self.push(
+            |queue, len| {
+                queue.push_control(frame, len);
+                0
+            },
+            len,
+        )
+    }
+
+    /// Queues a message from `from` at `priority`; with a `latest` key, it replaces a
+    /// queued message from the same sender with the same key.
+    pub fn push_data(
+        &self,
+        frame: Bytes,
+        priority: Priority,
+        from: HostId,
+        latest: Option<u64>,
+    ) -> Fill {
+        let len = frame.len();
+        self.push(
+            |queue, len| match queue.push_data(frame, len, priority, from.raw(), latest) {
+                Pushed::Added => 0,
+                Pushed::Replaced { old_len } => old_len,
+            },
+            len,
+        )
+    }
+
+    /// Queues a notice that must not overtake `peer`'s queued messages (its `PeerDown`):
+    /// they go out first, in the order they were queued.
+    pub fn push_control_after(&self, frame: Bytes, peer: HostId) -> Fill {
+        let len = frame.len();
+        self.push(
+            |queue, len| {
+                queue.promote_flow(peer.raw());
+                queue.push_control(frame, len);
+                0
+            },
+            len,
+        )
+    }
+
+    fn push(&self, insert: impl FnOnce(&mut SendQueue<Bytes>, usize) -> usize, len: usize) -> Fill {
+        if self.state.closed.load(Ordering::Acquire) {
             // The writer is gone (connection closing): nothing is held.
-            self.state.bytes.fetch_sub(len, Ordering::AcqRel);
             return Fill::Fine;
         }
+        let queued = {
+            let mut queue = self.state.lock();
+            let before = queue.bytes();
+            let replaced = insert(&mut queue, len);
+            let added = queue.bytes() + replaced - before;
+            // Counted under the queue's lock, before the writer can take the frame, so its
+            // subtraction can never run first and wrap the counter.
+            let now = self.state.bytes.fetch_add(added, Ordering::AcqRel) + added;
+            self.state.bytes.fetch_sub(replaced, Ordering::AcqRel);
+            now - replaced
+        };
+        self.state.ready.notify_one();
         if queued > self.state.soft_limit.saturating_mul(2) {
             Fill::Overflowing
         } else if queued > self.state.soft_limit {
@@ -82,7 +155,7 @@ impl OutboundQueue {
         }
     }
 
-    /// Bytes queued now.
+    /// Bytes queued now (including what the writer is writing).
     pub fn queued_bytes(&self) -> usize {
         self.state.bytes.load(Ordering::Acquire)
     }
@@ -93,7 +166,9 @@ impl OutboundQueue {
             let notified = self.state.drained.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.queued_bytes() <= self.state.soft_limit || self.tx.is_closed() {
+            if self.queued_bytes() <= self.state.soft_limit
+                || self.state.closed.load(Ordering::Acquire)
+            {
                 return;
             }
             notified.await;
@@ -102,9 +177,27 @@ impl OutboundQueue {
 }
 
 impl OutboundReceiver {
-    /// Up to `limit` frames, waiting for at least one; 0 when the queue is closed.
-    pub async fn recv_many(&mut self, frames: &mut Vec<Bytes>, limit: usize) -> usize {
-        self.rx.recv_many(frames, limit).await
+    /// The next frames in scheduling order, up to `limit` frames or `max_bytes` bytes
+    /// (at least one frame), waiting for at least one. Taking few at a time keeps the
+    /// order decided here rather than in quinn's stream buffer.
+    pub async fn recv_many(&mut self, frames: &mut Vec<Bytes>, limit: usize, max_bytes: usize) {
+        loop {
+            {
+                let mut queue = self.state.lock();
+                let mut taken = 0;
+                while frames.len() < limit && (frames.is_empty() || taken < max_bytes) {
+                    let Some((frame, len)) = queue.pop() else {
+                        break;
+                    };
+                    taken += len;
+                    frames.push(frame);
+                }
+            }
+            if !frames.is_empty() {
+                return;
+            }
+            self.state.ready.notified().await;
+        }
     }
 
     /// Marks `bytes` as written, waking producers once the queue is under its soft limit.
@@ -118,8 +211,11 @@ impl OutboundReceiver {
 
 impl Drop for OutboundReceiver {
     fn drop(&mut self) {
-        // Nobody will drain this queue again: release every waiting producer.
-        self.rx.close();
+        // Nobody will drain this queue again: release every waiting producer and the
+        // memory it holds.
+        self.state.closed.store(true, Ordering::Release);
+        let mut queue = self.state.lock();
+        while queue.pop().is_some() {}
         self.state.drained.notify_waiters();
     }
 }
@@ -129,15 +225,18 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    const SENDER: HostId = HostId::SERVER;
+
+    fn data(queue: &OutboundQueue, frame: &'static [u8]) -> Fill {
+        queue.push_data(Bytes::from_static(frame), Priority::Medium, SENDER, None)
+    }
+
     #[tokio::test]
     async fn fills_past_the_soft_then_the_hard_limit_and_wakes_producers_when_drained() {
         let (queue, mut rx) = OutboundQueue::new(10);
-        assert_eq!(queue.push(Bytes::from_static(b"123456")), Fill::Fine);
-        assert_eq!(queue.push(Bytes::from_static(b"12345")), Fill::Backlogged);
-        assert_eq!(
-            queue.push(Bytes::from_static(b"1234567890")),
-            Fill::Overflowing
-        );
+        assert_eq!(data(&queue, b"123456"), Fill::Fine);
+        assert_eq!(data(&queue, b"12345"), Fill::Backlogged);
+        assert_eq!(data(&queue, b"1234567890"), Fill::Overflowing);
 
         let waiter = {
             let queue = queue.clone();
@@ -146,7 +245,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished(), "still backlogged");
         let mut frames = Vec::new();
-        rx.recv_many(&mut frames, 2).await;
+        rx.recv_many(&mut frames, 2, usize::MAX).await;
         rx.written(frames.iter().map(Bytes::len).sum());
         tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
@@ -156,12 +255,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_closed_queue_releases_its_waiters() {
+    async fn a_closed_queue_releases_its_waiters_and_holds_nothing() {
         let (queue, rx) = OutboundQueue::new(1);
-        queue.push(Bytes::from_static(b"xx"));
+        data(&queue, b"xx");
         drop(rx);
         tokio::time::timeout(Duration::from_secs(1), queue.drained())
             .await
             .expect("released");
+        assert_eq!(data(&queue, b"yy"), Fill::Fine);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_latest_message_costs_nothing_more() {
+        let (queue, mut rx) = OutboundQueue::new(1 << 20);
+        let latest = |frame: &'static [u8]| {
+            queue.push_data(Bytes::from_static(frame), Priority::High, SENDER, Some(7))
+        };
+        for _ in 0..1000 {
+            latest(b"old position");
+        }
+        latest(b"new");
+        assert_eq!(queue.queued_bytes(), 3, "one message per key is held");
+        let mut frames = Vec::new();
+        rx.recv_many(&mut frames, 64, usize::MAX).await;
+        assert_eq!(frames, vec![Bytes::from_static(b"new")]);
+        rx.written(3);
+        assert_eq!(queue.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn notices_go_first_but_a_peer_down_waits_for_that_peers_messages() {
+        let (queue, mut rx) = OutboundQueue::new(1 << 20);
+        let peer = HostId::from_raw(99);
+        queue.push_data(Bytes::from_static(b"m1"), Priority::Low, peer, None);
+        queue.push_data(Bytes::from_static(b"other"), Priority::Low, SENDER, None);
+        queue.push_control(Bytes::from_static(b"notice"));
+        queue.push_data(Bytes::from_static(b"m2"), Priority::High, peer, None);
+        queue.push_control_after(Bytes::from_static(b"down"), peer);
+        let mut frames = Vec::new();
+        rx.recv_many(&mut frames, 64, usize::MAX).await;
+        let order: Vec<&[u8]> = frames.iter().map(|f| f.as_ref()).collect();
+        assert_eq!(order, [&b"notice"[..], b"m1", b"m2", b"down", b"other"]);
     }
 }

@@ -11,8 +11,8 @@ use crate::shared::Shared;
 use crate::tls::quic_server_config;
 use bytes::Bytes;
 use peergroup_protocol::{
-    datagram_to_bytes, frame_to_bytes, CloseCode, Delivery, Fingerprint, GroupId, HostId,
-    ServerDatagram, ServerToClient, DATAGRAM_DELIVER_OVERHEAD,
+    datagram_to_bytes, frame_to_bytes, Carrier, CloseCode, Fingerprint, GroupId, HostId,
+    SendOptions, ServerDatagram, ServerToClient, DATAGRAM_DELIVER_OVERHEAD,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,6 +66,9 @@ pub struct HostInfo {
     pub app_data: Bytes,
     /// Smoothed RTT of its server connection.
     pub rtt: Duration,
+    /// Bytes waiting in the server's queue to this client (not yet handed to QUIC). Stays
+    /// under twice `Limits::client_queue_bytes`: past that the client is disconnected.
+    pub queued_bytes: usize,
 }
 
 /// Counters for monitoring.
@@ -77,8 +80,16 @@ pub struct ServerStats {
     pub groups: usize,
     /// Pairs, lingering ones included.
     pub pairs: usize,
+    /// Pairs whose traffic takes the direct path.
+    pub direct_pairs: usize,
+    /// Pairs whose traffic takes the relay, lingering ones included.
+    pub relayed_pairs: usize,
     /// Messages relayed (one per destination) since start.
     pub relayed: u64,
+    /// Payload bytes relayed (counted per destination) since start.
+    pub relayed_bytes: u64,
+    /// Payload bytes relayed in the last whole second.
+    pub relay_bytes_per_sec: u64,
     /// Relay destinations refused since start.
     pub relay_refused: u64,
     /// Lifecycle events dropped because the application did not read them.
@@ -303,6 +314,7 @@ impl Server {
             identity: link.identity,
             app_data: link.app_data.clone(),
             rtt: link.connection.rtt(),
+            queued_bytes: link.outbound.queued_bytes(),
         })
     }
 
@@ -317,22 +329,37 @@ impl Server {
         Ok(())
     }
 
-    /// Sends a message from the server application. Reliable messages go on each client's
-    /// control stream (a client whose queue is full is disconnected as a slow consumer);
-    /// unreliable ones in one datagram each.
+    /// Sends a message from the server application with `options` (a [`Delivery`], or
+    /// [`SendOptions`] with a channel and priority). Reliable modes go on each client's
+    /// stream, through its queue (a client whose queue passes the hard limit is
+    /// disconnected as a slow consumer; a [`Delivery::Latest`] message replaces a queued
+    /// one with the same key); unreliable ones in one datagram each.
     ///
     /// # Errors
     /// [`SendError::UnknownHost`] / [`SendError::UnknownGroup`] for a bad target,
-    /// [`SendError::TooLarge`] over the frame limit, [`SendError::TooLargeForDatagram`]
-    /// when an unreliable payload does not fit some receiver's path. Nothing is sent then.
+    /// [`SendError::TooLarge`] over the message limit ([`Limits::max_message_len`],
+    /// default 1 MiB), [`SendError::TooLargeForDatagram`] when an unreliable payload does
+    /// not fit some receiver's path. Nothing is sent then.
+    ///
+    /// [`Limits::max_message_len`]: crate::Limits::max_message_len
+    /// [`Delivery`]: crate::Delivery
+    /// [`Delivery::Latest`]: crate::Delivery::Latest
     pub fn send(
         &self,
         target: ServerTarget,
         payload: impl Into<Bytes>,
-        delivery: Delivery,
+        options: impl Into<SendOptions>,
     ) -> Result<(), SendError> {
         let payload = payload.into();
-        let core = self.shared.lock();
+        let options = options.into();
+        let max_message = self.shared.limits.max_message_len;
+        if payload.len() > max_message as usize {
+            return Err(SendError::TooLarge {
+                len: payload.len(),
+                max: max_message as usize,
+            });
+        }
+        let mut core = self.shared.lock();
         let (hosts, group) = match target {
             ServerTarget::Host(host) => (vec![host], None),
             ServerTarget::Hosts(hosts) => (hosts, None),
@@ -345,14 +372,16 @@ impl Server {
                 (clients.collect(), Some(group))
             }
         };
-        let mut links = Vec::with_capacity(hosts.len());
         for host in &hosts {
-            links.push(core.links.get(host).ok_or(SendError::UnknownHost(*host))?);
+            if !core.links.contains_key(host) {
+                return Err(SendError::UnknownHost(*host));
+            }
         }
-        let max_frame = self.shared.limits.max_frame_len;
-        match delivery {
-            Delivery::Unreliable => {
-                for (link, host) in links.iter().zip(&hosts) {
+        let max_frame = self.shared.limits.max_frame_len();
+        match options.carrier() {
+            Carrier::Datagram(lane) => {
+                for host in &hosts {
+                    let link = &core.links[host];
                     let max = link
                         .connection
                         .max_datagram_size()
@@ -366,40 +395,72 @@ impl Server {
                         });
                     }
                 }
-                let datagram = ServerDatagram::Deliver {
-                    from: HostId::SERVER,
-                    group,
-                    payload,
-                };
-                let len = match &datagram {
-                    ServerDatagram::Deliver { payload, .. } => payload.len(),
-                };
-                let bytes = datagram_to_bytes(&datagram).map_err(|_| SendError::TooLarge {
-                    len,
-                    max: max_frame as usize,
-                })?;
-                for link in links {
-                    let _ = link.connection.send_datagram(bytes.clone());
+                let len = payload.len();
+                for host in &hosts {
+                    let Some(link) = core.links.get_mut(host) else {
+                        continue;
+                    };
+                    let datagram = ServerDatagram::Deliver {
+                        from: HostId::SERVER,
+                        group,
+                        lane,
+                        seq: link.app_lanes.next_datagram(lane),
+                        payload: payload.clone(),
+                    };
+                    let bytes = datagram_to_bytes(&datagram).map_err(|_| SendError::TooLarge {
+                        len,
+                        max: max_frame as usize,
+                    })?;
+                    let _ = link.connection.send_datagram(bytes);
                 }
             }
-            _ => {
+            Carrier::Stream(lane) => {
                 let len = payload.len();
-                let frame =
-                    frame_to_bytes(&ServerToClient::FromServer { group, payload }, max_frame)
-                        .map_err(|_| SendError::TooLarge {
-                            len,
-                            max: max_frame as usize,
-                        })?;
                 // The application's call cannot wait, so only the hard limit applies here.
                 let mut unsettled = crate::shared::Deferred::default();
-                for (link, host) in links.iter().zip(&hosts) {
-                    self.shared
-                        .push_frame(*host, link, frame.clone(), &mut unsettled);
+                for host in &hosts {
+                    let Some(link) = core.links.get_mut(host) else {
+                        continue;
+                    };
+                    let message = ServerToClient::FromServer {
+                        group,
+                        lane,
+                        seq: link.app_lanes.next(lane),
+                        payload: payload.clone(),
+                    };
+                    let frame =
+                        frame_to_bytes(&message, max_frame).map_err(|_| SendError::TooLarge {
+                            len,
+                            max: max_message as usize,
+                        })?;
+                    let fill = link.outbound.push_data(
+                        frame,
+                        options.priority,
+                        HostId::SERVER,
+                        lane.latest_key(),
+                    );
+                    self.shared.note_fill(*host, link, fill, &mut unsettled);
                 }
                 drop(unsettled);
             }
         }
         Ok(())
+    }
+
+    /// Sends an application message type, encoded with postcard
+    /// ([`peergroup_protocol::typed`]); clients read it with `decode`. Otherwise as
+    /// [`Server::send`].
+    ///
+    /// # Errors
+    /// As [`Server::send`], plus [`SendError::Encode`] when the value cannot be encoded.
+    pub fn send_message<T: serde::Serialize + ?Sized>(
+        &self,
+        target: ServerTarget,
+        message: &T,
+        options: impl Into<SendOptions>,
+    ) -> Result<(), SendError> {
+        let payload = peergroup_protocol::typed::encode(message)?;
+        self.send(target, payload, options)
     }
 
     /// A client's punch record: orders, successes, failures by kind, lost direct paths.
@@ -416,13 +477,17 @@ impl Server {
 
     /// Counters for monitoring.
     pub fn stats(&self) -> ServerStats {
-        let core = self.shared.lock();
+        let mut core = self.shared.lock();
         let counters = core.registry.counters();
         ServerStats {
             clients: core.registry.host_count(),
             groups: core.registry.groups().len(),
             pairs: core.registry.pair_count(),
             relayed: counters.relayed,
+            relayed_bytes: counters.relayed_bytes,
+            relay_bytes_per_sec: core.registry.relay_bytes_per_sec(Instant::now()),
+            direct_pairs: core.registry.pair_paths().0,
+            relayed_pairs: core.registry.pair_paths().1,
             relay_refused: counters.relay_refused,
             events_dropped: self.shared.events.dropped(),
         }

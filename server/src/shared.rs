@@ -14,8 +14,8 @@ use crate::outbound::{Fill, OutboundQueue};
 use crate::registry::{punch_start_delays, Action, Registry};
 use bytes::Bytes;
 use peergroup_protocol::{
-    datagram_to_bytes, frame_to_bytes, CloseCode, Fingerprint, HostId, PunchOrder, RefuseReason,
-    ServerToClient,
+    datagram_to_bytes, frame_to_bytes, CloseCode, DatagramLane, Fingerprint, HostId, LaneCounters,
+    PunchOrder, RefuseReason, ServerDatagram, ServerToClient,
 };
 use ring::rand::SecureRandom;
 use std::collections::HashMap;
@@ -33,6 +33,8 @@ pub(crate) struct Link {
     pub remote_addr: SocketAddr,
     pub identity: Fingerprint,
     pub app_data: Bytes,
+    /// Numbers the server application's messages to this client, per lane.
+    pub app_lanes: LaneCounters,
     /// Set by whoever closes the connection from this side, so the connection task can
     /// report why.
     pub close_reason: Arc<OnceLock<DisconnectReason>>,
@@ -106,6 +108,8 @@ pub(crate) struct Shared {
     pub timer: Notify,
     /// Makes punch secrets.
     random: ring::rand::SystemRandom,
+    /// The origin of the server clock clients synchronise to.
+    started: std::time::Instant,
     pub shutdown: CancellationToken,
 }
 
@@ -129,6 +133,7 @@ impl Shared {
             slow_consumer,
             timer: Notify::new(),
             random: ring::rand::SystemRandom::new(),
+            started: std::time::Instant::now(),
             shutdown,
         }
     }
@@ -188,25 +193,70 @@ impl Shared {
         }
     }
 
+    /// Answers a client's clock request at once, ahead of queued messages (a notice), so
+    /// the round trip the client measures is mostly the network's.
+    pub fn answer_time_request(&self, host: HostId, token: u64) {
+        let server_time_us = self.started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+        let message = ServerToClient::Time {
+            token,
+            server_time_us,
+        };
+        // A notice never waits: the queue's limits still apply when it is read.
+        let mut deferred = Deferred::default();
+        let core = self.lock();
+        self.send_frame(&core, host, &message, &mut deferred);
+        drop(core);
+        drop(deferred);
+    }
+
     /// Carries out every pending action of the registry.
     fn dispatch(&self, core: &mut Core) -> Deferred {
         let mut deferred = Deferred::default();
         while let Some(action) = core.registry.poll_action() {
             match action {
                 Action::Send { to, message } => self.send_frame(core, to, &message, &mut deferred),
+                Action::SendData {
+                    to,
+                    message,
+                    priority,
+                    from,
+                    latest,
+                } => {
+                    let Some(link) = core.links.get(&to) else {
+                        continue;
+                    };
+                    match frame_to_bytes(&message, self.limits.max_frame_len()) {
+                        Ok(frame) => {
+                            let fill = link.outbound.push_data(frame, priority, from, latest);
+                            self.note_fill(to, link, fill, &mut deferred);
+                        }
+                        Err(error) => tracing::error!(%to, %error, "frame not sent"),
+                    }
+                }
                 Action::Datagram {
                     to,
                     sender,
-                    message,
+                    mut message,
                 } => {
-                    // Encoded once, whatever the fan-out.
-                    let Ok(bytes) = datagram_to_bytes(&message) else {
+                    let ServerDatagram::Deliver { lane, .. } = &message;
+                    // Encoded once, whatever the fan-out, unless each copy has its own
+                    // number.
+                    let numbered = matches!(lane, DatagramLane::Sequenced { .. });
+                    let Ok(mut bytes) = datagram_to_bytes(&message) else {
                         continue;
                     };
-                    for (host, pair) in to {
+                    for (host, pair, number) in to {
                         let Some(link) = core.links.get(&host) else {
                             continue;
                         };
+                        if numbered {
+                            let ServerDatagram::Deliver { seq, .. } = &mut message;
+                            *seq = number;
+                            let Ok(encoded) = datagram_to_bytes(&message) else {
+                                continue;
+                            };
+                            bytes = encoded;
+                        }
                         if let Err(quinn::SendDatagramError::TooLarge) =
                             link.connection.send_datagram(bytes.clone())
                         {
@@ -273,16 +323,25 @@ impl Shared {
         let Some(link) = core.links.get(&to) else {
             return;
         };
-        match frame_to_bytes(message, self.limits.max_frame_len) {
-            Ok(frame) => self.push_frame(to, link, frame, deferred),
-            Err(error) => tracing::error!(%to, %error, "frame not sent"),
-        }
+        let frame = match frame_to_bytes(message, self.limits.max_frame_len()) {
+            Ok(frame) => frame,
+            Err(error) => {
+                tracing::error!(%to, %error, "frame not sent");
+                return;
+            }
+        };
+        let fill = match message {
+            // The peer's messages queued before its pair ended go first.
+            ServerToClient::PeerDown { peer, .. } => link.outbound.push_control_after(frame, *peer),
+            _ => link.outbound.push_control(frame),
+        };
+        self.note_fill(to, link, fill, deferred);
     }
 
-    /// Queues an encoded frame for `link`. Past the soft limit the link is noted in
-    /// `deferred` for the caller to wait on; past the hard limit it is disconnected now.
-    pub fn push_frame(&self, host: HostId, link: &Link, frame: Bytes, deferred: &mut Deferred) {
-        match link.outbound.push(frame) {
+    /// Acts on how full a push left `link`'s queue. Past the soft limit the link is noted
+    /// in `deferred` for the caller to wait on; past the hard limit it is disconnected now.
+    pub fn note_fill(&self, host: HostId, link: &Link, fill: Fill, deferred: &mut Deferred) {
+        match fill {
             Fill::Fine => {}
             Fill::Backlogged => {
                 if !deferred.backlogged.iter().any(|b| b.host == host) {

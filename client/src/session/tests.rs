@@ -1,8 +1,9 @@
-//! Session tests: notices, acks, sequence numbers, target rules and sizes.
+//! Session tests: notices, acks, lane numbers, delivery modes end to end and across path
+//! switches, pings, the server clock, routes, target rules and sizes.
 
 use super::*;
-use peergroup_protocol::{Fingerprint, RefuseReason};
-use std::time::Duration;
+use peergroup_protocol::schedule::SendQueue;
+use peergroup_protocol::{frame_to_bytes, Fingerprint, RefuseReason};
 
 const ME: HostId = HostId::from_raw(1 << 32 | 1);
 const PEER: HostId = HostId::from_raw(1 << 32 | 2);
@@ -10,6 +11,24 @@ const OTHER: HostId = HostId::from_raw(1 << 32 | 3);
 const G: GroupId = GroupId::from_raw(1 << 32 | 1);
 const PAIR: PairId = PairId::from_raw(1 << 32 | 1);
 const PAIR2: PairId = PairId::from_raw(1 << 32 | 2);
+
+const MAX_FRAME_LEN: u32 = 1 << 20;
+const WINDOW: u64 = 1024;
+const MAX_DATAGRAM: Option<usize> = Some(1200);
+/// No pings: most tests want no periodic traffic from peers.
+const NO_PINGS: SessionTiming = SessionTiming {
+    ping_interval: None,
+};
+const PINGS: SessionTiming = SessionTiming {
+    ping_interval: Some(Duration::from_secs(1)),
+};
+
+const CH0: Lane = Lane::Ordered { channel: 0 };
+const CH1: Lane = Lane::Ordered { channel: 1 };
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
 
 fn info(n: u8) -> PeerInfo {
     PeerInfo {
@@ -26,9 +45,19 @@ fn joined(member: HostId, count: u32) -> ServerToClient {
     }
 }
 
+fn session(me: HostId, timing: SessionTiming, now: Instant) -> Session {
+    Session::new(me, MAX_FRAME_LEN, WINDOW, timing, now)
+}
+
+/// Empties the upload and event queues.
+fn drain(s: &mut Session) {
+    while s.poll_upload().is_some() {}
+    while s.poll_event().is_some() {}
+}
+
 /// A session in group G with PEER (pair PAIR) and OTHER (pair PAIR2).
-fn session_in_group() -> Session {
-    let mut s = Session::new(ME, 1 << 20, 1024);
+fn session_in_group(now: Instant) -> Session {
+    let mut s = session(ME, NO_PINGS, now);
     for frame in [
         ServerToClient::PeerUp {
             peer: PEER,
@@ -44,39 +73,277 @@ fn session_in_group() -> Session {
         joined(OTHER, 3),
         joined(ME, 3),
     ] {
-        s.handle_frame(frame).unwrap();
+        s.handle_frame(frame, now).unwrap();
     }
-    while s.poll_event().is_some() {}
-    while s.poll_frame().is_some() {}
+    drain(&mut s);
     s
+}
+
+/// ME's session and PEER's, each the other's peer on pair PAIR, both in group G.
+fn two_sessions(timing: SessionTiming, now: Instant) -> (Session, Session) {
+    let mut a = session(ME, timing, now);
+    let mut b = session(PEER, timing, now);
+    for (s, peer, n) in [(&mut a, PEER, 2), (&mut b, ME, 1)] {
+        for frame in [
+            ServerToClient::PeerUp {
+                peer,
+                pair: PAIR,
+                info: info(n),
+            },
+            joined(ME, 2),
+            joined(PEER, 2),
+        ] {
+            s.handle_frame(frame, now).unwrap();
+        }
+        drain(s);
+    }
+    (a, b)
+}
+
+/// As [`two_sessions`], with the direct connection up on both sides.
+fn two_direct_sessions(now: Instant) -> (Session, Session) {
+    let (mut a, mut b) = two_sessions(NO_PINGS, now);
+    assert!(a.set_direct(PEER, ms(3), now));
+    assert!(b.set_direct(ME, ms(3), now));
+    drain(&mut a);
+    drain(&mut b);
+    (a, b)
+}
+
+fn uploads(s: &mut Session) -> Vec<Upload> {
+    std::iter::from_fn(|| s.poll_upload()).collect()
 }
 
 fn events(s: &mut Session) -> Vec<ClientEvent> {
     std::iter::from_fn(|| s.poll_event()).collect()
 }
 
+fn text(t: &str) -> Bytes {
+    Bytes::copy_from_slice(t.as_bytes())
+}
+
+fn string(payload: &Bytes) -> String {
+    String::from_utf8(payload.to_vec()).unwrap()
+}
+
+/// Sends `t` to the peer `to` from `s`, with a 1200-byte datagram size.
+fn send(s: &mut Session, to: HostId, t: &str, options: impl Into<SendOptions>) -> Vec<Upload> {
+    s.plan_send(&Target::Host(to), text(t), options.into(), MAX_DATAGRAM)
+        .unwrap()
+}
+
+fn only(mut uploads: Vec<Upload>) -> Upload {
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    uploads.remove(0)
+}
+
+/// Hands one upload of `from` to the session `to`, as the server would deliver it (relay
+/// uploads and datagrams, to the destinations of `to`'s pair) or as the direct connection
+/// carries it. Notices for the server go nowhere.
+fn carry(from: HostId, upload: Upload, to: &mut Session, now: Instant) -> Result<(), String> {
+    let pair = to
+        .pair_of(from)
+        .expect("the sender is a peer of the receiver");
+    match upload {
+        Upload::Control(_) => {}
+        Upload::Relay { frame, .. } => {
+            let ClientToServer::Relay {
+                group,
+                lane,
+                dests,
+                payload,
+                ..
+            } = frame
+            else {
+                panic!("not a relay upload: {frame:?}")
+            };
+            for dest in dests.iter().filter(|d| d.pair == pair) {
+                to.handle_frame(
+                    ServerToClient::Deliver {
+                        from,
+                        group,
+                        lane,
+                        seq: dest.seq,
+                        payload: payload.clone(),
+                    },
+                    now,
+                )?;
+            }
+        }
+        Upload::Datagram(ClientDatagram::Relay {
+            group,
+            lane,
+            dests,
+            payload,
+            ..
+        }) => {
+            for dest in dests.iter().filter(|d| d.pair == pair) {
+                to.handle_datagram(
+                    ServerDatagram::Deliver {
+                        from,
+                        group,
+                        lane,
+                        seq: dest.seq,
+                        payload: payload.clone(),
+                    },
+                    now,
+                );
+            }
+        }
+        Upload::PeerControl {
+            to: host,
+            frame: PeerToPeer::Ack { received },
+        } => {
+            assert_eq!(host, to.host_id, "addressed to another peer");
+            fifo_ack(to, from, received)?;
+        }
+        Upload::Peer {
+            to: host, frame, ..
+        }
+        | Upload::PeerControl { to: host, frame } => {
+            assert_eq!(host, to.host_id, "addressed to another peer");
+            to.handle_peer_frame(from, frame)?;
+        }
+        Upload::PeerDatagram { to: host, datagram } => {
+            assert_eq!(host, to.host_id, "addressed to another peer");
+            to.handle_peer_datagram(from, datagram, now);
+        }
+    }
+    Ok(())
+}
+
+fn carry_all(from: HostId, uploads: Vec<Upload>, to: &mut Session, now: Instant) {
+    for upload in uploads {
+        carry(from, upload, to, now).unwrap();
+    }
+}
+
+type Got = (String, Delivery, u8, Path);
+
+fn got(t: &str, delivery: Delivery, channel: u8, path: Path) -> Got {
+    (t.to_owned(), delivery, channel, path)
+}
+
+/// The messages delivered, as (text, delivery, channel, path); any other event fails.
+fn received(s: &mut Session) -> Vec<Got> {
+    events(s)
+        .into_iter()
+        .map(|e| match e {
+            ClientEvent::Message {
+                payload,
+                delivery,
+                channel,
+                path,
+                ..
+            } => (string(&payload), delivery, channel, path),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
+
+fn texts(s: &mut Session) -> Vec<String> {
+    received(s).into_iter().map(|(t, ..)| t).collect()
+}
+
+/// The lane and number of a relay upload with one destination.
+fn relay_number(upload: &Upload) -> (Lane, u64) {
+    match upload {
+        Upload::Relay {
+            frame: ClientToServer::Relay { lane, dests, .. },
+            ..
+        } if dests.len() == 1 => (*lane, dests[0].seq),
+        other => panic!("not a relay upload to one peer: {other:?}"),
+    }
+}
+
+/// The lane and number of a relayed datagram with one destination.
+fn datagram_number(upload: &Upload) -> (DatagramLane, u64) {
+    match upload {
+        Upload::Datagram(ClientDatagram::Relay { lane, dests, .. }) if dests.len() == 1 => {
+            (*lane, dests[0].seq)
+        }
+        other => panic!("not a datagram to one peer: {other:?}"),
+    }
+}
+
+/// The payload of a message upload, as text.
+fn upload_text(upload: &Upload) -> String {
+    match upload {
+        Upload::Relay {
+            frame: ClientToServer::Relay { payload, .. },
+            ..
+        }
+        | Upload::Datagram(ClientDatagram::Relay { payload, .. })
+        | Upload::Peer {
+            frame: PeerToPeer::Data { payload, .. },
+            ..
+        }
+        | Upload::PeerDatagram {
+            datagram: ServerDatagram::Deliver { payload, .. },
+            ..
+        } => string(payload),
+        other => panic!("not a message: {other:?}"),
+    }
+}
+
+/// What ME's relay upload to PEER alone looks like.
+fn relay_to_peer(lane: Lane, seq: u64, priority: Priority, t: &str) -> Upload {
+    Upload::Relay {
+        frame: ClientToServer::Relay {
+            group: None,
+            to_server: false,
+            lane,
+            priority,
+            dests: vec![RelayDest { pair: PAIR, seq }],
+            payload: text(t),
+        },
+        priority,
+        flow: flow_of(&[PAIR], None, false),
+        latest: lane.latest_key(),
+    }
+}
+
+fn ack(received: u64) -> PeerToPeer {
+    PeerToPeer::Ack { received }
+}
+
+/// Hands `s` an ack from `peer` as if the direct queue sent frames in the order they were
+/// queued (no priorities or replacements in play): its log is the unacked ids in order.
+fn fifo_ack(s: &mut Session, peer: HostId, received: u64) -> Result<(), String> {
+    let ids: Vec<u64> = s.peers[&peer].unacked.keys().copied().collect();
+    s.handle_direct_ack(peer, received, |n| {
+        (n <= ids.len()).then(|| ids[..n].to_vec())
+    })
+}
+
+// ---- notices, targets, numbers (translated) ------------------------------------------
+
 #[test]
 fn every_join_notice_is_acked_and_reported_with_the_vouched_identity() {
-    let mut s = Session::new(ME, 1 << 20, 1024);
-    s.handle_frame(ServerToClient::PeerUp {
-        peer: PEER,
-        pair: PAIR,
-        info: info(2),
-    })
+    let now = Instant::now();
+    let mut s = session(ME, NO_PINGS, now);
+    s.handle_frame(
+        ServerToClient::PeerUp {
+            peer: PEER,
+            pair: PAIR,
+            info: info(2),
+        },
+        now,
+    )
     .unwrap();
-    s.handle_frame(joined(PEER, 2)).unwrap();
-    s.handle_frame(joined(ME, 2)).unwrap();
+    s.handle_frame(joined(PEER, 2), now).unwrap();
+    s.handle_frame(joined(ME, 2), now).unwrap();
     assert_eq!(
-        std::iter::from_fn(|| s.poll_frame()).collect::<Vec<_>>(),
+        uploads(&mut s),
         vec![
-            ClientToServer::JoinAck {
+            Upload::Control(ClientToServer::JoinAck {
                 group: G,
                 member: PEER
-            },
-            ClientToServer::JoinAck {
+            }),
+            Upload::Control(ClientToServer::JoinAck {
                 group: G,
                 member: ME
-            },
+            }),
         ]
     );
     let evs = events(&mut s);
@@ -94,13 +361,13 @@ fn every_join_notice_is_acked_and_reported_with_the_vouched_identity() {
 
 #[test]
 fn a_group_send_is_one_upload_with_a_sequence_number_per_pair() {
-    let mut s = session_in_group();
+    let mut s = session_in_group(Instant::now());
     let payload = Bytes::from_static(b"hello");
     let first = s
         .plan_send(
             &Target::Group(G),
             payload.clone(),
-            Delivery::ReliableOrdered,
+            Delivery::ReliableOrdered.into(),
             None,
         )
         .unwrap();
@@ -108,76 +375,72 @@ fn a_group_send_is_one_upload_with_a_sequence_number_per_pair() {
         .plan_send(
             &Target::Host(PEER),
             payload.clone(),
-            Delivery::ReliableOrdered,
+            Delivery::ReliableOrdered.into(),
             None,
         )
         .unwrap();
     assert_eq!(
         first,
-        vec![Upload::Frame(ClientToServer::Relay {
-            group: Some(G),
-            to_server: false,
-            dests: vec![
-                RelayDest { pair: PAIR, seq: 1 },
-                RelayDest {
-                    pair: PAIR2,
-                    seq: 1
-                }
-            ],
-            payload: payload.clone(),
-        })]
+        vec![Upload::Relay {
+            frame: ClientToServer::Relay {
+                group: Some(G),
+                to_server: false,
+                lane: CH0,
+                priority: Priority::Medium,
+                dests: vec![
+                    RelayDest { pair: PAIR, seq: 1 },
+                    RelayDest {
+                        pair: PAIR2,
+                        seq: 1
+                    }
+                ],
+                payload: payload.clone(),
+            },
+            priority: Priority::Medium,
+            flow: flow_of(&[PAIR, PAIR2], Some(G), false),
+            latest: None,
+        }]
     );
     assert_eq!(
         second,
-        vec![Upload::Frame(ClientToServer::Relay {
-            group: None,
-            to_server: false,
-            dests: vec![RelayDest { pair: PAIR, seq: 2 }],
-            payload,
-        })]
+        vec![relay_to_peer(CH0, 2, Priority::Medium, "hello")]
+    );
+    // Different destination sets are different flows, so one never replaces the other.
+    assert_ne!(
+        flow_of(&[PAIR, PAIR2], Some(G), false),
+        flow_of(&[PAIR], None, false)
     );
 }
 
 #[test]
 fn targets_this_client_may_not_use_are_refused_without_using_a_sequence_number() {
-    let mut s = session_in_group();
+    let mut s = session_in_group(Instant::now());
     let other_group = GroupId::from_raw(99);
     let stranger = HostId::from_raw(77 << 32 | 9);
     let p = || Bytes::from_static(b"x");
+    let ordered = SendOptions::from(Delivery::ReliableOrdered);
     assert_eq!(
-        s.plan_send(
-            &Target::Group(other_group),
-            p(),
-            Delivery::ReliableOrdered,
-            None
-        ),
+        s.plan_send(&Target::Group(other_group), p(), ordered, None),
         Err(SendError::NotInGroup(other_group))
     );
     assert_eq!(
-        s.plan_send(
-            &Target::Hosts(vec![PEER, stranger]),
-            p(),
-            Delivery::ReliableOrdered,
-            None
-        ),
+        s.plan_send(&Target::Hosts(vec![PEER, stranger]), p(), ordered, None),
         Err(SendError::NotAPeer(stranger))
     );
     let ok = s
-        .plan_send(&Target::Host(PEER), p(), Delivery::ReliableOrdered, None)
+        .plan_send(&Target::Host(PEER), p(), ordered, None)
         .unwrap();
-    assert!(
-        matches!(&ok[0], Upload::Frame(ClientToServer::Relay { dests, .. }) if dests[0].seq == 1)
-    );
+    assert_eq!(relay_number(&ok[0]), (CH0, 1));
 }
 
 #[test]
 fn loopback_is_delivered_locally_and_the_server_is_reached_directly() {
-    let mut s = session_in_group();
+    let mut s = session_in_group(Instant::now());
     let uploads = s
         .plan_send(
             &Target::GroupLoopback(G),
             Bytes::from_static(b"me too"),
-            Delivery::ReliableOrdered,
+            Delivery::ReliableOrdered.on_channel(4),
             None,
         )
         .unwrap();
@@ -189,6 +452,7 @@ fn loopback_is_delivered_locally_and_the_server_is_reached_directly() {
             group: Some(G),
             payload: Bytes::from_static(b"me too"),
             delivery: Delivery::ReliableOrdered,
+            channel: 4,
             path: Path::Loopback
         }]
     );
@@ -196,40 +460,52 @@ fn loopback_is_delivered_locally_and_the_server_is_reached_directly() {
         .plan_send(
             &Target::Server,
             Bytes::from_static(b"s"),
-            Delivery::ReliableOrdered,
+            Delivery::ReliableOrdered.with_priority(Priority::High),
             None,
         )
         .unwrap();
     assert_eq!(
         to_server,
-        vec![Upload::Frame(ClientToServer::Relay {
-            group: None,
-            to_server: true,
-            dests: vec![],
-            payload: Bytes::from_static(b"s")
-        })]
+        vec![Upload::Relay {
+            frame: ClientToServer::Relay {
+                group: None,
+                to_server: true,
+                lane: CH0,
+                priority: Priority::High,
+                dests: vec![],
+                payload: Bytes::from_static(b"s")
+            },
+            // The server application's messages keep their order in the upload queue.
+            priority: Priority::Medium,
+            flow: flow_of(&[], None, true),
+            latest: None,
+        }]
     );
 }
 
 #[test]
 fn unreliable_sends_must_fit_a_datagram_and_big_groups_are_split() {
-    let mut s = Session::new(ME, 1 << 20, 1024);
+    let now = Instant::now();
+    let mut s = session(ME, NO_PINGS, now);
     for n in 0..300u64 {
         let peer = HostId::from_raw(2 << 32 | (n + 10));
-        s.handle_frame(ServerToClient::PeerUp {
-            peer,
-            pair: PairId::from_raw(3 << 32 | n),
-            info: info(1),
-        })
+        s.handle_frame(
+            ServerToClient::PeerUp {
+                peer,
+                pair: PairId::from_raw(3 << 32 | n),
+                info: info(1),
+            },
+            now,
+        )
         .unwrap();
-        s.handle_frame(joined(peer, 1)).unwrap();
+        s.handle_frame(joined(peer, 1), now).unwrap();
     }
-    s.handle_frame(joined(ME, 301)).unwrap();
+    s.handle_frame(joined(ME, 301), now).unwrap();
     assert_eq!(
         s.plan_send(
             &Target::Group(G),
             Bytes::from(vec![0u8; 1200]),
-            Delivery::Unreliable,
+            Delivery::Unreliable.into(),
             Some(1200)
         ),
         Err(SendError::TooLargeForDatagram {
@@ -239,38 +515,45 @@ fn unreliable_sends_must_fit_a_datagram_and_big_groups_are_split() {
         })
     );
     assert!(matches!(
-        s.plan_send(&Target::Group(G), Bytes::new(), Delivery::Unreliable, None),
+        s.plan_send(
+            &Target::Group(G),
+            Bytes::new(),
+            Delivery::Unreliable.into(),
+            None
+        ),
         Err(SendError::TooLargeForDatagram { max: 0, .. })
     ));
-    let uploads = s
-        .plan_send(
-            &Target::Group(G),
-            Bytes::from(vec![0u8; 100]),
-            Delivery::Unreliable,
-            Some(1200),
-        )
-        .unwrap();
-    let mut total = 0;
-    for upload in &uploads {
-        let Upload::Datagram(datagram) = upload else {
-            panic!("unreliable sends are datagrams")
-        };
-        let ClientDatagram::Relay { dests, .. } = datagram;
-        total += dests.len();
-        let encoded = peergroup_protocol::datagram_to_bytes(datagram).unwrap();
-        assert!(encoded.len() <= 1200, "{} bytes", encoded.len());
+    for delivery in [Delivery::Unreliable, Delivery::UnreliableSequenced] {
+        let uploads = s
+            .plan_send(
+                &Target::Group(G),
+                Bytes::from(vec![0u8; 100]),
+                delivery.into(),
+                Some(1200),
+            )
+            .unwrap();
+        let mut total = 0;
+        for upload in &uploads {
+            let Upload::Datagram(datagram) = upload else {
+                panic!("unreliable sends are datagrams")
+            };
+            let ClientDatagram::Relay { dests, .. } = datagram;
+            total += dests.len();
+            let encoded = peergroup_protocol::datagram_to_bytes(datagram).unwrap();
+            assert!(encoded.len() <= 1200, "{} bytes", encoded.len());
+        }
+        assert_eq!(total, 300);
+        assert!(uploads.len() > 1);
     }
-    assert_eq!(total, 300);
-    assert!(uploads.len() > 1);
 }
 
 #[test]
 fn reliable_payloads_over_the_frame_limit_are_refused() {
-    let mut s = session_in_group();
+    let mut s = session_in_group(Instant::now());
     let result = s.plan_send(
         &Target::Host(PEER),
         Bytes::from(vec![0u8; 1 << 20]),
-        Delivery::ReliableOrdered,
+        Delivery::ReliableOrdered.into(),
         None,
     );
     assert!(
@@ -281,87 +564,107 @@ fn reliable_payloads_over_the_frame_limit_are_refused() {
 
 #[test]
 fn relayed_messages_arrive_in_sequence_and_skips_fill_gaps() {
-    let mut s = session_in_group();
+    let now = Instant::now();
+    let mut s = session_in_group(now);
     let deliver = |seq, text: &'static str| ServerToClient::Deliver {
         from: PEER,
         group: Some(G),
+        lane: CH0,
         seq,
         payload: Bytes::from_static(text.as_bytes()),
     };
-    s.handle_frame(deliver(1, "a")).unwrap();
-    s.handle_frame(ServerToClient::Skipped { from: PEER, seq: 2 })
-        .unwrap();
-    s.handle_frame(deliver(3, "c")).unwrap();
-    let payloads: Vec<Bytes> = events(&mut s)
-        .into_iter()
-        .map(|e| match e {
-            ClientEvent::Message { payload, path, .. } => {
-                assert_eq!(path, Path::Relay);
-                payload
-            }
-            other => panic!("unexpected {other:?}"),
-        })
-        .collect();
+    s.handle_frame(deliver(1, "a"), now).unwrap();
+    s.handle_frame(
+        ServerToClient::Skipped {
+            from: PEER,
+            lane: CH0,
+            seq: 2,
+        },
+        now,
+    )
+    .unwrap();
+    s.handle_frame(deliver(3, "c"), now).unwrap();
     assert_eq!(
-        payloads,
-        vec![Bytes::from_static(b"a"), Bytes::from_static(b"c")]
+        received(&mut s),
+        vec![
+            got("a", Delivery::ReliableOrdered, 0, Path::Relay),
+            got("c", Delivery::ReliableOrdered, 0, Path::Relay)
+        ]
     );
-    s.handle_frame(deliver(3, "c")).unwrap();
+    s.handle_frame(deliver(3, "c"), now).unwrap();
     assert!(
         events(&mut s).is_empty(),
         "a duplicate (sent again after a path switch) is dropped"
     );
     assert!(s
-        .handle_frame(ServerToClient::Deliver {
-            from: HostId::from_raw(555),
-            group: None,
-            seq: 1,
-            payload: Bytes::new()
-        })
+        .handle_frame(
+            ServerToClient::Deliver {
+                from: HostId::from_raw(555),
+                group: None,
+                lane: CH0,
+                seq: 1,
+                payload: Bytes::new()
+            },
+            now
+        )
         .is_err());
 }
 
 #[test]
 fn a_stale_peer_down_does_not_remove_a_newer_pair_and_leaving_forgets_the_group() {
-    let mut s = session_in_group();
-    s.handle_frame(ServerToClient::PeerDown {
-        peer: PEER,
-        pair: PairId::from_raw(12345),
-    })
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    s.handle_frame(
+        ServerToClient::PeerDown {
+            peer: PEER,
+            pair: PairId::from_raw(12345),
+        },
+        now,
+    )
     .unwrap();
     assert!(s.peer_info(PEER).is_some());
-    s.handle_frame(ServerToClient::MemberLeft {
-        group: G,
-        member: ME,
-        member_count: 2,
-    })
+    s.handle_frame(
+        ServerToClient::MemberLeft {
+            group: G,
+            member: ME,
+            member_count: 2,
+        },
+        now,
+    )
     .unwrap();
     assert!(s.groups().is_empty());
     assert_eq!(
         s.plan_send(
             &Target::Group(G),
             Bytes::new(),
-            Delivery::ReliableOrdered,
+            Delivery::ReliableOrdered.into(),
             None
         ),
         Err(SendError::NotInGroup(G))
     );
-    s.handle_frame(ServerToClient::PeerDown {
-        peer: PEER,
-        pair: PAIR,
-    })
+    s.handle_frame(
+        ServerToClient::PeerDown {
+            peer: PEER,
+            pair: PAIR,
+        },
+        now,
+    )
     .unwrap();
     assert_eq!(s.peers(), vec![OTHER]);
 }
 
 #[test]
 fn refusals_name_the_peer_of_the_pair() {
-    let mut s = session_in_group();
-    s.handle_frame(ServerToClient::Refused {
-        pair: Some(PAIR2),
-        group: None,
-        reason: RefuseReason::NoSharedGroup,
-    })
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    s.handle_frame(
+        ServerToClient::Refused {
+            pair: Some(PAIR2),
+            group: None,
+            reason: RefuseReason::NoSharedGroup,
+        },
+        now,
+    )
     .unwrap();
     assert_eq!(
         events(&mut s),
@@ -375,15 +678,16 @@ fn refusals_name_the_peer_of_the_pair() {
 
 #[test]
 fn a_direct_peer_gets_its_copy_direct_and_the_rest_share_one_relay_upload() {
-    let mut s = session_in_group();
-    assert!(s.set_direct(PEER, Duration::from_millis(3)));
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    assert!(s.set_direct(PEER, ms(3), now));
     assert_eq!(
-        std::iter::from_fn(|| s.poll_frame()).collect::<Vec<_>>(),
-        vec![ClientToServer::PathReport {
+        uploads(&mut s),
+        vec![Upload::Control(ClientToServer::PathReport {
             pair: PAIR,
             path: PairPath::Direct,
             reason: PathReason::Punched
-        }]
+        })]
     );
     events(&mut s);
     let payload = Bytes::from_static(b"m");
@@ -391,7 +695,7 @@ fn a_direct_peer_gets_its_copy_direct_and_the_rest_share_one_relay_upload() {
         .plan_send(
             &Target::Group(G),
             payload.clone(),
-            Delivery::ReliableOrdered,
+            Delivery::ReliableOrdered.into(),
             None,
         )
         .unwrap();
@@ -402,84 +706,90 @@ fn a_direct_peer_gets_its_copy_direct_and_the_rest_share_one_relay_upload() {
                 to: PEER,
                 frame: PeerToPeer::Data {
                     group: Some(G),
+                    lane: CH0,
                     seq: 1,
                     payload: payload.clone()
-                }
+                },
+                priority: Priority::Medium,
+                latest: None,
+                id: 1,
             },
-            Upload::Frame(ClientToServer::Relay {
-                group: Some(G),
-                to_server: false,
-                dests: vec![RelayDest {
-                    pair: PAIR2,
-                    seq: 1
-                }],
-                payload,
-            })
+            Upload::Relay {
+                frame: ClientToServer::Relay {
+                    group: Some(G),
+                    to_server: false,
+                    lane: CH0,
+                    priority: Priority::Medium,
+                    dests: vec![RelayDest {
+                        pair: PAIR2,
+                        seq: 1
+                    }],
+                    payload,
+                },
+                priority: Priority::Medium,
+                flow: flow_of(&[PAIR2], Some(G), false),
+                latest: None,
+            }
         ]
     );
-    assert_eq!(s.peer_stats(PEER).unwrap().unacked, 1);
+    assert_eq!(s.peer_stats(PEER, now).unwrap().unacked, 1);
+    assert_eq!(s.peer_stats(OTHER, now).unwrap().unacked, 0);
 }
 
 #[test]
 fn when_the_direct_path_dies_unacked_messages_go_again_through_the_relay_with_their_numbers() {
-    let mut s = session_in_group();
-    s.set_direct(PEER, Duration::from_millis(3));
-    for text in ["a", "b", "c"] {
-        s.plan_send(
-            &Target::Host(PEER),
-            Bytes::from_static(text.as_bytes()),
-            Delivery::ReliableOrdered,
-            None,
-        )
-        .unwrap();
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    s.set_direct(PEER, ms(3), now);
+    for t in ["a", "b", "c"] {
+        send(&mut s, PEER, t, Delivery::ReliableOrdered);
     }
-    s.handle_peer_frame(PEER, PeerToPeer::Ack { delivered: 1 })
-        .unwrap();
-    assert_eq!(s.peer_stats(PEER).unwrap().unacked, 2);
-    let resend = s.set_relay(PEER, PathReason::DirectTimedOut);
-    let seqs: Vec<u64> = resend
-        .iter()
-        .map(|u| match u {
-            Upload::Frame(ClientToServer::Relay { dests, .. }) => dests[0].seq,
-            other => panic!("unexpected {other:?}"),
-        })
-        .collect();
-    assert_eq!(seqs, vec![2, 3]);
-    assert!(events(&mut s).contains(&ClientEvent::PathChanged {
-        peer: PEER,
-        path: PairPath::Relay,
-        rtt: None,
-        reason: PathReason::DirectTimedOut
-    }));
+    fifo_ack(&mut s, PEER, 1).unwrap();
+    assert_eq!(s.peer_stats(PEER, now).unwrap().unacked, 2);
+    drain(&mut s);
+    s.set_relay(PEER, PathReason::DirectTimedOut, now);
+    assert_eq!(
+        uploads(&mut s),
+        vec![
+            relay_to_peer(CH0, 2, Priority::Medium, "b"),
+            relay_to_peer(CH0, 3, Priority::Medium, "c"),
+            Upload::Control(ClientToServer::PathReport {
+                pair: PAIR,
+                path: PairPath::Relay,
+                reason: PathReason::DirectTimedOut
+            }),
+        ]
+    );
+    assert_eq!(
+        events(&mut s),
+        vec![ClientEvent::PathChanged {
+            peer: PEER,
+            path: PairPath::Relay,
+            rtt: None,
+            reason: PathReason::DirectTimedOut
+        }]
+    );
     // New messages continue the same sequence on the relay.
-    let next = s
-        .plan_send(
-            &Target::Host(PEER),
-            Bytes::new(),
-            Delivery::ReliableOrdered,
-            None,
-        )
-        .unwrap();
-    assert!(
-        matches!(&next[0], Upload::Frame(ClientToServer::Relay { dests, .. }) if dests[0].seq == 4)
-    );
-    assert!(
-        s.set_relay(PEER, PathReason::DirectTimedOut).is_empty(),
-        "already on the relay"
-    );
+    let next = only(send(&mut s, PEER, "d", Delivery::ReliableOrdered));
+    assert_eq!(next, relay_to_peer(CH0, 4, Priority::Medium, "d"));
+    s.set_relay(PEER, PathReason::DirectTimedOut, now);
+    assert!(uploads(&mut s).is_empty(), "already on the relay");
+    assert!(events(&mut s).is_empty());
 }
 
 #[test]
 fn direct_and_relay_arrivals_merge_into_one_sequence_and_are_acked() {
-    let mut s = session_in_group();
-    s.set_direct(PEER, Duration::from_millis(3));
-    events(&mut s);
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    s.set_direct(PEER, ms(3), now);
+    drain(&mut s);
     let number = |seq: u64| Bytes::from(seq.to_be_bytes().to_vec());
     // 2 comes direct before 1 arrives through the relay; then 2 again through the relay.
     s.handle_peer_frame(
         PEER,
         PeerToPeer::Data {
             group: None,
+            lane: CH0,
             seq: 2,
             payload: number(2),
         },
@@ -487,12 +797,16 @@ fn direct_and_relay_arrivals_merge_into_one_sequence_and_are_acked() {
     .unwrap();
     assert!(events(&mut s).is_empty());
     for seq in [1, 2] {
-        s.handle_frame(ServerToClient::Deliver {
-            from: PEER,
-            group: None,
-            seq,
-            payload: number(seq),
-        })
+        s.handle_frame(
+            ServerToClient::Deliver {
+                from: PEER,
+                group: None,
+                lane: CH0,
+                seq,
+                payload: number(seq),
+            },
+            now,
+        )
         .unwrap();
     }
     let delivered: Vec<(u64, Path)> = events(&mut s)
@@ -506,35 +820,34 @@ fn direct_and_relay_arrivals_merge_into_one_sequence_and_are_acked() {
         })
         .collect();
     assert_eq!(delivered, vec![(1, Path::Relay), (2, Path::Direct)]);
+    assert_eq!(s.peer_stats(PEER, now).unwrap().duplicates_dropped, 1);
+    // One data frame came on the direct connection.
     s.flush_acks();
     assert_eq!(
-        s.poll_peer_frame(),
-        Some((PEER, PeerToPeer::Ack { delivered: 2 }))
+        uploads(&mut s),
+        vec![Upload::PeerControl {
+            to: PEER,
+            frame: ack(1)
+        }]
     );
     s.flush_acks();
-    assert_eq!(s.poll_peer_frame(), None, "nothing new to ack");
+    assert!(uploads(&mut s).is_empty(), "nothing new to ack");
 }
 
 #[test]
 fn a_direct_datagram_claiming_another_sender_is_dropped() {
-    let mut s = session_in_group();
-    s.handle_peer_datagram(
-        PEER,
-        ServerDatagram::Deliver {
-            from: OTHER,
-            group: None,
-            payload: Bytes::from_static(b"lie"),
-        },
-    );
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    let datagram = |from, t: &'static str| ServerDatagram::Deliver {
+        from,
+        group: None,
+        lane: DatagramLane::Plain,
+        seq: 0,
+        payload: Bytes::from_static(t.as_bytes()),
+    };
+    s.handle_peer_datagram(PEER, datagram(OTHER, "lie"), now);
     assert!(events(&mut s).is_empty());
-    s.handle_peer_datagram(
-        PEER,
-        ServerDatagram::Deliver {
-            from: PEER,
-            group: None,
-            payload: Bytes::from_static(b"true"),
-        },
-    );
+    s.handle_peer_datagram(PEER, datagram(PEER, "true"), now);
     assert!(matches!(
         events(&mut s).as_slice(),
         [ClientEvent::Message { path: Path::Direct, from, .. }] if *from == PEER
@@ -543,28 +856,1175 @@ fn a_direct_datagram_claiming_another_sender_is_dropped() {
 
 #[test]
 fn a_peer_that_skips_a_number_cannot_make_us_hold_unbounded_memory() {
-    let mut s = session_in_group();
+    let now = Instant::now();
+    let mut s = session_in_group(now);
     let big = Bytes::from(vec![0u8; 1 << 20]);
     // Sequence 1 never comes; 2, 3, ... arrive through the relay, 1 MiB each.
     for seq in 2..=40u64 {
-        s.handle_frame(ServerToClient::Deliver {
-            from: PEER,
-            group: None,
-            seq,
-            payload: big.clone(),
-        })
+        s.handle_frame(
+            ServerToClient::Deliver {
+                from: PEER,
+                group: None,
+                lane: CH0,
+                seq,
+                payload: big.clone(),
+            },
+            now,
+        )
         .unwrap();
     }
     assert!(events(&mut s).is_empty(), "nothing deliverable before 1");
     assert!(s.held_bytes(PEER) <= MAX_HELD_BYTES_RELAYED);
-    assert_eq!(s.peer_stats(PEER).unwrap().discarded, 40 - 1 - 16);
+    assert_eq!(s.peer_stats(PEER, now).unwrap().discarded, 40 - 1 - 16);
     // Other peers are unaffected.
-    s.handle_frame(ServerToClient::Deliver {
-        from: OTHER,
-        group: None,
-        seq: 1,
-        payload: Bytes::from_static(b"fine"),
-    })
+    s.handle_frame(
+        ServerToClient::Deliver {
+            from: OTHER,
+            group: None,
+            lane: CH0,
+            seq: 1,
+            payload: Bytes::from_static(b"fine"),
+        },
+        now,
+    )
     .unwrap();
     assert_eq!(events(&mut s).len(), 1);
+}
+
+// ---- each mode end to end, sender session to receiver session -------------------------
+
+#[test]
+fn reliable_ordered_is_in_order_per_channel_and_a_gap_in_one_channel_does_not_hold_back_another() {
+    let now = Instant::now();
+    let (mut a, mut b) = two_sessions(NO_PINGS, now);
+    let ordered = |channel| Delivery::ReliableOrdered.on_channel(channel);
+    let sent: Vec<Upload> = [("a1", 0), ("b1", 1), ("a2", 0), ("b2", 1), ("a3", 0)]
+        .into_iter()
+        .map(|(t, channel)| only(send(&mut a, PEER, t, ordered(channel))))
+        .collect();
+    assert_eq!(
+        sent.iter().map(relay_number).collect::<Vec<_>>(),
+        [(CH0, 1), (CH1, 1), (CH0, 2), (CH1, 2), (CH0, 3)]
+    );
+    let [a1, b1, a2, b2, a3] = <[Upload; 5]>::try_from(sent).unwrap();
+    // a1 is late: channel 0 waits for it, channel 1 does not.
+    carry_all(ME, vec![a3, b1, a2.clone(), b2], &mut b, now);
+    let on = |t, channel| got(t, Delivery::ReliableOrdered, channel, Path::Relay);
+    assert_eq!(received(&mut b), [on("b1", 1), on("b2", 1)]);
+    assert_eq!(b.held_bytes(ME), 4);
+    carry(ME, a1, &mut b, now).unwrap();
+    assert_eq!(received(&mut b), [on("a1", 0), on("a2", 0), on("a3", 0)]);
+    assert_eq!(b.held_bytes(ME), 0);
+    // A copy of a delivered message is dropped.
+    carry(ME, a2, &mut b, now).unwrap();
+    assert!(received(&mut b).is_empty());
+    let stats = b.peer_stats(ME, now).unwrap();
+    assert_eq!(stats.duplicates_dropped, 1);
+    assert_eq!(stats.delivered_by_mode.reliable_ordered.messages, 5);
+    assert_eq!(a.peer_stats(PEER, now).unwrap().relay_sent.messages, 5);
+}
+
+#[test]
+fn reliable_unordered_is_delivered_on_arrival_and_duplicates_are_dropped() {
+    let now = Instant::now();
+    let (mut a, mut b) = two_sessions(NO_PINGS, now);
+    let sent: Vec<Upload> = ["u1", "u2", "u3"]
+        .into_iter()
+        // A channel means nothing to this mode.
+        .map(|t| {
+            only(send(
+                &mut a,
+                PEER,
+                t,
+                Delivery::ReliableUnordered.on_channel(5),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        sent.iter().map(relay_number).collect::<Vec<_>>(),
+        [
+            (Lane::Unordered, 1),
+            (Lane::Unordered, 2),
+            (Lane::Unordered, 3)
+        ]
+    );
+    let at = |t| got(t, Delivery::ReliableUnordered, 0, Path::Relay);
+    carry(ME, sent[2].clone(), &mut b, now).unwrap();
+    assert_eq!(received(&mut b), [at("u3")], "no wait for 1 and 2");
+    carry(ME, sent[0].clone(), &mut b, now).unwrap();
+    assert_eq!(received(&mut b), [at("u1")]);
+    for i in [2, 0] {
+        carry(ME, sent[i].clone(), &mut b, now).unwrap();
+    }
+    assert!(received(&mut b).is_empty(), "copies are dropped");
+    carry(ME, sent[1].clone(), &mut b, now).unwrap();
+    assert_eq!(received(&mut b), [at("u2")]);
+    assert_eq!(b.held_bytes(ME), 0);
+    assert_eq!(b.peer_stats(ME, now).unwrap().duplicates_dropped, 2);
+}
+
+#[test]
+fn unreliable_sequenced_drops_older_datagrams_and_duplicates_per_channel() {
+    let now = Instant::now();
+    let (mut a, mut b) = two_sessions(NO_PINGS, now);
+    let sequenced = |channel| Delivery::UnreliableSequenced.on_channel(channel);
+    let sent: Vec<Upload> = [("s1", 0), ("s2", 0), ("s3", 0), ("s4", 0), ("x1", 1)]
+        .into_iter()
+        .map(|(t, channel)| only(send(&mut a, PEER, t, sequenced(channel))))
+        .collect();
+    let ch = |channel| DatagramLane::Sequenced { channel };
+    assert_eq!(
+        sent.iter().map(datagram_number).collect::<Vec<_>>(),
+        [(ch(0), 1), (ch(0), 2), (ch(0), 3), (ch(0), 4), (ch(1), 1)]
+    );
+    for i in [1, 0, 1, 3, 4, 2] {
+        carry(ME, sent[i].clone(), &mut b, now).unwrap();
+    }
+    let at = |t, channel| got(t, Delivery::UnreliableSequenced, channel, Path::Relay);
+    assert_eq!(received(&mut b), [at("s2", 0), at("s4", 0), at("x1", 1)]);
+    assert_eq!(b.peer_stats(ME, now).unwrap().stale_dropped, 3);
+}
+
+#[test]
+fn unreliable_datagrams_carry_number_zero_and_are_delivered_in_any_order() {
+    let now = Instant::now();
+    let (mut a, mut b) = two_sessions(NO_PINGS, now);
+    let sent: Vec<Upload> = ["d1", "d2"]
+        .into_iter()
+        .map(|t| only(send(&mut a, PEER, t, Delivery::Unreliable)))
+        .collect();
+    assert_eq!(
+        sent.iter().map(datagram_number).collect::<Vec<_>>(),
+        [(DatagramLane::Plain, 0), (DatagramLane::Plain, 0)]
+    );
+    carry_all(ME, sent.into_iter().rev().collect(), &mut b, now);
+    let at = |t| got(t, Delivery::Unreliable, 0, Path::Relay);
+    assert_eq!(received(&mut b), [at("d2"), at("d1")]);
+}
+
+/// Every ordering of `items`.
+fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+    if items.len() <= 1 {
+        return vec![items.to_vec()];
+    }
+    let mut all = Vec::new();
+    for i in 0..items.len() {
+        let mut rest = items.to_vec();
+        let first = rest.remove(i);
+        for mut tail in permutations(&rest) {
+            tail.insert(0, first.clone());
+            all.push(tail);
+        }
+    }
+    all
+}
+
+#[test]
+fn latest_never_delivers_an_older_value_of_a_key_after_a_newer_one_and_the_last_arrives() {
+    let now = Instant::now();
+    let (mut a, mut b) = two_sessions(NO_PINGS, now);
+    let latest = |key| Delivery::Latest { key };
+    let sent: Vec<Upload> = [("7a", 7), ("8a", 8), ("7b", 7), ("7c", 7)]
+        .into_iter()
+        .map(|(t, key)| only(send(&mut a, PEER, t, latest(key))))
+        .collect();
+    // All keys share one counter; each upload names its key for replacement in queues.
+    assert_eq!(
+        sent.iter()
+            .map(|u| match u {
+                Upload::Relay { latest, .. } => (relay_number(u), *latest),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect::<Vec<_>>(),
+        [
+            ((Lane::Latest { key: 7 }, 1), Some(7)),
+            ((Lane::Latest { key: 8 }, 2), Some(8)),
+            ((Lane::Latest { key: 7 }, 3), Some(7)),
+            ((Lane::Latest { key: 7 }, 4), Some(7)),
+        ]
+    );
+    // 7b first, then the older 7a (stale), 8a, 7c, and late copies.
+    for i in [2, 0, 1, 3, 2, 0] {
+        carry(ME, sent[i].clone(), &mut b, now).unwrap();
+    }
+    let at = |t, key| got(t, latest(key), 0, Path::Relay);
+    assert_eq!(received(&mut b), [at("7b", 7), at("8a", 8), at("7c", 7)]);
+    assert_eq!(b.peer_stats(ME, now).unwrap().stale_dropped, 3);
+
+    // Whatever order the relay and the direct path bring them in.
+    for order in permutations(&sent) {
+        let (_, mut b) = two_sessions(NO_PINGS, now);
+        carry_all(ME, order, &mut b, now);
+        let delivered = texts(&mut b);
+        let sevens: Vec<&String> = delivered.iter().filter(|t| t.starts_with('7')).collect();
+        assert!(
+            sevens.windows(2).all(|w| w[0] < w[1]),
+            "an older value after a newer one: {delivered:?}"
+        );
+        assert_eq!(
+            sevens.last().map(|t| t.as_str()),
+            Some("7c"),
+            "{delivered:?}"
+        );
+        assert!(delivered.contains(&"8a".to_owned()), "{delivered:?}");
+    }
+}
+
+// ---- each mode across a path switch ---------------------------------------------------
+
+#[test]
+fn after_a_path_switch_unacked_reliable_messages_go_again_through_the_relay_with_lane_number_and_priority(
+) {
+    let now = Instant::now();
+    let (mut a, mut b) = two_direct_sessions(now);
+    let sends: [(&str, SendOptions); 8] = [
+        ("o1", Delivery::ReliableOrdered.with_priority(Priority::Low)),
+        (
+            "p1",
+            Delivery::ReliableOrdered
+                .on_channel(1)
+                .with_priority(Priority::High),
+        ),
+        ("u1", Delivery::ReliableUnordered.into()),
+        (
+            "l1",
+            Delivery::Latest { key: 5 }.with_priority(Priority::High),
+        ),
+        ("d1", Delivery::Unreliable.into()),
+        ("s1", Delivery::UnreliableSequenced.into()),
+        ("o2", Delivery::ReliableOrdered.into()),
+        (
+            "l2",
+            Delivery::Latest { key: 5 }.with_priority(Priority::Low),
+        ),
+    ];
+    let mut direct = Vec::new();
+    for (t, options) in sends {
+        direct.extend(send(&mut a, PEER, t, options));
+    }
+    assert!(
+        direct.iter().all(|u| matches!(
+            u,
+            Upload::Peer { to, .. } | Upload::PeerDatagram { to, .. } if *to == PEER
+        )),
+        "{direct:?}"
+    );
+    assert_eq!(a.peer_stats(PEER, now).unwrap().unacked, 6);
+    // Every direct copy arrives...
+    carry_all(ME, direct, &mut b, now);
+    let first = received(&mut b);
+    assert_eq!(
+        first.iter().map(|(t, ..)| t.as_str()).collect::<Vec<_>>(),
+        ["o1", "p1", "u1", "l1", "d1", "s1", "o2", "l2"]
+    );
+    assert!(first.iter().all(|(.., path)| *path == Path::Direct));
+    // ...but the path dies before an ack comes back.
+    a.set_relay(PEER, PathReason::DirectTimedOut, now);
+    let resent = uploads(&mut a);
+    let latest = Lane::Latest { key: 5 };
+    // Datagrams are not among them.
+    assert_eq!(
+        resent,
+        vec![
+            relay_to_peer(CH0, 1, Priority::Low, "o1"),
+            relay_to_peer(CH1, 1, Priority::High, "p1"),
+            relay_to_peer(Lane::Unordered, 1, Priority::Medium, "u1"),
+            relay_to_peer(latest, 1, Priority::High, "l1"),
+            relay_to_peer(CH0, 2, Priority::Medium, "o2"),
+            relay_to_peer(latest, 2, Priority::Low, "l2"),
+            Upload::Control(ClientToServer::PathReport {
+                pair: PAIR,
+                path: PairPath::Relay,
+                reason: PathReason::DirectTimedOut
+            }),
+        ]
+    );
+    let stats = a.peer_stats(PEER, now).unwrap();
+    assert_eq!(stats.unacked, 0);
+    assert_eq!(stats.path, Some(PairPath::Relay));
+    // The relay copies come second and are all dropped.
+    b.set_relay(ME, PathReason::DirectTimedOut, now);
+    drain(&mut b);
+    carry_all(ME, resent, &mut b, now);
+    assert!(received(&mut b).is_empty());
+    let stats = b.peer_stats(ME, now).unwrap();
+    assert_eq!(stats.duplicates_dropped, 4);
+    assert_eq!(stats.stale_dropped, 2);
+    // New messages continue every lane's numbers on the relay; a new latest value has the
+    // resent ones' flow, so it would replace them in the upload queue.
+    let next: Vec<Upload> = [
+        ("o3", SendOptions::from(Delivery::ReliableOrdered)),
+        ("l3", Delivery::Latest { key: 5 }.into()),
+        ("s2", Delivery::UnreliableSequenced.into()),
+    ]
+    .into_iter()
+    .map(|(t, options)| only(send(&mut a, PEER, t, options)))
+    .collect();
+    assert_eq!(next[0], relay_to_peer(CH0, 3, Priority::Medium, "o3"));
+    assert_eq!(next[1], relay_to_peer(latest, 3, Priority::Medium, "l3"));
+    assert_eq!(
+        datagram_number(&next[2]),
+        (DatagramLane::Sequenced { channel: 0 }, 2)
+    );
+    carry_all(ME, next, &mut b, now);
+    assert_eq!(
+        received(&mut b),
+        [
+            got("o3", Delivery::ReliableOrdered, 0, Path::Relay),
+            got("l3", Delivery::Latest { key: 5 }, 0, Path::Relay),
+            got("s2", Delivery::UnreliableSequenced, 0, Path::Relay),
+        ]
+    );
+}
+
+#[test]
+fn across_a_path_switch_each_reliable_message_is_delivered_once_and_channels_stay_in_order() {
+    let now = Instant::now();
+    let (mut a, mut b) = two_direct_sessions(now);
+    let sends: [(&str, SendOptions); 10] = [
+        ("o1", Delivery::ReliableOrdered.with_priority(Priority::Low)),
+        ("p1", Delivery::ReliableOrdered.on_channel(1)),
+        ("u1", Delivery::ReliableUnordered.into()),
+        ("l1", Delivery::Latest { key: 5 }.into()),
+        (
+            "o2",
+            Delivery::ReliableOrdered.with_priority(Priority::High),
+        ),
+        ("u2", Delivery::ReliableUnordered.into()),
+        ("l2", Delivery::Latest { key: 5 }.into()),
+        ("d1", Delivery::Unreliable.into()),
+        ("s1", Delivery::UnreliableSequenced.into()),
+        ("o3", Delivery::ReliableOrdered.into()),
+    ];
+    let mut direct = Vec::new();
+    for (t, options) in sends {
+        direct.extend(send(&mut a, PEER, t, options));
+    }
+    // The dying connection brought only some, the urgent ones first: o2 overtook o1.
+    let arrived = ["p1", "o2", "u2", "l2", "d1"];
+    let (mut came, _lost): (Vec<Upload>, Vec<Upload>) = direct
+        .into_iter()
+        .partition(|u| arrived.contains(&upload_text(u).as_str()));
+    assert_eq!(came.len(), arrived.len());
+    came.sort_by_key(|u| arrived.iter().position(|t| *t == upload_text(u)));
+    carry_all(ME, came, &mut b, now);
+    let on_direct = |t, delivery, channel| got(t, delivery, channel, Path::Direct);
+    assert_eq!(
+        received(&mut b),
+        [
+            on_direct("p1", Delivery::ReliableOrdered, 1),
+            on_direct("u2", Delivery::ReliableUnordered, 0),
+            on_direct("l2", Delivery::Latest { key: 5 }, 0),
+            on_direct("d1", Delivery::Unreliable, 0),
+        ],
+        "o2 waits for o1"
+    );
+    a.set_relay(PEER, PathReason::DirectClosed, now);
+    b.set_relay(ME, PathReason::DirectClosed, now);
+    drain(&mut b);
+    let resent = uploads(&mut a);
+    assert!(
+        resent
+            .iter()
+            .all(|u| matches!(u, Upload::Relay { .. } | Upload::Control(_))),
+        "no datagram goes again: {resent:?}"
+    );
+    carry_all(ME, resent, &mut b, now);
+    let on_relay = |t, delivery, channel| got(t, delivery, channel, Path::Relay);
+    assert_eq!(
+        received(&mut b),
+        [
+            on_relay("o1", Delivery::ReliableOrdered, 0),
+            on_direct("o2", Delivery::ReliableOrdered, 0),
+            on_relay("u1", Delivery::ReliableUnordered, 0),
+            // l1 is older than l2, delivered already: never after it.
+            on_relay("o3", Delivery::ReliableOrdered, 0),
+        ]
+    );
+    let stats = b.peer_stats(ME, now).unwrap();
+    // p1, o2 and u2 came twice; l1 is stale and l2's copy too.
+    assert_eq!(stats.duplicates_dropped, 3);
+    assert_eq!(stats.stale_dropped, 2);
+    assert_eq!(b.held_bytes(ME), 0);
+}
+
+#[test]
+fn a_sequenced_datagram_that_comes_late_on_the_old_path_is_dropped() {
+    let now = Instant::now();
+    let (mut a, mut b) = two_direct_sessions(now);
+    let late = only(send(&mut a, PEER, "s1", Delivery::UnreliableSequenced));
+    assert!(matches!(late, Upload::PeerDatagram { .. }));
+    a.set_relay(PEER, PathReason::DirectTimedOut, now);
+    assert!(
+        uploads(&mut a)
+            .iter()
+            .all(|u| matches!(u, Upload::Control(_))),
+        "datagrams are never sent again"
+    );
+    let newer = only(send(&mut a, PEER, "s2", Delivery::UnreliableSequenced));
+    assert_eq!(
+        datagram_number(&newer),
+        (DatagramLane::Sequenced { channel: 0 }, 2)
+    );
+    carry(ME, newer, &mut b, now).unwrap();
+    carry(ME, late, &mut b, now).unwrap();
+    assert_eq!(texts(&mut b), ["s2"]);
+    assert_eq!(b.peer_stats(ME, now).unwrap().stale_dropped, 1);
+}
+
+// ---- acks by count ---------------------------------------------------------------------
+
+#[test]
+fn the_receiver_acks_every_32_direct_frames_and_the_sender_forgets_exactly_that_many() {
+    let now = Instant::now();
+    let (mut a, mut b) = two_direct_sessions(now);
+    let mut acks = Vec::new();
+    for i in 1..=40u64 {
+        let upload = only(send(
+            &mut a,
+            PEER,
+            &format!("m{i}"),
+            Delivery::ReliableOrdered,
+        ));
+        carry(ME, upload, &mut b, now).unwrap();
+        // Datagrams are not data frames of the stream: they do not count.
+        if i % 10 == 0 {
+            let datagram = only(send(&mut a, PEER, "d", Delivery::Unreliable));
+            carry(ME, datagram, &mut b, now).unwrap();
+        }
+        acks.extend(uploads(&mut b).into_iter().map(|u| (i, u)));
+    }
+    assert_eq!(
+        acks,
+        vec![(
+            32,
+            Upload::PeerControl {
+                to: ME,
+                frame: ack(32)
+            }
+        )]
+    );
+    assert_eq!(texts(&mut b).len(), 44);
+    b.flush_acks();
+    let flushed = uploads(&mut b);
+    assert_eq!(
+        flushed,
+        vec![Upload::PeerControl {
+            to: ME,
+            frame: ack(40)
+        }]
+    );
+    b.flush_acks();
+    assert!(uploads(&mut b).is_empty(), "nothing new to ack");
+
+    assert_eq!(a.peer_stats(PEER, now).unwrap().unacked, 40);
+    let (_, first) = acks.remove(0);
+    carry(PEER, first.clone(), &mut a, now).unwrap();
+    assert_eq!(a.peer_stats(PEER, now).unwrap().unacked, 8);
+    // An old ack again changes nothing.
+    carry(PEER, first, &mut a, now).unwrap();
+    assert_eq!(a.peer_stats(PEER, now).unwrap().unacked, 8);
+    // Exactly the first 32 were forgotten: the other 8 would go again.
+    a.set_relay(PEER, PathReason::DirectTimedOut, now);
+    let resent: Vec<u64> = uploads(&mut a)
+        .iter()
+        .filter(|u| !matches!(u, Upload::Control(_)))
+        .map(|u| relay_number(u).1)
+        .collect();
+    assert_eq!(resent, (33..=40).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_ack_drops_exactly_the_count_acked_and_an_ack_of_more_than_was_sent_is_an_error() {
+    let now = Instant::now();
+    let (mut a, _) = two_direct_sessions(now);
+    for t in ["a", "b", "c"] {
+        send(&mut a, PEER, t, Delivery::ReliableUnordered);
+    }
+    send(&mut a, PEER, "d", Delivery::Unreliable);
+    let unacked = |a: &Session| a.peer_stats(PEER, now).unwrap().unacked;
+    assert_eq!(unacked(&a), 3, "datagrams are never kept");
+    fifo_ack(&mut a, PEER, 2).unwrap();
+    assert_eq!(unacked(&a), 1);
+    fifo_ack(&mut a, PEER, 1).unwrap();
+    assert_eq!(unacked(&a), 1, "an older count acks nothing new");
+    assert!(fifo_ack(&mut a, PEER, 4).is_err());
+    fifo_ack(&mut a, PEER, 3).unwrap();
+    assert_eq!(unacked(&a), 0);
+    assert!(fifo_ack(&mut a, PEER, 4).is_err());
+    // A new direct connection counts from zero again.
+    a.set_relay(PEER, PathReason::DirectClosed, now);
+    assert!(a.set_direct(PEER, ms(3), now));
+    drain(&mut a);
+    send(&mut a, PEER, "e", Delivery::ReliableOrdered);
+    assert!(fifo_ack(&mut a, PEER, 2).is_err());
+    fifo_ack(&mut a, PEER, 1).unwrap();
+    assert_eq!(unacked(&a), 0);
+}
+
+/// The direct queue of `client.rs`: each `Upload::Peer` is pushed with its priority,
+/// latest key (flow 0) and id; a replaced value is reported to the session; pops give the
+/// order frames go on the stream, and the ids that went out are logged, as the driver does.
+struct DirectQueue {
+    queue: SendQueue<(PeerToPeer, u64)>,
+    went_out: std::collections::VecDeque<u64>,
+}
+
+impl DirectQueue {
+    fn new() -> Self {
+        Self {
+            queue: SendQueue::new(),
+            went_out: Default::default(),
+        }
+    }
+
+    fn push(&mut self, sender: &mut Session, uploads: Vec<Upload>) {
+        for upload in uploads {
+            let Upload::Peer {
+                to,
+                frame,
+                priority,
+                latest,
+                id,
+            } = upload
+            else {
+                panic!("not a direct frame: {upload:?}")
+            };
+            let len = frame_to_bytes(&frame, MAX_FRAME_LEN).unwrap().len();
+            if let Some(((_, old), _)) =
+                self.queue
+                    .push_data_returning((frame, id), len, priority, 0, latest)
+            {
+                sender.forget_replaced(to, old);
+            }
+        }
+    }
+
+    fn pop(&mut self) -> Option<PeerToPeer> {
+        let ((frame, id), _) = self.queue.pop()?;
+        self.went_out.push_back(id);
+        Some(frame)
+    }
+
+    /// Hands the sender the receiver's acks, resolved through the log.
+    fn deliver_acks(&mut self, sender: &mut Session, from: HostId, acks: Vec<Upload>) {
+        for upload in acks {
+            if let Upload::PeerControl {
+                frame: PeerToPeer::Ack { received },
+                ..
+            } = upload
+            {
+                let log = &mut self.went_out;
+                sender
+                    .handle_direct_ack(from, received, |n| {
+                        (n <= log.len()).then(|| log.drain(..n).collect())
+                    })
+                    .unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn an_ack_never_drops_a_message_the_direct_queue_has_not_sent_yet() {
+    let now = Instant::now();
+    let (mut a, mut b) = two_direct_sessions(now);
+    let mut queue = DirectQueue::new();
+    let chat = send(
+        &mut a,
+        PEER,
+        "chat",
+        Delivery::ReliableOrdered.with_priority(Priority::Low),
+    );
+    queue.push(&mut a, chat);
+    let pos = send(
+        &mut a,
+        PEER,
+        "pos",
+        Delivery::ReliableOrdered
+            .on_channel(1)
+            .with_priority(Priority::High),
+    );
+    queue.push(&mut a, pos);
+    // One frame (the High one) makes it to the peer, which acks it; then the connection
+    // dies.
+    let first = queue.pop().unwrap();
+    b.handle_peer_frame(ME, first).unwrap();
+    let mut delivered = texts(&mut b);
+    assert_eq!(delivered, ["pos"]);
+    b.flush_acks();
+    let acks = uploads(&mut b);
+    queue.deliver_acks(&mut a, PEER, acks);
+    assert_eq!(
+        a.peer_stats(PEER, now).unwrap().unacked,
+        1,
+        "chat is still unacked"
+    );
+    a.set_relay(PEER, PathReason::DirectTimedOut, now);
+    b.set_relay(ME, PathReason::DirectTimedOut, now);
+    drain(&mut b);
+    carry_all(ME, uploads(&mut a), &mut b, now);
+    delivered.extend(texts(&mut b));
+    delivered.sort();
+    assert_eq!(delivered, ["chat", "pos"], "no reliable message is lost");
+}
+
+#[test]
+fn latest_values_replaced_in_the_direct_queue_do_not_stay_unacked_forever() {
+    let now = Instant::now();
+    let (mut a, mut b) = two_direct_sessions(now);
+    let mut queue = DirectQueue::new();
+    for t in ["pos1", "pos2", "pos3"] {
+        let sent = send(&mut a, PEER, t, Delivery::Latest { key: 1 });
+        queue.push(&mut a, sent);
+    }
+    assert_eq!(
+        a.peer_stats(PEER, now).unwrap().unacked,
+        1,
+        "replaced values are forgotten at once"
+    );
+    while let Some(frame) = queue.pop() {
+        b.handle_peer_frame(ME, frame).unwrap();
+    }
+    assert_eq!(texts(&mut b), ["pos3"]);
+    b.flush_acks();
+    let acks = uploads(&mut b);
+    queue.deliver_acks(&mut a, PEER, acks);
+    assert_eq!(
+        a.peer_stats(PEER, now).unwrap().unacked,
+        0,
+        "everything sent was received or superseded"
+    );
+}
+
+// ---- pings ---------------------------------------------------------------------------
+
+/// The uploads that are not notices for the server.
+fn probes(uploads: Vec<Upload>) -> Vec<Upload> {
+    uploads
+        .into_iter()
+        .filter(|u| !matches!(u, Upload::Control(_)))
+        .collect()
+}
+
+fn relay_probe_to(pair: PairId, lane: DatagramLane) -> Upload {
+    Upload::Datagram(ClientDatagram::Relay {
+        group: None,
+        to_server: false,
+        lane,
+        dests: vec![RelayDest { pair, seq: 0 }],
+        payload: Bytes::new(),
+    })
+}
+
+fn direct_probe_to(from: HostId, to: HostId, lane: DatagramLane) -> Upload {
+    Upload::PeerDatagram {
+        to,
+        datagram: ServerDatagram::Deliver {
+            from,
+            group: None,
+            lane,
+            seq: 0,
+            payload: Bytes::new(),
+        },
+    }
+}
+
+#[test]
+fn a_relayed_peer_is_pinged_through_the_relay_and_the_pong_gives_rtt_and_a_link_report() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = two_sessions(PINGS, t0);
+    assert!(a.peer_stats(PEER, t0).unwrap().rtt.is_none());
+    a.handle_timeout(t0);
+    let pings = probes(uploads(&mut a));
+    assert_eq!(
+        pings,
+        vec![relay_probe_to(PAIR, DatagramLane::Ping { id: 0 })]
+    );
+    carry_all(ME, pings, &mut b, t0 + ms(20));
+    let pongs = uploads(&mut b);
+    assert_eq!(
+        pongs,
+        vec![relay_probe_to(PAIR, DatagramLane::Pong { id: 0 })]
+    );
+    assert!(events(&mut b).is_empty(), "pings are not messages");
+    carry_all(PEER, pongs, &mut a, t0 + ms(40));
+    assert!(events(&mut a).is_empty(), "pongs are not messages");
+    let stats = a.peer_stats(PEER, t0 + ms(40)).unwrap();
+    assert_eq!(stats.rtt, Some(ms(40)));
+    assert_eq!(stats.last_rtt, Some(ms(40)));
+    assert_eq!(stats.loss, Some(0.0));
+    // Every 5 s, a report per peer with an RTT.
+    a.handle_timeout(t0 + Duration::from_secs(5));
+    let reports: Vec<Upload> = uploads(&mut a)
+        .into_iter()
+        .filter(|u| matches!(u, Upload::Control(ClientToServer::LinkReport { .. })))
+        .collect();
+    assert_eq!(
+        reports,
+        vec![Upload::Control(ClientToServer::LinkReport {
+            pair: PAIR,
+            rtt_us: Some(40_000),
+            last_rtt_us: Some(40_000),
+            loss_permille: Some(0),
+        })]
+    );
+}
+
+#[test]
+fn a_direct_peer_is_pinged_on_the_direct_path_and_pongs_from_the_old_path_do_not_count() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = two_sessions(PINGS, t0);
+    a.handle_timeout(t0);
+    let old = probes(uploads(&mut a));
+    assert_eq!(
+        old,
+        vec![relay_probe_to(PAIR, DatagramLane::Ping { id: 0 })]
+    );
+    let switch = t0 + ms(10);
+    assert!(a.set_direct(PEER, ms(3), switch));
+    drain(&mut a);
+    // A ping is due on the new path at once.
+    assert_eq!(a.poll_timeout(), switch);
+    a.handle_timeout(switch);
+    let pings = probes(uploads(&mut a));
+    assert_eq!(
+        pings,
+        vec![direct_probe_to(ME, PEER, DatagramLane::Ping { id: 1 })]
+    );
+    // The peer still thinks the pair is relayed: it answers on the path the ping came by.
+    carry_all(ME, pings, &mut b, switch + ms(2));
+    let pongs = uploads(&mut b);
+    assert_eq!(
+        pongs,
+        vec![direct_probe_to(PEER, ME, DatagramLane::Pong { id: 1 })]
+    );
+    // Pongs on the relay measure the old path: the late one to the relayed ping, and one
+    // that comes the wrong way.
+    for id in [0, 1] {
+        carry(
+            PEER,
+            relay_probe_to(PAIR, DatagramLane::Pong { id }),
+            &mut a,
+            switch + ms(3),
+        )
+        .unwrap();
+    }
+    assert_eq!(a.peer_stats(PEER, switch + ms(3)).unwrap().rtt, None);
+    carry_all(PEER, pongs, &mut a, switch + ms(6));
+    let stats = a.peer_stats(PEER, switch + ms(6)).unwrap();
+    assert_eq!(stats.rtt, Some(ms(6)));
+    assert_eq!(stats.last_rtt, Some(ms(6)));
+    assert_eq!(stats.direct_rtt, Some(ms(3)));
+    // And a relayed ping to a direct peer is answered on the relay.
+    assert!(b.set_direct(ME, ms(3), switch));
+    drain(&mut b);
+    carry(
+        ME,
+        relay_probe_to(PAIR, DatagramLane::Ping { id: 9 }),
+        &mut b,
+        switch,
+    )
+    .unwrap();
+    assert_eq!(
+        uploads(&mut b),
+        vec![relay_probe_to(PAIR, DatagramLane::Pong { id: 9 })]
+    );
+}
+
+#[test]
+fn with_pings_off_handle_timeout_sends_no_pings() {
+    for (timing, pinged) in [(NO_PINGS, false), (PINGS, true)] {
+        let t0 = Instant::now();
+        let (mut a, _) = two_sessions(timing, t0);
+        let mut sent = Vec::new();
+        let mut now = t0;
+        let mut direct = false;
+        while now < t0 + Duration::from_secs(12) {
+            let next = a.poll_timeout();
+            assert!(next >= now, "poll_timeout went back");
+            now = next;
+            a.handle_timeout(now);
+            sent.extend(uploads(&mut a));
+            assert!(a.poll_timeout() > now, "handle_timeout left work due");
+            if !direct && now >= t0 + Duration::from_secs(3) {
+                a.set_direct(PEER, ms(3), now);
+                direct = true;
+            }
+        }
+        let pings = sent
+            .iter()
+            .filter(|u| matches!(u, Upload::Datagram(_) | Upload::PeerDatagram { .. }))
+            .count();
+        assert_eq!(pings > 0, pinged, "{sent:?}");
+        assert!(sent
+            .iter()
+            .any(|u| matches!(u, Upload::Control(ClientToServer::TimeRequest { .. }))));
+        if !pinged {
+            assert!(a.peer_stats(PEER, now).unwrap().rtt.is_none());
+            assert!(!sent
+                .iter()
+                .any(|u| matches!(u, Upload::Control(ClientToServer::LinkReport { .. }))));
+        }
+    }
+}
+
+// ---- the server clock ----------------------------------------------------------------
+
+#[test]
+fn time_requests_come_from_handle_timeout_in_a_burst_then_every_five_seconds() {
+    let t0 = Instant::now();
+    let mut s = session(ME, NO_PINGS, t0);
+    assert_eq!(s.poll_timeout(), t0);
+    let mut requests = Vec::new();
+    let mut now = t0;
+    while now < t0 + Duration::from_secs(16) {
+        now = s.poll_timeout();
+        s.handle_timeout(now);
+        for upload in uploads(&mut s) {
+            let Upload::Control(ClientToServer::TimeRequest { token }) = upload else {
+                panic!("unexpected {upload:?}")
+            };
+            requests.push(((now - t0).as_millis(), token));
+        }
+    }
+    assert_eq!(
+        requests.iter().map(|&(at, _)| at).collect::<Vec<_>>(),
+        [0, 100, 200, 300, 5_300, 10_300, 15_300]
+    );
+    for (at, token) in requests {
+        assert_eq!(token, at as u64 * 1_000, "the token is the send time in µs");
+    }
+}
+
+#[test]
+fn a_time_reply_gives_the_server_clock_within_its_error_bound() {
+    let t0 = Instant::now();
+    let mut s = session(ME, NO_PINGS, t0);
+    // The server's clock reads 1000 s at t0.
+    let truth = |at: Instant| Duration::from_secs(1000) + (at - t0);
+    s.handle_timeout(t0);
+    let [Upload::Control(ClientToServer::TimeRequest { token })] = uploads(&mut s)[..] else {
+        panic!("one time request")
+    };
+    assert_eq!(s.server_time(t0), None);
+    // A reply to a request never sent is ignored.
+    s.handle_frame(
+        ServerToClient::Time {
+            token: token + 1,
+            server_time_us: 1,
+        },
+        t0 + ms(5),
+    )
+    .unwrap();
+    assert_eq!(s.server_time(t0 + ms(5)), None);
+    // 15 ms there, 25 ms back.
+    let reply = ServerToClient::Time {
+        token,
+        server_time_us: truth(t0 + ms(15)).as_micros() as u64,
+    };
+    s.handle_frame(reply, t0 + ms(40)).unwrap();
+    assert!(events(&mut s).is_empty());
+    for at in [t0 + ms(40), t0 + Duration::from_secs(10)] {
+        let estimate = s.server_time(at).expect("an estimate after a reply");
+        let error = if estimate.time > truth(at) {
+            estimate.time - truth(at)
+        } else {
+            truth(at) - estimate.time
+        };
+        assert!(error <= estimate.error, "{estimate:?} vs {:?}", truth(at));
+        // Half the round trip, plus a little for resolution and drift.
+        assert!(estimate.error >= ms(20), "{estimate:?}");
+        assert!(estimate.error < ms(22), "{estimate:?}");
+    }
+}
+
+// ---- routes --------------------------------------------------------------------------
+
+#[test]
+fn route_names_the_server_queue_for_relayed_peers_and_the_server_and_direct_queues_for_direct_peers(
+) {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    let route = |server, direct: &[HostId]| Route {
+        server,
+        direct: direct.to_vec(),
+    };
+    assert_eq!(s.route(&Target::Host(PEER)), Ok(route(true, &[])));
+    assert_eq!(s.route(&Target::Server), Ok(route(true, &[])));
+    assert_eq!(s.route(&Target::Host(HostId::SERVER)), Ok(route(true, &[])));
+    assert_eq!(s.route(&Target::Host(ME)), Ok(route(false, &[])));
+    assert_eq!(s.route(&Target::Group(G)), Ok(route(true, &[])));
+    s.set_direct(PEER, ms(3), now);
+    assert_eq!(s.route(&Target::Host(PEER)), Ok(route(false, &[PEER])));
+    assert_eq!(s.route(&Target::Group(G)), Ok(route(true, &[PEER])));
+    assert_eq!(
+        s.route(&Target::Hosts(vec![PEER, HostId::SERVER])),
+        Ok(route(true, &[PEER]))
+    );
+    s.set_direct(OTHER, ms(3), now);
+    assert_eq!(s.route(&Target::Group(G)), Ok(route(false, &[PEER, OTHER])));
+    // The route is what a send then uses.
+    let sent = s
+        .plan_send(
+            &Target::Group(G),
+            Bytes::new(),
+            Delivery::ReliableOrdered.into(),
+            None,
+        )
+        .unwrap();
+    assert!(sent.iter().all(|u| matches!(u, Upload::Peer { .. })));
+    // A server in the group puts the server queue back in the route.
+    s.handle_frame(joined(HostId::SERVER, 4), now).unwrap();
+    assert_eq!(s.route(&Target::Group(G)), Ok(route(true, &[PEER, OTHER])));
+    // A direct peer that shares no group any more (the pair lingers) takes the relay.
+    s.handle_frame(
+        ServerToClient::MemberLeft {
+            group: G,
+            member: PEER,
+            member_count: 3,
+        },
+        now,
+    )
+    .unwrap();
+    assert_eq!(s.route(&Target::Host(PEER)), Ok(route(true, &[])));
+    assert!(matches!(
+        only(send(&mut s, PEER, "x", Delivery::ReliableOrdered)),
+        Upload::Relay { .. }
+    ));
+    // Targets it may not use are refused as a send would refuse them.
+    let stranger = HostId::from_raw(77 << 32 | 9);
+    assert_eq!(
+        s.route(&Target::Host(stranger)),
+        Err(SendError::NotAPeer(stranger))
+    );
+    let elsewhere = GroupId::from_raw(99);
+    assert_eq!(
+        s.route(&Target::Group(elsewhere)),
+        Err(SendError::NotInGroup(elsewhere))
+    );
+}
+
+// ---- sizes -----------------------------------------------------------------------------
+
+#[test]
+fn a_reliable_payload_of_exactly_the_maximum_fits_and_one_byte_more_is_too_large() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    let max = s.max_message_len();
+    assert_eq!(max, (MAX_FRAME_LEN - FRAME_HEADROOM) as usize);
+    let deliveries = [
+        Delivery::ReliableOrdered.on_channel(0),
+        Delivery::ReliableOrdered.on_channel(3),
+        Delivery::ReliableUnordered.into(),
+        Delivery::Latest { key: 1 }.into(),
+    ];
+    for options in deliveries {
+        assert_eq!(
+            s.plan_send(
+                &Target::Host(PEER),
+                Bytes::from(vec![0u8; max + 1]),
+                options,
+                None
+            ),
+            Err(SendError::TooLarge { len: max + 1, max })
+        );
+        // The refusal used no number: the next message is number 1.
+        let upload = only(
+            s.plan_send(
+                &Target::Host(PEER),
+                Bytes::from(vec![0u8; max]),
+                options,
+                None,
+            )
+            .unwrap(),
+        );
+        assert_eq!(relay_number(&upload).1, 1, "{options:?}");
+        // Both legs fit the frame limit.
+        let Upload::Relay { frame, .. } = &upload else {
+            unreachable!()
+        };
+        frame_to_bytes(frame, MAX_FRAME_LEN).unwrap();
+        let ClientToServer::Relay {
+            lane,
+            payload,
+            dests,
+            ..
+        } = frame
+        else {
+            unreachable!()
+        };
+        let deliver = ServerToClient::Deliver {
+            from: ME,
+            group: Some(G),
+            lane: *lane,
+            seq: dests[0].seq,
+            payload: payload.clone(),
+        };
+        frame_to_bytes(&deliver, MAX_FRAME_LEN).unwrap();
+    }
+    // On the direct path too.
+    s.set_direct(PEER, ms(3), now);
+    let options = Delivery::ReliableOrdered.on_channel(9);
+    assert!(matches!(
+        s.plan_send(
+            &Target::Host(PEER),
+            Bytes::from(vec![0u8; max + 1]),
+            options,
+            None
+        ),
+        Err(SendError::TooLarge { .. })
+    ));
+    let upload = only(
+        s.plan_send(
+            &Target::Host(PEER),
+            Bytes::from(vec![0u8; max]),
+            options,
+            None,
+        )
+        .unwrap(),
+    );
+    let Upload::Peer { frame, .. } = &upload else {
+        panic!("unexpected {upload:?}")
+    };
+    assert!(matches!(frame, PeerToPeer::Data { seq: 1, .. }));
+    frame_to_bytes(frame, MAX_FRAME_LEN).unwrap();
+}
+
+#[test]
+fn an_unreliable_payload_over_the_datagram_size_is_refused_without_using_a_number() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    let fits = 1200 - UPLOAD_FIXED_OVERHEAD - DATAGRAM_DEST_LEN;
+    for delivery in [Delivery::UnreliableSequenced, Delivery::Unreliable] {
+        assert_eq!(
+            s.plan_send(
+                &Target::Host(PEER),
+                Bytes::from(vec![0u8; fits + 1]),
+                delivery.into(),
+                Some(1200)
+            ),
+            Err(SendError::TooLargeForDatagram {
+                len: fits + 1,
+                max: fits
+            })
+        );
+        let upload = only(
+            s.plan_send(
+                &Target::Host(PEER),
+                Bytes::from(vec![0u8; fits]),
+                delivery.into(),
+                Some(1200),
+            )
+            .unwrap(),
+        );
+        let Upload::Datagram(datagram) = &upload else {
+            panic!("unexpected {upload:?}")
+        };
+        let ClientDatagram::Relay {
+            lane,
+            dests,
+            payload,
+            ..
+        } = datagram;
+        let expected = if delivery == Delivery::Unreliable {
+            0
+        } else {
+            1
+        };
+        assert_eq!(dests[0].seq, expected, "{delivery:?}");
+        // Both legs fit the datagram.
+        assert!(
+            peergroup_protocol::datagram_to_bytes(datagram)
+                .unwrap()
+                .len()
+                <= 1200
+        );
+        let deliver = ServerDatagram::Deliver {
+            from: PEER,
+            group: Some(G),
+            lane: *lane,
+            seq: u64::MAX,
+            payload: payload.clone(),
+        };
+        assert!(
+            peergroup_protocol::datagram_to_bytes(&deliver)
+                .unwrap()
+                .len()
+                <= 1200
+        );
+    }
+    // On the direct path, a refused datagram uses no number either.
+    s.set_direct(PEER, ms(3), now);
+    let sequenced = Delivery::UnreliableSequenced.on_channel(2);
+    assert!(s
+        .plan_send(
+            &Target::Host(PEER),
+            Bytes::from(vec![0u8; fits + 1]),
+            sequenced,
+            Some(1200)
+        )
+        .is_err());
+    let upload = only(
+        s.plan_send(&Target::Host(PEER), Bytes::new(), sequenced, Some(1200))
+            .unwrap(),
+    );
+    assert!(
+        matches!(
+            &upload,
+            Upload::PeerDatagram {
+                datagram: ServerDatagram::Deliver { seq: 1, .. },
+                ..
+            }
+        ),
+        "{upload:?}"
+    );
+}
+
+// ---- the receive window -----------------------------------------------------------------
+
+#[test]
+fn a_relayed_message_beyond_the_window_is_discarded_and_counted_but_direct_it_is_an_error() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    let deliver = |lane, seq| ServerToClient::Deliver {
+        from: PEER,
+        group: None,
+        lane,
+        seq,
+        payload: Bytes::from_static(b"far"),
+    };
+    let discarded = |s: &Session| s.peer_stats(PEER, now).unwrap().discarded;
+    s.handle_frame(deliver(CH0, WINDOW + 1), now).unwrap();
+    assert_eq!(discarded(&s), 1);
+    s.handle_frame(deliver(Lane::Unordered, 10 * WINDOW), now)
+        .unwrap();
+    assert_eq!(discarded(&s), 2);
+    // The last number within the window is held, not discarded.
+    s.handle_frame(deliver(CH0, WINDOW), now).unwrap();
+    assert_eq!(discarded(&s), 2);
+    assert!(events(&mut s).is_empty());
+    assert_eq!(s.held_bytes(PEER), 3);
+    // The connection goes on: the next message due is delivered.
+    s.handle_frame(deliver(CH1, 1), now).unwrap();
+    assert_eq!(events(&mut s).len(), 1);
+
+    s.set_direct(PEER, ms(3), now);
+    drain(&mut s);
+    let data = |lane, seq| PeerToPeer::Data {
+        group: None,
+        lane,
+        seq,
+        payload: Bytes::from_static(b"far"),
+    };
+    assert!(s.handle_peer_frame(PEER, data(CH1, WINDOW + 2)).is_err());
+    assert!(s
+        .handle_peer_frame(PEER, data(Lane::Unordered, 10 * WINDOW))
+        .is_err());
+    assert_eq!(
+        discarded(&s),
+        2,
+        "direct violations are errors, not discards"
+    );
+    assert!(events(&mut s).is_empty());
 }

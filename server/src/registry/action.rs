@@ -1,26 +1,44 @@
 //! What the registry asks its driver to do.
 
 use crate::events::ServerEvent;
-use peergroup_protocol::{HostId, PairId, ServerDatagram, ServerToClient};
+use peergroup_protocol::{HostId, PairId, Priority, ServerDatagram, ServerToClient};
 use std::net::SocketAddr;
 
 /// One output of the [`Registry`](super::Registry), in the order it must be carried out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Send a frame on the host's control stream.
+    /// Send a notice on the host's control stream: notices leave before any queued
+    /// message, in the order given (a `PeerDown` waits for the messages its peer sent
+    /// first).
     Send {
         /// The receiving client.
         to: HostId,
         /// The frame.
         message: ServerToClient,
     },
-    /// Send one QUIC datagram to each recipient (encoded once). The driver checks it
-    /// against each path's datagram size and reports
-    /// [`peergroup_protocol::RefuseReason::TooLargeForPath`] to `sender`.
+    /// Queue a relayed message (or a skip in a sender's sequence) for the host: it waits
+    /// in the host's queue at `priority`, behind notices, and while it waits a newer one
+    /// with the same `from` and `latest` key replaces it.
+    SendData {
+        /// The receiving client.
+        to: HostId,
+        /// The frame.
+        message: ServerToClient,
+        /// Its priority in the receiver's queue.
+        priority: Priority,
+        /// The sender ([`HostId::SERVER`] for the application).
+        from: HostId,
+        /// The [`peergroup_protocol::Delivery::Latest`] key, if any.
+        latest: Option<u64>,
+    },
+    /// Send one QUIC datagram to each recipient. The driver checks it against each path's
+    /// datagram size and reports [`peergroup_protocol::RefuseReason::TooLargeForPath`] to
+    /// `sender`.
     Datagram {
         /// The receiving clients, each with the pair the datagram travels for (named in a
-        /// refusal).
-        to: Vec<(HostId, PairId)>,
+        /// refusal) and its number in the datagram's lane (written into `message` for
+        /// each; the datagram is encoded once when the lane is not numbered).
+        to: Vec<(HostId, PairId, u64)>,
         /// The client whose message this is, to tell if it does not fit.
         sender: HostId,
         /// The datagram.

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use join_acks::PendingJoins;
 use pairs::{PairChange, PairTable};
 use peergroup_protocol::{
-    Delivery, Fingerprint, GroupId, HostId, PairId, PairPath, PathReason, PeerInfo, PunchOutcome,
-    RefuseReason, RelayDest, ServerDatagram, ServerToClient,
+    DatagramLane, Delivery, Fingerprint, GroupId, HostId, Lane, PairId, PairPath, PathReason,
+    PeerInfo, Priority, PunchOutcome, RefuseReason, RelayDest, ServerDatagram, ServerToClient,
 };
 use punch::Verdict;
 use slotmap::{Key, KeyData, SlotMap};
@@ -79,7 +79,7 @@ pub struct PunchStats {
 
 /// What the server knows of one pair: ProudNet's `GetP2PConnectionStats` for the server
 /// side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PairStats {
     /// The pair's id.
     pub pair: PairId,
@@ -89,8 +89,18 @@ pub struct PairStats {
     pub path: PairPath,
     /// Messages relayed between them, both ways, since the pair started.
     pub relayed: u64,
+    /// Payload bytes relayed between them, both ways, since the pair started.
+    pub relayed_bytes: u64,
     /// Punch attempts so far.
     pub punch_attempts: u32,
+    /// The two hosts' RTT to each other on the pair's current path (relay or direct), as
+    /// the lower id last reported it (ProudNet's `GetP2PRecentPingMs`). Clients report
+    /// every few seconds; `None` before the first report.
+    pub recent_rtt: Option<Duration>,
+    /// The last RTT sample in that report.
+    pub last_rtt: Option<Duration>,
+    /// Pings lost of the last 32 that side sent, as a fraction (0.0 to 1.0).
+    pub loss: Option<f32>,
 }
 
 /// How a group behaves. Plain data with documented defaults.
@@ -166,6 +176,48 @@ pub struct RegistryCounters {
     pub relay_refused: u64,
     /// Messages relayed since start (one per delivered destination).
     pub relayed: u64,
+    /// Payload bytes relayed since start (counted per delivered destination).
+    pub relayed_bytes: u64,
+}
+
+/// Relay bytes per second, over whole one-second windows.
+#[derive(Debug, Clone, Copy, Default)]
+struct RateMeter {
+    window_start: Option<Instant>,
+    in_window: u64,
+    last_window: u64,
+}
+
+impl RateMeter {
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    fn add(&mut self, bytes: u64, now: Instant) {
+        self.roll(now);
+        self.in_window += bytes;
+    }
+
+    /// Starts new windows as time passes; a silent window counts as zero.
+    fn roll(&mut self, now: Instant) {
+        let start = *self.window_start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed < Self::WINDOW {
+            return;
+        }
+        self.last_window = if elapsed < 2 * Self::WINDOW {
+            self.in_window
+        } else {
+            0
+        };
+        self.in_window = 0;
+        let whole = elapsed.as_nanos() / Self::WINDOW.as_nanos();
+        self.window_start = Some(start + Self::WINDOW * whole.min(u128::from(u32::MAX)) as u32);
+    }
+
+    /// Bytes in the last complete window.
+    fn rate(&mut self, now: Instant) -> u64 {
+        self.roll(now);
+        self.last_window
+    }
 }
 
 /// Hosts, groups, join acks and pairs: everything the server holds, with no IO.
@@ -179,6 +231,7 @@ pub struct Registry {
     timers: BTreeSet<(Instant, Timer)>,
     actions: VecDeque<Action>,
     counters: RegistryCounters,
+    relay_rate: RateMeter,
 }
 
 fn host_id(key: HostKey) -> HostId {
@@ -209,6 +262,7 @@ impl Registry {
             timers: BTreeSet::new(),
             actions: VecDeque::new(),
             counters: RegistryCounters::default(),
+            relay_rate: RateMeter::default(),
         }
     }
 
@@ -227,6 +281,16 @@ impl Registry {
     /// Counters since start.
     pub fn counters(&self) -> RegistryCounters {
         self.counters
+    }
+
+    /// Payload bytes relayed in the last whole second before `now`.
+    pub fn relay_bytes_per_sec(&mut self, now: Instant) -> u64 {
+        self.relay_rate.rate(now)
+    }
+
+    /// Pairs on the direct path and pairs on the relay, in that order.
+    pub fn pair_paths(&self) -> (usize, usize) {
+        self.pairs.count_paths()
     }
 
     // ---- hosts ---------------------------------------------------------------------------
@@ -497,17 +561,20 @@ impl Registry {
     ///
     /// The rule: with a `group`, sender and destination must both be members of it;
     /// without one, they must share at least one group.
+    #[allow(clippy::too_many_arguments)] // one per field of the upload
     pub fn handle_relay(
         &mut self,
         from: HostId,
         group: Option<GroupId>,
         to_server: bool,
+        lane: Lane,
+        priority: Priority,
         dests: &[RelayDest],
         payload: Bytes,
         now: Instant,
     ) {
         if to_server {
-            self.relay_to_server(from, group, payload.clone(), Delivery::ReliableOrdered);
+            self.relay_to_server(from, group, payload.clone(), lane.delivery());
         }
         let mut seen = DestinationSet::default();
         for dest in dests {
@@ -519,26 +586,36 @@ impl Registry {
             }
             match self.relay_verdict(from, group, dest.pair) {
                 Ok(to) => {
-                    self.send(
+                    self.actions.push_back(Action::SendData {
                         to,
-                        ServerToClient::Deliver {
+                        message: ServerToClient::Deliver {
                             from,
                             group,
+                            lane,
                             seq: dest.seq,
                             payload: payload.clone(),
                         },
-                    );
-                    self.count_relayed(dest.pair, now);
+                        priority,
+                        from,
+                        latest: lane.latest_key(),
+                    });
+                    self.count_relayed(dest.pair, payload.len(), now);
                 }
                 Err((reason, live_peer)) => {
                     if let Some(peer) = live_peer {
-                        self.send(
-                            peer,
-                            ServerToClient::Skipped {
+                        // Travels with the sender's messages, so it never overtakes the
+                        // ones numbered before it.
+                        self.actions.push_back(Action::SendData {
+                            to: peer,
+                            message: ServerToClient::Skipped {
                                 from,
+                                lane,
                                 seq: dest.seq,
                             },
-                        );
+                            priority,
+                            from,
+                            latest: None,
+                        });
                     }
                     self.refuse(from, Some(dest.pair), group, reason);
                 }
@@ -548,46 +625,83 @@ impl Registry {
 
     /// Relays an unreliable message from `from` under the same rule as
     /// [`Registry::handle_relay`]; refused destinations are reported to the sender.
+    ///
+    /// Pings and pongs between peers ([`DatagramLane::Ping`], [`DatagramLane::Pong`]) are
+    /// relayed like messages but are not user messages: they are not counted, do not start
+    /// just-in-time punching, and the server application never sees one.
+    #[allow(clippy::too_many_arguments)] // one per field of the upload
     pub fn handle_datagram(
         &mut self,
         from: HostId,
         group: Option<GroupId>,
         to_server: bool,
-        dests: &[PairId],
+        lane: DatagramLane,
+        dests: &[RelayDest],
         payload: Bytes,
         now: Instant,
     ) {
-        if to_server {
-            self.relay_to_server(from, group, payload.clone(), Delivery::Unreliable);
+        let probe = matches!(lane, DatagramLane::Ping { .. } | DatagramLane::Pong { .. });
+        if to_server && !probe {
+            let delivery = match lane {
+                DatagramLane::Sequenced { .. } => Delivery::UnreliableSequenced,
+                _ => Delivery::Unreliable,
+            };
+            self.relay_to_server(from, group, payload.clone(), delivery);
         }
         let mut recipients = Vec::with_capacity(dests.len());
         let mut seen = DestinationSet::default();
-        for &pair in dests {
-            if dests.len() > 1 && !seen.insert(pair) {
+        for dest in dests {
+            if dests.len() > 1 && !seen.insert(dest.pair) {
                 self.counters.relay_refused += 1;
                 continue;
             }
-            match self.relay_verdict(from, group, pair) {
-                Ok(to) => recipients.push((to, pair)),
-                Err((reason, _)) => self.refuse(from, Some(pair), group, reason),
+            match self.relay_verdict(from, group, dest.pair) {
+                Ok(to) => recipients.push((to, dest.pair, dest.seq)),
+                Err((reason, _)) if !probe => self.refuse(from, Some(dest.pair), group, reason),
+                Err(_) => {}
             }
         }
         if recipients.is_empty() {
             return;
         }
-        let pairs: Vec<PairId> = recipients.iter().map(|(_, pair)| *pair).collect();
+        if !probe {
+            for &(_, pair, _) in &recipients {
+                self.count_relayed(pair, payload.len(), now);
+            }
+        }
         self.actions.push_back(Action::Datagram {
             to: recipients,
             sender: from,
             message: ServerDatagram::Deliver {
                 from,
                 group,
+                lane,
+                seq: 0,
                 payload,
             },
         });
-        for pair in pairs {
-            self.count_relayed(pair, now);
+    }
+
+    /// Records what `from` measured of its peer in `pair` (ProudNet's recent ping).
+    pub fn handle_link_report(
+        &mut self,
+        from: HostId,
+        pair: PairId,
+        rtt: Option<Duration>,
+        last_rtt: Option<Duration>,
+        loss: Option<f32>,
+    ) {
+        let Some(state) = self.pairs.get_mut(pair) else {
+            return;
+        };
+        if state.other(from).is_none() {
+            return;
         }
+        state.link = Some(pairs::LinkMeasure {
+            rtt,
+            last_rtt,
+            loss: loss.map(|l| l.clamp(0.0, 1.0)),
+        });
     }
 
     /// Reports to `sender` that a destination was refused, and counts it.
@@ -795,16 +909,23 @@ impl Registry {
             shared_groups: state.shared_groups,
             path: state.punch.path(),
             relayed: state.relayed,
+            relayed_bytes: state.relayed_bytes,
             punch_attempts: state.punch.attempts,
+            recent_rtt: state.link.and_then(|l| l.rtt),
+            last_rtt: state.link.and_then(|l| l.last_rtt),
+            loss: state.link.and_then(|l| l.loss),
         })
     }
 
-    fn count_relayed(&mut self, pair: PairId, now: Instant) {
+    fn count_relayed(&mut self, pair: PairId, bytes: usize, now: Instant) {
         self.counters.relayed += 1;
+        self.counters.relayed_bytes += bytes as u64;
+        self.relay_rate.add(bytes as u64, now);
         let Some(state) = self.pairs.get_mut(pair) else {
             return;
         };
         state.relayed += 1;
+        state.relayed_bytes += bytes as u64;
         if !state.talked {
             // The first user message between the two: just-in-time punching starts now,
             // with no extra round trip from the client.

@@ -9,7 +9,7 @@ use super::punch::PunchState;
 use peergroup_protocol::{HostId, PairId};
 use slotmap::{Key, KeyData, SlotMap};
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 slotmap::new_key_type! {
     struct PairKey;
@@ -26,6 +26,10 @@ pub(crate) struct Pair {
     pub direct_groups: u32,
     /// Messages relayed between the two, both ways, since the pair started.
     pub relayed: u64,
+    /// Payload bytes relayed between the two, both ways.
+    pub relayed_bytes: u64,
+    /// The latest link report from either side.
+    pub link: Option<LinkMeasure>,
     /// Whether a user message went between them (just-in-time punching waits for it).
     pub talked: bool,
     /// Hole punching and path.
@@ -43,6 +47,14 @@ impl Pair {
             _ => None,
         }
     }
+}
+
+/// What one side of a pair measured of the other, as last reported.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct LinkMeasure {
+    pub rtt: Option<Duration>,
+    pub last_rtt: Option<Duration>,
+    pub loss: Option<f32>,
 }
 
 /// What a reference change did to a pair.
@@ -94,6 +106,8 @@ impl PairTable {
             shared_groups: 1,
             direct_groups: u32::from(direct),
             relayed: 0,
+            relayed_bytes: 0,
+            link: None,
             talked: false,
             punch: PunchState::new(),
             linger_until: None,
@@ -163,6 +177,16 @@ impl PairTable {
             .filter(|(_, p)| p.hosts.0 == host || p.hosts.1 == host)
             .map(|(k, _)| id_of(k))
             .collect()
+    }
+
+    /// Pairs on the direct path and pairs on the relay.
+    pub fn count_paths(&self) -> (usize, usize) {
+        let direct = self
+            .pairs
+            .values()
+            .filter(|p| p.punch.path() == peergroup_protocol::PairPath::Direct)
+            .count();
+        (direct, self.pairs.len() - direct)
     }
 
     /// How many pairs exist, lingering ones included.

@@ -2,6 +2,7 @@
 
 use super::*;
 use peergroup_protocol::ServerToClient as S;
+use peergroup_protocol::{DatagramLane, Lane, Priority};
 use peergroup_protocol::{PairPath, PathReason, PunchOutcome};
 
 fn identity(n: u8) -> Fingerprint {
@@ -51,7 +52,11 @@ impl World {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Send { to: t, message } if *t == to => Some(message.clone()),
+                Action::Send { to: t, message } | Action::SendData { to: t, message, .. }
+                    if *t == to =>
+                {
+                    Some(message.clone())
+                }
                 _ => None,
             })
             .collect()
@@ -481,8 +486,16 @@ fn server_member_appears_in_notices_and_receives_group_messages() {
         w.registry.group_members(g).unwrap(),
         vec![HostId::SERVER, a]
     );
-    w.registry
-        .handle_relay(a, Some(g), true, &[], Bytes::from_static(b"x"), w.now);
+    w.registry.handle_relay(
+        a,
+        Some(g),
+        true,
+        Lane::Ordered { channel: 0 },
+        Priority::Medium,
+        &[],
+        Bytes::from_static(b"x"),
+        w.now,
+    );
     assert_eq!(
         World::events(&w.drain()),
         vec![ServerEvent::Message {
@@ -507,6 +520,8 @@ fn relay_delivers_within_a_shared_group_stamped_with_the_real_sender() {
         a,
         Some(g),
         false,
+        Lane::Ordered { channel: 0 },
+        Priority::Medium,
         &[RelayDest { pair, seq: 1 }],
         Bytes::from_static(b"p"),
         w.now,
@@ -517,11 +532,13 @@ fn relay_delivers_within_a_shared_group_stamped_with_the_real_sender() {
         vec![S::Deliver {
             from: a,
             group: Some(g),
+            lane: Lane::Ordered { channel: 0 },
             seq: 1,
             payload: Bytes::from_static(b"p")
         }]
     );
     assert_eq!(w.registry.counters().relayed, 1);
+    assert_eq!(w.registry.counters().relayed_bytes, 1);
 }
 
 #[test]
@@ -544,6 +561,8 @@ fn relay_outside_a_shared_group_is_refused_counted_and_skipped_for_the_receiver(
         a,
         None,
         false,
+        Lane::Ordered { channel: 0 },
+        Priority::Medium,
         &[RelayDest {
             pair: pair_ab,
             seq: 4,
@@ -554,7 +573,11 @@ fn relay_outside_a_shared_group_is_refused_counted_and_skipped_for_the_receiver(
     let actions = w.drain();
     assert_eq!(
         World::frames_to(&actions, b),
-        vec![S::Skipped { from: a, seq: 4 }]
+        vec![S::Skipped {
+            from: a,
+            lane: Lane::Ordered { channel: 0 },
+            seq: 4
+        }]
     );
     assert_eq!(
         World::frames_to(&actions, a),
@@ -570,6 +593,8 @@ fn relay_outside_a_shared_group_is_refused_counted_and_skipped_for_the_receiver(
         a,
         Some(g_ac),
         false,
+        Lane::Ordered { channel: 0 },
+        Priority::Medium,
         &[RelayDest {
             pair: pair_ab,
             seq: 5,
@@ -588,6 +613,8 @@ fn relay_outside_a_shared_group_is_refused_counted_and_skipped_for_the_receiver(
         c,
         None,
         false,
+        Lane::Ordered { channel: 0 },
+        Priority::Medium,
         &[RelayDest {
             pair: pair_ab,
             seq: 1,
@@ -618,24 +645,40 @@ fn datagram_relay_follows_the_same_rule_without_skips() {
         .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
         .unwrap();
     let pair = pair_of(&w.drain(), a, b);
-    w.registry
-        .handle_datagram(a, Some(g), false, &[pair], Bytes::from_static(b"d"), w.now);
+    w.registry.handle_datagram(
+        a,
+        Some(g),
+        false,
+        DatagramLane::Plain,
+        &[RelayDest { pair, seq: 0 }],
+        Bytes::from_static(b"d"),
+        w.now,
+    );
     assert_eq!(
         w.drain(),
         vec![Action::Datagram {
-            to: vec![(b, pair)],
+            to: vec![(b, pair, 0)],
             sender: a,
             message: ServerDatagram::Deliver {
                 from: a,
                 group: Some(g),
+                lane: DatagramLane::Plain,
+                seq: 0,
                 payload: Bytes::from_static(b"d")
             }
         }]
     );
     w.registry.leave_group(g, b, w.now).unwrap();
     w.drain();
-    w.registry
-        .handle_datagram(a, None, false, &[pair], Bytes::from_static(b"d"), w.now);
+    w.registry.handle_datagram(
+        a,
+        None,
+        false,
+        DatagramLane::Plain,
+        &[RelayDest { pair, seq: 0 }],
+        Bytes::from_static(b"d"),
+        w.now,
+    );
     let actions = w.drain();
     assert!(World::frames_to(&actions, b).is_empty());
     assert_eq!(actions.len(), 1, "only the refusal to the sender");
@@ -650,8 +693,16 @@ fn messages_to_a_group_the_server_is_not_in_are_refused() {
         .create_group(&[a], GroupOptions::default(), "hi".into(), w.now)
         .unwrap();
     w.drain();
-    w.registry
-        .handle_relay(a, Some(g), true, &[], Bytes::from_static(b"x"), w.now);
+    w.registry.handle_relay(
+        a,
+        Some(g),
+        true,
+        Lane::Ordered { channel: 0 },
+        Priority::Medium,
+        &[],
+        Bytes::from_static(b"x"),
+        w.now,
+    );
     assert_eq!(
         World::frames_to(&w.drain(), a),
         vec![S::Refused {
@@ -660,8 +711,16 @@ fn messages_to_a_group_the_server_is_not_in_are_refused() {
             reason: RefuseReason::ServerNotMember
         }]
     );
-    w.registry
-        .handle_relay(a, None, true, &[], Bytes::from_static(b"x"), w.now);
+    w.registry.handle_relay(
+        a,
+        None,
+        true,
+        Lane::Ordered { channel: 0 },
+        Priority::Medium,
+        &[],
+        Bytes::from_static(b"x"),
+        w.now,
+    );
     assert!(matches!(
         World::events(&w.drain()).as_slice(),
         [ServerEvent::Message { group: None, .. }]
@@ -794,6 +853,8 @@ fn just_in_time_mode_also_punches_on_the_first_relayed_message() {
         a,
         None,
         false,
+        Lane::Ordered { channel: 0 },
+        Priority::Medium,
         &[RelayDest { pair, seq: 1 }],
         Bytes::from_static(b"first"),
         w.now,
@@ -803,7 +864,7 @@ fn just_in_time_mode_also_punches_on_the_first_relayed_message() {
     assert!(
         matches!(
             actions.first(),
-            Some(Action::Send {
+            Some(Action::SendData {
                 message: S::Deliver { .. },
                 ..
             })
@@ -903,6 +964,8 @@ fn relayed_messages_are_counted_per_pair() {
             a,
             Some(g),
             false,
+            Lane::Ordered { channel: 0 },
+            Priority::Medium,
             &[RelayDest { pair, seq }],
             Bytes::from_static(b"x"),
             w.now,
@@ -921,19 +984,198 @@ fn a_pair_named_many_times_in_one_upload_gets_one_copy() {
         .unwrap();
     let pair = pair_of(&w.drain(), a, b);
     let dests: Vec<RelayDest> = (1..=100).map(|seq| RelayDest { pair, seq }).collect();
-    w.registry
-        .handle_relay(a, None, false, &dests, Bytes::from_static(b"x"), w.now);
+    w.registry.handle_relay(
+        a,
+        None,
+        false,
+        Lane::Ordered { channel: 0 },
+        Priority::Medium,
+        &dests,
+        Bytes::from_static(b"x"),
+        w.now,
+    );
     let delivered = World::frames_to(&w.drain(), b)
         .into_iter()
         .filter(|f| matches!(f, S::Deliver { .. }))
         .count();
     assert_eq!(delivered, 1);
     assert_eq!(w.registry.counters().relay_refused, 99);
-    let pairs: Vec<PairId> = std::iter::repeat_n(pair, 50).collect();
-    w.registry
-        .handle_datagram(a, None, false, &pairs, Bytes::from_static(b"d"), w.now);
+    let pairs: Vec<RelayDest> = std::iter::repeat_n(RelayDest { pair, seq: 0 }, 50).collect();
+    w.registry.handle_datagram(
+        a,
+        None,
+        false,
+        DatagramLane::Plain,
+        &pairs,
+        Bytes::from_static(b"d"),
+        w.now,
+    );
     assert!(matches!(
         w.drain().as_slice(),
         [Action::Datagram { to, .. }] if to.len() == 1
     ));
+}
+
+#[test]
+fn relayed_messages_carry_their_lane_priority_and_latest_key_to_the_queue() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    w.registry
+        .create_group(&[a, b], GroupOptions::default(), "".into(), w.now)
+        .unwrap();
+    let pair = pair_of(&w.drain(), a, b);
+    let lane = Lane::Latest { key: 42 };
+    w.registry.handle_relay(
+        a,
+        None,
+        false,
+        lane,
+        Priority::High,
+        &[RelayDest { pair, seq: 7 }],
+        Bytes::from_static(b"pos"),
+        w.now,
+    );
+    let actions = w.drain();
+    let relayed: Vec<&Action> = actions
+        .iter()
+        .filter(|a| matches!(a, Action::SendData { .. }))
+        .collect();
+    assert_eq!(
+        relayed,
+        [&Action::SendData {
+            to: b,
+            message: S::Deliver {
+                from: a,
+                group: None,
+                lane,
+                seq: 7,
+                payload: Bytes::from_static(b"pos"),
+            },
+            priority: Priority::High,
+            from: a,
+            latest: Some(42),
+        }]
+    );
+}
+
+#[test]
+fn sequenced_datagrams_keep_each_destinations_number() {
+    let mut w = World::new();
+    let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
+    let g = w
+        .registry
+        .create_group(&[a, b, c], GroupOptions::default(), "".into(), w.now)
+        .unwrap();
+    let actions = w.drain();
+    let (ab, ac) = (pair_of(&actions, a, b), pair_of(&actions, a, c));
+    let lane = DatagramLane::Sequenced { channel: 3 };
+    w.registry.handle_datagram(
+        a,
+        Some(g),
+        false,
+        lane,
+        &[
+            RelayDest { pair: ab, seq: 5 },
+            RelayDest { pair: ac, seq: 9 },
+        ],
+        Bytes::from_static(b"d"),
+        w.now,
+    );
+    match w.drain().as_slice() {
+        [Action::Datagram { to, message, .. }] => {
+            assert_eq!(to, &vec![(b, ab, 5), (c, ac, 9)]);
+            assert!(matches!(message, ServerDatagram::Deliver { lane: l, .. } if *l == lane));
+        }
+        other => panic!("expected one datagram action, got {other:?}"),
+    }
+    assert_eq!(w.registry.counters().relayed, 2);
+}
+
+#[test]
+fn pings_are_relayed_but_not_counted_nor_given_to_the_application() {
+    let mut w = World::with_punch(PunchConfig {
+        start: PunchStart::OnFirstMessage,
+        ..PunchConfig::default()
+    });
+    let (a, b) = (w.connect(1), w.connect(2));
+    w.registry
+        .create_group(&[a, b], GroupOptions::default(), "".into(), w.now)
+        .unwrap();
+    let pair = pair_of(&w.drain(), a, b);
+    w.registry.handle_datagram(
+        a,
+        None,
+        true,
+        DatagramLane::Ping { id: 1 },
+        &[RelayDest { pair, seq: 0 }],
+        Bytes::new(),
+        w.now,
+    );
+    let actions = w.drain();
+    assert!(matches!(actions.as_slice(), [Action::Datagram { to, .. }] if to.len() == 1));
+    assert!(
+        World::events(&actions).is_empty(),
+        "the server app never sees a ping"
+    );
+    assert!(
+        punches(&actions).is_empty(),
+        "a ping is not a first user message"
+    );
+    assert_eq!(w.registry.counters().relayed, 0);
+}
+
+#[test]
+fn link_reports_and_relayed_bytes_show_in_pair_stats() {
+    let mut w = World::new();
+    let (a, b, outsider) = (w.connect(1), w.connect(2), w.connect(3));
+    w.registry
+        .create_group(&[a, b], GroupOptions::default(), "".into(), w.now)
+        .unwrap();
+    let pair = pair_of(&w.drain(), a, b);
+    w.registry.handle_link_report(
+        a,
+        pair,
+        Some(Duration::from_millis(30)),
+        Some(Duration::from_millis(35)),
+        Some(0.25),
+    );
+    // Only a member of the pair may report on it.
+    w.registry
+        .handle_link_report(outsider, pair, Some(Duration::from_secs(9)), None, None);
+    w.registry.handle_relay(
+        a,
+        None,
+        false,
+        Lane::Unordered,
+        Priority::Low,
+        &[RelayDest { pair, seq: 1 }],
+        Bytes::from_static(b"12345"),
+        w.now,
+    );
+    let stats = w.registry.pair_stats(a, b).unwrap();
+    assert_eq!(stats.recent_rtt, Some(Duration::from_millis(30)));
+    assert_eq!(stats.last_rtt, Some(Duration::from_millis(35)));
+    assert_eq!(stats.loss, Some(0.25));
+    assert_eq!((stats.relayed, stats.relayed_bytes), (1, 5));
+}
+
+#[test]
+fn the_relay_rate_counts_whole_seconds_and_falls_to_zero_when_quiet() {
+    let mut meter = RateMeter::default();
+    let t0 = Instant::now();
+    meter.add(100, t0);
+    meter.add(50, t0 + Duration::from_millis(900));
+    assert_eq!(
+        meter.rate(t0 + Duration::from_millis(950)),
+        0,
+        "no whole second yet"
+    );
+    assert_eq!(meter.rate(t0 + Duration::from_millis(1_100)), 150);
+    meter.add(10, t0 + Duration::from_millis(1_500));
+    assert_eq!(meter.rate(t0 + Duration::from_millis(2_200)), 10);
+    assert_eq!(
+        meter.rate(t0 + Duration::from_secs(5)),
+        0,
+        "a silent second counts as 0"
+    );
 }
