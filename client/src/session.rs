@@ -261,7 +261,7 @@ const ACK_EVERY: u64 = 32;
 const LINK_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Upper bounds of encoded sizes, used to split long destination lists.
-const UPLOAD_FIXED_OVERHEAD: usize = 1 + 11 + 1 + 11 + 1 + 5;
+const UPLOAD_FIXED_OVERHEAD: usize = 1 + 11 + 1 + 11 + 10 + 1 + 5 + 5;
 const RELIABLE_DEST_LEN: usize = 20;
 const DATAGRAM_DEST_LEN: usize = 20;
 
@@ -283,6 +283,8 @@ pub(crate) struct Session {
     peers: HashMap<HostId, Peer>,
     /// The server application's messages, numbered per lane like a peer's.
     from_server: LaneReceivers<Delivered>,
+    /// Numbers this client's sequenced datagrams to the server application.
+    to_server: LaneCounters,
     clock: ServerClock,
     next_link_report: Instant,
     events: VecDeque<ClientEvent>,
@@ -309,6 +311,7 @@ impl Session {
             groups: BTreeMap::new(),
             peers: HashMap::new(),
             from_server: LaneReceivers::new(receive_window),
+            to_server: LaneCounters::default(),
             clock: ServerClock::new(now),
             next_link_report: now + LINK_REPORT_INTERVAL,
             events: VecDeque::new(),
@@ -1072,6 +1075,11 @@ impl Session {
                     group,
                     to_server,
                     lane,
+                    server_seq: if to_server {
+                        self.to_server.next_datagram(lane)
+                    } else {
+                        0
+                    },
                     dests,
                     payload: payload.clone(),
                 }),
@@ -1256,6 +1264,7 @@ fn relay_probe(pair: PairId, lane: DatagramLane) -> Upload {
         group: None,
         to_server: false,
         lane,
+        server_seq: 0,
         dests: vec![RelayDest { pair, seq: 0 }],
         payload: Bytes::new(),
     })

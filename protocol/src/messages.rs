@@ -441,6 +441,9 @@ pub enum ClientDatagram {
         to_server: bool,
         /// The sequence space of the `seq`s in `dests`.
         lane: DatagramLane,
+        /// The number in `lane` for the server application when `to_server` (it numbers
+        /// its own [`DatagramLane::Sequenced`] channels per client); 0 otherwise.
+        server_seq: u64,
         /// The pairs to deliver to, each with its number in `lane` (0 for
         /// [`DatagramLane::Plain`]).
         dests: Vec<RelayDest>,

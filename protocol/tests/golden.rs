@@ -796,11 +796,12 @@ fn peer_to_peer_frames() {
 fn client_datagrams() {
     let cases: Vec<(&str, ClientDatagram, Vec<u8>)> = vec![
         (
-            "Relay with group, sequenced, and two dests",
+            "Relay with group, sequenced, to the server and two dests",
             ClientDatagram::Relay {
                 group: Some(group()),
-                to_server: false,
+                to_server: true,
                 lane: DatagramLane::Sequenced { channel: 2 },
+                server_seq: 300,
                 dests: vec![
                     RelayDest {
                         pair: pair(),
@@ -816,9 +817,11 @@ fn client_datagrams() {
             cat(&[
                 &[0x00, 0x01],
                 &GROUP,
-                &[0x00],
+                &[0x01],
                 // DatagramLane::Sequenced, channel 2.
                 &[0x01, 0x02],
+                // server_seq 300.
+                &[0xac, 0x02],
                 &[0x02],
                 &PAIR,
                 &[0x05],
@@ -832,10 +835,11 @@ fn client_datagrams() {
                 group: None,
                 to_server: true,
                 lane: DatagramLane::Plain,
+                server_seq: 0,
                 dests: Vec::new(),
                 payload: Bytes::from_static(b"x"),
             },
-            vec![0x00, 0x00, 0x01, 0x00, 0x00, 0x01, b'x'],
+            vec![0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, b'x'],
         ),
         (
             "Relay, plain, to one peer",
@@ -843,13 +847,18 @@ fn client_datagrams() {
                 group: None,
                 to_server: false,
                 lane: DatagramLane::Plain,
+                server_seq: 0,
                 dests: vec![RelayDest {
                     pair: pair(),
                     seq: 0,
                 }],
                 payload: Bytes::from_static(b"x"),
             },
-            cat(&[&[0x00, 0x00, 0x00, 0x00, 0x01], &PAIR, &[0x00, 0x01, b'x']]),
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x00, 0x00, 0x01],
+                &PAIR,
+                &[0x00, 0x01, b'x'],
+            ]),
         ),
         (
             "Relay, ping 300",
@@ -857,14 +866,17 @@ fn client_datagrams() {
                 group: None,
                 to_server: false,
                 lane: DatagramLane::Ping { id: 300 },
+                server_seq: 0,
                 dests: vec![RelayDest {
                     pair: PairId::from_raw(7),
                     seq: 0,
                 }],
                 payload: Bytes::new(),
             },
-            // DatagramLane::Ping with id 300 (ac 02), one dest, empty payload.
-            vec![0x00, 0x00, 0x00, 0x02, 0xac, 0x02, 0x01, 0x07, 0x00, 0x00],
+            // DatagramLane::Ping with id 300 (ac 02), server_seq 0, one dest, empty payload.
+            vec![
+                0x00, 0x00, 0x00, 0x02, 0xac, 0x02, 0x00, 0x01, 0x07, 0x00, 0x00,
+            ],
         ),
         (
             "Relay, pong u32::MAX",
@@ -872,6 +884,7 @@ fn client_datagrams() {
                 group: None,
                 to_server: false,
                 lane: DatagramLane::Pong { id: u32::MAX },
+                server_seq: 0,
                 dests: vec![RelayDest {
                     pair: PairId::from_raw(7),
                     seq: 0,
@@ -882,6 +895,7 @@ fn client_datagrams() {
                 &[0x00, 0x00, 0x00],
                 &[0x03],
                 &U32_MAX,
+                &[0x00],
                 &[0x01, 0x07, 0x00, 0x00],
             ]),
         ),

@@ -305,18 +305,20 @@ fn client_datagram() -> impl Strategy<Value = ClientDatagram> {
         prop::option::of(group_id()),
         any::<bool>(),
         datagram_lane(),
+        any::<u64>(),
         relay_dests(),
         payload(),
     )
-        .prop_map(
-            |(group, to_server, lane, dests, payload)| ClientDatagram::Relay {
+        .prop_map(|(group, to_server, lane, server_seq, dests, payload)| {
+            ClientDatagram::Relay {
                 group,
                 to_server,
                 lane,
+                server_seq,
                 dests,
                 payload,
-            },
-        )
+            }
+        })
 }
 
 fn server_datagram() -> impl Strategy<Value = ServerDatagram> {

@@ -437,6 +437,7 @@ async fn read_datagrams(shared: &Shared, host: HostId, connection: &quinn::Conne
             group,
             to_server,
             lane,
+            server_seq,
             dests,
             payload,
         } = match decode_body::<ClientDatagram>(&datagram) {
@@ -449,6 +450,7 @@ async fn read_datagrams(shared: &Shared, host: HostId, connection: &quinn::Conne
                 group,
                 to_server,
                 lane,
+                server_seq,
                 &dests,
                 payload,
                 Instant::now(),

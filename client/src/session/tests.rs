@@ -1512,6 +1512,7 @@ fn relay_probe_to(pair: PairId, lane: DatagramLane) -> Upload {
         group: None,
         to_server: false,
         lane,
+        server_seq: 0,
         dests: vec![RelayDest { pair, seq: 0 }],
         payload: Bytes::new(),
     })
@@ -2027,4 +2028,33 @@ fn a_relayed_message_beyond_the_window_is_discarded_and_counted_but_direct_it_is
         "direct violations are errors, not discards"
     );
     assert!(events(&mut s).is_empty());
+}
+
+#[test]
+fn sequenced_datagrams_to_the_server_are_numbered_for_it() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    let lane = DatagramLane::Sequenced { channel: 4 };
+    let numbers: Vec<(bool, u64)> = (0..3)
+        .map(|_| {
+            let uploads = s
+                .plan_send(
+                    &Target::Server,
+                    Bytes::from_static(b"s"),
+                    Delivery::UnreliableSequenced.on_channel(4),
+                    Some(1200),
+                )
+                .unwrap();
+            match uploads.as_slice() {
+                [Upload::Datagram(ClientDatagram::Relay {
+                    to_server,
+                    lane: l,
+                    server_seq,
+                    ..
+                })] if *l == lane => (*to_server, *server_seq),
+                other => panic!("unexpected {other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(numbers, [(true, 1), (true, 2), (true, 3)]);
 }

@@ -24,7 +24,7 @@ use peergroup_protocol::{
 };
 use punch::Verdict;
 use slotmap::{Key, KeyData, SlotMap};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -146,6 +146,9 @@ struct HostState {
     /// The host's interface addresses on its socket's port.
     host_candidates: Vec<SocketAddr>,
     punch: PunchStats,
+    /// The newest sequenced datagram number given to the application, per channel, so
+    /// an older one that arrives late is dropped (at most 256 entries).
+    app_sequenced: BTreeMap<u8, u64>,
 }
 
 #[derive(Debug)]
@@ -307,6 +310,7 @@ impl Registry {
             server_reflexive,
             host_candidates: Vec::new(),
             punch: PunchStats::default(),
+            app_sequenced: BTreeMap::new(),
         }))
     }
 
@@ -636,6 +640,7 @@ impl Registry {
         group: Option<GroupId>,
         to_server: bool,
         lane: DatagramLane,
+        server_seq: u64,
         dests: &[RelayDest],
         payload: Bytes,
         now: Instant,
@@ -643,11 +648,37 @@ impl Registry {
         let probe = matches!(lane, DatagramLane::Ping { .. } | DatagramLane::Pong { .. });
         if to_server && !probe {
             let delivery = match lane {
-                DatagramLane::Sequenced { .. } => Delivery::UnreliableSequenced,
+                DatagramLane::Sequenced { channel } => {
+                    let newest = self
+                        .hosts
+                        .get_mut(host_key(from))
+                        .map(|h| h.app_sequenced.entry(channel).or_insert(0));
+                    match newest {
+                        Some(newest) if server_seq > *newest => *newest = server_seq,
+                        // Older than one the application already has: dropped, as the
+                        // mode promises.
+                        _ => return self.relay_datagram(from, group, lane, dests, payload, now),
+                    }
+                    Delivery::UnreliableSequenced
+                }
                 _ => Delivery::Unreliable,
             };
             self.relay_to_server(from, group, payload.clone(), delivery);
         }
+        self.relay_datagram(from, group, lane, dests, payload, now);
+    }
+
+    /// The peer part of [`Registry::handle_datagram`].
+    fn relay_datagram(
+        &mut self,
+        from: HostId,
+        group: Option<GroupId>,
+        lane: DatagramLane,
+        dests: &[RelayDest],
+        payload: Bytes,
+        now: Instant,
+    ) {
+        let probe = matches!(lane, DatagramLane::Ping { .. } | DatagramLane::Pong { .. });
         let mut recipients = Vec::with_capacity(dests.len());
         let mut seen = DestinationSet::default();
         for dest in dests {

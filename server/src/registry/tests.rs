@@ -650,6 +650,7 @@ fn datagram_relay_follows_the_same_rule_without_skips() {
         Some(g),
         false,
         DatagramLane::Plain,
+        0,
         &[RelayDest { pair, seq: 0 }],
         Bytes::from_static(b"d"),
         w.now,
@@ -675,6 +676,7 @@ fn datagram_relay_follows_the_same_rule_without_skips() {
         None,
         false,
         DatagramLane::Plain,
+        0,
         &[RelayDest { pair, seq: 0 }],
         Bytes::from_static(b"d"),
         w.now,
@@ -1006,6 +1008,7 @@ fn a_pair_named_many_times_in_one_upload_gets_one_copy() {
         None,
         false,
         DatagramLane::Plain,
+        0,
         &pairs,
         Bytes::from_static(b"d"),
         w.now,
@@ -1074,6 +1077,7 @@ fn sequenced_datagrams_keep_each_destinations_number() {
         Some(g),
         false,
         lane,
+        0,
         &[
             RelayDest { pair: ab, seq: 5 },
             RelayDest { pair: ac, seq: 9 },
@@ -1107,6 +1111,7 @@ fn pings_are_relayed_but_not_counted_nor_given_to_the_application() {
         None,
         true,
         DatagramLane::Ping { id: 1 },
+        0,
         &[RelayDest { pair, seq: 0 }],
         Bytes::new(),
         w.now,
@@ -1178,4 +1183,42 @@ fn the_relay_rate_counts_whole_seconds_and_falls_to_zero_when_quiet() {
         0,
         "a silent second counts as 0"
     );
+}
+
+#[test]
+fn the_application_never_gets_an_older_sequenced_datagram() {
+    let mut w = World::new();
+    let a = w.connect(1);
+    let lane = DatagramLane::Sequenced { channel: 1 };
+    for seq in [2, 1, 2, 3] {
+        w.registry.handle_datagram(
+            a,
+            None,
+            true,
+            lane,
+            seq,
+            &[],
+            Bytes::from(vec![seq as u8]),
+            w.now,
+        );
+    }
+    // Another channel has its own numbers.
+    w.registry.handle_datagram(
+        a,
+        None,
+        true,
+        DatagramLane::Sequenced { channel: 2 },
+        1,
+        &[],
+        Bytes::from_static(&[9]),
+        w.now,
+    );
+    let payloads: Vec<Bytes> = World::events(&w.drain())
+        .into_iter()
+        .map(|e| match e {
+            ServerEvent::Message { payload, .. } => payload,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(payloads, [vec![2u8], vec![3], vec![9]]);
 }
