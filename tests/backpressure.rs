@@ -117,7 +117,7 @@ async fn a_stalled_direct_peer_fills_only_its_own_queue() {
             Err(other) => panic!("unexpected {other}"),
         }
         assert!(sent < 100_000, "the queue to a stalled peer never filled");
-        if sent % 256 == 0 {
+        if sent.is_multiple_of(256) {
             // Let the writer hand what QUIC's flow control still admits to quinn.
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// Everything that changes together, under one lock: the sans-IO session, the direct
 /// links and the punches under way.
@@ -43,6 +43,12 @@ pub(crate) struct Inner {
     /// Each direct peer's send queue holds at most about this many bytes.
     pub peer_queue_bytes: usize,
     events: mpsc::Sender<ClientEvent>,
+    /// The event queue's size; readers pause while the session holds this many events.
+    event_capacity: usize,
+    /// Wakes the emitter: the session has events.
+    event_ready: Notify,
+    /// Wakes readers and senders waiting for the session's events to drain.
+    event_room: Notify,
     pub max_frame_len: u32,
     pub host_id: HostId,
     app_data: Bytes,
@@ -70,9 +76,8 @@ impl Inner {
     }
 
     /// Sends what the session produced after an operation: frames for the server and for
-    /// peers, punch orders, ended pairs. Returns the events for the application, to be
-    /// handed over once the lock is released.
-    pub fn flush(self: &Arc<Self>, core: &mut Core) -> Vec<ClientEvent> {
+    /// peers, punch orders, ended pairs; wakes the emitter for new events.
+    pub fn flush(self: &Arc<Self>, core: &mut Core) {
         while let Some(upload) = core.session.poll_upload() {
             self.dispatch(core, upload);
         }
@@ -87,14 +92,28 @@ impl Inner {
                 );
             }
         }
-        std::iter::from_fn(|| core.session.poll_event()).collect()
+        if core.session.pending_events() > 0 {
+            self.event_ready.notify_one();
+        }
     }
 
-    /// Hands events to the application, waiting for room.
-    pub async fn emit(&self, events: Vec<ClientEvent>) {
-        for event in events {
-            // An error only means the application dropped its event stream.
-            let _ = self.events.send(event).await;
+    /// Whether the session holds fewer undelivered events than the event queue's size.
+    fn has_event_room(&self, core: &Core) -> bool {
+        core.session.pending_events() < self.event_capacity
+    }
+
+    /// Waits until the session holds fewer undelivered events than the event queue's
+    /// size: readers call it after each frame, so an application that stops reading
+    /// stops them (and QUIC flow control then pauses the senders).
+    pub async fn event_room(&self) {
+        loop {
+            let notified = self.event_room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.has_event_room(&self.lock()) || self.events.is_closed() {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -366,6 +385,9 @@ impl Client {
             uploads,
             peer_queue_bytes: config.limits.send_queue_bytes,
             events: events_tx,
+            event_capacity: config.limits.event_queue.max(2),
+            event_ready: Notify::new(),
+            event_room: Notify::new(),
             max_frame_len,
             host_id,
             app_data,
@@ -376,6 +398,7 @@ impl Client {
             random: ring::rand::SystemRandom::new(),
         });
         tokio::spawn(write_stream(connection.clone(), send, queued));
+        tokio::spawn(emit_events(inner.clone()));
         tokio::spawn(receive(inner.clone(), recv));
         tokio::spawn(direct::accept_peers(inner.clone()));
         tokio::spawn(direct::dispatch_probes(inner.clone(), probes));
@@ -420,21 +443,11 @@ impl Client {
     ) -> Result<(), SendError> {
         let payload = payload.into();
         let options = options.into();
-        let loopback = match self.wants_loopback(&target) {
-            true => Some(
-                self.inner
-                    .events
-                    .reserve()
-                    .await
-                    .map_err(|_| SendError::Disconnected)?,
-            ),
-            false => None,
-        };
-        let mut loopback = loopback;
         loop {
-            match self.enqueue(&target, &payload, options, &mut loopback)? {
+            match self.enqueue(&target, &payload, options)? {
                 None => return Ok(()),
-                Some(full) => full.room().await,
+                Some(Full::Queue(full)) => full.room().await,
+                Some(Full::Events) => self.inner.event_room().await,
             }
         }
     }
@@ -469,14 +482,7 @@ impl Client {
     ) -> Result<(), SendError> {
         let payload = payload.into();
         let options = options.into();
-        let mut loopback = match self.wants_loopback(&target) {
-            true => Some(self.inner.events.try_reserve().map_err(|e| match e {
-                mpsc::error::TrySendError::Full(()) => SendError::QueueFull,
-                mpsc::error::TrySendError::Closed(()) => SendError::Disconnected,
-            })?),
-            false => None,
-        };
-        match self.enqueue(&target, &payload, options, &mut loopback)? {
+        match self.enqueue(&target, &payload, options)? {
             None => Ok(()),
             Some(_) => Err(SendError::QueueFull),
         }
@@ -491,15 +497,14 @@ impl Client {
         }
     }
 
-    /// Queues the send if every queue it needs has room; otherwise returns a full one to
-    /// wait on, having assigned and queued nothing.
+    /// Queues the send if every queue it needs has room; otherwise says what to wait on,
+    /// having assigned and queued nothing.
     fn enqueue(
         &self,
         target: &Target,
         payload: &Bytes,
         options: SendOptions,
-        loopback: &mut Option<mpsc::Permit<'_, ClientEvent>>,
-    ) -> Result<Option<UploadQueue>, SendError> {
+    ) -> Result<Option<Full>, SendError> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(SendError::Disconnected);
@@ -509,6 +514,10 @@ impl Client {
         // paths while one changes.
         let mut core = inner.lock();
         let route = core.session.route(target)?;
+        // A copy for this client itself is an event, bounded like the others.
+        if self.wants_loopback(target) && !inner.has_event_room(&core) {
+            return Ok(Some(Full::Events));
+        }
         let max_datagram = match options.carrier() {
             // The smallest datagram size of every path the send takes.
             Carrier::Datagram(_) => route
@@ -525,7 +534,7 @@ impl Client {
             Carrier::Stream(lane) => {
                 if lane.latest_key().is_none() {
                     if let Some(full) = inner.full_queue(&core, &route) {
-                        return Ok(Some(full));
+                        return Ok(Some(Full::Queue(full)));
                     }
                 }
                 None
@@ -537,14 +546,7 @@ impl Client {
         for upload in uploads {
             inner.dispatch(&mut core, upload);
         }
-        let mut events = inner.flush(&mut core).into_iter();
-        drop(core);
-        if let (Some(permit), Some(event)) = (loopback.take(), events.next()) {
-            permit.send(event);
-        }
-        for event in events {
-            let _ = inner.events.try_send(event);
-        }
+        inner.flush(&mut core);
         Ok(None)
     }
 
@@ -657,6 +659,45 @@ impl Client {
     }
 }
 
+/// What a send must wait for.
+enum Full {
+    /// Room in this send queue.
+    Queue(UploadQueue),
+    /// Room for the loopback copy among the application's events.
+    Events,
+}
+
+/// Hands the session's events to the application, one task for all of them, so they
+/// arrive in exactly the order the session produced them (readers of the relay and of a
+/// direct path run concurrently; handing over from each would interleave their batches).
+/// Ends after `Disconnected`.
+async fn emit_events(inner: Arc<Inner>) {
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        let notified = inner.event_ready.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut core = inner.lock();
+            batch.extend(std::iter::from_fn(|| core.session.poll_event()).take(64));
+        }
+        if batch.is_empty() {
+            notified.await;
+            continue;
+        }
+        for event in batch.drain(..) {
+            let last = matches!(event, ClientEvent::Disconnected { .. });
+            // An error only means the application dropped its event stream.
+            let _ = inner.events.send(event).await;
+            if last {
+                inner.event_room.notify_waiters();
+                return;
+            }
+        }
+        inner.event_room.notify_waiters();
+    }
+}
+
 /// Why reading stopped.
 pub(crate) enum ReadEnd {
     Connection(quinn::ConnectionError),
@@ -749,10 +790,12 @@ async fn receive(inner: Arc<Inner>, recv: FrameReader) {
     };
     inner.closed.store(true, Ordering::Release);
     tracing::info!(%reason, "disconnected");
-    let _ = inner
-        .events
-        .send(ClientEvent::Disconnected { reason })
-        .await;
+    // After every event before it, through the emitter.
+    inner
+        .lock()
+        .session
+        .push_event(ClientEvent::Disconnected { reason });
+    inner.event_ready.notify_one();
 }
 
 async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
@@ -771,14 +814,14 @@ async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
             Ok(frame) => frame,
             Err(error) => return error.into(),
         };
-        let events = {
+        {
             let mut core = inner.lock();
             if let Err(text) = core.session.handle_frame(frame, Instant::now()) {
                 return ReadEnd::Violation(CloseCode::ProtocolViolation, text);
             }
-            inner.flush(&mut core)
-        };
-        inner.emit(events).await;
+            inner.flush(&mut core);
+        }
+        inner.event_room().await;
     }
 }
 
@@ -792,12 +835,12 @@ async fn read_datagrams(inner: &Arc<Inner>) -> ReadEnd {
             Ok(message) => message,
             Err(error) => return error.into(),
         };
-        let events = {
+        {
             let mut core = inner.lock();
             core.session.handle_datagram(message, Instant::now());
-            inner.flush(&mut core)
-        };
-        inner.emit(events).await;
+            inner.flush(&mut core);
+        }
+        inner.event_room().await;
     }
 }
 

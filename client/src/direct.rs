@@ -302,7 +302,7 @@ async fn establish(
     send: quinn::SendStream,
     recv: FrameReader,
 ) {
-    let events = {
+    {
         let mut core = inner.lock();
         let current = core.session.pair_of(peer) == Some(pair);
         if !current || core.directs.contains_key(&peer) {
@@ -329,10 +329,9 @@ async fn establish(
                 rtt_us: rtt.as_micros().min(u128::from(u32::MAX)) as u32,
             },
         });
-        inner.flush(&mut core)
-    };
+        inner.flush(&mut core);
+    }
     tracing::info!(%peer, remote = %connection.remote_address(), "direct path up");
-    inner.emit(events).await;
     serve_direct(inner.clone(), peer, connection, recv).await;
 }
 
@@ -367,7 +366,7 @@ async fn serve_direct(
         ReadEnd::Connection(quinn::ConnectionError::TimedOut) => PathReason::DirectTimedOut,
         _ => PathReason::DirectClosed,
     };
-    let events = {
+    {
         let mut core = inner.lock();
         let ours = core
             .directs
@@ -380,10 +379,9 @@ async fn serve_direct(
         // Unacked messages are queued again for the relay, with their numbers.
         core.session
             .set_relay(peer, reason, std::time::Instant::now());
-        inner.flush(&mut core)
-    };
+        inner.flush(&mut core);
+    }
     tracing::info!(%peer, ?reason, "direct path down; back to the relay");
-    inner.emit(events).await;
 }
 
 async fn read_peer_frames(inner: &Arc<Inner>, peer: HostId, mut recv: FrameReader) -> ReadEnd {
@@ -397,7 +395,7 @@ async fn read_peer_frames(inner: &Arc<Inner>, peer: HostId, mut recv: FrameReade
             Ok(frame) => frame,
             Err(error) => return error.into(),
         };
-        let (events, held) = {
+        let held = {
             let mut core = inner.lock();
             let handled = match frame {
                 PeerToPeer::Ack { received } => {
@@ -412,9 +410,10 @@ async fn read_peer_frames(inner: &Arc<Inner>, peer: HostId, mut recv: FrameReade
             if let Err(text) = handled {
                 return ReadEnd::Violation(CloseCode::ProtocolViolation, text);
             }
-            (inner.flush(&mut core), core.session.held_bytes(peer))
+            inner.flush(&mut core);
+            core.session.held_bytes(peer)
         };
-        inner.emit(events).await;
+        inner.event_room().await;
         if held > MAX_HELD_BYTES {
             // The direct path is far ahead of the relay: stop reading it until the relay
             // catches up, so held memory stays bounded and the sender is paced.
@@ -445,13 +444,13 @@ async fn read_peer_datagrams(
         let Ok(message) = decode_body::<ServerDatagram>(&datagram) else {
             return ReadEnd::Violation(CloseCode::ProtocolViolation, "malformed datagram".into());
         };
-        let events = {
+        {
             let mut core = inner.lock();
             core.session
                 .handle_peer_datagram(peer, message, std::time::Instant::now());
-            inner.flush(&mut core)
-        };
-        inner.emit(events).await;
+            inner.flush(&mut core);
+        }
+        inner.event_room().await;
     }
 }
 
@@ -494,8 +493,7 @@ pub(crate) async fn tick(inner: Arc<Inner>) {
         if now >= core.session.poll_timeout() {
             core.session.handle_timeout(now);
         }
-        let events = inner.flush(&mut core);
-        debug_assert!(events.is_empty());
+        inner.flush(&mut core);
     }
 }
 

@@ -333,6 +333,16 @@ impl Session {
         self.events.pop_front()
     }
 
+    /// Events produced and not yet taken.
+    pub fn pending_events(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Queues an event the driver makes (the final `Disconnected`) behind all others.
+    pub fn push_event(&mut self, event: ClientEvent) {
+        self.events.push_back(event);
+    }
+
     /// The next thing to send.
     pub fn poll_upload(&mut self) -> Option<Upload> {
         self.uploads.pop_front()
@@ -984,7 +994,11 @@ impl Session {
                 group: resolved.group,
                 payload: payload.clone(),
                 delivery: options.delivery,
-                channel: options.channel,
+                // As a remote receiver would see it: 0 for modes without channels.
+                channel: match carrier {
+                    Carrier::Stream(lane) => channel_of(lane),
+                    Carrier::Datagram(lane) => datagram_channel(lane),
+                },
                 path: Path::Loopback,
             });
         }
