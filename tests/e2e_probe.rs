@@ -450,3 +450,98 @@ fn two_unreliable_probes_never_duplicate() {
         );
     }
 }
+
+/// Runs a pair of probes with `--delivery mode` (200 messages at 200 per second plus
+/// `extra`) on a server of its own; returns each run with its entry for the other probe,
+/// after the checks every run must pass (which include a successful exit: the probe's
+/// own checks of the mode held).
+fn run_mode(mode: &str, extra: &[&str]) -> Vec<(ProbeRun, u64)> {
+    let server = Server::start(mode);
+    let room = format!("e2e-{mode}-{}", std::process::id());
+    let mut args = vec![
+        "--count",
+        "200",
+        "--rate",
+        "200",
+        "--duration",
+        "3",
+        "--expect-peers",
+        "1",
+        "--delivery",
+        mode,
+    ];
+    args.extend_from_slice(extra);
+    let runs = run_pair(&server, &room, &args, false);
+    for (run, peer) in &runs {
+        run.common_checks(*peer, 200);
+    }
+    runs.into_iter().collect()
+}
+
+/// The summary's entry for the one peer (after `common_checks`).
+fn entry(run: &ProbeRun) -> &Value {
+    &run.summary()["peers"][0]
+}
+
+#[test]
+fn two_unordered_probes_get_every_message_once() {
+    for (run, _) in run_mode("unordered", &[]) {
+        let (entry, out) = (entry(&run), &run.output);
+        for (field, value) in [("received", 200), ("lost", 0), ("duplicates", 0)] {
+            assert_eq!(entry[field].as_u64(), Some(value), "{field}\n{out}");
+        }
+        assert!(entry.get("latest").is_none(), "no latest figures\n{out}");
+    }
+}
+
+#[test]
+fn two_sequenced_probes_never_go_back() {
+    for (run, _) in run_mode("sequenced", &[]) {
+        let (entry, out) = (entry(&run), &run.output);
+        assert_eq!(
+            entry["out_of_order"].as_u64(),
+            Some(0),
+            "out_of_order\n{out}"
+        );
+        assert_eq!(entry["duplicates"].as_u64(), Some(0), "duplicates\n{out}");
+        let received = entry["received"].as_u64().expect("received");
+        assert!(received > 0 && received <= 200, "received\n{out}");
+        assert_eq!(
+            entry["lost"].as_u64(),
+            Some(200 - received),
+            "loss is allowed and counted\n{out}"
+        );
+        assert!(entry.get("latest").is_none(), "no latest figures\n{out}");
+    }
+}
+
+#[test]
+fn two_latest_probes_end_every_key_on_its_last_value() {
+    for (run, _) in run_mode("latest", &["--keys", "8"]) {
+        let (entry, out) = (entry(&run), &run.output);
+        let latest = &entry["latest"];
+        assert!(latest.is_object(), "latest figures\n{out}");
+        assert_eq!(latest["keys"].as_u64(), Some(8), "keys\n{out}");
+        assert_eq!(latest["sent"].as_u64(), Some(200), "sent\n{out}");
+        assert_eq!(
+            latest["backwards"].as_u64(),
+            Some(0),
+            "no key went back\n{out}"
+        );
+        assert_eq!(
+            latest["stale_keys"].as_u64(),
+            Some(0),
+            "every key ended on its last value\n{out}"
+        );
+        // Intermediate values may be superseded: at least one per key arrives, and what
+        // did not arrive is what `lost` counts.
+        let delivered = latest["delivered"].as_u64().expect("delivered");
+        assert!((8..=200).contains(&delivered), "delivered\n{out}");
+        assert_eq!(entry["lost"].as_u64(), Some(200 - delivered), "lost\n{out}");
+        assert_eq!(
+            entry["received"].as_u64(),
+            Some(delivered),
+            "received\n{out}"
+        );
+    }
+}

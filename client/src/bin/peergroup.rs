@@ -6,7 +6,7 @@
 //! peergroup [--log LEVEL] rooms --server ADDR --server-cert PATH
 //! peergroup [--log LEVEL] probe --server ADDR --server-cert PATH --room NAME --name NAME
 //!           [--password PW] [--count N] [--rate PER_SEC] [--size BYTES] [--duration SECS]
-//!           [--delivery reliable|unreliable] [--expect-peers N]
+//!           [--delivery reliable|unordered|unreliable|sequenced|latest] [--keys N] [--expect-peers N]
 //! ```
 //!
 //! - `chat`: joins a room and chats on stdin/stdout (`[NICK via relay] text`,

@@ -7,14 +7,18 @@
 //! 2. Waits until at least `--expect-peers` other members are in the room, for at most
 //!    `--duration` seconds; fewer by then is a failure (exit 3, nothing sent).
 //! 3. Sends `--count` messages to the room's group at `--rate` per second, with
-//!    `--delivery` (`reliable` = ReliableOrdered, `unreliable` = datagrams). Payload,
-//!    `--size` bytes (at least 16): sequence number (u64 big-endian, from 0), send time in
-//!    microseconds since the UNIX epoch (u64 big-endian; for one-way latency on one
-//!    machine), zeros.
+//!    `--delivery`: `reliable` = ReliableOrdered, `unordered` = ReliableUnordered,
+//!    `unreliable` = Unreliable (datagrams), `sequenced` = UnreliableSequenced
+//!    (datagrams), `latest` = Latest, message i under key i % `--keys` (its value is i);
+//!    all on channel 0. Payload, `--size` bytes (at least 16): sequence number (u64
+//!    big-endian, from 0), send time in microseconds since the UNIX epoch (u64
+//!    big-endian; for one-way latency on one machine), zeros.
 //! 4. Stays until `--duration` seconds have passed since sending started and its own
-//!    sending has finished, and then until `--count` distinct messages have arrived from
-//!    every peer still in the room, for at most 10 more seconds (1 for unreliable). A
-//!    peer that leaves is not waited for.
+//!    sending has finished, and then until `--count` distinct messages (for `latest`: the
+//!    last value sent for each key) have arrived from every peer still in the room, for
+//!    at most 10 more seconds (1 for `unreliable` and `sequenced`). A peer that leaves is
+//!    not waited for. Every probe of a room is taken to use the same `--count` and
+//!    `--keys`.
 //! 5. Leaves the room (which also flushes what it sent), disconnects and prints the
 //!    summary.
 //!
@@ -28,7 +32,8 @@
 //! {"event":"path","peer":H,"path":"relay"|"direct","at_ms":T}
 //! {"event":"summary","sent":N,"peers":[{"peer":H,"received":n,"lost":n,"duplicates":n,
 //!   "out_of_order":n,"malformed":n,"path":"relay"|"direct","relay_received":n,
-//!   "direct_received":n,"rtt_ms":x,"latency_p50_us":n|null,"latency_p99_us":n|null}],
+//!   "direct_received":n,"rtt_ms":x,"latency_p50_us":n|null,"latency_p99_us":n|null
+//!   [,"latest":{"keys":K,"sent":n,"delivered":n,"backwards":n,"stale_keys":n}]}],
 //!   "send_failed":n}
 //! ```
 //!
@@ -45,18 +50,26 @@
 //!   latencies are one-way, send to receipt, over distinct arrivals (nearest rank),
 //!   `null` when nothing arrived. `send_failed` counts messages the server refused to
 //!   relay. Messages from the server itself are never counted.
+//! - `latest`: only with `--delivery latest` (absent otherwise), per peer: `keys` =
+//!   `--keys`; `sent` = values the peer sent (`--count`); `delivered` = distinct values
+//!   below that which arrived (the others were superseded, which is allowed; for this
+//!   mode `lost` counts them too); `backwards` = arrivals, not duplicates, older than a
+//!   value already delivered for their key; `stale_keys` = keys sent to whose last
+//!   delivered value is not the last value sent for the key (nothing delivered
+//!   included). The guarantee held when both are 0.
 //!
 //! Exit status: 0 success; 1 connection failed or lost, or a send failed; 2 the room
 //! join was refused; 3 a check failed: fewer than `--expect-peers` peers, fewer than
-//! `--count` messages sent, a duplicate or malformed message, a relay refusal, or (for
-//! reliable delivery) any loss or reordering. The reason goes to stderr.
+//! `--count` messages sent, a duplicate or malformed message, a relay refusal, or what
+//! the mode forbids: any loss (`reliable`, `unordered`), any reordering (`reliable`,
+//! `sequenced`), `backwards` or `stale_keys` (`latest`). The reason goes to stderr.
 
 use crate::common::{self, Failure, ServerArgs, EXIT_CHECK_FAILED};
 use peergroup_client::{
     Client, ClientEvent, ClientEvents, Delivery, GroupId, HostId, PairPath, Path, SendError, Target,
 };
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
@@ -74,24 +87,132 @@ const UNRELIABLE_GRACE: Duration = Duration::from_secs(1);
 pub enum DeliveryArg {
     /// `Delivery::ReliableOrdered`: no loss, duplicate or reordering allowed.
     Reliable,
+    /// `Delivery::ReliableUnordered`: no loss or duplicate allowed; any order.
+    Unordered,
     /// `Delivery::Unreliable` (QUIC datagrams): loss and reordering allowed.
     Unreliable,
+    /// `Delivery::UnreliableSequenced` (datagrams): loss allowed; no duplicate, and
+    /// nothing older than the newest delivered.
+    Sequenced,
+    /// `Delivery::Latest`, message i under key i % --keys: per key never older than the
+    /// newest delivered, and the last value sent arrives; others may be skipped.
+    Latest,
 }
 
 impl DeliveryArg {
-    fn delivery(self) -> Delivery {
+    /// The checker of this mode; `keys` matters to `latest` only (at least 1).
+    fn checker(self, keys: u64) -> Checker {
         match self {
-            DeliveryArg::Reliable => Delivery::ReliableOrdered,
-            DeliveryArg::Unreliable => Delivery::Unreliable,
+            DeliveryArg::Reliable => Checker::Reliable,
+            DeliveryArg::Unordered => Checker::Unordered,
+            DeliveryArg::Unreliable => Checker::Unreliable,
+            DeliveryArg::Sequenced => Checker::Sequenced,
+            DeliveryArg::Latest => Checker::Latest { keys: keys.max(1) },
+        }
+    }
+}
+
+/// One delivery mode: how the probe sends in it and what it promises about each peer's
+/// messages. Stateless, so one value judges every peer's [`PeerStats`]. Duplicates and
+/// malformed payloads are wrong in every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checker {
+    /// `ReliableOrdered`: every message, in order.
+    Reliable,
+    /// `ReliableUnordered`: every message, in any order.
+    Unordered,
+    /// `Unreliable`: loss and reordering allowed.
+    Unreliable,
+    /// `UnreliableSequenced`: loss allowed, nothing older than the newest delivered.
+    Sequenced,
+    /// `Latest`: message i is value i of key i % `keys`. Per key, nothing older than the
+    /// newest delivered, and the last value sent is the last delivered; values in between
+    /// may be skipped.
+    Latest {
+        /// How many keys the values go round (at least 1).
+        keys: u64,
+    },
+}
+
+impl Checker {
+    /// How message `seq` is sent.
+    pub fn delivery(self, seq: u64) -> Delivery {
+        match self {
+            Checker::Reliable => Delivery::ReliableOrdered,
+            Checker::Unordered => Delivery::ReliableUnordered,
+            Checker::Unreliable => Delivery::Unreliable,
+            Checker::Sequenced => Delivery::UnreliableSequenced,
+            Checker::Latest { keys } => Delivery::Latest { key: seq % keys },
         }
     }
 
+    /// How long past the end of the run to wait for missing messages.
     fn grace(self) -> Duration {
-        match self {
-            DeliveryArg::Reliable => RELIABLE_GRACE,
-            DeliveryArg::Unreliable => UNRELIABLE_GRACE,
+        if self.delivery(0).is_unreliable() {
+            UNRELIABLE_GRACE
+        } else {
+            RELIABLE_GRACE
         }
     }
+
+    /// Whether every message must arrive.
+    fn no_loss(self) -> bool {
+        matches!(self, Checker::Reliable | Checker::Unordered)
+    }
+
+    /// Whether a message older than the newest delivered must never arrive.
+    fn in_order(self) -> bool {
+        matches!(self, Checker::Reliable | Checker::Sequenced)
+    }
+
+    /// Whether all that can be waited for arrived of the `count` messages a peer sends:
+    /// every message, or for `Latest` the last value of each key.
+    pub fn complete(self, stats: &PeerStats, count: u64) -> bool {
+        match self {
+            Checker::Latest { keys } => {
+                (0..keys.min(count)).all(|key| stats.seqs.contains(&last_of_key(key, keys, count)))
+            }
+            _ => stats.distinct_below(count) >= count,
+        }
+    }
+
+    /// The per-key figures of `Latest` (`None` for the other modes).
+    pub fn latest(self, stats: &PeerStats, count: u64) -> Option<LatestSummary> {
+        let Checker::Latest { keys } = self else {
+            return None;
+        };
+        // Per key: the newest value delivered and the last one.
+        let mut newest: HashMap<u64, u64> = HashMap::new();
+        let mut last: HashMap<u64, u64> = HashMap::new();
+        let mut backwards = 0;
+        for &value in &stats.arrivals {
+            let key = value % keys;
+            match newest.get_mut(&key) {
+                Some(max) if value < *max => backwards += 1,
+                Some(max) => *max = value,
+                None => {
+                    newest.insert(key, value);
+                }
+            }
+            last.insert(key, value);
+        }
+        let stale_keys = (0..keys.min(count))
+            .filter(|key| last.get(key) != Some(&last_of_key(*key, keys, count)))
+            .count() as u64;
+        Some(LatestSummary {
+            keys,
+            sent: count,
+            delivered: stats.distinct_below(count),
+            backwards,
+            stale_keys,
+        })
+    }
+}
+
+/// The last of `count` values (0 to count - 1) that goes to `key` (below both `keys` and
+/// `count`), value i going to key i % `keys`.
+fn last_of_key(key: u64, keys: u64, count: u64) -> u64 {
+    key + (count - 1 - key) / keys * keys
 }
 
 /// Measure a room: send sequenced messages, count what arrives, print JSON lines.
@@ -101,12 +222,14 @@ impl DeliveryArg {
 ///  1. Joins ROOM as NAME (also the login payload).
 ///  2. Waits until at least --expect-peers other members are in the room, for at most
 ///     --duration seconds; fewer by then fails (exit 3, nothing sent).
-///  3. Sends --count messages to the room at --rate per second with --delivery. Payload
-///     (--size bytes, at least 16): sequence number (u64 big-endian, from 0), send time
-///     in microseconds since the UNIX epoch (u64 big-endian), zeros.
+///  3. Sends --count messages to the room at --rate per second with --delivery (latest:
+///     message i under key i % --keys, value i). Payload (--size bytes, at least 16):
+///     sequence number (u64 big-endian, from 0), send time in microseconds since the
+///     UNIX epoch (u64 big-endian), zeros.
 ///  4. Stays until --duration seconds have passed since sending started and its own
-///     sending finished, then until --count distinct messages arrived from every peer
-///     still in the room, for at most 10 s more (1 s for unreliable).
+///     sending finished, then until --count distinct messages (latest: each key's last
+///     value) arrived from every peer still in the room, for at most 10 s more (1 s for
+///     unreliable and sequenced). All probes of a room use the same --count and --keys.
 ///  5. Leaves the room, disconnects, prints the summary.
 ///
 /// Stdout: one JSON object per line (ids are raw u64; at_ms = ms since process start):
@@ -117,7 +240,8 @@ impl DeliveryArg {
 ///   {"event":"summary","sent":N,"peers":[{"peer":H,"received":n,"lost":n,
 ///     "duplicates":n,"out_of_order":n,"malformed":n,"path":"relay"|"direct",
 ///     "relay_received":n,"direct_received":n,"rtt_ms":x,
-///     "latency_p50_us":n|null,"latency_p99_us":n|null}],"send_failed":n}
+///     "latency_p50_us":n|null,"latency_p99_us":n|null[,"latest":{"keys":K,"sent":n,
+///     "delivered":n,"backwards":n,"stale_keys":n}]}],"send_failed":n}
 ///
 /// member_joined/member_left: every membership notice, the probe's own included.
 /// path: when a peer is first seen (relay) and on every reported change of its path.
@@ -126,11 +250,15 @@ impl DeliveryArg {
 /// distinct sequence numbers; out_of_order = non-duplicate arrivals below the highest
 /// sequence number seen before; malformed = payloads under 16 bytes; rtt_ms =
 /// smoothed RTT of the peer's path; latencies are one-way (nearest rank). Messages from
-/// the server are never counted.
+/// the server are never counted. latest (only with --delivery latest): keys; sent =
+/// --count; delivered = distinct values that arrived (the rest were superseded);
+/// backwards = arrivals older than a value already delivered for their key;
+/// stale_keys = keys whose last delivered value is not the last sent for them.
 ///
 /// Exit status: 0 success; 1 connection failed or lost; 2 join refused; 3 a check
 /// failed (too few peers, not all sent, duplicates, malformed messages, relay
-/// refusals, or for reliable delivery any loss or reordering). Reasons go to stderr.
+/// refusals, loss for reliable and unordered, reordering for reliable and sequenced,
+/// backwards or stale_keys for latest). Reasons go to stderr.
 #[derive(Debug, Clone, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct ProbeArgs {
@@ -170,6 +298,11 @@ pub struct ProbeArgs {
     /// How to send.
     #[arg(long, value_enum, default_value_t = DeliveryArg::Reliable)]
     delivery: DeliveryArg,
+
+    /// Keys the values of --delivery latest go round (ignored by the other modes).
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    keys: u64,
 
     /// Other members to wait for before sending.
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -223,6 +356,8 @@ pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
 #[derive(Debug, Default, Clone)]
 pub struct PeerStats {
     seqs: HashSet<u64>,
+    /// The distinct sequence numbers in the order they arrived.
+    arrivals: Vec<u64>,
     highest: Option<u64>,
     received: u64,
     duplicates: u64,
@@ -264,6 +399,7 @@ impl PeerStats {
             self.out_of_order += 1;
         }
         self.highest = Some(self.highest.map_or(seq, |highest| highest.max(seq)));
+        self.arrivals.push(seq);
         self.latencies_us.push(now_us.saturating_sub(sent_us));
     }
 
@@ -299,11 +435,12 @@ impl PeerStats {
             rtt_ms,
             latency_p50_us: self.latency_us(50.0),
             latency_p99_us: self.latency_us(99.0),
+            latest: None,
         }
     }
 
-    /// What is wrong with this peer's figures, if anything.
-    pub fn problems(&self, count: u64, reliable: bool) -> Vec<String> {
+    /// What is wrong with this peer's figures under `checker`'s mode, if anything.
+    pub fn problems(&self, count: u64, checker: Checker) -> Vec<String> {
         let mut problems = Vec::new();
         if self.duplicates > 0 {
             problems.push(format!("{} duplicates", self.duplicates));
@@ -311,11 +448,26 @@ impl PeerStats {
         if self.malformed > 0 {
             problems.push(format!("{} malformed messages", self.malformed));
         }
-        if reliable && self.lost(count) > 0 {
+        if checker.no_loss() && self.lost(count) > 0 {
             problems.push(format!("{} of {count} lost", self.lost(count)));
         }
-        if reliable && self.out_of_order > 0 {
+        if checker.in_order() && self.out_of_order > 0 {
             problems.push(format!("{} out of order", self.out_of_order));
+        }
+        if let Some(latest) = checker.latest(self, count) {
+            if latest.backwards > 0 {
+                problems.push(format!(
+                    "{} values older than one already delivered for their key",
+                    latest.backwards
+                ));
+            }
+            if latest.stale_keys > 0 {
+                problems.push(format!(
+                    "{} of {} keys did not end on their last value sent",
+                    latest.stale_keys,
+                    latest.keys.min(count)
+                ));
+            }
         }
         problems
     }
@@ -393,6 +545,24 @@ pub struct PeerSummary {
     pub latency_p50_us: Option<u64>,
     /// 99th percentile one-way latency, microseconds.
     pub latency_p99_us: Option<u64>,
+    /// The per-key figures of `--delivery latest`; absent in the other modes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest: Option<LatestSummary>,
+}
+
+/// The `latest` object of a [`PeerSummary`]; see the module docs for each figure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LatestSummary {
+    /// `--keys`.
+    pub keys: u64,
+    /// Values the peer sent (`--count`).
+    pub sent: u64,
+    /// Distinct values below `sent` that arrived; the rest were superseded.
+    pub delivered: u64,
+    /// Arrivals, not duplicates, older than a value already delivered for their key.
+    pub backwards: u64,
+    /// Keys sent to whose last delivered value is not the last value sent for them.
+    pub stale_keys: u64,
 }
 
 /// Prints one JSON line to stdout and flushes it.
@@ -409,6 +579,8 @@ fn emit(line: &Line) {
 struct Run {
     me: HostId,
     group: GroupId,
+    /// The delivery mode's checks (default: reliable).
+    checker: Checker,
     /// Every peer seen in the room (by notice or message), by id.
     peers: BTreeMap<HostId, PeerStats>,
     /// Peers in the room now.
@@ -424,6 +596,7 @@ impl Run {
         Self {
             me,
             group,
+            checker: Checker::Reliable,
             peers: BTreeMap::new(),
             present: BTreeSet::new(),
             send_failed: 0,
@@ -510,12 +683,13 @@ impl Run {
         Err(failure)
     }
 
-    /// Whether every peer still in the room has sent `count` distinct messages.
+    /// Whether all that can be waited for arrived from every peer still in the room
+    /// ([`Checker::complete`]).
     fn complete(&self, count: u64) -> bool {
         self.present.iter().all(|peer| {
             self.peers
                 .get(peer)
-                .is_some_and(|stats| stats.distinct_below(count) >= count)
+                .is_some_and(|stats| self.checker.complete(stats, count))
         })
     }
 
@@ -525,7 +699,10 @@ impl Run {
             peers: self
                 .peers
                 .iter()
-                .map(|(peer, stats)| stats.summary(*peer, count, rtt_ms(*peer)))
+                .map(|(peer, stats)| PeerSummary {
+                    latest: self.checker.latest(stats, count),
+                    ..stats.summary(*peer, count, rtt_ms(*peer))
+                })
                 .collect(),
             send_failed: self.send_failed,
         }
@@ -561,8 +738,8 @@ async fn drive(
 
     let count = args.count;
     let size = args.size as usize;
-    let delivery = args.delivery.delivery();
-    let grace = args.delivery.grace();
+    let checker = run.checker;
+    let grace = checker.grace();
     let period = Duration::from_secs_f64(1.0 / f64::from(args.rate));
     let send_time = Duration::from_secs_f64(count as f64 / f64::from(args.rate));
     let send_start = Instant::now();
@@ -573,7 +750,7 @@ async fn drive(
     tracing::info!(
         count,
         rate = args.rate,
-        ?delivery,
+        ?checker,
         peers = run.present.len(),
         "sending"
     );
@@ -611,6 +788,7 @@ async fn drive(
         tokio::select! {
             _ = interval.tick(), if send_done.is_none() => {
                 let payload = encode_payload(*sent, unix_micros(), size);
+                let delivery = checker.delivery(*sent);
                 let send = client.send(Target::Group(run.group), payload, delivery);
                 match tokio::time::timeout_at(cap, send).await {
                     Ok(Ok(())) => {
@@ -669,6 +847,7 @@ pub async fn run(args: ProbeArgs) -> Result<(), Failure> {
     )
     .await?;
     let mut run = Run::new(client.host_id(), joined.group);
+    run.checker = args.delivery.checker(args.keys);
     let mut sent = 0;
     let mut outcome = Ok(());
     for event in backlog {
@@ -703,7 +882,6 @@ pub async fn run(args: ProbeArgs) -> Result<(), Failure> {
     emit(&run.summary(sent, args.count, rtt_ms));
     outcome?;
 
-    let reliable = args.delivery == DeliveryArg::Reliable;
     let mut problems = Vec::new();
     if run.peers.len() < args.expect_peers {
         problems.push(format!(
@@ -722,7 +900,7 @@ pub async fn run(args: ProbeArgs) -> Result<(), Failure> {
         ));
     }
     for (peer, stats) in &run.peers {
-        let found = stats.problems(args.count, reliable);
+        let found = stats.problems(args.count, run.checker);
         if !found.is_empty() {
             problems.push(format!("peer {peer}: {}", found.join(", ")));
         }
@@ -764,7 +942,7 @@ mod tests {
         assert_eq!(stats.lost(4), 0);
         assert_eq!(stats.duplicates, 0);
         assert_eq!(stats.out_of_order, 0);
-        assert!(stats.problems(4, true).is_empty());
+        assert!(stats.problems(4, Checker::Reliable).is_empty());
     }
 
     #[test]
@@ -783,10 +961,13 @@ mod tests {
         // Numbers at or above the count do not hide losses.
         arrive(&mut stats, &[9]);
         assert_eq!(stats.lost(6), 1);
-        let problems = stats.problems(6, true);
+        let problems = stats.problems(6, Checker::Reliable);
         assert_eq!(problems.len(), 3, "{problems:?}");
         // Unreliable delivery forgives loss and reordering, never duplicates.
-        assert_eq!(stats.problems(6, false), vec!["2 duplicates".to_string()]);
+        assert_eq!(
+            stats.problems(6, Checker::Unreliable),
+            vec!["2 duplicates".to_string()]
+        );
     }
 
     #[test]
@@ -795,7 +976,7 @@ mod tests {
         stats.record(b"hello", Path::Relay, 0);
         assert_eq!((stats.received, stats.malformed), (0, 1));
         assert_eq!(stats.lost(1), 1);
-        assert!(!stats.problems(1, false).is_empty());
+        assert!(!stats.problems(1, Checker::Unreliable).is_empty());
     }
 
     #[test]
@@ -884,6 +1065,275 @@ mod tests {
         );
     }
 
+    /// Stats of `seqs` arriving in that order.
+    fn arrived(seqs: &[u64]) -> PeerStats {
+        let mut stats = PeerStats::default();
+        arrive(&mut stats, seqs);
+        stats
+    }
+
+    #[test]
+    fn each_mode_sends_with_its_delivery_and_waits_its_grace() {
+        let keys = |arg: DeliveryArg| arg.checker(3);
+        assert_eq!(keys(DeliveryArg::Reliable), Checker::Reliable);
+        assert_eq!(keys(DeliveryArg::Unordered), Checker::Unordered);
+        assert_eq!(keys(DeliveryArg::Unreliable), Checker::Unreliable);
+        assert_eq!(keys(DeliveryArg::Sequenced), Checker::Sequenced);
+        assert_eq!(keys(DeliveryArg::Latest), Checker::Latest { keys: 3 });
+        assert_eq!(
+            DeliveryArg::Latest.checker(0),
+            Checker::Latest { keys: 1 },
+            "at least one key"
+        );
+        assert_eq!(Checker::Reliable.delivery(4), Delivery::ReliableOrdered);
+        assert_eq!(Checker::Unordered.delivery(4), Delivery::ReliableUnordered);
+        assert_eq!(Checker::Unreliable.delivery(4), Delivery::Unreliable);
+        assert_eq!(
+            Checker::Sequenced.delivery(4),
+            Delivery::UnreliableSequenced
+        );
+        // Message i goes to key i % keys.
+        let latest = Checker::Latest { keys: 3 };
+        let sent: Vec<Delivery> = (0..5).map(|seq| latest.delivery(seq)).collect();
+        let key = |key| Delivery::Latest { key };
+        assert_eq!(sent, vec![key(0), key(1), key(2), key(0), key(1)]);
+        for checker in [Checker::Reliable, Checker::Unordered, latest] {
+            assert_eq!(checker.grace(), RELIABLE_GRACE, "{checker:?}");
+        }
+        for checker in [Checker::Unreliable, Checker::Sequenced] {
+            assert_eq!(checker.grace(), UNRELIABLE_GRACE, "{checker:?}");
+        }
+    }
+
+    #[test]
+    fn the_delivery_flag_takes_every_mode_and_latest_its_keys() {
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            probe: ProbeArgs,
+        }
+        let parse = |extra: &[&str]| {
+            let mut argv = vec![
+                "probe",
+                "--server",
+                "127.0.0.1:1",
+                "--server-cert",
+                "c",
+                "--room",
+                "r",
+                "--name",
+                "n",
+            ];
+            argv.extend_from_slice(extra);
+            <Cli as clap::Parser>::try_parse_from(argv).map(|cli| cli.probe)
+        };
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(defaults.delivery, DeliveryArg::Reliable);
+        assert_eq!(defaults.keys, 8);
+        for (name, arg) in [
+            ("reliable", DeliveryArg::Reliable),
+            ("unordered", DeliveryArg::Unordered),
+            ("unreliable", DeliveryArg::Unreliable),
+            ("sequenced", DeliveryArg::Sequenced),
+            ("latest", DeliveryArg::Latest),
+        ] {
+            assert_eq!(
+                parse(&["--delivery", name]).unwrap().delivery,
+                arg,
+                "{name}"
+            );
+        }
+        let latest = parse(&["--delivery", "latest", "--keys", "3"]).unwrap();
+        assert_eq!(
+            latest.delivery.checker(latest.keys),
+            Checker::Latest { keys: 3 }
+        );
+        assert!(parse(&["--keys", "0"]).is_err());
+    }
+
+    #[test]
+    fn unordered_wants_every_message_once_in_any_order() {
+        let unordered = Checker::Unordered;
+        // Reordered but complete: fine for unordered, not for reliable.
+        let shuffled = arrived(&[3, 0, 2, 1]);
+        assert_eq!(shuffled.out_of_order, 3);
+        assert!(unordered.complete(&shuffled, 4));
+        assert!(shuffled.problems(4, unordered).is_empty());
+        assert_eq!(
+            shuffled.problems(4, Checker::Reliable),
+            vec!["3 out of order".to_string()]
+        );
+        assert_eq!(unordered.latest(&shuffled, 4), None);
+        // A missing message is loss; waiting goes on for it.
+        let missing = arrived(&[3, 0, 1]);
+        assert!(!unordered.complete(&missing, 4));
+        assert_eq!(
+            missing.problems(4, unordered),
+            vec!["1 of 4 lost".to_string()]
+        );
+        // A repeated one is a duplicate.
+        let repeated = arrived(&[1, 0, 1, 2, 3]);
+        assert!(unordered.complete(&repeated, 4));
+        assert_eq!(
+            repeated.problems(4, unordered),
+            vec!["1 duplicates".to_string()]
+        );
+    }
+
+    #[test]
+    fn sequenced_allows_loss_but_nothing_older_than_the_newest() {
+        let sequenced = Checker::Sequenced;
+        // Gaps are allowed: what arrives only moves forward.
+        let gappy = arrived(&[0, 2, 5, 9]);
+        assert_eq!((gappy.lost(10), gappy.out_of_order), (6, 0));
+        assert!(gappy.problems(10, sequenced).is_empty());
+        assert!(!sequenced.complete(&gappy, 10), "waits (its short grace)");
+        assert!(sequenced.complete(&arrived(&[0, 1, 2]), 3));
+        // One older than the newest delivered breaks the guarantee.
+        let late = arrived(&[0, 2, 1, 3]);
+        assert_eq!(
+            late.problems(4, sequenced),
+            vec!["1 out of order".to_string()]
+        );
+        assert!(late.problems(4, Checker::Unreliable).is_empty());
+        // So does a repeat, even of the newest.
+        let repeated = arrived(&[0, 1, 1]);
+        assert_eq!(
+            repeated.problems(3, sequenced),
+            vec!["1 duplicates".to_string()]
+        );
+    }
+
+    #[test]
+    fn the_last_value_of_a_key_is_the_highest_below_the_count() {
+        // keys 3, count 10: key 0 gets 0 3 6 9, key 1 gets 1 4 7, key 2 gets 2 5 8.
+        assert_eq!(
+            (0..3)
+                .map(|key| last_of_key(key, 3, 10))
+                .collect::<Vec<_>>(),
+            vec![9, 7, 8]
+        );
+        assert_eq!(last_of_key(0, 1, 5), 4);
+        // Fewer values than keys: each key sent to gets one.
+        assert_eq!(last_of_key(2, 8, 3), 2);
+    }
+
+    #[test]
+    fn latest_may_skip_values_but_ends_each_key_on_its_last_one() {
+        let latest = Checker::Latest { keys: 3 };
+        let summary = |stats: &PeerStats| latest.latest(stats, 10).unwrap();
+        // Keys interleave out of order and skip values, yet each only moves forward and
+        // ends on its last value (0: 0 3 9, 1: 1 7, 2: 2 8).
+        let coalesced = arrived(&[1, 0, 3, 2, 7, 9, 8]);
+        assert!(
+            coalesced.out_of_order > 0,
+            "across keys order does not matter"
+        );
+        assert_eq!(
+            summary(&coalesced),
+            LatestSummary {
+                keys: 3,
+                sent: 10,
+                delivered: 7,
+                backwards: 0,
+                stale_keys: 0,
+            }
+        );
+        assert!(latest.complete(&coalesced, 10));
+        assert!(coalesced.problems(10, latest).is_empty());
+
+        // Key 0 goes back from 6 to 3, then ends right on 9.
+        let backwards = arrived(&[0, 6, 3, 9, 7, 8]);
+        assert_eq!(
+            (
+                summary(&backwards).backwards,
+                summary(&backwards).stale_keys
+            ),
+            (1, 0)
+        );
+        assert_eq!(
+            backwards.problems(10, latest),
+            vec!["1 values older than one already delivered for their key".to_string()]
+        );
+
+        // Key 2 never gets its last value (8): not complete (still waited for), and stale
+        // at the end. Key 0 nothing at all: stale too.
+        let stale = arrived(&[7, 5]);
+        assert!(!latest.complete(&stale, 10));
+        assert_eq!(
+            (summary(&stale).backwards, summary(&stale).stale_keys),
+            (0, 2)
+        );
+        assert_eq!(
+            stale.problems(10, latest),
+            vec!["2 of 3 keys did not end on their last value sent".to_string()]
+        );
+
+        // Going back after the last value leaves the key on a stale value.
+        let regressed = arrived(&[9, 7, 8, 3]);
+        assert!(
+            latest.complete(&regressed, 10),
+            "the last values did arrive"
+        );
+        assert_eq!(
+            (
+                summary(&regressed).backwards,
+                summary(&regressed).stale_keys
+            ),
+            (1, 1)
+        );
+        assert_eq!(regressed.problems(10, latest).len(), 2);
+
+        // A repeated value is a duplicate, not a step back.
+        let repeated = arrived(&[9, 7, 8, 8]);
+        assert_eq!(summary(&repeated).backwards, 0);
+        assert_eq!(
+            repeated.problems(10, latest),
+            vec!["1 duplicates".to_string()]
+        );
+
+        // Fewer values than keys: only the keys sent to are checked.
+        let few = Checker::Latest { keys: 8 };
+        let stats = arrived(&[2, 0, 1]);
+        assert!(few.complete(&stats, 3));
+        assert!(stats.problems(3, few).is_empty());
+        assert_eq!(few.latest(&stats, 3).unwrap().stale_keys, 0);
+        assert_eq!(few.latest(&PeerStats::default(), 0).unwrap().stale_keys, 0);
+    }
+
+    #[test]
+    fn the_latest_figures_end_a_peer_entry_only_in_latest_mode() {
+        let stats = arrived(&[1, 0]);
+        let mut run = Run::new(HostId::from_raw(2), GroupId::from_raw(5));
+        run.peers.insert(HostId::from_raw(3), stats);
+        let text = |run: &Run| serde_json::to_string(&run.summary(2, 2, |_| 0.5)).unwrap();
+        assert!(!text(&run).contains("latest"), "{}", text(&run));
+        run.checker = Checker::Latest { keys: 4 };
+        let line = text(&run);
+        assert!(
+            line.ends_with(concat!(
+                r#""latency_p99_us":1,"latest":{"keys":4,"sent":2,"delivered":2,"#,
+                r#""backwards":0,"stale_keys":0}}],"send_failed":0}"#
+            )),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn room_completion_follows_the_mode() {
+        let peer = HostId::from_raw(3);
+        let mut run = Run::new(HostId::from_raw(2), GroupId::from_raw(5));
+        run.present.insert(peer);
+        // Keys 2, count 6: the last values are 4 (key 0) and 5 (key 1).
+        run.peers.insert(peer, arrived(&[1, 4]));
+        run.checker = Checker::Latest { keys: 2 };
+        assert!(!run.complete(6));
+        arrive(run.peers.get_mut(&peer).unwrap(), &[5]);
+        assert!(run.complete(6));
+        run.checker = Checker::Unordered;
+        assert!(!run.complete(6), "unordered waits for all six");
+    }
+
     #[test]
     fn room_completion_waits_only_for_present_peers() {
         let group = GroupId::from_raw(5);
@@ -906,6 +1356,7 @@ mod tests {
             group: None,
             payload: encode_payload(0, 0, 16).into(),
             delivery: Delivery::ReliableOrdered,
+            channel: 0,
             path: Path::Relay,
         };
         run.handle(Some(reply)).unwrap();
