@@ -19,10 +19,13 @@
 //! - `switch.rs`: time to direct and the largest delivery gap at a path switch.
 //! - `churn.rs`: group joins and leaves per second with every ack; `scale.rs`: many
 //!   clients (memory, idle CPU, connection set-up rate).
+//! - `priority.rs`: latency of High messages behind a Low backlog at the server, and
+//!   latest-value replacement for a slow receiver.
 
 mod churn;
 mod direct;
 mod forwarder;
+mod priority;
 mod relay;
 mod report;
 mod scale;
@@ -65,7 +68,7 @@ struct Args {
     /// The long run.
     #[arg(long)]
     full: bool,
-    /// Run only these sections (comma-separated: relay, direct, switch, churn, scale).
+    /// Run only these sections (comma-separated: relay, direct, switch, churn, scale, priority).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the results. Default: `target/bench` in the workspace.
@@ -94,6 +97,7 @@ fn main() -> std::process::ExitCode {
         ("switch", switch::run),
         ("churn", churn::run),
         ("scale", scale::run),
+        ("priority", priority::run),
     ];
     let mut report = Report::default();
     let started = Instant::now();
