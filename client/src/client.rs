@@ -17,7 +17,7 @@ use peergroup_protocol::{
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
@@ -47,6 +47,9 @@ pub(crate) struct Inner {
     event_capacity: usize,
     /// Wakes the emitter: the session has events.
     event_ready: Notify,
+    /// The session's undelivered events as of the last change, so readers check for room
+    /// without taking the lock.
+    pending_events: AtomicUsize,
     /// Wakes readers and senders waiting for the session's events to drain.
     event_room: Notify,
     pub max_frame_len: u32,
@@ -92,25 +95,32 @@ impl Inner {
                 );
             }
         }
-        if core.session.pending_events() > 0 {
+        let pending = core.session.pending_events();
+        // Only a change from none wakes the emitter: a busy one comes back by itself.
+        if pending > 0 && self.pending_events.swap(pending, Ordering::AcqRel) == 0 {
             self.event_ready.notify_one();
+        } else {
+            self.pending_events.store(pending, Ordering::Release);
         }
     }
 
     /// Whether the session holds fewer undelivered events than the event queue's size.
-    fn has_event_room(&self, core: &Core) -> bool {
-        core.session.pending_events() < self.event_capacity
+    fn has_event_room(&self) -> bool {
+        self.pending_events.load(Ordering::Acquire) < self.event_capacity
     }
 
     /// Waits until the session holds fewer undelivered events than the event queue's
     /// size: readers call it after each frame, so an application that stops reading
     /// stops them (and QUIC flow control then pauses the senders).
     pub async fn event_room(&self) {
+        if self.has_event_room() {
+            return;
+        }
         loop {
             let notified = self.event_room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.has_event_room(&self.lock()) || self.events.is_closed() {
+            if self.has_event_room() || self.events.is_closed() {
                 return;
             }
             notified.await;
@@ -387,6 +397,7 @@ impl Client {
             events: events_tx,
             event_capacity: config.limits.event_queue.max(2),
             event_ready: Notify::new(),
+            pending_events: AtomicUsize::new(0),
             event_room: Notify::new(),
             max_frame_len,
             host_id,
@@ -515,7 +526,7 @@ impl Client {
         let mut core = inner.lock();
         let route = core.session.route(target)?;
         // A copy for this client itself is an event, bounded like the others.
-        if self.wants_loopback(target) && !inner.has_event_room(&core) {
+        if self.wants_loopback(target) && !inner.has_event_room() {
             return Ok(Some(Full::Events));
         }
         let max_datagram = match options.carrier() {
@@ -680,6 +691,9 @@ async fn emit_events(inner: Arc<Inner>) {
         {
             let mut core = inner.lock();
             batch.extend(std::iter::from_fn(|| core.session.poll_event()).take(64));
+            inner
+                .pending_events
+                .store(core.session.pending_events(), Ordering::Release);
         }
         if batch.is_empty() {
             notified.await;
@@ -791,10 +805,14 @@ async fn receive(inner: Arc<Inner>, recv: FrameReader) {
     inner.closed.store(true, Ordering::Release);
     tracing::info!(%reason, "disconnected");
     // After every event before it, through the emitter.
-    inner
-        .lock()
-        .session
-        .push_event(ClientEvent::Disconnected { reason });
+    {
+        let mut core = inner.lock();
+        core.session
+            .push_event(ClientEvent::Disconnected { reason });
+        inner
+            .pending_events
+            .store(core.session.pending_events(), Ordering::Release);
+    }
     inner.event_ready.notify_one();
 }
 

@@ -248,10 +248,13 @@ pub(crate) async fn write_stream(
     /// The most bytes taken from the queue at once (beyond one frame).
     const WRITE_BATCH_BYTES: usize = 32 << 10;
     let mut merged = bytes::BytesMut::new();
+    // Made once: each `closed()` registers with quinn's connection state.
+    let closed = connection.closed();
+    tokio::pin!(closed);
     loop {
         let next = tokio::select! {
             next = queue.next(&mut merged, WRITE_BATCH_BYTES) => next,
-            _ = connection.closed() => return,
+            _ = &mut closed => return,
         };
         match next {
             Next::Frames => {
