@@ -293,6 +293,7 @@ async fn the_server_as_member_receives_group_messages_and_sends_to_groups() {
                     group,
                     payload,
                     delivery,
+                    ..
                 } => Some((*from, *group, payload.clone(), *delivery)),
                 _ => None,
             })

@@ -51,6 +51,8 @@ pub enum ServerEvent {
         payload: Bytes,
         /// How it was sent.
         delivery: Delivery,
+        /// The channel it was sent on (0 for modes without channels).
+        channel: u8,
     },
     /// A pair's traffic moved to a direct path, or back to the relay. ProudNet has no such
     /// server-side event; matchmakers and monitoring want one.

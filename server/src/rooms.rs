@@ -641,6 +641,7 @@ mod tests {
                 group: None,
                 payload: Bytes::copy_from_slice(payload),
                 delivery: Delivery::ReliableOrdered,
+                channel: 0,
             };
             let reply = self.rooms.handle_event(&self.registry, event);
             reply.map(|(to, reply)| {
@@ -1176,6 +1177,7 @@ mod tests {
             group: Some(group),
             payload: datagram_to_bytes(&RoomsRequest::List).unwrap(),
             delivery: Delivery::ReliableOrdered,
+            channel: 0,
         };
         assert!(w.rooms.handle_event(&w.registry, event).is_none());
         let event = ServerEvent::JoinAckComplete {

@@ -578,7 +578,11 @@ impl Registry {
         now: Instant,
     ) {
         if to_server {
-            self.relay_to_server(from, group, payload.clone(), lane.delivery());
+            let channel = match lane {
+                Lane::Ordered { channel } => channel,
+                Lane::Unordered | Lane::Latest { .. } => 0,
+            };
+            self.relay_to_server(from, group, payload.clone(), lane.delivery(), channel);
         }
         let mut seen = DestinationSet::default();
         for dest in dests {
@@ -647,7 +651,7 @@ impl Registry {
     ) {
         let probe = matches!(lane, DatagramLane::Ping { .. } | DatagramLane::Pong { .. });
         if to_server && !probe {
-            let delivery = match lane {
+            let (delivery, channel) = match lane {
                 DatagramLane::Sequenced { channel } => {
                     let newest = self
                         .hosts
@@ -659,11 +663,11 @@ impl Registry {
                         // mode promises.
                         _ => return self.relay_datagram(from, group, lane, dests, payload, now),
                     }
-                    Delivery::UnreliableSequenced
+                    (Delivery::UnreliableSequenced, channel)
                 }
-                _ => Delivery::Unreliable,
+                _ => (Delivery::Unreliable, 0),
             };
-            self.relay_to_server(from, group, payload.clone(), delivery);
+            self.relay_to_server(from, group, payload.clone(), delivery, channel);
         }
         self.relay_datagram(from, group, lane, dests, payload, now);
     }
@@ -794,6 +798,7 @@ impl Registry {
         group: Option<GroupId>,
         payload: Bytes,
         delivery: Delivery,
+        channel: u8,
     ) {
         if let Some(g) = group {
             let allowed = self.groups.get(group_key(g)).is_some_and(|state| {
@@ -809,6 +814,7 @@ impl Registry {
             group,
             payload,
             delivery,
+            channel,
         });
     }
 

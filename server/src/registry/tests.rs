@@ -502,7 +502,8 @@ fn server_member_appears_in_notices_and_receives_group_messages() {
             from: a,
             group: Some(g),
             payload: Bytes::from_static(b"x"),
-            delivery: Delivery::ReliableOrdered
+            delivery: Delivery::ReliableOrdered,
+            channel: 0,
         }]
     );
 }
@@ -1221,4 +1222,46 @@ fn the_application_never_gets_an_older_sequenced_datagram() {
         })
         .collect();
     assert_eq!(payloads, [vec![2u8], vec![3], vec![9]]);
+}
+
+#[test]
+fn the_application_hears_the_mode_and_channel_of_a_message() {
+    let mut w = World::new();
+    let a = w.connect(1);
+    w.registry.handle_relay(
+        a,
+        None,
+        true,
+        Lane::Ordered { channel: 7 },
+        Priority::Low,
+        &[],
+        Bytes::from_static(b"x"),
+        w.now,
+    );
+    w.registry.handle_datagram(
+        a,
+        None,
+        true,
+        DatagramLane::Sequenced { channel: 3 },
+        1,
+        &[],
+        Bytes::from_static(b"y"),
+        w.now,
+    );
+    let heard: Vec<(Delivery, u8)> = World::events(&w.drain())
+        .into_iter()
+        .map(|e| match e {
+            ServerEvent::Message {
+                delivery, channel, ..
+            } => (delivery, channel),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        heard,
+        [
+            (Delivery::ReliableOrdered, 7),
+            (Delivery::UnreliableSequenced, 3)
+        ]
+    );
 }
