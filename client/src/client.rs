@@ -47,6 +47,8 @@ pub(crate) struct Inner {
     event_capacity: usize,
     /// Wakes the emitter: the session has events.
     event_ready: Notify,
+    /// Whose turn it is to hand events over (see [`Inner::deliver_events`]).
+    emit_turn: tokio::sync::Mutex<()>,
     /// The session's undelivered events as of the last change, so readers check for room
     /// without taking the lock.
     pending_events: AtomicUsize,
@@ -79,7 +81,9 @@ impl Inner {
     }
 
     /// Sends what the session produced after an operation: frames for the server and for
-    /// peers, punch orders, ended pairs; wakes the emitter for new events.
+    /// peers, punch orders, ended pairs. Events stay in the session: readers hand them
+    /// over themselves ([`Inner::deliver_events`]); other callers wake the emitter
+    /// ([`Inner::flush_and_wake`]).
     pub fn flush(self: &Arc<Self>, core: &mut Core) {
         while let Some(upload) = core.session.poll_upload() {
             self.dispatch(core, upload);
@@ -95,13 +99,46 @@ impl Inner {
                 );
             }
         }
-        let pending = core.session.pending_events();
-        // Only a change from none wakes the emitter: a busy one comes back by itself.
-        if pending > 0 && self.pending_events.swap(pending, Ordering::AcqRel) == 0 {
+        self.pending_events
+            .store(core.session.pending_events(), Ordering::Release);
+    }
+
+    /// As [`Inner::flush`], and wakes the emitter task if there are events: for work
+    /// that is not a reader (sends, timers, path changes).
+    pub fn flush_and_wake(self: &Arc<Self>, core: &mut Core) {
+        self.flush(core);
+        if core.session.pending_events() > 0 {
             self.event_ready.notify_one();
-        } else {
-            self.pending_events.store(pending, Ordering::Release);
         }
+    }
+
+    /// Hands the session's events to the application, in order, waiting for room: one
+    /// caller at a time (the turn lock), so events from the relay reader and a direct
+    /// reader never interleave out of session order. Readers call it after each frame,
+    /// so an application that stops reading stops them, and QUIC flow control then
+    /// pauses the senders. Returns whether `Disconnected` went out.
+    pub async fn deliver_events(&self) -> bool {
+        let _turn = self.emit_turn.lock().await;
+        let mut batch = Vec::new();
+        let mut disconnected = false;
+        loop {
+            {
+                let mut core = self.lock();
+                batch.extend(std::iter::from_fn(|| core.session.poll_event()).take(64));
+                self.pending_events
+                    .store(core.session.pending_events(), Ordering::Release);
+            }
+            if batch.is_empty() {
+                break;
+            }
+            for event in batch.drain(..) {
+                disconnected |= matches!(event, ClientEvent::Disconnected { .. });
+                // An error only means the application dropped its event stream.
+                let _ = self.events.send(event).await;
+            }
+            self.event_room.notify_waiters();
+        }
+        disconnected
     }
 
     /// Whether the session holds fewer undelivered events than the event queue's size.
@@ -397,6 +434,7 @@ impl Client {
             events: events_tx,
             event_capacity: config.limits.event_queue.max(2),
             event_ready: Notify::new(),
+            emit_turn: tokio::sync::Mutex::new(()),
             pending_events: AtomicUsize::new(0),
             event_room: Notify::new(),
             max_frame_len,
@@ -557,7 +595,7 @@ impl Client {
         for upload in uploads {
             inner.dispatch(&mut core, upload);
         }
-        inner.flush(&mut core);
+        inner.flush_and_wake(&mut core);
         Ok(None)
     }
 
@@ -678,37 +716,18 @@ enum Full {
     Events,
 }
 
-/// Hands the session's events to the application, one task for all of them, so they
-/// arrive in exactly the order the session produced them (readers of the relay and of a
-/// direct path run concurrently; handing over from each would interleave their batches).
-/// Ends after `Disconnected`.
+/// Hands over the events that no reader delivers (those of sends, timers and path
+/// changes, and the final `Disconnected`), through [`Inner::deliver_events`], so they
+/// keep the session's order too. Ends after `Disconnected`.
 async fn emit_events(inner: Arc<Inner>) {
-    let mut batch = Vec::with_capacity(64);
     loop {
         let notified = inner.event_ready.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        {
-            let mut core = inner.lock();
-            batch.extend(std::iter::from_fn(|| core.session.poll_event()).take(64));
-            inner
-                .pending_events
-                .store(core.session.pending_events(), Ordering::Release);
+        if inner.deliver_events().await {
+            return;
         }
-        if batch.is_empty() {
-            notified.await;
-            continue;
-        }
-        for event in batch.drain(..) {
-            let last = matches!(event, ClientEvent::Disconnected { .. });
-            // An error only means the application dropped its event stream.
-            let _ = inner.events.send(event).await;
-            if last {
-                inner.event_room.notify_waiters();
-                return;
-            }
-        }
-        inner.event_room.notify_waiters();
+        notified.await;
     }
 }
 
@@ -809,11 +828,8 @@ async fn receive(inner: Arc<Inner>, recv: FrameReader) {
         let mut core = inner.lock();
         core.session
             .push_event(ClientEvent::Disconnected { reason });
-        inner
-            .pending_events
-            .store(core.session.pending_events(), Ordering::Release);
+        inner.flush_and_wake(&mut core);
     }
-    inner.event_ready.notify_one();
 }
 
 async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
@@ -839,7 +855,7 @@ async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
             }
             inner.flush(&mut core);
         }
-        inner.event_room().await;
+        inner.deliver_events().await;
     }
 }
 
@@ -858,7 +874,7 @@ async fn read_datagrams(inner: &Arc<Inner>) -> ReadEnd {
             core.session.handle_datagram(message, Instant::now());
             inner.flush(&mut core);
         }
-        inner.event_room().await;
+        inner.deliver_events().await;
     }
 }
 

@@ -329,7 +329,7 @@ async fn establish(
                 rtt_us: rtt.as_micros().min(u128::from(u32::MAX)) as u32,
             },
         });
-        inner.flush(&mut core);
+        inner.flush_and_wake(&mut core);
     }
     tracing::info!(%peer, remote = %connection.remote_address(), "direct path up");
     serve_direct(inner.clone(), peer, connection, recv).await;
@@ -379,7 +379,7 @@ async fn serve_direct(
         // Unacked messages are queued again for the relay, with their numbers.
         core.session
             .set_relay(peer, reason, std::time::Instant::now());
-        inner.flush(&mut core);
+        inner.flush_and_wake(&mut core);
     }
     tracing::info!(%peer, ?reason, "direct path down; back to the relay");
 }
@@ -413,7 +413,7 @@ async fn read_peer_frames(inner: &Arc<Inner>, peer: HostId, mut recv: FrameReade
             inner.flush(&mut core);
             core.session.held_bytes(peer)
         };
-        inner.event_room().await;
+        inner.deliver_events().await;
         if held > MAX_HELD_BYTES {
             // The direct path is far ahead of the relay: stop reading it until the relay
             // catches up, so held memory stays bounded and the sender is paced.
@@ -450,7 +450,7 @@ async fn read_peer_datagrams(
                 .handle_peer_datagram(peer, message, std::time::Instant::now());
             inner.flush(&mut core);
         }
-        inner.event_room().await;
+        inner.deliver_events().await;
     }
 }
 
@@ -493,7 +493,7 @@ pub(crate) async fn tick(inner: Arc<Inner>) {
         if now >= core.session.poll_timeout() {
             core.session.handle_timeout(now);
         }
-        inner.flush(&mut core);
+        inner.flush_and_wake(&mut core);
     }
 }
 
