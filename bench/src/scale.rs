@@ -215,21 +215,17 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
 
 // ---- the server process ------------------------------------------------------------------
 
-/// The `peergroup-server` binary next to this one, built first if it is missing.
+/// The `peergroup-server` binary next to this one, built first (cargo does nothing when
+/// it is up to date). Building every time matters: a binary left from an older checkout
+/// speaks an older protocol, and every connection would fail on the version check.
 fn server_binary() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let dir = exe.parent().ok_or("the bench binary has no directory")?;
     let binary = dir.join("peergroup-server");
-    if binary.exists() {
-        return Ok(binary);
-    }
     let release = dir.file_name().is_some_and(|n| n == "release");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    eprintln!(
-        "   building peergroup-server (not found at {})",
-        binary.display()
-    );
+    eprintln!("   building peergroup-server at {}", binary.display());
     let mut build = Command::new(cargo);
     build.current_dir(&workspace).args([
         "build",
