@@ -144,7 +144,16 @@ async fn a_stalled_direct_peer_fills_only_its_own_queue() {
         .expect("sends to others never wait for B");
     let got = messages_from(&mut c_events, a_id, 1).await;
     assert_eq!(got[0].0, Bytes::from_static(b"still here"));
-    // Datagram modes never wait either.
+    // A latest value with a key nothing queued has would grow the queue: it waits too.
+    assert_eq!(
+        a.try_send(
+            Target::Host(b_id),
+            chunk.clone(),
+            Delivery::Latest { key: u64::MAX }
+        ),
+        Err(SendError::QueueFull)
+    );
+    // Datagram modes never wait.
     a.try_send(Target::Host(b_id), "ping", Delivery::Unreliable)
         .expect("unreliable sends skip the queue");
 }

@@ -472,8 +472,8 @@ impl Client {
     /// connection to a peer) with the next number of each destination pair's lane; a send
     /// waits while a queue it needs holds [`Limits::send_queue_bytes`] (default 4 MiB) or
     /// more, so a slow path paces only the sends that use it. Unreliable modes go straight
-    /// into datagrams and never wait; so do [`Delivery::Latest`] sends, which replace a
-    /// queued value of their key instead of growing the queue.
+    /// into datagrams and never wait. A [`Delivery::Latest`] send replaces a queued value
+    /// of its key instead of growing the queue, so it rarely finds one full.
     ///
     /// # Errors
     /// [`SendError`]: a target this client may not use ([`SendError::NotInGroup`],
@@ -578,13 +578,11 @@ impl Client {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     _ => None,
                 }),
-            // A latest value replaces its queued predecessor, so it never grows a queue
-            // by more than one message per key: it need not wait for room.
-            Carrier::Stream(lane) => {
-                if lane.latest_key().is_none() {
-                    if let Some(full) = inner.full_queue(&core, &route) {
-                        return Ok(Some(Full::Queue(full)));
-                    }
+            // Latest values wait too: they replace queued values of their key, but an
+            // application that keeps inventing keys must not grow a queue without bound.
+            Carrier::Stream(_) => {
+                if let Some(full) = inner.full_queue(&core, &route) {
+                    return Ok(Some(Full::Queue(full)));
                 }
                 None
             }
