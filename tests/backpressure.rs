@@ -48,6 +48,37 @@ async fn until_peer(client: &peergroup_client::Client, peer: HostId) {
     }
 }
 
+/// A sender and a receiver on the relay; the receiver's event queue holds 4, so while
+/// the test does not read its events its client stops reading the network, and what is
+/// sent to it piles up at the server. Bind every field: a client dropped with the rest
+/// of the struct disconnects.
+struct SlowPair {
+    a: peergroup_client::Client,
+    _a_events: peergroup_client::ClientEvents,
+    a_id: HostId,
+    _b: peergroup_client::Client,
+    b_events: peergroup_client::ClientEvents,
+    b_id: HostId,
+}
+
+async fn slow_relay_pair(server: &peergroup_server::Server) -> SlowPair {
+    let (a, a_events, a_id) = connect(server, "a").await;
+    let (b, mut b_events, b_id) = connect_with(server, "b", |c| c.limits.event_queue = 4).await;
+    server
+        .create_group(&[a_id, b_id], relay_only(), "")
+        .unwrap();
+    next_client_events(&mut b_events, 2).await;
+    until_peer(&a, b_id).await;
+    SlowPair {
+        a,
+        _a_events: a_events,
+        a_id,
+        _b: b,
+        b_events,
+        b_id,
+    }
+}
+
 /// The payloads of the next `n` messages from `from`, skipping other events.
 async fn messages_from(
     events: &mut peergroup_client::ClientEvents,
@@ -163,13 +194,14 @@ async fn a_slow_receiver_of_latest_values_holds_one_per_key_and_gets_the_newest(
     const KEYS: u64 = 4;
     const UPDATES: u64 = 20_000;
     let (server, _server_events) = start_server().await;
-    let (a, _a_events, a_id) = connect(&server, "a").await;
-    let (_b, mut b_events, b_id) = connect_with(&server, "b", |c| c.limits.event_queue = 4).await;
-    server
-        .create_group(&[a_id, b_id], relay_only(), "")
-        .unwrap();
-    next_client_events(&mut b_events, 2).await;
-    until_peer(&a, b_id).await;
+    let SlowPair {
+        a,
+        _a_events,
+        a_id,
+        _b,
+        mut b_events,
+        b_id,
+    } = slow_relay_pair(&server).await;
 
     // B reads nothing while A sends a flood of position updates; each payload is
     // (key, value) and values grow.
@@ -241,13 +273,14 @@ async fn high_priority_overtakes_a_low_priority_backlog_at_the_server() {
     const LOW: usize = 4_000;
     const HIGH: usize = 50;
     let (server, _server_events) = start_server().await;
-    let (a, _a_events, a_id) = connect(&server, "a").await;
-    let (_b, mut b_events, b_id) = connect_with(&server, "b", |c| c.limits.event_queue = 4).await;
-    server
-        .create_group(&[a_id, b_id], relay_only(), "")
-        .unwrap();
-    next_client_events(&mut b_events, 2).await;
-    until_peer(&a, b_id).await;
+    let SlowPair {
+        a,
+        _a_events,
+        a_id,
+        _b,
+        mut b_events,
+        b_id,
+    } = slow_relay_pair(&server).await;
 
     // B reads nothing while 4 MB of Low chat piles up for it, then High moves follow.
     let low = Delivery::ReliableOrdered
