@@ -589,7 +589,7 @@ impl Client {
         };
         let uploads = core
             .session
-            .plan_send(target, payload.clone(), options, max_datagram)?;
+            .plan(route, payload.clone(), options, max_datagram)?;
         for upload in uploads {
             inner.dispatch(&mut core, upload);
         }

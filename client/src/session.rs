@@ -505,7 +505,7 @@ impl Session {
                                 group,
                                 payload,
                                 delivery: lane.delivery(),
-                                channel: channel_of(lane),
+                                channel: lane.channel(),
                                 path,
                             });
                         }
@@ -577,8 +577,8 @@ impl Session {
                     from,
                     group,
                     payload,
-                    delivery: datagram_delivery(lane),
-                    channel: datagram_channel(lane),
+                    delivery: lane.delivery(),
+                    channel: lane.channel(),
                     path,
                 });
             }
@@ -616,14 +616,14 @@ impl Session {
             peer.stats.stale_dropped += 1;
             return;
         }
-        let delivery = datagram_delivery(lane);
+        let delivery = lane.delivery();
         peer.stats.delivered_by_mode.count(delivery, &payload);
         self.events.push_back(ClientEvent::Message {
             from,
             group,
             payload,
             delivery,
-            channel: datagram_channel(lane),
+            channel: lane.channel(),
             path,
         });
     }
@@ -878,7 +878,7 @@ impl Session {
                         group,
                         payload,
                         delivery,
-                        channel: channel_of(lane),
+                        channel: lane.channel(),
                         path,
                     });
                 }
@@ -914,18 +914,18 @@ impl Session {
     /// As [`Session::plan_send`], for the target.
     pub fn route(&self, target: &Target) -> Result<Route, SendError> {
         let resolved = self.resolve(target)?;
-        let mut route = Route {
-            server: resolved.to_server,
-            direct: Vec::new(),
-        };
-        for host in resolved.peers {
-            if self.takes_direct(host, resolved.group) {
-                route.direct.push(host);
-            } else {
-                route.server = true;
-            }
-        }
-        Ok(route)
+        let (direct, relayed): (Vec<HostId>, Vec<HostId>) = resolved
+            .peers
+            .iter()
+            .partition(|&&host| self.takes_direct(host, resolved.group));
+        Ok(Route {
+            server: resolved.to_server || !relayed.is_empty(),
+            direct,
+            relayed,
+            group: resolved.group,
+            to_server: resolved.to_server,
+            loopback: resolved.loopback,
+        })
     }
 
     /// Whether a message to `host` goes direct: only on a direct path, and only within a
@@ -939,13 +939,12 @@ impl Session {
             .is_some_and(|p| p.path == PairPath::Direct && shares_group)
     }
 
-    /// Turns a send into uploads, assigning lane numbers per destination pair, and queues a
-    /// loopback delivery if asked for. `max_datagram` is the current datagram size of the
-    /// server connection (`None` if datagrams are off).
+    /// [`Session::route`] then [`Session::plan`], for callers that need not look at the
+    /// route in between.
     ///
     /// # Errors
-    /// [`SendError`] for a target this client may not send to or a payload that does not
-    /// fit; nothing is assigned or queued then.
+    /// As both.
+    #[cfg(test)]
     pub fn plan_send(
         &mut self,
         target: &Target,
@@ -953,7 +952,32 @@ impl Session {
         options: SendOptions,
         max_datagram: Option<usize>,
     ) -> Result<Vec<Upload>, SendError> {
-        let resolved = self.resolve(target)?;
+        let route = self.route(target)?;
+        self.plan(route, payload, options, max_datagram)
+    }
+
+    /// Turns a routed send into uploads, assigning lane numbers per destination pair, and
+    /// queues a loopback delivery if asked for. `max_datagram` is the smallest datagram
+    /// size of the paths the send takes (`None` if datagrams are off). The route must be
+    /// fresh: taken under the same lock, with nothing in between.
+    ///
+    /// # Errors
+    /// [`SendError`] for a payload that does not fit; nothing is assigned or queued then.
+    pub fn plan(
+        &mut self,
+        route: Route,
+        payload: Bytes,
+        options: SendOptions,
+        max_datagram: Option<usize>,
+    ) -> Result<Vec<Upload>, SendError> {
+        let Route {
+            direct,
+            relayed,
+            group,
+            to_server,
+            loopback,
+            ..
+        } = route;
         let carrier = options.carrier();
         // Check the size before any sequence number is used.
         let limit = match carrier {
@@ -988,31 +1012,23 @@ impl Session {
             }
         };
 
-        if resolved.loopback {
+        if loopback {
             self.events.push_back(ClientEvent::Message {
                 from: self.host_id,
-                group: resolved.group,
+                group,
                 payload: payload.clone(),
                 delivery: options.delivery,
                 // As a remote receiver would see it: 0 for modes without channels.
-                channel: match carrier {
-                    Carrier::Stream(lane) => channel_of(lane),
-                    Carrier::Datagram(lane) => datagram_channel(lane),
-                },
+                channel: carrier.channel(),
                 path: Path::Loopback,
             });
         }
         let mut uploads = Vec::new();
-        // Peers on a direct path get their copy there; the rest share one relay upload.
-        let mut relayed = Vec::with_capacity(resolved.peers.len());
-        for host in resolved.peers {
-            // No fallback to the relay for a busy direct path: the queue paces the sender
-            // instead, and the two paths never drift far apart in sequence.
-            if !self.takes_direct(host, resolved.group) {
-                relayed.push(host);
-                continue;
-            }
-            let peer = self.peers.get_mut(&host).expect("resolved peers exist");
+        // Peers on a direct path get their copy there; the rest share one relay upload. No
+        // fallback to the relay for a busy direct path: the queue paces the sender instead,
+        // and the two paths never drift far apart in sequence.
+        for host in direct {
+            let peer = self.peers.get_mut(&host).expect("routed peers exist");
             count(&mut peer.stats.direct_sent, &payload);
             peer.stats.sent_by_mode.count(options.delivery, &payload);
             match carrier {
@@ -1020,7 +1036,7 @@ impl Session {
                     to: host,
                     datagram: ServerDatagram::Deliver {
                         from: self.host_id,
-                        group: resolved.group,
+                        group,
                         lane,
                         seq: peer.sending.next_datagram(lane),
                         payload: payload.clone(),
@@ -1033,7 +1049,7 @@ impl Session {
                     peer.unacked.insert(
                         id,
                         Unacked {
-                            group: resolved.group,
+                            group,
                             lane,
                             seq,
                             payload: payload.clone(),
@@ -1044,7 +1060,7 @@ impl Session {
                     uploads.push(Upload::Peer {
                         to: host,
                         frame: PeerToPeer::Data {
-                            group: resolved.group,
+                            group,
                             lane,
                             seq,
                             payload: payload.clone(),
@@ -1062,17 +1078,16 @@ impl Session {
         };
         let per_upload =
             (limit.saturating_sub(UPLOAD_FIXED_OVERHEAD + payload.len()) / dest_len).max(1);
-        let mut to_server = resolved.to_server;
+        let mut to_server = to_server;
         let mut chunks = relayed.chunks(per_upload).peekable();
         if chunks.peek().is_none() && !to_server {
             return Ok(uploads);
         }
         loop {
             let chunk = chunks.next().unwrap_or(&[]);
-            let group = resolved.group;
             let mut dests = Vec::with_capacity(chunk.len());
             for host in chunk {
-                let peer = self.peers.get_mut(host).expect("resolved peers exist");
+                let peer = self.peers.get_mut(host).expect("routed peers exist");
                 count(&mut peer.stats.relay_sent, &payload);
                 peer.stats.sent_by_mode.count(options.delivery, &payload);
                 let seq = match carrier {
@@ -1207,39 +1222,24 @@ impl Session {
     }
 }
 
-/// The queues a send uses.
+/// Where a send goes, decided once: which queues it needs (for back-pressure) and then
+/// what [`Session::plan`] uploads.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Route {
-    /// The upload queue to the server (relay or server application).
+    /// Whether it needs the upload queue to the server (relay or server application).
     pub server: bool,
-    /// Direct peers' queues.
+    /// Peers whose copy goes on their direct path, each through its own queue.
     pub direct: Vec<HostId>,
+    /// Peers whose copy goes through the relay.
+    relayed: Vec<HostId>,
+    group: Option<GroupId>,
+    to_server: bool,
+    loopback: bool,
 }
 
 fn count(counters: &mut PathCounters, payload: &Bytes) {
     counters.messages += 1;
     counters.bytes += payload.len() as u64;
-}
-
-fn channel_of(lane: Lane) -> u8 {
-    match lane {
-        Lane::Ordered { channel } => channel,
-        Lane::Unordered | Lane::Latest { .. } => 0,
-    }
-}
-
-fn datagram_channel(lane: DatagramLane) -> u8 {
-    match lane {
-        DatagramLane::Sequenced { channel } => channel,
-        _ => 0,
-    }
-}
-
-fn datagram_delivery(lane: DatagramLane) -> Delivery {
-    match lane {
-        DatagramLane::Sequenced { .. } => Delivery::UnreliableSequenced,
-        _ => Delivery::Unreliable,
-    }
 }
 
 /// Names a destination set, so that only a latest-value upload to the very same

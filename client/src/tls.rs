@@ -183,36 +183,32 @@ pub(crate) fn server_client_config(
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_error)?;
-    let builder =
-        match trust {
-            ServerTrust::Fingerprint(expected) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
-                    expected: *expected,
-                    signatures: Signatures(provider),
-                })),
-            ServerTrust::Certificate(cert) => {
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
-                        expected: fingerprint_of(cert),
-                        signatures: Signatures(provider),
-                    }))
+    let pinned = match trust {
+        ServerTrust::Fingerprint(expected) => Some(*expected),
+        ServerTrust::Certificate(cert) => Some(fingerprint_of(cert)),
+        ServerTrust::SystemRoots => None,
+    };
+    let builder = match pinned {
+        Some(expected) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+                expected,
+                signatures: Signatures(provider),
+            })),
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
             }
-            ServerTrust::SystemRoots => {
-                let mut roots = rustls::RootCertStore::empty();
-                let native = rustls_native_certs::load_native_certs();
-                for cert in native.certs {
-                    let _ = roots.add(cert);
-                }
-                if roots.is_empty() {
-                    return Err(ConnectError::Tls(
-                        "no system root certificates found".into(),
-                    ));
-                }
-                builder.with_root_certificates(roots)
+            if roots.is_empty() {
+                return Err(ConnectError::Tls(
+                    "no system root certificates found".into(),
+                ));
             }
-        };
+            builder.with_root_certificates(roots)
+        }
+    };
     let mut tls = builder
         .with_client_auth_cert(vec![identity.certificate.clone()], identity.key.clone_key())
         .map_err(tls_error)?;

@@ -106,6 +106,50 @@ impl Lane {
             _ => None,
         }
     }
+
+    /// The channel receivers report: the ordered channel, or 0 for modes without channels.
+    pub fn channel(self) -> u8 {
+        match self {
+            Lane::Ordered { channel } => channel,
+            Lane::Unordered | Lane::Latest { .. } => 0,
+        }
+    }
+}
+
+impl DatagramLane {
+    /// The [`Delivery`] this lane carries (pings and pongs count as [`Delivery::Unreliable`];
+    /// they are never handed to an application).
+    pub fn delivery(self) -> Delivery {
+        match self {
+            DatagramLane::Sequenced { .. } => Delivery::UnreliableSequenced,
+            DatagramLane::Plain | DatagramLane::Ping { .. } | DatagramLane::Pong { .. } => {
+                Delivery::Unreliable
+            }
+        }
+    }
+
+    /// The channel receivers report: the sequenced channel, or 0.
+    pub fn channel(self) -> u8 {
+        match self {
+            DatagramLane::Sequenced { channel } => channel,
+            DatagramLane::Plain | DatagramLane::Ping { .. } | DatagramLane::Pong { .. } => 0,
+        }
+    }
+
+    /// Whether this is an RTT probe between peers rather than a message.
+    pub fn is_probe(self) -> bool {
+        matches!(self, DatagramLane::Ping { .. } | DatagramLane::Pong { .. })
+    }
+}
+
+impl Carrier {
+    /// The channel receivers report for a message on this carrier.
+    pub fn channel(self) -> u8 {
+        match self {
+            Carrier::Stream(lane) => lane.channel(),
+            Carrier::Datagram(lane) => lane.channel(),
+        }
+    }
 }
 
 /// The next sequence number of each lane, for one direction of one pair (or of the server
@@ -194,6 +238,33 @@ mod tests {
             Delivery::Latest { key: 4 }.on_channel(9).carrier(),
             Carrier::Stream(Lane::Latest { key: 4 })
         );
+        // Receivers report channel 0 for modes without channels, whatever the send named.
+        assert_eq!(
+            Delivery::Latest { key: 4 }
+                .on_channel(9)
+                .carrier()
+                .channel(),
+            0
+        );
+        assert_eq!(
+            Delivery::ReliableOrdered.on_channel(9).carrier().channel(),
+            9
+        );
+        assert_eq!(
+            Delivery::UnreliableSequenced
+                .on_channel(5)
+                .carrier()
+                .channel(),
+            5
+        );
+        assert_eq!(DatagramLane::Ping { id: 1 }.channel(), 0);
+        assert!(DatagramLane::Pong { id: 1 }.is_probe());
+        assert!(!DatagramLane::Plain.is_probe());
+        assert_eq!(
+            DatagramLane::Sequenced { channel: 1 }.delivery(),
+            Delivery::UnreliableSequenced
+        );
+        assert_eq!(DatagramLane::Plain.delivery(), Delivery::Unreliable);
         let default = SendOptions::from(Delivery::ReliableUnordered);
         assert_eq!((default.channel, default.priority), (0, Priority::Medium));
     }

@@ -40,7 +40,7 @@
 //! # Costs
 //! Memory is O(items). [`SendQueue::push_control`] and [`SendQueue::pop`] are O(1) amortized;
 //! [`SendQueue::push_data`] is O(1), or O(log n) when it replaces (the item is found by its
-//! id, which increases within each FIFO, by binary search); [`SendQueue::bytes_of`] is O(1);
+//! id, which increases within each FIFO, by binary search); [`SendQueue::bytes_of`] is O(items);
 //! [`SendQueue::promote_flow`] is O(items), which is fine because it is rare.
 
 use std::collections::{HashMap, VecDeque};
@@ -131,8 +131,6 @@ pub struct SendQueue<T> {
     granted: bool,
     /// `(flow, key)` to the class index and id of the queued, replaceable data item.
     latest: HashMap<(u64, u64), (usize, u64)>,
-    /// Queued bytes per flow of data items (promoted or not); no zero entries.
-    flow_bytes: HashMap<u64, usize>,
     bytes: usize,
     next_id: u64,
 }
@@ -152,7 +150,6 @@ impl<T> SendQueue<T> {
             current: 0,
             granted: false,
             latest: HashMap::new(),
-            flow_bytes: HashMap::new(),
             bytes: 0,
             next_id: 0,
         }
@@ -213,8 +210,6 @@ impl<T> SendQueue<T> {
                     let old_len = std::mem::replace(&mut entry.len, len);
                     let old = std::mem::replace(&mut entry.item, item);
                     self.bytes = self.bytes - old_len + len;
-                    self.sub_flow_bytes(flow, old_len);
-                    self.add_flow_bytes(flow, len);
                     return Some((old, old_len));
                 }
                 // Unreachable while the index is kept exact; recover by queueing anew.
@@ -228,7 +223,6 @@ impl<T> SendQueue<T> {
             self.latest.insert((flow, key), (class, id));
         }
         self.bytes += len;
-        self.add_flow_bytes(flow, len);
         self.classes[class].fifo.push_back(DataEntry {
             id,
             item,
@@ -307,9 +301,23 @@ impl<T> SendQueue<T> {
     }
 
     /// Queued bytes of the data items pushed with `flow` (including those promoted into the
-    /// control class and not yet popped). O(1).
+    /// control class and not yet popped). O(items): for diagnostics, not for every push (a
+    /// running count per flow would cost a hash on each push and pop of the hot path).
     pub fn bytes_of(&self, flow: u64) -> usize {
-        self.flow_bytes.get(&flow).copied().unwrap_or(0)
+        let promoted: usize = self
+            .control
+            .iter()
+            .filter(|e| e.flow == Some(flow))
+            .map(|e| e.len)
+            .sum();
+        let queued: usize = self
+            .classes
+            .iter()
+            .flat_map(|c| c.fifo.iter())
+            .filter(|e| e.flow == flow)
+            .map(|e| e.len)
+            .sum();
+        promoted + queued
     }
 
     /// [`SendQueue::pop`], optionally without the arithmetic skip of idle rounds (tests compare
@@ -317,9 +325,6 @@ impl<T> SendQueue<T> {
     fn pop_inner(&mut self, skip_idle_rounds: bool) -> Option<(T, usize)> {
         if let Some(entry) = self.control.pop_front() {
             self.bytes -= entry.len;
-            if let Some(flow) = entry.flow {
-                self.sub_flow_bytes(flow, entry.len);
-            }
             return Some((entry.item, entry.len));
         }
         let c = self.next_class(skip_idle_rounds)?;
@@ -331,7 +336,6 @@ impl<T> SendQueue<T> {
             self.advance();
         }
         self.bytes -= entry.len;
-        self.sub_flow_bytes(entry.flow, entry.len);
         if let Some(key) = entry.key {
             let removed = self.latest.remove(&(entry.flow, key));
             debug_assert_eq!(removed, Some((c, entry.id)));
@@ -403,24 +407,6 @@ impl<T> SendQueue<T> {
         self.current = (self.current + 1) % self.classes.len();
         self.granted = false;
     }
-
-    fn add_flow_bytes(&mut self, flow: u64, len: usize) {
-        if len > 0 {
-            *self.flow_bytes.entry(flow).or_insert(0) += len;
-        }
-    }
-
-    fn sub_flow_bytes(&mut self, flow: u64, len: usize) {
-        if len == 0 {
-            return;
-        }
-        if let Some(bytes) = self.flow_bytes.get_mut(&flow) {
-            *bytes -= len;
-            if *bytes == 0 {
-                self.flow_bytes.remove(&flow);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -450,7 +436,6 @@ mod tests {
             .map(|e| e.len)
             .sum();
         assert_eq!(q.bytes(), control + data);
-        assert!(q.flow_bytes.values().all(|&b| b > 0));
         for class in &q.classes {
             if class.fifo.is_empty() {
                 assert_eq!(class.deficit, 0);
@@ -788,7 +773,7 @@ mod tests {
                 "f2 low new",
             ]
         );
-        assert!(q.flow_bytes.is_empty());
+        assert_eq!((q.bytes_of(1), q.bytes_of(2)), (0, 0));
         assert!(q.latest.is_empty());
     }
 
@@ -805,7 +790,7 @@ mod tests {
     }
 
     #[test]
-    fn bytes_of_counts_each_flow_and_forgets_empty_flows() {
+    fn bytes_of_counts_each_flow_until_its_items_leave() {
         let mut q = SendQueue::new();
         q.push_control("c", 100);
         q.push_data("a", 10, Priority::High, 1, None);
@@ -813,9 +798,8 @@ mod tests {
         q.push_data("z", 0, Priority::Low, 3, None);
         assert_eq!((q.bytes_of(1), q.bytes_of(2), q.bytes_of(3)), (10, 20, 0));
         assert_eq!(q.bytes(), 130);
-        assert_eq!(q.flow_bytes.len(), 2);
         drain(&mut q);
-        assert!(q.flow_bytes.is_empty());
+        assert_eq!((q.bytes_of(1), q.bytes_of(2), q.bytes_of(3)), (0, 0, 0));
         assert_eq!((q.bytes(), q.len()), (0, 0));
     }
 
@@ -1024,7 +1008,7 @@ mod tests {
             prop_assert!(m.popped.is_disjoint(&m.replaced));
             let left: HashSet<u64> = m.popped.union(&m.replaced).copied().collect();
             prop_assert_eq!(left, m.pushed);
-            prop_assert!(q.flow_bytes.is_empty());
+            prop_assert!((0..8).all(|flow| q.bytes_of(flow) == 0));
         }
 
         /// The arithmetic skip of idle rounds sends in exactly the order of plain DRR run one

@@ -578,11 +578,13 @@ impl Registry {
         now: Instant,
     ) {
         if to_server {
-            let channel = match lane {
-                Lane::Ordered { channel } => channel,
-                Lane::Unordered | Lane::Latest { .. } => 0,
-            };
-            self.relay_to_server(from, group, payload.clone(), lane.delivery(), channel);
+            self.relay_to_server(
+                from,
+                group,
+                payload.clone(),
+                lane.delivery(),
+                lane.channel(),
+            );
         }
         let mut seen = DestinationSet::default();
         for dest in dests {
@@ -649,25 +651,26 @@ impl Registry {
         payload: Bytes,
         now: Instant,
     ) {
-        let probe = matches!(lane, DatagramLane::Ping { .. } | DatagramLane::Pong { .. });
-        if to_server && !probe {
-            let (delivery, channel) = match lane {
-                DatagramLane::Sequenced { channel } => {
-                    let newest = self
-                        .hosts
-                        .get_mut(host_key(from))
-                        .map(|h| h.app_sequenced.entry(channel).or_insert(0));
-                    match newest {
-                        Some(newest) if server_seq > *newest => *newest = server_seq,
-                        // Older than one the application already has: dropped, as the
-                        // mode promises.
-                        _ => return self.relay_datagram(from, group, lane, dests, payload, now),
-                    }
-                    (Delivery::UnreliableSequenced, channel)
+        if to_server && !lane.is_probe() {
+            if let DatagramLane::Sequenced { channel } = lane {
+                let newest = self
+                    .hosts
+                    .get_mut(host_key(from))
+                    .map(|h| h.app_sequenced.entry(channel).or_insert(0));
+                match newest {
+                    Some(newest) if server_seq > *newest => *newest = server_seq,
+                    // Older than one the application already has: dropped, as the
+                    // mode promises.
+                    _ => return self.relay_datagram(from, group, lane, dests, payload, now),
                 }
-                _ => (Delivery::Unreliable, 0),
-            };
-            self.relay_to_server(from, group, payload.clone(), delivery, channel);
+            }
+            self.relay_to_server(
+                from,
+                group,
+                payload.clone(),
+                lane.delivery(),
+                lane.channel(),
+            );
         }
         self.relay_datagram(from, group, lane, dests, payload, now);
     }
@@ -682,7 +685,7 @@ impl Registry {
         payload: Bytes,
         now: Instant,
     ) {
-        let probe = matches!(lane, DatagramLane::Ping { .. } | DatagramLane::Pong { .. });
+        let probe = lane.is_probe();
         let mut recipients = Vec::with_capacity(dests.len());
         let mut seen = DestinationSet::default();
         for dest in dests {
@@ -726,12 +729,9 @@ impl Registry {
         last_rtt: Option<Duration>,
         loss: Option<f32>,
     ) {
-        let Some(state) = self.pairs.get_mut(pair) else {
+        let Some(state) = self.pairs.get_member_mut(pair, from) else {
             return;
         };
-        if state.other(from).is_none() {
-            return;
-        }
         state.link = Some(pairs::LinkMeasure {
             rtt,
             last_rtt,
@@ -852,12 +852,9 @@ impl Registry {
 
     /// Just-in-time mode: `from` sent its first user message to the pair's peer.
     pub fn handle_want_direct(&mut self, from: HostId, pair: PairId, now: Instant) {
-        let Some(state) = self.pairs.get_mut(pair) else {
+        let Some(state) = self.pairs.get_member_mut(pair, from) else {
             return;
         };
-        if state.other(from).is_none() {
-            return;
-        }
         state.talked = true;
         self.maybe_punch(pair, now);
     }
@@ -872,12 +869,9 @@ impl Registry {
         now: Instant,
     ) {
         let config = self.config.punch;
-        let Some(state) = self.pairs.get_mut(pair) else {
+        let Some(state) = self.pairs.get_member_mut(pair, from) else {
             return;
         };
-        if state.other(from).is_none() {
-            return;
-        }
         let verdict = state
             .punch
             .handle_punch_report(attempt, outcome, now, &config);
@@ -905,12 +899,9 @@ impl Registry {
         now: Instant,
     ) {
         let config = self.config.punch;
-        let Some(state) = self.pairs.get_mut(pair) else {
+        let Some(state) = self.pairs.get_member_mut(pair, from) else {
             return;
         };
-        if state.other(from).is_none() {
-            return;
-        }
         let (a, b) = state.hosts;
         let verdict = state
             .punch

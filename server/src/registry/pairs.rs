@@ -164,6 +164,11 @@ impl PairTable {
         self.pairs.get_mut(key_of(id))
     }
 
+    /// The pair, if `host` is one of its two hosts: what a host may report on.
+    pub fn get_member_mut(&mut self, id: PairId, host: HostId) -> Option<&mut Pair> {
+        self.get_mut(id).filter(|pair| pair.other(host).is_some())
+    }
+
     /// The pair between two hosts, if any.
     pub fn between(&self, a: HostId, b: HostId) -> Option<(PairId, &Pair)> {
         let key = *self.by_hosts.get(&ordered(a, b))?;
