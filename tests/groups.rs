@@ -323,7 +323,7 @@ async fn a_join_undone_before_its_acks_reports_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_that_never_come_time_out_after_the_configured_time() {
     let (server, mut server_events) = start_server_with(
-        |c| c.timeouts.join_ack = Duration::from_millis(300),
+        |c| c.timeouts.ack = Duration::from_millis(300),
         Default::default(),
     )
     .await;

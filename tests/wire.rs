@@ -83,7 +83,7 @@ async fn the_auth_hook_sees_the_login_and_its_rejection_reason_reaches_the_clien
     }
 
     let (client, _events, host) = connect(&server, "let me in").await;
-    assert_eq!(client.app_data(), Bytes::from_static(b"level 3"));
+    assert_eq!(client.host_data(host), Some(Bytes::from_static(b"level 3")));
     let (connected, app_data) = wait_server(&mut server_events, |e| match e {
         ServerEvent::ClientConnected { host, app_data, .. } => Some((*host, app_data.clone())),
         _ => None,

@@ -337,28 +337,33 @@ impl Pattern {
 
 // ---- the sans-IO registry alone ----------------------------------------------------------
 
-/// Carries out the registry's actions: every `MemberJoined` is acked at once, as a client
-/// would. Returns the joins that completed (and how many failed).
-fn settle_registry(registry: &mut Registry, acks: &mut Vec<(HostId, GroupId, HostId)>) -> u64 {
+/// Carries out the registry's actions: every notice is acked at once, as a client would
+/// (cumulatively, one ack per host and round). Returns the joins that completed.
+fn settle_registry(registry: &mut Registry, acks: &mut HashMap<HostId, u64>) -> u64 {
     let mut completed = 0;
+    let mut told = Vec::new();
     loop {
         while let Some(action) = registry.poll_action() {
             match action {
-                Action::Send {
-                    to,
-                    message: ServerToClient::MemberJoined { group, member, .. },
-                } => acks.push((to, group, member)),
+                Action::Notice { to, .. } => {
+                    *acks.entry(to).or_default() += 1;
+                    told.push(to);
+                }
                 Action::Event(ServerEvent::JoinAckComplete { result: Ok(()), .. }) => {
                     completed += 1;
                 }
                 _ => {}
             }
         }
-        if acks.is_empty() {
+        if told.is_empty() {
             return completed;
         }
-        for (from, group, member) in acks.drain(..) {
-            registry.handle_join_ack(from, group, member);
+        told.sort_unstable();
+        told.dedup();
+        for host in told.drain(..) {
+            registry
+                .handle_ack(host, acks[&host])
+                .expect("acks only what was sent");
         }
     }
 }
@@ -371,7 +376,7 @@ fn registry_churn(window: Duration) -> Outcome {
         .map(|i| {
             let mut identity = [0u8; 32];
             identity[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            registry.handle_connect(Fingerprint(identity), seen_at)
+            registry.handle_connect(Fingerprint(identity), seen_at, Bytes::new())
         })
         .collect();
     let options = GroupOptions {
@@ -381,12 +386,12 @@ fn registry_churn(window: Duration) -> Outcome {
     let mut rng = Rng(0x5eed);
     let mut shuffled = hosts.clone();
     rng.shuffle(&mut shuffled);
-    let mut acks = Vec::new();
+    let mut acks = HashMap::new();
     let groups: Vec<(GroupId, Vec<HostId>)> = shuffled
         .chunks(CLIENTS / GROUPS)
         .map(|members| {
             let group = registry
-                .create_group(members, options, Bytes::new(), Instant::now())
+                .create_group(members, options, Bytes::new(), Bytes::new(), Instant::now())
                 .expect("every member is connected");
             settle_registry(&mut registry, &mut acks);
             (group, members.to_vec())
@@ -539,6 +544,7 @@ async fn acking_client(
     };
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
     let mut acks = BytesMut::new();
+    let (mut taken, mut acked) = (0u64, 0u64);
     loop {
         let chunk = match recv.read_chunk(usize::MAX, true).await {
             Ok(Some(chunk)) => chunk,
@@ -546,20 +552,22 @@ async fn acking_client(
         };
         decoder.push(&chunk.bytes);
         while let Some(body) = decoder.next_body().map_err(|e| e.to_string())? {
-            if let ServerToClient::MemberJoined { group, member, .. } =
+            if let ServerToClient::Notices(notices) =
                 decode_body(&body).map_err(|e| e.to_string())?
             {
-                encode_frame(
-                    &ClientToServer::JoinAck { group, member },
-                    DEFAULT_MAX_FRAME_LEN,
-                    &mut acks,
-                )
-                .map_err(|e| e.to_string())?;
+                taken += notices.len() as u64;
             }
         }
-        if !acks.is_empty() {
+        if taken > acked {
+            encode_frame(
+                &ClientToServer::Ack { notices: taken },
+                DEFAULT_MAX_FRAME_LEN,
+                &mut acks,
+            )
+            .map_err(|e| e.to_string())?;
             send.write_all(&acks).await.map_err(|e| e.to_string())?;
             acks.clear();
+            acked = taken;
         }
     }
     drop(connection);

@@ -56,7 +56,6 @@ pub(crate) struct Inner {
     event_room: Notify,
     pub max_frame_len: u32,
     pub host_id: HostId,
-    app_data: Bytes,
     pub identity: ClientIdentity,
     pub expected_peers: Arc<ExpectedPeers>,
     pub direct: DirectConfig,
@@ -415,6 +414,7 @@ impl Client {
             core: Mutex::new(Core {
                 session: Session::new(
                     host_id,
+                    app_data,
                     max_frame_len,
                     config.limits.receive_window,
                     SessionTiming {
@@ -439,7 +439,6 @@ impl Client {
             event_room: Notify::new(),
             max_frame_len,
             host_id,
-            app_data,
             identity,
             expected_peers,
             direct: config.direct,
@@ -606,9 +605,16 @@ impl Client {
         self.inner.host_id
     }
 
-    /// What the server's auth hook attached to the login.
-    pub fn app_data(&self) -> Bytes {
-        self.inner.app_data.clone()
+    /// Host data: this client's own (what the server's auth hook attached to the login,
+    /// or what the server application set since), or that of a member of one of its
+    /// groups, as this client was last told. `None` for a host in none of its groups.
+    pub fn host_data(&self, host: HostId) -> Option<Bytes> {
+        self.session().host_data(host)
+    }
+
+    /// A group's data, as this client was last told; `None` if it is not in the group.
+    pub fn group_data(&self, group: GroupId) -> Option<Bytes> {
+        self.session().group_data(group)
     }
 
     /// SHA-256 of this client's identity certificate, as peers will see it.
@@ -760,6 +766,11 @@ impl FrameReader {
         }
     }
 
+    /// The next frame body if the last read already brought it, without waiting.
+    pub fn buffered(&mut self) -> Result<Option<Bytes>, ReadEnd> {
+        Ok(self.decoder.next_body()?)
+    }
+
     /// The next frame body; `Ok(None)` on a clean end of stream between frames.
     pub async fn next(&mut self) -> Result<Option<Bytes>, ReadEnd> {
         loop {
@@ -842,14 +853,27 @@ async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
             }
             Err(end) => return end,
         };
-        let frame = match decode_body::<ServerToClient>(&body) {
-            Ok(frame) => frame,
-            Err(error) => return error.into(),
-        };
         {
             let mut core = inner.lock();
-            if let Err(text) = core.session.handle_frame(frame, Instant::now()) {
-                return ReadEnd::Violation(CloseCode::ProtocolViolation, text);
+            let now = Instant::now();
+            // Every frame this read brought is handled before anything is sent, so the
+            // notices of many frames cost one ack.
+            let mut next = Some(body);
+            while let Some(body) = next {
+                let frame = match decode_body::<ServerToClient>(&body) {
+                    Ok(frame) => frame,
+                    Err(error) => return error.into(),
+                };
+                if let Err(text) = core.session.handle_frame(frame, now) {
+                    return ReadEnd::Violation(CloseCode::ProtocolViolation, text);
+                }
+                if core.session.pending_events() >= inner.event_capacity {
+                    break;
+                }
+                next = match recv.buffered() {
+                    Ok(next) => next,
+                    Err(end) => return end,
+                };
             }
             inner.flush(&mut core);
         }

@@ -25,8 +25,13 @@ pub enum ClientEvent {
         member: HostId,
         /// Members after the join (the server counts when it is a member).
         member_count: u32,
-        /// The server application's message for this join.
+        /// The server application's message for this join (the same on every notice of
+        /// one join).
         join_message: Bytes,
+        /// `member`'s host data, as the server application set it (empty for the server).
+        member_data: Bytes,
+        /// The group's data, on this client's own join notice only.
+        group_data: Option<Bytes>,
         /// What the server vouches for about the member (`None` for this client itself
         /// and for the server).
         peer: Option<PeerInfo>,
@@ -39,6 +44,21 @@ pub enum ClientEvent {
         member: HostId,
         /// Members after the leave.
         member_count: u32,
+    },
+    /// The host data of `host` changed: this client's own, or that of a member of one
+    /// of its groups.
+    HostDataChanged {
+        /// The host.
+        host: HostId,
+        /// Its new data.
+        data: Bytes,
+    },
+    /// The data of `group`, which this client is in, changed.
+    GroupDataChanged {
+        /// The group.
+        group: GroupId,
+        /// Its new data.
+        data: Bytes,
     },
     /// A message arrived.
     Message {

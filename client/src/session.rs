@@ -16,8 +16,8 @@ use crate::sequencing::{Rejected, Slot};
 use bytes::Bytes;
 use peergroup_protocol::{
     Carrier, ClientDatagram, ClientToServer, DatagramLane, Delivery, GroupId, HostId, Lane,
-    LaneCounters, PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer, Priority, PunchOrder,
-    RelayDest, SendOptions, ServerDatagram, ServerToClient, DATAGRAM_DELIVER_OVERHEAD,
+    LaneCounters, Notice, PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer, Priority,
+    PunchOrder, RelayDest, SendOptions, ServerDatagram, ServerToClient, DATAGRAM_DELIVER_OVERHEAD,
     FRAME_HEADROOM,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -176,6 +176,11 @@ pub struct PeerStats {
     pub punch_attempts: u32,
     /// Punch attempts that ended direct.
     pub punch_successes: u32,
+    /// Messages from this peer addressed to a group that it or this client was not in,
+    /// as this client had been told, when they arrived. The relay orders notices and
+    /// messages so this never happens there; on the direct path a message can cross a
+    /// membership change (see the README's "Membership").
+    pub not_member_dropped: u64,
     /// Relayed messages discarded because the peer broke its sequence: sent so far ahead
     /// of a gap that holding them would exceed 16 MiB, or beyond the receive window (a
     /// misbehaving peer).
@@ -272,6 +277,28 @@ pub(crate) struct SessionTiming {
     pub ping_interval: Option<Duration>,
 }
 
+/// A group as this client has been told of it.
+#[derive(Debug, Default)]
+struct GroupView {
+    members: BTreeSet<HostId>,
+    data: Bytes,
+}
+
+/// Whether a message from `from` addressed to `group` may be delivered: both it and this
+/// client must be members in this client's view. A message without a group always may.
+fn members_in_view(
+    groups: &BTreeMap<GroupId, GroupView>,
+    me: HostId,
+    from: HostId,
+    group: Option<GroupId>,
+) -> bool {
+    group.is_none_or(|group| {
+        groups
+            .get(&group)
+            .is_some_and(|view| view.members.contains(&me) && view.members.contains(&from))
+    })
+}
+
 /// The client's view of its groups and peers.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -279,7 +306,11 @@ pub(crate) struct Session {
     max_frame_len: usize,
     receive_window: u64,
     timing: SessionTiming,
-    groups: BTreeMap<GroupId, BTreeSet<HostId>>,
+    groups: BTreeMap<GroupId, GroupView>,
+    /// Host data of this client and of every member of its groups.
+    host_data: HashMap<HostId, Bytes>,
+    /// Membership notices taken in; acked cumulatively.
+    notices_taken: u64,
     peers: HashMap<HostId, Peer>,
     /// The server application's messages, numbered per lane like a peer's.
     from_server: LaneReceivers<Delivered>,
@@ -294,10 +325,12 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// A session for `host_id`, starting at `now`; reliable messages may arrive at most
-    /// `receive_window` sequence numbers ahead of the next one due.
+    /// A session for `host_id`, whose host data the welcome gave as `data`, starting at
+    /// `now`; reliable messages may arrive at most `receive_window` sequence numbers ahead
+    /// of the next one due.
     pub fn new(
         host_id: HostId,
+        data: Bytes,
         max_frame_len: u32,
         receive_window: u64,
         timing: SessionTiming,
@@ -309,6 +342,8 @@ impl Session {
             receive_window,
             timing,
             groups: BTreeMap::new(),
+            host_data: HashMap::from([(host_id, data)]),
+            notices_taken: 0,
             peers: HashMap::new(),
             from_server: LaneReceivers::new(receive_window),
             to_server: LaneCounters::default(),
@@ -435,39 +470,12 @@ impl Session {
                     }
                 }
             }
-            ServerToClient::MemberJoined {
-                group,
-                member,
-                member_count,
-                join_message,
-            } => {
-                self.groups.entry(group).or_default().insert(member);
-                self.uploads
-                    .push_back(Upload::Control(ClientToServer::JoinAck { group, member }));
-                let peer = self.peers.get(&member).map(|p| p.info.clone());
-                self.events.push_back(ClientEvent::MemberJoined {
-                    group,
-                    member,
-                    member_count,
-                    join_message,
-                    peer,
-                });
-            }
-            ServerToClient::MemberLeft {
-                group,
-                member,
-                member_count,
-            } => {
-                if member == self.host_id {
-                    self.groups.remove(&group);
-                } else if let Some(members) = self.groups.get_mut(&group) {
-                    members.remove(&member);
+            ServerToClient::Notices(notices) => {
+                self.notices_taken += notices.len() as u64;
+                for notice in notices {
+                    self.handle_notice(notice);
                 }
-                self.events.push_back(ClientEvent::MemberLeft {
-                    group,
-                    member,
-                    member_count,
-                });
+                self.ack_notices();
             }
             ServerToClient::Deliver {
                 from,
@@ -549,6 +557,92 @@ impl Session {
         Ok(())
     }
 
+    /// Applies one membership notice and reports it to the application.
+    fn handle_notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::MemberJoined {
+                group,
+                member,
+                member_count,
+                join_message,
+                member_data,
+                group_data,
+            } => {
+                let view = self.groups.entry(group).or_default();
+                view.members.insert(member);
+                if let Some(data) = &group_data {
+                    view.data = data.clone();
+                }
+                if member != HostId::SERVER {
+                    self.host_data.insert(member, member_data.clone());
+                }
+                let peer = self.peers.get(&member).map(|p| p.info.clone());
+                self.events.push_back(ClientEvent::MemberJoined {
+                    group,
+                    member,
+                    member_count,
+                    join_message,
+                    member_data,
+                    group_data,
+                    peer,
+                });
+            }
+            Notice::MemberLeft {
+                group,
+                member,
+                member_count,
+            } => {
+                if member == self.host_id {
+                    if let Some(view) = self.groups.remove(&group) {
+                        for other in view.members {
+                            self.forget_data_unless_shared(other);
+                        }
+                    }
+                } else if let Some(view) = self.groups.get_mut(&group) {
+                    view.members.remove(&member);
+                    self.forget_data_unless_shared(member);
+                }
+                self.events.push_back(ClientEvent::MemberLeft {
+                    group,
+                    member,
+                    member_count,
+                });
+            }
+            Notice::HostData { host, data } => {
+                self.host_data.insert(host, data.clone());
+                self.events
+                    .push_back(ClientEvent::HostDataChanged { host, data });
+            }
+            Notice::GroupData { group, data } => {
+                if let Some(view) = self.groups.get_mut(&group) {
+                    view.data = data.clone();
+                }
+                self.events
+                    .push_back(ClientEvent::GroupDataChanged { group, data });
+            }
+        }
+    }
+
+    /// Keeps a host's data only while it is in one of this client's groups (and always
+    /// this client's own), so the map stays as small as the groups.
+    fn forget_data_unless_shared(&mut self, host: HostId) {
+        if host != self.host_id && !self.groups.values().any(|v| v.members.contains(&host)) {
+            self.host_data.remove(&host);
+        }
+    }
+
+    /// Acks every notice taken in so far, in one frame: a queued, unsent ack is
+    /// replaced, so the notices of many frames read in one go cost one ack.
+    fn ack_notices(&mut self) {
+        let ack = ClientToServer::Ack {
+            notices: self.notices_taken,
+        };
+        match self.uploads.back_mut() {
+            Some(Upload::Control(last @ ClientToServer::Ack { .. })) => *last = ack,
+            _ => self.uploads.push_back(Upload::Control(ack)),
+        }
+    }
+
     /// Takes one datagram from the server.
     pub fn handle_datagram(&mut self, datagram: ServerDatagram, now: Instant) {
         self.receive_datagram(datagram, Path::Relay, now);
@@ -614,6 +708,10 @@ impl Session {
         }
         if !peer.receiving.accept_datagram(lane, seq) {
             peer.stats.stale_dropped += 1;
+            return;
+        }
+        if !members_in_view(&self.groups, self.host_id, from, group) {
+            peer.stats.not_member_dropped += 1;
             return;
         }
         let delivery = lane.delivery();
@@ -872,6 +970,10 @@ impl Session {
             Ok(Accepted::Deliver(ready)) => {
                 let delivery = lane.delivery();
                 for (group, payload, path) in ready {
+                    if !members_in_view(&self.groups, self.host_id, from, group) {
+                        peer.stats.not_member_dropped += 1;
+                        continue;
+                    }
                     peer.stats.delivered_by_mode.count(delivery, &payload);
                     self.events.push_back(ClientEvent::Message {
                         from,
@@ -1147,7 +1249,7 @@ impl Session {
     fn shares_group(&self, host: HostId) -> bool {
         self.groups
             .values()
-            .any(|members| members.contains(&host) && members.contains(&self.host_id))
+            .any(|view| view.members.contains(&host) && view.members.contains(&self.host_id))
     }
 
     fn resolve(&self, target: &Target) -> Result<Resolved, SendError> {
@@ -1177,6 +1279,7 @@ impl Session {
                 let members = self
                     .groups
                     .get(group)
+                    .map(|view| &view.members)
                     .filter(|m| m.contains(&self.host_id))
                     .ok_or(SendError::NotInGroup(*group))?;
                 resolved.group = Some(*group);
@@ -1199,14 +1302,35 @@ impl Session {
     pub fn groups(&self) -> Vec<GroupId> {
         self.groups
             .iter()
-            .filter(|(_, members)| members.contains(&self.host_id))
+            .filter(|(_, view)| view.members.contains(&self.host_id))
             .map(|(group, _)| *group)
             .collect()
     }
 
     /// Members of a group this client is in, as it has been told.
     pub fn group_members(&self, group: GroupId) -> Option<Vec<HostId>> {
-        self.groups.get(&group).map(|m| m.iter().copied().collect())
+        self.groups
+            .get(&group)
+            .map(|view| view.members.iter().copied().collect())
+    }
+
+    /// A group's data, as this client was last told.
+    pub fn group_data(&self, group: GroupId) -> Option<Bytes> {
+        self.groups
+            .get(&group)
+            .filter(|view| view.members.contains(&self.host_id))
+            .map(|view| view.data.clone())
+    }
+
+    /// The host data of this client or of a member of one of its groups.
+    pub fn host_data(&self, host: HostId) -> Option<Bytes> {
+        self.host_data.get(&host).cloned()
+    }
+
+    /// Membership notices taken in since the connection started.
+    #[cfg(test)]
+    pub fn notices_taken(&self) -> u64 {
+        self.notices_taken
     }
 
     /// What the server vouched for about a peer.

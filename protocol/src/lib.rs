@@ -43,7 +43,7 @@ pub use frame::{
 pub use ids::{Fingerprint, GroupId, HostId, PairId, ParseFingerprintError};
 pub use lanes::{Carrier, LaneCounters, SendOptions, DEFAULT_CHANNEL};
 pub use messages::{
-    ClientDatagram, ClientToServer, DatagramLane, Delivery, Hello, Lane, PairPath, Path,
+    ClientDatagram, ClientToServer, DatagramLane, Delivery, Hello, Lane, Notice, PairPath, Path,
     PathReason, PeerInfo, PeerToPeer, Priority, PunchOrder, PunchOutcome, RefuseReason, RelayDest,
     ServerDatagram, ServerToClient,
 };
@@ -56,7 +56,7 @@ pub const ALPN: &[u8] = b"peergroup/1";
 pub const PEER_ALPN: &[u8] = b"peergroup-p2p/1";
 
 /// The protocol version checked at connect.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Bytes the server adds to an unreliable payload when it relays it (variant, sender,
 /// group, lane, number and length), at most. A client subtracts this from the server

@@ -128,6 +128,52 @@ pub struct PeerInfo {
     pub identity: Fingerprint,
 }
 
+/// One membership notice. Joins and leaves are acknowledged (through
+/// [`ClientToServer::Ack`]) so the server application learns when every member has been
+/// told (ProudNet's join-ack completion, extended to leaves).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Notice {
+    /// `member` joined `group`.
+    MemberJoined {
+        /// The group.
+        group: GroupId,
+        /// The member that joined (possibly the receiver itself, or [`HostId::SERVER`]).
+        member: HostId,
+        /// Members after the join.
+        member_count: u32,
+        /// The application's message for this join (the same on every notice of one join).
+        join_message: Bytes,
+        /// `member`'s host data, as the server application set it.
+        member_data: Bytes,
+        /// The group's data: on the receiver's own join notice only (`None` elsewhere).
+        group_data: Option<Bytes>,
+    },
+    /// `member` left `group`.
+    MemberLeft {
+        /// The group.
+        group: GroupId,
+        /// The member that left (possibly the receiver itself).
+        member: HostId,
+        /// Members after the leave.
+        member_count: u32,
+    },
+    /// The host data of `host` (the receiver itself, or a host it shares a group with)
+    /// changed.
+    HostData {
+        /// The host.
+        host: HostId,
+        /// Its new data.
+        data: Bytes,
+    },
+    /// The data of `group`, which the receiver is a member of, changed.
+    GroupData {
+        /// The group.
+        group: GroupId,
+        /// Its new data.
+        data: Bytes,
+    },
+}
+
 /// One destination of a reliable relay upload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayDest {
@@ -155,12 +201,13 @@ pub struct Hello {
 pub enum ClientToServer {
     /// First frame, exactly once.
     Hello(Hello),
-    /// Acknowledges a [`ServerToClient::MemberJoined`] notice about `member` in `group`.
-    JoinAck {
-        /// The group of the notice.
-        group: GroupId,
-        /// The member the notice was about.
-        member: HostId,
+    /// Acknowledges membership notices, cumulatively: the client has taken in the first
+    /// `notices` entries of every [`ServerToClient::Notices`] frame on this connection
+    /// (each [`Notice`] counts one). One ack covers any number of notices, so a client acks
+    /// a whole batch, or everything it read in one go, with one frame.
+    Ack {
+        /// Notices taken in since the connection started.
+        notices: u64,
     },
     /// A reliable message to relay.
     Relay {
@@ -335,26 +382,10 @@ pub enum ServerToClient {
         /// The pair that ended.
         pair: PairId,
     },
-    /// `member` joined `group`. Must be acknowledged with [`ClientToServer::JoinAck`].
-    MemberJoined {
-        /// The group.
-        group: GroupId,
-        /// The member that joined (possibly the receiver itself, or [`HostId::SERVER`]).
-        member: HostId,
-        /// Members after the join.
-        member_count: u32,
-        /// The application's message for this join.
-        join_message: Bytes,
-    },
-    /// `member` left `group`.
-    MemberLeft {
-        /// The group.
-        group: GroupId,
-        /// The member that left (possibly the receiver itself).
-        member: HostId,
-        /// Members after the leave.
-        member_count: u32,
-    },
+    /// Membership notices, in the order they happened: everything the server owes this
+    /// client from one operation (or one batch of them) in one frame. Each entry counts one
+    /// towards [`ClientToServer::Ack`].
+    Notices(Vec<Notice>),
     /// A relayed reliable message. The server writes `from` itself.
     Deliver {
         /// The sender.

@@ -240,15 +240,22 @@ impl<T> SendQueue<T> {
     /// Promoted items are no longer replaceable by a latest push, and still count in
     /// [`SendQueue::bytes_of`] until they leave. O(items).
     pub fn promote_flow(&mut self, flow: u64) {
+        self.promote_flows(|f| f == flow);
+    }
+
+    /// As [`SendQueue::promote_flow`], for every flow `selected` accepts, in one pass; with
+    /// `|_| true` every queued data item goes ahead of the next control item (used before
+    /// a host's own "you left" notice, so nothing queued for the group it left follows it).
+    pub fn promote_flows(&mut self, selected: impl Fn(u64) -> bool) {
         let mut moved: [VecDeque<DataEntry<T>>; 3] =
             [VecDeque::new(), VecDeque::new(), VecDeque::new()];
         for (class, out) in self.classes.iter_mut().zip(moved.iter_mut()) {
-            if !class.fifo.iter().any(|e| e.flow == flow) {
+            if !class.fifo.iter().any(|e| selected(e.flow)) {
                 continue;
             }
             let old = std::mem::take(&mut class.fifo);
             for entry in old {
-                if entry.flow == flow {
+                if selected(entry.flow) {
                     out.push_back(entry);
                 } else {
                     class.fifo.push_back(entry);

@@ -25,9 +25,9 @@ use peergroup_protocol::rooms::{
 use peergroup_protocol::{
     datagram_to_bytes, decode_body, frame_to_bytes, is_probe, ClientDatagram, ClientToServer,
     DatagramLane, Delivery, Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, Lane,
-    MalformedProbe, PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer, Priority, Probe,
-    ProbeKind, PunchOrder, PunchOutcome, RefuseReason, RelayDest, ServerDatagram, ServerToClient,
-    DATAGRAM_DELIVER_OVERHEAD, DEFAULT_MAX_FRAME_LEN, PROBE_MAC_LEN,
+    MalformedProbe, Notice, PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer, Priority,
+    Probe, ProbeKind, PunchOrder, PunchOutcome, RefuseReason, RelayDest, ServerDatagram,
+    ServerToClient, DATAGRAM_DELIVER_OVERHEAD, DEFAULT_MAX_FRAME_LEN, PROBE_MAC_LEN,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::fmt::Debug;
@@ -132,7 +132,7 @@ where
 fn client_to_server_variant(message: &ClientToServer) -> u32 {
     match message {
         ClientToServer::Hello(_) => 0,
-        ClientToServer::JoinAck { .. } => 1,
+        ClientToServer::Ack { .. } => 1,
         ClientToServer::Relay { .. } => 2,
         ClientToServer::HostCandidates { .. } => 3,
         ClientToServer::WantDirect { .. } => 4,
@@ -148,14 +148,22 @@ fn server_to_client_variant(message: &ServerToClient) -> u32 {
         ServerToClient::Welcome { .. } => 0,
         ServerToClient::PeerUp { .. } => 1,
         ServerToClient::PeerDown { .. } => 2,
-        ServerToClient::MemberJoined { .. } => 3,
-        ServerToClient::MemberLeft { .. } => 4,
-        ServerToClient::Deliver { .. } => 5,
-        ServerToClient::Skipped { .. } => 6,
-        ServerToClient::FromServer { .. } => 7,
-        ServerToClient::Refused { .. } => 8,
-        ServerToClient::PunchOrder(_) => 9,
-        ServerToClient::Time { .. } => 10,
+        ServerToClient::Notices(_) => 3,
+        ServerToClient::Deliver { .. } => 4,
+        ServerToClient::Skipped { .. } => 5,
+        ServerToClient::FromServer { .. } => 6,
+        ServerToClient::Refused { .. } => 7,
+        ServerToClient::PunchOrder(_) => 8,
+        ServerToClient::Time { .. } => 9,
+    }
+}
+
+fn notice_variant(notice: &Notice) -> u32 {
+    match notice {
+        Notice::MemberJoined { .. } => 0,
+        Notice::MemberLeft { .. } => 1,
+        Notice::HostData { .. } => 2,
+        Notice::GroupData { .. } => 3,
     }
 }
 
@@ -265,12 +273,9 @@ fn client_to_server_frames() {
             vec![0x00, 0x00, 0x00, 0x06, 0x00, 0x01, 0x03, b't', b'o', b'k'],
         ),
         (
-            "JoinAck",
-            ClientToServer::JoinAck {
-                group: group(),
-                member: host(),
-            },
-            cat(&[&[0x00, 0x00, 0x00, 0x0b, 0x01], &GROUP, &HOST]),
+            "Ack",
+            ClientToServer::Ack { notices: u64::MAX },
+            cat(&[&[0x00, 0x00, 0x00, 0x0b, 0x01], &U64_MAX]),
         ),
         (
             "Relay with group, server, an ordered lane and two dests",
@@ -512,27 +517,55 @@ fn server_to_client_frames() {
             cat(&[&[0x00, 0x00, 0x00, 0x08, 0x02], &HOST, &PAIR]),
         ),
         (
-            "MemberJoined",
-            ServerToClient::MemberJoined {
+            "Notices, one join with data",
+            ServerToClient::Notices(vec![Notice::MemberJoined {
                 group: group(),
                 member: HostId::SERVER,
                 member_count: 200,
                 join_message: Bytes::from_static(b"yo"),
-            },
+                member_data: Bytes::from_static(b"d"),
+                group_data: Some(Bytes::from_static(b"g")),
+            }]),
             cat(&[
-                &[0x00, 0x00, 0x00, 0x0c, 0x03],
+                // Variant 3, one notice, notice variant 0 (MemberJoined).
+                &[0x00, 0x00, 0x00, 0x13, 0x03, 0x01, 0x00],
                 &GROUP,
-                &[0x01, 0xc8, 0x01, 0x02, b'y', b'o'],
+                // SERVER, count 200, "yo", "d", Some("g").
+                &[
+                    0x01, 0xc8, 0x01, 0x02, b'y', b'o', 0x01, b'd', 0x01, 0x01, b'g',
+                ],
             ]),
         ),
         (
-            "MemberLeft",
-            ServerToClient::MemberLeft {
-                group: group(),
-                member: host(),
-                member_count: 0,
-            },
-            cat(&[&[0x00, 0x00, 0x00, 0x0c, 0x04], &GROUP, &HOST, &[0x00]]),
+            "Notices, a leave and both data changes",
+            ServerToClient::Notices(vec![
+                Notice::MemberLeft {
+                    group: group(),
+                    member: host(),
+                    member_count: 0,
+                },
+                Notice::HostData {
+                    host: host(),
+                    data: Bytes::from_static(b"x"),
+                },
+                Notice::GroupData {
+                    group: group(),
+                    data: Bytes::new(),
+                },
+            ]),
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x1d, 0x03, 0x03],
+                &[0x01],
+                &GROUP,
+                &HOST,
+                &[0x00],
+                &[0x02],
+                &HOST,
+                &[0x01, b'x'],
+                &[0x03],
+                &GROUP,
+                &[0x00],
+            ]),
         ),
         (
             "Deliver, ordered",
@@ -544,7 +577,7 @@ fn server_to_client_frames() {
                 payload: Bytes::from_static(b"hi"),
             },
             cat(&[
-                &[0x00, 0x00, 0x00, 0x13, 0x05],
+                &[0x00, 0x00, 0x00, 0x13, 0x04],
                 &HOST,
                 &[0x01],
                 &GROUP,
@@ -563,7 +596,7 @@ fn server_to_client_frames() {
                 payload: Bytes::new(),
             },
             cat(&[
-                &[0x00, 0x00, 0x00, 0x0c, 0x05],
+                &[0x00, 0x00, 0x00, 0x0c, 0x04],
                 &HOST,
                 &[0x00],
                 // Lane::Latest, key 300.
@@ -579,7 +612,7 @@ fn server_to_client_frames() {
                 seq: 16384,
             },
             cat(&[
-                &[0x00, 0x00, 0x00, 0x0a, 0x06],
+                &[0x00, 0x00, 0x00, 0x0a, 0x05],
                 &HOST,
                 &[0x01],
                 &[0x80, 0x80, 0x01],
@@ -595,7 +628,7 @@ fn server_to_client_frames() {
             },
             // Variant, None, Lane::Ordered channel 1, seq 1, payload.
             vec![
-                0x00, 0x00, 0x00, 0x09, 0x07, 0x00, 0x00, 0x01, 0x01, 0x03, b's', b'r', b'v',
+                0x00, 0x00, 0x00, 0x09, 0x06, 0x00, 0x00, 0x01, 0x01, 0x03, b's', b'r', b'v',
             ],
         ),
         (
@@ -607,7 +640,7 @@ fn server_to_client_frames() {
                 payload: Bytes::new(),
             },
             cat(&[
-                &[0x00, 0x00, 0x00, 0x0c, 0x07, 0x01],
+                &[0x00, 0x00, 0x00, 0x0c, 0x06, 0x01],
                 &GROUP,
                 &[0x02, 0x00],
                 &[0x80, 0x01, 0x00],
@@ -620,7 +653,7 @@ fn server_to_client_frames() {
                 group: None,
                 reason: RefuseReason::DestNotInGroup,
             },
-            cat(&[&[0x00, 0x00, 0x00, 0x06, 0x08, 0x01], &PAIR, &[0x00, 0x02]]),
+            cat(&[&[0x00, 0x00, 0x00, 0x06, 0x07, 0x01], &PAIR, &[0x00, 0x02]]),
         ),
         (
             "Refused with group",
@@ -629,7 +662,7 @@ fn server_to_client_frames() {
                 group: Some(group()),
                 reason: RefuseReason::TooLargeForPath,
             },
-            cat(&[&[0x00, 0x00, 0x00, 0x09, 0x08, 0x00, 0x01], &GROUP, &[0x05]]),
+            cat(&[&[0x00, 0x00, 0x00, 0x09, 0x07, 0x00, 0x01], &GROUP, &[0x05]]),
         ),
         (
             "PunchOrder, IPv4 and IPv6 candidates",
@@ -643,7 +676,7 @@ fn server_to_client_frames() {
                 controlling: true,
             }),
             cat(&[
-                &[0x00, 0x00, 0x00, 0x47, 0x09],
+                &[0x00, 0x00, 0x00, 0x47, 0x08],
                 &HOST,
                 &PAIR,
                 &[0x01],
@@ -666,7 +699,7 @@ fn server_to_client_frames() {
                 controlling: false,
             }),
             cat(&[
-                &[0x00, 0x00, 0x00, 0x2b, 0x09, 0x01, 0x00],
+                &[0x00, 0x00, 0x00, 0x2b, 0x08, 0x01, 0x00],
                 &[0xff, 0xff, 0xff, 0xff, 0x0f],
                 &[0x00; 32],
                 &[0x00, 0x00, 0x00],
@@ -680,7 +713,7 @@ fn server_to_client_frames() {
             },
             // 1_000_000: c0 84 3d; 2^32: four bytes of no bits, then bit 32 as 0x10.
             cat(&[
-                &[0x00, 0x00, 0x00, 0x09, 0x0a],
+                &[0x00, 0x00, 0x00, 0x09, 0x09],
                 &[0xc0, 0x84, 0x3d],
                 &[0x80, 0x80, 0x80, 0x80, 0x10],
             ]),
@@ -691,13 +724,13 @@ fn server_to_client_frames() {
                 token: 0,
                 server_time_us: u64::MAX,
             },
-            cat(&[&[0x00, 0x00, 0x00, 0x0c, 0x0a, 0x00], &U64_MAX]),
+            cat(&[&[0x00, 0x00, 0x00, 0x0c, 0x09, 0x00], &U64_MAX]),
         ),
     ];
     for (name, message, expected) in &cases {
         check_frame(name, message, expected);
     }
-    assert_covers(&cases, server_to_client_variant, 11, 4);
+    assert_covers(&cases, server_to_client_variant, 10, 4);
 }
 
 #[test]
@@ -712,7 +745,7 @@ fn frame_length_prefix_is_big_endian() {
         payload: Bytes::from(payload.clone()),
     };
     let expected = cat(&[
-        &[0x00, 0x00, 0x01, 0x33, 0x07, 0x00, 0x00, 0x00, 0x01],
+        &[0x00, 0x00, 0x01, 0x33, 0x06, 0x00, 0x00, 0x00, 0x01],
         &PAIR,
         &payload,
     ]);
@@ -1592,4 +1625,37 @@ fn probes_and_quic_are_told_apart_by_the_first_byte() {
         assert!(!is_probe(&[first, 0x01, 0x02]), "{first:#04x}");
     }
     assert!(!is_probe(&[]));
+}
+
+#[test]
+fn notice_variants() {
+    let cases = [
+        Notice::MemberJoined {
+            group: group(),
+            member: host(),
+            member_count: 1,
+            join_message: Bytes::new(),
+            member_data: Bytes::new(),
+            group_data: None,
+        },
+        Notice::MemberLeft {
+            group: group(),
+            member: host(),
+            member_count: 0,
+        },
+        Notice::HostData {
+            host: host(),
+            data: Bytes::new(),
+        },
+        Notice::GroupData {
+            group: group(),
+            data: Bytes::new(),
+        },
+    ];
+    for (index, notice) in cases.iter().enumerate() {
+        let body = postcard::to_allocvec(notice).unwrap();
+        assert_eq!(u32::from(body[0]), notice_variant(notice));
+        assert_eq!(usize::from(body[0]), index);
+    }
+    assert_variant_count::<Notice>("Notice", 4);
 }

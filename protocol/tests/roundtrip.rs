@@ -7,8 +7,8 @@ use bytes::{Bytes, BytesMut};
 use peergroup_protocol::{
     body_len, datagram_to_bytes, decode_body, encode_frame, frame_to_bytes, is_probe,
     peek_hello_version, ClientDatagram, ClientToServer, CloseCode, DatagramLane, Delivery,
-    Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, Lane, MalformedProbe, PairId,
-    PairPath, PathReason, PeerInfo, PeerToPeer, Priority, Probe, ProbeKind, PunchOrder,
+    Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, Lane, MalformedProbe, Notice,
+    PairId, PairPath, PathReason, PeerInfo, PeerToPeer, Priority, Probe, ProbeKind, PunchOrder,
     PunchOutcome, RefuseReason, RelayDest, ServerDatagram, ServerToClient,
     DATAGRAM_DELIVER_OVERHEAD, DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN, PROBE_MAC_LEN,
 };
@@ -166,11 +166,44 @@ fn hello() -> impl Strategy<Value = Hello> {
     (any::<u32>(), payload()).prop_map(|(version, login)| Hello { version, login })
 }
 
+fn notice() -> impl Strategy<Value = Notice> {
+    prop_oneof![
+        (
+            group_id(),
+            host_id(),
+            any::<u32>(),
+            payload(),
+            payload(),
+            prop::option::of(payload())
+        )
+            .prop_map(
+                |(group, member, member_count, join_message, member_data, group_data)| {
+                    Notice::MemberJoined {
+                        group,
+                        member,
+                        member_count,
+                        join_message,
+                        member_data,
+                        group_data,
+                    }
+                }
+            ),
+        (group_id(), host_id(), any::<u32>()).prop_map(|(group, member, member_count)| {
+            Notice::MemberLeft {
+                group,
+                member,
+                member_count,
+            }
+        }),
+        (host_id(), payload()).prop_map(|(host, data)| Notice::HostData { host, data }),
+        (group_id(), payload()).prop_map(|(group, data)| Notice::GroupData { group, data }),
+    ]
+}
+
 fn client_to_server() -> impl Strategy<Value = ClientToServer> {
     prop_oneof![
         hello().prop_map(ClientToServer::Hello),
-        (group_id(), host_id())
-            .prop_map(|(group, member)| ClientToServer::JoinAck { group, member }),
+        any::<u64>().prop_map(|notices| ClientToServer::Ack { notices }),
         (
             prop::option::of(group_id()),
             any::<bool>(),
@@ -234,21 +267,7 @@ fn server_to_client() -> impl Strategy<Value = ServerToClient> {
             info
         }),
         (host_id(), pair_id()).prop_map(|(peer, pair)| ServerToClient::PeerDown { peer, pair }),
-        (group_id(), host_id(), any::<u32>(), payload()).prop_map(
-            |(group, member, member_count, join_message)| ServerToClient::MemberJoined {
-                group,
-                member,
-                member_count,
-                join_message,
-            }
-        ),
-        (group_id(), host_id(), any::<u32>()).prop_map(|(group, member, member_count)| {
-            ServerToClient::MemberLeft {
-                group,
-                member,
-                member_count,
-            }
-        }),
+        prop::collection::vec(notice(), 0..6).prop_map(ServerToClient::Notices),
         (
             host_id(),
             prop::option::of(group_id()),

@@ -35,9 +35,12 @@ impl ServerConfig {
 
     pub(crate) fn registry(&self) -> RegistryConfig {
         RegistryConfig {
-            join_ack_timeout: self.timeouts.join_ack,
+            ack_timeout: self.timeouts.ack,
             pair_linger: self.timeouts.pair_linger,
             punch: self.punch,
+            max_host_data_len: self.limits.max_host_data_len,
+            max_group_data_len: self.limits.max_group_data_len,
+            max_unacked_notices: self.limits.max_unacked_notices,
         }
     }
 }
@@ -66,6 +69,16 @@ pub struct Limits {
     /// oldest are dropped and counted in [`ServerStats::events_dropped`](crate::ServerStats).
     /// Default 65,536.
     pub app_event_queue: usize,
+    /// Largest host data ([`Server::set_host_data`](crate::Server::set_host_data), and
+    /// what the auth hook attaches), bytes: it rides on every join notice about the host.
+    /// Default 1 KiB.
+    pub max_host_data_len: usize,
+    /// Largest group data, bytes. Default 4 KiB.
+    pub max_group_data_len: usize,
+    /// Membership notices a client may leave unacknowledged; past it the client is
+    /// disconnected (the client library acks everything it reads, so only a broken or
+    /// hostile client gets there). Default 65,536.
+    pub max_unacked_notices: u64,
 }
 
 impl Limits {
@@ -78,12 +91,16 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        let registry = RegistryConfig::default();
         Self {
             max_clients: 10_000,
             max_message_len: DEFAULT_MAX_MESSAGE_LEN,
             client_queue_bytes: 8 << 20,
             app_message_queue: 4_096,
             app_event_queue: 65_536,
+            max_host_data_len: registry.max_host_data_len,
+            max_group_data_len: registry.max_group_data_len,
+            max_unacked_notices: registry.max_unacked_notices,
         }
     }
 }
@@ -99,8 +116,10 @@ pub struct Timeouts {
     /// How long a backlogged receiver may take to drain below its soft limit before it is
     /// disconnected as a slow consumer. Default 3 s.
     pub slow_consumer: Duration,
-    /// Join acks, then [`JoinAckError::Timeout`](crate::JoinAckError). Default 15 s.
-    pub join_ack: Duration,
+    /// How long a join or leave waits for its acks before it completes with a timeout
+    /// ([`JoinAckError::Timeout`](crate::JoinAckError),
+    /// [`LeaveAckError::Timeout`](crate::LeaveAckError)). Default 15 s, as in ProudNet.
+    pub ack: Duration,
     /// How long a pair outlives its last shared group. Default 10 s.
     pub pair_linger: Duration,
 }
@@ -112,7 +131,7 @@ impl Default for Timeouts {
             idle: Duration::from_secs(10),
             handshake: Duration::from_secs(10),
             slow_consumer: Duration::from_secs(3),
-            join_ack: registry.join_ack_timeout,
+            ack: registry.ack_timeout,
             pair_linger: registry.pair_linger,
         }
     }

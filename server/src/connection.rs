@@ -162,7 +162,7 @@ async fn accept(
     let request = LoginRequest {
         remote_addr: connection.remote_address(),
         identity,
-        login,
+        login: login.clone(),
     };
     let app_data = match auth.decide(request).await {
         AuthDecision::Accept { app_data } => app_data,
@@ -179,6 +179,24 @@ async fn accept(
         }
     };
 
+    if app_data.len() > shared.limits.max_host_data_len {
+        // The application's mistake, not the client's: say so on both sides.
+        let text = format!(
+            "the auth hook attached {} bytes of host data; the limit is {}",
+            app_data.len(),
+            shared.limits.max_host_data_len
+        );
+        tracing::error!(%text, "login refused");
+        close_with(
+            &connection,
+            &close_reason,
+            CloseCode::AuthRejected,
+            DisconnectReason::Kicked,
+            "server error: host data too large",
+        );
+        return Err(text);
+    }
+
     let soft_limit = shared
         .limits
         .client_queue_bytes
@@ -189,7 +207,8 @@ async fn accept(
         outbound,
         remote_addr: connection.remote_address(),
         identity,
-        app_data: app_data.clone(),
+        login,
+        connected_at: std::time::SystemTime::now(),
         app_lanes: Default::default(),
         close_reason,
     };
@@ -197,9 +216,9 @@ async fn accept(
         if core.links.len() >= shared.limits.max_clients {
             return Err(Box::new(link));
         }
-        let host = core
-            .registry
-            .handle_connect(identity, connection.remote_address());
+        let host =
+            core.registry
+                .handle_connect(identity, connection.remote_address(), app_data.clone());
         let welcome = ServerToClient::Welcome {
             version: PROTOCOL_VERSION,
             host_id: host,
@@ -335,10 +354,13 @@ async fn read_frames(
             ClientToServer::Hello(_) => {
                 return ReadEnd::Violation(CloseCode::ProtocolViolation, "a second hello".into())
             }
-            ClientToServer::JoinAck { group, member } => {
-                shared
-                    .with_core(|core| core.registry.handle_join_ack(host, group, member))
-                    .1
+            ClientToServer::Ack { notices } => {
+                let (acked, deferred) =
+                    shared.with_core(|core| core.registry.handle_ack(host, notices));
+                if let Err(error) = acked {
+                    return ReadEnd::Violation(CloseCode::ProtocolViolation, error.to_string());
+                }
+                deferred
             }
             ClientToServer::HostCandidates { addrs } => {
                 shared

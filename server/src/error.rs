@@ -23,6 +23,15 @@ pub enum GroupError {
     /// A group with no members was asked for with `allow_empty` off.
     #[error("a group with no members needs allow_empty")]
     EmptyNotAllowed,
+    /// Host data, group data or a join message is over its limit
+    /// ([`Limits`](crate::Limits)).
+    #[error("{len} bytes exceed the limit of {max} bytes")]
+    DataTooLarge {
+        /// Length given, bytes.
+        len: usize,
+        /// The limit, bytes.
+        max: usize,
+    },
 }
 
 /// A send by the server application failed.

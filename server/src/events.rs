@@ -15,7 +15,7 @@ pub enum ServerEvent {
         host: HostId,
         /// The address the server sees it at (its NAT mapping, if it is behind one).
         remote_addr: SocketAddr,
-        /// What the auth hook attached to it.
+        /// What the auth hook attached to it: its first host data.
         app_data: Bytes,
     },
     /// A client is gone; it has already been removed from all its groups.
@@ -34,6 +34,19 @@ pub enum ServerEvent {
         member: HostId,
         /// `Ok` when all acks arrived.
         result: Result<(), JoinAckError>,
+    },
+    /// Every notice of `member`'s leave from `group` was acknowledged by the hosts told of
+    /// it (the remaining members, and the member itself unless it disconnected), or the
+    /// leave ended before that. A destroy is a leave of every member and completes the
+    /// same way; a disconnect's leaves too (only the remaining members are told).
+    LeaveAckComplete {
+        /// The group.
+        group: GroupId,
+        /// The member whose leave this is.
+        member: HostId,
+        /// `Ok` when all acks arrived. A remaining member that disconnects meanwhile no
+        /// longer owes one.
+        result: Result<(), LeaveAckError>,
     },
     /// A group ended: destroyed by the application, or emptied with `allow_empty` off.
     GroupRemoved {
@@ -81,6 +94,21 @@ pub enum JoinAckError {
     /// The member disconnected first.
     #[error("the member disconnected before all acks arrived")]
     Disconnected,
+    /// Not every ack arrived within the ack timeout (default 15 s).
+    #[error("not every ack arrived within the ack timeout")]
+    Timeout,
+}
+
+/// Why a leave ended before all its acks arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaveAckError {
+    /// The member that left disconnected before acknowledging its own leave.
+    #[error("the member disconnected before acknowledging its leave")]
+    Disconnected,
+    /// The group was destroyed before all acks of an earlier leave arrived.
+    #[error("the group was destroyed before all acks arrived")]
+    GroupDestroyed,
     /// Not every ack arrived within the ack timeout (default 15 s).
     #[error("not every ack arrived within the ack timeout")]
     Timeout,

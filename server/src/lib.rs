@@ -40,6 +40,8 @@ mod connection;
 mod error;
 mod events;
 mod identity;
+mod manage;
+mod notices;
 mod outbound;
 pub mod registry;
 pub mod rooms;
@@ -51,11 +53,15 @@ pub use app_events::ServerEvents;
 pub use auth::{AuthDecision, AuthHook, LoginRequest};
 pub use config::{Limits, ServerConfig, Timeouts};
 pub use error::{GroupError, SendError};
-pub use events::{DisconnectReason, JoinAckError, ServerEvent};
+pub use events::{DisconnectReason, JoinAckError, LeaveAckError, ServerEvent};
 pub use identity::{fingerprint_of, Identity, IdentityError};
+pub use manage::HostInfo;
 pub use peergroup_protocol::typed::{decode, encode, TypedError};
 pub use peergroup_protocol::{Delivery, Fingerprint, GroupId, HostId, Priority, SendOptions};
 pub use peergroup_protocol::{PairPath, PathReason};
-pub use registry::{GroupOptions, JoinOutcome, PairStats, PunchConfig, PunchStart, PunchStats};
-pub use server::{HostInfo, Server, ServerStats, ServerTarget, StartError};
+pub use registry::{
+    BatchError, ChangeOutcome, GroupInfo, GroupOptions, JoinOutcome, MembershipBatch,
+    MembershipChange, PairStats, PunchConfig, PunchStart, PunchStats,
+};
+pub use server::{Server, ServerStats, ServerTarget, StartError};
 pub use tokio_util::sync::CancellationToken;

@@ -60,6 +60,17 @@ pub(crate) enum Fill {
     Overflowing,
 }
 
+/// Which queued messages a control frame must not overtake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waits<'a> {
+    /// None: it goes ahead of every queued message.
+    Nothing,
+    /// Those from these senders.
+    For(&'a [HostId]),
+    /// Every queued message.
+    Everything,
+}
+
 /// The receiving half, owned by the writer task.
 pub(crate) struct OutboundReceiver {
     state: Arc<QueueState>,
@@ -115,13 +126,21 @@ impl OutboundQueue {
         )
     }
 
-    /// Queues a notice that must not overtake `peer`'s queued messages (its `PeerDown`):
-    /// they go out first, in the order they were queued.
-    pub fn push_control_after(&self, frame: Bytes, peer: HostId) -> Fill {
+    /// Queues a notice behind the queued messages it must not overtake: those from the
+    /// hosts in `waits` (a `PeerDown`, or a `MemberLeft` behind the leaver's messages), or
+    /// every queued message. They go out first, in the order they were queued.
+    pub fn push_control_after(&self, frame: Bytes, waits: Waits<'_>) -> Fill {
         let len = frame.len();
         self.push(
             |queue, len| {
-                queue.promote_flow(peer.raw());
+                match waits {
+                    Waits::Nothing => {}
+                    Waits::For(&[sender]) => queue.promote_flow(sender.raw()),
+                    Waits::For(senders) => {
+                        queue.promote_flows(|flow| senders.iter().any(|s| s.raw() == flow))
+                    }
+                    Waits::Everything => queue.promote_flows(|_| true),
+                }
                 queue.push_control(frame, len);
                 0
             },
@@ -291,7 +310,7 @@ mod tests {
         queue.push_data(Bytes::from_static(b"other"), Priority::Low, SENDER, None);
         queue.push_control(Bytes::from_static(b"notice"));
         queue.push_data(Bytes::from_static(b"m2"), Priority::High, peer, None);
-        queue.push_control_after(Bytes::from_static(b"down"), peer);
+        queue.push_control_after(Bytes::from_static(b"down"), Waits::For(&[peer]));
         let mut frames = Vec::new();
         rx.recv_many(&mut frames, 64, usize::MAX).await;
         let order: Vec<&[u8]> = frames.iter().map(|f| f.as_ref()).collect();

@@ -112,6 +112,7 @@ trait GroupOps {
     ) -> Result<JoinOutcome, GroupError>;
     fn leave_group(&self, group: GroupId, host: HostId) -> Result<(), GroupError>;
     fn group_members(&self, group: GroupId) -> Result<Vec<HostId>, GroupError>;
+    fn set_host_data(&self, host: HostId, data: Bytes) -> Result<(), GroupError>;
 }
 
 impl GroupOps for Server {
@@ -139,6 +140,18 @@ impl GroupOps for Server {
 
     fn group_members(&self, group: GroupId) -> Result<Vec<HostId>, GroupError> {
         Server::group_members(self, group)
+    }
+
+    fn set_host_data(&self, host: HostId, data: Bytes) -> Result<(), GroupError> {
+        Server::set_host_data(self, host, data)
+    }
+}
+
+/// Makes `name` the client's host data, so every member sees it on join notices and
+/// when it changes (a later join under another name renames the client everywhere).
+fn set_display_name(groups: &impl GroupOps, host: HostId, name: &str) {
+    if let Err(error) = groups.set_host_data(host, Bytes::copy_from_slice(name.as_bytes())) {
+        tracing::debug!(%host, %error, "display name not set");
     }
 }
 
@@ -287,6 +300,9 @@ impl Rooms {
                     return Some(self.refuse_join(from, &room, "in too many rooms"));
                 }
             }
+            if !members.contains(&from) {
+                set_display_name(groups, from, &name);
+            }
             match groups.join_group(group, from, Bytes::from(name.clone().into_bytes())) {
                 Ok(outcome) => joined = Some((group, outcome)),
                 Err(GroupError::UnknownGroup(_)) => {
@@ -314,6 +330,7 @@ impl Rooms {
                 if self.rooms_of(from) >= self.config.max_rooms_per_client {
                     return Some(self.refuse_join(from, &room, "in too many rooms"));
                 }
+                set_display_name(groups, from, &name);
                 let message = Bytes::from(name.clone().into_bytes());
                 let group = match groups.create_group(from, room_group_options(), message) {
                     Ok(group) => group,
@@ -546,7 +563,7 @@ fn validate_name(what: &str, text: &str, max: usize) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::registry::{Action, Registry, RegistryConfig};
-    use peergroup_protocol::{Fingerprint, ServerToClient};
+    use peergroup_protocol::{Fingerprint, Notice};
     use std::cell::RefCell;
     use std::time::Instant;
 
@@ -565,8 +582,13 @@ mod tests {
             options: GroupOptions,
             join_message: Bytes,
         ) -> Result<GroupId, GroupError> {
-            self.borrow_mut()
-                .create_group(&[creator], options, join_message, Instant::now())
+            self.borrow_mut().create_group(
+                &[creator],
+                options,
+                Bytes::new(),
+                join_message,
+                Instant::now(),
+            )
         }
 
         fn join_group(
@@ -585,6 +607,10 @@ mod tests {
 
         fn group_members(&self, group: GroupId) -> Result<Vec<HostId>, GroupError> {
             self.borrow().group_members(group)
+        }
+
+        fn set_host_data(&self, host: HostId, data: Bytes) -> Result<(), GroupError> {
+            self.borrow_mut().set_host_data(host, data)
         }
     }
 
@@ -607,6 +633,7 @@ mod tests {
             self.registry.borrow_mut().handle_connect(
                 Fingerprint([self.next_identity; 32]),
                 std::net::SocketAddr::from(([127, 0, 0, 1], 1000 + u16::from(self.next_identity))),
+                Bytes::new(),
             )
         }
 
@@ -708,20 +735,22 @@ mod tests {
         }
     }
 
-    /// `MemberJoined` join messages sent to `to`, as (member, message) pairs.
-    fn joins_seen_by(actions: &[Action], to: HostId) -> Vec<(HostId, Vec<u8>)> {
+    /// `MemberJoined` notices sent to `to`, as (member, join message, member data).
+    fn joins_seen_by(actions: &[Action], to: HostId) -> Vec<(HostId, Vec<u8>, Vec<u8>)> {
         actions
             .iter()
             .filter_map(|action| match action {
-                Action::Send {
+                Action::Notice {
                     to: t,
-                    message:
-                        ServerToClient::MemberJoined {
+                    notice:
+                        Notice::MemberJoined {
                             member,
                             join_message,
+                            member_data,
                             ..
                         },
-                } if *t == to => Some((*member, join_message.to_vec())),
+                    ..
+                } if *t == to => Some((*member, join_message.to_vec(), member_data.to_vec())),
                 _ => None,
             })
             .collect()
@@ -749,7 +778,7 @@ mod tests {
         let frames = w.pump();
         assert_eq!(
             joins_seen_by(&frames, alice),
-            vec![(alice, b"alice".to_vec())]
+            vec![(alice, b"alice".to_vec(), b"alice".to_vec())]
         );
         assert_eq!(w.list(alice), vec![summary("lobby", 1, false)]);
 
@@ -788,12 +817,19 @@ mod tests {
             }
         );
         let frames = w.pump();
-        assert_eq!(joins_seen_by(&frames, alice), vec![(bob, b"bob".to_vec())]);
-        // The joiner hears of every member, but every notice of one join carries that
-        // join's message (the joiner's name): existing names come only in `Joined`.
+        assert_eq!(
+            joins_seen_by(&frames, alice),
+            vec![(bob, b"bob".to_vec(), b"bob".to_vec())]
+        );
+        // Every notice of one join carries that join's message (the joiner's name), and
+        // each notice carries its member's own name as host data: the joiner learns
+        // alice's name from the notice about her.
         assert_eq!(
             joins_seen_by(&frames, bob),
-            vec![(alice, b"bob".to_vec()), (bob, b"bob".to_vec())]
+            vec![
+                (alice, b"bob".to_vec(), b"alice".to_vec()),
+                (bob, b"bob".to_vec(), b"bob".to_vec())
+            ]
         );
         assert_eq!(w.list(bob), vec![summary("lobby", 2, false)]);
     }
@@ -1107,6 +1143,9 @@ mod tests {
             }
             fn group_members(&self, group: GroupId) -> Result<Vec<HostId>, GroupError> {
                 self.0.group_members(group)
+            }
+            fn set_host_data(&self, host: HostId, data: Bytes) -> Result<(), GroupError> {
+                self.0.set_host_data(host, data)
             }
         }
         let mut w = World::new();

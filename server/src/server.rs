@@ -3,10 +3,9 @@
 use crate::app_events::{EventSink, ServerEvents};
 use crate::auth::AuthHook;
 use crate::config::ServerConfig;
-use crate::error::{GroupError, SendError};
-use crate::events::DisconnectReason;
+use crate::error::SendError;
 use crate::identity::IdentityError;
-use crate::registry::{GroupOptions, JoinOutcome, Registry};
+use crate::registry::Registry;
 use crate::shared::Shared;
 use crate::tls::quic_server_config;
 use bytes::Bytes;
@@ -55,22 +54,6 @@ pub enum ServerTarget {
     Hosts(Vec<HostId>),
 }
 
-/// What the server knows of one connected client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostInfo {
-    /// The address the server sees (its NAT mapping).
-    pub remote_addr: SocketAddr,
-    /// SHA-256 of its identity certificate.
-    pub identity: Fingerprint,
-    /// What the auth hook attached.
-    pub app_data: Bytes,
-    /// Smoothed RTT of its server connection.
-    pub rtt: Duration,
-    /// Bytes waiting in the server's queue to this client (not yet handed to QUIC). Stays
-    /// under twice `Limits::client_queue_bytes`: past that the client is disconnected.
-    pub queued_bytes: usize,
-}
-
 /// Counters for monitoring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerStats {
@@ -110,7 +93,7 @@ impl Drop for ShutdownOnDrop {
 /// [`Server::shutdown`] does so at once.
 #[derive(Debug, Clone)]
 pub struct Server {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     local_addr: SocketAddr,
     fingerprint: Fingerprint,
     _guard: Arc<ShutdownOnDrop>,
@@ -221,112 +204,6 @@ impl Server {
     /// stream once it is drained.
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
-    }
-
-    /// Creates a group and joins `members` in order. See [`Server::join_group`].
-    ///
-    /// # Errors
-    /// [`GroupError::UnknownHost`] if any member is not connected (nothing changes then),
-    /// [`GroupError::EmptyNotAllowed`] for no members without `allow_empty`.
-    pub fn create_group(
-        &self,
-        members: &[HostId],
-        options: GroupOptions,
-        join_message: impl Into<Bytes>,
-    ) -> Result<GroupId, GroupError> {
-        let join_message = join_message.into();
-        self.shared
-            .with_core(|core| {
-                core.registry
-                    .create_group(members, options, join_message, Instant::now())
-            })
-            .0
-    }
-
-    /// Adds `host` to `group`. Existing members get `MemberJoined` for it; it gets
-    /// `MemberJoined` for every member including itself. When all have acked,
-    /// [`ServerEvent::JoinAckComplete`](crate::ServerEvent) follows.
-    ///
-    /// # Errors
-    /// [`GroupError::UnknownGroup`], [`GroupError::UnknownHost`].
-    pub fn join_group(
-        &self,
-        group: GroupId,
-        host: HostId,
-        join_message: impl Into<Bytes>,
-    ) -> Result<JoinOutcome, GroupError> {
-        let join_message = join_message.into();
-        self.shared
-            .with_core(|core| {
-                core.registry
-                    .join_group(group, host, join_message, Instant::now())
-            })
-            .0
-    }
-
-    /// Removes `host` from `group`; everyone is told with `MemberLeft`.
-    ///
-    /// # Errors
-    /// [`GroupError::UnknownGroup`], [`GroupError::NotMember`].
-    pub fn leave_group(&self, group: GroupId, host: HostId) -> Result<(), GroupError> {
-        self.shared
-            .with_core(|core| core.registry.leave_group(group, host, Instant::now()))
-            .0
-    }
-
-    /// Every member leaves, then [`ServerEvent::GroupRemoved`](crate::ServerEvent).
-    ///
-    /// # Errors
-    /// [`GroupError::UnknownGroup`].
-    pub fn destroy_group(&self, group: GroupId) -> Result<(), GroupError> {
-        self.shared
-            .with_core(|core| core.registry.destroy_group(group, Instant::now()))
-            .0
-    }
-
-    /// Members of a group ([`HostId::SERVER`] first when the server is a member).
-    ///
-    /// # Errors
-    /// [`GroupError::UnknownGroup`].
-    pub fn group_members(&self, group: GroupId) -> Result<Vec<HostId>, GroupError> {
-        self.shared.lock().registry.group_members(group)
-    }
-
-    /// Groups a client is in.
-    ///
-    /// # Errors
-    /// [`GroupError::UnknownHost`].
-    pub fn groups_of(&self, host: HostId) -> Result<Vec<GroupId>, GroupError> {
-        self.shared.lock().registry.groups_of(host)
-    }
-
-    /// Every group.
-    pub fn groups(&self) -> Vec<GroupId> {
-        self.shared.lock().registry.groups()
-    }
-
-    /// What the server knows about a connected client.
-    pub fn host_info(&self, host: HostId) -> Option<HostInfo> {
-        let core = self.shared.lock();
-        let link = core.links.get(&host)?;
-        Some(HostInfo {
-            remote_addr: link.remote_addr,
-            identity: link.identity,
-            app_data: link.app_data.clone(),
-            rtt: link.connection.rtt(),
-            queued_bytes: link.outbound.queued_bytes(),
-        })
-    }
-
-    /// Disconnects a client with `Kicked` and a reason it sees.
-    ///
-    /// # Errors
-    /// [`GroupError::UnknownHost`].
-    pub fn disconnect(&self, host: HostId, reason: &str) -> Result<(), GroupError> {
-        let core = self.shared.lock();
-        let link = core.links.get(&host).ok_or(GroupError::UnknownHost(host))?;
-        link.close(CloseCode::Kicked, DisconnectReason::Kicked, reason);
-        Ok(())
     }
 
     /// Sends a message from the server application with `options` (a [`Delivery`], or

@@ -10,7 +10,8 @@
 use crate::app_events::EventSink;
 use crate::config::Limits;
 use crate::events::{DisconnectReason, ServerEvent};
-use crate::outbound::{Fill, OutboundQueue};
+use crate::notices::{NoticeFrames, PendingFrame};
+use crate::outbound::{Fill, OutboundQueue, Waits};
 use crate::registry::{punch_start_delays, Action, Registry};
 use bytes::Bytes;
 use peergroup_protocol::{
@@ -32,7 +33,10 @@ pub(crate) struct Link {
     pub outbound: OutboundQueue,
     pub remote_addr: SocketAddr,
     pub identity: Fingerprint,
-    pub app_data: Bytes,
+    /// The login payload of its hello.
+    pub login: Bytes,
+    /// When it logged in (wall clock, for operators).
+    pub connected_at: std::time::SystemTime,
     /// Numbers the server application's messages to this client, per lane.
     pub app_lanes: LaneCounters,
     /// Set by whoever closes the connection from this side, so the connection task can
@@ -212,9 +216,33 @@ impl Shared {
     /// Carries out every pending action of the registry.
     fn dispatch(&self, core: &mut Core) -> Deferred {
         let mut deferred = Deferred::default();
+        let mut notices = NoticeFrames::default();
         while let Some(action) = core.registry.poll_action() {
             match action {
-                Action::Send { to, message } => self.send_frame(core, to, &message, &mut deferred),
+                Action::Notice { to, notice, order } => {
+                    if let Some(full) = notices.add(to, notice, order) {
+                        self.send_notices(core, to, full, &mut deferred);
+                    }
+                }
+                Action::Send { to, message } => {
+                    // A `PeerUp` only has to precede the notices about its peer, so it may
+                    // pass the ones gathered; anything else keeps its place after them.
+                    if !matches!(message, ServerToClient::PeerUp { .. }) {
+                        if let Some(frame) = notices.take(to) {
+                            self.send_notices(core, to, frame, &mut deferred);
+                        }
+                    }
+                    self.send_frame(core, to, &message, &mut deferred)
+                }
+                Action::Disconnect { host, reason } => {
+                    if let Some(link) = core.links.get(&host) {
+                        tracing::warn!(%host, reason, "disconnecting");
+                        let detail = DisconnectReason::ProtocolError {
+                            detail: reason.to_string(),
+                        };
+                        link.close(CloseCode::ProtocolViolation, detail, reason);
+                    }
+                }
                 Action::SendData {
                     to,
                     message,
@@ -304,12 +332,44 @@ impl Shared {
                     };
                     let to_a = order(controlled, candidates_of_controlled, delay_a, true);
                     let to_b = order(controlling, candidates_of_controlling, delay_b, false);
-                    self.send_frame(core, controlling, &to_a, &mut deferred);
-                    self.send_frame(core, controlled, &to_b, &mut deferred);
+                    for (host, frame) in [(controlling, &to_a), (controlled, &to_b)] {
+                        if let Some(gathered) = notices.take(host) {
+                            self.send_notices(core, host, gathered, &mut deferred);
+                        }
+                        self.send_frame(core, host, frame, &mut deferred);
+                    }
                 }
             }
         }
+        for (to, frame) in notices.drain() {
+            self.send_notices(core, to, frame, &mut deferred);
+        }
         deferred
+    }
+
+    /// Queues one frame of gathered notices for `to`, behind the messages it must not
+    /// overtake.
+    fn send_notices(&self, core: &Core, to: HostId, frame: PendingFrame, deferred: &mut Deferred) {
+        let Some(link) = core.links.get(&to) else {
+            return;
+        };
+        let message = ServerToClient::Notices(frame.notices);
+        let bytes = match frame_to_bytes(&message, self.limits.max_frame_len()) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(%to, %error, "notices not sent");
+                return;
+            }
+        };
+        let waits = if frame.after_everything {
+            Waits::Everything
+        } else if frame.after_senders.is_empty() {
+            Waits::Nothing
+        } else {
+            Waits::For(&frame.after_senders)
+        };
+        let fill = link.outbound.push_control_after(bytes, waits);
+        self.note_fill(to, link, fill, deferred);
     }
 
     /// Encodes and queues one frame for `to`.
@@ -332,7 +392,9 @@ impl Shared {
         };
         let fill = match message {
             // The peer's messages queued before its pair ended go first.
-            ServerToClient::PeerDown { peer, .. } => link.outbound.push_control_after(frame, *peer),
+            ServerToClient::PeerDown { peer, .. } => link
+                .outbound
+                .push_control_after(frame, Waits::For(&[*peer])),
             _ => link.outbound.push_control(frame),
         };
         self.note_fill(to, link, fill, deferred);

@@ -37,16 +37,26 @@ fn info(n: u8) -> PeerInfo {
 }
 
 fn joined(member: HostId, count: u32) -> ServerToClient {
-    ServerToClient::MemberJoined {
+    ServerToClient::Notices(vec![Notice::MemberJoined {
         group: G,
         member,
         member_count: count,
         join_message: Bytes::from_static(b"j"),
-    }
+        member_data: Bytes::new(),
+        group_data: None,
+    }])
+}
+
+fn left(member: HostId, count: u32) -> ServerToClient {
+    ServerToClient::Notices(vec![Notice::MemberLeft {
+        group: G,
+        member,
+        member_count: count,
+    }])
 }
 
 fn session(me: HostId, timing: SessionTiming, now: Instant) -> Session {
-    Session::new(me, MAX_FRAME_LEN, WINDOW, timing, now)
+    Session::new(me, Bytes::new(), MAX_FRAME_LEN, WINDOW, timing, now)
 }
 
 /// Empties the upload and event queues.
@@ -333,18 +343,10 @@ fn every_join_notice_is_acked_and_reported_with_the_vouched_identity() {
     .unwrap();
     s.handle_frame(joined(PEER, 2), now).unwrap();
     s.handle_frame(joined(ME, 2), now).unwrap();
+    // Two frames of notices handled before anything was sent: one ack covers both.
     assert_eq!(
         uploads(&mut s),
-        vec![
-            Upload::Control(ClientToServer::JoinAck {
-                group: G,
-                member: PEER
-            }),
-            Upload::Control(ClientToServer::JoinAck {
-                group: G,
-                member: ME
-            }),
-        ]
+        vec![Upload::Control(ClientToServer::Ack { notices: 2 })]
     );
     let evs = events(&mut s);
     assert!(matches!(
@@ -623,15 +625,7 @@ fn a_stale_peer_down_does_not_remove_a_newer_pair_and_leaving_forgets_the_group(
     )
     .unwrap();
     assert!(s.peer_info(PEER).is_some());
-    s.handle_frame(
-        ServerToClient::MemberLeft {
-            group: G,
-            member: ME,
-            member_count: 2,
-        },
-        now,
-    )
-    .unwrap();
+    s.handle_frame(left(ME, 2), now).unwrap();
     assert!(s.groups().is_empty());
     assert_eq!(
         s.plan_send(
@@ -1805,15 +1799,7 @@ fn route_names_the_server_queue_for_relayed_peers_and_the_server_and_direct_queu
         Ok(route(true, &[PEER, OTHER]))
     );
     // A direct peer that shares no group any more (the pair lingers) takes the relay.
-    s.handle_frame(
-        ServerToClient::MemberLeft {
-            group: G,
-            member: PEER,
-            member_count: 3,
-        },
-        now,
-    )
-    .unwrap();
+    s.handle_frame(left(PEER, 3), now).unwrap();
     assert_eq!(
         s.route(&Target::Host(PEER)).map(|r| (r.server, r.direct)),
         Ok(route(true, &[]))
@@ -2086,4 +2072,152 @@ fn sequenced_datagrams_to_the_server_are_numbered_for_it() {
         })
         .collect();
     assert_eq!(numbers, [(true, 1), (true, 2), (true, 3)]);
+}
+
+// ---- membership notices: batches, data, acks, and the group rule at the receiver -------
+
+fn data_frame(group: Option<GroupId>, seq: u64, body: &str) -> PeerToPeer {
+    PeerToPeer::Data {
+        group,
+        lane: CH0,
+        seq,
+        payload: text(body),
+    }
+}
+
+fn delivered(s: &mut Session) -> Vec<String> {
+    events(s)
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Message { payload, .. } => Some(string(payload)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn one_notices_frame_yields_every_event_in_order_the_data_and_one_ack() {
+    let now = Instant::now();
+    let mut s = session(ME, NO_PINGS, now);
+    s.handle_frame(
+        ServerToClient::PeerUp {
+            peer: PEER,
+            pair: PAIR,
+            info: info(2),
+        },
+        now,
+    )
+    .unwrap();
+    let join = |member, member_data: &str, group_data: Option<&str>| Notice::MemberJoined {
+        group: G,
+        member,
+        member_count: 2,
+        join_message: text("j"),
+        member_data: text(member_data),
+        group_data: group_data.map(text),
+    };
+    s.handle_frame(
+        ServerToClient::Notices(vec![
+            join(PEER, "peer's name", None),
+            join(ME, "my name", Some("rules")),
+            Notice::HostData {
+                host: PEER,
+                data: text("renamed"),
+            },
+            Notice::GroupData {
+                group: G,
+                data: text("new rules"),
+            },
+        ]),
+        now,
+    )
+    .unwrap();
+    assert_eq!(
+        uploads(&mut s),
+        vec![Upload::Control(ClientToServer::Ack { notices: 4 })]
+    );
+    let evs = events(&mut s);
+    assert!(
+        matches!(&evs[0], ClientEvent::MemberJoined { member, member_data, group_data: None, .. }
+        if *member == PEER && member_data == "peer's name")
+    );
+    assert!(
+        matches!(&evs[1], ClientEvent::MemberJoined { member, group_data: Some(d), .. }
+        if *member == ME && d == "rules")
+    );
+    assert_eq!(
+        evs[2],
+        ClientEvent::HostDataChanged {
+            host: PEER,
+            data: text("renamed")
+        }
+    );
+    assert_eq!(
+        evs[3],
+        ClientEvent::GroupDataChanged {
+            group: G,
+            data: text("new rules")
+        }
+    );
+    assert_eq!(s.host_data(PEER), Some(text("renamed")));
+    assert_eq!(s.host_data(ME), Some(text("my name")));
+    assert_eq!(s.group_data(G), Some(text("new rules")));
+    assert_eq!(s.notices_taken(), 4);
+
+    // Leaving forgets the group and the data of members no longer shared.
+    s.handle_frame(left(ME, 1), now).unwrap();
+    assert_eq!(
+        uploads(&mut s),
+        vec![Upload::Control(ClientToServer::Ack { notices: 5 })]
+    );
+    assert_eq!(s.group_data(G), None);
+    assert_eq!(s.host_data(PEER), None);
+    assert_eq!(s.host_data(ME), Some(text("my name")), "its own data stays");
+}
+
+#[test]
+fn a_message_to_a_group_is_delivered_only_while_sender_and_receiver_are_members() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    // Addressed to G while both are members: delivered.
+    s.handle_peer_frame(PEER, data_frame(Some(G), 1, "in"))
+        .unwrap();
+    // The peer left G (as this client was told): a direct message it sent to G before
+    // it knew crosses the notice and is dropped; one without a group still arrives.
+    s.handle_frame(left(PEER, 1), now).unwrap();
+    s.handle_peer_frame(PEER, data_frame(Some(G), 2, "late"))
+        .unwrap();
+    s.handle_peer_frame(PEER, data_frame(None, 3, "direct"))
+        .unwrap();
+    assert_eq!(delivered(&mut s), ["in", "direct"]);
+    assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 1);
+
+    // Back in G, then this client leaves: nothing addressed to G follows its own leave.
+    s.handle_frame(joined(PEER, 2), now).unwrap();
+    s.handle_peer_frame(PEER, data_frame(Some(G), 4, "again"))
+        .unwrap();
+    s.handle_frame(left(ME, 1), now).unwrap();
+    s.handle_peer_frame(PEER, data_frame(Some(G), 5, "after"))
+        .unwrap();
+    assert_eq!(delivered(&mut s), ["again"]);
+    assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 2);
+}
+
+#[test]
+fn a_datagram_to_a_group_follows_the_same_rule() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    let datagram = |group, body: &str| ServerDatagram::Deliver {
+        from: PEER,
+        group,
+        lane: DatagramLane::Plain,
+        seq: 0,
+        payload: text(body),
+    };
+    s.handle_datagram(datagram(Some(G), "in"), now);
+    s.handle_frame(left(PEER, 1), now).unwrap();
+    s.handle_datagram(datagram(Some(G), "late"), now);
+    s.handle_datagram(datagram(None, "plain"), now);
+    assert_eq!(delivered(&mut s), ["in", "plain"]);
+    assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 1);
 }

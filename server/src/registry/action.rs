@@ -1,7 +1,7 @@
 //! What the registry asks its driver to do.
 
 use crate::events::ServerEvent;
-use peergroup_protocol::{HostId, PairId, Priority, ServerDatagram, ServerToClient};
+use peergroup_protocol::{HostId, Notice, PairId, Priority, ServerDatagram, ServerToClient};
 use std::net::SocketAddr;
 
 /// One output of the [`Registry`](super::Registry), in the order it must be carried out.
@@ -15,6 +15,24 @@ pub enum Action {
         to: HostId,
         /// The frame.
         message: ServerToClient,
+    },
+    /// Send one membership notice. Consecutive notices for one host are carried in one
+    /// [`ServerToClient::Notices`] frame (they were numbered in this order); `order` says
+    /// which queued messages the frame must not overtake.
+    Notice {
+        /// The receiving client.
+        to: HostId,
+        /// The notice.
+        notice: Notice,
+        /// Where it goes in the host's queue.
+        order: NoticeOrder,
+    },
+    /// Disconnect a client that broke a rule the registry enforces.
+    Disconnect {
+        /// The client.
+        host: HostId,
+        /// Readable text for the close.
+        reason: &'static str,
     },
     /// Queue a relayed message (or a skip in a sender's sequence) for the host: it waits
     /// in the host's queue at `priority`, behind notices, and while it waits a newer one
@@ -63,4 +81,18 @@ pub enum Action {
         /// Where the controlling side should probe the controlled one.
         candidates_of_controlled: Vec<SocketAddr>,
     },
+}
+
+/// Which queued messages a notice waits for in its receiver's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeOrder {
+    /// Ahead of every queued message (joins, data changes): a message from a new member
+    /// can never arrive before its join notice.
+    AheadOfMessages,
+    /// After every message queued from this sender (its `MemberLeft`): what it sent before
+    /// leaving arrives first.
+    AfterMessagesFrom(HostId),
+    /// After every queued message (the receiver's own leave): nothing addressed to the
+    /// group it left follows.
+    AfterAllMessages,
 }

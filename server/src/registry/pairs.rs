@@ -71,6 +71,8 @@ pub(crate) enum PairChange {
 pub(crate) struct PairTable {
     pairs: SlotMap<PairKey, Pair>,
     by_hosts: HashMap<(HostId, HostId), PairKey>,
+    /// Each host's pairs, so per-host questions never scan every pair.
+    by_host: HashMap<HostId, Vec<PairKey>>,
 }
 
 fn ordered(a: HostId, b: HostId) -> (HostId, HostId) {
@@ -113,6 +115,9 @@ impl PairTable {
             linger_until: None,
         });
         self.by_hosts.insert(hosts, key);
+        for host in [hosts.0, hosts.1] {
+            self.by_host.entry(host).or_default().push(key);
+        }
         PairChange::Started(id_of(key))
     }
 
@@ -149,8 +154,17 @@ impl PairTable {
 
     /// Ends the pair at once (a host disconnected); returns its hosts.
     pub fn remove(&mut self, id: PairId) -> Option<(HostId, HostId)> {
-        let pair = self.pairs.remove(key_of(id))?;
+        let key = key_of(id);
+        let pair = self.pairs.remove(key)?;
         self.by_hosts.remove(&pair.hosts);
+        for host in [pair.hosts.0, pair.hosts.1] {
+            if let Some(keys) = self.by_host.get_mut(&host) {
+                keys.retain(|k| *k != key);
+                if keys.is_empty() {
+                    self.by_host.remove(&host);
+                }
+            }
+        }
         Some(pair.hosts)
     }
 
@@ -177,11 +191,34 @@ impl PairTable {
 
     /// Every pair `host` is in.
     pub fn of_host(&self, host: HostId) -> Vec<PairId> {
-        self.pairs
-            .iter()
-            .filter(|(_, p)| p.hosts.0 == host || p.hosts.1 == host)
-            .map(|(k, _)| id_of(k))
+        self.keys_of(host).map(id_of).collect()
+    }
+
+    fn keys_of(&self, host: HostId) -> impl Iterator<Item = PairKey> + '_ {
+        self.by_host.get(&host).into_iter().flatten().copied()
+    }
+
+    /// The hosts that share at least one group with `host` now (lingering pairs left
+    /// out).
+    pub fn sharing_a_group_with(&self, host: HostId) -> Vec<HostId> {
+        self.keys_of(host)
+            .filter_map(|key| self.pairs.get(key))
+            .filter(|pair| pair.shared_groups > 0)
+            .filter_map(|pair| pair.other(host))
             .collect()
+    }
+
+    /// `host`'s pairs on the direct path and on the relay (lingering ones included).
+    pub fn count_paths_of(&self, host: HostId) -> (u32, u32) {
+        let mut counts = (0, 0);
+        for pair in self.keys_of(host).filter_map(|key| self.pairs.get(key)) {
+            if pair.punch.path() == peergroup_protocol::PairPath::Direct {
+                counts.0 += 1;
+            } else {
+                counts.1 += 1;
+            }
+        }
+        counts
     }
 
     /// Pairs on the direct path and pairs on the relay.

@@ -2,8 +2,11 @@
 
 use super::*;
 use peergroup_protocol::ServerToClient as S;
-use peergroup_protocol::{DatagramLane, Lane, Priority};
+use peergroup_protocol::{DatagramLane, Delivery, Lane, Priority};
+use peergroup_protocol::{Fingerprint, PairId, PeerInfo, RefuseReason, RelayDest, ServerDatagram};
 use peergroup_protocol::{PairPath, PathReason, PunchOutcome};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 
 fn identity(n: u8) -> Fingerprint {
     Fingerprint([n; 32])
@@ -12,6 +15,8 @@ fn identity(n: u8) -> Fingerprint {
 struct World {
     registry: Registry,
     now: Instant,
+    /// Notices each host was sent so far, counted as the actions are drained.
+    notices: HashMap<HostId, u64>,
 }
 
 impl World {
@@ -19,18 +24,20 @@ impl World {
         Self {
             registry: Registry::new(RegistryConfig::default()),
             now: Instant::now(),
+            notices: HashMap::new(),
         }
     }
 
     fn connect(&mut self, n: u8) -> HostId {
         // Each host behind its own NAT unless a test says otherwise.
         let seen_at = SocketAddr::from(([198, 18, 0, n], 40_000 + u16::from(n)));
-        self.registry.handle_connect(identity(n), seen_at)
+        self.registry
+            .handle_connect(identity(n), seen_at, Bytes::new())
     }
 
     fn connect_at(&mut self, n: u8, seen_at: &str) -> HostId {
         self.registry
-            .handle_connect(identity(n), seen_at.parse().unwrap())
+            .handle_connect(identity(n), seen_at.parse().unwrap(), Bytes::new())
     }
 
     fn with_punch(punch: PunchConfig) -> Self {
@@ -40,14 +47,30 @@ impl World {
                 ..RegistryConfig::default()
             }),
             now: Instant::now(),
+            notices: HashMap::new(),
         }
     }
 
     fn drain(&mut self) -> Vec<Action> {
-        std::iter::from_fn(|| self.registry.poll_action()).collect()
+        let actions: Vec<Action> = std::iter::from_fn(|| self.registry.poll_action()).collect();
+        for action in &actions {
+            if let Action::Notice { to, .. } = action {
+                *self.notices.entry(*to).or_default() += 1;
+            }
+        }
+        actions
     }
 
-    /// Frames sent to `to`, in order, from the drained actions.
+    /// `host` acks every notice it was sent so far (as drained).
+    fn ack(&mut self, host: HostId) {
+        let sent = self.notices.get(&host).copied().unwrap_or(0);
+        self.registry
+            .handle_ack(host, sent)
+            .expect("acks what was sent");
+    }
+
+    /// What `to` was sent, in order, from the drained actions: frames, and each notice
+    /// as a `Notices` frame of its own (the driver merges them).
     fn frames_to(actions: &[Action], to: HostId) -> Vec<S> {
         actions
             .iter()
@@ -56,6 +79,9 @@ impl World {
                     if *t == to =>
                 {
                     Some(message.clone())
+                }
+                Action::Notice { to: t, notice, .. } if *t == to => {
+                    Some(S::Notices(vec![notice.clone()]))
                 }
                 _ => None,
             })
@@ -78,21 +104,36 @@ impl World {
     }
 }
 
+/// The notice about another `member` joining (hosts here have empty data).
 fn joined(group: GroupId, member: HostId, member_count: u32) -> S {
-    S::MemberJoined {
+    S::Notices(vec![Notice::MemberJoined {
         group,
         member,
         member_count,
         join_message: Bytes::from_static(b"hi"),
-    }
+        member_data: Bytes::new(),
+        group_data: None,
+    }])
 }
 
-fn left(group: GroupId, member: HostId, member_count: u32) -> S {
-    S::MemberLeft {
+/// The joiner's notice about itself, which carries the group's (empty) data.
+fn joined_self(group: GroupId, member: HostId, member_count: u32) -> S {
+    S::Notices(vec![Notice::MemberJoined {
         group,
         member,
         member_count,
-    }
+        join_message: Bytes::from_static(b"hi"),
+        member_data: Bytes::new(),
+        group_data: Some(Bytes::new()),
+    }])
+}
+
+fn left(group: GroupId, member: HostId, member_count: u32) -> S {
+    S::Notices(vec![Notice::MemberLeft {
+        group,
+        member,
+        member_count,
+    }])
 }
 
 fn pair_of(actions: &[Action], to: HostId, peer: HostId) -> PairId {
@@ -105,13 +146,9 @@ fn pair_of(actions: &[Action], to: HostId, peer: HostId) -> PairId {
         .expect("a PeerUp about the peer")
 }
 
-fn ack_all(world: &mut World, actions: &[Action], hosts: &[HostId]) {
+fn ack_all(world: &mut World, hosts: &[HostId]) {
     for &host in hosts {
-        for frame in World::frames_to(actions, host) {
-            if let S::MemberJoined { group, member, .. } = frame {
-                world.registry.handle_join_ack(host, group, member);
-            }
-        }
+        world.ack(host);
     }
 }
 
@@ -121,11 +158,17 @@ fn join_notifies_everyone_in_proudnet_order_and_completes_on_all_acks() {
     let (a, b) = (w.connect(1), w.connect(2));
     let g = w
         .registry
-        .create_group(&[a], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     let first = w.drain();
-    assert_eq!(World::frames_to(&first, a), vec![joined(g, a, 1)]);
-    w.registry.handle_join_ack(a, g, a);
+    assert_eq!(World::frames_to(&first, a), vec![joined_self(g, a, 1)]);
+    w.ack(a);
     assert_eq!(
         World::events(&w.drain()),
         vec![ServerEvent::JoinAckComplete {
@@ -151,13 +194,17 @@ fn join_notifies_everyone_in_proudnet_order_and_completes_on_all_acks() {
         },
     };
     assert_eq!(to_a, vec![peer_up(b, 2), joined(g, b, 2)]);
-    assert_eq!(to_b, vec![peer_up(a, 1), joined(g, a, 2), joined(g, b, 2)]);
+    assert_eq!(
+        to_b,
+        vec![peer_up(a, 1), joined(g, a, 2), joined_self(g, b, 2)]
+    );
 
-    // B's ack alone is not enough; A's completes the join.
-    w.registry.handle_join_ack(b, g, b);
-    w.registry.handle_join_ack(b, g, a); // B acks its catch-up notice about A: not owed.
+    // B's acks alone are not enough (its catch-up notice about A is not the one owed);
+    // A's completes the join.
+    w.registry.handle_ack(b, 1).unwrap();
+    w.registry.handle_ack(b, 2).unwrap();
     assert!(World::events(&w.drain()).is_empty());
-    w.registry.handle_join_ack(a, g, b);
+    w.registry.handle_ack(a, 2).unwrap();
     assert_eq!(
         World::events(&w.drain()),
         vec![ServerEvent::JoinAckComplete {
@@ -174,7 +221,13 @@ fn joining_twice_is_already_member_and_sends_nothing() {
     let a = w.connect(1);
     let g = w
         .registry
-        .create_group(&[a], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     w.drain();
     assert_eq!(
@@ -190,7 +243,13 @@ fn leave_tells_the_rest_and_the_leaver_hears_everyone_including_itself() {
     let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
     let g = w
         .registry
-        .create_group(&[a, b, c], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b, c],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     w.drain();
     w.registry.leave_group(g, b, w.now).unwrap();
@@ -215,7 +274,13 @@ fn leaving_before_acks_ends_the_join_with_member_left() {
     let (a, b) = (w.connect(1), w.connect(2));
     let g = w
         .registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     w.drain();
     w.registry.leave_group(g, b, w.now).unwrap();
@@ -225,13 +290,22 @@ fn leaving_before_acks_ends_the_join_with_member_left() {
         member: b,
         result: Err(JoinAckError::MemberLeft)
     }));
-    // A's own join was waiting on B's ack; B is gone, so it completes once A acks.
-    w.registry.handle_join_ack(a, g, a);
+    // A's own join completes once A acks; B's leave needs B's ack too.
+    w.ack(a);
     assert_eq!(
         World::events(&w.drain()),
         vec![ServerEvent::JoinAckComplete {
             group: g,
             member: a,
+            result: Ok(())
+        }]
+    );
+    w.ack(b);
+    assert_eq!(
+        World::events(&w.drain()),
+        vec![ServerEvent::LeaveAckComplete {
+            group: g,
+            member: b,
             result: Ok(())
         }]
     );
@@ -243,7 +317,13 @@ fn destroy_ends_pending_joins_then_removes_the_group() {
     let (a, b) = (w.connect(1), w.connect(2));
     let g = w
         .registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     w.drain();
     w.registry.destroy_group(g, w.now).unwrap();
@@ -278,15 +358,27 @@ fn disconnect_leaves_every_group_and_ends_pairs_at_once() {
     let (a, b) = (w.connect(1), w.connect(2));
     let g1 = w
         .registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     let g2 = w
         .registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     let setup = w.drain();
     let pair = pair_of(&setup, a, b);
-    ack_all(&mut w, &setup, &[a, b]);
+    ack_all(&mut w, &[a, b]);
     w.drain();
 
     w.registry.handle_disconnect(b, w.now);
@@ -314,7 +406,13 @@ fn disconnect_during_join_reports_disconnected() {
     let (a, b) = (w.connect(1), w.connect(2));
     let g = w
         .registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     w.drain();
     w.registry.handle_disconnect(b, w.now);
@@ -333,7 +431,13 @@ fn missing_acks_time_out_after_the_configured_time_and_not_before() {
     let a = w.connect(1);
     let g = w
         .registry
-        .create_group(&[a], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     w.drain();
     assert_eq!(
@@ -351,7 +455,7 @@ fn missing_acks_time_out_after_the_configured_time_and_not_before() {
             result: Err(JoinAckError::Timeout)
         }]
     );
-    w.registry.handle_join_ack(a, g, a);
+    w.ack(a);
     assert!(w.drain().is_empty(), "a late ack changes nothing");
 }
 
@@ -361,7 +465,13 @@ fn a_pair_lingers_after_the_last_shared_group_and_survives_a_quick_rejoin() {
     let (a, b) = (w.connect(1), w.connect(2));
     let g = w
         .registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     let pair = pair_of(&w.drain(), a, b);
     w.registry.leave_group(g, b, w.now).unwrap();
@@ -400,10 +510,10 @@ fn two_groups_share_one_pair() {
     let opts = GroupOptions::default();
     let g1 = w
         .registry
-        .create_group(&[a, b], opts, "hi".into(), w.now)
+        .create_group(&[a, b], opts, Bytes::new(), "hi".into(), w.now)
         .unwrap();
     w.registry
-        .create_group(&[a, b], opts, "hi".into(), w.now)
+        .create_group(&[a, b], opts, Bytes::new(), "hi".into(), w.now)
         .unwrap();
     let actions = w.drain();
     let ups = World::frames_to(&actions, a)
@@ -425,12 +535,13 @@ fn group_without_allow_empty_is_removed_as_it_empties() {
         ..GroupOptions::default()
     };
     assert_eq!(
-        w.registry.create_group(&[], options, "hi".into(), w.now),
+        w.registry
+            .create_group(&[], options, Bytes::new(), "hi".into(), w.now),
         Err(GroupError::EmptyNotAllowed)
     );
     let g = w
         .registry
-        .create_group(&[a], options, "hi".into(), w.now)
+        .create_group(&[a], options, Bytes::new(), "hi".into(), w.now)
         .unwrap();
     w.drain();
     w.registry.leave_group(g, a, w.now).unwrap();
@@ -444,8 +555,13 @@ fn create_group_with_an_unknown_member_changes_nothing() {
     let a = w.connect(1);
     let ghost = HostId::from_raw(12345 << 32 | 7);
     assert_eq!(
-        w.registry
-            .create_group(&[a, ghost], GroupOptions::default(), "hi".into(), w.now),
+        w.registry.create_group(
+            &[a, ghost],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now
+        ),
         Err(GroupError::UnknownHost(ghost))
     );
     assert!(w.registry.groups().is_empty());
@@ -475,12 +591,12 @@ fn server_member_appears_in_notices_and_receives_group_messages() {
     };
     let g = w
         .registry
-        .create_group(&[a], options, "hi".into(), w.now)
+        .create_group(&[a], options, Bytes::new(), "hi".into(), w.now)
         .unwrap();
     let actions = w.drain();
     assert_eq!(
         World::frames_to(&actions, a),
-        vec![joined(g, HostId::SERVER, 2), joined(g, a, 2)]
+        vec![joined(g, HostId::SERVER, 2), joined_self(g, a, 2)]
     );
     assert_eq!(
         w.registry.group_members(g).unwrap(),
@@ -514,7 +630,13 @@ fn relay_delivers_within_a_shared_group_stamped_with_the_real_sender() {
     let (a, b) = (w.connect(1), w.connect(2));
     let g = w
         .registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     let pair = pair_of(&w.drain(), a, b);
     w.registry.handle_relay(
@@ -548,11 +670,23 @@ fn relay_outside_a_shared_group_is_refused_counted_and_skipped_for_the_receiver(
     let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
     let g = w
         .registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     let g_ac = w
         .registry
-        .create_group(&[a, c], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, c],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     let pair_ab = pair_of(&w.drain(), a, b);
     w.registry.leave_group(g, b, w.now).unwrap(); // the pair now lingers
@@ -643,7 +777,13 @@ fn datagram_relay_follows_the_same_rule_without_skips() {
     let (a, b) = (w.connect(1), w.connect(2));
     let g = w
         .registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     let pair = pair_of(&w.drain(), a, b);
     w.registry.handle_datagram(
@@ -693,7 +833,13 @@ fn messages_to_a_group_the_server_is_not_in_are_refused() {
     let a = w.connect(1);
     let g = w
         .registry
-        .create_group(&[a], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     w.drain();
     w.registry.handle_relay(
@@ -743,7 +889,13 @@ fn a_new_pair_in_a_direct_group_is_ordered_to_punch_after_its_notices() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
     w.registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     let actions = w.drain();
     let pair = pair_of(&actions, a, b);
@@ -763,7 +915,13 @@ fn a_new_pair_in_a_direct_group_is_ordered_to_punch_after_its_notices() {
     assert_eq!(w.registry.punch_stats(a).unwrap().orders, 1);
     // A second shared group does not punch again.
     w.registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     assert!(punches(&w.drain()).is_empty());
 }
@@ -778,7 +936,13 @@ fn hosts_behind_one_nat_also_get_each_others_host_candidates() {
     w.registry
         .handle_host_candidates(b, vec!["192.168.1.11:6001".parse().unwrap()]);
     w.registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     let Some(Action::Punch {
         candidates_of_controlling,
@@ -813,11 +977,17 @@ fn relay_only_groups_never_punch_until_a_direct_group_is_shared() {
         ..GroupOptions::default()
     };
     w.registry
-        .create_group(&[a, b], relay_only, "hi".into(), w.now)
+        .create_group(&[a, b], relay_only, Bytes::new(), "hi".into(), w.now)
         .unwrap();
     assert!(punches(&w.drain()).is_empty());
     w.registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     assert_eq!(punches(&w.drain()).len(), 1);
 }
@@ -830,7 +1000,13 @@ fn just_in_time_mode_punches_on_the_first_message_only() {
     });
     let (a, b) = (w.connect(1), w.connect(2));
     w.registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     let actions = w.drain();
     assert!(punches(&actions).is_empty());
@@ -849,7 +1025,13 @@ fn just_in_time_mode_also_punches_on_the_first_relayed_message() {
     });
     let (a, b) = (w.connect(1), w.connect(2));
     w.registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     let pair = pair_of(&w.drain(), a, b);
     w.registry.handle_relay(
@@ -881,7 +1063,13 @@ fn a_failed_punch_is_retried_after_60_s_and_recorded_per_host() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
     w.registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     let actions = w.drain();
     let pair = pair_of(&actions, a, b);
@@ -910,7 +1098,13 @@ fn path_reports_drive_pair_path_events_and_a_dead_direct_path_re_punches_later()
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
     w.registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     let pair = pair_of(&w.drain(), a, b);
     let (lo, hi) = (a.min(b), a.max(b));
@@ -959,7 +1153,13 @@ fn relayed_messages_are_counted_per_pair() {
     let (a, b) = (w.connect(1), w.connect(2));
     let g = w
         .registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     let pair = pair_of(&w.drain(), a, b);
     for seq in 1..=3 {
@@ -983,7 +1183,13 @@ fn a_pair_named_many_times_in_one_upload_gets_one_copy() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
     w.registry
-        .create_group(&[a, b], GroupOptions::default(), "hi".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
         .unwrap();
     let pair = pair_of(&w.drain(), a, b);
     let dests: Vec<RelayDest> = (1..=100).map(|seq| RelayDest { pair, seq }).collect();
@@ -1025,7 +1231,13 @@ fn relayed_messages_carry_their_lane_priority_and_latest_key_to_the_queue() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
     w.registry
-        .create_group(&[a, b], GroupOptions::default(), "".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "".into(),
+            w.now,
+        )
         .unwrap();
     let pair = pair_of(&w.drain(), a, b);
     let lane = Lane::Latest { key: 42 };
@@ -1068,7 +1280,13 @@ fn sequenced_datagrams_keep_each_destinations_number() {
     let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
     let g = w
         .registry
-        .create_group(&[a, b, c], GroupOptions::default(), "".into(), w.now)
+        .create_group(
+            &[a, b, c],
+            GroupOptions::default(),
+            Bytes::new(),
+            "".into(),
+            w.now,
+        )
         .unwrap();
     let actions = w.drain();
     let (ab, ac) = (pair_of(&actions, a, b), pair_of(&actions, a, c));
@@ -1104,7 +1322,13 @@ fn pings_are_relayed_but_not_counted_nor_given_to_the_application() {
     });
     let (a, b) = (w.connect(1), w.connect(2));
     w.registry
-        .create_group(&[a, b], GroupOptions::default(), "".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "".into(),
+            w.now,
+        )
         .unwrap();
     let pair = pair_of(&w.drain(), a, b);
     w.registry.handle_datagram(
@@ -1135,7 +1359,13 @@ fn link_reports_and_relayed_bytes_show_in_pair_stats() {
     let mut w = World::new();
     let (a, b, outsider) = (w.connect(1), w.connect(2), w.connect(3));
     w.registry
-        .create_group(&[a, b], GroupOptions::default(), "".into(), w.now)
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "".into(),
+            w.now,
+        )
         .unwrap();
     let pair = pair_of(&w.drain(), a, b);
     w.registry.handle_link_report(
@@ -1264,4 +1494,499 @@ fn the_application_hears_the_mode_and_channel_of_a_message() {
             (Delivery::UnreliableSequenced, 3)
         ]
     );
+}
+
+// ---- leave acks, data, batches, ordering and bounds ------------------------------------
+
+fn leave_done(group: GroupId, member: HostId, result: Result<(), LeaveAckError>) -> ServerEvent {
+    ServerEvent::LeaveAckComplete {
+        group,
+        member,
+        result,
+    }
+}
+
+/// The order each notice to `to` was given, in action order.
+fn notice_orders(actions: &[Action], to: HostId) -> Vec<NoticeOrder> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Notice { to: t, order, .. } if *t == to => Some(*order),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A group of `hosts` whose joins have all been acked.
+fn settled_group(w: &mut World, hosts: &[HostId]) -> GroupId {
+    let g = w
+        .registry
+        .create_group(
+            hosts,
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
+        .unwrap();
+    w.drain();
+    ack_all(w, hosts);
+    w.drain();
+    g
+}
+
+#[test]
+fn a_leave_completes_once_the_leaver_and_every_remaining_member_have_acked() {
+    let mut w = World::new();
+    let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
+    let g = settled_group(&mut w, &[a, b, c]);
+    w.registry.leave_group(g, b, w.now).unwrap();
+    w.drain();
+    w.ack(b);
+    w.ack(a);
+    assert!(World::events(&w.drain()).is_empty(), "c has not acked");
+    w.ack(c);
+    assert_eq!(World::events(&w.drain()), vec![leave_done(g, b, Ok(()))]);
+    assert_eq!(w.registry.pending_acks(), 0);
+}
+
+#[test]
+fn a_leaver_that_disconnects_before_acking_ends_its_leave_with_disconnected() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    let g = settled_group(&mut w, &[a, b]);
+    w.registry.leave_group(g, b, w.now).unwrap();
+    w.drain();
+    w.ack(a);
+    w.registry.handle_disconnect(b, w.now);
+    assert_eq!(
+        World::events(&w.drain()),
+        vec![leave_done(g, b, Err(LeaveAckError::Disconnected))]
+    );
+}
+
+#[test]
+fn a_remaining_member_that_disconnects_no_longer_owes_its_ack() {
+    let mut w = World::new();
+    let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
+    let g = settled_group(&mut w, &[a, b, c]);
+    w.registry.leave_group(g, b, w.now).unwrap();
+    w.drain();
+    w.ack(b);
+    w.ack(a);
+    w.registry.handle_disconnect(c, w.now);
+    let events = World::events(&w.drain());
+    assert!(events.contains(&leave_done(g, b, Ok(()))), "{events:?}");
+    // c's own disconnect leaves g: a is told, and that leave completes on a's ack.
+    w.ack(a);
+    assert_eq!(World::events(&w.drain()), vec![leave_done(g, c, Ok(()))]);
+}
+
+#[test]
+fn a_disconnect_completes_its_leaves_when_the_remaining_members_ack() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    let g = settled_group(&mut w, &[a, b]);
+    w.registry.handle_disconnect(b, w.now);
+    w.drain();
+    w.ack(a);
+    assert_eq!(World::events(&w.drain()), vec![leave_done(g, b, Ok(()))]);
+
+    // The last member of both groups disconnecting: nobody is told, so its leaves
+    // complete at once.
+    let lonely = settled_group(&mut w, &[a]);
+    w.registry.handle_disconnect(a, w.now);
+    assert_eq!(
+        World::events(&w.drain()),
+        vec![leave_done(g, a, Ok(())), leave_done(lonely, a, Ok(()))]
+    );
+}
+
+#[test]
+fn destroy_ends_earlier_leaves_with_group_destroyed_and_its_own_leaves_complete_on_acks() {
+    let mut w = World::new();
+    let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
+    let g = settled_group(&mut w, &[a, b, c]);
+    w.registry.leave_group(g, c, w.now).unwrap();
+    w.drain();
+    w.registry.destroy_group(g, w.now).unwrap();
+    let events = World::events(&w.drain());
+    assert_eq!(
+        events,
+        vec![
+            leave_done(g, c, Err(LeaveAckError::GroupDestroyed)),
+            ServerEvent::GroupRemoved { group: g }
+        ]
+    );
+    ack_all(&mut w, &[a, b, c]);
+    let mut done = World::events(&w.drain());
+    done.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(
+        done,
+        vec![leave_done(g, a, Ok(())), leave_done(g, b, Ok(()))]
+    );
+}
+
+#[test]
+fn a_leave_times_out_when_an_ack_never_comes() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    let g = settled_group(&mut w, &[a, b]);
+    w.registry.leave_group(g, b, w.now).unwrap();
+    w.drain();
+    w.ack(b);
+    w.advance(Duration::from_millis(14_999));
+    assert!(World::events(&w.drain()).is_empty());
+    w.advance(Duration::from_millis(1));
+    assert_eq!(
+        World::events(&w.drain()),
+        vec![leave_done(g, b, Err(LeaveAckError::Timeout))]
+    );
+    w.ack(a);
+    assert!(w.drain().is_empty(), "a late ack changes nothing");
+}
+
+#[test]
+fn acks_of_notices_never_sent_are_refused_and_change_nothing() {
+    let mut w = World::new();
+    let a = w.connect(1);
+    let g = w
+        .registry
+        .create_group(
+            &[a],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
+        .unwrap();
+    w.drain();
+    assert_eq!(
+        w.registry.handle_ack(a, 2),
+        Err(AckBeyondSent { acked: 2, sent: 1 })
+    );
+    assert!(w.drain().is_empty());
+    w.registry.handle_ack(a, 1).unwrap();
+    assert_eq!(
+        World::events(&w.drain()),
+        vec![ServerEvent::JoinAckComplete {
+            group: g,
+            member: a,
+            result: Ok(())
+        }]
+    );
+}
+
+#[test]
+fn leave_notices_wait_for_the_leavers_messages_and_the_leavers_own_for_everything() {
+    let mut w = World::new();
+    let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
+    let g = settled_group(&mut w, &[a, b, c]);
+    w.registry.leave_group(g, b, w.now).unwrap();
+    let actions = w.drain();
+    for other in [a, c] {
+        assert_eq!(
+            notice_orders(&actions, other),
+            vec![NoticeOrder::AfterMessagesFrom(b)]
+        );
+    }
+    assert_eq!(
+        notice_orders(&actions, b),
+        vec![NoticeOrder::AfterAllMessages; 3]
+    );
+    w.registry.join_group(g, b, "hi".into(), w.now).unwrap();
+    let actions = w.drain();
+    assert!(notice_orders(&actions, a)
+        .iter()
+        .all(|o| *o == NoticeOrder::AheadOfMessages));
+}
+
+#[test]
+fn host_data_rides_on_join_notices_and_changes_reach_everyone_sharing_a_group() {
+    let mut w = World::new();
+    let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
+    w.registry.set_host_data(a, "alice".into()).unwrap();
+    w.drain();
+    let g = w
+        .registry
+        .create_group(
+            &[a],
+            GroupOptions::default(),
+            "rules".into(),
+            "hi".into(),
+            w.now,
+        )
+        .unwrap();
+    w.drain();
+    w.registry.join_group(g, b, "join".into(), w.now).unwrap();
+    let actions = w.drain();
+    let about = |to: HostId| -> Vec<(HostId, Bytes, Option<Bytes>, Bytes)> {
+        actions
+            .iter()
+            .filter_map(|act| match act {
+                Action::Notice {
+                    to: t,
+                    notice:
+                        Notice::MemberJoined {
+                            member,
+                            member_data,
+                            group_data,
+                            join_message,
+                            ..
+                        },
+                    ..
+                } if *t == to => Some((
+                    *member,
+                    member_data.clone(),
+                    group_data.clone(),
+                    join_message.clone(),
+                )),
+                _ => None,
+            })
+            .collect()
+    };
+    // The joiner hears alice's data on the notice about her, and the group's data on its
+    // own; the join message stays the join's own on every notice.
+    assert_eq!(
+        about(b),
+        vec![
+            (a, "alice".into(), None, "join".into()),
+            (b, Bytes::new(), Some("rules".into()), "join".into())
+        ]
+    );
+    assert_eq!(about(a), vec![(b, Bytes::new(), None, "join".into())]);
+
+    w.registry.set_host_data(b, "bob".into()).unwrap();
+    let actions = w.drain();
+    let data_notice = S::Notices(vec![Notice::HostData {
+        host: b,
+        data: "bob".into(),
+    }]);
+    assert_eq!(World::frames_to(&actions, a), vec![data_notice.clone()]);
+    assert_eq!(World::frames_to(&actions, b), vec![data_notice]);
+    assert!(
+        World::frames_to(&actions, c).is_empty(),
+        "c shares no group"
+    );
+
+    w.registry.set_group_data(g, "new rules".into()).unwrap();
+    let actions = w.drain();
+    for member in [a, b] {
+        assert_eq!(
+            World::frames_to(&actions, member),
+            vec![S::Notices(vec![Notice::GroupData {
+                group: g,
+                data: "new rules".into()
+            }])]
+        );
+    }
+    assert_eq!(
+        w.registry.group_info(g).unwrap().data,
+        Bytes::from("new rules")
+    );
+    assert_eq!(w.registry.host_data(b), Some(Bytes::from("bob")));
+}
+
+#[test]
+fn data_over_its_limit_is_refused_and_changes_nothing() {
+    let mut w = World::new();
+    let a = w.connect(1);
+    let config = *w.registry.config();
+    let too_big = |n: usize| Bytes::from(vec![0; n + 1]);
+    assert_eq!(
+        w.registry
+            .set_host_data(a, too_big(config.max_host_data_len)),
+        Err(GroupError::DataTooLarge {
+            len: config.max_host_data_len + 1,
+            max: config.max_host_data_len
+        })
+    );
+    assert_eq!(w.registry.host_data(a), Some(Bytes::new()));
+    let opts = GroupOptions::default();
+    assert!(matches!(
+        w.registry.create_group(
+            &[a],
+            opts,
+            too_big(config.max_group_data_len),
+            "".into(),
+            w.now
+        ),
+        Err(GroupError::DataTooLarge { .. })
+    ));
+    assert_eq!(w.registry.group_count(), 0);
+    let g = settled_group(&mut w, &[a]);
+    assert!(matches!(
+        w.registry
+            .set_group_data(g, too_big(config.max_group_data_len)),
+        Err(GroupError::DataTooLarge { .. })
+    ));
+    assert!(w.drain().is_empty(), "nothing was sent");
+}
+
+#[test]
+fn a_batch_applies_every_change_in_order_with_one_completion_each() {
+    let mut w = World::new();
+    let hosts: Vec<HostId> = (1..=4).map(|n| w.connect(n)).collect();
+    let (g1, g2) = (
+        settled_group(&mut w, &hosts[..2]),
+        settled_group(&mut w, &[]),
+    );
+    let mut batch = MembershipBatch::new();
+    batch
+        .leave(g1, hosts[0])
+        .join(g2, hosts[0], "in")
+        .join(g2, hosts[2], "in")
+        .join(g2, hosts[2], "in")
+        .leave(g1, hosts[1])
+        .join(g1, hosts[1], "back");
+    let outcomes = w.registry.apply_batch(&batch, w.now).unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            ChangeOutcome::Left,
+            ChangeOutcome::Joined,
+            ChangeOutcome::Joined,
+            ChangeOutcome::AlreadyMember,
+            ChangeOutcome::Left,
+            ChangeOutcome::Joined,
+        ]
+    );
+    assert_eq!(w.registry.group_members(g1).unwrap(), vec![hosts[1]]);
+    assert_eq!(
+        w.registry.group_members(g2).unwrap(),
+        vec![hosts[0], hosts[2]]
+    );
+    let actions = w.drain();
+    // Punch orders come after every notice, so each host's notices are contiguous.
+    let last_notice = actions
+        .iter()
+        .rposition(|a| matches!(a, Action::Notice { .. }));
+    let first_punch = actions
+        .iter()
+        .position(|a| matches!(a, Action::Punch { .. }));
+    assert!(first_punch.is_none_or(|p| Some(p) > last_notice));
+    ack_all(&mut w, &hosts);
+    let events = World::events(&w.drain());
+    let joins = events
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::JoinAckComplete { result: Ok(()), .. }))
+        .count();
+    let leaves = events
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::LeaveAckComplete { result: Ok(()), .. }))
+        .count();
+    assert_eq!((joins, leaves), (3, 2), "{events:?}");
+}
+
+#[test]
+fn a_batch_with_an_invalid_change_is_refused_whole() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    let opts = GroupOptions {
+        allow_empty: false,
+        ..GroupOptions::default()
+    };
+    let g = w
+        .registry
+        .create_group(&[a], opts, Bytes::new(), "hi".into(), w.now)
+        .unwrap();
+    w.drain();
+    let mut batch = MembershipBatch::new();
+    batch.join(g, b, "").leave(g, b).leave(g, b);
+    assert_eq!(
+        w.registry.apply_batch(&batch, w.now),
+        Err(BatchError {
+            index: 2,
+            error: GroupError::NotMember { group: g, host: b }
+        })
+    );
+    // Emptying a group without allow_empty removes it, so a later join in the batch fails.
+    let mut batch = MembershipBatch::new();
+    batch.leave(g, a).join(g, a, "");
+    assert_eq!(
+        w.registry.apply_batch(&batch, w.now),
+        Err(BatchError {
+            index: 1,
+            error: GroupError::UnknownGroup(g)
+        })
+    );
+    let gone = HostId::from_raw(0xdead_0000_0001);
+    let mut batch = MembershipBatch::new();
+    batch.join(g, b, "").join(g, gone, "");
+    assert_eq!(
+        w.registry.apply_batch(&batch, w.now).map_err(|e| e.index),
+        Err(1)
+    );
+    assert!(w.drain().is_empty(), "nothing was sent");
+    assert_eq!(w.registry.group_members(g).unwrap(), vec![a]);
+    assert_eq!(
+        w.registry.pending_acks(),
+        1,
+        "only a's own join from the start"
+    );
+}
+
+#[test]
+fn a_client_that_never_acks_is_disconnected_past_the_unacked_limit() {
+    let mut w = World {
+        registry: Registry::new(RegistryConfig {
+            max_unacked_notices: 5,
+            ..RegistryConfig::default()
+        }),
+        now: Instant::now(),
+        notices: HashMap::new(),
+    };
+    let (a, b) = (w.connect(1), w.connect(2));
+    let g = w
+        .registry
+        .create_group(
+            &[a],
+            GroupOptions::default(),
+            Bytes::new(),
+            "".into(),
+            w.now,
+        )
+        .unwrap();
+    let mut disconnects = Vec::new();
+    for _ in 0..4 {
+        w.registry.join_group(g, b, "".into(), w.now).unwrap();
+        w.registry.leave_group(g, b, w.now).unwrap();
+        disconnects.extend(w.drain().into_iter().filter_map(|act| match act {
+            Action::Disconnect { host, .. } => Some(host),
+            _ => None,
+        }));
+        w.ack(b);
+    }
+    assert_eq!(
+        disconnects,
+        vec![a],
+        "once, and only the host that never acked"
+    );
+}
+
+#[test]
+fn the_server_id_and_aliases_of_live_ids_name_nothing() {
+    let mut w = World::new();
+    let a = w.connect(1);
+    assert!(w.registry.is_connected(a));
+    assert!(
+        !w.registry.is_connected(HostId::SERVER),
+        "HostId::SERVER is not the first client"
+    );
+    let alias = HostId::from_raw(a.raw() - (1 << 32));
+    assert!(
+        !w.registry.is_connected(alias),
+        "an even version is not a's"
+    );
+}
+
+#[test]
+fn the_host_summary_counts_groups_and_pairs_by_path() {
+    let mut w = World::new();
+    let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
+    let g = settled_group(&mut w, &[a, b, c]);
+    let summary = w.registry.host_summary(a).unwrap();
+    assert_eq!(summary.groups, vec![g]);
+    assert_eq!((summary.direct_pairs, summary.relayed_pairs), (0, 2));
+    assert!(w.registry.host_summary(HostId::from_raw(77)).is_none());
 }

@@ -1,0 +1,343 @@
+//! Pending acknowledgements of membership notices: joins and leaves.
+//!
+//! When host M joins group G, every existing member and M itself get a notice about M; when
+//! M leaves, every remaining member and M get one. The operation completes once every host
+//! that was told has acknowledged (ProudNet's `OnP2PGroupJoinMemberAckComplete`, extended
+//! to leaves). See `ARCHITECTURE.md`, "Membership notices and acks".
+//!
+//! Acks are cumulative: each host numbers the notices it was sent from 1 and acks "the
+//! first N", so one ack frame covers a whole batch. Each host keeps a queue of (notice
+//! number, operation) for the notices an operation waits on, and an operation keeps only a
+//! count of the acks it still needs, so an ack costs O(notices it covers) and starting an
+//! operation allocates nothing per member beyond the queue entry.
+
+use peergroup_protocol::{GroupId, HostId};
+use slotmap::SlotMap;
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+slotmap::new_key_type! {
+    /// One pending join or leave.
+    pub(crate) struct OpKey;
+}
+
+/// What an operation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpKind {
+    Join,
+    Leave,
+}
+
+/// One operation waiting for acks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Op {
+    pub kind: OpKind,
+    pub group: GroupId,
+    pub member: HostId,
+    /// Acks still needed.
+    remaining: u32,
+    pub deadline: Instant,
+}
+
+/// One host's side of the numbering: notices sent, acked, and the ones operations wait on.
+#[derive(Debug, Default)]
+pub(crate) struct NoticeLog {
+    sent: u64,
+    acked: u64,
+    /// (notice number, operation), in notice order.
+    owed: VecDeque<(u64, OpKey)>,
+}
+
+impl NoticeLog {
+    /// Numbers the next notice sent to this host.
+    pub fn next(&mut self) -> u64 {
+        self.sent += 1;
+        self.sent
+    }
+
+    /// Notices sent and not yet acknowledged.
+    pub fn unacked(&self) -> u64 {
+        self.sent - self.acked
+    }
+}
+
+/// A client acknowledged membership notices it was never sent: a protocol violation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("acknowledged {acked} membership notices but only {sent} were sent")]
+pub struct AckBeyondSent {
+    /// The count it acked.
+    pub acked: u64,
+    /// Notices sent to it.
+    pub sent: u64,
+}
+
+/// Every join and leave waiting for acks.
+#[derive(Debug, Default)]
+pub(crate) struct PendingAcks {
+    ops: SlotMap<OpKey, Op>,
+    /// Pending operations by their member, to end them when it leaves or disconnects.
+    by_member: HashMap<HostId, Vec<OpKey>>,
+}
+
+impl PendingAcks {
+    /// Starts an operation; acks are added with [`PendingAcks::owe`].
+    pub fn start(
+        &mut self,
+        kind: OpKind,
+        group: GroupId,
+        member: HostId,
+        deadline: Instant,
+    ) -> OpKey {
+        let key = self.ops.insert(Op {
+            kind,
+            group,
+            member,
+            remaining: 0,
+            deadline,
+        });
+        self.by_member.entry(member).or_default().push(key);
+        key
+    }
+
+    /// `op` waits for the host whose log is `log` to ack notice number `notice`.
+    pub fn owe(&mut self, op: OpKey, log: &mut NoticeLog, notice: u64) {
+        if let Some(state) = self.ops.get_mut(op) {
+            state.remaining += 1;
+            log.owed.push_back((notice, op));
+        }
+    }
+
+    /// Whether `op` still waits for an ack.
+    pub fn is_waiting(&self, op: OpKey) -> bool {
+        self.ops.get(op).is_some_and(|o| o.remaining > 0)
+    }
+
+    /// The host acked its first `upto` notices: the operations this completed, in the
+    /// order their last ack arrived, go to `completed`.
+    ///
+    /// An ack of fewer notices than an earlier one changes nothing.
+    ///
+    /// # Errors
+    /// [`AckBeyondSent`] when it acks notices that were never sent (nothing changes).
+    pub fn ack(
+        &mut self,
+        log: &mut NoticeLog,
+        upto: u64,
+        completed: &mut Vec<Op>,
+    ) -> Result<(), AckBeyondSent> {
+        if upto > log.sent {
+            return Err(AckBeyondSent {
+                acked: upto,
+                sent: log.sent,
+            });
+        }
+        log.acked = log.acked.max(upto);
+        while let Some(&(notice, op)) = log.owed.front() {
+            if notice > upto {
+                break;
+            }
+            log.owed.pop_front();
+            self.release(op, completed);
+        }
+        Ok(())
+    }
+
+    /// The host is gone: it owes nothing any more (operations that waited only on it
+    /// complete).
+    pub fn forget_host(&mut self, log: &mut NoticeLog, completed: &mut Vec<Op>) {
+        while let Some((_, op)) = log.owed.pop_front() {
+            self.release(op, completed);
+        }
+    }
+
+    fn release(&mut self, op: OpKey, completed: &mut Vec<Op>) {
+        let Some(state) = self.ops.get_mut(op) else {
+            // Ended already (cancelled or timed out).
+            return;
+        };
+        state.remaining = state.remaining.saturating_sub(1);
+        if state.remaining == 0 {
+            if let Some(done) = self.remove(op) {
+                completed.push(done);
+            }
+        }
+    }
+
+    /// Ends `op` without completing it; `None` if it had ended already.
+    pub fn remove(&mut self, op: OpKey) -> Option<Op> {
+        let state = self.ops.remove(op)?;
+        if let Some(keys) = self.by_member.get_mut(&state.member) {
+            keys.retain(|k| *k != op);
+            if keys.is_empty() {
+                self.by_member.remove(&state.member);
+            }
+        }
+        Some(state)
+    }
+
+    /// Ends `op` if its deadline is at or before `now`.
+    pub fn expire(&mut self, op: OpKey, now: Instant) -> Option<Op> {
+        let due = self.ops.get(op).is_some_and(|o| o.deadline <= now);
+        if due {
+            self.remove(op)
+        } else {
+            None
+        }
+    }
+
+    /// The pending join of `member` into `group`, if any (there is at most one: a second
+    /// join needs a leave first, which ends it).
+    pub fn join_of(&self, group: GroupId, member: HostId) -> Option<OpKey> {
+        self.of_member(member).into_iter().find(|k| {
+            self.ops
+                .get(*k)
+                .is_some_and(|o| o.kind == OpKind::Join && o.group == group)
+        })
+    }
+
+    /// Pending operations whose member is `member`, oldest first.
+    pub fn of_member(&self, member: HostId) -> Vec<OpKey> {
+        self.by_member.get(&member).cloned().unwrap_or_default()
+    }
+
+    /// Pending operations in `group`, oldest first. O(pending operations): for the rare
+    /// destroy.
+    pub fn in_group(&self, group: GroupId) -> Vec<OpKey> {
+        self.ops
+            .iter()
+            .filter(|(_, o)| o.group == group)
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// The operation, if still pending.
+    #[cfg(test)]
+    pub fn get(&self, op: OpKey) -> Option<&Op> {
+        self.ops.get(op)
+    }
+
+    /// Operations pending now.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const G: GroupId = GroupId::from_raw(5);
+    const M: HostId = HostId::from_raw(100);
+
+    fn start(acks: &mut PendingAcks, now: Instant) -> OpKey {
+        acks.start(OpKind::Join, G, M, now + Duration::from_secs(15))
+    }
+
+    #[test]
+    fn completes_when_every_owed_notice_is_acked_cumulatively() {
+        let now = Instant::now();
+        let mut acks = PendingAcks::default();
+        let (mut m, mut e) = (NoticeLog::default(), NoticeLog::default());
+        let op = start(&mut acks, now);
+        // The member gets two notices and owes the last; the existing member owes one.
+        m.next();
+        let last = m.next();
+        acks.owe(op, &mut m, last);
+        let n = e.next();
+        acks.owe(op, &mut e, n);
+
+        let mut done = Vec::new();
+        acks.ack(&mut m, 1, &mut done).unwrap();
+        assert!(done.is_empty(), "the first notice is not the one owed");
+        acks.ack(&mut m, 2, &mut done).unwrap();
+        assert!(done.is_empty(), "still waiting for the other member");
+        assert!(acks.is_waiting(op));
+        acks.ack(&mut e, 1, &mut done).unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!(
+            (done[0].kind, done[0].group, done[0].member),
+            (OpKind::Join, G, M)
+        );
+        assert_eq!(acks.len(), 0);
+        assert!(acks.of_member(M).is_empty(), "the index forgets it too");
+    }
+
+    #[test]
+    fn one_ack_completes_many_operations_in_notice_order() {
+        let now = Instant::now();
+        let mut acks = PendingAcks::default();
+        let mut log = NoticeLog::default();
+        let ops: Vec<OpKey> = (0..3)
+            .map(|i| {
+                let op = acks.start(OpKind::Leave, G, HostId::from_raw(10 + i), now);
+                let n = log.next();
+                acks.owe(op, &mut log, n);
+                op
+            })
+            .collect();
+        let mut done = Vec::new();
+        acks.ack(&mut log, 3, &mut done).unwrap();
+        let members: Vec<u64> = done.iter().map(|o| o.member.raw()).collect();
+        assert_eq!(members, [10, 11, 12]);
+        assert!(ops.iter().all(|op| acks.get(*op).is_none()));
+    }
+
+    #[test]
+    fn acks_beyond_what_was_sent_are_refused_and_old_acks_change_nothing() {
+        let now = Instant::now();
+        let mut acks = PendingAcks::default();
+        let mut log = NoticeLog::default();
+        let op = start(&mut acks, now);
+        let n = log.next();
+        acks.owe(op, &mut log, n);
+        let mut done = Vec::new();
+        assert_eq!(
+            acks.ack(&mut log, 2, &mut done),
+            Err(AckBeyondSent { acked: 2, sent: 1 })
+        );
+        assert!(acks.is_waiting(op), "a refused ack changes nothing");
+        acks.ack(&mut log, 0, &mut done).unwrap();
+        assert!(acks.is_waiting(op));
+        acks.ack(&mut log, 1, &mut done).unwrap();
+        assert_eq!(done.len(), 1);
+        acks.ack(&mut log, 1, &mut done).unwrap();
+        assert_eq!(done.len(), 1, "a repeated ack counts once");
+        assert_eq!(log.unacked(), 0);
+    }
+
+    #[test]
+    fn a_departed_acker_releases_what_it_owed_and_removed_operations_stay_ended() {
+        let now = Instant::now();
+        let mut acks = PendingAcks::default();
+        let (mut gone, mut other) = (NoticeLog::default(), NoticeLog::default());
+        let first = start(&mut acks, now);
+        let n = gone.next();
+        acks.owe(first, &mut gone, n);
+        let second = acks.start(OpKind::Leave, G, HostId::from_raw(7), now);
+        let n = gone.next();
+        acks.owe(second, &mut gone, n);
+        let n = other.next();
+        acks.owe(second, &mut other, n);
+        assert!(acks.remove(first).is_some(), "cancelled");
+
+        let mut done = Vec::new();
+        acks.forget_host(&mut gone, &mut done);
+        assert!(done.is_empty(), "the second still waits for the other host");
+        acks.ack(&mut other, 1, &mut done).unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].member, HostId::from_raw(7));
+    }
+
+    #[test]
+    fn expiry_respects_the_deadline_and_lookups_find_pending_joins() {
+        let now = Instant::now();
+        let mut acks = PendingAcks::default();
+        let op = start(&mut acks, now);
+        assert_eq!(acks.join_of(G, M), Some(op));
+        assert_eq!(acks.in_group(G), vec![op]);
+        assert!(acks.expire(op, now).is_none(), "not due yet");
+        assert!(acks.expire(op, now + Duration::from_secs(15)).is_some());
+        assert_eq!(acks.join_of(G, M), None);
+    }
+}

@@ -1,0 +1,206 @@
+//! The punch referee's side of the registry: just-in-time requests, punch and path
+//! reports, per-host punch records, and the orders themselves. The policy (when to retry,
+//! what a report means) lives in `punch.rs`; this file applies it to pairs and hosts.
+
+use super::punch::{self, PunchStart, Verdict};
+use super::{host_key, Action, HostState, Registry, Timer};
+use crate::events::ServerEvent;
+use peergroup_protocol::{HostId, PairId, PairPath, PathReason, PunchOutcome};
+use std::time::Duration;
+use std::time::Instant;
+
+/// One host's punch record, for matchmakers that prefer hosts that punch well. Counts
+/// the host's own reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PunchStats {
+    /// Punch orders sent to the host.
+    pub orders: u32,
+    /// Attempts that ended with a direct path.
+    pub direct: u32,
+    /// Attempts where no candidate pair validated.
+    pub no_response: u32,
+    /// Attempts where probes passed but the QUIC handshake failed.
+    pub handshake_failed: u32,
+    /// Orders the host declined (relay-only, or at its direct-peer limit).
+    pub declined: u32,
+    /// Direct paths that later died.
+    pub direct_lost: u32,
+}
+
+/// What the server knows of one pair: ProudNet's `GetP2PConnectionStats` for the server
+/// side.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairStats {
+    /// The pair's id.
+    pub pair: PairId,
+    /// Groups the two share now (0 while lingering).
+    pub shared_groups: u32,
+    /// The path in use, as both sides reported it.
+    pub path: PairPath,
+    /// Messages relayed between them, both ways, since the pair started.
+    pub relayed: u64,
+    /// Payload bytes relayed between them, both ways, since the pair started.
+    pub relayed_bytes: u64,
+    /// Punch attempts so far.
+    pub punch_attempts: u32,
+    /// The two hosts' RTT to each other on the pair's current path (relay or direct), as
+    /// the lower id last reported it (ProudNet's `GetP2PRecentPingMs`). Clients report
+    /// every few seconds; `None` before the first report.
+    pub recent_rtt: Option<Duration>,
+    /// The last RTT sample in that report.
+    pub last_rtt: Option<Duration>,
+    /// Pings lost of the last 32 that side sent, as a fraction (0.0 to 1.0).
+    pub loss: Option<f32>,
+}
+
+impl Registry {
+    /// Just-in-time mode: `from` sent its first user message to the pair's peer.
+    pub fn handle_want_direct(&mut self, from: HostId, pair: PairId, now: Instant) {
+        let Some(state) = self.pairs.get_member_mut(pair, from) else {
+            return;
+        };
+        state.talked = true;
+        self.maybe_punch(pair, now);
+    }
+
+    /// `from`'s report of how its side of a punch attempt ended.
+    pub fn handle_punch_report(
+        &mut self,
+        from: HostId,
+        pair: PairId,
+        attempt: u32,
+        outcome: PunchOutcome,
+        now: Instant,
+    ) {
+        let config = self.config.punch;
+        let Some(state) = self.pairs.get_member_mut(pair, from) else {
+            return;
+        };
+        let verdict = state
+            .punch
+            .handle_punch_report(attempt, outcome, now, &config);
+        if let Some(host) = self.hosts.get_mut(host_key(from)) {
+            let stats = &mut host.punch;
+            match outcome {
+                PunchOutcome::Direct { .. } => stats.direct += 1,
+                PunchOutcome::NoResponse => stats.no_response += 1,
+                PunchOutcome::HandshakeFailed => stats.handshake_failed += 1,
+                _ => stats.declined += 1,
+            }
+        }
+        if let Verdict::RetryAt(at) = verdict {
+            self.timers.insert((at, Timer::PunchRetry(pair)));
+        }
+    }
+
+    /// `from`'s report of the path its side of the pair uses now.
+    pub fn handle_path_report(
+        &mut self,
+        from: HostId,
+        pair: PairId,
+        path: PairPath,
+        reason: PathReason,
+        now: Instant,
+    ) {
+        let config = self.config.punch;
+        let Some(state) = self.pairs.get_member_mut(pair, from) else {
+            return;
+        };
+        let (a, b) = state.hosts;
+        let verdict = state
+            .punch
+            .handle_path_report(from == a, path, reason, now, &config);
+        let changed = match verdict {
+            Verdict::PathChanged(path, reason) => Some((path, reason)),
+            Verdict::FellBack(reason, at) => {
+                self.timers.insert((at, Timer::PunchRetry(pair)));
+                Some((PairPath::Relay, reason))
+            }
+            _ => None,
+        };
+        if let Some((path, reason)) = changed {
+            if path == PairPath::Relay {
+                if let Some(host) = self.hosts.get_mut(host_key(from)) {
+                    host.punch.direct_lost += 1;
+                }
+            }
+            self.event(ServerEvent::PairPathChanged { a, b, path, reason });
+        }
+    }
+
+    /// A host's punch record.
+    pub fn punch_stats(&self, host: HostId) -> Option<PunchStats> {
+        self.hosts.get(host_key(host)).map(|h| h.punch)
+    }
+
+    /// What the server knows of the pair between two hosts.
+    pub fn pair_stats(&self, a: HostId, b: HostId) -> Option<PairStats> {
+        let (pair, state) = self.pairs.between(a, b)?;
+        Some(PairStats {
+            pair,
+            shared_groups: state.shared_groups,
+            path: state.punch.path(),
+            relayed: state.relayed,
+            relayed_bytes: state.relayed_bytes,
+            punch_attempts: state.punch.attempts,
+            recent_rtt: state.link.and_then(|l| l.rtt),
+            last_rtt: state.link.and_then(|l| l.last_rtt),
+            loss: state.link.and_then(|l| l.loss),
+        })
+    }
+
+    /// Orders both sides of `pair` to punch, if the policy allows it now.
+    pub(super) fn maybe_punch(&mut self, pair: PairId, now: Instant) {
+        let config = self.config.punch;
+        let Some(state) = self.pairs.get_mut(pair) else {
+            return;
+        };
+        let due = match state.punch.stage {
+            punch::Stage::Relay { retry_at } => retry_at.is_none_or(|at| at <= now),
+            _ => false,
+        };
+        let wanted = config.start == PunchStart::Always || state.talked;
+        if !due || !wanted || state.direct_groups == 0 || !state.punch.may_attempt(&config) {
+            return;
+        }
+        let (a, b) = state.hosts;
+        let (Some(host_a), Some(host_b)) =
+            (self.hosts.get(host_key(a)), self.hosts.get(host_key(b)))
+        else {
+            return;
+        };
+        // Host candidates only help behind the same NAT (the same public address), where
+        // they avoid hairpinning; elsewhere they point into another private network.
+        let same_nat = host_a.server_reflexive.ip() == host_b.server_reflexive.ip();
+        let candidates = |h: &HostState| {
+            let mut out = vec![h.server_reflexive];
+            if same_nat {
+                out.extend(
+                    h.host_candidates
+                        .iter()
+                        .copied()
+                        .filter(|c| *c != h.server_reflexive),
+                );
+            }
+            out
+        };
+        let (candidates_of_a, candidates_of_b) = (candidates(host_a), candidates(host_b));
+        let attempt = self
+            .pairs
+            .get_mut(pair)
+            .map_or(0, |s| s.punch.begin_attempt());
+        for host in [a, b] {
+            if let Some(h) = self.hosts.get_mut(host_key(host)) {
+                h.punch.orders += 1;
+            }
+        }
+        self.actions.push_back(Action::Punch {
+            pair,
+            attempt,
+            controlling: a,
+            controlled: b,
+            candidates_of_controlling: candidates_of_a,
+            candidates_of_controlled: candidates_of_b,
+        });
+    }
+}
