@@ -1,7 +1,15 @@
 //! The application's event stream: lifecycle events and client messages, both bounded.
+//!
+//! Client messages wait for room (the sending client's stream stalls). Lifecycle events
+//! (connects, disconnects, completions, removals, path changes) are never dropped: an
+//! application that tracks clients or acks from them must see every one. They are bounded
+//! by admission instead: past [`Limits::app_event_queue`](crate::Limits) unread events,
+//! no new client is admitted and new group operations are refused, so what can still
+//! arrive is bounded by what already exists (one disconnect per client, one completion
+//! per pending join or leave).
 
 use crate::events::ServerEvent;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -12,7 +20,6 @@ pub(crate) struct EventSink {
     lifecycle: mpsc::UnboundedSender<ServerEvent>,
     lifecycle_len: Arc<AtomicUsize>,
     lifecycle_cap: usize,
-    dropped: AtomicU64,
     messages: mpsc::Sender<ServerEvent>,
 }
 
@@ -29,7 +36,6 @@ impl EventSink {
             lifecycle,
             lifecycle_len: lifecycle_len.clone(),
             lifecycle_cap: lifecycle_cap.max(1),
-            dropped: AtomicU64::new(0),
             messages,
         };
         let events = ServerEvents {
@@ -41,17 +47,24 @@ impl EventSink {
         (sink, events)
     }
 
-    /// Queues a lifecycle event without waiting; past the cap it is dropped and counted.
+    /// Queues a lifecycle event without waiting. Never dropped: callers that can wait or
+    /// refuse check [`EventSink::has_room`] first.
     pub fn push_lifecycle(&self, event: ServerEvent) {
-        if self.lifecycle_len.fetch_add(1, Ordering::AcqRel) >= self.lifecycle_cap {
-            self.lifecycle_len.fetch_sub(1, Ordering::AcqRel);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(?event, "application event queue full; event dropped");
-            return;
-        }
+        self.lifecycle_len.fetch_add(1, Ordering::AcqRel);
         if self.lifecycle.send(event).is_err() {
+            // The application dropped its stream: nobody will read it.
             self.lifecycle_len.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// Whether the application has read enough that new work may add lifecycle events.
+    pub fn has_room(&self) -> bool {
+        self.queued() < self.lifecycle_cap
+    }
+
+    /// Lifecycle events queued and not yet read.
+    pub fn queued(&self) -> usize {
+        self.lifecycle_len.load(Ordering::Acquire)
     }
 
     /// Queues a client message, waiting for room: the sending client's stream stalls
@@ -61,14 +74,12 @@ impl EventSink {
         let _ = self.messages.send(event).await;
     }
 
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
 }
 
 /// The application's stream of [`ServerEvent`]s. Keep reading it: client messages to the
-/// server wait for room (default 4,096 queued), and lifecycle events past their cap
-/// (default 65,536) are dropped.
+/// server wait for room (default 4,096 queued), and past 65,536 unread lifecycle events
+/// (the default) no new client is admitted and group operations are refused until the
+/// application catches up. No event is ever dropped.
 #[derive(Debug)]
 pub struct ServerEvents {
     lifecycle: mpsc::UnboundedReceiver<ServerEvent>,

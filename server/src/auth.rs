@@ -21,10 +21,14 @@ pub struct LoginRequest {
 /// The application's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthDecision {
-    /// Let the client in; `app_data` goes back to it and into
-    /// [`ServerEvent::ClientConnected`](crate::ServerEvent).
+    /// Let the client in; `app_data` becomes its host data: it goes back to the client,
+    /// into [`ServerEvent::ClientConnected`](crate::ServerEvent), and onto every join
+    /// notice about the client (so peers see, say, its player name), until
+    /// [`Server::set_host_data`](crate::Server::set_host_data) changes it. At most
+    /// [`Limits::max_host_data_len`](crate::Limits::max_host_data_len) bytes (default
+    /// 1 KiB); a larger one refuses the login and logs an error.
     Accept {
-        /// Data for the client (empty for none).
+        /// The client's host data (empty for none).
         app_data: Bytes,
     },
     /// Close the connection with `AuthRejected`; the client sees `reason` (cut to
@@ -40,6 +44,13 @@ impl AuthDecision {
     pub fn accept() -> Self {
         AuthDecision::Accept {
             app_data: Bytes::new(),
+        }
+    }
+
+    /// Accept with `data` as the client's host data.
+    pub fn accept_with_data(data: impl Into<Bytes>) -> Self {
+        AuthDecision::Accept {
+            app_data: data.into(),
         }
     }
 

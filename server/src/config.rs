@@ -65,9 +65,12 @@ pub struct Limits {
     /// Messages from clients to the server application held until the application reads
     /// them; when full, the sending client's stream waits. Default 4,096.
     pub app_message_queue: usize,
-    /// Lifecycle events (connects, acks, removals) held for the application; past this the
-    /// oldest are dropped and counted in [`ServerStats::events_dropped`](crate::ServerStats).
-    /// Default 65,536.
+    /// Lifecycle events (connects, disconnects, completions, removals, path changes) the
+    /// application has not read, past which the server admits no new client (it is
+    /// refused with `ServerFull` and "busy") and refuses new group operations with
+    /// [`GroupError::EventBacklog`](crate::GroupError::EventBacklog). Events are never
+    /// dropped; what can still arrive past this is bounded by the clients, groups and
+    /// pending acks that exist. Default 65,536.
     pub app_event_queue: usize,
     /// Largest host data ([`Server::set_host_data`](crate::Server::set_host_data), and
     /// what the auth hook attaches), bytes: it rides on every join notice about the host.

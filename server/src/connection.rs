@@ -214,7 +214,12 @@ async fn accept(
     };
     let registered = shared.with_core(|core| {
         if core.links.len() >= shared.limits.max_clients {
-            return Err(Box::new(link));
+            return Err((Box::new(link), "the server is at its client limit"));
+        }
+        if !shared.events.has_room() {
+            // Its ClientConnected could not be read any time soon; admitting more
+            // clients would only grow the backlog.
+            return Err((Box::new(link), "the server is busy; try again later"));
         }
         let host =
             core.registry
@@ -234,13 +239,9 @@ async fn accept(
     });
     let host = match registered.0 {
         Ok(host) => host,
-        Err(link) => {
-            link.close(
-                CloseCode::ServerFull,
-                DisconnectReason::Kicked,
-                "the server is at its client limit",
-            );
-            return Err("server full".into());
+        Err((link, text)) => {
+            link.close(CloseCode::ServerFull, DisconnectReason::Kicked, text);
+            return Err(text.into());
         }
     };
     shared.events.push_lifecycle(ServerEvent::ClientConnected {

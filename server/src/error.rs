@@ -23,6 +23,14 @@ pub enum GroupError {
     /// A group with no members was asked for with `allow_empty` off.
     #[error("a group with no members needs allow_empty")]
     EmptyNotAllowed,
+    /// The application has left too many lifecycle events unread
+    /// ([`Limits::app_event_queue`](crate::Limits::app_event_queue)); read
+    /// [`ServerEvents`](crate::ServerEvents), then try again.
+    #[error("{queued} server events are unread; read them before changing groups")]
+    EventBacklog {
+        /// Events queued and not read.
+        queued: usize,
+    },
     /// Host data, group data or a join message is over its limit
     /// ([`Limits`](crate::Limits)).
     #[error("{len} bytes exceed the limit of {max} bytes")]

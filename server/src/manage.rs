@@ -69,8 +69,9 @@ impl Server {
     /// [`GroupError::UnknownHost`] if any member is not connected,
     /// [`GroupError::EmptyNotAllowed`] for no members without `allow_empty`,
     /// [`GroupError::DataTooLarge`] when `data` is over [`Limits::max_group_data_len`]
-    /// (default 4 KiB) or the join message over [`Limits::max_message_len`]. Nothing
-    /// changes then.
+    /// (default 4 KiB) or the join message over [`Limits::max_message_len`],
+    /// [`GroupError::EventBacklog`] while the application has too many events unread.
+    /// Nothing changes then.
     ///
     /// [`Limits::max_group_data_len`]: crate::Limits::max_group_data_len
     /// [`Limits::max_message_len`]: crate::Limits::max_message_len
@@ -82,6 +83,7 @@ impl Server {
         join_message: impl Into<Bytes>,
     ) -> Result<GroupId, GroupError> {
         let (data, join_message) = (data.into(), join_message.into());
+        self.check_event_room()?;
         self.check_join_message(&join_message)?;
         self.shared
             .with_core(|core| {
@@ -102,7 +104,8 @@ impl Server {
     /// # Errors
     /// [`GroupError::UnknownGroup`], [`GroupError::UnknownHost`],
     /// [`GroupError::DataTooLarge`] for a join message over
-    /// [`Limits::max_message_len`](crate::Limits::max_message_len).
+    /// [`Limits::max_message_len`](crate::Limits::max_message_len),
+    /// [`GroupError::EventBacklog`] while the application has too many events unread.
     pub fn join_group(
         &self,
         group: GroupId,
@@ -110,6 +113,7 @@ impl Server {
         join_message: impl Into<Bytes>,
     ) -> Result<JoinOutcome, GroupError> {
         let join_message = join_message.into();
+        self.check_event_room()?;
         self.check_join_message(&join_message)?;
         self.shared
             .with_core(|core| {
@@ -125,8 +129,10 @@ impl Server {
     /// [`ServerEvent::LeaveAckComplete`](crate::ServerEvent::LeaveAckComplete) follows.
     ///
     /// # Errors
-    /// [`GroupError::UnknownGroup`], [`GroupError::NotMember`].
+    /// [`GroupError::UnknownGroup`], [`GroupError::NotMember`],
+    /// [`GroupError::EventBacklog`] while the application has too many events unread.
     pub fn leave_group(&self, group: GroupId, host: HostId) -> Result<(), GroupError> {
+        self.check_event_room()?;
         self.shared
             .with_core(|core| core.registry.leave_group(group, host, Instant::now()))
             .0
@@ -137,8 +143,10 @@ impl Server {
     /// then [`ServerEvent::GroupRemoved`](crate::ServerEvent::GroupRemoved).
     ///
     /// # Errors
-    /// [`GroupError::UnknownGroup`].
+    /// [`GroupError::UnknownGroup`], [`GroupError::EventBacklog`] while the application
+    /// has too many events unread.
     pub fn destroy_group(&self, group: GroupId) -> Result<(), GroupError> {
+        self.check_event_room()?;
         self.shared
             .with_core(|core| core.registry.destroy_group(group, Instant::now()))
             .0
@@ -152,12 +160,15 @@ impl Server {
     /// # Errors
     /// [`BatchError`] with the index of the first change that cannot be applied and why
     /// ([`GroupError::UnknownGroup`], [`GroupError::UnknownHost`],
-    /// [`GroupError::NotMember`], [`GroupError::DataTooLarge`] for a join message);
-    /// nothing changes then.
+    /// [`GroupError::NotMember`], [`GroupError::DataTooLarge`] for a join message), or
+    /// index 0 with [`GroupError::EventBacklog`] while the application has too many
+    /// events unread; nothing changes then.
     pub fn change_membership(
         &self,
         batch: &MembershipBatch,
     ) -> Result<Vec<ChangeOutcome>, BatchError> {
+        self.check_event_room()
+            .map_err(|error| BatchError { index: 0, error })?;
         for (index, change) in batch.changes().iter().enumerate() {
             if let MembershipChange::Join { join_message, .. } = change {
                 self.check_join_message(join_message)
@@ -253,6 +264,18 @@ impl Server {
         let link = core.links.get(&host).ok_or(GroupError::UnknownHost(host))?;
         link.close(CloseCode::Kicked, DisconnectReason::Kicked, reason);
         Ok(())
+    }
+
+    /// New group operations wait for the application to read its events (see
+    /// [`Limits::app_event_queue`](crate::Limits::app_event_queue)).
+    fn check_event_room(&self) -> Result<(), GroupError> {
+        if self.shared.events.has_room() {
+            Ok(())
+        } else {
+            Err(GroupError::EventBacklog {
+                queued: self.shared.events.queued(),
+            })
+        }
     }
 
     fn check_join_message(&self, join_message: &Bytes) -> Result<(), GroupError> {

@@ -75,8 +75,13 @@ pub struct ServerStats {
     pub relay_bytes_per_sec: u64,
     /// Relay destinations refused since start.
     pub relay_refused: u64,
-    /// Lifecycle events dropped because the application did not read them.
-    pub events_dropped: u64,
+    /// Lifecycle events queued for the application and not yet read.
+    pub events_queued: usize,
+    /// Membership notices sent since start (joins, leaves, data changes; one per notice
+    /// and receiver).
+    pub notices_sent: u64,
+    /// Frames those notices travelled in: one per client per operation or batch.
+    pub notice_frames_sent: u64,
 }
 
 /// Cancels the server when the last handle goes.
@@ -366,7 +371,12 @@ impl Server {
             direct_pairs: core.registry.pair_paths().0,
             relayed_pairs: core.registry.pair_paths().1,
             relay_refused: counters.relay_refused,
-            events_dropped: self.shared.events.dropped(),
+            events_queued: self.shared.events.queued(),
+            notices_sent: counters.notices,
+            notice_frames_sent: self
+                .shared
+                .notice_frames
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }

@@ -112,6 +112,8 @@ pub(crate) struct Shared {
     pub timer: Notify,
     /// Makes punch secrets.
     random: ring::rand::SystemRandom,
+    /// `Notices` frames sent since start (each carries one or more notices).
+    pub notice_frames: std::sync::atomic::AtomicU64,
     /// The origin of the server clock clients synchronise to.
     started: std::time::Instant,
     pub shutdown: CancellationToken,
@@ -137,6 +139,7 @@ impl Shared {
             slow_consumer,
             timer: Notify::new(),
             random: ring::rand::SystemRandom::new(),
+            notice_frames: std::sync::atomic::AtomicU64::new(0),
             started: std::time::Instant::now(),
             shutdown,
         }
@@ -369,6 +372,8 @@ impl Shared {
             Waits::For(&frame.after_senders)
         };
         let fill = link.outbound.push_control_after(bytes, waits);
+        self.notice_frames
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.note_fill(to, link, fill, deferred);
     }
 
