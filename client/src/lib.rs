@@ -73,8 +73,8 @@ pub use error::{ConnectError, SendError};
 pub use events::{ClientEvent, DisconnectReason};
 pub use peergroup_protocol::typed::{decode, encode, TypedError};
 pub use peergroup_protocol::{
-    CloseCode, Delivery, Fingerprint, GroupId, HostId, PairPath, Path, PathReason, PeerInfo,
-    Priority, RefuseReason, SendOptions,
+    CloseCode, Delivery, Fingerprint, GroupId, HostId, PairPath, ParseIdError, Path, PathReason,
+    PeerInfo, Priority, RefuseReason, SendOptions,
 };
 pub use session::{ModeCounters, PathCounters, PeerStats, Target};
 pub use tls::{fingerprint_of, raw_quic_client_config, ServerTrust};

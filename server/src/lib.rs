@@ -54,7 +54,9 @@ pub use error::{GroupError, SendError};
 pub use events::{DisconnectReason, JoinAckError, ServerEvent};
 pub use identity::{fingerprint_of, Identity, IdentityError};
 pub use peergroup_protocol::typed::{decode, encode, TypedError};
-pub use peergroup_protocol::{Delivery, Fingerprint, GroupId, HostId, Priority, SendOptions};
+pub use peergroup_protocol::{
+    Delivery, Fingerprint, GroupId, HostId, ParseIdError, Priority, SendOptions,
+};
 pub use peergroup_protocol::{PairPath, PathReason};
 pub use registry::{GroupOptions, JoinOutcome, PairStats, PunchConfig, PunchStart, PunchStats};
 pub use server::{HostInfo, Server, ServerStats, ServerTarget, StartError};
