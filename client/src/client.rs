@@ -337,6 +337,15 @@ impl ClientEvents {
         self.finished || (self.rx.is_closed() && self.rx.is_empty())
     }
 
+    /// Events waiting in the queue now.
+    pub(crate) fn queued(&self) -> usize {
+        if self.finished {
+            0
+        } else {
+            self.rx.len()
+        }
+    }
+
     /// Marks the end when `event` is the last one.
     fn note(&mut self, event: ClientEvent) -> ClientEvent {
         if matches!(event, ClientEvent::Disconnected { .. }) {
