@@ -26,11 +26,9 @@ use peergroup_server::{
     GroupOptions, Identity, JoinOutcome, Server, ServerConfig, ServerEvent, ServerEvents,
 };
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Connected clients.
@@ -627,16 +625,6 @@ fn clock_ticks_per_sec() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// Polls a future once without waiting: `Some` if it was ready.
-fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match future.as_mut().poll(&mut cx) {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
-    }
-}
-
 /// The next server event within `deadline`.
 async fn next_event(events: &mut ServerEvents, deadline: Instant) -> Result<ServerEvent, String> {
     let wait = deadline.saturating_duration_since(Instant::now());
@@ -783,10 +771,12 @@ async fn drive(
         }
         // Take every event that is ready; wait for one only when nothing can be issued.
         let mut took = 0;
-        while let Some(event) = now_or_never(events.next()) {
-            let event = event.ok_or("the server's event stream ended")?;
+        while let Some(event) = events.try_next() {
             on_event(event, &mut pattern, &mut in_flight)?;
             took += 1;
+        }
+        if events.is_finished() {
+            return Err("the server's event stream ended".into());
         }
         if took == 0 && in_flight.len() >= JOINS_IN_FLIGHT {
             match next_event(&mut events, end).await {

@@ -10,6 +10,7 @@ use crate::session::{PeerStats, Route, Session, SessionTiming, Target, Upload};
 use crate::socket::DemuxSocket;
 use crate::tls::{peer_server_config, server_client_config, ClientIdentity, ExpectedPeers};
 use bytes::Bytes;
+use futures_core::stream::{FusedStream, Stream};
 use peergroup_protocol::{
     datagram_to_bytes, decode_body, frame_to_bytes, Carrier, ClientToServer, CloseCode,
     Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, PairId, PairPath, PeerInfo,
@@ -17,8 +18,10 @@ use peergroup_protocol::{
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 
@@ -273,16 +276,111 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// The application's stream of [`ClientEvent`]s: `Connected` first, `Disconnected` last.
+/// The application's stream of [`ClientEvent`]s: `Connected` first, `Disconnected` last,
+/// and nothing after it (an event a direct path hands over after `Disconnected` is
+/// dropped).
+///
+/// Three ways to read, all giving the same events in the same order:
+/// - [`ClientEvents::next`] waits for the next event;
+/// - [`ClientEvents::try_next`] never waits, for a game loop that polls once per tick;
+/// - the [`Stream`] implementation, for stream combinators (`futures::StreamExt`).
+///
+/// Keep reading: while [`Limits::event_queue`] events (default 4,096) wait unread, the
+/// client stops reading from the server, which eventually drops it as a slow consumer.
+///
+/// [`Limits::event_queue`]: crate::Limits::event_queue
 #[derive(Debug)]
 pub struct ClientEvents {
     rx: mpsc::Receiver<ClientEvent>,
+    /// `Disconnected` was handed over, or the queue closed: nothing more will come.
+    finished: bool,
 }
 
 impl ClientEvents {
-    /// The next event; `None` after `Disconnected`.
+    fn new(rx: mpsc::Receiver<ClientEvent>) -> Self {
+        Self {
+            rx,
+            finished: false,
+        }
+    }
+
+    /// The next event, waiting for one; `None` after `Disconnected`.
     pub async fn next(&mut self) -> Option<ClientEvent> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+
+    /// The next event queued now, without waiting. Call it in a loop once per tick of a
+    /// game loop: `while let Some(event) = events.try_next() { .. }`.
+    ///
+    /// `None` means nothing is queued at this moment; more may come. The stream has ended
+    /// once [`ClientEvent::Disconnected`] (always the last event) has been returned, and
+    /// [`ClientEvents::is_finished`] says so.
+    pub fn try_next(&mut self) -> Option<ClientEvent> {
+        if self.finished {
+            return None;
+        }
+        match self.rx.try_recv() {
+            Ok(event) => Some(self.note(event)),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                self.finished = true;
+                None
+            }
+        }
+    }
+
+    /// Whether the stream has ended: `Disconnected` has been returned (or the client's
+    /// tasks are gone, as when their runtime shut down, and nothing is left queued), so
+    /// every later read returns `None`.
+    pub fn is_finished(&self) -> bool {
+        self.finished || (self.rx.is_closed() && self.rx.is_empty())
+    }
+
+    /// Events waiting in the queue now.
+    pub(crate) fn queued(&self) -> usize {
+        if self.finished {
+            0
+        } else {
+            self.rx.len()
+        }
+    }
+
+    /// Marks the end when `event` is the last one.
+    fn note(&mut self, event: ClientEvent) -> ClientEvent {
+        if matches!(event, ClientEvent::Disconnected { .. }) {
+            self.finished = true;
+            // A direct path can outlive the server connection for a moment; closing the
+            // queue keeps its reader from waiting for room that no one will make.
+            self.rx.close();
+        }
+        event
+    }
+}
+
+/// As [`ClientEvents::next`]: every event in order, then `None` after `Disconnected`.
+/// Fused: after the end it stays `None`.
+impl Stream for ClientEvents {
+    type Item = ClientEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ClientEvent>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(event)) => Poll::Ready(Some(this.note(event))),
+            Poll::Ready(None) => {
+                this.finished = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl FusedStream for ClientEvents {
+    fn is_terminated(&self) -> bool {
+        self.finished
     }
 }
 
@@ -461,7 +559,7 @@ impl Client {
             _guard: guard,
             inner,
         };
-        Ok((client, ClientEvents { rx: events_rx }))
+        Ok((client, ClientEvents::new(events_rx)))
     }
 
     /// Sends `payload` to `target` with `options`: a [`Delivery`] mode, or

@@ -39,6 +39,10 @@ pub enum ConnectError {
     /// The server's first frame was not a welcome.
     #[error("the server broke the protocol: {0}")]
     Protocol(String),
+    /// [`BlockingClient`](crate::blocking::BlockingClient) could not start its runtime or
+    /// the thread that drives it.
+    #[error("starting the client's runtime thread: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// A send was refused locally; nothing was sent.

@@ -42,15 +42,24 @@
 //! Typed messages: any serde type, encoded with postcard ([`encode`], [`decode`],
 //! [`Client::send_message`]).
 //!
+//! # Game loops
+//! [`ClientEvents::try_next`] never waits: call it until it returns `None` once per frame.
+//! [`ClientEvents`] is also a `futures_core::Stream`. An engine without an async runtime
+//! uses [`blocking::BlockingClient`], which runs the client on a thread of its own and
+//! needs no `.await` anywhere.
+//!
 //! # Layout
 //! - `session.rs`, `receive.rs`, `sequencing.rs`: the sans-IO core (groups, peers, lanes,
 //!   reordering and duplicate removal per mode).
 //! - `clock.rs`, `ping.rs`: sans-IO server clock estimate and per-peer RTT and loss.
 //! - `outbound.rs`: the send queues (priorities, latest-value replacement, back-pressure).
 //! - `client.rs`: the [`Client`] handle and its tasks (writer, receiver).
+//! - `blocking.rs`: [`blocking::BlockingClient`], the same client for game loops without
+//!   an async runtime (its own runtime thread; no `.await`).
 //! - `tls.rs`: server pinning and the client's identity certificate.
 //! - `config.rs`, `events.rs`, `error.rs`: plain data.
 
+pub mod blocking;
 mod client;
 mod clock;
 mod config;
@@ -73,8 +82,8 @@ pub use error::{ConnectError, SendError};
 pub use events::{ClientEvent, DisconnectReason};
 pub use peergroup_protocol::typed::{decode, encode, TypedError};
 pub use peergroup_protocol::{
-    CloseCode, Delivery, Fingerprint, GroupId, HostId, PairPath, Path, PathReason, PeerInfo,
-    Priority, RefuseReason, SendOptions,
+    CloseCode, Delivery, Fingerprint, GroupId, HostId, PairPath, ParseIdError, Path, PathReason,
+    PeerInfo, Priority, RefuseReason, SendOptions,
 };
 pub use session::{ModeCounters, PathCounters, PeerStats, Target};
 pub use tls::{fingerprint_of, raw_quic_client_config, ServerTrust};

@@ -40,7 +40,7 @@ pub use frame::{
     FrameDecoder, FrameError, DEFAULT_MAX_FRAME_LEN, DEFAULT_MAX_MESSAGE_LEN, FRAME_HEADROOM,
     LENGTH_PREFIX_LEN,
 };
-pub use ids::{Fingerprint, GroupId, HostId, PairId, ParseFingerprintError};
+pub use ids::{Fingerprint, GroupId, HostId, PairId, ParseFingerprintError, ParseIdError};
 pub use lanes::{Carrier, LaneCounters, SendOptions, DEFAULT_CHANNEL};
 pub use messages::{
     ClientDatagram, ClientToServer, DatagramLane, Delivery, Hello, Lane, Notice, PairPath, Path,

@@ -9,10 +9,14 @@
 //! per pending join or leave).
 
 use crate::events::ServerEvent;
+use futures_core::stream::{FusedStream, Stream};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// The producing side, shared by the server's tasks.
 #[derive(Debug)]
@@ -43,6 +47,8 @@ impl EventSink {
             lifecycle_len,
             messages: messages_rx,
             shutdown,
+            shutdown_wait: None,
+            finished: false,
         };
         (sink, events)
     }
@@ -73,47 +79,122 @@ impl EventSink {
         // An error only means the application dropped its `ServerEvents`.
         let _ = self.messages.send(event).await;
     }
-
 }
 
 /// The application's stream of [`ServerEvent`]s. Keep reading it: client messages to the
 /// server wait for room (default 4,096 queued), and past 65,536 unread lifecycle events
 /// (the default) no new client is admitted and group operations are refused until the
 /// application catches up. No event is ever dropped.
+///
+/// Three ways to read, all with the same order rules (lifecycle events before client
+/// messages when both are waiting; the end only once the server has shut down and every
+/// queued event was read):
+/// - [`ServerEvents::next`] waits for the next event;
+/// - [`ServerEvents::try_next`] never waits, for a game loop that polls once per tick;
+/// - the [`Stream`] implementation, for stream combinators (`futures::StreamExt`).
 #[derive(Debug)]
 pub struct ServerEvents {
     lifecycle: mpsc::UnboundedReceiver<ServerEvent>,
     lifecycle_len: Arc<AtomicUsize>,
     messages: mpsc::Receiver<ServerEvent>,
     shutdown: CancellationToken,
+    /// Resolves once `shutdown` is cancelled: made by the first poll that has to wait, so
+    /// a stream that is only polled with `try_next` never allocates it.
+    shutdown_wait: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// The stream has ended (it returned `None`); it stays ended.
+    finished: bool,
 }
 
 impl ServerEvents {
-    /// The next event; lifecycle events first when both kinds are waiting. `None` once the
-    /// server has shut down and everything queued was read.
+    /// The next event, waiting for one; lifecycle events first when both kinds are
+    /// waiting. `None` once the server has shut down and everything queued was read.
     pub async fn next(&mut self) -> Option<ServerEvent> {
-        loop {
-            if let Ok(event) = self.lifecycle.try_recv() {
-                self.lifecycle_len.fetch_sub(1, Ordering::AcqRel);
-                return Some(event);
-            }
-            if let Ok(event) = self.messages.try_recv() {
-                return Some(event);
-            }
-            if self.shutdown.is_cancelled() {
-                return None;
-            }
-            tokio::select! {
-                event = self.lifecycle.recv() => match event {
-                    Some(event) => {
-                        self.lifecycle_len.fetch_sub(1, Ordering::AcqRel);
-                        return Some(event);
-                    }
-                    None => return self.messages.recv().await,
-                },
-                Some(event) = self.messages.recv() => return Some(event),
-                _ = self.shutdown.cancelled() => {}
-            }
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+
+    /// The next event queued now, without waiting; lifecycle events first when both
+    /// kinds are queued. Call it in a loop once per tick of a game loop:
+    /// `while let Some(event) = events.try_next() { .. }`.
+    ///
+    /// `None` means nothing is queued at this moment; more may come. Whether the stream
+    /// has ended for good (the server shut down and everything queued was read) is
+    /// [`ServerEvents::is_finished`].
+    pub fn try_next(&mut self) -> Option<ServerEvent> {
+        if self.finished {
+            return None;
         }
+        if let Some(event) = self.take_queued() {
+            return Some(event);
+        }
+        if self.shutdown.is_cancelled() {
+            self.finished = true;
+        }
+        None
+    }
+
+    /// Whether the stream has ended: the server has shut down and every queued event was
+    /// read, so [`ServerEvents::try_next`] and [`ServerEvents::next`] return `None` from
+    /// now on.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+            || (self.shutdown.is_cancelled()
+                && self.lifecycle.is_empty()
+                && self.messages.is_empty())
+    }
+
+    /// A queued event, lifecycle events first.
+    fn take_queued(&mut self) -> Option<ServerEvent> {
+        if let Ok(event) = self.lifecycle.try_recv() {
+            self.lifecycle_len.fetch_sub(1, Ordering::AcqRel);
+            return Some(event);
+        }
+        self.messages.try_recv().ok()
+    }
+}
+
+/// As [`ServerEvents::next`]: lifecycle events first when both kinds are waiting, and
+/// `None` once the server has shut down and everything queued was read. Fused: after
+/// `None` it stays `None`.
+impl Stream for ServerEvents {
+    type Item = ServerEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ServerEvent>> {
+        let this = self.get_mut();
+        loop {
+            if this.finished {
+                return Poll::Ready(None);
+            }
+            // What is queued decides, in the stated order; the polls below only register
+            // for wake-ups (tokio's task budget can make them answer `Pending` even when
+            // something is queued, so they must not decide the end).
+            if let Some(event) = this.take_queued() {
+                return Poll::Ready(Some(event));
+            }
+            if this.shutdown.is_cancelled() {
+                this.finished = true;
+                return Poll::Ready(None);
+            }
+            if let Poll::Ready(Some(event)) = this.lifecycle.poll_recv(cx) {
+                this.lifecycle_len.fetch_sub(1, Ordering::AcqRel);
+                return Poll::Ready(Some(event));
+            }
+            if let Poll::Ready(Some(event)) = this.messages.poll_recv(cx) {
+                return Poll::Ready(Some(event));
+            }
+            let token = &this.shutdown;
+            let shutdown = this
+                .shutdown_wait
+                .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
+            if shutdown.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // Shut down meanwhile: take what is still queued, then end.
+        }
+    }
+}
+
+impl FusedStream for ServerEvents {
+    fn is_terminated(&self) -> bool {
+        self.finished
     }
 }

@@ -57,7 +57,9 @@ pub use events::{DisconnectReason, JoinAckError, LeaveAckError, ServerEvent};
 pub use identity::{fingerprint_of, Identity, IdentityError};
 pub use manage::HostInfo;
 pub use peergroup_protocol::typed::{decode, encode, TypedError};
-pub use peergroup_protocol::{Delivery, Fingerprint, GroupId, HostId, Priority, SendOptions};
+pub use peergroup_protocol::{
+    Delivery, Fingerprint, GroupId, HostId, ParseIdError, Priority, SendOptions,
+};
 pub use peergroup_protocol::{PairPath, PathReason};
 pub use registry::{
     BatchError, ChangeOutcome, GroupInfo, GroupOptions, JoinOutcome, MembershipBatch,

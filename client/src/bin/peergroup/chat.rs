@@ -44,7 +44,7 @@ impl Names {
         self.0
             .get(&host)
             .cloned()
-            .unwrap_or_else(|| format!("host-{host}"))
+            .unwrap_or_else(|| host.to_string())
     }
 }
 
