@@ -320,7 +320,7 @@ async fn a_batch_reaches_each_client_as_one_frame_and_one_ack_completes_every_jo
 
     // A batch with one bad change changes nothing.
     let mut bad = MembershipBatch::new();
-    bad.leave(groups[2], hosts[1]).leave(groups[2], hosts[1]);
+    bad.leave(groups[2], hosts[2]).leave(groups[2], hosts[2]);
     let members_before = server.group_members(groups[2]).unwrap();
     let error = server.change_membership(&bad).unwrap_err();
     assert_eq!(error.index, 1);
@@ -328,7 +328,7 @@ async fn a_batch_reaches_each_client_as_one_frame_and_one_ack_completes_every_jo
         error.error,
         GroupError::NotMember {
             group: groups[2],
-            host: hosts[1]
+            host: hosts[2]
         }
     );
     assert_eq!(server.group_members(groups[2]).unwrap(), members_before);
@@ -459,4 +459,160 @@ async fn lifecycle_events_are_never_dropped_and_their_backlog_stays_bounded() {
     assert_eq!(server.stats().events_queued, 0);
     // And the server admits clients again.
     connect(&server, "welcome back").await;
+}
+
+/// What one member saw during the churn test.
+#[derive(Debug, Default)]
+struct Seen {
+    delivered: u64,
+    /// Messages for a group delivered while this member's view lacked the sender or
+    /// itself in that group.
+    outside_membership: u64,
+    /// Messages from one sender to one group that arrived out of order.
+    out_of_order: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_churn_membership_notices_never_cross_group_messages_on_the_relay() {
+    const MEMBERS: usize = 6;
+    const GROUPS: usize = 3;
+    const ROUNDS: u64 = 250;
+    let (server, mut server_events) = start_server().await;
+    let groups: Vec<GroupId> = (0..GROUPS)
+        .map(|_| server.create_group(&[], relay_only(), "").unwrap())
+        .collect();
+    let stop = peergroup_server::CancellationToken::new();
+    let mut members = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..MEMBERS {
+        let (client, mut events, me) = connect(&server, &format!("m{i}")).await;
+        members.push((client.clone(), me));
+        // Sends a numbered message to each of its groups, over and over.
+        let sender = {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut numbers: BTreeMap<GroupId, u64> = BTreeMap::new();
+                while !stop.is_cancelled() {
+                    for group in client.groups() {
+                        let n = numbers.entry(group).or_default();
+                        *n += 1;
+                        let payload = n.to_be_bytes().to_vec();
+                        let target = peergroup_client::Target::Group(group);
+                        let delivery = peergroup_client::Delivery::ReliableOrdered;
+                        // Not in the group any more (a leave crossed the send): fine.
+                        let _ = client.send(target, payload, delivery).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        // Checks every group message against the membership it was told of.
+        let receiver = tokio::spawn(async move {
+            let mut view: BTreeMap<GroupId, BTreeSet<HostId>> = BTreeMap::new();
+            let mut last: BTreeMap<(HostId, GroupId), u64> = BTreeMap::new();
+            let mut seen = Seen::default();
+            while let Some(event) = events.next().await {
+                match event {
+                    ClientEvent::MemberJoined { group, member, .. } => {
+                        view.entry(group).or_default().insert(member);
+                    }
+                    ClientEvent::MemberLeft { group, member, .. } if member == me => {
+                        view.remove(&group);
+                    }
+                    ClientEvent::MemberLeft { group, member, .. } => {
+                        view.entry(group).or_default().remove(&member);
+                    }
+                    ClientEvent::Message {
+                        from,
+                        group: Some(group),
+                        payload,
+                        ..
+                    } => {
+                        seen.delivered += 1;
+                        let members = view.get(&group);
+                        if !members.is_some_and(|m| m.contains(&from) && m.contains(&me)) {
+                            seen.outside_membership += 1;
+                        }
+                        let n = u64::from_be_bytes(payload[..8].try_into().unwrap());
+                        let previous = last.insert((from, group), n).unwrap_or(0);
+                        if n <= previous {
+                            seen.out_of_order += 1;
+                        }
+                    }
+                    ClientEvent::Disconnected { .. } => break,
+                    _ => {}
+                }
+            }
+            seen
+        });
+        tasks.push((sender, receiver));
+    }
+
+    // The server moves members between groups in batches, as an MMO tick would.
+    let mut rng = 0x5eed_u64;
+    let mut next = move |n: u64| {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) % n
+    };
+    let (mut joins, mut leaves) = (0, 0);
+    for _ in 0..ROUNDS {
+        let mut batch = MembershipBatch::new();
+        for (_, host) in &members {
+            let group = groups[next(GROUPS as u64) as usize];
+            if server.groups_of(*host).unwrap().contains(&group) {
+                batch.leave(group, *host);
+            } else {
+                batch.join(group, *host, "");
+            }
+        }
+        for outcome in server.change_membership(&batch).unwrap() {
+            match outcome {
+                ChangeOutcome::Joined => joins += 1,
+                ChangeOutcome::Left => leaves += 1,
+                ChangeOutcome::AlreadyMember => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Every join and leave completes; a join may be undone by a later leave first.
+    let (mut join_done, mut leave_done) = (0, 0);
+    while join_done < joins || leave_done < leaves {
+        wait_server(&mut server_events, |e| match e {
+            ServerEvent::JoinAckComplete { result, .. } => {
+                assert!(matches!(result, Ok(()) | Err(JoinAckError::MemberLeft)));
+                join_done += 1;
+                Some(())
+            }
+            ServerEvent::LeaveAckComplete { result, .. } => {
+                assert_eq!(*result, Ok(()));
+                leave_done += 1;
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    }
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut delivered = 0;
+    for ((client, me), (sender, receiver)) in members.iter().zip(tasks) {
+        sender.await.unwrap();
+        // The library drops a group message that crosses a membership change; on the
+        // relay the server's ordering must make that unnecessary.
+        for peer in client.peers() {
+            let stats = client.peer_stats(peer).unwrap();
+            assert_eq!(stats.not_member_dropped, 0, "{me} from {peer}");
+            assert_eq!(stats.discarded, 0, "{me} from {peer}");
+        }
+        client.close().await;
+        let seen = receiver.await.unwrap();
+        assert_eq!(seen.outside_membership, 0, "{me}: {seen:?}");
+        assert_eq!(seen.out_of_order, 0, "{me}: {seen:?}");
+        delivered += seen.delivered;
+    }
+    assert!(delivered > 1_000, "only {delivered} group messages delivered");
+    println!("churn: {joins} joins, {leaves} leaves, {delivered} group messages checked");
 }
