@@ -40,6 +40,13 @@ pub struct ChatArgs {
 struct Names(HashMap<HostId, String>);
 
 impl Names {
+    fn learn(&mut self, host: HostId, name: &[u8]) {
+        if !name.is_empty() {
+            self.0
+                .insert(host, String::from_utf8_lossy(name).into_owned());
+        }
+    }
+
     fn of(&self, host: HostId) -> String {
         self.0
             .get(&host)
@@ -70,13 +77,12 @@ impl Chat {
             ClientEvent::MemberJoined {
                 group,
                 member,
-                join_message,
+                member_data,
                 ..
             } if group == self.group => {
-                let name = String::from_utf8_lossy(&join_message).into_owned();
-                if !name.is_empty() {
-                    self.names.0.insert(member, name);
-                }
+                // The rooms server makes each member's display name its host data, so
+                // every notice names the member it is about.
+                self.names.learn(member, &member_data);
                 if self.announce && member != me && member != HostId::SERVER {
                     say(&format!("* {} joined", self.names.of(member)));
                 }
@@ -103,6 +109,7 @@ impl Chat {
                     String::from_utf8_lossy(&payload)
                 ));
             }
+            ClientEvent::HostDataChanged { host, data } => self.names.learn(host, &data),
             ClientEvent::SendFailed { to, reason, .. } => {
                 eprintln!("* could not deliver to {}: {reason:?}", self.names.of(to));
             }
