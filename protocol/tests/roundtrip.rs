@@ -888,7 +888,7 @@ fn peek_is_none_for_empty_or_truncated_bodies() {
     // Hello variant, but the version varint is cut short.
     assert_eq!(peek_hello_version(&[0x00]), None);
     assert_eq!(peek_hello_version(&[0x00, 0x80]), None);
-    // JoinAck and Relay.
+    // Ack and Relay.
     assert_eq!(peek_hello_version(&[0x01, 0x01, 0x01]), None);
     assert_eq!(peek_hello_version(&[0x02, 0x01]), None);
 }
