@@ -78,3 +78,93 @@ fn build(dir: &Path) {
         "cargo build of the binaries failed: {status}"
     );
 }
+
+/// The compiled example `name` (`target/<profile>/examples/name`), after one `cargo
+/// build --examples` per test process.
+pub fn example(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = bin_dir();
+    BUILT.get_or_init(|| {
+        if std::env::var_os("PEERGROUP_E2E_NO_BUILD").is_some() {
+            return;
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--quiet", "-p", "peergroup", "--examples"]);
+        if let Some(profile) = dir.file_name().and_then(|n| n.to_str()) {
+            if profile != "debug" {
+                command.args(["--profile", profile]);
+            }
+        }
+        let status = command.status().expect("running cargo build --examples");
+        assert!(status.success(), "building the examples failed: {status}");
+    });
+    let path = dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} is missing", path.display());
+    path
+}
+
+/// What a finished `--demo` run printed.
+pub struct Demo {
+    /// The summary: the JSON object on the last line of stdout.
+    pub summary: serde_json::Value,
+    /// All of stdout.
+    pub stdout: String,
+    /// All of stderr.
+    pub stderr: String,
+    /// The exit code (`None` if it was killed by a signal).
+    pub code: Option<i32>,
+}
+
+/// Runs example `name` with `args`, killing it (and failing) after `limit`; returns its
+/// summary line parsed as JSON.
+pub fn run_demo(name: &str, args: &[&str], limit: std::time::Duration) -> Demo {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(example(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting example {name}: {e}"));
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = read(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the example") {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let Some(status) = status else {
+        panic!("example {name} ran past {limit:?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    };
+    let last = stdout.lines().last().unwrap_or_default();
+    let summary = serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!("example {name}: last line is not JSON ({e}): {last:?}\n--- stderr ---\n{stderr}")
+    });
+    Demo {
+        summary,
+        stdout,
+        stderr,
+        code: status.code(),
+    }
+}
