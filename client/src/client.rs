@@ -243,6 +243,9 @@ fn encoded<T: serde::Serialize>(frame: &T, max_frame_len: u32) -> Option<Bytes> 
     }
 }
 
+/// UDP receive buffer asked of the kernel, bytes (capped by `net.core.rmem_max`).
+const SOCKET_BUFFER: usize = 1 << 20;
+
 /// Closes the connections when the last handle goes.
 struct CloseOnDrop {
     connection: quinn::Connection,
@@ -430,6 +433,14 @@ impl Client {
         // the address the server sees is the NAT mapping peers punch to.
         let std_socket =
             std::net::UdpSocket::bind(config.bind_addr()).map_err(ConnectError::Bind)?;
+        // The socket takes the server connection, every direct connection and the punch
+        // probes: a client entering a crowded area handshakes with many peers at once, and
+        // the kernel's default receive buffer (about 208 KiB on Linux) drops the burst.
+        if let Ok(state) = quinn::udp::UdpSocketState::new((&std_socket).into()) {
+            if let Err(error) = state.set_recv_buffer_size((&std_socket).into(), SOCKET_BUFFER) {
+                tracing::debug!(%error, "could not enlarge the UDP receive buffer");
+            }
+        }
         let (socket, probes) = DemuxSocket::new(std_socket).map_err(ConnectError::Bind)?;
         let mut endpoint_config = quinn::EndpointConfig::default();
         // Probes are told apart from QUIC by the fixed bit, so it must never be greased.

@@ -11,7 +11,7 @@ use peergroup::server::{
     AuthHook, CancellationToken, Identity, Server, ServerConfig, ServerEvents,
 };
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Where the server runs: the flags every example takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -32,6 +32,12 @@ pub struct Network {
     /// The server's certificate (PEM or DER), as `--server-only` printed it.
     #[arg(long, value_name = "PATH")]
     pub server_cert: Option<PathBuf>,
+
+    /// Where `--server-only` keeps its certificate and key, made on first run and kept,
+    /// so clients can pin the same file across restarts [default: a directory named after
+    /// the example in the system's temp dir].
+    #[arg(long, value_name = "DIR")]
+    pub identity_dir: Option<PathBuf>,
 }
 
 /// A running example server and what clients need to reach it.
@@ -39,7 +45,8 @@ pub struct Hosted {
     pub server: Server,
     pub events: ServerEvents,
     pub addr: SocketAddr,
-    pub cert: PathBuf,
+    /// How its clients recognise it.
+    pub trust: ServerTrust,
 }
 
 impl Network {
@@ -53,64 +60,72 @@ impl Network {
         !self.server_only
     }
 
-    /// Starts the example's server with `auth`, keeping its identity in a directory of
-    /// its own under the system's temp dir, so `--server-only` can tell clients which
-    /// certificate to trust.
+    /// Starts the example's server with `auth`. In one process its clients pin its
+    /// fingerprint; with `--server-only` it keeps its identity in `--identity-dir` and
+    /// prints the address and the certificate file that clients pin.
     pub async fn start_server(
         &self,
         example: &str,
         auth: AuthHook,
         adjust: impl FnOnce(&mut ServerConfig),
     ) -> Result<Hosted, Box<dyn std::error::Error>> {
-        let dir = std::env::temp_dir().join(format!("peergroup-example-{example}"));
-        let identity = Identity::load_or_generate(&dir)?;
+        let dir = self
+            .identity_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("peergroup-example-{example}")));
+        let identity = if self.server_only {
+            Identity::load_or_generate(&dir)?
+        } else {
+            Identity::generate(&["localhost"])?
+        };
         let mut config = ServerConfig::new(self.listen, identity);
         adjust(&mut config);
         let (server, events) =
             Server::start_with_auth(config, auth, CancellationToken::new()).await?;
         let addr = server.local_addr();
-        let cert = dir.join("cert.pem");
         if self.server_only {
+            let cert = dir.join("cert.pem");
             println!("listening on {addr} cert {}", cert.display());
-            println!(
+            eprintln!(
                 "clients: cargo run --release --example {example} -- --connect {addr} \
                  --server-cert {}",
                 cert.display()
             );
         }
+        let trust = ServerTrust::Fingerprint(server.fingerprint());
         Ok(Hosted {
             server,
             events,
             addr,
-            cert,
+            trust,
         })
     }
 
-    /// Where clients connect: the in-process server, or `--connect`.
-    pub fn target(&self, hosted: Option<&Hosted>) -> (SocketAddr, PathBuf) {
+    /// Where clients connect and how they recognise the server: the in-process server,
+    /// or `--connect` with `--server-cert`.
+    pub fn target(
+        &self,
+        hosted: Option<&Hosted>,
+    ) -> Result<(SocketAddr, ServerTrust), Box<dyn std::error::Error>> {
         match (hosted, self.connect, &self.server_cert) {
-            (Some(hosted), _, _) => (hosted.addr, hosted.cert.clone()),
-            (None, Some(addr), Some(cert)) => (addr, cert.clone()),
-            _ => unreachable!("clap requires --server-cert with --connect"),
+            (Some(hosted), _, _) => Ok((hosted.addr, hosted.trust.clone())),
+            (None, Some(addr), Some(cert)) => Ok((addr, ServerTrust::from_cert_file(cert)?)),
+            _ => Err("--connect needs --server-cert".into()),
         }
     }
 }
 
-/// A client config that trusts exactly the certificate in `cert` and logs in as `login`.
-pub fn client_config(
-    addr: SocketAddr,
-    cert: &Path,
-    login: &str,
-) -> Result<ClientConfig, Box<dyn std::error::Error>> {
-    let mut config = ClientConfig::new(addr, ServerTrust::from_cert_file(cert)?);
+/// A client config for the server at `addr`, recognised by `trust`, logging in as `login`.
+pub fn client_config(addr: SocketAddr, trust: &ServerTrust, login: &str) -> ClientConfig {
+    let mut config = ClientConfig::new(addr, trust.clone());
     config.login = login.to_owned().into();
-    Ok(config)
+    config
 }
 
 /// Logs warnings and errors to stderr (`RUST_LOG` overrides).
 pub fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "warn".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
