@@ -140,7 +140,8 @@ impl Server {
             .max_concurrent_uni_streams(0u8.into());
         let quic = quic_server_config(&config.identity, transport)?;
         let mut endpoint_config = quinn::EndpointConfig::default();
-        // Clients demultiplex punch probes by the QUIC fixed bit (DESIGN.md section 4).
+        // Clients demultiplex punch probes by the QUIC fixed bit (ARCHITECTURE.md, "Hole
+        // punching").
         endpoint_config.grease_quic_bit(false);
         let socket =
             std::net::UdpSocket::bind(config.listen).map_err(|source| StartError::Bind {

@@ -14,7 +14,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::sync::Arc;
 
-/// The one crypto provider of the tree (ring), as DESIGN.md requires.
+/// The one crypto provider of the tree (ring): quinn and rustls are built with ring only,
+/// so there is exactly one to choose.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

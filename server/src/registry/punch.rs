@@ -3,7 +3,7 @@
 //! Pure policy with no IO. Retries wait at least 60 s and double each time, up to a bounded
 //! number of attempts: a Linux router keeps a wrong conntrack entry alive for as long as
 //! packets keep hitting it within 30 s, so retrying every few seconds can never succeed
-//! (DESIGN.md section 4), and libp2p's measurements show retries add little over a good
+//! (ARCHITECTURE.md, "Hole punching"), and libp2p's measurements show retries add little over a good
 //! first attempt.
 
 use peergroup_protocol::{PairPath, PathReason, PunchOutcome};
