@@ -23,7 +23,8 @@ use peergroup_protocol::{
 };
 use peergroup_server::registry::{Action, Registry, RegistryConfig};
 use peergroup_server::{
-    GroupOptions, Identity, JoinOutcome, Server, ServerConfig, ServerEvent, ServerEvents,
+    ChangeOutcome, GroupOptions, Identity, JoinOutcome, MembershipBatch, Server, ServerConfig,
+    ServerEvent, ServerEvents,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,6 +46,10 @@ const JOINS_IN_FLIGHT: usize = 256;
 const HANDSHAKES_IN_FLIGHT: usize = 32;
 /// Joins timed one at a time after the window.
 const UNLOADED_JOINS: u64 = 200;
+/// Operations per batch in the batched measurement (one MMO tick's worth).
+const BATCH_SIZE: usize = 1_000;
+/// Batches timed one at a time after the batched window.
+const UNLOADED_BATCHES: usize = 20;
 /// Bound on each set-up phase (connecting, the first joins).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -58,27 +63,56 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
         core.leaves,
         core.window.as_secs_f64()
     );
-    let net = network_churn(mode.pick(Duration::from_secs(5), Duration::from_secs(20)))?;
-    eprintln!(
-        "   end to end: {} ops/s ({} joins, {} leaves in {:.1} s, {} failed joins)",
-        rate(net.ops_per_sec()),
-        net.joins,
-        net.leaves,
-        net.window.as_secs_f64(),
-        net.failed
-    );
-
-    let (p50, p99) = (
-        net.latencies.percentile_us(50.0),
-        net.latencies.percentile_us(99.0),
-    );
-    report.set("churn.ops_per_sec", net.ops_per_sec().round());
-    report.set("churn.registry_ops_per_sec", core.ops_per_sec().round());
-    report.set("churn.join_ack_p50_us", p50);
-    report.set("churn.join_ack_p99_us", p99);
+    let (net, batched) = network_churn(mode.pick(Duration::from_secs(5), Duration::from_secs(20)))?;
+    for (name, r) in [("one at a time", &net), ("batched", &batched)] {
+        eprintln!(
+            "   end to end, {name}: {} ops/s ({} joins, {} leaves in {:.1} s, {} failed)",
+            rate(r.ops_per_sec()),
+            r.joins,
+            r.leaves,
+            r.window.as_secs_f64(),
+            r.failed
+        );
+    }
 
     let ops = |r: &Outcome| (r.joins + r.leaves).max(1) as f64;
+    report.set("churn.ops_per_sec", net.ops_per_sec().round());
+    report.set("churn.batched_ops_per_sec", batched.ops_per_sec().round());
+    report.set("churn.registry_ops_per_sec", core.ops_per_sec().round());
+    report.set("churn.join_ack_p50_us", net.latencies.percentile_us(50.0));
+    report.set("churn.join_ack_p99_us", net.latencies.percentile_us(99.0));
+    if !batched.batch_latencies.is_empty() {
+        report.set(
+            "churn.batch_last_completion_p50_us",
+            batched.batch_latencies.percentile_us(50.0),
+        );
+        report.set(
+            "churn.batch_last_completion_p99_us",
+            batched.batch_latencies.percentile_us(99.0),
+        );
+    }
+    // Keys: `churn.X` one at a time, `churn.batched_X` batched.
+    for (prefix, r) in [("churn.", &net), ("churn.batched_", &batched)] {
+        let round = |x: f64, places: i32| (x * 10f64.powi(places)).round() / 10f64.powi(places);
+        if let Some((down, up)) = r.datagrams {
+            let per_op = (down + up) as f64 / ops(r);
+            report.set(&format!("{prefix}datagrams_per_op"), round(per_op, 1));
+        }
+        if let Some(cpu) = r.cpu {
+            let us = (cpu.server + cpu.driver) * 1e6 / ops(r);
+            report.set(&format!("{prefix}server_cpu_us_per_op"), us.round());
+        }
+        if let Some((notices, frames)) = r.notices {
+            let notices_per_op = round(notices as f64 / ops(r), 2);
+            report.set(&format!("{prefix}notices_per_op"), notices_per_op);
+            let frames_per_op = round(frames as f64 / ops(r), 2);
+            report.set(&format!("{prefix}notice_frames_per_op"), frames_per_op);
+        }
+    }
+
     let us_per_op = |seconds: f64, r: &Outcome| format!("{:.1}", seconds * 1e6 / ops(r));
+    let per_op =
+        |n: Option<u64>, r: &Outcome| n.map_or("-".into(), |n| format!("{:.1}", n as f64 / ops(r)));
     let row = |name: &str, r: &Outcome| {
         let (p50, p99) = if r.latencies.is_empty() {
             ("-".into(), "-".into())
@@ -106,9 +140,12 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
             p99,
             server_cpu,
             client_cpu,
+            per_op(r.datagrams.map(|(down, up)| down + up), r),
+            per_op(r.notices.map(|n| n.0), r),
+            per_op(r.notices.map(|n| n.1).filter(|f| *f > 0), r),
         ]
     };
-    let mut unloaded_row = vec![String::new(); 9];
+    let mut unloaded_row = vec![String::new(); 12];
     unloaded_row[0] = format!("peergroup-server, one join at a time ({UNLOADED_JOINS} joins)");
     if !net.unloaded.is_empty() {
         unloaded_row[5] = net.unloaded.percentile_us(50.0).to_string();
@@ -122,51 +159,62 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
             net.unloaded.percentile_us(99.0),
         );
     }
-    let mut ratio_row = vec![String::new(); 9];
-    ratio_row[0] = "end to end / Registry".into();
-    ratio_row[1] = crate::report::ratio(net.ops_per_sec(), core.ops_per_sec());
+    let mut ratio_row = vec![String::new(); 12];
+    ratio_row[0] = "batched end to end / Registry".into();
+    ratio_row[1] = crate::report::ratio(batched.ops_per_sec(), core.ops_per_sec());
     let mut notes = vec![format!(
-        "An operation is a join completed by its `JoinAckComplete` (every member and the \
-         joiner acked) or a leave (`leave_group` returned). Each picks a random group and \
+        "An operation is a join completed by its `JoinAckComplete` or a leave completed by \
+         its `LeaveAckComplete` (every host told acked). Each picks a random group and \
          keeps it near {GROUP_SIZE} members: a join of a random non-member below, a leave \
          of a random settled member above, either at {GROUP_SIZE}. Relay-only groups \
          (`direct_p2p: false`). End to end: {CLIENTS} raw protocol clients on \
-         {CLIENT_ENDPOINTS} client endpoints ack each `MemberJoined` as soon as they read \
-         it; at most {JOINS_IN_FLIGHT} joins in flight, so the latency is mostly queueing \
-         (in flight / join rate); {} joins ended otherwise than Ok. Latency is from the \
-         `join_group` call to `JoinAckComplete`. Target: at least 100,000 operations per \
-         second.",
-        net.failed
+         {CLIENT_ENDPOINTS} client endpoints ack every notice they read, cumulatively, one \
+         ack per read. One at a time: `join_group`/`leave_group` calls, at most \
+         {JOINS_IN_FLIGHT} operations under way. Batched: `change_membership` with \
+         {BATCH_SIZE} operations per batch, at most two batches under way; the latency \
+         columns are per operation (call to completion) and the batch's last completion is \
+         reported beside. {} + {} operations ended otherwise than Ok. Target: at least \
+         100,000 operations per second.",
+        net.failed, batched.failed
     )];
+    if !batched.batch_latencies.is_empty() && !batched.unloaded.is_empty() {
+        notes.push(format!(
+            "A batch of {BATCH_SIZE} operations, from `change_membership` to its last \
+             completion: p50 {} µs, p99 {} µs with two batches under way; p50 {} µs, p99 \
+             {} µs one batch at a time ({UNLOADED_BATCHES} batches).",
+            batched.batch_latencies.percentile_us(50.0),
+            batched.batch_latencies.percentile_us(99.0),
+            batched.unloaded.percentile_us(50.0),
+            batched.unloaded.percentile_us(99.0)
+        ));
+        report.set(
+            "churn.batch_unloaded_last_completion_p50_us",
+            batched.unloaded.percentile_us(50.0),
+        );
+        report.set(
+            "churn.batch_unloaded_last_completion_p99_us",
+            batched.unloaded.percentile_us(99.0),
+        );
+    }
     notes.push(format!(
         "Pairs (two hosts that share or recently shared a group; they linger 10 s) at the \
          end of the window: {} end to end, {} for the Registry alone.",
         net.pairs, core.pairs
     ));
-    if let Some((down, up)) = net.datagrams {
-        notes.push(format!(
-            "UDP datagrams over the end-to-end window: {:.1} per operation from the server to \
-             the clients and {:.1} from the clients to the server ({down} and {up} in all).",
-            down as f64 / ops(&net),
-            up as f64 / ops(&net)
-        ));
-    }
-    if let Some(cpu) = net.cpu {
-        notes.push(format!(
-            "CPU over the end-to-end window ({:.1} s on {} cores): server runtime {:.2} s, \
-             driver thread (registry operations and their dispatch under the server's lock) \
-             {:.2} s, client runtime {:.2} s. Server CPU per op counts the server runtime \
-             and the driver; the clients and the server share the machine.",
-            net.window.as_secs_f64(),
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
-            cpu.server,
-            cpu.driver,
-            cpu.clients
-        ));
-        report.set(
-            "churn.server_cpu_us_per_op",
-            ((cpu.server + cpu.driver) * 1e6 / ops(&net)).round(),
-        );
+    for (name, r) in [("one at a time", &net), ("batched", &batched)] {
+        if let Some(cpu) = r.cpu {
+            notes.push(format!(
+                "CPU, {name} ({:.1} s on {} cores): server runtime {:.2} s, driver thread \
+                 (registry operations and their dispatch under the server's lock) {:.2} s, \
+                 client runtime {:.2} s. Server CPU per op counts the server runtime and the \
+                 driver; the clients and the server share the machine.",
+                r.window.as_secs_f64(),
+                std::thread::available_parallelism().map_or(0, |n| n.get()),
+                cpu.server,
+                cpu.driver,
+                cpu.clients
+            ));
+        }
     }
     report.table(Table {
         title: "Group churn (1,000 clients, 100 groups of about 10)".into(),
@@ -176,14 +224,21 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
             "joins".into(),
             "leaves".into(),
             "window s".into(),
-            "join→ack p50 µs".into(),
-            "join→ack p99 µs".into(),
+            "op→ack p50 µs".into(),
+            "op→ack p99 µs".into(),
             "server CPU µs/op".into(),
             "client CPU µs/op".into(),
+            "datagrams/op".into(),
+            "notices/op".into(),
+            "notice frames/op".into(),
         ],
         rows: vec![
-            row("peergroup-server end to end (QUIC, loopback)", &net),
+            row(
+                "peergroup-server end to end, one at a time (QUIC, loopback)",
+                &net,
+            ),
             unloaded_row,
+            row("peergroup-server end to end, batched", &batched),
             row("sans-IO Registry alone (acks fed back at once)", &core),
             ratio_row,
         ],
@@ -208,6 +263,10 @@ struct Outcome {
     unloaded: Latencies,
     /// Pairs (lingering ones included) at the end of the window.
     pairs: usize,
+    /// Membership notices and the frames they travelled in, over the window.
+    notices: Option<(u64, u64)>,
+    /// Batched only: from `change_membership` to the batch's last completion.
+    batch_latencies: Latencies,
 }
 
 /// Where the CPU went during the end-to-end window, in seconds.
@@ -336,9 +395,10 @@ impl Pattern {
 // ---- the sans-IO registry alone ----------------------------------------------------------
 
 /// Carries out the registry's actions: every notice is acked at once, as a client would
-/// (cumulatively, one ack per host and round). Returns the joins that completed.
-fn settle_registry(registry: &mut Registry, acks: &mut HashMap<HostId, u64>) -> u64 {
-    let mut completed = 0;
+/// (cumulatively, one ack per host and round). Returns the joins and the leaves that
+/// completed.
+fn settle_registry(registry: &mut Registry, acks: &mut HashMap<HostId, u64>) -> (u64, u64) {
+    let mut completed = (0, 0);
     let mut told = Vec::new();
     loop {
         while let Some(action) = registry.poll_action() {
@@ -348,7 +408,10 @@ fn settle_registry(registry: &mut Registry, acks: &mut HashMap<HostId, u64>) -> 
                     told.push(to);
                 }
                 Action::Event(ServerEvent::JoinAckComplete { result: Ok(()), .. }) => {
-                    completed += 1;
+                    completed.0 += 1;
+                }
+                Action::Event(ServerEvent::LeaveAckComplete { result: Ok(()), .. }) => {
+                    completed.1 += 1;
                 }
                 _ => {}
             }
@@ -391,40 +454,44 @@ fn registry_churn(window: Duration) -> Outcome {
             let group = registry
                 .create_group(members, options, Bytes::new(), Bytes::new(), Instant::now())
                 .expect("every member is connected");
-            settle_registry(&mut registry, &mut acks);
+            let _ = settle_registry(&mut registry, &mut acks);
             (group, members.to_vec())
         })
         .collect();
     let mut pattern = Pattern::new(groups, hosts, 0xc0ffee);
 
     let (mut joins, mut leaves) = (0u64, 0u64);
+    let notices_before = registry.counters().notices;
     let started = Instant::now();
     let mut now = started;
     while now - started < window {
         for _ in 0..256 {
-            match pattern.next_op() {
+            let done = match pattern.next_op() {
                 Op::Join(g, host) => {
                     let group = pattern.groups[g].id;
                     let outcome = registry.join_group(group, host, Bytes::new(), now);
                     let done = settle_registry(&mut registry, &mut acks);
-                    let ok = matches!(outcome, Ok(JoinOutcome::Joined)) && done > 0;
-                    joins += done;
+                    let ok = matches!(outcome, Ok(JoinOutcome::Joined)) && done.0 > 0;
                     pattern.join_done(group, host, ok);
+                    done
                 }
                 Op::Leave(g, host) => {
                     let group = pattern.groups[g].id;
-                    if registry.leave_group(group, host, now).is_ok() {
-                        leaves += 1;
-                    }
-                    joins += settle_registry(&mut registry, &mut acks);
+                    let _ = registry.leave_group(group, host, now);
+                    settle_registry(&mut registry, &mut acks)
                 }
-            }
+            };
+            joins += done.0;
+            leaves += done.1;
         }
         now = Instant::now();
         // As the server's timer task would: expire what is due (nothing in a short run).
         registry.handle_timeout(now);
-        joins += settle_registry(&mut registry, &mut acks);
+        let done = settle_registry(&mut registry, &mut acks);
+        joins += done.0;
+        leaves += done.1;
     }
+    let notices = registry.counters().notices - notices_before;
     Outcome {
         joins,
         leaves,
@@ -435,6 +502,8 @@ fn registry_churn(window: Duration) -> Outcome {
         datagrams: None,
         unloaded: Latencies::default(),
         pairs: registry.pair_count(),
+        notices: Some((notices, 0)),
+        batch_latencies: Latencies::default(),
     }
 }
 
@@ -450,7 +519,7 @@ fn runtime(name: &str, workers: usize) -> Result<tokio::runtime::Runtime, String
 }
 
 /// The churn pattern against a real server and 1,000 connected clients for `window`.
-fn network_churn(window: Duration) -> Result<Outcome, String> {
+fn network_churn(window: Duration) -> Result<(Outcome, Outcome), String> {
     let server_rt = runtime("churn-server", 2)?;
     let client_rt = runtime("churn-clients", 2)?;
     let identity =
@@ -635,19 +704,122 @@ async fn next_event(events: &mut ServerEvents, deadline: Instant) -> Result<Serv
     }
 }
 
-/// Waits for the clients, makes the groups, then churns for `window`.
-async fn drive(
-    server: &Server,
-    mut events: ServerEvents,
-    window: Duration,
-    datagrams: &dyn Fn() -> (u64, u64),
-) -> Result<Outcome, String> {
-    // Every client connected.
+/// Operations of the churn under way, and when each batch started.
+#[derive(Default)]
+struct InFlight {
+    /// Joins waiting for their completion: when they were asked for, and their batch.
+    joins: HashMap<(GroupId, HostId), (Instant, usize)>,
+    /// Leaves waiting for theirs (a host may leave the same group twice before the first
+    /// completes, so they are counted).
+    leaves: HashMap<(GroupId, HostId), Vec<(Instant, usize)>>,
+    /// Per batch: when it was applied and how many of its operations are still under way.
+    batches: HashMap<usize, (Instant, usize)>,
+}
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.joins.len() + self.leaves.values().map(Vec::len).sum::<usize>()
+    }
+
+    fn started(&mut self, batch: usize, at: Instant) {
+        self.batches.entry(batch).or_insert((at, 0)).1 += 1;
+    }
+
+    /// An operation of `batch` ended; the batch's latency if it was its last.
+    fn ended(&mut self, batch: usize) -> Option<Duration> {
+        let (applied, left) = self.batches.get_mut(&batch)?;
+        *left -= 1;
+        if *left > 0 {
+            return None;
+        }
+        let applied = *applied;
+        self.batches.remove(&batch);
+        Some(applied.elapsed())
+    }
+}
+
+/// What the window counts, and the event handling both modes share.
+struct Tally {
+    joins: u64,
+    leaves: u64,
+    failed: u64,
+    latencies: Latencies,
+    batch_latencies: Latencies,
+    end: Instant,
+}
+
+impl Tally {
+    fn on_event(
+        &mut self,
+        event: ServerEvent,
+        pattern: &mut Pattern,
+        in_flight: &mut InFlight,
+    ) -> Result<(), String> {
+        let now = Instant::now();
+        let (started, batch, ok) = match event {
+            ServerEvent::JoinAckComplete {
+                group,
+                member,
+                result,
+            } => {
+                let Some((called, batch)) = in_flight.joins.remove(&(group, member)) else {
+                    return Ok(());
+                };
+                pattern.join_done(group, member, result.is_ok());
+                if now <= self.end {
+                    if result.is_ok() {
+                        self.joins += 1;
+                    } else {
+                        self.failed += 1;
+                    }
+                }
+                (called, batch, result.is_ok())
+            }
+            ServerEvent::LeaveAckComplete {
+                group,
+                member,
+                result,
+            } => {
+                let Some(waiting) = in_flight.leaves.get_mut(&(group, member)) else {
+                    return Ok(());
+                };
+                let (called, batch) = waiting.remove(0);
+                if waiting.is_empty() {
+                    in_flight.leaves.remove(&(group, member));
+                }
+                if now <= self.end {
+                    if result.is_ok() {
+                        self.leaves += 1;
+                    } else {
+                        self.failed += 1;
+                    }
+                }
+                (called, batch, result.is_ok())
+            }
+            ServerEvent::ClientDisconnected { host, reason } => {
+                return Err(format!("client {host} disconnected during churn: {reason}"))
+            }
+            _ => return Ok(()),
+        };
+        if ok && now <= self.end {
+            self.latencies.record(now - started);
+        }
+        if let Some(latency) = in_flight.ended(batch) {
+            if now <= self.end {
+                self.batch_latencies.record(latency);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits for the clients and makes 100 groups of 10, every first join acked.
+async fn setup(server: &Server, events: &mut ServerEvents) -> Result<Pattern, String> {
     let deadline = Instant::now() + SETUP_TIMEOUT;
     let connecting = Instant::now();
     let mut hosts = Vec::with_capacity(CLIENTS);
     while hosts.len() < CLIENTS {
-        match next_event(&mut events, deadline)
+        match next_event(events, deadline)
             .await
             .map_err(|e| format!("{e} ({} of {CLIENTS} clients connected)", hosts.len()))?
         {
@@ -664,8 +836,6 @@ async fn drive(
         "   {CLIENTS} clients connected in {:.2} s",
         connecting.elapsed().as_secs_f64()
     );
-
-    // 100 groups of 10, every first join acked.
     let options = GroupOptions {
         direct_p2p: false,
         ..GroupOptions::default()
@@ -682,7 +852,7 @@ async fn drive(
     }
     let mut acked = 0;
     while acked < CLIENTS {
-        match next_event(&mut events, deadline).await? {
+        match next_event(events, deadline).await? {
             ServerEvent::JoinAckComplete { result: Ok(()), .. } => acked += 1,
             ServerEvent::JoinAckComplete { result: Err(e), .. } => {
                 return Err(format!("a first join failed: {e}"))
@@ -693,95 +863,75 @@ async fn drive(
             _ => {}
         }
     }
-    let mut pattern = Pattern::new(groups, hosts, 0xc0ffee);
+    Ok(Pattern::new(groups, hosts, 0xc0ffee))
+}
 
-    // The churn.
-    let mut in_flight: HashMap<(GroupId, HostId), Instant> = HashMap::new();
-    let mut latencies = Latencies::default();
-    let (mut joins, mut leaves, mut failed) = (0u64, 0u64, 0u64);
+/// How operations are issued.
+#[derive(Debug, Clone, Copy)]
+enum Issue {
+    /// One `join_group` / `leave_group` call each, at most [`JOINS_IN_FLIGHT`] under way.
+    OneAtATime,
+    /// `change_membership` with batches of this many, at most two batches under way.
+    Batches(usize),
+}
+
+/// The churn for `window`, issued one way or the other.
+async fn churn(
+    server: &Server,
+    events: &mut ServerEvents,
+    pattern: &mut Pattern,
+    window: Duration,
+    issue: Issue,
+    datagrams: &dyn Fn() -> (u64, u64),
+) -> Result<Outcome, String> {
+    let mut in_flight = InFlight::default();
     let cpu_before = (
         threads_cpu_ticks("churn-server"),
         threads_cpu_ticks("churn-clients"),
         this_thread_cpu_ticks(),
     );
     let datagrams_before = datagrams();
+    let stats_before = server.stats();
     let started = Instant::now();
-    let end = started + window;
-    let mut on_event = |event: ServerEvent,
-                        pattern: &mut Pattern,
-                        in_flight: &mut HashMap<(GroupId, HostId), Instant>|
-     -> Result<(), String> {
-        match event {
-            ServerEvent::JoinAckComplete {
-                group,
-                member,
-                result,
-            } => {
-                let now = Instant::now();
-                let Some(called) = in_flight.remove(&(group, member)) else {
-                    return Ok(());
-                };
-                pattern.join_done(group, member, result.is_ok());
-                if now > end {
-                    return Ok(());
-                }
-                if result.is_ok() {
-                    joins += 1;
-                    latencies.record(now - called);
-                } else {
-                    failed += 1;
-                }
-            }
-            ServerEvent::ClientDisconnected { host, reason } => {
-                return Err(format!("client {host} disconnected during churn: {reason}"))
-            }
-            _ => {}
-        }
-        Ok(())
+    let mut tally = Tally {
+        joins: 0,
+        leaves: 0,
+        failed: 0,
+        latencies: Latencies::default(),
+        batch_latencies: Latencies::default(),
+        end: started + window,
     };
+    let mut next_batch = 0;
     loop {
         let now = Instant::now();
-        if now >= end {
+        if now >= tally.end {
             break;
         }
-        // Issue operations while the joins in flight allow, a batch at a time.
-        let mut issued = 0;
-        while in_flight.len() < JOINS_IN_FLIGHT && issued < 64 {
-            issued += 1;
-            match pattern.next_op() {
-                Op::Join(g, host) => {
-                    let group = pattern.groups[g].id;
-                    let called = Instant::now();
-                    match server.join_group(group, host, Bytes::new()) {
-                        Ok(JoinOutcome::Joined) => {
-                            in_flight.insert((group, host), called);
-                        }
-                        Ok(JoinOutcome::AlreadyMember) => pattern.join_done(group, host, true),
-                        Err(e) => return Err(format!("join_group: {e}")),
-                    }
-                }
-                Op::Leave(g, host) => {
-                    let group = pattern.groups[g].id;
-                    server
-                        .leave_group(group, host)
-                        .map_err(|e| format!("leave_group: {e}"))?;
-                    leaves += 1;
-                }
-            }
+        let room = match issue {
+            Issue::OneAtATime => in_flight.len() < JOINS_IN_FLIGHT,
+            Issue::Batches(_) => in_flight.batches.len() < 2,
+        };
+        if room {
+            let size = match issue {
+                Issue::OneAtATime => 64,
+                Issue::Batches(size) => size,
+            };
+            issue_ops(server, pattern, &mut in_flight, issue, size, next_batch)?;
+            next_batch += 1;
         }
         // Take every event that is ready; wait for one only when nothing can be issued.
         let mut took = 0;
         while let Some(event) = events.try_next() {
-            on_event(event, &mut pattern, &mut in_flight)?;
+            tally.on_event(event, pattern, &mut in_flight)?;
             took += 1;
         }
         if events.is_finished() {
             return Err("the server's event stream ended".into());
         }
-        if took == 0 && in_flight.len() >= JOINS_IN_FLIGHT {
-            match next_event(&mut events, end).await {
-                Ok(event) => on_event(event, &mut pattern, &mut in_flight)?,
-                Err(_) if Instant::now() >= end => break,
+        if took == 0 && !room {
+            match next_event(events, tally.end).await {
+                Ok(event) => tally.on_event(event, pattern, &mut in_flight)?,
+                Err(_) if Instant::now() >= tally.end => break,
                 Err(error) => return Err(error),
             }
         }
@@ -794,22 +944,115 @@ async fn drive(
         driver: this_thread_cpu_ticks().saturating_sub(cpu_before.2) as f64 / ticks,
     };
     let datagrams_after = datagrams();
-    let pairs = server.stats().pairs;
+    let stats_after = server.stats();
 
-    // Unloaded: let the joins in flight finish, then one join at a time.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !in_flight.is_empty() {
-        if let ServerEvent::JoinAckComplete {
-            group,
-            member,
-            result,
-        } = next_event(&mut events, deadline).await?
-        {
-            if in_flight.remove(&(group, member)).is_some() {
-                pattern.join_done(group, member, result.is_ok());
+    // Let what is under way finish, so the next measurement starts clean.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while in_flight.len() > 0 {
+        let event = next_event(events, deadline).await?;
+        tally.on_event(event, pattern, &mut in_flight)?;
+    }
+    Ok(Outcome {
+        joins: tally.joins,
+        leaves: tally.leaves,
+        failed: tally.failed,
+        window,
+        latencies: tally.latencies,
+        cpu: Some(cpu),
+        datagrams: Some((
+            datagrams_after.0 - datagrams_before.0,
+            datagrams_after.1 - datagrams_before.1,
+        )),
+        unloaded: Latencies::default(),
+        pairs: stats_after.pairs,
+        notices: Some((
+            stats_after.notices_sent - stats_before.notices_sent,
+            stats_after.notice_frames_sent - stats_before.notice_frames_sent,
+        )),
+        batch_latencies: tally.batch_latencies,
+    })
+}
+
+/// Issues `size` operations of the pattern, one call each or as one batch.
+fn issue_ops(
+    server: &Server,
+    pattern: &mut Pattern,
+    in_flight: &mut InFlight,
+    issue: Issue,
+    size: usize,
+    batch_id: usize,
+) -> Result<(), String> {
+    let mut batch = MembershipBatch::new();
+    let mut ops = Vec::with_capacity(size);
+    for _ in 0..size {
+        let op = pattern.next_op();
+        let (g, host, join) = match op {
+            Op::Join(g, host) => (g, host, true),
+            Op::Leave(g, host) => (g, host, false),
+        };
+        let group = pattern.groups[g].id;
+        match issue {
+            Issue::OneAtATime => {
+                let called = Instant::now();
+                if join {
+                    match server.join_group(group, host, Bytes::new()) {
+                        Ok(JoinOutcome::Joined) => {
+                            in_flight.joins.insert((group, host), (called, batch_id));
+                            in_flight.started(batch_id, called);
+                        }
+                        Ok(JoinOutcome::AlreadyMember) => pattern.join_done(group, host, true),
+                        Err(e) => return Err(format!("join_group: {e}")),
+                    }
+                } else {
+                    server
+                        .leave_group(group, host)
+                        .map_err(|e| format!("leave_group: {e}"))?;
+                    let entry = in_flight.leaves.entry((group, host)).or_default();
+                    entry.push((called, batch_id));
+                    in_flight.started(batch_id, called);
+                }
+            }
+            Issue::Batches(_) => {
+                if join {
+                    batch.join(group, host, Bytes::new());
+                } else {
+                    batch.leave(group, host);
+                }
+                ops.push((group, host, join));
             }
         }
     }
+    if let Issue::Batches(_) = issue {
+        let applied = Instant::now();
+        let outcomes = server
+            .change_membership(&batch)
+            .map_err(|e| format!("change_membership: {e}"))?;
+        for ((group, host, _), outcome) in ops.into_iter().zip(outcomes) {
+            match outcome {
+                ChangeOutcome::Joined => {
+                    // A host that left and joined again in one batch completes twice.
+                    in_flight.joins.insert((group, host), (applied, batch_id));
+                    in_flight.started(batch_id, applied);
+                }
+                ChangeOutcome::Left => {
+                    let entry = in_flight.leaves.entry((group, host)).or_default();
+                    entry.push((applied, batch_id));
+                    in_flight.started(batch_id, applied);
+                }
+                ChangeOutcome::AlreadyMember => pattern.join_done(group, host, true),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Join to `JoinAckComplete` with one join at a time.
+async fn unloaded_joins(
+    server: &Server,
+    events: &mut ServerEvents,
+    pattern: &mut Pattern,
+) -> Result<Latencies, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut unloaded = Latencies::default();
     while unloaded.len() < UNLOADED_JOINS {
         match pattern.next_op() {
@@ -827,7 +1070,7 @@ async fn drive(
                         group: g,
                         member,
                         result,
-                    } = next_event(&mut events, deadline).await?
+                    } = next_event(events, deadline).await?
                     {
                         if (g, member) == (group, host) {
                             unloaded.record(called.elapsed());
@@ -839,19 +1082,71 @@ async fn drive(
             }
         }
     }
+    Ok(unloaded)
+}
 
-    Ok(Outcome {
-        joins,
-        leaves,
-        failed,
+/// From `change_membership` to the last completion of a batch of [`BATCH_SIZE`]
+/// operations, one batch at a time (an MMO tick's change, with nothing else under way).
+async fn unloaded_batches(
+    server: &Server,
+    events: &mut ServerEvents,
+    pattern: &mut Pattern,
+) -> Result<Latencies, String> {
+    let mut tally = Tally {
+        joins: 0,
+        leaves: 0,
+        failed: 0,
+        latencies: Latencies::default(),
+        batch_latencies: Latencies::default(),
+        end: Instant::now() + Duration::from_secs(3600),
+    };
+    for batch in 0..UNLOADED_BATCHES {
+        let mut in_flight = InFlight::default();
+        issue_ops(
+            server,
+            pattern,
+            &mut in_flight,
+            Issue::Batches(BATCH_SIZE),
+            BATCH_SIZE,
+            batch,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while in_flight.len() > 0 {
+            let event = next_event(events, deadline).await?;
+            tally.on_event(event, pattern, &mut in_flight)?;
+        }
+    }
+    Ok(tally.batch_latencies)
+}
+
+/// Both measurements on one server and one set of clients: one at a time (then the
+/// unloaded joins), then batched (then unloaded batches).
+async fn drive(
+    server: &Server,
+    mut events: ServerEvents,
+    window: Duration,
+    datagrams: &dyn Fn() -> (u64, u64),
+) -> Result<(Outcome, Outcome), String> {
+    let mut pattern = setup(server, &mut events).await?;
+    let mut single = churn(
+        server,
+        &mut events,
+        &mut pattern,
         window,
-        latencies,
-        cpu: Some(cpu),
-        datagrams: Some((
-            datagrams_after.0 - datagrams_before.0,
-            datagrams_after.1 - datagrams_before.1,
-        )),
-        unloaded,
-        pairs,
-    })
+        Issue::OneAtATime,
+        datagrams,
+    )
+    .await?;
+    single.unloaded = unloaded_joins(server, &mut events, &mut pattern).await?;
+    let mut batched = churn(
+        server,
+        &mut events,
+        &mut pattern,
+        window,
+        Issue::Batches(BATCH_SIZE),
+        datagrams,
+    )
+    .await?;
+    batched.unloaded = unloaded_batches(server, &mut events, &mut pattern).await?;
+    Ok((single, batched))
 }
