@@ -1,0 +1,220 @@
+//! The `chat` example run as a process: its scripted demo, and its split mode (a
+//! `--server-only` process with terminal clients typing on stdin).
+
+mod binaries;
+
+use binaries::{example, run_demo};
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+/// How long a process may take to print an expected line or to exit (debug build).
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn chat_demo_delivers_every_line_under_its_authors_name() {
+    ensure_identity();
+    let demo = run_demo("chat", &["--demo"], Duration::from_secs(60));
+    let summary = &demo.summary;
+    let context = format!("stdout:\n{}\nstderr:\n{}", demo.stdout, demo.stderr);
+    assert_eq!(demo.code, Some(0), "{context}");
+    let keys: Vec<&str> = summary
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut expected = [
+        "example",
+        "messages_sent",
+        "messages_received",
+        "history_replayed",
+        "whispers",
+        "kicked",
+        "wrong_sender",
+        "lost",
+    ];
+    expected.sort_unstable();
+    assert_eq!(keys, expected, "{context}");
+    assert_eq!(summary["example"], "chat");
+    let count = |key: &str| {
+        summary[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key}: {context}"))
+    };
+    assert!(count("messages_sent") > 0, "{context}");
+    // Every room line reaches every other member, so there are at least as many
+    // deliveries as lines.
+    assert!(
+        count("messages_received") >= count("messages_sent"),
+        "{context}"
+    );
+    assert!(count("history_replayed") > 0, "{context}");
+    assert!(count("whispers") > 0, "{context}");
+    assert_eq!(count("kicked"), 1, "{context}");
+    assert_eq!(count("wrong_sender"), 0, "{context}");
+    assert_eq!(count("lost"), 0, "{context}");
+    // What the members saw, as a person at a terminal would.
+    for line in [
+        "carol whispers (via the server): carol#6",
+        "* 6 earlier lines in lobby",
+        "* carol is muted by the server",
+        "(kicked by the server): you kept talking while muted",
+    ] {
+        assert!(demo.stdout.contains(line), "missing {line:?}\n{context}");
+    }
+}
+
+#[test]
+fn chat_server_only_serves_terminal_clients_and_keeps_history() {
+    ensure_identity();
+    let dir = TempDir::new();
+    let db = dir.0.join("history.db");
+    let mut server = Process::start(&["--server-only", "--db", db.to_str().unwrap()]);
+    // "listening on ADDR cert PATH"
+    let listening = server.expect("listening on ");
+    let words: Vec<&str> = listening.split_whitespace().collect();
+    let (addr, cert) = (words[2], words[4]);
+    let client =
+        |name: &str| Process::start(&["--connect", addr, "--server-cert", cert, "--name", name]);
+
+    let mut x = client("x");
+    x.expect("* connected as x");
+    x.type_line("/join r");
+    x.expect("* you joined r");
+    x.type_line("hello from x");
+    x.type_line("/who");
+    x.expect("* in r: x");
+    x.type_line("/quit");
+    assert_eq!(x.exit_code(), Some(0), "{}", x.output());
+
+    // The room emptied and went, but its history stayed in the database.
+    let mut y = client("y");
+    y.expect("* connected as y");
+    y.type_line("/join r");
+    y.expect("* 1 earlier lines in r");
+    y.expect("] x: hello from x");
+    y.type_line("/w x still there?");
+    y.expect("* refused: nobody here is called x");
+    y.type_line("/quit");
+    assert_eq!(y.exit_code(), Some(0), "{}", y.output());
+    drop(server);
+}
+
+/// The examples keep their server identity in one directory under the temp dir; two
+/// runs creating it at once (the first time on a machine) could pair one's certificate
+/// with the other's key, so it is made once before any test starts one.
+fn ensure_identity() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let dir = std::env::temp_dir().join("peergroup-example-chat");
+        peergroup::server::Identity::load_or_generate(&dir).expect("the example's identity");
+    });
+}
+
+/// A running `chat` example with piped stdin and stdout, killed when dropped.
+struct Process {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Process {
+    fn start(args: &[&str]) -> Process {
+        let mut child = Command::new(example("chat"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the chat example");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Process {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line of output containing `text`, and returns it.
+    fn expect(&mut self, text: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line with {text:?} within {WAIT:?}; got:\n{}",
+                    self.output()
+                ),
+            }
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("writing to the example's stdin");
+    }
+
+    /// Waits for the process to exit, at most [`WAIT`].
+    fn exit_code(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the example") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after {WAIT:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn output(&mut self) -> String {
+        self.seen.extend(self.lines.try_iter());
+        self.seen.join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory of this test process's own, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(format!("peergroup-chat-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
