@@ -15,7 +15,6 @@ const WAIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn chat_demo_delivers_every_line_under_its_authors_name() {
-    ensure_identity();
     let demo = run_demo("chat", &["--demo"], Duration::from_secs(60));
     let summary = &demo.summary;
     let context = format!("stdout:\n{}\nstderr:\n{}", demo.stdout, demo.stderr);
@@ -69,7 +68,6 @@ fn chat_demo_delivers_every_line_under_its_authors_name() {
 
 #[test]
 fn chat_server_only_serves_terminal_clients_and_keeps_history() {
-    ensure_identity();
     let dir = TempDir::new();
     let db = dir.0.join("history.db");
     let mut server = Process::start(&["--server-only", "--db", db.to_str().unwrap()]);
@@ -101,17 +99,6 @@ fn chat_server_only_serves_terminal_clients_and_keeps_history() {
     y.type_line("/quit");
     assert_eq!(y.exit_code(), Some(0), "{}", y.output());
     drop(server);
-}
-
-/// The examples keep their server identity in one directory under the temp dir; two
-/// runs creating it at once (the first time on a machine) could pair one's certificate
-/// with the other's key, so it is made once before any test starts one.
-fn ensure_identity() {
-    static DONE: std::sync::Once = std::sync::Once::new();
-    DONE.call_once(|| {
-        let dir = std::env::temp_dir().join("peergroup-example-chat");
-        peergroup::server::Identity::load_or_generate(&dir).expect("the example's identity");
-    });
 }
 
 /// A running `chat` example with piped stdin and stdout, killed when dropped.

@@ -181,9 +181,10 @@ async fn a_client_stream_yields_the_same_events_and_ends_after_disconnected() {
     drop((a, b));
 }
 
-/// Leaves both kinds of server event queued and unread: `ClientConnected` and
-/// `ClientDisconnected` (lifecycle) and three messages, all pushed before the disconnect
-/// (the server reads a connection's frames in order). Returns the client's id.
+/// Leaves both kinds of server event queued and unread: lifecycle events
+/// (`ClientConnected`, then a `GroupRemoved` queued after everything else) and the
+/// client's three messages followed by its `ClientDisconnected` (which never overtakes
+/// what that client sent). Returns the client's id.
 ///
 /// Needs a current-thread runtime: there the server task that removes the client from
 /// `host_info` queues `ClientDisconnected` before this task can run again.
@@ -201,21 +202,26 @@ async fn queue_both_kinds(server: &Server) -> HostId {
         assert!(Instant::now() < deadline, "the server never saw a leave");
         tokio::time::sleep(TICK).await;
     }
+    // A lifecycle event queued last, to overtake the messages.
+    let group = server
+        .create_group(&[], peergroup_server::GroupOptions::default(), "")
+        .unwrap();
+    server.destroy_group(group).unwrap();
     a_id
 }
 
 /// The events `queue_both_kinds` leaves, in the order the stream must give them.
 fn check_lifecycle_first(got: &[ServerEvent], a_id: HostId) {
-    assert_eq!(got.len(), 5, "{got:?}");
+    assert_eq!(got.len(), 6, "{got:?}");
     assert!(
         matches!(&got[0], ServerEvent::ClientConnected { host, .. } if *host == a_id),
         "{got:?}"
     );
     assert!(
-        matches!(&got[1], ServerEvent::ClientDisconnected { host, .. } if *host == a_id),
-        "{got:?}"
+        matches!(&got[1], ServerEvent::GroupRemoved { .. }),
+        "lifecycle events come first: {got:?}"
     );
-    let texts: Vec<&[u8]> = got[2..]
+    let texts: Vec<&[u8]> = got[2..5]
         .iter()
         .map(|event| match event {
             ServerEvent::Message { from, payload, .. } if *from == a_id => payload.as_ref(),
@@ -223,6 +229,10 @@ fn check_lifecycle_first(got: &[ServerEvent], a_id: HostId) {
         })
         .collect();
     assert_eq!(texts, [&b"one"[..], b"two", b"three"]);
+    assert!(
+        matches!(&got[5], ServerEvent::ClientDisconnected { host, .. } if *host == a_id),
+        "the disconnect follows the client's messages: {got:?}"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]

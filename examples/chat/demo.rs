@@ -79,7 +79,7 @@ async fn demo(network: &Network, db: &Path) -> Result<ExitCode, Box<dyn std::err
     };
     for name in ["alice", "bob", "carol"] {
         let (client, events) =
-            Client::connect(common::client_config(running.addr, &running.cert, name)?).await?;
+            Client::connect(common::client_config(running.addr, &running.trust, name)).await?;
         let (input, lines) = mpsc::channel(16);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();

@@ -72,7 +72,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let (addr, cert) = if args.network.runs_server() {
+    let (addr, trust) = if args.network.runs_server() {
         let db = args
             .db
             .unwrap_or_else(|| std::env::temp_dir().join("peergroup-example-chat-history.db"));
@@ -83,15 +83,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             return Ok(());
         }
         println!(
-            "* server on {}; more clients: cargo run --release --example chat -- \
-             --connect {} --server-cert {} --name NICK",
-            running.addr,
-            running.addr,
-            running.cert.display()
+            "* server on {}; for more terminals, run it with --server-only",
+            running.addr
         );
-        (running.addr, running.cert)
+        (running.addr, running.trust)
     } else {
-        args.network.target(None)
+        args.network.target(None)?
     };
-    terminal::run(addr, &cert, &args.name).await
+    terminal::run(addr, &trust, &args.name).await
 }

@@ -14,13 +14,14 @@
 use crate::common::Network;
 use crate::history::History;
 use crate::protocol::{Line, Notice, Profile, Request, RoomInfo};
+use peergroup::client::ServerTrust;
 use peergroup::server::{
     decode, AuthDecision, AuthHook, Delivery, GroupId, GroupOptions, HostId, JoinOutcome, Server,
     ServerEvent, ServerEvents, ServerTarget,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
@@ -39,7 +40,8 @@ pub struct Running {
     /// The application's event loop; it ends after `server.shutdown()`.
     pub app: JoinHandle<()>,
     pub addr: SocketAddr,
-    pub cert: PathBuf,
+    /// How clients recognise it.
+    pub trust: ServerTrust,
 }
 
 /// Starts the peergroup server with the chat's auth hook, and the chat application on it.
@@ -51,13 +53,14 @@ pub async fn start(network: &Network, db: &Path) -> Result<Running, Box<dyn std:
         server: hosted.server,
         history,
         groups: HashMap::new(),
+        profiles: HashMap::new(),
         muted: HashMap::new(),
     };
     Ok(Running {
         server,
         app: tokio::spawn(chat.run(hosted.events)),
         addr: hosted.addr,
-        cert: hosted.cert,
+        trust: hosted.trust,
     })
 }
 
@@ -80,6 +83,10 @@ struct Chat {
     history: History,
     /// Rooms and parties by name.
     groups: HashMap<String, (GroupId, RoomInfo)>,
+    /// Every connected host's profile, as the server last set it. Kept here, not read
+    /// back from the server, because a host's last lines arrive after the server has
+    /// already removed it (its `ClientDisconnected` follows them).
+    profiles: HashMap<HostId, Profile>,
     /// Muted hosts, and since when (for as long as they stay connected).
     muted: HashMap<HostId, Instant>,
 }
@@ -88,9 +95,14 @@ impl Chat {
     async fn run(mut self, mut events: ServerEvents) {
         while let Some(event) = events.next().await {
             match event {
-                ServerEvent::ClientConnected { host, .. } => self.unique_name(host),
+                ServerEvent::ClientConnected { host, app_data, .. } => {
+                    if let Some(profile) = Profile::of(&app_data) {
+                        self.unique_name(host, profile);
+                    }
+                }
                 ServerEvent::ClientDisconnected { host, reason } => {
                     println!("server: {host} left ({reason})");
+                    self.profiles.remove(&host);
                     self.muted.remove(&host);
                     // It has left all its groups already; rooms it emptied can go.
                     self.close_empty_rooms();
@@ -148,6 +160,7 @@ impl Chat {
             println!("server: muted {} for a banned word", profile.name);
             profile.muted = true;
             let _ = self.server.set_host_data(from, profile.to_bytes());
+            self.profiles.insert(from, profile);
             self.muted.insert(from, Instant::now());
         } else if let Err(error) = self.history.append(&room, &profile.name, text) {
             eprintln!("server: history of {room} not stored: {error}");
@@ -255,13 +268,10 @@ impl Chat {
     }
 
     /// Renames a host whose nickname is taken, so whispers and invites find one host.
-    fn unique_name(&mut self, host: HostId) {
-        let Some(mut profile) = self.profile(host) else {
-            return;
-        };
+    fn unique_name(&mut self, host: HostId, mut profile: Profile) {
         let wanted = profile.name.clone();
         let mut n = 1;
-        while self.taken(&profile.name, host) {
+        while self.find(&profile.name).is_some() {
             n += 1;
             profile.name = format!("{wanted}{n}");
         }
@@ -269,6 +279,7 @@ impl Chat {
             let _ = self.server.set_host_data(host, profile.to_bytes());
         }
         println!("server: {host} is {}", profile.name);
+        self.profiles.insert(host, profile);
     }
 
     /// Public rooms only the server is left in go; their history stays in the database.
@@ -295,23 +306,14 @@ impl Chat {
     }
 
     fn profile(&self, host: HostId) -> Option<Profile> {
-        Profile::of(&self.server.host_info(host)?.data)
+        self.profiles.get(&host).cloned()
     }
 
     fn find(&self, name: &str) -> Option<HostId> {
-        self.server
-            .clients()
-            .into_iter()
-            .find(|client| Profile::of(&client.data).is_some_and(|p| p.name == name))
-            .map(|client| client.host)
-    }
-
-    /// Whether a host other than `host` goes by `name`.
-    fn taken(&self, name: &str, host: HostId) -> bool {
-        let clients = self.server.clients();
-        clients.iter().any(|client| {
-            client.host != host && Profile::of(&client.data).is_some_and(|p| p.name == name)
-        })
+        self.profiles
+            .iter()
+            .find(|(_, profile)| profile.name == name)
+            .map(|(host, _)| *host)
     }
 
     fn room_name(&self, group: GroupId) -> Option<String> {

@@ -2,19 +2,18 @@
 
 use crate::client::{self, Chat, HELP};
 use crate::common;
-use peergroup::client::Client;
+use peergroup::client::{Client, ServerTrust};
 use std::io::BufRead;
 use std::net::SocketAddr;
-use std::path::Path;
 use tokio::sync::mpsc;
 
 /// Chats on stdin and stdout as `name` until `/quit`, end of input or disconnection.
 pub async fn run(
     addr: SocketAddr,
-    cert: &Path,
+    trust: &ServerTrust,
     name: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let (client, events) = Client::connect(common::client_config(addr, cert, name)?).await?;
+    let (client, events) = Client::connect(common::client_config(addr, trust, name)).await?;
     println!("* connected as {name} ({}); {HELP}", client.host_id());
     // A plain thread reads stdin: a blocked read there never holds up the exit.
     let (lines, input) = mpsc::channel(16);

@@ -1,7 +1,8 @@
 //! The application's event stream: lifecycle events and client messages, both bounded.
 //!
-//! Client messages wait for room (the sending client's stream stalls). Lifecycle events
-//! (connects, disconnects, completions, removals, path changes) are never dropped: an
+//! Client messages wait for room (the sending client's stream stalls); a client's
+//! `ClientDisconnected` queues behind them, so it never overtakes what that client sent.
+//! Lifecycle events (connects, completions, removals, path changes) are never dropped: an
 //! application that tracks clients or acks from them must see every one. They are bounded
 //! by admission instead: past [`Limits::app_event_queue`](crate::Limits) unread events,
 //! no new client is admitted and new group operations are refused, so what can still
@@ -87,8 +88,9 @@ impl EventSink {
 /// application catches up. No event is ever dropped.
 ///
 /// Three ways to read, all with the same order rules (lifecycle events before client
-/// messages when both are waiting; the end only once the server has shut down and every
-/// queued event was read):
+/// messages when both are waiting, except that a client's `ClientDisconnected` comes after
+/// every message it sent; the end only once the server has shut down and every queued
+/// event was read):
 /// - [`ServerEvents::next`] waits for the next event;
 /// - [`ServerEvents::try_next`] never waits, for a game loop that polls once per tick;
 /// - the [`Stream`] implementation, for stream combinators (`futures::StreamExt`).

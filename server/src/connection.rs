@@ -94,9 +94,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, auth: 
     // Only notices to the others are left: never wait on their queues from here.
     drop(deferred);
     tracing::info!(%host, %reason, "client disconnected");
+    // Behind the client's own messages, which lifecycle events would otherwise overtake:
+    // the application reads everything a client sent before it hears the client went.
     shared
         .events
-        .push_lifecycle(ServerEvent::ClientDisconnected { host, reason });
+        .push_message(ServerEvent::ClientDisconnected { host, reason })
+        .await;
 }
 
 fn disconnect_reason(shared: &Shared, error: quinn::ConnectionError) -> DisconnectReason {

@@ -18,7 +18,9 @@ pub enum ServerEvent {
         /// What the auth hook attached to it: its first host data.
         app_data: Bytes,
     },
-    /// A client is gone; it has already been removed from all its groups.
+    /// A client is gone; it has already been removed from all its groups. It comes after
+    /// every message the client sent (the completions its departure causes may come
+    /// before it).
     ClientDisconnected {
         /// The client.
         host: HostId,

@@ -103,16 +103,34 @@ impl Identity {
     pub fn load_or_generate(dir: &Path) -> Result<Self, IdentityError> {
         let cert_path = dir.join("cert.pem");
         let key_path = dir.join("key.pem");
-        match (cert_path.exists(), key_path.exists()) {
-            (true, true) => return Self::from_pem_files(&cert_path, &key_path),
-            (false, false) => {}
-            _ => {
-                return Err(IdentityError::Pem {
-                    path: dir.to_path_buf(),
-                    detail: "holds only one of cert.pem and key.pem".into(),
-                })
+        // Several processes may start on a fresh directory at once: one creates the
+        // identity (the key appears first, atomically), the others wait for the
+        // certificate and load it.
+        const ATTEMPTS: u32 = 40;
+        for attempt in 1..=ATTEMPTS {
+            match (cert_path.exists(), key_path.exists()) {
+                (true, true) => return Self::from_pem_files(&cert_path, &key_path),
+                (false, false) => {
+                    if let Some(identity) = Self::create(dir, &cert_path, &key_path)? {
+                        return Ok(identity);
+                    }
+                }
+                _ if attempt < ATTEMPTS => std::thread::sleep(std::time::Duration::from_millis(25)),
+                _ => {}
             }
         }
+        Err(IdentityError::Pem {
+            path: dir.to_path_buf(),
+            detail: "holds only one of cert.pem and key.pem".into(),
+        })
+    }
+
+    /// Generates an identity into `dir`; `None` if another process created one first.
+    fn create(
+        dir: &Path,
+        cert_path: &Path,
+        key_path: &Path,
+    ) -> Result<Option<Self>, IdentityError> {
         let certified = rcgen::generate_simple_self_signed(vec![
             "peergroup".to_string(),
             "localhost".to_string(),
@@ -124,10 +142,44 @@ impl Identity {
             move |source| IdentityError::Io { path, source }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        std::fs::write(&cert_path, certified.cert.pem()).map_err(io(&cert_path))?;
-        write_private(&key_path, certified.signing_key.serialize_pem().as_bytes())
-            .map_err(io(&key_path))?;
-        Self::from_pem_files(&cert_path, &key_path)
+        let unique = format!(
+            "{}.{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let (tmp_cert, tmp_key) = (
+            dir.join(format!(".cert.pem.{unique}")),
+            dir.join(format!(".key.pem.{unique}")),
+        );
+        let cleanup = || {
+            let _ = std::fs::remove_file(&tmp_cert);
+            let _ = std::fs::remove_file(&tmp_key);
+        };
+        std::fs::write(&tmp_cert, certified.cert.pem()).map_err(io(&tmp_cert))?;
+        if let Err(error) =
+            write_private(&tmp_key, certified.signing_key.serialize_pem().as_bytes())
+        {
+            cleanup();
+            return Err(io(&tmp_key)(error));
+        }
+        // A hard link is created only if the name is free: exactly one process wins.
+        match std::fs::hard_link(&tmp_key, key_path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                cleanup();
+                return Ok(None);
+            }
+            Err(error) => {
+                cleanup();
+                return Err(io(key_path)(error));
+            }
+        }
+        let renamed = std::fs::rename(&tmp_cert, cert_path).map_err(io(cert_path));
+        cleanup();
+        renamed?;
+        Self::from_pem_files(cert_path, key_path).map(Some)
     }
 
     /// SHA-256 of the leaf certificate: what clients pin.
@@ -216,6 +268,33 @@ mod tests {
             Identity::load_or_generate(&dir),
             Err(IdentityError::Pem { .. })
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn processes_creating_one_identity_at_once_all_get_the_same_one() {
+        let dir = std::env::temp_dir().join(format!("pg-identity-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    Identity::load_or_generate(&dir).map(|i| i.fingerprint())
+                })
+            })
+            .collect();
+        let fingerprints: Vec<Fingerprint> = threads
+            .into_iter()
+            .map(|t| t.join().unwrap().expect("every one loads"))
+            .collect();
+        assert!(
+            fingerprints.windows(2).all(|w| w[0] == w[1]),
+            "one identity"
+        );
+        let on_disk = Identity::load_or_generate(&dir).unwrap().fingerprint();
+        assert_eq!(on_disk, fingerprints[0]);
+        let leftovers = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(leftovers, 2, "no temporary files are left");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
