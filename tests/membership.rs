@@ -55,9 +55,7 @@ async fn leaves_and_destroys_complete_once_every_member_told_has_acked() {
     let (_a, mut a_events, a) = connect(&server, "a").await;
     let (b_client, mut b_events, b) = connect(&server, "b").await;
     let (_c, mut c_events, c) = connect(&server, "c").await;
-    let group = server
-        .create_group(&[a, b, c], relay_only(), "")
-        .unwrap();
+    let group = server.create_group(&[a, b, c], relay_only(), "").unwrap();
     joins_completed(&mut server_events, 3).await;
 
     server.leave_group(group, b).unwrap();
@@ -156,7 +154,12 @@ async fn peers_see_each_members_host_data_and_every_change_of_it_and_of_group_da
         summary,
         vec![
             (a, "alice".into(), "welcome bob".into(), None),
-            (b, "bob".into(), "welcome bob".into(), Some("map=castle".into())),
+            (
+                b,
+                "bob".into(),
+                "welcome bob".into(),
+                Some("map=castle".into())
+            ),
         ]
     );
     assert_eq!(bob.host_data(a), Some(Bytes::from("alice")));
@@ -168,8 +171,14 @@ async fn peers_see_each_members_host_data_and_every_change_of_it_and_of_group_da
         host: a,
         data: "alice the brave".into(),
     };
-    assert_eq!(next_client_events(&mut bob_events, 1).await, vec![changed.clone()]);
-    assert_eq!(next_client_events(&mut alice_events, 1).await, vec![changed]);
+    assert_eq!(
+        next_client_events(&mut bob_events, 1).await,
+        vec![changed.clone()]
+    );
+    assert_eq!(
+        next_client_events(&mut alice_events, 1).await,
+        vec![changed]
+    );
     assert_eq!(bob.host_data(a), Some(Bytes::from("alice the brave")));
 
     server.set_group_data(group, "map=forest").unwrap();
@@ -177,8 +186,14 @@ async fn peers_see_each_members_host_data_and_every_change_of_it_and_of_group_da
         group,
         data: "map=forest".into(),
     };
-    assert_eq!(next_client_events(&mut bob_events, 1).await, vec![changed.clone()]);
-    assert_eq!(next_client_events(&mut alice_events, 1).await, vec![changed]);
+    assert_eq!(
+        next_client_events(&mut bob_events, 1).await,
+        vec![changed.clone()]
+    );
+    assert_eq!(
+        next_client_events(&mut alice_events, 1).await,
+        vec![changed]
+    );
     assert_eq!(alice.group_data(group), Some(Bytes::from("map=forest")));
 
     let too_big = vec![0u8; 1025];
@@ -189,7 +204,10 @@ async fn peers_see_each_members_host_data_and_every_change_of_it_and_of_group_da
             max: 1024
         })
     );
-    assert_eq!(server.host_info(a).unwrap().data, Bytes::from("alice the brave"));
+    assert_eq!(
+        server.host_info(a).unwrap().data,
+        Bytes::from("alice the brave")
+    );
     assert!(matches!(
         server.set_group_data(group, vec![0u8; 4097]),
         Err(GroupError::DataTooLarge { .. })
@@ -264,7 +282,9 @@ async fn a_batch_reaches_each_client_as_one_frame_and_one_ack_completes_every_jo
     for (i, &host) in hosts.iter().enumerate() {
         batch.join(groups[i % 3], host, "seen");
     }
-    batch.leave(groups[0], hosts[0]).join(groups[1], hosts[0], "moved");
+    batch
+        .leave(groups[0], hosts[0])
+        .join(groups[1], hosts[0], "moved");
     let outcomes = server.change_membership(&batch).unwrap();
     assert_eq!(outcomes.len(), batch.len());
     assert!(outcomes.iter().all(|o| *o != ChangeOutcome::AlreadyMember));
@@ -298,10 +318,18 @@ async fn a_batch_reaches_each_client_as_one_frame_and_one_ack_completes_every_jo
     let (mut joined, mut left) = (0, 0);
     while joined < joins || left < leaves {
         wait_server(&mut server_events, |e| match e {
-            ServerEvent::JoinAckComplete { group, member, result } => {
+            ServerEvent::JoinAckComplete {
+                group,
+                member,
+                result,
+            } => {
                 // The one join the batch itself undid ends with `MemberLeft`.
                 let undone = (*group, *member) == (groups[0], hosts[0]);
-                let expected = if undone { Err(JoinAckError::MemberLeft) } else { Ok(()) };
+                let expected = if undone {
+                    Err(JoinAckError::MemberLeft)
+                } else {
+                    Ok(())
+                };
                 assert_eq!(*result, expected);
                 joined += 1;
                 Some(())
@@ -349,7 +377,10 @@ async fn the_server_lists_its_clients_and_groups_as_consistent_snapshots() {
     joins_completed(&mut server_events, 2).await;
 
     let clients = server.clients();
-    assert_eq!(clients.iter().map(|c| c.host).collect::<Vec<_>>(), vec![a, b]);
+    assert_eq!(
+        clients.iter().map(|c| c.host).collect::<Vec<_>>(),
+        vec![a, b]
+    );
     let info = &clients[0];
     assert_eq!(info.login, Bytes::from("alice"));
     assert_eq!(info.data, Bytes::from("alice"));
@@ -394,7 +425,10 @@ async fn a_kicked_client_sees_the_kick_and_its_reason() {
     })
     .await;
     assert_eq!(server_reason, DisconnectReason::Kicked);
-    assert!(events.next().await.is_none(), "Disconnected is the last event");
+    assert!(
+        events.next().await.is_none(),
+        "Disconnected is the last event"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -613,6 +647,9 @@ async fn under_churn_membership_notices_never_cross_group_messages_on_the_relay(
         assert_eq!(seen.out_of_order, 0, "{me}: {seen:?}");
         delivered += seen.delivered;
     }
-    assert!(delivered > 1_000, "only {delivered} group messages delivered");
+    assert!(
+        delivered > 1_000,
+        "only {delivered} group messages delivered"
+    );
     println!("churn: {joins} joins, {leaves} leaves, {delivered} group messages checked");
 }

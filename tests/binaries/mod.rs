@@ -90,9 +90,13 @@ pub fn example(name: &str) -> PathBuf {
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut command = Command::new(cargo);
-        command
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--quiet", "-p", "peergroup", "--examples"]);
+        command.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+            "build",
+            "--quiet",
+            "-p",
+            "peergroup",
+            "--examples",
+        ]);
         if let Some(profile) = dir.file_name().and_then(|n| n.to_str()) {
             if profile != "debug" {
                 command.args(["--profile", profile]);
@@ -155,7 +159,9 @@ pub fn run_demo(name: &str, args: &[&str], limit: std::time::Duration) -> Demo {
     };
     let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
     let Some(status) = status else {
-        panic!("example {name} ran past {limit:?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+        panic!(
+            "example {name} ran past {limit:?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+        );
     };
     let last = stdout.lines().last().unwrap_or_default();
     let summary = serde_json::from_str(last).unwrap_or_else(|e| {
