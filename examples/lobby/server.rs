@@ -420,7 +420,7 @@ impl Lobby {
             (PairPath::Relay, _) => "relayed (no direct path)".to_owned(),
         };
         println!(
-            "lobby: {group} {} vs {}: {how}, {relayed} message(s) relayed",
+            "lobby: {group} {} vs {}: {how}; {relayed} message(s) relayed between them so far",
             self.name(a),
             self.name(b)
         );
