@@ -14,8 +14,8 @@ use std::time::Duration;
 /// How long one run of the example may take.
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// Every run of the example keeps its server identity in the same directory, made on the
-/// first run; two runs at once could both make it. The tests here take turns.
+/// The demos time hole punching and count which matches went direct: the tests here take
+/// turns, so two demos never compete for the machine's two cores.
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static TURN: Mutex<()> = Mutex::new(());
     TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

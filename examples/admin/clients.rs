@@ -57,12 +57,12 @@ pub enum Command {
 /// it sees too.
 pub async fn run(
     addr: SocketAddr,
-    cert: &std::path::Path,
+    trust: &peergroup::client::ServerTrust,
     name: &str,
     echo: bool,
 ) -> Result<DisconnectReason, String> {
     // The login is the name; the server's auth hook makes it this client's host data.
-    let config = crate::common::client_config(addr, cert, name).map_err(|e| e.to_string())?;
+    let config = crate::common::client_config(addr, trust, name);
     let (client, mut events) = Client::connect(config)
         .await
         .map_err(|error| format!("{name}: {error}"))?;

@@ -99,12 +99,12 @@ async fn serve(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         }
     });
     let hosted = args.network.start_server("admin", auth, |_| {}).await?;
-    let (addr, cert) = args.network.target(Some(&hosted));
+    let (addr, trust) = args.network.target(Some(&hosted))?;
     let mut bots = HashMap::new();
     if args.network.runs_clients() {
         for name in NAMES {
-            let cert = cert.clone();
-            let bot = tokio::spawn(async move { clients::run(addr, &cert, name, false).await });
+            let trust = trust.clone();
+            let bot = tokio::spawn(async move { clients::run(addr, &trust, name, false).await });
             bots.insert(name, bot);
         }
     }
@@ -149,12 +149,12 @@ async fn serve(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
 /// `--connect`: runs the three clients against a walkthrough in another process, printing
 /// what they see, until the server kicks them or shuts down.
 async fn only_clients(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
-    let (addr, cert) = args.network.target(None);
+    let (addr, trust) = args.network.target(None)?;
     let bots: Vec<_> = NAMES
         .into_iter()
         .map(|name| {
-            let cert = cert.clone();
-            tokio::spawn(async move { clients::run(addr, &cert, name, true).await })
+            let trust = trust.clone();
+            tokio::spawn(async move { clients::run(addr, &trust, name, true).await })
         })
         .collect();
     // The walkthrough kicks carol, then shuts the server down, which ends the others.

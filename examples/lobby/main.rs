@@ -49,13 +49,13 @@ mod protocol;
 mod server;
 
 use clap::Parser;
+use peergroup::client::ServerTrust;
 use peergroup::client::{Client, PairPath};
 use peergroup::server::{AuthHook, PunchStart};
 use player::{MatchResult, Player};
 use protocol::{Reply, Request};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -191,7 +191,10 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
     } else {
         None
     };
-    let (addr, cert) = args.network.target(hosted.as_ref());
+    let (addr, trust) = args
+        .network
+        .target(hosted.as_ref())
+        .map_err(|e| e.to_string())?;
     if let Some(hosted) = hosted {
         tokio::spawn(server::run(hosted.server, hosted.events));
     }
@@ -200,24 +203,24 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         return Ok(true);
     }
 
-    let reports = scenario(addr, cert, &args).await;
+    let reports = scenario(addr, trust, &args).await;
     Ok(summarize(&args, reports))
 }
 
 /// Runs every player at once; returns what each went through.
 async fn scenario(
     addr: SocketAddr,
-    cert: PathBuf,
+    trust: ServerTrust,
     args: &Args,
 ) -> Vec<Result<PlayerReport, String>> {
     let tasks: Vec<_> = (0..args.players)
         .map(|index| {
-            let cert = cert.clone();
+            let trust = trust.clone();
             // Players 2, 4, ... (odd indices) are relay-only.
             let relay_only = index % 2 == 1 && index / 2 < args.relay_only;
             let rounds = args.rounds;
             tokio::spawn(async move {
-                let played = play(addr, &cert, index, relay_only, rounds);
+                let played = play(addr, &trust, index, relay_only, rounds);
                 tokio::time::timeout(SCENARIO_LIMIT, played)
                     .await
                     .unwrap_or_else(|_| Err(format!("player {index} took over {SCENARIO_LIMIT:?}")))
@@ -237,13 +240,13 @@ async fn scenario(
 /// One player's whole scenario.
 async fn play(
     addr: SocketAddr,
-    cert: &Path,
+    trust: &ServerTrust,
     index: usize,
     relay_only: bool,
     rounds: u32,
 ) -> Result<PlayerReport, String> {
     let name = name_of(index);
-    let mut config = common::client_config(addr, cert, &name).map_err(|e| e.to_string())?;
+    let mut config = common::client_config(addr, trust, &name);
     // A relay-only client declines every punch order; its peers stay on the relay.
     config.direct.enabled = !relay_only;
     let (client, events) = Client::connect(config)
