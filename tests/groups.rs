@@ -32,6 +32,7 @@ fn left_event(
         group,
         member,
         member_count: count,
+        member_data: Bytes::new(),
     }
 }
 

@@ -65,6 +65,7 @@ async fn leaves_and_destroys_complete_once_every_member_told_has_acked() {
         group,
         member,
         member_count: count,
+        member_data: Bytes::new(),
     };
     let tail = |events: Vec<ClientEvent>| events.last().cloned();
     assert_eq!(
@@ -213,6 +214,21 @@ async fn peers_see_each_members_host_data_and_every_change_of_it_and_of_group_da
         Err(GroupError::DataTooLarge { .. })
     ));
     assert_quiet(&mut bob_events, Duration::from_millis(200)).await;
+
+    // When alice leaves, bob can still name her: the event carries her data, though bob
+    // no longer shares a group with her.
+    server.leave_group(group, a).unwrap();
+    let left = next_client_events(&mut bob_events, 1).await;
+    assert_eq!(
+        left,
+        vec![ClientEvent::MemberLeft {
+            group,
+            member: a,
+            member_count: 1,
+            member_data: "alice the brave".into(),
+        }]
+    );
+    assert_eq!(bob.host_data(a), None, "forgotten once no group is shared");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -508,12 +524,31 @@ struct Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_churn_membership_notices_never_cross_group_messages_on_the_relay() {
+    let dropped = churn_with_group_messages(relay_only()).await;
+    // The library drops a group message that crosses a membership change; on the relay
+    // the server's ordering must make that unnecessary.
+    assert_eq!(dropped, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_churn_on_direct_paths_group_messages_stay_within_their_memberships() {
+    // On a direct path a message can cross a leave in flight (it is dropped then); it is
+    // never delivered outside the memberships it was sent under, never out of order, and
+    // never lost to a join notice it outran.
+    let dropped = churn_with_group_messages(GroupOptions::default()).await;
+    println!("dropped at a leave they crossed: {dropped}");
+}
+
+/// Members send numbered messages to their groups while the server moves them between
+/// groups in batches; every member checks what it gets against the membership it was
+/// told of. Returns the messages the library dropped as crossing a membership change.
+async fn churn_with_group_messages(options: GroupOptions) -> u64 {
     const MEMBERS: usize = 6;
     const GROUPS: usize = 3;
     const ROUNDS: u64 = 250;
     let (server, mut server_events) = start_server().await;
     let groups: Vec<GroupId> = (0..GROUPS)
-        .map(|_| server.create_group(&[], relay_only(), "").unwrap())
+        .map(|_| server.create_group(&[], options, "").unwrap())
         .collect();
     let stop = peergroup_server::CancellationToken::new();
     let mut members = Vec::new();
@@ -631,14 +666,12 @@ async fn under_churn_membership_notices_never_cross_group_messages_on_the_relay(
     stop.cancel();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let mut delivered = 0;
+    let (mut delivered, mut dropped) = (0, 0);
     for ((client, me), (sender, receiver)) in members.iter().zip(tasks) {
         sender.await.unwrap();
-        // The library drops a group message that crosses a membership change; on the
-        // relay the server's ordering must make that unnecessary.
         for peer in client.peers() {
             let stats = client.peer_stats(peer).unwrap();
-            assert_eq!(stats.not_member_dropped, 0, "{me} from {peer}");
+            dropped += stats.not_member_dropped;
             assert_eq!(stats.discarded, 0, "{me} from {peer}");
         }
         client.close().await;
@@ -652,4 +685,64 @@ async fn under_churn_membership_notices_never_cross_group_messages_on_the_relay(
         "only {delivered} group messages delivered"
     );
     println!("churn: {joins} joins, {leaves} leaves, {delivered} group messages checked");
+    dropped
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_outruns_its_join_notice_on_a_direct_path_still_arrives() {
+    const GROUPS: usize = 20;
+    let (server, mut server_events) = start_server().await;
+    let (a, mut a_events, a_id) = connect(&server, "a").await;
+    let (b, mut b_events, b_id) = connect(&server, "b").await;
+    // A direct path from a group they share.
+    server
+        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .unwrap();
+    wait_client(&mut a_events, |e| {
+        matches!(
+            e,
+            ClientEvent::PathChanged {
+                path: peergroup_server::PairPath::Direct,
+                ..
+            }
+        )
+        .then_some(())
+    })
+    .await;
+    joins_completed(&mut server_events, 2).await;
+    // New groups for both, one after another; a speaks the moment it hears it is in one,
+    // over the direct path, often before b has read its own notice.
+    for round in 0..GROUPS {
+        let group = server
+            .create_group(&[b_id, a_id], GroupOptions::default(), "")
+            .unwrap();
+        wait_client(&mut a_events, |e| match e {
+            ClientEvent::MemberJoined {
+                group: g, member, ..
+            } if *g == group && *member == a_id => Some(()),
+            _ => None,
+        })
+        .await;
+        let payload = vec![round as u8];
+        a.send(
+            peergroup_client::Target::Group(group),
+            payload,
+            peergroup_client::Delivery::ReliableOrdered,
+        )
+        .await
+        .unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < GROUPS {
+        let byte = wait_client(&mut b_events, |e| match e {
+            ClientEvent::Message { from, payload, .. } if *from == a_id => Some(payload[0]),
+            _ => None,
+        })
+        .await;
+        got.push(byte);
+    }
+    assert_eq!(got, (0..GROUPS as u8).collect::<Vec<_>>());
+    let stats = b.peer_stats(a_id).unwrap();
+    assert_eq!(stats.path, Some(peergroup_server::PairPath::Direct));
+    assert_eq!(stats.not_member_dropped, 0);
 }

@@ -405,7 +405,9 @@ async fn read_peer_frames(inner: &Arc<Inner>, peer: HostId, mut recv: FrameReade
                         queue.and_then(|queue| queue.take_sent(n))
                     })
                 }
-                frame => core.session.handle_peer_frame(peer, frame),
+                frame => core
+                    .session
+                    .handle_peer_frame(peer, frame, std::time::Instant::now()),
             };
             if let Err(text) = handled {
                 return ReadEnd::Violation(CloseCode::ProtocolViolation, text);

@@ -44,6 +44,9 @@ pub enum ClientEvent {
         member: HostId,
         /// Members after the leave.
         member_count: u32,
+        /// `member`'s host data as this client last knew it (so it can still be named when
+        /// this was the last group the two shared).
+        member_data: Bytes,
     },
     /// The host data of `host` changed: this client's own, or that of a member of one
     /// of its groups.

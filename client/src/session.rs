@@ -16,9 +16,9 @@ use crate::sequencing::{Rejected, Slot};
 use bytes::Bytes;
 use peergroup_protocol::{
     Carrier, ClientDatagram, ClientToServer, DatagramLane, Delivery, GroupId, HostId, Lane,
-    LaneCounters, Notice, PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer, Priority,
-    PunchOrder, RelayDest, SendOptions, ServerDatagram, ServerToClient, DATAGRAM_DELIVER_OVERHEAD,
-    FRAME_HEADROOM,
+    LaneCounters, Memberships, Notice, PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer,
+    Priority, PunchOrder, RelayDest, SendOptions, ServerDatagram, ServerToClient,
+    DATAGRAM_DELIVER_OVERHEAD, FRAME_HEADROOM,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -198,7 +198,34 @@ struct Unacked {
 }
 
 /// What a message carries to the application once delivered.
-type Delivered = (Option<GroupId>, Bytes, Path);
+#[derive(Debug, Clone)]
+struct Delivered {
+    group: Option<GroupId>,
+    /// The memberships a direct message to a group was sent under.
+    memberships: Option<Memberships>,
+    payload: Bytes,
+    path: Path,
+}
+
+impl Delivered {
+    fn relayed(group: Option<GroupId>, payload: Bytes) -> Self {
+        Self {
+            group,
+            memberships: None,
+            payload,
+            path: Path::Relay,
+        }
+    }
+}
+
+/// A message in order for the application that waits for a membership notice (see
+/// [`Session::membership_verdict`]).
+#[derive(Debug)]
+struct Awaiting {
+    since: Instant,
+    lane: Lane,
+    message: Delivered,
+}
 
 /// What the client knows about one peer.
 #[derive(Debug)]
@@ -222,6 +249,11 @@ struct Peer {
     acked_to_peer: u64,
     ping: PingTracker,
     stats: PeerStats,
+    /// Messages from this peer, in delivery order, held back until a membership notice
+    /// they were sent under arrives; everything after the first waits behind it.
+    awaiting: VecDeque<Awaiting>,
+    /// Payload bytes in `awaiting`.
+    awaiting_bytes: usize,
 }
 
 impl Peer {
@@ -248,6 +280,8 @@ impl Peer {
                 path: Some(PairPath::Relay),
                 ..PeerStats::default()
             },
+            awaiting: VecDeque::new(),
+            awaiting_bytes: 0,
         }
     }
 }
@@ -260,6 +294,15 @@ pub(crate) const MAX_HELD_BYTES: usize = 4 << 20;
 /// are discarded. The relay cannot be paused for one peer without pausing all of them, and
 /// a well-behaved sender never gets this far ahead on it.
 pub(crate) const MAX_HELD_BYTES_RELAYED: usize = 16 << 20;
+/// How long a direct message may wait for the membership notice it was sent under; one
+/// still waiting then was sent under a membership that never reached this client (a
+/// broken or hostile peer), and is dropped.
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
+/// Messages at most waiting for membership notices per peer; past it they are dropped.
+const MAX_AWAITING: usize = 4_096;
+/// How long an ended membership is remembered, to recognise direct messages sent under it
+/// that are still on their way.
+const ENDED_MEMBERSHIP_MEMORY: Duration = Duration::from_secs(60);
 /// Acknowledge after this many direct messages, besides the driver's periodic flush.
 const ACK_EVERY: u64 = 32;
 /// How often each peer's RTT and loss are reported to the server.
@@ -280,23 +323,23 @@ pub(crate) struct SessionTiming {
 /// A group as this client has been told of it.
 #[derive(Debug, Default)]
 struct GroupView {
-    members: BTreeSet<HostId>,
+    /// Members and their membership numbers.
+    members: BTreeMap<HostId, u32>,
+    /// Members that left recently, with the membership that ended and when.
+    left: HashMap<HostId, (u32, Instant)>,
     data: Bytes,
 }
 
-/// Whether a message from `from` addressed to `group` may be delivered: both it and this
-/// client must be members in this client's view. A message without a group always may.
-fn members_in_view(
-    groups: &BTreeMap<GroupId, GroupView>,
-    me: HostId,
-    from: HostId,
-    group: Option<GroupId>,
-) -> bool {
-    group.is_none_or(|group| {
-        groups
-            .get(&group)
-            .is_some_and(|view| view.members.contains(&me) && view.members.contains(&from))
-    })
+/// What becomes of a message to a group once it is next in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Deliver,
+    /// Sender and receiver are not both members (as this client was told), or were not
+    /// under the memberships the message was sent under.
+    Drop,
+    /// Sent under a membership this client has not been told of yet: the notice is on its
+    /// way through the server.
+    Wait,
 }
 
 /// The client's view of its groups and peers.
@@ -307,6 +350,8 @@ pub(crate) struct Session {
     receive_window: u64,
     timing: SessionTiming,
     groups: BTreeMap<GroupId, GroupView>,
+    /// This client's own memberships of groups it left recently, and when they ended.
+    left_groups: HashMap<GroupId, (u32, Instant)>,
     /// Host data of this client and of every member of its groups.
     host_data: HashMap<HostId, Bytes>,
     /// Membership notices taken in; acked cumulatively.
@@ -342,6 +387,7 @@ impl Session {
             receive_window,
             timing,
             groups: BTreeMap::new(),
+            left_groups: HashMap::new(),
             host_data: HashMap::from([(host_id, data)]),
             notices_taken: 0,
             peers: HashMap::new(),
@@ -396,6 +442,8 @@ impl Session {
     /// Does the periodic work due at `now`: pings each peer on its current path, asks
     /// the server for its clock, reports each peer's RTT and loss to the server.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.release_awaiting(now);
+        self.forget_ended_memberships(now);
         if let Some(token) = self.clock.poll_request(now) {
             self.uploads
                 .push_back(Upload::Control(ClientToServer::TimeRequest { token }));
@@ -435,7 +483,14 @@ impl Session {
             .values()
             .filter(|_| self.timing.ping_interval.is_some())
             .map(|p| p.ping.poll_timeout());
+        // A message waiting for a membership notice is dropped once it waited too long.
+        let awaiting = self
+            .peers
+            .values()
+            .filter_map(|p| p.awaiting.front())
+            .map(|front| front.since + MEMBERSHIP_WAIT);
         pings
+            .chain(awaiting)
             .chain([self.clock.poll_timeout(), self.next_link_report])
             .min()
             .unwrap_or(self.next_link_report)
@@ -473,9 +528,10 @@ impl Session {
             ServerToClient::Notices(notices) => {
                 self.notices_taken += notices.len() as u64;
                 for notice in notices {
-                    self.handle_notice(notice);
+                    self.handle_notice(notice, now);
                 }
                 self.ack_notices();
+                self.release_awaiting(now);
             }
             ServerToClient::Deliver {
                 from,
@@ -491,11 +547,12 @@ impl Session {
                     from,
                     lane,
                     seq,
-                    Slot::Message((group, payload, Path::Relay)),
+                    Slot::Message(Delivered::relayed(group, payload)),
+                    now,
                 )?
             }
             ServerToClient::Skipped { from, lane, seq } => {
-                self.receive(from, lane, seq, Slot::Skipped)?
+                self.receive(from, lane, seq, Slot::Skipped, now)?
             }
             ServerToClient::FromServer {
                 group,
@@ -504,10 +561,16 @@ impl Session {
                 payload,
             } => {
                 let size = payload.len();
-                let slot = Slot::Message((group, payload, Path::Relay));
+                let slot = Slot::Message(Delivered::relayed(group, payload));
                 match self.from_server.accept(lane, seq, slot, size) {
                     Ok(Accepted::Deliver(ready)) => {
-                        for (group, payload, path) in ready {
+                        for Delivered {
+                            group,
+                            payload,
+                            path,
+                            ..
+                        } in ready
+                        {
                             self.events.push_back(ClientEvent::Message {
                                 from: HostId::SERVER,
                                 group,
@@ -558,20 +621,25 @@ impl Session {
     }
 
     /// Applies one membership notice and reports it to the application.
-    fn handle_notice(&mut self, notice: Notice) {
+    fn handle_notice(&mut self, notice: Notice, now: Instant) {
         match notice {
             Notice::MemberJoined {
                 group,
                 member,
+                membership,
                 member_count,
                 join_message,
                 member_data,
                 group_data,
             } => {
                 let view = self.groups.entry(group).or_default();
-                view.members.insert(member);
+                view.members.insert(member, membership);
+                view.left.remove(&member);
                 if let Some(data) = &group_data {
                     view.data = data.clone();
+                }
+                if member == self.host_id {
+                    self.left_groups.remove(&group);
                 }
                 if member != HostId::SERVER {
                     self.host_data.insert(member, member_data.clone());
@@ -592,20 +660,29 @@ impl Session {
                 member,
                 member_count,
             } => {
+                // The member's data stays on the event even when this was the last group
+                // shared with it.
+                let member_data = self.host_data.get(&member).cloned().unwrap_or_default();
                 if member == self.host_id {
                     if let Some(view) = self.groups.remove(&group) {
-                        for other in view.members {
+                        if let Some(&mine) = view.members.get(&member) {
+                            self.left_groups.insert(group, (mine, now));
+                        }
+                        for other in view.members.into_keys() {
                             self.forget_data_unless_shared(other);
                         }
                     }
                 } else if let Some(view) = self.groups.get_mut(&group) {
-                    view.members.remove(&member);
+                    if let Some(ended) = view.members.remove(&member) {
+                        view.left.insert(member, (ended, now));
+                    }
                     self.forget_data_unless_shared(member);
                 }
                 self.events.push_back(ClientEvent::MemberLeft {
                     group,
                     member,
                     member_count,
+                    member_data,
                 });
             }
             Notice::HostData { host, data } => {
@@ -623,10 +700,167 @@ impl Session {
         }
     }
 
+    /// Whether a message from `from` to `group`, sent under `memberships` (direct messages
+    /// only), may be delivered now. A message on the relay needs sender and receiver to be
+    /// members as this client was told: the server orders notices and messages so that
+    /// always holds. A direct message passes no server, so it names the memberships it was
+    /// sent under: it waits for a join notice still on its way, and is dropped if either
+    /// membership has ended (the README's "Ordering around membership").
+    fn membership_verdict(
+        &self,
+        from: HostId,
+        group: Option<GroupId>,
+        memberships: Option<Memberships>,
+    ) -> Verdict {
+        let Some(group) = group else {
+            return Verdict::Deliver;
+        };
+        let view = self.groups.get(&group);
+        let Some(sent) = memberships else {
+            let both = view.is_some_and(|v| {
+                v.members.contains_key(&self.host_id) && v.members.contains_key(&from)
+            });
+            return if both {
+                Verdict::Deliver
+            } else {
+                Verdict::Drop
+            };
+        };
+        // Each side's membership as this client knows it: current, ended, or unknown.
+        let mine = view
+            .and_then(|v| v.members.get(&self.host_id))
+            .map(|m| (*m, true))
+            .or_else(|| self.left_groups.get(&group).map(|(m, _)| (*m, false)));
+        let theirs = view.and_then(|v| {
+            v.members
+                .get(&from)
+                .map(|m| (*m, true))
+                .or_else(|| v.left.get(&from).map(|(m, _)| (*m, false)))
+        });
+        let judge = |sent: u32, known: Option<(u32, bool)>| match known {
+            None => Verdict::Wait,
+            Some((known, _)) if sent > known => Verdict::Wait,
+            Some((known, current)) if sent == known && current => Verdict::Deliver,
+            Some(_) => Verdict::Drop,
+        };
+        match (judge(sent.receiver, mine), judge(sent.sender, theirs)) {
+            (Verdict::Drop, _) | (_, Verdict::Drop) => Verdict::Drop,
+            (Verdict::Wait, _) | (_, Verdict::Wait) => Verdict::Wait,
+            _ => Verdict::Deliver,
+        }
+    }
+
+    /// Hands over, drops or holds messages from `from` that are next in order.
+    fn deliver_in_order(&mut self, from: HostId, lane: Lane, ready: Vec<Delivered>, now: Instant) {
+        for message in ready {
+            let waiting = self
+                .peers
+                .get(&from)
+                .is_some_and(|p| !p.awaiting.is_empty());
+            let verdict = if waiting {
+                Verdict::Wait
+            } else {
+                self.membership_verdict(from, message.group, message.memberships)
+            };
+            let Some(peer) = self.peers.get_mut(&from) else {
+                return;
+            };
+            match verdict {
+                Verdict::Deliver => {
+                    let delivery = lane.delivery();
+                    peer.stats
+                        .delivered_by_mode
+                        .count(delivery, &message.payload);
+                    self.events.push_back(ClientEvent::Message {
+                        from,
+                        group: message.group,
+                        payload: message.payload,
+                        delivery,
+                        channel: lane.channel(),
+                        path: message.path,
+                    });
+                }
+                Verdict::Drop => peer.stats.not_member_dropped += 1,
+                Verdict::Wait if peer.awaiting.len() >= MAX_AWAITING => {
+                    peer.stats.not_member_dropped += 1;
+                }
+                Verdict::Wait => {
+                    peer.awaiting_bytes += message.payload.len();
+                    peer.awaiting.push_back(Awaiting {
+                        since: now,
+                        lane,
+                        message,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Lets through what waited for membership notices that have now arrived, in order,
+    /// and drops what waited longer than [`MEMBERSHIP_WAIT`].
+    fn release_awaiting(&mut self, now: Instant) {
+        let waiting: Vec<HostId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.awaiting.is_empty())
+            .map(|(h, _)| *h)
+            .collect();
+        for from in waiting {
+            while let Some(front) = self.peers.get(&from).and_then(|p| p.awaiting.front()) {
+                let expired = now.saturating_duration_since(front.since) >= MEMBERSHIP_WAIT;
+                let verdict = match self.membership_verdict(
+                    from,
+                    front.message.group,
+                    front.message.memberships,
+                ) {
+                    Verdict::Wait if expired => Verdict::Drop,
+                    verdict => verdict,
+                };
+                if verdict == Verdict::Wait {
+                    break;
+                }
+                let Some(peer) = self.peers.get_mut(&from) else {
+                    break;
+                };
+                let Some(Awaiting { lane, message, .. }) = peer.awaiting.pop_front() else {
+                    break;
+                };
+                peer.awaiting_bytes -= message.payload.len();
+                if verdict == Verdict::Drop {
+                    peer.stats.not_member_dropped += 1;
+                    continue;
+                }
+                // Its turn now: deliver it (the queue no longer holds it back).
+                let delivery = lane.delivery();
+                peer.stats
+                    .delivered_by_mode
+                    .count(delivery, &message.payload);
+                self.events.push_back(ClientEvent::Message {
+                    from,
+                    group: message.group,
+                    payload: message.payload,
+                    delivery,
+                    channel: lane.channel(),
+                    path: message.path,
+                });
+            }
+        }
+    }
+
+    /// Forgets ended memberships older than [`ENDED_MEMBERSHIP_MEMORY`].
+    fn forget_ended_memberships(&mut self, now: Instant) {
+        let fresh =
+            |(_, at): &(u32, Instant)| now.saturating_duration_since(*at) < ENDED_MEMBERSHIP_MEMORY;
+        self.left_groups.retain(|_, ended| fresh(ended));
+        for view in self.groups.values_mut() {
+            view.left.retain(|_, ended| fresh(ended));
+        }
+    }
+
     /// Keeps a host's data only while it is in one of this client's groups (and always
     /// this client's own), so the map stays as small as the groups.
     fn forget_data_unless_shared(&mut self, host: HostId) {
-        if host != self.host_id && !self.groups.values().any(|v| v.members.contains(&host)) {
+        if host != self.host_id && !self.groups.values().any(|v| v.members.contains_key(&host)) {
             self.host_data.remove(&host);
         }
     }
@@ -710,10 +944,17 @@ impl Session {
             peer.stats.stale_dropped += 1;
             return;
         }
-        if !members_in_view(&self.groups, self.host_id, from, group) {
-            peer.stats.not_member_dropped += 1;
+        // A datagram is never held: one that crosses a membership change is lost, as
+        // any datagram may be.
+        if self.membership_verdict(from, group, None) != Verdict::Deliver {
+            if let Some(peer) = self.peers.get_mut(&from) {
+                peer.stats.not_member_dropped += 1;
+            }
             return;
         }
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
         let delivery = lane.delivery();
         peer.stats.delivered_by_mode.count(delivery, &payload);
         self.events.push_back(ClientEvent::Message {
@@ -730,10 +971,16 @@ impl Session {
     ///
     /// # Errors
     /// A description of the violation; the caller closes that direct connection.
-    pub fn handle_peer_frame(&mut self, from: HostId, frame: PeerToPeer) -> Result<(), String> {
+    pub fn handle_peer_frame(
+        &mut self,
+        from: HostId,
+        frame: PeerToPeer,
+        now: Instant,
+    ) -> Result<(), String> {
         match frame {
             PeerToPeer::Data {
                 group,
+                memberships,
                 lane,
                 seq,
                 payload,
@@ -743,12 +990,13 @@ impl Session {
                 };
                 count(&mut peer.stats.direct_received, &payload);
                 peer.received_direct += 1;
-                self.receive(
-                    from,
-                    lane,
-                    seq,
-                    Slot::Message((group, payload, Path::Direct)),
-                )?;
+                let message = Delivered {
+                    group,
+                    memberships,
+                    payload,
+                    path: Path::Direct,
+                };
+                self.receive(from, lane, seq, Slot::Message(message), now)?;
                 if let Some(peer) = self.peers.get_mut(&from) {
                     if peer.received_direct >= peer.acked_to_peer + ACK_EVERY {
                         peer.acked_to_peer = peer.received_direct;
@@ -935,7 +1183,7 @@ impl Session {
     pub fn held_bytes(&self, peer: HostId) -> usize {
         self.peers
             .get(&peer)
-            .map_or(0, |p| p.receiving.held_bytes())
+            .map_or(0, |p| p.receiving.held_bytes() + p.awaiting_bytes)
     }
 
     /// The current pair with `peer`.
@@ -949,12 +1197,13 @@ impl Session {
         lane: Lane,
         seq: u64,
         slot: Slot<Delivered>,
+        now: Instant,
     ) -> Result<(), String> {
         let Some(peer) = self.peers.get_mut(&from) else {
             return Err(format!("a message from {from}, which is not a peer"));
         };
         let (size, relayed) = match &slot {
-            Slot::Message((_, payload, path)) => (payload.len(), *path == Path::Relay),
+            Slot::Message(message) => (message.payload.len(), message.path == Path::Relay),
             Slot::Skipped => (0, true),
         };
         let early = peer.receiving.is_early(lane, seq);
@@ -968,22 +1217,7 @@ impl Session {
         }
         match peer.receiving.accept(lane, seq, slot, size) {
             Ok(Accepted::Deliver(ready)) => {
-                let delivery = lane.delivery();
-                for (group, payload, path) in ready {
-                    if !members_in_view(&self.groups, self.host_id, from, group) {
-                        peer.stats.not_member_dropped += 1;
-                        continue;
-                    }
-                    peer.stats.delivered_by_mode.count(delivery, &payload);
-                    self.events.push_back(ClientEvent::Message {
-                        from,
-                        group,
-                        payload,
-                        delivery,
-                        channel: lane.channel(),
-                        path,
-                    });
-                }
+                self.deliver_in_order(from, lane, ready, now);
                 Ok(())
             }
             // A message sent again after a path switch, which the other path delivered.
@@ -1130,6 +1364,15 @@ impl Session {
         // fallback to the relay for a busy direct path: the queue paces the sender instead,
         // and the two paths never drift far apart in sequence.
         for host in direct {
+            // The memberships this is sent under, so the receiver can order it against the
+            // membership notices it gets from the server.
+            let memberships = group.and_then(|group| {
+                let members = &self.groups.get(&group)?.members;
+                Some(Memberships {
+                    sender: *members.get(&self.host_id)?,
+                    receiver: *members.get(&host)?,
+                })
+            });
             let peer = self.peers.get_mut(&host).expect("routed peers exist");
             count(&mut peer.stats.direct_sent, &payload);
             peer.stats.sent_by_mode.count(options.delivery, &payload);
@@ -1163,6 +1406,7 @@ impl Session {
                         to: host,
                         frame: PeerToPeer::Data {
                             group,
+                            memberships,
                             lane,
                             seq,
                             payload: payload.clone(),
@@ -1247,9 +1491,9 @@ impl Session {
 
     /// Whether this client shares a group with `host`, as far as it has been told.
     fn shares_group(&self, host: HostId) -> bool {
-        self.groups
-            .values()
-            .any(|view| view.members.contains(&host) && view.members.contains(&self.host_id))
+        self.groups.values().any(|view| {
+            view.members.contains_key(&host) && view.members.contains_key(&self.host_id)
+        })
     }
 
     fn resolve(&self, target: &Target) -> Result<Resolved, SendError> {
@@ -1280,10 +1524,10 @@ impl Session {
                     .groups
                     .get(group)
                     .map(|view| &view.members)
-                    .filter(|m| m.contains(&self.host_id))
+                    .filter(|m| m.contains_key(&self.host_id))
                     .ok_or(SendError::NotInGroup(*group))?;
                 resolved.group = Some(*group);
-                for &member in members {
+                for &member in members.keys() {
                     if member == HostId::SERVER {
                         resolved.to_server = true;
                     } else if member != self.host_id && self.peers.contains_key(&member) {
@@ -1302,7 +1546,7 @@ impl Session {
     pub fn groups(&self) -> Vec<GroupId> {
         self.groups
             .iter()
-            .filter(|(_, view)| view.members.contains(&self.host_id))
+            .filter(|(_, view)| view.members.contains_key(&self.host_id))
             .map(|(group, _)| *group)
             .collect()
     }
@@ -1311,14 +1555,14 @@ impl Session {
     pub fn group_members(&self, group: GroupId) -> Option<Vec<HostId>> {
         self.groups
             .get(&group)
-            .map(|view| view.members.iter().copied().collect())
+            .map(|view| view.members.keys().copied().collect())
     }
 
     /// A group's data, as this client was last told.
     pub fn group_data(&self, group: GroupId) -> Option<Bytes> {
         self.groups
             .get(&group)
-            .filter(|view| view.members.contains(&self.host_id))
+            .filter(|view| view.members.contains_key(&self.host_id))
             .map(|view| view.data.clone())
     }
 

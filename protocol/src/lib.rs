@@ -43,9 +43,9 @@ pub use frame::{
 pub use ids::{Fingerprint, GroupId, HostId, PairId, ParseFingerprintError, ParseIdError};
 pub use lanes::{Carrier, LaneCounters, SendOptions, DEFAULT_CHANNEL};
 pub use messages::{
-    ClientDatagram, ClientToServer, DatagramLane, Delivery, Hello, Lane, Notice, PairPath, Path,
-    PathReason, PeerInfo, PeerToPeer, Priority, PunchOrder, PunchOutcome, RefuseReason, RelayDest,
-    ServerDatagram, ServerToClient,
+    ClientDatagram, ClientToServer, DatagramLane, Delivery, Hello, Lane, Memberships, Notice,
+    PairPath, Path, PathReason, PeerInfo, PeerToPeer, Priority, PunchOrder, PunchOutcome,
+    RefuseReason, RelayDest, ServerDatagram, ServerToClient,
 };
 pub use probe::{is_probe, MalformedProbe, Probe, ProbeKind, PROBE_MAC_LEN};
 

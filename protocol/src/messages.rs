@@ -139,6 +139,11 @@ pub enum Notice {
         group: GroupId,
         /// The member that joined (possibly the receiver itself, or [`HostId::SERVER`]).
         member: HostId,
+        /// The member's membership number in the group: every join into a group gets a new
+        /// one (increasing, from 1; 0 for [`HostId::SERVER`]), and every notice about the
+        /// same membership carries the same number. Direct messages name the memberships
+        /// they were sent under ([`Memberships`]).
+        membership: u32,
         /// Members after the join.
         member_count: u32,
         /// The application's message for this join (the same on every notice of one join).
@@ -172,6 +177,20 @@ pub enum Notice {
         /// Its new data.
         data: Bytes,
     },
+}
+
+/// The memberships a direct message to a group was sent under: the membership numbers
+/// ([`Notice::MemberJoined`]'s `membership`) of its sender and of its receiver in the group,
+/// as the sender knew them. A direct path does not pass the server, so nothing orders it
+/// against the membership notices; with these the receiver delivers the message only under
+/// those same memberships: it waits for a join notice still on its way, and drops a message
+/// sent under a membership that has ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Memberships {
+    /// The sender's membership number.
+    pub sender: u32,
+    /// The receiver's membership number.
+    pub receiver: u32,
 }
 
 /// One destination of a reliable relay upload.
@@ -509,6 +528,8 @@ pub enum PeerToPeer {
     Data {
         /// The group the sender addressed, if any.
         group: Option<GroupId>,
+        /// With a group: the memberships it was sent under.
+        memberships: Option<Memberships>,
         /// The sequence space of `seq`.
         lane: Lane,
         /// The sender's sequence number for this pair and lane.

@@ -25,8 +25,8 @@ use peergroup_protocol::rooms::{
 use peergroup_protocol::{
     datagram_to_bytes, decode_body, frame_to_bytes, is_probe, ClientDatagram, ClientToServer,
     DatagramLane, Delivery, Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, Lane,
-    MalformedProbe, Notice, PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer, Priority,
-    Probe, ProbeKind, PunchOrder, PunchOutcome, RefuseReason, RelayDest, ServerDatagram,
+    MalformedProbe, Memberships, Notice, PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer,
+    Priority, Probe, ProbeKind, PunchOrder, PunchOutcome, RefuseReason, RelayDest, ServerDatagram,
     ServerToClient, DATAGRAM_DELIVER_OVERHEAD, DEFAULT_MAX_FRAME_LEN, PROBE_MAC_LEN,
 };
 use serde::{de::DeserializeOwned, Serialize};
@@ -521,6 +521,7 @@ fn server_to_client_frames() {
             ServerToClient::Notices(vec![Notice::MemberJoined {
                 group: group(),
                 member: HostId::SERVER,
+                membership: 300,
                 member_count: 200,
                 join_message: Bytes::from_static(b"yo"),
                 member_data: Bytes::from_static(b"d"),
@@ -528,12 +529,12 @@ fn server_to_client_frames() {
             }]),
             cat(&[
                 // Variant 3, one notice, notice variant 0 (MemberJoined).
-                &[0x00, 0x00, 0x00, 0x13, 0x03, 0x01, 0x00],
+                &[0x00, 0x00, 0x00, 0x15, 0x03, 0x01, 0x00],
                 &GROUP,
-                // SERVER, count 200, "yo", "d", Some("g").
-                &[
-                    0x01, 0xc8, 0x01, 0x02, b'y', b'o', 0x01, b'd', 0x01, 0x01, b'g',
-                ],
+                // SERVER, membership 300, count 200.
+                &[0x01, 0xac, 0x02, 0xc8, 0x01],
+                // "yo", "d", Some("g").
+                &[0x02, b'y', b'o', 0x01, b'd', 0x01, 0x01, b'g'],
             ]),
         ),
         (
@@ -759,13 +760,19 @@ fn peer_to_peer_frames() {
             "Data, ordered",
             PeerToPeer::Data {
                 group: Some(group()),
+                memberships: Some(Memberships {
+                    sender: 1,
+                    receiver: 300,
+                }),
                 lane: Lane::Ordered { channel: 7 },
                 seq: 1,
                 payload: Bytes::from_static(b"hi"),
             },
             cat(&[
-                &[0x00, 0x00, 0x00, 0x0d, 0x00, 0x01],
+                &[0x00, 0x00, 0x00, 0x11, 0x00, 0x01],
                 &GROUP,
+                // Some(sender 1, receiver 300).
+                &[0x01, 0x01, 0xac, 0x02],
                 // Lane::Ordered, channel 7.
                 &[0x00, 0x07],
                 &[0x01, 0x02, b'h', b'i'],
@@ -775,22 +782,24 @@ fn peer_to_peer_frames() {
             "Data without group, unordered",
             PeerToPeer::Data {
                 group: None,
+                memberships: None,
                 lane: Lane::Unordered,
                 seq: 0,
                 payload: Bytes::new(),
             },
-            vec![0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x01, 0x00, 0x00],
+            vec![0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00],
         ),
         (
             "Data, latest value of key u64::MAX",
             PeerToPeer::Data {
                 group: None,
+                memberships: None,
                 lane: Lane::Latest { key: u64::MAX },
                 seq: 16384,
                 payload: Bytes::from_static(b"x"),
             },
             cat(&[
-                &[0x00, 0x00, 0x00, 0x12, 0x00, 0x00],
+                &[0x00, 0x00, 0x00, 0x13, 0x00, 0x00, 0x00],
                 &[0x02],
                 &U64_MAX,
                 &[0x80, 0x80, 0x01],
@@ -1633,6 +1642,7 @@ fn notice_variants() {
         Notice::MemberJoined {
             group: group(),
             member: host(),
+            membership: 1,
             member_count: 1,
             join_message: Bytes::new(),
             member_data: Bytes::new(),

@@ -7,9 +7,9 @@ use bytes::{Bytes, BytesMut};
 use peergroup_protocol::{
     body_len, datagram_to_bytes, decode_body, encode_frame, frame_to_bytes, is_probe,
     peek_hello_version, ClientDatagram, ClientToServer, CloseCode, DatagramLane, Delivery,
-    Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, Lane, MalformedProbe, Notice,
-    PairId, PairPath, PathReason, PeerInfo, PeerToPeer, Priority, Probe, ProbeKind, PunchOrder,
-    PunchOutcome, RefuseReason, RelayDest, ServerDatagram, ServerToClient,
+    Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, Lane, MalformedProbe,
+    Memberships, Notice, PairId, PairPath, PathReason, PeerInfo, PeerToPeer, Priority, Probe,
+    ProbeKind, PunchOrder, PunchOutcome, RefuseReason, RelayDest, ServerDatagram, ServerToClient,
     DATAGRAM_DELIVER_OVERHEAD, DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN, PROBE_MAC_LEN,
 };
 use proptest::prelude::*;
@@ -169,18 +169,22 @@ fn hello() -> impl Strategy<Value = Hello> {
 fn notice() -> impl Strategy<Value = Notice> {
     prop_oneof![
         (
-            group_id(),
-            host_id(),
-            any::<u32>(),
+            (group_id(), host_id(), any::<u32>(), any::<u32>()),
             payload(),
             payload(),
             prop::option::of(payload())
         )
             .prop_map(
-                |(group, member, member_count, join_message, member_data, group_data)| {
+                |(
+                    (group, member, membership, member_count),
+                    join_message,
+                    member_data,
+                    group_data,
+                )| {
                     Notice::MemberJoined {
                         group,
                         member,
+                        membership,
                         member_count,
                         join_message,
                         member_data,
@@ -363,16 +367,21 @@ fn peer_to_peer() -> impl Strategy<Value = PeerToPeer> {
     prop_oneof![
         (
             prop::option::of(group_id()),
+            prop::option::of((any::<u32>(), any::<u32>())),
             lane(),
             any::<u64>(),
             payload()
         )
-            .prop_map(|(group, lane, seq, payload)| PeerToPeer::Data {
-                group,
-                lane,
-                seq,
-                payload
-            }),
+            .prop_map(
+                |(group, memberships, lane, seq, payload)| PeerToPeer::Data {
+                    group,
+                    memberships: memberships
+                        .map(|(sender, receiver)| Memberships { sender, receiver }),
+                    lane,
+                    seq,
+                    payload
+                }
+            ),
         any::<u64>().prop_map(|received| PeerToPeer::Ack { received }),
         (pair_id(), host_id()).prop_map(|(pair, host)| PeerToPeer::Hello { pair, host }),
     ]

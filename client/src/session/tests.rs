@@ -37,9 +37,15 @@ fn info(n: u8) -> PeerInfo {
 }
 
 fn joined(member: HostId, count: u32) -> ServerToClient {
+    joined_as(member, count, 1)
+}
+
+/// The notice that `member` joined G under membership number `membership`.
+fn joined_as(member: HostId, count: u32, membership: u32) -> ServerToClient {
     ServerToClient::Notices(vec![Notice::MemberJoined {
         group: G,
         member,
+        membership,
         member_count: count,
         join_message: Bytes::from_static(b"j"),
         member_data: Bytes::new(),
@@ -212,7 +218,7 @@ fn carry(from: HostId, upload: Upload, to: &mut Session, now: Instant) -> Result
         }
         | Upload::PeerControl { to: host, frame } => {
             assert_eq!(host, to.host_id, "addressed to another peer");
-            to.handle_peer_frame(from, frame)?;
+            to.handle_peer_frame(from, frame, now)?;
         }
         Upload::PeerDatagram { to: host, datagram } => {
             assert_eq!(host, to.host_id, "addressed to another peer");
@@ -700,6 +706,10 @@ fn a_direct_peer_gets_its_copy_direct_and_the_rest_share_one_relay_upload() {
                 to: PEER,
                 frame: PeerToPeer::Data {
                     group: Some(G),
+                    memberships: Some(Memberships {
+                        sender: 1,
+                        receiver: 1
+                    }),
                     lane: CH0,
                     seq: 1,
                     payload: payload.clone()
@@ -783,10 +793,12 @@ fn direct_and_relay_arrivals_merge_into_one_sequence_and_are_acked() {
         PEER,
         PeerToPeer::Data {
             group: None,
+            memberships: None,
             lane: CH0,
             seq: 2,
             payload: number(2),
         },
+        now,
     )
     .unwrap();
     assert!(events(&mut s).is_empty());
@@ -1443,7 +1455,7 @@ fn an_ack_never_drops_a_message_the_direct_queue_has_not_sent_yet() {
     // One frame (the High one) makes it to the peer, which acks it; then the connection
     // dies.
     let first = queue.pop().unwrap();
-    b.handle_peer_frame(ME, first).unwrap();
+    b.handle_peer_frame(ME, first, now).unwrap();
     let mut delivered = texts(&mut b);
     assert_eq!(delivered, ["pos"]);
     b.flush_acks();
@@ -1478,7 +1490,7 @@ fn latest_values_replaced_in_the_direct_queue_do_not_stay_unacked_forever() {
         "replaced values are forgotten at once"
     );
     while let Some(frame) = queue.pop() {
-        b.handle_peer_frame(ME, frame).unwrap();
+        b.handle_peer_frame(ME, frame, now).unwrap();
     }
     assert_eq!(texts(&mut b), ["pos3"]);
     b.flush_acks();
@@ -2029,13 +2041,16 @@ fn a_relayed_message_beyond_the_window_is_discarded_and_counted_but_direct_it_is
     drain(&mut s);
     let data = |lane, seq| PeerToPeer::Data {
         group: None,
+        memberships: None,
         lane,
         seq,
         payload: Bytes::from_static(b"far"),
     };
-    assert!(s.handle_peer_frame(PEER, data(CH1, WINDOW + 2)).is_err());
     assert!(s
-        .handle_peer_frame(PEER, data(Lane::Unordered, 10 * WINDOW))
+        .handle_peer_frame(PEER, data(CH1, WINDOW + 2), now)
+        .is_err());
+    assert!(s
+        .handle_peer_frame(PEER, data(Lane::Unordered, 10 * WINDOW), now)
         .is_err());
     assert_eq!(
         discarded(&s),
@@ -2076,9 +2091,12 @@ fn sequenced_datagrams_to_the_server_are_numbered_for_it() {
 
 // ---- membership notices: batches, data, acks, and the group rule at the receiver -------
 
-fn data_frame(group: Option<GroupId>, seq: u64, body: &str) -> PeerToPeer {
+/// A direct message on channel 0: to G under (sender, receiver) memberships, or to no
+/// group.
+fn data_frame(to_g: Option<(u32, u32)>, seq: u64, body: &str) -> PeerToPeer {
     PeerToPeer::Data {
-        group,
+        group: to_g.map(|_| G),
+        memberships: to_g.map(|(sender, receiver)| Memberships { sender, receiver }),
         lane: CH0,
         seq,
         payload: text(body),
@@ -2111,6 +2129,7 @@ fn one_notices_frame_yields_every_event_in_order_the_data_and_one_ack() {
     let join = |member, member_data: &str, group_data: Option<&str>| Notice::MemberJoined {
         group: G,
         member,
+        membership: 1,
         member_count: 2,
         join_message: text("j"),
         member_data: text(member_data),
@@ -2176,31 +2195,145 @@ fn one_notices_frame_yields_every_event_in_order_the_data_and_one_ack() {
 }
 
 #[test]
-fn a_message_to_a_group_is_delivered_only_while_sender_and_receiver_are_members() {
+fn a_direct_message_to_a_group_is_delivered_only_under_the_memberships_it_was_sent_under() {
     let now = Instant::now();
-    let mut s = session_in_group(now);
-    // Addressed to G while both are members: delivered.
-    s.handle_peer_frame(PEER, data_frame(Some(G), 1, "in"))
+    let mut s = session_in_group(now); // PEER and ME both in G under membership 1
+    s.handle_peer_frame(PEER, data_frame(Some((1, 1)), 1, "in"), now)
         .unwrap();
-    // The peer left G (as this client was told): a direct message it sent to G before
-    // it knew crosses the notice and is dropped; one without a group still arrives.
-    s.handle_frame(left(PEER, 1), now).unwrap();
-    s.handle_peer_frame(PEER, data_frame(Some(G), 2, "late"))
+    // The peer left G, as this client was told: a direct message it sent under that
+    // membership before it knew crosses the notice and is dropped; one to no group is not.
+    s.handle_frame(left(PEER, 2), now).unwrap();
+    s.handle_peer_frame(PEER, data_frame(Some((1, 1)), 2, "late"), now)
         .unwrap();
-    s.handle_peer_frame(PEER, data_frame(None, 3, "direct"))
+    s.handle_peer_frame(PEER, data_frame(None, 3, "no group"), now)
         .unwrap();
-    assert_eq!(delivered(&mut s), ["in", "direct"]);
+    assert_eq!(delivered(&mut s), ["in", "no group"]);
     assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 1);
 
-    // Back in G, then this client leaves: nothing addressed to G follows its own leave.
-    s.handle_frame(joined(PEER, 2), now).unwrap();
-    s.handle_peer_frame(PEER, data_frame(Some(G), 4, "again"))
+    // Back in G under membership 4; then this client leaves: nothing addressed to G
+    // follows its own leave.
+    s.handle_frame(joined_as(PEER, 3, 4), now).unwrap();
+    s.handle_peer_frame(PEER, data_frame(Some((4, 1)), 4, "again"), now)
         .unwrap();
-    s.handle_frame(left(ME, 1), now).unwrap();
-    s.handle_peer_frame(PEER, data_frame(Some(G), 5, "after"))
+    s.handle_frame(left(ME, 2), now).unwrap();
+    s.handle_peer_frame(PEER, data_frame(Some((4, 1)), 5, "after"), now)
         .unwrap();
     assert_eq!(delivered(&mut s), ["again"]);
     assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 2);
+}
+
+#[test]
+fn a_direct_message_that_outruns_its_join_notice_waits_for_it_and_keeps_its_order() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    s.handle_frame(left(PEER, 2), now).unwrap();
+    // PEER rejoined under membership 5 and sent at once over the direct path; the notice
+    // is still on its way through the server. Later messages wait behind it, whatever
+    // their group.
+    s.handle_peer_frame(PEER, data_frame(Some((5, 1)), 1, "first"), now)
+        .unwrap();
+    s.handle_peer_frame(PEER, data_frame(None, 2, "second"), now)
+        .unwrap();
+    assert!(delivered(&mut s).is_empty(), "held, not lost");
+    assert!(
+        s.held_bytes(PEER) > 0,
+        "counted against the peer's receive budget"
+    );
+    s.handle_frame(joined_as(PEER, 3, 5), now).unwrap();
+    assert_eq!(delivered(&mut s), ["first", "second"]);
+    assert_eq!(s.held_bytes(PEER), 0);
+    assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 0);
+
+    // This client's own join can lag the same way: the message names a membership of
+    // ME that it has not been told of yet.
+    s.handle_frame(left(ME, 2), now).unwrap();
+    s.handle_peer_frame(PEER, data_frame(Some((5, 7)), 3, "welcome"), now)
+        .unwrap();
+    assert!(delivered(&mut s).is_empty());
+    s.handle_frame(joined_as(PEER, 2, 5), now).unwrap();
+    assert!(
+        delivered(&mut s).is_empty(),
+        "still waiting for its own notice"
+    );
+    s.handle_frame(joined_as(ME, 3, 7), now).unwrap();
+    assert_eq!(delivered(&mut s), ["welcome"]);
+}
+
+#[test]
+fn a_message_waiting_for_a_notice_that_never_comes_is_dropped_and_the_rest_go_on() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    // A membership the server never announces (a broken or hostile peer).
+    s.handle_peer_frame(PEER, data_frame(Some((9, 1)), 1, "bogus"), now)
+        .unwrap();
+    s.handle_peer_frame(PEER, data_frame(Some((1, 1)), 2, "fine"), now)
+        .unwrap();
+    assert!(delivered(&mut s).is_empty());
+    assert!(s.poll_timeout() <= now + Duration::from_secs(10));
+    s.handle_timeout(now + Duration::from_secs(9));
+    assert!(delivered(&mut s).is_empty(), "still within the wait");
+    s.handle_timeout(now + Duration::from_secs(10));
+    assert_eq!(delivered(&mut s), ["fine"]);
+    assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 1);
+}
+
+#[test]
+fn a_message_sent_to_an_earlier_membership_of_the_receiver_is_dropped() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    // This client left and rejoined as 6 (told of the peer again, then of itself); the
+    // peer sent before it heard.
+    s.handle_frame(left(ME, 2), now).unwrap();
+    s.handle_frame(joined_as(PEER, 3, 1), now).unwrap();
+    s.handle_frame(joined_as(ME, 3, 6), now).unwrap();
+    drain(&mut s);
+    s.handle_peer_frame(PEER, data_frame(Some((1, 1)), 1, "stale"), now)
+        .unwrap();
+    s.handle_peer_frame(PEER, data_frame(Some((1, 6)), 2, "fresh"), now)
+        .unwrap();
+    assert_eq!(delivered(&mut s), ["fresh"]);
+    assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 1);
+}
+
+#[test]
+fn direct_sends_to_a_group_name_both_memberships() {
+    let now = Instant::now();
+    let mut s = session(ME, NO_PINGS, now);
+    for frame in [
+        ServerToClient::PeerUp {
+            peer: PEER,
+            pair: PAIR,
+            info: info(2),
+        },
+        joined_as(PEER, 2, 3),
+        joined_as(ME, 2, 8),
+    ] {
+        s.handle_frame(frame, now).unwrap();
+    }
+    s.set_direct(PEER, ms(3), now);
+    drain(&mut s);
+    let sent = s
+        .plan_send(
+            &Target::Group(G),
+            text("x"),
+            Delivery::ReliableOrdered.into(),
+            None,
+        )
+        .unwrap();
+    assert!(matches!(
+        &sent[..],
+        [Upload::Peer {
+            frame: PeerToPeer::Data {
+                group: Some(G),
+                memberships: Some(Memberships {
+                    sender: 8,
+                    receiver: 3
+                }),
+                ..
+            },
+            ..
+        }]
+    ));
 }
 
 #[test]

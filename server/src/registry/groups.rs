@@ -18,7 +18,7 @@ use crate::error::GroupError;
 use crate::events::ServerEvent;
 use bytes::Bytes;
 use peergroup_protocol::{GroupId, HostId, Notice, PairId};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 /// How a group behaves. Plain data with documented defaults.
@@ -237,12 +237,13 @@ impl Registry {
         self.check_group_data(&data)?;
         let group = group_id(self.groups.insert(GroupState {
             options,
-            members: BTreeSet::new(),
+            members: BTreeMap::new(),
+            next_membership: 1,
             data,
         }));
         let mut punches = Vec::new();
         for &member in members {
-            if !self.groups[group_key(group)].members.contains(&member) {
+            if !self.groups[group_key(group)].members.contains_key(&member) {
                 self.add_member(group, member, &join_message, now, &mut punches);
             }
         }
@@ -270,7 +271,7 @@ impl Registry {
         if !self.is_connected(host) {
             return Err(GroupError::UnknownHost(host));
         }
-        if state.members.contains(&host) {
+        if state.members.contains_key(&host) {
             return Ok(JoinOutcome::AlreadyMember);
         }
         let mut punches = Vec::new();
@@ -296,7 +297,7 @@ impl Registry {
             .groups
             .get(group_key(group))
             .ok_or(GroupError::UnknownGroup(group))?;
-        if !state.members.contains(&host) {
+        if !state.members.contains_key(&host) {
             return Err(GroupError::NotMember { group, host });
         }
         self.remove_member(group, host, LeaveCause::Left, now);
@@ -314,7 +315,7 @@ impl Registry {
             .groups
             .get(group_key(group))
             .ok_or(GroupError::UnknownGroup(group))?;
-        let members: Vec<HostId> = state.members.iter().copied().collect();
+        let members: Vec<HostId> = state.members.keys().copied().collect();
         for op in self.acks.in_group(group) {
             if let Some(op) = self.acks.remove(op) {
                 self.finish(op, Ending::Destroyed);
@@ -385,7 +386,7 @@ impl Registry {
             }
             let is_member = *member
                 .entry((group, host))
-                .or_insert_with(|| state.members.contains(&host));
+                .or_insert_with(|| state.members.contains_key(&host));
             let size = sizes.entry(group).or_insert(state.members.len());
             let outcome = match change {
                 MembershipChange::Join { .. } if is_member => ChangeOutcome::AlreadyMember,
@@ -423,7 +424,7 @@ impl Registry {
             .get_mut(group_key(group))
             .ok_or(GroupError::UnknownGroup(group))?;
         state.data = data.clone();
-        let members: Vec<HostId> = state.members.iter().copied().collect();
+        let members: Vec<HostId> = state.members.keys().copied().collect();
         for member in members {
             let notice = Notice::GroupData {
                 group,
@@ -456,7 +457,7 @@ impl Registry {
             group,
             members: server
                 .into_iter()
-                .chain(state.members.iter().copied())
+                .chain(state.members.keys().copied())
                 .collect(),
             data: state.data.clone(),
             options: state.options,
@@ -519,14 +520,16 @@ impl Registry {
         punches: &mut Vec<PairId>,
     ) {
         let state = &mut self.groups[group_key(group)];
-        let existing: Vec<HostId> = state.members.iter().copied().collect();
-        state.members.insert(host);
+        let existing: Vec<(HostId, u32)> = state.members.iter().map(|(h, m)| (*h, *m)).collect();
+        let membership = state.next_membership;
+        state.next_membership = state.next_membership.wrapping_add(1).max(1);
+        state.members.insert(host, membership);
         let server_is_member = state.options.server_is_member;
         let direct = state.options.direct_p2p;
         let group_data = state.data.clone();
         let member_count = (existing.len() + 1 + usize::from(server_is_member)) as u32;
         self.hosts[host_key(host)].groups.insert(group);
-        for &other in &existing {
+        for &(other, _) in &existing {
             match self.pairs.add_shared_group(host, other, direct) {
                 PairChange::Started(pair) => {
                     self.announce_pair(pair, host, other);
@@ -544,30 +547,33 @@ impl Registry {
                 .map(|h| h.data.clone())
                 .unwrap_or_default()
         };
-        let notice =
-            |member: HostId, member_data: Bytes, group_data: Option<Bytes>| Notice::MemberJoined {
-                group,
-                member,
-                member_count,
-                join_message: join_message.clone(),
-                member_data,
-                group_data,
-            };
+        let notice = |member: HostId,
+                      membership: u32,
+                      member_data: Bytes,
+                      group_data: Option<Bytes>| Notice::MemberJoined {
+            group,
+            member,
+            membership,
+            member_count,
+            join_message: join_message.clone(),
+            member_data,
+            group_data,
+        };
         let host_data = data_of(self, host);
-        for &other in &existing {
-            let told = notice(host, host_data.clone(), None);
+        for &(other, _) in &existing {
+            let told = notice(host, membership, host_data.clone(), None);
             self.notify(other, told, NoticeOrder::AheadOfMessages, Some(op));
         }
         if server_is_member {
-            let told = notice(HostId::SERVER, Bytes::new(), None);
+            let told = notice(HostId::SERVER, 0, Bytes::new(), None);
             self.notify(host, told, NoticeOrder::AheadOfMessages, None);
         }
-        for &other in &existing {
-            let told = notice(other, data_of(self, other), None);
+        for &(other, other_membership) in &existing {
+            let told = notice(other, other_membership, data_of(self, other), None);
             self.notify(host, told, NoticeOrder::AheadOfMessages, None);
         }
         // The joiner's notice about itself comes last, so its ack means it has read all.
-        let told = notice(host, host_data, Some(group_data));
+        let told = notice(host, membership, host_data, Some(group_data));
         self.notify(host, told, NoticeOrder::AheadOfMessages, Some(op));
     }
 
@@ -581,13 +587,13 @@ impl Registry {
         let Some(state) = self.groups.get_mut(group_key(group)) else {
             return;
         };
-        if !state.members.remove(&host) {
+        if state.members.remove(&host).is_none() {
             return;
         }
         let server_is_member = state.options.server_is_member;
         let allow_empty = state.options.allow_empty;
         let direct = state.options.direct_p2p;
-        let remaining: Vec<HostId> = state.members.iter().copied().collect();
+        let remaining: Vec<HostId> = state.members.keys().copied().collect();
         let member_count = (remaining.len() + usize::from(server_is_member)) as u32;
         if let Some(h) = self.hosts.get_mut(host_key(host)) {
             h.groups.remove(&group);

@@ -111,7 +111,11 @@ struct HostState {
 #[derive(Debug)]
 struct GroupState {
     options: GroupOptions,
-    members: BTreeSet<HostId>,
+    /// Members, each with its membership number (see `Notice::MemberJoined`).
+    members: BTreeMap<HostId, u32>,
+    /// The next membership number: every join into the group gets a new one, so a
+    /// membership is told apart from an earlier one of the same host.
+    next_membership: u32,
     data: Bytes,
 }
 

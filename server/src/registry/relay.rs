@@ -290,10 +290,10 @@ impl Registry {
         match group {
             Some(group) => {
                 let members = self.groups.get(group_key(group)).map(|g| &g.members);
-                if !members.is_some_and(|m| m.contains(&from)) {
+                if !members.is_some_and(|m| m.contains_key(&from)) {
                     return Err((RefuseReason::SenderNotInGroup, Some(to)));
                 }
-                if !members.is_some_and(|m| m.contains(&to)) {
+                if !members.is_some_and(|m| m.contains_key(&to)) {
                     return Err((RefuseReason::DestNotInGroup, Some(to)));
                 }
             }
@@ -317,7 +317,7 @@ impl Registry {
     ) {
         if let Some(g) = group {
             let allowed = self.groups.get(group_key(g)).is_some_and(|state| {
-                state.options.server_is_member && state.members.contains(&from)
+                state.options.server_is_member && state.members.contains_key(&from)
             });
             if !allowed {
                 self.refuse(from, None, group, RefuseReason::ServerNotMember);
