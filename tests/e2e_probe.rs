@@ -19,7 +19,7 @@ const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 mod binaries;
-use binaries::binaries;
+use binaries::{binaries, Interactive};
 
 // ---- processes --------------------------------------------------------------------------
 
@@ -548,105 +548,35 @@ fn two_latest_probes_end_every_key_on_its_last_value() {
 
 // ---- chat -------------------------------------------------------------------------------
 
-/// An interactive `peergroup chat`: stdin to type into, stdout read line by line.
-struct Chat {
-    child: Child,
-    stdin: Option<std::process::ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Chat {
-    fn start(server: &Server, room: &str, name: &str) -> Self {
-        let mut child = Command::new(&binaries().client)
-            .arg("chat")
-            .args(server.args())
-            .args(["--room", room, "--name", name])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawning peergroup chat");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        Self {
-            child,
-            stdin,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `text`; panics with everything seen after 20 s.
-    fn expect(&mut self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(text) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no line with {text:?}; saw {:#?}", self.seen),
-            }
-        }
-    }
-
-    fn say(&mut self, line: &str) {
-        use std::io::Write;
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}").expect("typing");
-        stdin.flush().expect("typing");
-    }
-
-    /// Ends stdin (the chat leaves and exits) and waits for the exit status.
-    fn quit(mut self) -> ExitStatus {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + PROCESS_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waiting") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "chat did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Chat {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// An interactive `peergroup chat` in `room` as `name`.
+fn chat(server: &Server, room: &str, name: &str) -> Interactive {
+    let mut command = Command::new(&binaries().client);
+    command
+        .arg("chat")
+        .args(server.args())
+        .args(["--room", room, "--name", name]);
+    Interactive::spawn(command)
 }
 
 #[test]
 fn chat_shows_each_members_lines_under_that_members_name() {
     let server = Server::start("chat");
-    let mut alice = Chat::start(&server, "tavern", "alice");
+    let mut alice = chat(&server, "tavern", "alice");
     alice.expect("* joined tavern as alice");
-    let mut bob = Chat::start(&server, "tavern", "bob");
+    let mut bob = chat(&server, "tavern", "bob");
     bob.expect("* joined tavern as bob with alice");
     alice.expect("* bob joined");
 
-    alice.say("hello from alice");
+    alice.type_line("hello from alice");
     let line = bob.expect("hello from alice");
     assert!(line.starts_with("[alice via "), "{line:?}");
-    bob.say("hi alice");
+    bob.type_line("hi alice");
     let line = alice.expect("hi alice");
     assert!(line.starts_with("[bob via "), "{line:?}");
 
-    assert!(alice.quit().success());
+    alice.close_stdin();
+    assert_eq!(alice.exit_code(), Some(0));
     bob.expect("* alice left");
-    assert!(bob.quit().success());
+    bob.close_stdin();
+    assert_eq!(bob.exit_code(), Some(0));
 }

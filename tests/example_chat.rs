@@ -3,15 +3,10 @@
 
 mod binaries;
 
-use binaries::{example, run_demo};
-use std::io::{BufRead, BufReader, Write};
+use binaries::{example, run_demo, Interactive};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
-
-/// How long a process may take to print an expected line or to exit (debug build).
-const WAIT: Duration = Duration::from_secs(20);
+use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn chat_demo_delivers_every_line_under_its_authors_name() {
@@ -70,13 +65,9 @@ fn chat_demo_delivers_every_line_under_its_authors_name() {
 fn chat_server_only_serves_terminal_clients_and_keeps_history() {
     let dir = TempDir::new();
     let db = dir.0.join("history.db");
-    let mut server = Process::start(&["--server-only", "--db", db.to_str().unwrap()]);
-    // "listening on ADDR cert PATH"
-    let listening = server.expect("listening on ");
-    let words: Vec<&str> = listening.split_whitespace().collect();
-    let (addr, cert) = (words[2], words[4]);
-    let client =
-        |name: &str| Process::start(&["--connect", addr, "--server-cert", cert, "--name", name]);
+    let mut server = chat(&["--server-only", "--db", db.to_str().unwrap()]);
+    let (addr, cert) = server.listening();
+    let client = |name: &str| chat(&["--connect", &addr, "--server-cert", &cert, "--name", name]);
 
     let mut x = client("x");
     x.expect("* connected as x");
@@ -102,91 +93,10 @@ fn chat_server_only_serves_terminal_clients_and_keeps_history() {
 }
 
 /// A running `chat` example with piped stdin and stdout, killed when dropped.
-struct Process {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Process {
-    fn start(args: &[&str]) -> Process {
-        let mut child = Command::new(example("chat"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting the chat example");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Process {
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line of output containing `text`, and returns it.
-    fn expect(&mut self, text: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(text) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line with {text:?} within {WAIT:?}; got:\n{}",
-                    self.output()
-                ),
-            }
-        }
-    }
-
-    fn type_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{line}").expect("writing to the example's stdin");
-    }
-
-    /// Waits for the process to exit, at most [`WAIT`].
-    fn exit_code(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for the example") {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running after {WAIT:?}:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn output(&mut self) -> String {
-        self.seen.extend(self.lines.try_iter());
-        self.seen.join("\n")
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn chat(args: &[&str]) -> Interactive {
+    let mut command = Command::new(example("chat"));
+    command.args(args);
+    Interactive::spawn(command)
 }
 
 /// A directory of this test process's own, removed when dropped.

@@ -3,11 +3,9 @@
 //! process; and its refusal of an odd player count.
 
 mod binaries;
-use binaries::run_demo;
+use binaries::{run_demo, Interactive};
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -92,49 +90,13 @@ fn an_odd_number_of_players_is_refused_before_anything_runs() {
     assert!(stderr.contains("an even number"), "{stderr}");
 }
 
-/// A child process killed (and reaped) on drop, also when the test panics.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn split_into_a_server_process_and_a_clients_process() {
     let _turn = one_at_a_time();
-    let mut server = Killed(
-        Command::new(binaries::example("lobby"))
-            .arg("--server-only")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting the lobby server"),
-    );
-    // Its stdout is read to the end on a thread of its own, so the server never blocks on
-    // a full pipe; the lines come here.
-    let (lines, from_server) = mpsc::channel();
-    let stdout = server.0.stdout.take().expect("the server's stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    // "listening on ADDR cert PATH"
-    let (addr, cert) = loop {
-        let line = from_server
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server never printed its address");
-        let words: Vec<&str> = line.split_whitespace().collect();
-        if let ["listening", "on", addr, "cert", cert] = words[..] {
-            break (addr.to_owned(), cert.to_owned());
-        }
-    };
+    let mut command = Command::new(binaries::example("lobby"));
+    command.arg("--server-only");
+    let mut server = Interactive::spawn(command);
+    let (addr, cert) = server.listening();
 
     let args = [
         "--connect",
@@ -160,7 +122,7 @@ fn split_into_a_server_process_and_a_clients_process() {
 
     // The matches were made and reported by the server process.
     let mut reports = 0;
-    while let Ok(line) = from_server.recv_timeout(Duration::from_millis(500)) {
+    while let Some(line) = server.next_line(Duration::from_millis(500)) {
         let settled = [": direct", ": still direct", ": relayed"];
         if settled.iter().any(|report| line.contains(report)) {
             reports += 1;
@@ -168,5 +130,5 @@ fn split_into_a_server_process_and_a_clients_process() {
     }
     assert_eq!(reports, 6, "the server reported {reports} matches");
     // The server is still up, serving until it is stopped.
-    assert!(server.0.try_wait().expect("the server's status").is_none());
+    assert!(server.running());
 }

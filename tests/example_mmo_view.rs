@@ -3,10 +3,9 @@
 
 mod binaries;
 
-use binaries::{example, run_demo};
+use binaries::{example, run_demo, Interactive};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 fn number(summary: &Value, field: &str) -> u64 {
@@ -49,44 +48,17 @@ fn bots_hear_exactly_their_views_and_every_join_and_leave_completes() {
     assert!(s["ops_per_sec"].as_f64().unwrap() > 0.0, "{s}");
 }
 
-/// A child process killed on drop, even when the test fails.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_server_process_and_a_clients_process_run_the_demo_together() {
     let identity = std::env::temp_dir().join(format!("peergroup-test-mmo-{}", std::process::id()));
-    let mut server = Killed(
-        Command::new(example("mmo_view"))
-            .args(["--server-only", "--demo", "--bots", "8", "--seconds", "5"])
-            .arg("--identity-dir")
-            .arg(&identity)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting the server"),
-    );
-    // `listening on ADDR cert PATH`, read on a thread so a silent server cannot hang us.
-    let stdout = server.0.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let first = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server prints its address");
-    let rest = first
-        .strip_prefix("listening on ")
-        .expect("the address line");
-    let (addr, cert) = rest.split_once(" cert ").expect("ADDR cert PATH");
+    let mut command = Command::new(example("mmo_view"));
+    command
+        .args(["--server-only", "--demo", "--bots", "8", "--seconds", "5"])
+        .arg("--identity-dir")
+        .arg(&identity);
+    let mut server = Interactive::spawn(command);
+    let (addr, cert) = server.listening();
+    let (addr, cert) = (addr.as_str(), cert.as_str());
 
     let clients = run_demo(
         "mmo_view",
@@ -115,18 +87,12 @@ fn a_server_process_and_a_clients_process_run_the_demo_together() {
     assert!(number(&clients.summary, "position_updates") > 0);
 
     // The server's summary counts the acks and the bots' reports.
-    let summary = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server prints its summary");
-        if line.starts_with('{') {
-            break serde_json::from_str::<Value>(&line).expect("JSON");
-        }
-    };
+    let line = server.expect("{\"");
+    let summary = serde_json::from_str::<Value>(&line).expect("JSON");
     assert_eq!(number(&summary, "ack_failures"), 0, "{summary}");
     assert_eq!(number(&summary, "view_mismatches"), 0, "{summary}");
     assert!(number(&summary, "joins") >= 8, "{summary}");
-    let status = server.0.wait().expect("the server exits");
+    let code = server.exit_code();
     let _ = std::fs::remove_dir_all(&identity);
-    assert!(status.success(), "{summary}");
+    assert_eq!(code, Some(0), "{summary}");
 }

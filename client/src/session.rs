@@ -766,20 +766,7 @@ impl Session {
                 return;
             };
             match verdict {
-                Verdict::Deliver => {
-                    let delivery = lane.delivery();
-                    peer.stats
-                        .delivered_by_mode
-                        .count(delivery, &message.payload);
-                    self.events.push_back(ClientEvent::Message {
-                        from,
-                        group: message.group,
-                        payload: message.payload,
-                        delivery,
-                        channel: lane.channel(),
-                        path: message.path,
-                    });
-                }
+                Verdict::Deliver => hand_over(&mut self.events, peer, from, lane, message),
                 Verdict::Drop => peer.stats.not_member_dropped += 1,
                 Verdict::Wait if peer.awaiting.len() >= MAX_AWAITING => {
                     peer.stats.not_member_dropped += 1;
@@ -830,19 +817,8 @@ impl Session {
                     peer.stats.not_member_dropped += 1;
                     continue;
                 }
-                // Its turn now: deliver it (the queue no longer holds it back).
-                let delivery = lane.delivery();
-                peer.stats
-                    .delivered_by_mode
-                    .count(delivery, &message.payload);
-                self.events.push_back(ClientEvent::Message {
-                    from,
-                    group: message.group,
-                    payload: message.payload,
-                    delivery,
-                    channel: lane.channel(),
-                    path: message.path,
-                });
+                // Its turn now: nothing before it holds it back any more.
+                hand_over(&mut self.events, peer, from, lane, message);
             }
         }
     }
@@ -1603,6 +1579,28 @@ pub(crate) struct Route {
     group: Option<GroupId>,
     to_server: bool,
     loopback: bool,
+}
+
+/// Gives a message from `peer` to the application, counting it.
+fn hand_over(
+    events: &mut VecDeque<ClientEvent>,
+    peer: &mut Peer,
+    from: HostId,
+    lane: Lane,
+    message: Delivered,
+) {
+    let delivery = lane.delivery();
+    peer.stats
+        .delivered_by_mode
+        .count(delivery, &message.payload);
+    events.push_back(ClientEvent::Message {
+        from,
+        group: message.group,
+        payload: message.payload,
+        delivery,
+        channel: lane.channel(),
+        path: message.path,
+    });
 }
 
 fn count(counters: &mut PathCounters, payload: &Bytes) {

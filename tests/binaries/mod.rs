@@ -174,3 +174,127 @@ pub fn run_demo(name: &str, args: &[&str], limit: std::time::Duration) -> Demo {
         code: status.code(),
     }
 }
+
+/// A running process with piped stdin and its stdout read line by line on a thread of its
+/// own (so it never blocks on a full pipe); killed and reaped on drop, also when the test
+/// panics.
+pub struct Interactive {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+/// How long [`Interactive`] waits for any one thing.
+pub const INTERACTIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Interactive {
+    /// Starts `command` (its stderr is inherited, so it shows with a failing test).
+    pub fn spawn(mut command: Command) -> Self {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line of output, if one comes within `wait`.
+    pub fn next_line(&mut self, wait: std::time::Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(wait).ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
+    /// Waits for a line containing `text` and returns it; panics with everything seen
+    /// after [`INTERACTIVE_WAIT`].
+    pub fn expect(&mut self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + INTERACTIVE_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.next_line(left) {
+                Some(line) if line.contains(text) => return line,
+                Some(_) => {}
+                None => panic!("no line with {text:?}; got:\n{}", self.output()),
+            }
+        }
+    }
+
+    /// The `ADDR` and `PATH` of a `listening on ADDR cert PATH` line (what `--server-only`
+    /// prints).
+    pub fn listening(&mut self) -> (String, String) {
+        let line = self.expect("listening on ");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words[..] {
+            ["listening", "on", addr, "cert", cert] => (addr.to_owned(), cert.to_owned()),
+            _ => panic!("not an address line: {line:?}"),
+        }
+    }
+
+    /// Types one line into its stdin.
+    pub fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").expect("typing into stdin");
+        stdin.flush().expect("typing into stdin");
+    }
+
+    /// Closes its stdin (end of input).
+    pub fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    /// Waits for it to exit, at most [`INTERACTIVE_WAIT`]; its exit code.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + INTERACTIVE_WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for the process") {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running after {INTERACTIVE_WAIT:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Every line seen so far, and whatever else has arrived.
+    pub fn output(&mut self) -> String {
+        self.seen.extend(self.lines.try_iter());
+        self.seen.join("\n")
+    }
+}
+
+impl Drop for Interactive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
