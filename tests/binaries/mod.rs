@@ -55,17 +55,20 @@ pub fn binaries() -> &'static Binaries {
 
 /// Builds both binaries into the profile directory this test runs from.
 fn build(dir: &Path) {
+    cargo_build(
+        dir,
+        &["-p", "peergroup-server", "-p", "peergroup-client", "--bins"],
+    );
+}
+
+/// `cargo build --quiet ARGS` into the profile directory `dir` this test runs from.
+fn cargo_build(dir: &Path, args: &[&str]) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
-    command.current_dir(env!("CARGO_MANIFEST_DIR")).args([
-        "build",
-        "--quiet",
-        "-p",
-        "peergroup-server",
-        "-p",
-        "peergroup-client",
-        "--bins",
-    ]);
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet"])
+        .args(args);
     match dir.file_name().and_then(|name| name.to_str()) {
         Some("debug") | None => {}
         Some(profile) => {
@@ -73,10 +76,7 @@ fn build(dir: &Path) {
         }
     }
     let status = command.status().expect("running cargo build");
-    assert!(
-        status.success(),
-        "cargo build of the binaries failed: {status}"
-    );
+    assert!(status.success(), "cargo build {args:?} failed: {status}");
 }
 
 /// The compiled example `name` (`target/<profile>/examples/name`), after one `cargo
@@ -88,22 +88,7 @@ pub fn example(name: &str) -> PathBuf {
         if std::env::var_os("PEERGROUP_E2E_NO_BUILD").is_some() {
             return;
         }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut command = Command::new(cargo);
-        command.current_dir(env!("CARGO_MANIFEST_DIR")).args([
-            "build",
-            "--quiet",
-            "-p",
-            "peergroup",
-            "--examples",
-        ]);
-        if let Some(profile) = dir.file_name().and_then(|n| n.to_str()) {
-            if profile != "debug" {
-                command.args(["--profile", profile]);
-            }
-        }
-        let status = command.status().expect("running cargo build --examples");
-        assert!(status.success(), "building the examples failed: {status}");
+        cargo_build(&dir, &["-p", "peergroup", "--examples"]);
     });
     let path = dir
         .join("examples")
