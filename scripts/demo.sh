@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --quiet -p peergroup-server -p peergroup-client --bins
+cargo build --quiet -p peergroup-cli --bins
 bin=target/debug
 work=$(mktemp -d)
 server_pid=""

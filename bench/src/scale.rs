@@ -230,7 +230,7 @@ fn server_binary() -> Result<PathBuf, String> {
     build.current_dir(&workspace).args([
         "build",
         "-p",
-        "peergroup-server",
+        "peergroup-cli",
         "--bin",
         "peergroup-server",
     ]);

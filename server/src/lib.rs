@@ -31,7 +31,10 @@
 //! - `connection.rs`: one task per client (handshake, hello, auth, read loops, writer).
 //! - `server.rs`: the [`Server`] handle, the accept loop and the timer task.
 //! - `tls.rs`, `identity.rs`: rustls/quinn setup and the server certificate.
-//! - `rooms.rs`: the rooms application the `peergroup-server` binary runs.
+//!
+//! The `peergroup-server` command and its rooms application live in the
+//! `peergroup-cli` crate. The feature `unstable-registry` makes `registry` public, for
+//! benchmarks and tests of the core; it is not a stable API.
 
 mod app_events;
 mod auth;
@@ -43,8 +46,10 @@ mod identity;
 mod manage;
 mod notices;
 mod outbound;
+#[cfg(feature = "unstable-registry")]
 pub mod registry;
-pub mod rooms;
+#[cfg(not(feature = "unstable-registry"))]
+mod registry;
 mod server;
 mod shared;
 mod tls;

@@ -77,6 +77,8 @@ pub struct ServerStats {
     pub relay_refused: u64,
     /// Lifecycle events queued for the application and not yet read.
     pub events_queued: usize,
+    /// Joins and leaves waiting for their acks.
+    pub acks_pending: usize,
     /// Membership notices sent since start (joins, leaves, data changes; one per notice
     /// and receiver).
     pub notices_sent: u64,
@@ -364,7 +366,7 @@ impl Server {
         let counters = core.registry.counters();
         ServerStats {
             clients: core.registry.host_count(),
-            groups: core.registry.groups().len(),
+            groups: core.registry.group_count(),
             pairs: core.registry.pair_count(),
             relayed: counters.relayed,
             relayed_bytes: counters.relayed_bytes,
@@ -373,6 +375,7 @@ impl Server {
             relayed_pairs: core.registry.pair_paths().1,
             relay_refused: counters.relay_refused,
             events_queued: self.shared.events.queued(),
+            acks_pending: core.registry.pending_acks(),
             notices_sent: counters.notices,
             notice_frames_sent: self
                 .shared

@@ -2,8 +2,8 @@
 //!
 //! The binaries belong to other packages, so Cargo gives the root package's tests no
 //! `CARGO_BIN_EXE_*` for them. They are taken from the directory above the test
-//! executable (`target/<profile>/`), after one `cargo build -p peergroup-server -p
-//! peergroup-client --bins` per test process so they are never stale. Set
+//! executable (`target/<profile>/`), after one `cargo build -p peergroup-cli --bins` per
+//! test process so they are never stale. Set
 //! `PEERGROUP_E2E_NO_BUILD=1` to skip that build and use whatever is there.
 #![allow(dead_code)]
 
@@ -44,8 +44,8 @@ pub fn binaries() -> &'static Binaries {
         for path in [&binaries.server, &binaries.client] {
             assert!(
                 path.exists(),
-                "{} is missing; build it with `cargo build -p peergroup-server -p \
-                 peergroup-client --bins` (same profile and target directory as the tests)",
+                "{} is missing; build it with `cargo build -p peergroup-cli --bins` (same \
+                 profile and target directory as the tests)",
                 path.display()
             );
         }
@@ -55,10 +55,7 @@ pub fn binaries() -> &'static Binaries {
 
 /// Builds both binaries into the profile directory this test runs from.
 fn build(dir: &Path) {
-    cargo_build(
-        dir,
-        &["-p", "peergroup-server", "-p", "peergroup-client", "--bins"],
-    );
+    cargo_build(dir, &["-p", "peergroup-cli", "--bins"]);
 }
 
 /// `cargo build --quiet ARGS` into the profile directory `dir` this test runs from.

@@ -468,6 +468,7 @@ impl Registry {
     ///
     /// # Errors
     /// [`GroupError::UnknownGroup`].
+    #[cfg(any(test, feature = "unstable-registry"))]
     pub fn group_options(&self, group: GroupId) -> Result<GroupOptions, GroupError> {
         self.groups
             .get(group_key(group))

@@ -227,6 +227,7 @@ impl Registry {
     }
 
     /// The rules and limits it was made with.
+    #[cfg(any(test, feature = "unstable-registry"))]
     pub fn config(&self) -> &RegistryConfig {
         &self.config
     }
@@ -356,6 +357,7 @@ impl Registry {
     }
 
     /// The pair between two clients, if any, and how many groups they share now.
+    #[cfg(any(test, feature = "unstable-registry"))]
     pub fn pair_between(&self, a: HostId, b: HostId) -> Option<(PairId, u32)> {
         self.pairs
             .between(a, b)
@@ -394,6 +396,7 @@ impl Registry {
     }
 
     /// A host's data.
+    #[cfg(any(test, feature = "unstable-registry"))]
     pub fn host_data(&self, host: HostId) -> Option<Bytes> {
         self.hosts.get(host_key(host)).map(|h| h.data.clone())
     }

@@ -1,5 +1,5 @@
 //! `peergroup-server`: the peergroup server running the built-in rooms application
-//! ([`peergroup_server::rooms`]).
+//! ([`peergroup_cli::rooms`]).
 //!
 //! ```text
 //! peergroup-server [--listen ADDR] [--cert PEM --key PEM | --identity-dir DIR] [--log LEVEL]
@@ -25,7 +25,8 @@
 //! and exits with status 0. Startup failures exit with status 1.
 
 use clap::Parser;
-use peergroup_server::{rooms, AuthHook, CancellationToken, Identity, Server, ServerConfig};
+use peergroup_cli::rooms;
+use peergroup_server::{AuthHook, CancellationToken, Identity, Server, ServerConfig};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;

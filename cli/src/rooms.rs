@@ -19,19 +19,18 @@
 //! - **List** answers every room, sorted by name, with its member count.
 //!
 //! The bookkeeping is a plain struct that does no IO; it reaches the server only through
-//! a small trait, so its tests run it against the sans-IO [`Registry`](crate::registry).
+//! a small trait, so its tests run it against the sans-IO registry
+//! (`peergroup_server::registry`, behind that crate's `unstable-registry` feature).
 
-use crate::error::GroupError;
-use crate::events::ServerEvent;
-use crate::registry::{GroupOptions, JoinOutcome};
-use crate::server::{Server, ServerTarget};
-use crate::ServerEvents;
 use bytes::Bytes;
 use peergroup_protocol::rooms::{
     RoomSummary, RoomsReply, RoomsRequest, MAX_DISPLAY_NAME_LEN, MAX_PASSWORD_LEN,
     MAX_ROOM_NAME_LEN,
 };
 use peergroup_protocol::{datagram_to_bytes, decode_body, Delivery, GroupId, HostId};
+use peergroup_server::{
+    GroupError, GroupOptions, JoinOutcome, Server, ServerEvent, ServerEvents, ServerTarget,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Limits of the rooms application. Plain data with documented defaults.
@@ -89,7 +88,7 @@ fn send_reply(server: &Server, to: HostId, reply: &RoomsReply) {
     };
     match server.send(ServerTarget::Host(to), bytes, Delivery::ReliableOrdered) {
         Ok(()) => {}
-        Err(crate::SendError::UnknownHost(_)) => {
+        Err(peergroup_server::SendError::UnknownHost(_)) => {
             tracing::debug!(%to, "rooms reply not sent: the client is gone");
         }
         Err(error) => tracing::warn!(%to, %error, "rooms reply not sent"),
@@ -562,8 +561,8 @@ fn validate_name(what: &str, text: &str, max: usize) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{Action, Registry, RegistryConfig};
     use peergroup_protocol::{Fingerprint, Notice};
+    use peergroup_server::registry::{Action, Registry, RegistryConfig};
     use std::cell::RefCell;
     use std::time::Instant;
 
@@ -1036,7 +1035,7 @@ mod tests {
                 &w.registry,
                 ServerEvent::ClientDisconnected {
                     host: bob,
-                    reason: crate::DisconnectReason::TimedOut,
+                    reason: peergroup_server::DisconnectReason::TimedOut,
                 },
             )
             .is_none());
