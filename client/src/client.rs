@@ -12,9 +12,10 @@ use crate::tls::{peer_server_config, server_client_config, ClientIdentity, Expec
 use bytes::Bytes;
 use futures_core::stream::{FusedStream, Stream};
 use peergroup_protocol::{
-    datagram_to_bytes, decode_body, frame_to_bytes, Carrier, ClientToServer, CloseCode,
-    Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, PairId, PairPath, PeerInfo,
-    SendOptions, ServerDatagram, ServerToClient, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
+    datagram_to_bytes, decode_body, decode_server_datagram, decode_server_frame, frame_to_bytes,
+    Carrier, ClientToServer, CloseCode, Fingerprint, FrameDecoder, FrameError, GroupId, Hello,
+    HostId, PairId, PairPath, PeerInfo, SendOptions, ServerToClient, DEFAULT_MAX_FRAME_LEN,
+    PROTOCOL_VERSION,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -969,7 +970,7 @@ async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
             // notices of many frames cost one ack.
             let mut next = Some(body);
             while let Some(body) = next {
-                let frame = match decode_body::<ServerToClient>(&body) {
+                let frame = match decode_server_frame(&body) {
                     Ok(frame) => frame,
                     Err(error) => return error.into(),
                 };
@@ -996,7 +997,7 @@ async fn read_datagrams(inner: &Arc<Inner>) -> ReadEnd {
             Ok(datagram) => datagram,
             Err(error) => return ReadEnd::Connection(error),
         };
-        let message = match decode_body::<ServerDatagram>(&datagram) {
+        let message = match decode_server_datagram(&datagram) {
             Ok(message) => message,
             Err(error) => return error.into(),
         };

@@ -12,8 +12,9 @@ use crate::session::MAX_HELD_BYTES;
 use crate::tls::peer_client_config;
 use bytes::Bytes;
 use peergroup_protocol::{
-    datagram_to_bytes, decode_body, frame_to_bytes, ClientToServer, CloseCode, Fingerprint, HostId,
-    PairId, PathReason, PeerToPeer, Probe, PunchOrder, PunchOutcome, ServerDatagram,
+    datagram_to_bytes, decode_body, decode_peer_frame, decode_server_datagram, frame_to_bytes,
+    ClientToServer, CloseCode, Fingerprint, HostId, PairId, PathReason, PeerToPeer, Probe,
+    PunchOrder, PunchOutcome, ServerDatagram,
 };
 use ring::rand::SecureRandom;
 use std::net::SocketAddr;
@@ -391,7 +392,7 @@ async fn read_peer_frames(inner: &Arc<Inner>, peer: HostId, mut recv: FrameReade
             Ok(None) => return ReadEnd::Connection(quinn::ConnectionError::LocallyClosed),
             Err(end) => return end,
         };
-        let frame = match decode_body::<PeerToPeer>(&body) {
+        let frame = match decode_peer_frame(&body) {
             Ok(frame) => frame,
             Err(error) => return error.into(),
         };
@@ -443,7 +444,7 @@ async fn read_peer_datagrams(
             Ok(datagram) => datagram,
             Err(error) => return ReadEnd::Connection(error),
         };
-        let Ok(message) = decode_body::<ServerDatagram>(&datagram) else {
+        let Ok(message) = decode_server_datagram(&datagram) else {
             return ReadEnd::Violation(CloseCode::ProtocolViolation, "malformed datagram".into());
         };
         {

@@ -15,6 +15,8 @@
 //! - [`schedule`]: the send queue both sides use: notices first, then messages by
 //!   priority (deficit round robin), with latest-value replacement.
 //! - [`typed`]: applications' own serde message types, encoded with postcard.
+//! - [`zero_copy`]: decoders for the hot path that share a message's payload with the
+//!   received buffer instead of copying it.
 //! - [`rooms`]: the requests and replies of the rooms application in `peergroup-server`.
 //!
 //! # Wire rules
@@ -33,6 +35,7 @@ pub mod probe;
 pub mod rooms;
 pub mod schedule;
 pub mod typed;
+pub mod zero_copy;
 
 pub use close::CloseCode;
 pub use frame::{
@@ -48,6 +51,10 @@ pub use messages::{
     RefuseReason, RelayDest, ServerDatagram, ServerToClient,
 };
 pub use probe::{is_probe, MalformedProbe, Probe, ProbeKind, PROBE_MAC_LEN};
+pub use zero_copy::{
+    decode_client_datagram, decode_client_frame, decode_peer_frame, decode_server_datagram,
+    decode_server_frame,
+};
 
 /// The TLS ALPN token of this protocol (RFC 7301).
 pub const ALPN: &[u8] = b"peergroup/1";

@@ -5,9 +5,10 @@
 
 use bytes::{Bytes, BytesMut};
 use peergroup_protocol::{
-    body_len, datagram_to_bytes, decode_body, encode_frame, frame_to_bytes, is_probe,
-    peek_hello_version, ClientDatagram, ClientToServer, CloseCode, DatagramLane, Delivery,
-    Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, Lane, MalformedProbe,
+    body_len, datagram_to_bytes, decode_body, decode_client_datagram, decode_client_frame,
+    decode_peer_frame, decode_server_datagram, decode_server_frame, encode_frame, frame_to_bytes,
+    is_probe, peek_hello_version, ClientDatagram, ClientToServer, CloseCode, DatagramLane,
+    Delivery, Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, Lane, MalformedProbe,
     Memberships, Notice, PairId, PairPath, PathReason, PeerInfo, PeerToPeer, Priority, Probe,
     ProbeKind, PunchOrder, PunchOutcome, RefuseReason, RelayDest, ServerDatagram, ServerToClient,
     DATAGRAM_DELIVER_OVERHEAD, DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN, PROBE_MAC_LEN,
@@ -990,4 +991,89 @@ proptest! {
         }
         let _ = Probe::decode(&bytes[..cut.index(bytes.len() + 1)]);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Zero-copy decoders agree with the plain ones
+// ---------------------------------------------------------------------------------------
+
+/// The zero-copy decoder and `decode_body` agree on `bytes`: the same message, or both an
+/// error.
+fn agree<T: PartialEq + std::fmt::Debug + serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    fast: fn(&Bytes) -> Result<T, FrameError>,
+) -> Result<(), TestCaseError> {
+    let plain = decode_body::<T>(bytes);
+    let shared = fast(&Bytes::copy_from_slice(bytes));
+    match (&plain, &shared) {
+        (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+        (Err(_), Err(_)) => {}
+        _ => prop_assert!(false, "plain {:?} but zero-copy {:?}", plain, shared),
+    }
+    Ok(())
+}
+
+/// `agree` on `bytes`, on every truncation of them, and on one byte more.
+fn agree_around<T: PartialEq + std::fmt::Debug + serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    fast: fn(&Bytes) -> Result<T, FrameError>,
+) -> Result<(), TestCaseError> {
+    for cut in 0..=bytes.len() {
+        agree(&bytes[..cut], fast)?;
+    }
+    let mut longer = bytes.to_vec();
+    longer.push(0);
+    agree(&longer, fast)
+}
+
+proptest! {
+    #[test]
+    fn zero_copy_decoders_give_what_decode_body_gives(
+        client in client_to_server(),
+        server in server_to_client(),
+        peer in peer_to_peer(),
+        client_datagram in client_datagram(),
+        server_datagram in server_datagram(),
+    ) {
+        agree_around(&datagram_to_bytes(&client).unwrap(), decode_client_frame)?;
+        agree_around(&datagram_to_bytes(&server).unwrap(), decode_server_frame)?;
+        agree_around(&datagram_to_bytes(&peer).unwrap(), decode_peer_frame)?;
+        agree_around(&datagram_to_bytes(&client_datagram).unwrap(), decode_client_datagram)?;
+        agree_around(&datagram_to_bytes(&server_datagram).unwrap(), decode_server_datagram)?;
+    }
+
+    #[test]
+    fn zero_copy_decoders_agree_on_arbitrary_bytes(
+        variant in 0u8..12,
+        rest in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut bytes = vec![variant];
+        bytes.extend(rest);
+        agree(&bytes, decode_client_frame)?;
+        agree(&bytes, decode_server_frame)?;
+        agree(&bytes, decode_peer_frame)?;
+        agree(&bytes, decode_client_datagram)?;
+        agree(&bytes, decode_server_datagram)?;
+    }
+}
+
+#[test]
+fn a_zero_copy_payload_shares_the_received_buffer() {
+    let message = ServerToClient::Deliver {
+        from: HostId::from_raw(1),
+        group: None,
+        lane: Lane::Unordered,
+        seq: 3,
+        payload: Bytes::from(vec![7u8; 100]),
+    };
+    let body = datagram_to_bytes(&message).unwrap();
+    let Ok(ServerToClient::Deliver { payload, .. }) = decode_server_frame(&body) else {
+        panic!("decodes");
+    };
+    let start = payload.as_ptr() as usize - body.as_ptr() as usize;
+    assert_eq!(
+        start + payload.len(),
+        body.len(),
+        "a slice of the body, not a copy"
+    );
 }

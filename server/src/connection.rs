@@ -6,12 +6,13 @@
 use crate::auth::{AuthDecision, AuthHook, LoginRequest};
 use crate::events::{DisconnectReason, ServerEvent};
 use crate::outbound::{OutboundQueue, OutboundReceiver};
-use crate::shared::{close_with, Link, Shared};
+use crate::shared::{close_with, Core, Link, Shared};
 use crate::tls::peer_fingerprint;
 use bytes::{Bytes, BytesMut};
 use peergroup_protocol::{
-    decode_body, frame_to_bytes, peek_hello_version, ClientDatagram, ClientToServer, CloseCode,
-    FrameDecoder, FrameError, Hello, HostId, ServerToClient, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
+    decode_body, decode_client_datagram, decode_client_frame, frame_to_bytes, peek_hello_version,
+    ClientDatagram, ClientToServer, CloseCode, FrameDecoder, FrameError, Hello, HostId,
+    ServerToClient, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
 };
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -299,6 +300,11 @@ impl FrameReader {
         }
     }
 
+    /// The next frame body if the last read already brought it, without waiting.
+    fn buffered(&mut self) -> Result<Option<Bytes>, ReadEnd> {
+        Ok(self.decoder.next_body()?)
+    }
+
     /// The next frame body; `Ok(None)` on a clean end of stream between frames.
     async fn next(&mut self) -> Result<Option<Bytes>, ReadEnd> {
         loop {
@@ -327,13 +333,20 @@ fn read_error(error: quinn::ReadError) -> ReadEnd {
     }
 }
 
-/// The control stream: acks and reliable relay uploads, in order.
+/// Frames taken from one read at most, handled under one lock: enough to share the
+/// lock's cost across a burst, few enough to keep other clients' waits short.
+const FRAMES_PER_TURN: usize = 64;
+
+/// The control stream: acks and reliable relay uploads, in order. Every frame one read
+/// brought is handled under one lock and with one clock reading, and what they caused is
+/// sent (and waited on) once.
 async fn read_frames(
     shared: &Shared,
     host: HostId,
     mut recv: FrameReader,
     connection: &quinn::Connection,
 ) -> ReadEnd {
+    let mut bodies = Vec::with_capacity(FRAMES_PER_TURN);
     loop {
         let body = match recv.next().await {
             Ok(Some(body)) => body,
@@ -350,106 +363,86 @@ async fn read_frames(
             }
             Err(end) => return end,
         };
-        let message = match decode_body::<ClientToServer>(&body) {
-            Ok(message) => message,
-            Err(error) => return error.into(),
-        };
-        let deferred = match message {
-            ClientToServer::Hello(_) => {
-                return ReadEnd::Violation(CloseCode::ProtocolViolation, "a second hello".into())
-            }
-            ClientToServer::Ack { notices } => {
-                let (acked, deferred) =
-                    shared.with_core(|core| core.registry.handle_ack(host, notices));
-                if let Err(error) = acked {
-                    return ReadEnd::Violation(CloseCode::ProtocolViolation, error.to_string());
+        bodies.push(body);
+        let mut ended = None;
+        while bodies.len() < FRAMES_PER_TURN {
+            match recv.buffered() {
+                Ok(Some(body)) => bodies.push(body),
+                Ok(None) => break,
+                Err(end) => {
+                    ended = Some(end);
+                    break;
                 }
-                deferred
             }
-            ClientToServer::HostCandidates { addrs } => {
-                shared
-                    .with_core(|core| core.registry.handle_host_candidates(host, addrs))
-                    .1
-            }
-            ClientToServer::WantDirect { pair } => {
-                shared
-                    .with_core(|core| core.registry.handle_want_direct(host, pair, Instant::now()))
-                    .1
-            }
-            ClientToServer::PunchReport {
-                pair,
-                attempt,
-                outcome,
-            } => {
-                shared
-                    .with_core(|core| {
-                        core.registry.handle_punch_report(
-                            host,
-                            pair,
-                            attempt,
-                            outcome,
-                            Instant::now(),
-                        )
-                    })
-                    .1
-            }
-            ClientToServer::PathReport { pair, path, reason } => {
-                shared
-                    .with_core(|core| {
-                        core.registry
-                            .handle_path_report(host, pair, path, reason, Instant::now())
-                    })
-                    .1
-            }
-            ClientToServer::Relay {
-                group,
-                to_server,
-                lane,
-                priority,
-                dests,
-                payload,
-            } => {
-                shared
-                    .with_core(|core| {
-                        core.registry.handle_relay(
-                            host,
-                            group,
-                            to_server,
-                            lane,
-                            priority,
-                            &dests,
-                            payload,
-                            Instant::now(),
-                        )
-                    })
-                    .1
-            }
-            ClientToServer::TimeRequest { token } => {
-                shared.answer_time_request(host, token);
-                continue;
-            }
-            ClientToServer::LinkReport {
-                pair,
-                rtt_us,
-                last_rtt_us,
-                loss_permille,
-            } => {
-                let micros = |us: Option<u32>| us.map(|us| Duration::from_micros(us.into()));
-                shared
-                    .with_core(|core| {
-                        core.registry.handle_link_report(
-                            host,
-                            pair,
-                            micros(rtt_us),
-                            micros(last_rtt_us),
-                            loss_permille.map(|p| f32::from(p) / 1000.0),
-                        )
-                    })
-                    .1
-            }
-        };
+        }
+        let (handled, deferred) = shared.with_core(|core| {
+            let now = Instant::now();
+            bodies
+                .drain(..)
+                .try_for_each(|body| handle_frame(shared, core, host, &body, now))
+        });
         shared.settle(deferred).await;
+        if let Some(end) = handled.err().or(ended) {
+            return end;
+        }
     }
+}
+
+/// One frame of a client's control stream, under the lock.
+fn handle_frame(
+    shared: &Shared,
+    core: &mut Core,
+    host: HostId,
+    body: &Bytes,
+    now: Instant,
+) -> Result<(), ReadEnd> {
+    let registry = &mut core.registry;
+    match decode_client_frame(body)? {
+        ClientToServer::Hello(_) => {
+            return Err(ReadEnd::Violation(
+                CloseCode::ProtocolViolation,
+                "a second hello".into(),
+            ))
+        }
+        ClientToServer::Ack { notices } => registry
+            .handle_ack(host, notices)
+            .map_err(|error| ReadEnd::Violation(CloseCode::ProtocolViolation, error.to_string()))?,
+        ClientToServer::HostCandidates { addrs } => registry.handle_host_candidates(host, addrs),
+        ClientToServer::WantDirect { pair } => registry.handle_want_direct(host, pair, now),
+        ClientToServer::PunchReport {
+            pair,
+            attempt,
+            outcome,
+        } => registry.handle_punch_report(host, pair, attempt, outcome, now),
+        ClientToServer::PathReport { pair, path, reason } => {
+            registry.handle_path_report(host, pair, path, reason, now)
+        }
+        ClientToServer::Relay {
+            group,
+            to_server,
+            lane,
+            priority,
+            dests,
+            payload,
+        } => registry.handle_relay(host, group, to_server, lane, priority, &dests, payload, now),
+        ClientToServer::TimeRequest { token } => shared.answer_time_request(core, host, token),
+        ClientToServer::LinkReport {
+            pair,
+            rtt_us,
+            last_rtt_us,
+            loss_permille,
+        } => {
+            let micros = |us: Option<u32>| us.map(|us| Duration::from_micros(us.into()));
+            registry.handle_link_report(
+                host,
+                pair,
+                micros(rtt_us),
+                micros(last_rtt_us),
+                loss_permille.map(|p| f32::from(p) / 1000.0),
+            )
+        }
+    }
+    Ok(())
 }
 
 /// Unreliable relay uploads.
@@ -466,7 +459,7 @@ async fn read_datagrams(shared: &Shared, host: HostId, connection: &quinn::Conne
             server_seq,
             dests,
             payload,
-        } = match decode_body::<ClientDatagram>(&datagram) {
+        } = match decode_client_datagram(&datagram) {
             Ok(message) => message,
             Err(error) => return error.into(),
         };

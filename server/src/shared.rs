@@ -201,8 +201,8 @@ impl Shared {
     }
 
     /// Answers a client's clock request at once, ahead of queued messages (a notice), so
-    /// the round trip the client measures is mostly the network's.
-    pub fn answer_time_request(&self, host: HostId, token: u64) {
+    /// the round trip the client measures is mostly the network's. Called under the lock.
+    pub fn answer_time_request(&self, core: &Core, host: HostId, token: u64) {
         let server_time_us = self.started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
         let message = ServerToClient::Time {
             token,
@@ -210,9 +210,7 @@ impl Shared {
         };
         // A notice never waits: the queue's limits still apply when it is read.
         let mut deferred = Deferred::default();
-        let core = self.lock();
-        self.send_frame(&core, host, &message, &mut deferred);
-        drop(core);
+        self.send_frame(core, host, &message, &mut deferred);
         drop(deferred);
     }
 
