@@ -106,11 +106,7 @@ impl BlockingClient {
     ///
     /// [`Limits::event_queue`]: crate::Limits::event_queue
     pub fn drain_events(&mut self, out: &mut Vec<ClientEvent>) -> usize {
-        let queued = self.events.queued();
-        out.reserve(queued);
-        let before = out.len();
-        out.extend(std::iter::from_fn(|| self.events.try_next()).take(queued));
-        out.len() - before
+        self.events.drain_now(out)
     }
 
     /// Whether `Disconnected` has been drained: no event will come any more.

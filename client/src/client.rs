@@ -17,7 +17,7 @@ use peergroup_protocol::{
     HostId, PairId, PairPath, PeerInfo, SendOptions, ServerToClient, DEFAULT_MAX_FRAME_LEN,
     PROTOCOL_VERSION,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -46,7 +46,9 @@ pub(crate) struct Inner {
     uploads: UploadQueue,
     /// Each direct peer's send queue holds at most about this many bytes.
     pub peer_queue_bytes: usize,
-    events: mpsc::Sender<ClientEvent>,
+    /// Events go to the application in batches: one channel operation (and one wake of
+    /// the application) per batch rather than per event.
+    events: mpsc::Sender<Vec<ClientEvent>>,
     /// The event queue's size; readers pause while the session holds this many events.
     event_capacity: usize,
     /// Wakes the emitter: the session has events.
@@ -122,23 +124,29 @@ impl Inner {
     /// pauses the senders. Returns whether `Disconnected` went out.
     pub async fn deliver_events(&self) -> bool {
         let _turn = self.emit_turn.lock().await;
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(EVENT_BATCH);
         let mut disconnected = false;
         loop {
             {
                 let mut core = self.lock();
-                batch.extend(std::iter::from_fn(|| core.session.poll_event()).take(64));
+                batch.extend(std::iter::from_fn(|| core.session.poll_event()).take(EVENT_BATCH));
                 self.pending_events
                     .store(core.session.pending_events(), Ordering::Release);
             }
             if batch.is_empty() {
                 break;
             }
-            for event in batch.drain(..) {
-                disconnected |= matches!(event, ClientEvent::Disconnected { .. });
-                // An error only means the application dropped its event stream.
-                let _ = self.events.send(event).await;
-            }
+            disconnected |= batch
+                .iter()
+                .any(|event| matches!(event, ClientEvent::Disconnected { .. }));
+            // An error only means the application dropped its event stream.
+            let _ = self
+                .events
+                .send(std::mem::replace(
+                    &mut batch,
+                    Vec::with_capacity(EVENT_BATCH),
+                ))
+                .await;
             self.event_room.notify_waiters();
         }
         disconnected
@@ -295,15 +303,21 @@ impl std::fmt::Debug for Client {
 /// [`Limits::event_queue`]: crate::Limits::event_queue
 #[derive(Debug)]
 pub struct ClientEvents {
-    rx: mpsc::Receiver<ClientEvent>,
+    rx: mpsc::Receiver<Vec<ClientEvent>>,
+    /// The rest of the batch the last read took.
+    buffer: VecDeque<ClientEvent>,
     /// `Disconnected` was handed over, or the queue closed: nothing more will come.
     finished: bool,
 }
 
+/// Events handed to the application in one batch at most.
+const EVENT_BATCH: usize = 64;
+
 impl ClientEvents {
-    fn new(rx: mpsc::Receiver<ClientEvent>) -> Self {
+    fn new(rx: mpsc::Receiver<Vec<ClientEvent>>) -> Self {
         Self {
             rx,
+            buffer: VecDeque::new(),
             finished: false,
         }
     }
@@ -323,36 +337,56 @@ impl ClientEvents {
         if self.finished {
             return None;
         }
-        match self.rx.try_recv() {
-            Ok(event) => Some(self.note(event)),
-            Err(mpsc::error::TryRecvError::Empty) => None,
-            Err(mpsc::error::TryRecvError::Disconnected) => {
-                self.finished = true;
-                None
+        if self.buffer.is_empty() {
+            match self.rx.try_recv() {
+                Ok(batch) => self.buffer.extend(batch),
+                Err(mpsc::error::TryRecvError::Empty) => return None,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.finished = true;
+                    return None;
+                }
             }
         }
+        let event = self.buffer.pop_front()?;
+        Some(self.note(event))
     }
 
     /// Whether the stream has ended: `Disconnected` has been returned (or the client's
     /// tasks are gone, as when their runtime shut down, and nothing is left queued), so
     /// every later read returns `None`.
     pub fn is_finished(&self) -> bool {
-        self.finished || (self.rx.is_closed() && self.rx.is_empty())
+        self.finished || (self.buffer.is_empty() && self.rx.is_closed() && self.rx.is_empty())
     }
 
-    /// Events waiting in the queue now.
-    pub(crate) fn queued(&self) -> usize {
-        if self.finished {
-            0
-        } else {
-            self.rx.len()
+    /// Moves every event queued now into `out`, without waiting; how many. Events that
+    /// arrive meanwhile are left for the next call, so it always returns promptly.
+    pub(crate) fn drain_now(&mut self, out: &mut Vec<ClientEvent>) -> usize {
+        let before = out.len();
+        for _ in 0..self.rx.len() {
+            match self.rx.try_recv() {
+                Ok(batch) => self.buffer.extend(batch),
+                Err(_) => break,
+            }
         }
+        while let Some(event) = self.try_next_buffered() {
+            out.push(event);
+        }
+        out.len() - before
+    }
+
+    fn try_next_buffered(&mut self) -> Option<ClientEvent> {
+        if self.finished {
+            return None;
+        }
+        let event = self.buffer.pop_front()?;
+        Some(self.note(event))
     }
 
     /// Marks the end when `event` is the last one.
     fn note(&mut self, event: ClientEvent) -> ClientEvent {
         if matches!(event, ClientEvent::Disconnected { .. }) {
             self.finished = true;
+            self.buffer.clear();
             // A direct path can outlive the server connection for a moment; closing the
             // queue keeps its reader from waiting for room that no one will make.
             self.rx.close();
@@ -368,16 +402,21 @@ impl Stream for ClientEvents {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ClientEvent>> {
         let this = self.get_mut();
-        if this.finished {
-            return Poll::Ready(None);
-        }
-        match this.rx.poll_recv(cx) {
-            Poll::Ready(Some(event)) => Poll::Ready(Some(this.note(event))),
-            Poll::Ready(None) => {
-                this.finished = true;
-                Poll::Ready(None)
+        loop {
+            if this.finished {
+                return Poll::Ready(None);
             }
-            Poll::Pending => Poll::Pending,
+            if let Some(event) = this.buffer.pop_front() {
+                return Poll::Ready(Some(this.note(event)));
+            }
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => this.buffer.extend(batch),
+                Poll::Ready(None) => {
+                    this.finished = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }
@@ -513,8 +552,10 @@ impl Client {
             });
         }
 
-        let (events_tx, events_rx) = mpsc::channel(config.limits.event_queue.max(2));
-        let _ = events_tx.try_send(ClientEvent::Connected { host_id });
+        // The queue holds batches: about `event_queue` events in all.
+        let batches = config.limits.event_queue.div_ceil(EVENT_BATCH).max(2);
+        let (events_tx, events_rx) = mpsc::channel(batches);
+        let _ = events_tx.try_send(vec![ClientEvent::Connected { host_id }]);
         let (uploads, queued) = UploadQueue::new(config.limits.send_queue_bytes, false);
         let guard = Arc::new(CloseOnDrop {
             connection: connection.clone(),

@@ -259,10 +259,10 @@ pub(crate) async fn write_stream(
         match next {
             Next::Frames => {
                 let len = merged.len();
-                if send.write_all(&merged).await.is_err() {
+                // Handed to quinn whole, not copied again.
+                if send.write_chunk(merged.split().freeze()).await.is_err() {
                     return;
                 }
-                merged.clear();
                 queue.written(len);
             }
             Next::Finish(done) => {

@@ -1435,9 +1435,16 @@ impl Session {
                     payload: payload.clone(),
                 }),
                 Carrier::Stream(lane) => {
-                    let pairs: Vec<PairId> = dests.iter().map(|d| d.pair).collect();
+                    // Only a latest value is ever replaced by flow: other sends need none.
+                    let flow = match lane {
+                        Lane::Latest { .. } => {
+                            let pairs: Vec<PairId> = dests.iter().map(|d| d.pair).collect();
+                            flow_of(&pairs, group, to_server)
+                        }
+                        _ => 0,
+                    };
                     Upload::Relay {
-                        flow: flow_of(&pairs, group, to_server),
+                        flow,
                         frame: ClientToServer::Relay {
                             group,
                             to_server,

@@ -53,7 +53,7 @@ pub use messages::{
 pub use probe::{is_probe, MalformedProbe, Probe, ProbeKind, PROBE_MAC_LEN};
 pub use zero_copy::{
     decode_client_datagram, decode_client_frame, decode_peer_frame, decode_server_datagram,
-    decode_server_frame,
+    decode_server_frame, DeliverFrame,
 };
 
 /// The TLS ALPN token of this protocol (RFC 7301).

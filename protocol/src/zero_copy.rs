@@ -210,3 +210,74 @@ pub fn decode_server_datagram(body: &Bytes) -> Result<ServerDatagram, FrameError
         payload,
     })
 }
+
+/// A relayed message for one receiver, kept as its fields until it is written, so the
+/// payload is shared by every receiver and copied once, straight into the stream's
+/// buffer ([`DeliverFrame::write_to`]). Writes exactly what
+/// [`frame_to_bytes`](crate::frame_to_bytes) writes for the same
+/// [`ServerToClient::Deliver`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverFrame {
+    /// The sender.
+    pub from: HostId,
+    /// The group the sender addressed, if any.
+    pub group: Option<GroupId>,
+    /// The sequence space of `seq`.
+    pub lane: Lane,
+    /// The sender's number for this pair and lane.
+    pub seq: u64,
+    /// The application payload.
+    pub payload: Bytes,
+}
+
+impl DeliverFrame {
+    /// The fields before the payload, as postcard lays out the variant (its index first).
+    fn head(&self) -> (u32, HostId, Option<GroupId>, Lane, u64, u64) {
+        (
+            u32::from(SERVER_DELIVER),
+            self.from,
+            self.group,
+            self.lane,
+            self.seq,
+            self.payload.len() as u64,
+        )
+    }
+
+    /// The whole frame's length in bytes, length prefix included.
+    pub fn frame_len(&self) -> usize {
+        let head =
+            postcard::serialize_with_flavor(&self.head(), postcard::ser_flavors::Size::default())
+                .unwrap_or(0);
+        crate::LENGTH_PREFIX_LEN + head + self.payload.len()
+    }
+
+    /// Appends the frame (length prefix, then body) to `out`.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] when the body exceeds `max` bytes; `out` is unchanged then.
+    pub fn write_to(&self, out: &mut bytes::BytesMut, max: u32) -> Result<(), FrameError> {
+        let body = self.frame_len() - crate::LENGTH_PREFIX_LEN;
+        if body > max as usize {
+            return Err(FrameError::TooLarge {
+                len: body as u64,
+                max,
+            });
+        }
+        out.reserve(crate::LENGTH_PREFIX_LEN + body);
+        out.extend_from_slice(&(body as u32).to_be_bytes());
+        postcard::serialize_with_flavor(&self.head(), crate::frame::BytesMutFlavor(out))?;
+        out.extend_from_slice(&self.payload);
+        Ok(())
+    }
+
+    /// The message this frame carries.
+    pub fn message(&self) -> ServerToClient {
+        ServerToClient::Deliver {
+            from: self.from,
+            group: self.group,
+            lane: self.lane,
+            seq: self.seq,
+            payload: self.payload.clone(),
+        }
+    }
+}

@@ -8,10 +8,11 @@ use peergroup_protocol::{
     body_len, datagram_to_bytes, decode_body, decode_client_datagram, decode_client_frame,
     decode_peer_frame, decode_server_datagram, decode_server_frame, encode_frame, frame_to_bytes,
     is_probe, peek_hello_version, ClientDatagram, ClientToServer, CloseCode, DatagramLane,
-    Delivery, Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, Lane, MalformedProbe,
-    Memberships, Notice, PairId, PairPath, PathReason, PeerInfo, PeerToPeer, Priority, Probe,
-    ProbeKind, PunchOrder, PunchOutcome, RefuseReason, RelayDest, ServerDatagram, ServerToClient,
-    DATAGRAM_DELIVER_OVERHEAD, DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN, PROBE_MAC_LEN,
+    DeliverFrame, Delivery, Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, Lane,
+    MalformedProbe, Memberships, Notice, PairId, PairPath, PathReason, PeerInfo, PeerToPeer,
+    Priority, Probe, ProbeKind, PunchOrder, PunchOutcome, RefuseReason, RelayDest, ServerDatagram,
+    ServerToClient, DATAGRAM_DELIVER_OVERHEAD, DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN,
+    PROBE_MAC_LEN,
 };
 use proptest::prelude::*;
 use serde::{de::DeserializeOwned, Serialize};
@@ -1076,4 +1077,29 @@ fn a_zero_copy_payload_shares_the_received_buffer() {
         body.len(),
         "a slice of the body, not a copy"
     );
+}
+
+proptest! {
+    #[test]
+    fn a_deliver_frame_writes_what_frame_to_bytes_writes(
+        message in server_to_client(),
+        prefix in prop::collection::vec(any::<u8>(), 0..8),
+    ) {
+        let ServerToClient::Deliver { from, group, lane, seq, payload } = message.clone() else {
+            return Ok(());
+        };
+        let frame = DeliverFrame { from, group, lane, seq, payload };
+        let expected = frame_to_bytes(&message, DEFAULT_MAX_FRAME_LEN).unwrap();
+        prop_assert_eq!(frame.frame_len(), expected.len());
+        let mut out = BytesMut::from(&prefix[..]);
+        frame.write_to(&mut out, DEFAULT_MAX_FRAME_LEN).unwrap();
+        prop_assert_eq!(&out[..prefix.len()], &prefix[..], "appends");
+        prop_assert_eq!(&out[prefix.len()..], &expected[..]);
+        prop_assert_eq!(frame.message(), message);
+        // Over the limit: refused, and nothing written.
+        let body = expected.len() - LENGTH_PREFIX_LEN;
+        let mut untouched = BytesMut::from(&prefix[..]);
+        prop_assert!(frame.write_to(&mut untouched, body as u32 - 1).is_err());
+        prop_assert_eq!(&untouched[..], &prefix[..]);
+    }
 }

@@ -5,7 +5,7 @@
 
 use crate::auth::{AuthDecision, AuthHook, LoginRequest};
 use crate::events::{DisconnectReason, ServerEvent};
-use crate::outbound::{OutboundQueue, OutboundReceiver};
+use crate::outbound::{OutboundQueue, OutboundReceiver, Outgoing};
 use crate::shared::{close_with, Core, Link, Shared};
 use crate::tls::peer_fingerprint;
 use bytes::{Bytes, BytesMut};
@@ -253,7 +253,7 @@ async fn accept(
         remote_addr: connection.remote_address(),
         app_data,
     });
-    tokio::spawn(write_frames(send, queued));
+    tokio::spawn(write_frames(send, queued, shared.limits.max_frame_len()));
     Ok((host, connection, recv))
 }
 
@@ -261,23 +261,25 @@ async fn accept(
 const WRITE_BATCH_BYTES: usize = 32 << 10;
 
 /// Writes queued frames in order, several at a time.
-async fn write_frames(mut send: quinn::SendStream, mut queued: OutboundReceiver) {
+async fn write_frames(mut send: quinn::SendStream, mut queued: OutboundReceiver, max_frame: u32) {
     let mut batch = Vec::with_capacity(64);
     let mut merged = BytesMut::new();
     loop {
         // A few tens of KiB at a time: the order of what waits is decided in our queue,
         // by priority, rather than in quinn's stream buffer.
         queued.recv_many(&mut batch, 64, WRITE_BATCH_BYTES).await;
-        let bytes = batch.iter().map(Bytes::len).sum();
-        // One buffer per batch: quinn scans a stream's unacknowledged buffers for each
-        // packet it builds, so many small ones slow it down.
+        let bytes = batch.iter().map(Outgoing::len).sum();
+        // One buffer per batch (quinn scans a stream's unacknowledged buffers for each
+        // packet it builds, so many small ones slow it down), handed to quinn whole
+        // rather than copied again.
         for frame in batch.drain(..) {
-            merged.extend_from_slice(&frame);
+            if let Err(error) = frame.write_to(&mut merged, max_frame) {
+                tracing::error!(%error, "frame not sent");
+            }
         }
-        if send.write_all(&merged).await.is_err() {
+        if send.write_chunk(merged.split().freeze()).await.is_err() {
             return;
         }
-        merged.clear();
         queued.written(bytes);
     }
 }

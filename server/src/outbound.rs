@@ -14,16 +14,51 @@
 //!
 //! [`Delivery::Latest`]: peergroup_protocol::Delivery::Latest
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use peergroup_protocol::schedule::{Pushed, SendQueue};
-use peergroup_protocol::{HostId, Priority};
+use peergroup_protocol::{DeliverFrame, FrameError, HostId, Priority};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
+/// One frame waiting in a client's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outgoing {
+    /// Encoded already: notices, skips, the server application's messages.
+    Encoded(Bytes),
+    /// A relayed message, encoded only by the writer: outside the server's lock, straight
+    /// into the stream's buffer, its payload shared by every receiver until then.
+    Deliver(DeliverFrame),
+}
+
+impl Outgoing {
+    /// The frame's length in bytes, length prefix included.
+    pub fn len(&self) -> usize {
+        match self {
+            Outgoing::Encoded(frame) => frame.len(),
+            Outgoing::Deliver(frame) => frame.frame_len(),
+        }
+    }
+
+    /// Appends the frame to `out`.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] for a relayed message over `max` bytes (the relay checks
+    /// sizes earlier, so this does not happen); `out` is unchanged then.
+    pub fn write_to(&self, out: &mut BytesMut, max: u32) -> Result<(), FrameError> {
+        match self {
+            Outgoing::Encoded(frame) => {
+                out.extend_from_slice(frame);
+                Ok(())
+            }
+            Outgoing::Deliver(frame) => frame.write_to(out, max),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct QueueState {
-    queue: Mutex<SendQueue<Bytes>>,
+    queue: Mutex<SendQueue<Outgoing>>,
     /// Bytes queued plus bytes taken by the writer and not yet written.
     bytes: AtomicUsize,
     soft_limit: usize,
@@ -36,7 +71,7 @@ struct QueueState {
 }
 
 impl QueueState {
-    fn lock(&self) -> MutexGuard<'_, SendQueue<Bytes>> {
+    fn lock(&self) -> MutexGuard<'_, SendQueue<Outgoing>> {
         self.queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -100,7 +135,7 @@ impl OutboundQueue {
         let len = frame.len();
         self.push(
             |queue, len| {
-                queue.push_control(frame, len);
+                queue.push_control(Outgoing::Encoded(frame), len);
                 0
             },
             len,
@@ -111,7 +146,7 @@ impl OutboundQueue {
     /// queued message from the same sender with the same key.
     pub fn push_data(
         &self,
-        frame: Bytes,
+        frame: Outgoing,
         priority: Priority,
         from: HostId,
         latest: Option<u64>,
@@ -130,6 +165,7 @@ impl OutboundQueue {
     /// hosts in `waits` (a `PeerDown`, or a `MemberLeft` behind the leaver's messages), or
     /// every queued message. They go out first, in the order they were queued.
     pub fn push_control_after(&self, frame: Bytes, waits: Waits<'_>) -> Fill {
+        let frame = Outgoing::Encoded(frame);
         let len = frame.len();
         self.push(
             |queue, len| {
@@ -148,7 +184,11 @@ impl OutboundQueue {
         )
     }
 
-    fn push(&self, insert: impl FnOnce(&mut SendQueue<Bytes>, usize) -> usize, len: usize) -> Fill {
+    fn push(
+        &self,
+        insert: impl FnOnce(&mut SendQueue<Outgoing>, usize) -> usize,
+        len: usize,
+    ) -> Fill {
         if self.state.closed.load(Ordering::Acquire) {
             // The writer is gone (connection closing): nothing is held.
             return Fill::Fine;
@@ -199,7 +239,7 @@ impl OutboundReceiver {
     /// The next frames in scheduling order, up to `limit` frames or `max_bytes` bytes
     /// (at least one frame), waiting for at least one. Taking few at a time keeps the
     /// order decided here rather than in quinn's stream buffer.
-    pub async fn recv_many(&mut self, frames: &mut Vec<Bytes>, limit: usize, max_bytes: usize) {
+    pub async fn recv_many(&mut self, frames: &mut Vec<Outgoing>, limit: usize, max_bytes: usize) {
         loop {
             {
                 let mut queue = self.state.lock();
@@ -246,8 +286,12 @@ mod tests {
 
     const SENDER: HostId = HostId::SERVER;
 
+    fn encoded(frame: &'static [u8]) -> Outgoing {
+        Outgoing::Encoded(Bytes::from_static(frame))
+    }
+
     fn data(queue: &OutboundQueue, frame: &'static [u8]) -> Fill {
-        queue.push_data(Bytes::from_static(frame), Priority::Medium, SENDER, None)
+        queue.push_data(encoded(frame), Priority::Medium, SENDER, None)
     }
 
     #[tokio::test]
@@ -265,7 +309,7 @@ mod tests {
         assert!(!waiter.is_finished(), "still backlogged");
         let mut frames = Vec::new();
         rx.recv_many(&mut frames, 2, usize::MAX).await;
-        rx.written(frames.iter().map(Bytes::len).sum());
+        rx.written(frames.iter().map(Outgoing::len).sum());
         tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
             .expect("woken once under the soft limit")
@@ -287,9 +331,8 @@ mod tests {
     #[tokio::test]
     async fn a_replaced_latest_message_costs_nothing_more() {
         let (queue, mut rx) = OutboundQueue::new(1 << 20);
-        let latest = |frame: &'static [u8]| {
-            queue.push_data(Bytes::from_static(frame), Priority::High, SENDER, Some(7))
-        };
+        let latest =
+            |frame: &'static [u8]| queue.push_data(encoded(frame), Priority::High, SENDER, Some(7));
         for _ in 0..1000 {
             latest(b"old position");
         }
@@ -297,7 +340,7 @@ mod tests {
         assert_eq!(queue.queued_bytes(), 3, "one message per key is held");
         let mut frames = Vec::new();
         rx.recv_many(&mut frames, 64, usize::MAX).await;
-        assert_eq!(frames, vec![Bytes::from_static(b"new")]);
+        assert_eq!(frames, vec![encoded(b"new")]);
         rx.written(3);
         assert_eq!(queue.queued_bytes(), 0);
     }
@@ -306,14 +349,43 @@ mod tests {
     async fn notices_go_first_but_a_peer_down_waits_for_that_peers_messages() {
         let (queue, mut rx) = OutboundQueue::new(1 << 20);
         let peer = HostId::from_raw(99);
-        queue.push_data(Bytes::from_static(b"m1"), Priority::Low, peer, None);
-        queue.push_data(Bytes::from_static(b"other"), Priority::Low, SENDER, None);
+        queue.push_data(encoded(b"m1"), Priority::Low, peer, None);
+        queue.push_data(encoded(b"other"), Priority::Low, SENDER, None);
         queue.push_control(Bytes::from_static(b"notice"));
-        queue.push_data(Bytes::from_static(b"m2"), Priority::High, peer, None);
+        queue.push_data(encoded(b"m2"), Priority::High, peer, None);
         queue.push_control_after(Bytes::from_static(b"down"), Waits::For(&[peer]));
         let mut frames = Vec::new();
         rx.recv_many(&mut frames, 64, usize::MAX).await;
-        let order: Vec<&[u8]> = frames.iter().map(|f| f.as_ref()).collect();
-        assert_eq!(order, [&b"notice"[..], b"m1", b"m2", b"down", b"other"]);
+        let order: Vec<Outgoing> = ["notice", "m1", "m2", "down", "other"]
+            .map(|f| encoded(f.as_bytes()))
+            .to_vec();
+        assert_eq!(frames, order);
+    }
+}
+
+#[cfg(test)]
+mod outgoing_tests {
+    use super::*;
+    use peergroup_protocol::{frame_to_bytes, Lane, DEFAULT_MAX_FRAME_LEN};
+
+    #[test]
+    fn a_relayed_message_is_written_as_its_encoded_frame_would_be() {
+        let frame = DeliverFrame {
+            from: HostId::from_raw(9),
+            group: None,
+            lane: Lane::Ordered { channel: 1 },
+            seq: 42,
+            payload: Bytes::from_static(b"position"),
+        };
+        let expected = frame_to_bytes(&frame.message(), DEFAULT_MAX_FRAME_LEN).unwrap();
+        let outgoing = Outgoing::Deliver(frame);
+        assert_eq!(outgoing.len(), expected.len());
+        let mut out = BytesMut::new();
+        outgoing.write_to(&mut out, DEFAULT_MAX_FRAME_LEN).unwrap();
+        Outgoing::Encoded(Bytes::from_static(b"next"))
+            .write_to(&mut out, DEFAULT_MAX_FRAME_LEN)
+            .unwrap();
+        assert_eq!(&out[..expected.len()], &expected[..]);
+        assert_eq!(&out[expected.len()..], b"next");
     }
 }

@@ -319,7 +319,7 @@ impl Server {
                             max: max_message as usize,
                         })?;
                     let fill = link.outbound.push_data(
-                        frame,
+                        crate::outbound::Outgoing::Encoded(frame),
                         options.priority,
                         HostId::SERVER,
                         lane.latest_key(),

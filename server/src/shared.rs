@@ -11,12 +11,12 @@ use crate::app_events::EventSink;
 use crate::config::Limits;
 use crate::events::{DisconnectReason, ServerEvent};
 use crate::notices::{NoticeFrames, PendingFrame};
-use crate::outbound::{Fill, OutboundQueue, Waits};
+use crate::outbound::{Fill, OutboundQueue, Outgoing, Waits};
 use crate::registry::{punch_start_delays, Action, Registry};
 use bytes::Bytes;
 use peergroup_protocol::{
-    datagram_to_bytes, frame_to_bytes, CloseCode, DatagramLane, Fingerprint, HostId, LaneCounters,
-    PunchOrder, RefuseReason, ServerDatagram, ServerToClient,
+    datagram_to_bytes, frame_to_bytes, CloseCode, DatagramLane, DeliverFrame, Fingerprint, HostId,
+    LaneCounters, PunchOrder, RefuseReason, ServerDatagram, ServerToClient,
 };
 use ring::rand::SecureRandom;
 use std::collections::HashMap;
@@ -254,13 +254,31 @@ impl Shared {
                     let Some(link) = core.links.get(&to) else {
                         continue;
                     };
-                    match frame_to_bytes(&message, self.limits.max_frame_len()) {
-                        Ok(frame) => {
-                            let fill = link.outbound.push_data(frame, priority, from, latest);
-                            self.note_fill(to, link, fill, &mut deferred);
-                        }
-                        Err(error) => tracing::error!(%to, %error, "frame not sent"),
-                    }
+                    let frame = match message {
+                        // Encoded by the receiver's writer, outside this lock.
+                        ServerToClient::Deliver {
+                            from,
+                            group,
+                            lane,
+                            seq,
+                            payload,
+                        } => Outgoing::Deliver(DeliverFrame {
+                            from,
+                            group,
+                            lane,
+                            seq,
+                            payload,
+                        }),
+                        other => match frame_to_bytes(&other, self.limits.max_frame_len()) {
+                            Ok(frame) => Outgoing::Encoded(frame),
+                            Err(error) => {
+                                tracing::error!(%to, %error, "frame not sent");
+                                continue;
+                            }
+                        },
+                    };
+                    let fill = link.outbound.push_data(frame, priority, from, latest);
+                    self.note_fill(to, link, fill, &mut deferred);
                 }
                 Action::Datagram {
                     to,
