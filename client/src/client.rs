@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, Notify};
 /// links and the punches under way.
 pub(crate) struct Core {
     pub session: Session,
-    pub directs: HashMap<HostId, DirectLink>,
+    pub directs: HashMap<HostId, DirectLink, foldhash::fast::RandomState>,
     pub punches: HashMap<PairId, PunchHandle>,
 }
 
@@ -573,7 +573,7 @@ impl Client {
                     },
                     Instant::now(),
                 ),
-                directs: HashMap::new(),
+                directs: HashMap::default(),
                 punches: HashMap::new(),
             }),
             connection: connection.clone(),

@@ -356,7 +356,8 @@ pub(crate) struct Session {
     host_data: HashMap<HostId, Bytes>,
     /// Membership notices taken in; acked cumulatively.
     notices_taken: u64,
-    peers: HashMap<HostId, Peer>,
+    /// Looked up for every message; foldhash, not SipHash (the ids are the server's).
+    peers: HashMap<HostId, Peer, foldhash::fast::RandomState>,
     /// The server application's messages, numbered per lane like a peer's.
     from_server: LaneReceivers<Delivered>,
     /// Numbers this client's sequenced datagrams to the server application.
@@ -390,7 +391,7 @@ impl Session {
             left_groups: HashMap::new(),
             host_data: HashMap::from([(host_id, data)]),
             notices_taken: 0,
-            peers: HashMap::new(),
+            peers: HashMap::default(),
             from_server: LaneReceivers::new(receive_window),
             to_server: LaneCounters::default(),
             clock: ServerClock::new(now),

@@ -90,7 +90,7 @@ pub fn encode_frame<T: Serialize>(
 /// # Errors
 /// As [`encode_frame`].
 pub fn frame_to_bytes<T: Serialize>(message: &T, max: u32) -> Result<Bytes, FrameError> {
-    let mut out = BytesMut::new();
+    let mut out = BytesMut::with_capacity(LENGTH_PREFIX_LEN + encoded_len(message));
     encode_frame(message, max, &mut out)?;
     Ok(out.freeze())
 }
@@ -127,9 +127,15 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 /// # Errors
 /// [`FrameError::Malformed`] only if serde fails, which the message types never do.
 pub fn datagram_to_bytes<T: Serialize>(message: &T) -> Result<Bytes, FrameError> {
-    let mut out = BytesMut::new();
+    let mut out = BytesMut::with_capacity(encoded_len(message));
     postcard::serialize_with_flavor(message, BytesMutFlavor(&mut out))?;
     Ok(out.freeze())
+}
+
+/// The length of `message`'s encoding, measured first so a buffer is allocated once
+/// (growing one copies what was written so far, payload included). 0 if serde fails.
+fn encoded_len<T: Serialize>(message: &T) -> usize {
+    postcard::serialize_with_flavor(message, postcard::ser_flavors::Size::default()).unwrap_or(0)
 }
 
 /// Reads the protocol version from the body of a client's first frame, even when the rest

@@ -130,7 +130,9 @@ pub struct SendQueue<T> {
     /// Whether the current visit has already added its quantum.
     granted: bool,
     /// `(flow, key)` to the class index and id of the queued, replaceable data item.
-    latest: HashMap<(u64, u64), (usize, u64)>,
+    /// Hashed with foldhash: a key is chosen by whoever sends, so a seeded hash, but one
+    /// far cheaper than SipHash on this per-message path.
+    latest: HashMap<(u64, u64), (usize, u64), foldhash::fast::RandomState>,
     bytes: usize,
     next_id: u64,
 }
@@ -149,7 +151,7 @@ impl<T> SendQueue<T> {
             classes: [Class::new(), Class::new(), Class::new()],
             current: 0,
             granted: false,
-            latest: HashMap::new(),
+            latest: HashMap::default(),
             bytes: 0,
             next_id: 0,
         }

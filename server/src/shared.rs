@@ -95,7 +95,8 @@ pub(crate) struct Deferred {
 #[derive(Debug)]
 pub(crate) struct Core {
     pub registry: Registry,
-    pub links: HashMap<HostId, Link>,
+    /// Looked up for every frame sent; foldhash, not SipHash (the ids are the server's).
+    pub links: HashMap<HostId, Link, foldhash::fast::RandomState>,
 }
 
 /// Everything the tasks share.
@@ -131,7 +132,7 @@ impl Shared {
         Self {
             core: Mutex::new(Core {
                 registry,
-                links: HashMap::new(),
+                links: HashMap::default(),
             }),
             events,
             limits,

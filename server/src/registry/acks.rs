@@ -76,7 +76,7 @@ pub struct AckBeyondSent {
 pub(crate) struct PendingAcks {
     ops: SlotMap<OpKey, Op>,
     /// Pending operations by their member, to end them when it leaves or disconnects.
-    by_member: HashMap<HostId, Vec<OpKey>>,
+    by_member: HashMap<HostId, Vec<OpKey>, foldhash::fast::RandomState>,
 }
 
 impl PendingAcks {

@@ -70,9 +70,9 @@ pub(crate) enum PairChange {
 #[derive(Debug, Default)]
 pub(crate) struct PairTable {
     pairs: SlotMap<PairKey, Pair>,
-    by_hosts: HashMap<(HostId, HostId), PairKey>,
+    by_hosts: HashMap<(HostId, HostId), PairKey, foldhash::fast::RandomState>,
     /// Each host's pairs, so per-host questions never scan every pair.
-    by_host: HashMap<HostId, Vec<PairKey>>,
+    by_host: HashMap<HostId, Vec<PairKey>, foldhash::fast::RandomState>,
 }
 
 fn ordered(a: HostId, b: HostId) -> (HostId, HostId) {
