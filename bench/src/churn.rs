@@ -75,10 +75,26 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
         );
     }
 
+    // What bare QUIC allows batched churn: one frame out and one back per client per batch.
+    let floor = crate::fanout::measure(mode.pick(Duration::from_secs(2), Duration::from_secs(5)))?;
+    let floor_ops = floor.rounds_per_sec * BATCH_SIZE as f64;
+    eprintln!(
+        "   floor, bare quinn: {:.0} rounds/s of one {}-client fan-out = {} ops/s at {BATCH_SIZE} ops per batch ({:.0} µs server CPU per round)",
+        floor.rounds_per_sec,
+        crate::fanout::CLIENTS,
+        rate(floor_ops),
+        floor.server_cpu_us_per_round
+    );
+
     let ops = |r: &Outcome| (r.joins + r.leaves).max(1) as f64;
     report.set("churn.ops_per_sec", net.ops_per_sec().round());
     report.set("churn.batched_ops_per_sec", batched.ops_per_sec().round());
     report.set("churn.registry_ops_per_sec", core.ops_per_sec().round());
+    report.set("churn.quinn_floor_ops_per_sec", floor_ops.round());
+    report.set(
+        "churn.batched_share_of_quinn_floor",
+        (batched.ops_per_sec() / floor_ops.max(1.0) * 100.0).round() / 100.0,
+    );
     report.set("churn.join_ack_p50_us", net.latencies.percentile_us(50.0));
     report.set("churn.join_ack_p99_us", net.latencies.percentile_us(99.0));
     if !batched.batch_latencies.is_empty() {
@@ -196,6 +212,20 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
             batched.unloaded.percentile_us(99.0),
         );
     }
+    notes.push(format!(
+        "The floor under batched churn: bare quinn on the same machine, a server writing one \
+         {}-byte frame to each of {} clients and each answering with one {}-byte frame (what \
+         a batch costs in packets: a frame of notices and an ack per client), two rounds \
+         under way: {:.1} rounds/s, {:.0} µs of server CPU per round, so at most {} ops/s \
+         at {BATCH_SIZE} operations per batch. Batched churn reached {:.2} of it.",
+        crate::fanout::FRAME,
+        crate::fanout::CLIENTS,
+        crate::fanout::REPLY,
+        floor.rounds_per_sec,
+        floor.server_cpu_us_per_round,
+        rate(floor_ops),
+        batched.ops_per_sec() / floor_ops.max(1.0)
+    ));
     notes.push(format!(
         "Pairs (two hosts that share or recently shared a group; they linger 10 s) at the \
          end of the window: {} end to end, {} for the Registry alone.",
@@ -643,7 +673,7 @@ async fn acking_client(
 
 /// CPU time (user + system, clock ticks) of this process's threads whose name starts with
 /// `prefix`, from `/proc/self/task/*/stat`.
-fn threads_cpu_ticks(prefix: &str) -> u64 {
+pub(crate) fn threads_cpu_ticks(prefix: &str) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
     };
@@ -683,7 +713,7 @@ fn this_thread_cpu_ticks() -> u64 {
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`), 100 if that cannot be run.
-fn clock_ticks_per_sec() -> f64 {
+pub(crate) fn clock_ticks_per_sec() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()

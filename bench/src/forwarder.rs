@@ -27,14 +27,14 @@ use tokio::sync::mpsc;
 /// What a client writes first on its stream.
 const HELLO: &[u8; 4] = b"FWD1";
 /// ALPN of the forwarder.
-const ALPN: &[u8] = b"bench-fwd/1";
+pub(crate) const ALPN: &[u8] = b"bench-fwd/1";
 /// Frames queued for one stream writer (client upload or forwarder delivery) before the
 /// producer waits: back-pressure, as peergroup's byte-bounded queues give.
 const QUEUE_FRAMES: usize = 8192;
 /// Largest reliable frame accepted.
 const MAX_FRAME: usize = 1 << 20;
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -69,29 +69,7 @@ impl Drop for Forwarder {
 impl Forwarder {
     /// Binds on 127.0.0.1 and serves on the current tokio runtime.
     pub fn start() -> Result<Forwarder, String> {
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()])
-            .map_err(|e| err("certificate")(e.to_string()))?;
-        let certificate = certified.cert.der().clone();
-        let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| err("tls")(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(vec![certificate.clone()], key)
-            .map_err(|e| err("tls")(e.to_string()))?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = QuicServerConfig::try_from(tls).map_err(|e| err("quic tls")(e.to_string()))?;
-        let mut transport = quinn::TransportConfig::default();
-        // As peergroup's server: 10 s idle timeout, 256 KiB of queued datagrams per client.
-        transport
-            .max_idle_timeout(Some(
-                Duration::from_secs(10)
-                    .try_into()
-                    .map_err(|_| "idle timeout".to_string())?,
-            ))
-            .datagram_send_buffer_size(256 << 10);
-        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        config.transport_config(Arc::new(transport));
+        let (config, certificate) = server_config()?;
         let endpoint = quinn::Endpoint::server(config, SocketAddr::from(([127, 0, 0, 1], 0)))
             .map_err(|e| err("bind")(e.to_string()))?;
         let state = Arc::new(State::default());
@@ -113,6 +91,35 @@ impl Forwarder {
     pub fn certificate(&self) -> CertificateDer<'static> {
         self.certificate.clone()
     }
+}
+
+/// A QUIC server configuration like peergroup's (TLS 1.3, ring, 10 s idle timeout, 256 KiB
+/// of queued datagrams per client) with a fresh self-signed certificate for `localhost`,
+/// and that certificate.
+pub fn server_config() -> Result<(quinn::ServerConfig, CertificateDer<'static>), String> {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+        .map_err(|e| err("certificate")(e.to_string()))?;
+    let certificate = certified.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| err("tls")(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(vec![certificate.clone()], key)
+        .map_err(|e| err("tls")(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| err("quic tls")(e.to_string()))?;
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(
+            Duration::from_secs(10)
+                .try_into()
+                .map_err(|_| "idle timeout".to_string())?,
+        ))
+        .datagram_send_buffer_size(256 << 10);
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    Ok((config, certificate))
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<State>) {

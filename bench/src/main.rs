@@ -24,6 +24,7 @@
 
 mod churn;
 mod direct;
+mod fanout;
 mod forwarder;
 mod priority;
 mod relay;
