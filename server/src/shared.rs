@@ -9,7 +9,9 @@
 
 use crate::app_events::EventSink;
 use crate::config::Limits;
+use crate::drain::Drain;
 use crate::events::{DisconnectReason, ServerEvent};
+use crate::metrics::DriverCounters;
 use crate::notices::{NoticeFrames, PendingFrame};
 use crate::outbound::{Fill, OutboundQueue, Waits};
 use crate::registry::{punch_start_delays, Action, Registry};
@@ -117,6 +119,10 @@ pub(crate) struct Shared {
     /// The origin of the server clock clients synchronise to.
     started: std::time::Instant,
     pub shutdown: CancellationToken,
+    /// Graceful shutdown (`drain.rs`).
+    pub drain: Drain,
+    /// Counters only the drivers can keep (`metrics.rs`).
+    pub counters: DriverCounters,
 }
 
 impl Shared {
@@ -142,6 +148,8 @@ impl Shared {
             notice_frames: std::sync::atomic::AtomicU64::new(0),
             started: std::time::Instant::now(),
             shutdown,
+            drain: Drain::default(),
+            counters: DriverCounters::default(),
         }
     }
 
@@ -161,6 +169,7 @@ impl Shared {
         let deadline_before = core.registry.poll_timeout();
         let result = operation(&mut core);
         let deferred = self.dispatch(&mut core);
+        self.take_ack_samples(&mut core);
         let deadline_after = core.registry.poll_timeout();
         drop(core);
         // Only an earlier deadline needs the timer task to wake and re-arm.
@@ -198,6 +207,15 @@ impl Shared {
                 );
             }
         }
+    }
+
+    /// Turns the joins and leaves the last operation completed into latency samples.
+    fn take_ack_samples(&self, core: &mut Core) {
+        let now = std::time::Instant::now();
+        core.registry.take_ack_samples(|kind, started| {
+            self.counters
+                .observe_ack(kind, now.saturating_duration_since(started));
+        });
     }
 
     /// Answers a client's clock request at once, ahead of queued messages (a notice), so
