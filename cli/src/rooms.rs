@@ -1291,6 +1291,58 @@ mod tests {
     }
 
     #[test]
+    fn changes_made_from_outside_keep_the_books() {
+        let mut w = World::new();
+        let alice = w.connect();
+        let bob = w.connect();
+        let group = joined_group(&w.join(alice, "lobby", None, "alice"));
+        w.pump();
+        assert_eq!(w.rooms.names.get(group).unwrap().name, "lobby");
+
+        // An operator joins bob, named by his host data.
+        w.registry
+            .set_host_data(bob, Bytes::from_static(b"Bob"))
+            .unwrap();
+        GroupOps::join_group(&w.registry, group, bob, Bytes::new()).unwrap();
+        w.pump();
+        w.rooms
+            .handle_change(&w.registry, OutsideChange::Joined { group, host: bob });
+        assert_eq!(w.rooms.rooms["lobby"].names[&bob], "Bob");
+        assert_eq!(w.rooms.rooms_of(bob), 1);
+        // A rename reaches every room of the host.
+        w.rooms.handle_change(
+            &w.registry,
+            OutsideChange::HostData {
+                host: bob,
+                data: Bytes::from_static(b"Robert"),
+            },
+        );
+        assert_eq!(w.rooms.rooms["lobby"].names[&bob], "Robert");
+        // An operator takes alice out.
+        GroupOps::leave_group(&w.registry, group, alice).unwrap();
+        w.pump();
+        w.rooms
+            .handle_change(&w.registry, OutsideChange::Left { group, host: alice });
+        assert!(!w.rooms.rooms["lobby"].names.contains_key(&alice));
+        assert_eq!(w.rooms.rooms_of(alice), 0);
+        // A group that is no room changes nothing.
+        let other = GroupId::from_raw(4242);
+        w.rooms.handle_change(
+            &w.registry,
+            OutsideChange::Joined {
+                group: other,
+                host: alice,
+            },
+        );
+        assert_eq!(w.rooms.rooms_of(alice), 0);
+        // Destroyed: the room and its label go.
+        w.rooms
+            .handle_change(&w.registry, OutsideChange::Destroyed { group });
+        assert!(w.rooms.rooms.is_empty() && w.rooms.names.get(group).is_none());
+        assert_eq!(w.rooms.rooms_of(bob), 0);
+    }
+
+    #[test]
     fn malformed_requests_are_refused_not_fatal() {
         let mut w = World::new();
         let alice = w.connect();

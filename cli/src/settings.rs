@@ -488,7 +488,46 @@ impl Settings {
     /// The configuration as a TOML document, every default written out: what
     /// `--print-config` prints, and a valid `--config` file.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_else(|error| format!("# cannot print: {error}\n"))
+        let body =
+            toml::to_string(self).unwrap_or_else(|error| format!("# cannot print: {error}\n"));
+        // Options that are off have no value to print; name them, so the output shows
+        // every option there is.
+        let off: Vec<&str> = [
+            (
+                self.cert.is_none(),
+                "cert = \"PATH\" (with key; else identity_dir)",
+            ),
+            (self.key.is_none(), "key = \"PATH\""),
+            (
+                self.log.is_none(),
+                "log = \"FILTER\" (default: RUST_LOG, else info)",
+            ),
+            (
+                self.metrics.is_none(),
+                "metrics = \"ADDR\" (Prometheus /metrics; off)",
+            ),
+            (
+                self.admin.is_none(),
+                "admin = \"ADDR\" (admin API and status page; off)",
+            ),
+            (
+                self.admin_token_file.is_none(),
+                "admin_token_file = \"PATH\"",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(unset, line)| unset.then_some(line))
+        .collect();
+        if off.is_empty() {
+            return body;
+        }
+        let mut out = String::from("# peergroup-server configuration. Not set:\n");
+        for line in off {
+            out.push_str("#   ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        out + &body
     }
 
     /// The server library's limits.
@@ -561,6 +600,7 @@ mod tests {
         assert_eq!(defaults, Settings::default());
         let printed = defaults.to_toml();
         for key in [
+            "#   admin = \"ADDR\"",
             "listen = \"0.0.0.0:7700\"",
             "drain_secs = 10.0",
             "[limits]",
