@@ -1081,8 +1081,13 @@ async fn the_status_page_shows_clients_groups_and_a_direct_pair_in_a_browser() {
     };
     let server = ServerProc::start("page", &[]);
     let api = server.api();
+    // alice and bob in a room: their pair goes direct. carol and dave share only a
+    // relay-only group made through the API, and talk: a relayed pair, and throughput
+    // for the chart.
     let (alice, mut alice_events, a) = server.connect("alice").await;
     let (bob, mut bob_events, b) = server.connect("bob").await;
+    let (carol, mut carol_events, c) = server.connect("carol").await;
+    let (_dave, _dave_events, d) = server.connect("dave").await;
     for (client, events, name) in [
         (&alice, &mut alice_events, "alice"),
         (&bob, &mut bob_events, "bob"),
@@ -1090,35 +1095,27 @@ async fn the_status_page_shows_clients_groups_and_a_direct_pair_in_a_browser() {
         let reply = rooms(client, events, &join_room("lobby", name)).await;
         assert!(matches!(reply, RoomsReply::Joined { .. }), "{reply:?}");
     }
-    // Some relayed traffic for the chart: to the server, which relays nothing, so through
-    // an API-made relay-only group.
     let relay = api
         .call(
             "POST",
             "/v1/groups",
-            Some(json!({"members": [a.to_string(), b.to_string()], "options": {"direct_p2p": false}})),
+            Some(json!({
+                "members": [c.to_string(), d.to_string()],
+                "data": "arena",
+                "options": {"direct_p2p": false}
+            })),
         )
         .await;
     let relay_group: GroupId = relay.json()["group"].as_str().unwrap().parse().unwrap();
-    wait(&mut alice_events, |e| match e {
+    wait(&mut carol_events, |e| match e {
         ClientEvent::MemberJoined { group, member, .. }
-            if *group == relay_group && *member == b =>
+            if *group == relay_group && *member == d =>
         {
             Some(())
         }
         _ => None,
     })
     .await;
-    for _ in 0..50 {
-        alice
-            .send(
-                Target::Group(relay_group),
-                vec![0u8; 4096],
-                Delivery::ReliableOrdered,
-            )
-            .await
-            .unwrap();
-    }
     let deadline = Instant::now() + WAIT;
     while !api
         .get("/v1/pairs")
@@ -1131,8 +1128,20 @@ async fn the_status_page_shows_clients_groups_and_a_direct_pair_in_a_browser() {
         assert!(Instant::now() < deadline, "no direct pair");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Two samples of the throughput history.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // About three seconds of relayed traffic, sampled once a second for the chart.
+    for round in 0..12u32 {
+        for _ in 0..=(round % 4) * 4 {
+            carol
+                .send(
+                    Target::Group(relay_group),
+                    vec![0u8; 4096],
+                    Delivery::ReliableOrdered,
+                )
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     let profile = TempDir::new("chromium");
     let url = format!("{}/#token={TOKEN}", server.admin.as_ref().unwrap());
@@ -1143,8 +1152,10 @@ async fn the_status_page_shows_clients_groups_and_a_direct_pair_in_a_browser() {
         format!("<td class=\"id\">{a}</td>"),
         format!("<td class=\"id\">{b}</td>"),
         "<td>lobby</td>".to_string(),
+        format!("<td class=\"id\">{c}</td>"),
         "<span class=\"badge direct\">direct</span>".to_string(),
-        "id=\"k-clients\">2<".to_string(),
+        "<span class=\"badge relay\">relay</span>".to_string(),
+        "id=\"k-clients\">4<".to_string(),
     ] {
         assert!(
             dom.contains(&expected),

@@ -26,7 +26,8 @@
 //! which also tells it of changes the admin API made to its rooms' groups
 //! ([`OutsideChange`]): a member joined or removed there, a renamed host, a destroyed
 //! room. Rooms' groups are ordinary groups to the API; [`RoomNames`] tells the API which
-//! group is which room.
+//! group is which room. An operator's changes are not bound by the limits above (an
+//! operator may put a member into a full room).
 
 use crate::hub::{Control, OutsideChange, RoomsInput};
 use bytes::Bytes;

@@ -133,12 +133,12 @@ pub fn read_token(path: &std::path::Path) -> Result<String, String> {
     if token.is_empty() {
         return Err(format!("admin token file {} is empty", path.display()));
     }
-    if !token
-        .bytes()
-        .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
-    {
+    // What a cookie value may hold (RFC 6265 section 4.1.1, cookie-octet), so the login
+    // form's cookie carries the token unchanged.
+    let cookie_octet = |b: u8| b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b';' | b'\\');
+    if !token.bytes().all(cookie_octet) {
         return Err(format!(
-            "admin token file {}: the token must be visible ASCII without ';' or ','",
+            "admin token file {}: the token must be visible ASCII without \", ; or \\",
             path.display()
         ));
     }
