@@ -10,6 +10,7 @@
 //! past it, [`Server::shutdown_gracefully`] closes whatever is left at once.
 
 use crate::server::Server;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -18,8 +19,11 @@ use tokio_util::sync::CancellationToken;
 /// The drain state the server's tasks share.
 #[derive(Debug, Default)]
 pub(crate) struct Drain {
-    /// Cancelled when draining starts.
+    /// Cancelled when draining starts, to wake idle writers.
     pub started: CancellationToken,
+    /// Set when draining starts: what writers check after every batch (an atomic load,
+    /// where the token's check takes a lock).
+    flag: AtomicBool,
     /// Set before `started` is cancelled: when every connection must be closed.
     pub deadline: OnceLock<Instant>,
 }
@@ -27,7 +31,14 @@ pub(crate) struct Drain {
 impl Drain {
     /// Whether draining has started.
     pub fn is_started(&self) -> bool {
-        self.started.is_cancelled()
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// Starts draining, with `deadline`.
+    fn start(&self, deadline: Instant) {
+        let _ = self.deadline.set(deadline);
+        self.flag.store(true, Ordering::Release);
+        self.started.cancel();
     }
 
     /// The deadline (far in the future if draining has not started).
@@ -72,9 +83,8 @@ impl Server {
     pub async fn shutdown_gracefully(&self, deadline: Duration) -> DrainReport {
         let start = Instant::now();
         let drain = &self.shared.drain;
-        let _ = drain.deadline.set(start + deadline);
         let clients = self.stats().clients;
-        drain.started.cancel();
+        drain.start(start + deadline);
         let until = drain.deadline();
         let shutdown = self.shared.shutdown.clone();
         // The connection tasks remove their links as they end.

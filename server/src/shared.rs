@@ -211,8 +211,11 @@ impl Shared {
 
     /// Turns the joins and leaves the last operation completed into latency samples.
     fn take_ack_samples(&self, core: &mut Core) {
-        let now = std::time::Instant::now();
+        // Read the clock only when something completed: this runs after every relayed
+        // message too.
+        let mut now = None;
         core.registry.take_ack_samples(|kind, started| {
+            let now = *now.get_or_insert_with(std::time::Instant::now);
             self.counters
                 .observe_ack(kind, now.saturating_duration_since(started));
         });
