@@ -175,8 +175,13 @@ impl Control {
         let group = self
             .server
             .create_group_with_data(members, options, data, join_message)?;
+        // A member named twice joins once (the repeat is `AlreadyMember`, with no
+        // completion to come).
+        let mut seen = std::collections::HashSet::new();
         for &member in members {
-            tracker.started(Kind::Join, group, member, None);
+            if seen.insert(member) {
+                tracker.started(Kind::Join, group, member, None);
+            }
         }
         Ok(group)
     }
