@@ -142,6 +142,12 @@ async fn the_server_counts_clients_groups_pairs_and_relay_traffic() {
         _ => None,
     })
     .await;
+    // The server counts a pair direct once both sides reported it; c's report may still
+    // be on its way when a sees its path change.
+    until("the server to see the direct pair", || {
+        (server.stats().direct_pairs == 1).then_some(())
+    })
+    .await;
     until_peer(&a, b_id).await;
 
     let payload = vec![0u8; 1000];

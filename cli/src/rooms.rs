@@ -21,7 +21,15 @@
 //! The bookkeeping is a plain struct that does no IO; it reaches the server only through
 //! a small trait, so its tests run it against the sans-IO registry
 //! (`peergroup_server::registry`, behind that crate's `unstable-registry` feature).
+//!
+//! In the binary it reads the server's events through the event hub ([`crate::hub`]),
+//! which also tells it of changes the admin API made to its rooms' groups
+//! ([`OutsideChange`]): a member joined or removed there, a renamed host, a destroyed
+//! room. Rooms' groups are ordinary groups to the API; [`RoomNames`] tells the API which
+//! group is which room. An operator's changes are not bound by the limits above (an
+//! operator may put a member into a full room).
 
+use crate::hub::{Control, OutsideChange, RoomsInput};
 use bytes::Bytes;
 use peergroup_protocol::rooms::{
     RoomSummary, RoomsReply, RoomsRequest, MAX_DISPLAY_NAME_LEN, MAX_PASSWORD_LEN,
@@ -32,6 +40,35 @@ use peergroup_server::{
     GroupError, GroupOptions, JoinOutcome, Server, ServerEvent, ServerEvents, ServerTarget,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// Which groups are rooms, by name: shared with the admin API and the status page. A
+/// cheap `Clone` handle.
+#[derive(Debug, Clone, Default)]
+pub struct RoomNames(Arc<Mutex<HashMap<GroupId, RoomLabel>>>);
+
+/// What the rooms application says about one of its groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomLabel {
+    /// The room's name.
+    pub name: String,
+    /// Whether joining needs a password.
+    pub password: bool,
+}
+
+impl RoomNames {
+    /// The room `group` is, if it is one.
+    pub fn get(&self, group: GroupId) -> Option<RoomLabel> {
+        self.lock().get(&group).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<GroupId, RoomLabel>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// Limits of the rooms application. Plain data with documented defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,16 +100,35 @@ pub async fn run(server: Server, events: ServerEvents) {
     run_with_config(server, events, RoomsConfig::default()).await;
 }
 
-/// Runs the rooms application with `config` until `events` ends (the server shut down).
+/// Runs the rooms application with `config` until `events` ends (the server shut down),
+/// reading them through its own event hub.
+pub async fn run_with_config(server: Server, events: ServerEvents, config: RoomsConfig) {
+    let (control, inputs) = crate::hub::start(server, events);
+    run_app(control, inputs, config, RoomNames::default()).await;
+}
+
+/// Runs the rooms application with `config` on what the event hub hands it, until that
+/// ends (the server shut down), keeping `names` up to date.
 ///
 /// Problems with single requests (malformed bytes, a client that left meanwhile, a reply
 /// that cannot be sent) are logged and answered where possible; they never end the loop.
-pub async fn run_with_config(server: Server, mut events: ServerEvents, config: RoomsConfig) {
+pub async fn run_app(
+    control: Control,
+    mut inputs: mpsc::Receiver<RoomsInput>,
+    config: RoomsConfig,
+    names: RoomNames,
+) {
     let mut rooms = Rooms::new(config);
+    rooms.names = names;
     tracing::info!(?config, "rooms application running");
-    while let Some(event) = events.next().await {
-        if let Some((to, reply)) = rooms.handle_event(&server, event) {
-            send_reply(&server, to, &reply);
+    while let Some(input) = inputs.recv().await {
+        match input {
+            RoomsInput::Event(event) => {
+                if let Some((to, reply)) = rooms.handle_event(&control, event) {
+                    send_reply(control.server(), to, &reply);
+                }
+            }
+            RoomsInput::Changed(change) => rooms.handle_change(&control, change),
         }
     }
     tracing::info!("rooms application stopped: the server shut down");
@@ -112,16 +168,20 @@ trait GroupOps {
     fn leave_group(&self, group: GroupId, host: HostId) -> Result<(), GroupError>;
     fn group_members(&self, group: GroupId) -> Result<Vec<HostId>, GroupError>;
     fn set_host_data(&self, host: HostId, data: Bytes) -> Result<(), GroupError>;
+    /// A connected host's data.
+    fn host_data(&self, host: HostId) -> Option<Bytes>;
 }
 
-impl GroupOps for Server {
+/// Through the hub's [`Control`], so the admin API can match completions of the rooms
+/// application's joins and leaves too.
+impl GroupOps for Control {
     fn create_group(
         &self,
         creator: HostId,
         options: GroupOptions,
         join_message: Bytes,
     ) -> Result<GroupId, GroupError> {
-        Server::create_group(self, &[creator], options, join_message)
+        Control::create_group(self, &[creator], options, Bytes::new(), join_message)
     }
 
     fn join_group(
@@ -130,19 +190,23 @@ impl GroupOps for Server {
         host: HostId,
         join_message: Bytes,
     ) -> Result<JoinOutcome, GroupError> {
-        Server::join_group(self, group, host, join_message)
+        Control::join(self, group, host, join_message, false).map(|(outcome, _)| outcome)
     }
 
     fn leave_group(&self, group: GroupId, host: HostId) -> Result<(), GroupError> {
-        Server::leave_group(self, group, host)
+        Control::leave(self, group, host, false).map(|_| ())
     }
 
     fn group_members(&self, group: GroupId) -> Result<Vec<HostId>, GroupError> {
-        Server::group_members(self, group)
+        self.server().group_members(group)
     }
 
     fn set_host_data(&self, host: HostId, data: Bytes) -> Result<(), GroupError> {
-        Server::set_host_data(self, host, data)
+        self.server().set_host_data(host, data)
+    }
+
+    fn host_data(&self, host: HostId) -> Option<Bytes> {
+        self.server().host_info(host).map(|info| info.data)
     }
 }
 
@@ -183,6 +247,8 @@ struct Rooms {
     by_group: HashMap<GroupId, String>,
     /// Rooms each client is in, for disconnects and the per-client limit.
     by_host: HashMap<HostId, BTreeSet<String>>,
+    /// Which group is which room, for the admin API.
+    names: RoomNames,
 }
 
 impl Rooms {
@@ -192,6 +258,49 @@ impl Rooms {
             rooms: BTreeMap::new(),
             by_group: HashMap::new(),
             by_host: HashMap::new(),
+            names: RoomNames::default(),
+        }
+    }
+
+    /// Keeps the books after a change made from outside (the admin API) to a room's
+    /// group or one of its members.
+    fn handle_change(&mut self, groups: &impl GroupOps, change: OutsideChange) {
+        match change {
+            OutsideChange::Joined { group, host } => {
+                let Some(room) = self.by_group.get(&group).cloned() else {
+                    return;
+                };
+                // Members see the host's data as its name; use it here too.
+                let name = groups
+                    .host_data(host)
+                    .map(|data| String::from_utf8_lossy(&data).into_owned())
+                    .filter(|name| !name.is_empty())
+                    .unwrap_or_else(|| host.to_string());
+                if let Some(entry) = self.rooms.get_mut(&room) {
+                    entry.names.entry(host).or_insert(name);
+                    self.by_host.entry(host).or_default().insert(room.clone());
+                    tracing::info!(room = %room, %group, %host, "joined room through the admin API");
+                }
+            }
+            OutsideChange::Left { group, host } => {
+                if let Some(room) = self.by_group.get(&group).cloned() {
+                    self.remove_name(&room, host);
+                    tracing::info!(room = %room, %group, %host, "left room through the admin API");
+                }
+            }
+            OutsideChange::HostData { host, data } => {
+                let name = String::from_utf8_lossy(&data).into_owned();
+                for room in self.by_host.get(&host).cloned().unwrap_or_default() {
+                    if let Some(entry) = self.rooms.get_mut(&room) {
+                        entry.names.insert(host, name.clone());
+                    }
+                }
+            }
+            OutsideChange::Destroyed { group } => {
+                if self.forget_group(group) {
+                    tracing::info!(%group, "room removed through the admin API");
+                }
+            }
         }
     }
 
@@ -350,6 +459,13 @@ impl Rooms {
                     "room created"
                 );
                 self.by_group.insert(group, room.clone());
+                self.names.lock().insert(
+                    group,
+                    RoomLabel {
+                        name: room.clone(),
+                        password: password.is_some(),
+                    },
+                );
                 self.rooms.insert(
                     room.clone(),
                     Room {
@@ -486,6 +602,7 @@ impl Rooms {
         let Some(name) = self.by_group.remove(&group) else {
             return false;
         };
+        self.names.lock().remove(&group);
         if let Some(room) = self.rooms.remove(&name) {
             for host in room.names.keys() {
                 if let Some(set) = self.by_host.get_mut(host) {
@@ -610,6 +727,10 @@ mod tests {
 
         fn set_host_data(&self, host: HostId, data: Bytes) -> Result<(), GroupError> {
             self.borrow_mut().set_host_data(host, data)
+        }
+
+        fn host_data(&self, host: HostId) -> Option<Bytes> {
+            self.borrow().host_data(host)
         }
     }
 
@@ -1146,6 +1267,9 @@ mod tests {
             fn set_host_data(&self, host: HostId, data: Bytes) -> Result<(), GroupError> {
                 self.0.set_host_data(host, data)
             }
+            fn host_data(&self, host: HostId) -> Option<Bytes> {
+                self.0.host_data(host)
+            }
         }
         let mut w = World::new();
         let alice = w.connect();
@@ -1165,6 +1289,58 @@ mod tests {
         );
         assert!(!w.rooms.by_group.contains_key(&old));
         assert!(!w.rooms.by_host.contains_key(&alice));
+    }
+
+    #[test]
+    fn changes_made_from_outside_keep_the_books() {
+        let mut w = World::new();
+        let alice = w.connect();
+        let bob = w.connect();
+        let group = joined_group(&w.join(alice, "lobby", None, "alice"));
+        w.pump();
+        assert_eq!(w.rooms.names.get(group).unwrap().name, "lobby");
+
+        // An operator joins bob, named by his host data.
+        w.registry
+            .set_host_data(bob, Bytes::from_static(b"Bob"))
+            .unwrap();
+        GroupOps::join_group(&w.registry, group, bob, Bytes::new()).unwrap();
+        w.pump();
+        w.rooms
+            .handle_change(&w.registry, OutsideChange::Joined { group, host: bob });
+        assert_eq!(w.rooms.rooms["lobby"].names[&bob], "Bob");
+        assert_eq!(w.rooms.rooms_of(bob), 1);
+        // A rename reaches every room of the host.
+        w.rooms.handle_change(
+            &w.registry,
+            OutsideChange::HostData {
+                host: bob,
+                data: Bytes::from_static(b"Robert"),
+            },
+        );
+        assert_eq!(w.rooms.rooms["lobby"].names[&bob], "Robert");
+        // An operator takes alice out.
+        GroupOps::leave_group(&w.registry, group, alice).unwrap();
+        w.pump();
+        w.rooms
+            .handle_change(&w.registry, OutsideChange::Left { group, host: alice });
+        assert!(!w.rooms.rooms["lobby"].names.contains_key(&alice));
+        assert_eq!(w.rooms.rooms_of(alice), 0);
+        // A group that is no room changes nothing.
+        let other = GroupId::from_raw(4242);
+        w.rooms.handle_change(
+            &w.registry,
+            OutsideChange::Joined {
+                group: other,
+                host: alice,
+            },
+        );
+        assert_eq!(w.rooms.rooms_of(alice), 0);
+        // Destroyed: the room and its label go.
+        w.rooms
+            .handle_change(&w.registry, OutsideChange::Destroyed { group });
+        assert!(w.rooms.rooms.is_empty() && w.rooms.names.get(group).is_none());
+        assert_eq!(w.rooms.rooms_of(bob), 0);
     }
 
     #[test]

@@ -992,15 +992,28 @@ async fn receive(inner: Arc<Inner>, recv: FrameReader) {
     }
 }
 
+/// How long the client waits for the server's close after the server finished its control
+/// stream: the server closes as soon as our acknowledgement of the stream's end arrives,
+/// so a few round trips; 5 s covers a lossy path before calling it a protocol error.
+const STREAM_END_GRACE: Duration = Duration::from_secs(5);
+
 async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
     loop {
         let body = match recv.next().await {
             Ok(Some(body)) => body,
             Ok(None) => {
-                return ReadEnd::Violation(
-                    CloseCode::ProtocolViolation,
-                    "control stream closed".into(),
-                )
+                // A server shutting down gracefully finishes its control stream after its
+                // last frame and closes the connection once we have acknowledged all of it
+                // (the server's `drain.rs`): everything has been read, so wait for that
+                // close and report its reason.
+                return match tokio::time::timeout(STREAM_END_GRACE, inner.connection.closed()).await
+                {
+                    Ok(error) => ReadEnd::Connection(error),
+                    Err(_) => ReadEnd::Violation(
+                        CloseCode::ProtocolViolation,
+                        "control stream closed without a connection close".into(),
+                    ),
+                };
             }
             Err(end) => return end,
         };

@@ -51,10 +51,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, auth: 
         Ok(Ok(accepted)) => accepted,
         Ok(Err(error)) => {
             tracing::debug!(%remote, %error, "connection not admitted");
+            shared.counters.not_admitted();
             return;
         }
         Err(_) => {
             tracing::debug!(%remote, "handshake timed out");
+            shared.counters.not_admitted();
             return;
         }
     };
@@ -88,6 +90,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, auth: 
             b"server shutting down",
         );
     }
+    shared.counters.disconnected(&reason);
     let (_, deferred) = shared.with_core(|core| {
         core.links.remove(&host);
         core.registry.handle_disconnect(host, Instant::now());
@@ -171,6 +174,7 @@ async fn accept(
     let app_data = match auth.decide(request).await {
         AuthDecision::Accept { app_data } => app_data,
         AuthDecision::Reject { reason } => {
+            shared.counters.auth_rejected();
             let code = CloseCode::AuthRejected;
             close_with(
                 &connection,
@@ -206,6 +210,7 @@ async fn accept(
         .client_queue_bytes
         .max(shared.limits.max_frame_len() as usize + LENGTH_PREFIX_LEN);
     let (outbound, queued) = OutboundQueue::new(soft_limit);
+    let registered_close_reason = close_reason.clone();
     let link = Link {
         connection: connection.clone(),
         outbound,
@@ -244,6 +249,7 @@ async fn accept(
     let host = match registered.0 {
         Ok(host) => host,
         Err((link, text)) => {
+            shared.counters.refused_full();
             link.close(CloseCode::ServerFull, DisconnectReason::Kicked, text);
             return Err(text.into());
         }
@@ -253,21 +259,68 @@ async fn accept(
         remote_addr: connection.remote_address(),
         app_data,
     });
-    tokio::spawn(write_frames(send, queued, shared.limits.max_frame_len()));
+    let end = WriterEnd {
+        shared: shared.clone(),
+        connection: connection.clone(),
+        close_reason: registered_close_reason,
+    };
+    tokio::spawn(write_frames(send, queued, end, shared.limits.max_frame_len()));
     Ok((host, connection, recv))
 }
 
 /// The most bytes the writer takes from the queue at once (beyond one frame).
 const WRITE_BATCH_BYTES: usize = 32 << 10;
 
-/// Writes queued frames in order, several at a time.
-async fn write_frames(mut send: quinn::SendStream, mut queued: OutboundReceiver, max_frame: u32) {
+/// What the writer needs to end a connection itself when the server drains.
+struct WriterEnd {
+    shared: Arc<Shared>,
+    connection: quinn::Connection,
+    close_reason: Arc<OnceLock<DisconnectReason>>,
+}
+
+impl WriterEnd {
+    /// Graceful shutdown (`drain.rs`): the queue is empty, so finish the stream and close
+    /// the connection with `ServerShutdown` once the client has acknowledged all of it (or
+    /// at the drain deadline).
+    async fn finish(self, mut send: quinn::SendStream) {
+        let deadline = self.shared.drain.deadline();
+        if send.finish().is_ok() {
+            let _ = tokio::time::timeout_at(deadline, send.stopped()).await;
+        }
+        close_with(
+            &self.connection,
+            &self.close_reason,
+            CloseCode::ServerShutdown,
+            DisconnectReason::ServerShutdown,
+            "server shutting down",
+        );
+    }
+}
+
+/// Writes queued frames in order, several at a time. Once the server drains, it finishes
+/// the stream after the last queued frame (see [`WriterEnd::finish`]).
+async fn write_frames(
+    mut send: quinn::SendStream,
+    mut queued: OutboundReceiver,
+    end: WriterEnd,
+    max_frame: u32,
+) {
     let mut batch = Vec::with_capacity(64);
     let mut merged = BytesMut::new();
     loop {
+        if end.shared.drain.is_started() && queued.is_empty() {
+            end.finish(send).await;
+            return;
+        }
         // A few tens of KiB at a time: the order of what waits is decided in our queue,
         // by priority, rather than in quinn's stream buffer.
-        queued.recv_many(&mut batch, 64, WRITE_BATCH_BYTES).await;
+        tokio::select! {
+            biased;
+            () = queued.recv_many(&mut batch, 64, WRITE_BATCH_BYTES) => {}
+            // Nothing is taken from the queue until recv_many returns, so dropping it here
+            // loses nothing.
+            () = end.shared.drain.started.cancelled() => continue,
+        }
         let bytes = batch.iter().map(Outgoing::len).sum();
         // One buffer per batch (quinn scans a stream's unacknowledged buffers for each
         // packet it builds, so many small ones slow it down), handed to quinn whole

@@ -30,6 +30,8 @@
 //!   latest values replaced in place) and the back-pressure on whoever fills it.
 //! - `connection.rs`: one task per client (handshake, hello, auth, read loops, writer).
 //! - `server.rs`: the [`Server`] handle, the accept loop and the timer task.
+//! - `drain.rs`: graceful shutdown ([`Server::shutdown_gracefully`]).
+//! - `metrics.rs`: counters for operators, read through [`Server::stats`].
 //! - `tls.rs`, `identity.rs`: rustls/quinn setup and the server certificate.
 //!
 //! The `peergroup-server` command and its rooms application live in the
@@ -40,10 +42,12 @@ mod app_events;
 mod auth;
 mod config;
 mod connection;
+mod drain;
 mod error;
 mod events;
 mod identity;
 mod manage;
+mod metrics;
 mod notices;
 mod outbound;
 #[cfg(feature = "unstable-registry")]
@@ -57,10 +61,12 @@ mod tls;
 pub use app_events::ServerEvents;
 pub use auth::{AuthDecision, AuthHook, LoginRequest};
 pub use config::{Limits, ServerConfig, Timeouts};
+pub use drain::DrainReport;
 pub use error::{GroupError, SendError};
 pub use events::{DisconnectReason, JoinAckError, LeaveAckError, ServerEvent};
 pub use identity::{fingerprint_of, Identity, IdentityError};
 pub use manage::HostInfo;
+pub use metrics::{AckLatency, RelayByDelivery, RelayCount};
 pub use peergroup_protocol::typed::{decode, encode, TypedError};
 pub use peergroup_protocol::{
     Delivery, Fingerprint, GroupId, HostId, ParseIdError, Priority, SendOptions,

@@ -253,6 +253,13 @@ impl Server {
             .collect()
     }
 
+    /// Every pair of clients (sharing a group now, or lingering after their last one) as
+    /// `(a, b, stats)` with `a` the lower id, in no particular order, as one consistent
+    /// snapshot: the server's side of ProudNet's `GetP2PConnectionStats` for all pairs.
+    pub fn pairs(&self) -> Vec<(HostId, HostId, crate::PairStats)> {
+        self.shared.lock().registry.all_pair_stats()
+    }
+
     /// Disconnects a client: it sees `Disconnected` with close code `Kicked` and
     /// `reason`; the application gets `ClientDisconnected` with
     /// [`DisconnectReason::Kicked`].

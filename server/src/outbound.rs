@@ -259,6 +259,11 @@ impl OutboundReceiver {
         }
     }
 
+    /// Whether nothing is queued (frames taken but not yet written do not count).
+    pub fn is_empty(&self) -> bool {
+        self.state.lock().is_empty()
+    }
+
     /// Marks `bytes` as written, waking producers once the queue is under its soft limit.
     pub fn written(&self, bytes: usize) {
         let before = self.state.bytes.fetch_sub(bytes, Ordering::AcqRel);

@@ -5,6 +5,7 @@ use crate::auth::AuthHook;
 use crate::config::ServerConfig;
 use crate::error::SendError;
 use crate::identity::IdentityError;
+use crate::metrics::{AckLatency, RelayByDelivery};
 use crate::registry::Registry;
 use crate::shared::Shared;
 use crate::tls::quic_server_config;
@@ -84,6 +85,30 @@ pub struct ServerStats {
     pub notices_sent: u64,
     /// Frames those notices travelled in: one per client per operation or batch.
     pub notice_frames_sent: u64,
+    /// Messages and payload bytes relayed since start, by delivery mode.
+    pub relayed_by_delivery: RelayByDelivery,
+    /// Incoming connections that failed before the client was admitted, since start: TLS
+    /// handshake (a client that does not trust the certificate, or sends none), the hello
+    /// (wrong protocol version, malformed), or the handshake timeout
+    /// ([`Timeouts::handshake`](crate::Timeouts::handshake), default 10 s). Auth
+    /// rejections and refusals are counted apart.
+    pub handshake_failures: u64,
+    /// Logins the auth hook rejected, since start.
+    pub auth_rejections: u64,
+    /// Connections refused since start: at the client limit, while the application's
+    /// event backlog is full, or while draining.
+    pub connections_refused: u64,
+    /// Clients disconnected as slow consumers since start (see
+    /// [`Limits::client_queue_bytes`](crate::Limits::client_queue_bytes)).
+    pub slow_consumer_disconnects: u64,
+    /// Punch attempts ordered since start, one per pair and attempt.
+    pub punch_attempts: u64,
+    /// Pairs that moved to a direct path by punching, since start.
+    pub punch_successes: u64,
+    /// How long joins took to complete with every ack, since start.
+    pub join_ack_latency: AckLatency,
+    /// How long leaves took to complete with every ack, since start.
+    pub leave_ack_latency: AckLatency,
 }
 
 /// Cancels the server when the last handle goes.
@@ -208,8 +233,9 @@ impl Server {
         self.fingerprint
     }
 
-    /// Stops accepting, closes every connection with `ServerShutdown`, and ends the event
-    /// stream once it is drained.
+    /// Stops accepting, closes every connection with `ServerShutdown` at once (what is
+    /// still queued for a client is lost; [`Server::shutdown_gracefully`] sends it first),
+    /// and ends the event stream once it is drained.
     pub fn shutdown(&self) {
         self.shared.shutdown.cancel();
     }
@@ -362,6 +388,7 @@ impl Server {
 
     /// Counters for monitoring.
     pub fn stats(&self) -> ServerStats {
+        let driver = self.shared.counters.snapshot();
         let mut core = self.shared.lock();
         let counters = core.registry.counters();
         ServerStats {
@@ -381,6 +408,15 @@ impl Server {
                 .shared
                 .notice_frames
                 .load(std::sync::atomic::Ordering::Relaxed),
+            relayed_by_delivery: counters.relayed_by_delivery,
+            handshake_failures: driver.handshake_failures,
+            auth_rejections: driver.auth_rejections,
+            connections_refused: driver.connections_refused,
+            slow_consumer_disconnects: driver.slow_consumer_disconnects,
+            punch_attempts: counters.punch_attempts,
+            punch_successes: counters.punch_successes,
+            join_ack_latency: driver.join_ack_latency,
+            leave_ack_latency: driver.leave_ack_latency,
         }
     }
 }
@@ -390,6 +426,13 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, auth: AuthH
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                if shared.drain.is_started() {
+                    // Draining (graceful shutdown): a client that connected now would be
+                    // closed again at once.
+                    shared.counters.refused_draining();
+                    incoming.refuse();
+                    continue;
+                }
                 tokio::spawn(crate::connection::serve(shared.clone(), incoming, auth.clone()));
             }
             _ = shared.shutdown.cancelled() => break,

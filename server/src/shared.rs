@@ -9,7 +9,9 @@
 
 use crate::app_events::EventSink;
 use crate::config::Limits;
+use crate::drain::Drain;
 use crate::events::{DisconnectReason, ServerEvent};
+use crate::metrics::DriverCounters;
 use crate::notices::{NoticeFrames, PendingFrame};
 use crate::outbound::{Fill, OutboundQueue, Outgoing, Waits};
 use crate::registry::{punch_start_delays, Action, Registry};
@@ -118,6 +120,10 @@ pub(crate) struct Shared {
     /// The origin of the server clock clients synchronise to.
     started: std::time::Instant,
     pub shutdown: CancellationToken,
+    /// Graceful shutdown (`drain.rs`).
+    pub drain: Drain,
+    /// Counters only the drivers can keep (`metrics.rs`).
+    pub counters: DriverCounters,
 }
 
 impl Shared {
@@ -143,6 +149,8 @@ impl Shared {
             notice_frames: std::sync::atomic::AtomicU64::new(0),
             started: std::time::Instant::now(),
             shutdown,
+            drain: Drain::default(),
+            counters: DriverCounters::default(),
         }
     }
 
@@ -162,6 +170,7 @@ impl Shared {
         let deadline_before = core.registry.poll_timeout();
         let result = operation(&mut core);
         let deferred = self.dispatch(&mut core);
+        self.take_ack_samples(&mut core);
         let deadline_after = core.registry.poll_timeout();
         drop(core);
         // Only an earlier deadline needs the timer task to wake and re-arm.
@@ -199,6 +208,18 @@ impl Shared {
                 );
             }
         }
+    }
+
+    /// Turns the joins and leaves the last operation completed into latency samples.
+    fn take_ack_samples(&self, core: &mut Core) {
+        // Read the clock only when something completed: this runs after every relayed
+        // message too.
+        let mut now = None;
+        core.registry.take_ack_samples(|kind, started| {
+            let now = *now.get_or_insert_with(std::time::Instant::now);
+            self.counters
+                .observe_ack(kind, now.saturating_duration_since(started));
+        });
     }
 
     /// Answers a client's clock request at once, ahead of queued messages (a notice), so

@@ -34,6 +34,7 @@ pub use referee::{PairStats, PunchStats};
 
 use crate::error::GroupError;
 use crate::events::{JoinAckError, LeaveAckError, ServerEvent};
+use crate::metrics::{AckKind, RelayByDelivery};
 use acks::{NoticeLog, Op, OpKey, OpKind, PendingAcks};
 use bytes::Bytes;
 use pairs::PairTable;
@@ -149,7 +150,18 @@ pub struct RegistryCounters {
     pub relayed_bytes: u64,
     /// Membership notices sent since start (one per notice, however they were framed).
     pub notices: u64,
+    /// Messages and bytes relayed since start, by delivery mode.
+    pub relayed_by_delivery: RelayByDelivery,
+    /// Punch attempts ordered since start (one per pair and attempt).
+    pub punch_attempts: u64,
+    /// Pairs that moved to a direct path by punching, since start.
+    pub punch_successes: u64,
 }
+
+/// Ack latency samples kept between two [`Registry::take_ack_samples`] calls at most; the
+/// server takes them after every operation, so only a registry driven without it (tests,
+/// benchmarks) reaches the cap, and then further samples are not kept.
+const MAX_ACK_SAMPLES: usize = 4_096;
 
 /// What the registry knows of one connected host, for the server's client listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +190,10 @@ pub struct Registry {
     actions: VecDeque<Action>,
     counters: RegistryCounters,
     relay_rate: RateMeter,
+    /// Joins and leaves completed by their acks since the last
+    /// [`Registry::take_ack_samples`], with when each started (the registry reads no
+    /// clock, and an ack carries no time, so the driver measures the latency).
+    ack_samples: Vec<(AckKind, Instant)>,
 }
 
 fn host_id(key: HostKey) -> HostId {
@@ -223,6 +239,7 @@ impl Registry {
             actions: VecDeque::new(),
             counters: RegistryCounters::default(),
             relay_rate: RateMeter::default(),
+            ack_samples: Vec::new(),
         }
     }
 
@@ -262,6 +279,14 @@ impl Registry {
     /// Joins and leaves waiting for acks.
     pub fn pending_acks(&self) -> usize {
         self.acks.len()
+    }
+
+    /// Hands each join and leave completed by its acks since the last call to `sample`,
+    /// with when it started, and forgets them.
+    pub(crate) fn take_ack_samples(&mut self, mut sample: impl FnMut(AckKind, Instant)) {
+        for (kind, started) in self.ack_samples.drain(..) {
+            sample(kind, started);
+        }
     }
 
     // ---- hosts ---------------------------------------------------------------------------
@@ -497,6 +522,17 @@ impl Registry {
     /// Reports how a join or leave ended.
     fn finish(&mut self, op: Op, ending: Ending) {
         let (group, member) = (op.group, op.member);
+        if ending == Ending::Acked && self.ack_samples.len() < MAX_ACK_SAMPLES {
+            let kind = match op.kind {
+                OpKind::Join => AckKind::Join,
+                OpKind::Leave => AckKind::Leave,
+            };
+            // Every operation's deadline is its start plus the ack timeout.
+            let started = op.deadline.checked_sub(self.config.ack_timeout);
+            if let Some(started) = started {
+                self.ack_samples.push((kind, started));
+            }
+        }
         let event = match op.kind {
             OpKind::Join => ServerEvent::JoinAckComplete {
                 group,

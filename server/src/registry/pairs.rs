@@ -231,6 +231,11 @@ impl PairTable {
         (direct, self.pairs.len() - direct)
     }
 
+    /// Every pair, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (PairId, &Pair)> + '_ {
+        self.pairs.iter().map(|(key, pair)| (id_of(key), pair))
+    }
+
     /// How many pairs exist, lingering ones included.
     pub fn len(&self) -> usize {
         self.pairs.len()

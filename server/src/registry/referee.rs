@@ -119,6 +119,9 @@ impl Registry {
             _ => None,
         };
         if let Some((path, reason)) = changed {
+            if path == PairPath::Direct && reason == PathReason::Punched {
+                self.counters.punch_successes += 1;
+            }
             if path == PairPath::Relay {
                 if let Some(host) = self.hosts.get_mut(host_key(from)) {
                     host.punch.direct_lost += 1;
@@ -136,17 +139,15 @@ impl Registry {
     /// What the server knows of the pair between two hosts.
     pub fn pair_stats(&self, a: HostId, b: HostId) -> Option<PairStats> {
         let (pair, state) = self.pairs.between(a, b)?;
-        Some(PairStats {
-            pair,
-            shared_groups: state.shared_groups,
-            path: state.punch.path(),
-            relayed: state.relayed,
-            relayed_bytes: state.relayed_bytes,
-            punch_attempts: state.punch.attempts,
-            recent_rtt: state.link.and_then(|l| l.rtt),
-            last_rtt: state.link.and_then(|l| l.last_rtt),
-            loss: state.link.and_then(|l| l.loss),
-        })
+        Some(pair_stats_of(pair, state))
+    }
+
+    /// Every pair's hosts (lower id first) and stats, lingering pairs included.
+    pub fn all_pair_stats(&self) -> Vec<(HostId, HostId, PairStats)> {
+        self.pairs
+            .iter()
+            .map(|(pair, state)| (state.hosts.0, state.hosts.1, pair_stats_of(pair, state)))
+            .collect()
     }
 
     /// Orders both sides of `pair` to punch, if the policy allows it now.
@@ -194,6 +195,7 @@ impl Registry {
                 h.punch.orders += 1;
             }
         }
+        self.counters.punch_attempts += 1;
         self.actions.push_back(Action::Punch {
             pair,
             attempt,
@@ -202,5 +204,19 @@ impl Registry {
             candidates_of_controlling: candidates_of_a,
             candidates_of_controlled: candidates_of_b,
         });
+    }
+}
+
+fn pair_stats_of(pair: PairId, state: &super::pairs::Pair) -> PairStats {
+    PairStats {
+        pair,
+        shared_groups: state.shared_groups,
+        path: state.punch.path(),
+        relayed: state.relayed,
+        relayed_bytes: state.relayed_bytes,
+        punch_attempts: state.punch.attempts,
+        recent_rtt: state.link.and_then(|l| l.rtt),
+        last_rtt: state.link.and_then(|l| l.last_rtt),
+        loss: state.link.and_then(|l| l.loss),
     }
 }

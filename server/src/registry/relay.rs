@@ -106,6 +106,9 @@ impl Registry {
                         latest: lane.latest_key(),
                     });
                     self.count_relayed(dest.pair, payload.len(), now);
+                    self.counters
+                        .relayed_by_delivery
+                        .add(lane.delivery(), payload.len());
                 }
                 Err((reason, live_peer)) => {
                     if let Some(peer) = live_peer {
@@ -201,6 +204,9 @@ impl Registry {
         if !probe {
             for &(_, pair, _) in &recipients {
                 self.count_relayed(pair, payload.len(), now);
+                self.counters
+                    .relayed_by_delivery
+                    .add(lane.delivery(), payload.len());
             }
         }
         self.actions.push_back(Action::Datagram {
