@@ -1111,7 +1111,7 @@ impl Session {
                     payload: unacked.payload,
                 },
                 priority: unacked.priority,
-                flow: flow_of(&[pair], None, false),
+                flow: relay_flow(unacked.lane, &[pair], None, false),
                 latest: unacked.lane.latest_key(),
             });
         }
@@ -1436,12 +1436,12 @@ impl Session {
                     payload: payload.clone(),
                 }),
                 Carrier::Stream(lane) => {
-                    // Only a latest value is ever replaced by flow: other sends need none.
                     let flow = match lane {
                         Lane::Latest { .. } => {
                             let pairs: Vec<PairId> = dests.iter().map(|d| d.pair).collect();
-                            flow_of(&pairs, group, to_server)
+                            relay_flow(lane, &pairs, group, to_server)
                         }
+                        // Saves collecting the pairs.
                         _ => 0,
                     };
                     Upload::Relay {
@@ -1614,6 +1614,15 @@ fn hand_over(
 fn count(counters: &mut PathCounters, payload: &Bytes) {
     counters.messages += 1;
     counters.bytes += payload.len() as u64;
+}
+
+/// The flow of a relay upload on `lane`: 0 unless it carries a latest value, for only a
+/// latest value is ever replaced by flow, and hashing costs on every send.
+fn relay_flow(lane: Lane, pairs: &[PairId], group: Option<GroupId>, to_server: bool) -> u64 {
+    match lane {
+        Lane::Latest { .. } => flow_of(pairs, group, to_server),
+        _ => 0,
+    }
 }
 
 /// Names a destination set, so that only a latest-value upload to the very same

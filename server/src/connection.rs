@@ -264,7 +264,12 @@ async fn accept(
         connection: connection.clone(),
         close_reason: registered_close_reason,
     };
-    tokio::spawn(write_frames(send, queued, end, shared.limits.max_frame_len()));
+    tokio::spawn(write_frames(
+        send,
+        queued,
+        end,
+        shared.limits.max_frame_len(),
+    ));
     Ok((host, connection, recv))
 }
 
