@@ -50,6 +50,17 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
         peergroup.1.round(),
     );
     report.set("direct.throughput_msgs_per_sec.quinn", quinn.1.round());
+    if quinn.1 > 0.0 {
+        report.set(
+            "direct.throughput_ratio_vs_quinn",
+            (peergroup.1 / quinn.1 * 100.0).round() / 100.0,
+        );
+        let p50 = |r: &crate::stats::Latencies| r.percentile_us(50.0) as f64;
+        report.set(
+            "direct.rtt_p50_ratio_vs_quinn",
+            (p50(&peergroup.0) / p50(&quinn.0).max(1.0) * 100.0).round() / 100.0,
+        );
+    }
     report.table(Table {
         title: "Direct path: RTT and one pair's message rate".into(),
         columns: vec![

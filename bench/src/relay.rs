@@ -1014,6 +1014,20 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
         }
     }
 
+    // The worst case against the forwarder, over every case measured: the target
+    // is that every relay case reaches 0.9.
+    let ratios: Vec<(f64, String)> = (0..measured.cases.len())
+        .filter_map(|c| {
+            let pg = relay(c, "peergroup").max?;
+            let fwd = relay(c, "quinn_forwarder").max.filter(|f| *f > 0.0)?;
+            Some((pg / fwd, measured.cases[c].key()))
+        })
+        .collect();
+    if let Some((worst, key)) = ratios.iter().min_by(|a, b| a.0.total_cmp(&b.0)) {
+        report.set("relay.min_ratio_vs_quinn", (worst * 100.0).round() / 100.0);
+        report.set("relay.min_ratio_case", key.as_str());
+    }
+
     // The breakdown and the tables.
     let mut rows = Vec::new();
     let mut ratio_rows = Vec::new();
