@@ -7,10 +7,12 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use peergroup_client::{
-    Client, ClientEvent, CloseCode, ConnectError, Delivery, Fingerprint, ServerTrust, Target,
+    Client, ClientConfig, ClientEvent, CloseCode, ConnectError, Delivery, Fingerprint, ServerTrust,
+    Target,
 };
 use peergroup_protocol::{ClientToServer, Hello, PROTOCOL_VERSION};
 use peergroup_server::{AuthDecision, AuthHook, GroupOptions, ServerEvent};
+use std::time::Duration;
 
 fn hello(version: u32) -> ClientToServer {
     ClientToServer::Hello(Hello {
@@ -230,10 +232,48 @@ async fn a_server_whose_certificate_does_not_match_the_pin_is_refused() {
     config.server_trust = ServerTrust::Fingerprint(Fingerprint([0xab; 32]));
     let error = Client::connect(config).await.unwrap_err();
     assert!(
-        matches!(&error, ConnectError::Connection(text) if text.contains("certificate")),
+        matches!(
+            error,
+            ConnectError::PinMismatch { expected, presented }
+                if expected == Fingerprint([0xab; 32]) && presented == server.fingerprint()
+        ),
         "{error}"
     );
     assert_eq!(server.stats().clients, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_to_an_address_where_nothing_listens_is_unreachable() {
+    // A port with nothing behind it: bound, then released.
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = ClientConfig::new(addr, ServerTrust::Fingerprint(Fingerprint([7; 32])));
+    config.timeouts.connect = Duration::from_millis(400);
+    let error = Client::connect(config).await.unwrap_err();
+    assert!(
+        matches!(error, ConnectError::Unreachable { addr: tried, waited }
+            if tried == addr && waited >= Duration::from_millis(400)),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_connects_but_never_welcomes_is_a_login_timeout() {
+    // The auth hook takes longer than the client waits.
+    let auth = AuthHook::new(|_| async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        AuthDecision::accept()
+    });
+    let (server, _events) = start_server_with(|_| {}, auth).await;
+    let mut config = client_config(&server, "slow");
+    config.timeouts.connect = Duration::from_millis(400);
+    let error = Client::connect(config).await.unwrap_err();
+    assert!(
+        matches!(error, ConnectError::Timeout(t) if t == Duration::from_millis(400)),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,13 +2,16 @@
 
 use crate::clock::ServerTime;
 use crate::config::{ClientConfig, DirectConfig};
+use crate::connect_failure::LoginProgress;
 use crate::direct::{self, DirectLink, PunchHandle};
 use crate::error::{ConnectError, SendError};
 use crate::events::{ClientEvent, DisconnectReason};
 use crate::outbound::{write_stream, UploadQueue};
 use crate::session::{PeerStats, Route, Session, SessionTiming, Target, Upload};
 use crate::socket::DemuxSocket;
-use crate::tls::{peer_server_config, server_client_config, ClientIdentity, ExpectedPeers};
+use crate::tls::{
+    peer_server_config, server_client_config, ClientIdentity, ExpectedPeers, RefusedCertificate,
+};
 use bytes::Bytes;
 use futures_core::stream::{FusedStream, Stream};
 use peergroup_protocol::{
@@ -434,24 +437,16 @@ fn close(connection: &quinn::Connection, code: CloseCode, text: &str) {
     );
 }
 
-fn connection_error(error: quinn::ConnectionError) -> ConnectError {
-    match error {
-        quinn::ConnectionError::ApplicationClosed(close) => ConnectError::Refused {
-            code: CloseCode::from_u64(close.error_code.into_inner()),
-            reason: String::from_utf8_lossy(&close.reason).into_owned(),
-        },
-        other => ConnectError::Connection(other.to_string()),
-    }
-}
-
 impl Client {
     /// Connects, logs in and waits for the server's welcome.
     ///
     /// # Errors
-    /// [`ConnectError`]: [`ConnectError::Refused`] carries the server's close code and
-    /// text (auth hook rejection, version mismatch, full server);
-    /// [`ConnectError::Connection`] covers an unreachable server or a certificate that does
-    /// not match the pin; [`ConnectError::Timeout`] after `timeouts.connect`.
+    /// [`ConnectError`], naming the cause: [`ConnectError::Unreachable`] when nothing
+    /// answers at the address, [`ConnectError::PinMismatch`] for a certificate other than
+    /// the pinned one, [`ConnectError::Handshake`] for other TLS failures,
+    /// [`ConnectError::Refused`] with the server's close code and text (auth hook
+    /// rejection, full server, version it does not speak), [`ConnectError::Timeout`] when
+    /// QUIC connected but no welcome came within `timeouts.connect`.
     pub async fn connect(config: ClientConfig) -> Result<(Client, ClientEvents), ConnectError> {
         let identity = ClientIdentity::generate()?;
         let mut transport = quinn::TransportConfig::default();
@@ -459,7 +454,9 @@ impl Client {
             .max_idle_timeout(config.timeouts.idle.try_into().ok())
             .keep_alive_interval(Some(config.timeouts.keepalive));
         let transport = Arc::new(transport);
-        let client_config = server_client_config(&config.server_trust, &identity, transport)?;
+        let refused = RefusedCertificate::default();
+        let client_config =
+            server_client_config(&config.server_trust, &identity, transport, &refused)?;
         let mut peer_transport = quinn::TransportConfig::default();
         peer_transport
             .max_idle_timeout(config.direct.path_timeout.try_into().ok())
@@ -493,13 +490,29 @@ impl Client {
         )
         .map_err(ConnectError::Bind)?;
 
+        let mut progress = LoginProgress {
+            addr: config.server_addr,
+            started: Instant::now(),
+            pinned: config.server_trust.pinned(),
+            refused: &refused,
+            quic_up: false,
+        };
+        let quic_up = AtomicBool::new(false);
         let handshake = async {
             let connection = endpoint
                 .connect_with(client_config, config.server_addr, &config.server_name)
-                .map_err(|e| ConnectError::Connection(e.to_string()))?
+                .map_err(|e| progress.not_started(e))?
                 .await
-                .map_err(connection_error)?;
-            let (mut send, recv) = connection.open_bi().await.map_err(connection_error)?;
+                .map_err(|e| progress.connection_failed(e))?;
+            quic_up.store(true, Ordering::Relaxed);
+            let failed = |e| {
+                LoginProgress {
+                    quic_up: true,
+                    ..progress
+                }
+                .connection_failed(e)
+            };
+            let (mut send, recv) = connection.open_bi().await.map_err(failed)?;
             let mut recv = FrameReader::new(recv, DEFAULT_MAX_FRAME_LEN);
             let hello = ClientToServer::Hello(Hello {
                 version: PROTOCOL_VERSION,
@@ -508,22 +521,22 @@ impl Client {
             let frame = frame_to_bytes(&hello, DEFAULT_MAX_FRAME_LEN)
                 .map_err(|e| ConnectError::Protocol(e.to_string()))?;
             send.write_all(&frame).await.map_err(|e| match e {
-                quinn::WriteError::ConnectionLost(e) => connection_error(e),
-                other => ConnectError::Connection(other.to_string()),
+                quinn::WriteError::ConnectionLost(e) => failed(e),
+                other => ConnectError::Lost(other.to_string()),
             })?;
             let welcome = match recv.next().await {
                 Ok(Some(body)) => decode_body::<ServerToClient>(&body)
                     .map_err(|e| ConnectError::Protocol(e.to_string()))?,
                 Ok(None) => return Err(ConnectError::Protocol("stream closed".into())),
-                Err(ReadEnd::Connection(error)) => return Err(connection_error(error)),
+                Err(ReadEnd::Connection(error)) => return Err(failed(error)),
                 Err(ReadEnd::Violation(_, text)) => return Err(ConnectError::Protocol(text)),
             };
             Ok((connection, send, recv, welcome))
         };
+        let outcome = tokio::time::timeout(config.timeouts.connect, handshake).await;
+        progress.quic_up = quic_up.load(Ordering::Relaxed);
         let (connection, send, recv, welcome) =
-            tokio::time::timeout(config.timeouts.connect, handshake)
-                .await
-                .map_err(|_| ConnectError::Timeout(config.timeouts.connect))??;
+            outcome.map_err(|_| progress.timed_out(config.timeouts.connect))??;
 
         let ServerToClient::Welcome {
             version,

@@ -63,6 +63,7 @@ pub mod blocking;
 mod client;
 mod clock;
 mod config;
+mod connect_failure;
 mod direct;
 mod error;
 mod events;

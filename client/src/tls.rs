@@ -36,16 +36,25 @@ impl ServerTrust {
     /// Pins the certificate in a PEM or DER file (the first certificate of a PEM file).
     ///
     /// # Errors
-    /// [`ConnectError::Tls`] when the file cannot be read or holds no certificate.
+    /// [`ConnectError::TlsSetup`] when the file cannot be read or holds no certificate.
     pub fn from_cert_file(path: &Path) -> Result<Self, ConnectError> {
         let bytes = std::fs::read(path)
-            .map_err(|e| ConnectError::Tls(format!("{}: {e}", path.display())))?;
+            .map_err(|e| ConnectError::TlsSetup(format!("{}: {e}", path.display())))?;
         if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
             let cert = CertificateDer::from_pem_slice(&bytes)
-                .map_err(|e| ConnectError::Tls(format!("{}: {e}", path.display())))?;
+                .map_err(|e| ConnectError::TlsSetup(format!("{}: {e}", path.display())))?;
             return Ok(ServerTrust::Certificate(cert));
         }
         Ok(ServerTrust::Certificate(CertificateDer::from(bytes)))
+    }
+
+    /// The fingerprint this trust pins, if it pins one.
+    pub fn pinned(&self) -> Option<Fingerprint> {
+        match self {
+            ServerTrust::Fingerprint(expected) => Some(*expected),
+            ServerTrust::Certificate(cert) => Some(fingerprint_of(cert)),
+            ServerTrust::SystemRoots => None,
+        }
     }
 }
 
@@ -68,7 +77,7 @@ impl ClientIdentity {
     /// A fresh ECDSA P-256 key pair and certificate.
     pub fn generate() -> Result<Self, ConnectError> {
         let certified = rcgen::generate_simple_self_signed(vec!["peergroup-client".into()])
-            .map_err(|e| ConnectError::Tls(e.to_string()))?;
+            .map_err(|e| ConnectError::TlsSetup(e.to_string()))?;
         Ok(Self {
             certificate: certified.cert.der().clone(),
             key: PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into()),
@@ -90,6 +99,24 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 struct PinnedCertificate {
     expected: Fingerprint,
     signatures: Signatures,
+    /// Where a refused certificate is recorded, so the connect can say "pin mismatch"
+    /// instead of the TLS alert quinn reports.
+    refused: RefusedCertificate,
+}
+
+/// The certificate a pinned verifier refused, if it refused one.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RefusedCertificate(Arc<std::sync::Mutex<Option<Fingerprint>>>);
+
+impl RefusedCertificate {
+    pub(crate) fn record(&self, presented: Fingerprint) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(presented);
+    }
+
+    /// The refused certificate's fingerprint.
+    pub fn get(&self) -> Option<Fingerprint> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The handshake-signature checks both verifiers share: pinning decides *which*
@@ -140,9 +167,11 @@ impl ServerCertVerifier for PinnedCertificate {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if fingerprint_of(end_entity) == self.expected {
+        let presented = fingerprint_of(end_entity);
+        if presented == self.expected {
             Ok(ServerCertVerified::assertion())
         } else {
+            self.refused.record(presented);
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             ))
@@ -177,23 +206,20 @@ pub(crate) fn server_client_config(
     trust: &ServerTrust,
     identity: &ClientIdentity,
     transport: Arc<quinn::TransportConfig>,
+    refused: &RefusedCertificate,
 ) -> Result<quinn::ClientConfig, ConnectError> {
     let provider = provider();
-    let tls_error = |e: rustls::Error| ConnectError::Tls(e.to_string());
+    let tls_error = |e: rustls::Error| ConnectError::TlsSetup(e.to_string());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls_error)?;
-    let pinned = match trust {
-        ServerTrust::Fingerprint(expected) => Some(*expected),
-        ServerTrust::Certificate(cert) => Some(fingerprint_of(cert)),
-        ServerTrust::SystemRoots => None,
-    };
-    let builder = match pinned {
+    let builder = match trust.pinned() {
         Some(expected) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
                 expected,
                 signatures: Signatures(provider),
+                refused: refused.clone(),
             })),
         None => {
             let mut roots = rustls::RootCertStore::empty();
@@ -202,7 +228,7 @@ pub(crate) fn server_client_config(
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
-                return Err(ConnectError::Tls(
+                return Err(ConnectError::TlsSetup(
                     "no system root certificates found".into(),
                 ));
             }
@@ -214,7 +240,7 @@ pub(crate) fn server_client_config(
         .map_err(tls_error)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+        .map_err(|e| ConnectError::TlsSetup(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport);
     Ok(config)
@@ -225,7 +251,7 @@ pub(crate) fn server_client_config(
 /// supported API.
 ///
 /// # Errors
-/// [`ConnectError::Tls`] when the config cannot be built.
+/// [`ConnectError::TlsSetup`] when the config cannot be built.
 #[doc(hidden)]
 pub fn raw_quic_client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, ConnectError> {
     let identity = ClientIdentity::generate()?;
@@ -233,6 +259,7 @@ pub fn raw_quic_client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig
         trust,
         &identity,
         Arc::new(quinn::TransportConfig::default()),
+        &RefusedCertificate::default(),
     )
 }
 
@@ -333,10 +360,10 @@ pub(crate) fn peer_server_config(
             b.with_client_cert_verifier(verifier)
                 .with_single_cert(vec![identity.certificate.clone()], identity.key.clone_key())
         })
-        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+        .map_err(|e| ConnectError::TlsSetup(e.to_string()))?;
     tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+        .map_err(|e| ConnectError::TlsSetup(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport);
     Ok(config)
@@ -352,17 +379,18 @@ pub(crate) fn peer_client_config(
     let provider = provider();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| ConnectError::Tls(e.to_string()))?
+        .map_err(|e| ConnectError::TlsSetup(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
             expected: peer,
             signatures: Signatures(provider),
+            refused: RefusedCertificate::default(),
         }))
         .with_client_auth_cert(vec![identity.certificate.clone()], identity.key.clone_key())
-        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+        .map_err(|e| ConnectError::TlsSetup(e.to_string()))?;
     tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+        .map_err(|e| ConnectError::TlsSetup(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport);
     Ok(config)
