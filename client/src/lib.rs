@@ -66,6 +66,9 @@ mod config;
 mod direct;
 mod error;
 mod events;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod outbound;
 mod ping;
 mod punch;
