@@ -298,7 +298,8 @@ pub(crate) const MAX_HELD_BYTES_RELAYED: usize = 16 << 20;
 /// still waiting then was sent under a membership that never reached this client (a
 /// broken or hostile peer), and is dropped.
 pub(crate) const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
-/// Messages at most waiting for membership notices per peer; past it they are dropped.
+/// Messages at most waiting for membership notices per peer; past it, or past
+/// [`MAX_HELD_BYTES_RELAYED`] bytes of them, they are dropped.
 pub(crate) const MAX_AWAITING: usize = 4_096;
 /// How long an ended membership is remembered, to recognise direct messages sent under it
 /// that are still on their way.
@@ -768,7 +769,12 @@ impl Session {
             match verdict {
                 Verdict::Deliver => hand_over(&mut self.events, peer, from, lane, message),
                 Verdict::Drop => peer.stats.not_member_dropped += 1,
-                Verdict::Wait if peer.awaiting.len() >= MAX_AWAITING => {
+                // Bounded in count and in bytes: relayed messages wait here too (behind a
+                // direct one), and the relay cannot be paused for one peer.
+                Verdict::Wait
+                    if peer.awaiting.len() >= MAX_AWAITING
+                        || peer.awaiting_bytes + message.payload.len() > MAX_HELD_BYTES_RELAYED =>
+                {
                     peer.stats.not_member_dropped += 1;
                 }
                 Verdict::Wait => {
