@@ -67,6 +67,9 @@ mod connect_failure;
 mod direct;
 mod error;
 mod events;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod outbound;
 mod ping;
 mod punch;

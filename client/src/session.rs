@@ -297,9 +297,10 @@ pub(crate) const MAX_HELD_BYTES_RELAYED: usize = 16 << 20;
 /// How long a direct message may wait for the membership notice it was sent under; one
 /// still waiting then was sent under a membership that never reached this client (a
 /// broken or hostile peer), and is dropped.
-const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
-/// Messages at most waiting for membership notices per peer; past it they are dropped.
-const MAX_AWAITING: usize = 4_096;
+pub(crate) const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
+/// Messages at most waiting for membership notices per peer; past it, or past
+/// [`MAX_HELD_BYTES_RELAYED`] bytes of them, they are dropped.
+pub(crate) const MAX_AWAITING: usize = 4_096;
 /// How long an ended membership is remembered, to recognise direct messages sent under it
 /// that are still on their way.
 const ENDED_MEMBERSHIP_MEMORY: Duration = Duration::from_secs(60);
@@ -769,7 +770,12 @@ impl Session {
             match verdict {
                 Verdict::Deliver => hand_over(&mut self.events, peer, from, lane, message),
                 Verdict::Drop => peer.stats.not_member_dropped += 1,
-                Verdict::Wait if peer.awaiting.len() >= MAX_AWAITING => {
+                // Bounded in count and in bytes: relayed messages wait here too (behind a
+                // direct one), and the relay cannot be paused for one peer.
+                Verdict::Wait
+                    if peer.awaiting.len() >= MAX_AWAITING
+                        || peer.awaiting_bytes + message.payload.len() > MAX_HELD_BYTES_RELAYED =>
+                {
                     peer.stats.not_member_dropped += 1;
                 }
                 Verdict::Wait => {
@@ -1161,6 +1167,21 @@ impl Session {
         self.peers
             .get(&peer)
             .map_or(0, |p| p.receiving.held_bytes() + p.awaiting_bytes)
+    }
+
+    /// Messages from `peer` waiting for a membership notice.
+    #[cfg(feature = "fuzzing")]
+    pub fn awaiting_len(&self, peer: HostId) -> usize {
+        self.peers.get(&peer).map_or(0, |p| p.awaiting.len())
+    }
+
+    /// Bytes of relayed and direct early arrivals from `peer` held in its lanes, without
+    /// the messages waiting for membership notices.
+    #[cfg(feature = "fuzzing")]
+    pub fn lane_held_bytes(&self, peer: HostId) -> usize {
+        self.peers
+            .get(&peer)
+            .map_or(0, |p| p.receiving.held_bytes())
     }
 
     /// The current pair with `peer`.
@@ -1556,7 +1577,7 @@ impl Session {
     }
 
     /// Membership notices taken in since the connection started.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn notices_taken(&self) -> u64 {
         self.notices_taken
     }

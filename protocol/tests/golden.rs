@@ -78,6 +78,23 @@ fn v6_addr() -> SocketAddr {
     "[2001:db8::1]:9".parse().unwrap()
 }
 
+/// With `PEERGROUP_FUZZ_SEEDS=DIR` set, writes each golden message's bytes to
+/// `DIR/TYPE/NAME`, where `fuzz/seed.sh` turns them into the fuzz targets' first corpus
+/// (real encodings of every variant). Does nothing otherwise.
+fn seed(type_name: &str, name: &str, bytes: &[u8]) {
+    let Some(dir) = std::env::var_os("PEERGROUP_FUZZ_SEEDS") else {
+        return;
+    };
+    let short = type_name.rsplit("::").next().unwrap_or(type_name);
+    let dir = std::path::Path::new(&dir).join(short);
+    std::fs::create_dir_all(&dir).expect("seed directory");
+    let file: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    std::fs::write(dir.join(file), bytes).expect("seed file");
+}
+
 /// Concatenates byte pieces, so an expectation can reuse the id constants above.
 fn cat(pieces: &[&[u8]]) -> Vec<u8> {
     pieces.concat()
@@ -92,6 +109,7 @@ where
     let encoded = frame_to_bytes(message, DEFAULT_MAX_FRAME_LEN)
         .unwrap_or_else(|error| panic!("{name}: encoding failed: {error}"));
     assert_eq!(encoded.as_ref(), expected, "{name}: frame bytes changed");
+    seed(std::any::type_name::<T>(), name, &expected[4..]);
 
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
     decoder.push(expected);
@@ -121,6 +139,7 @@ where
     let encoded = datagram_to_bytes(message)
         .unwrap_or_else(|error| panic!("{name}: encoding failed: {error}"));
     assert_eq!(encoded.as_ref(), expected, "{name}: bytes changed");
+    seed(std::any::type_name::<T>(), name, expected);
     let decoded: T =
         decode_body(expected).unwrap_or_else(|error| panic!("{name}: decoding failed: {error}"));
     assert_eq!(&decoded, message, "{name}: decoded message differs");
@@ -1527,6 +1546,7 @@ fn check_probe(name: &str, probe: &Probe, signed: &[u8]) {
     assert_eq!(seen.as_deref(), Some(signed), "{name}: MAC input changed");
     assert_eq!(probe.signed_bytes(), signed, "{name}: signed bytes changed");
     assert_eq!(encoded, cat(&[signed, &MAC]), "{name}: probe bytes changed");
+    seed("Probe", name, &encoded);
     assert!(is_probe(&encoded), "{name}: taken for QUIC");
 
     let (decoded, decoded_signed, mac) =

@@ -2355,3 +2355,40 @@ fn a_datagram_to_a_group_follows_the_same_rule() {
     assert_eq!(delivered(&mut s), ["in", "plain"]);
     assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 1);
 }
+
+/// Found while writing the session fuzz target's held-bytes bound: while a direct message waits for
+/// a membership notice, every later message from that peer waits behind it, relayed ones
+/// too, and only their count was bounded (4,096): a peer sending 1 MiB relayed messages
+/// behind one direct message with a made-up membership made this client hold 4 GiB for
+/// 10 s. Waiting bytes are now held to the relayed early-arrival budget.
+#[test]
+fn messages_waiting_for_a_notice_stay_within_the_held_bytes_budget() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    assert!(s.set_direct(PEER, ms(3), now));
+    drain(&mut s);
+    // Membership 9 of the sender: a join this client has not been told of (it knows 1).
+    s.handle_peer_frame(PEER, data_frame(Some((9, 1)), 1, "waits"), now)
+        .unwrap();
+    assert_eq!(s.held_bytes(PEER), 5);
+    let big = Bytes::from(vec![0u8; 1 << 20]);
+    for seq in 2..=40 {
+        s.handle_frame(
+            ServerToClient::Deliver {
+                from: PEER,
+                group: None,
+                lane: CH0,
+                seq,
+                payload: big.clone(),
+            },
+            now,
+        )
+        .unwrap();
+    }
+    let held = s.held_bytes(PEER);
+    assert!(held <= MAX_HELD_BYTES_RELAYED, "{held} bytes held");
+    assert!(s.peer_stats(PEER, now).unwrap().not_member_dropped > 0);
+    // Past the wait the made-up membership's message is dropped and nothing stays held.
+    s.handle_timeout(now + MEMBERSHIP_WAIT);
+    assert_eq!(s.held_bytes(PEER), 0);
+}
