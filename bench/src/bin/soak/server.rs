@@ -1,0 +1,205 @@
+//! The server child: the library server, its stable groups and the churn.
+//!
+//! It prints `ready ADDR FINGERPRINT` once it listens, then a JSON line of counters every
+//! 5 s, and exits when its standard input closes.
+
+use crate::rng::Rng;
+use peergroup_server::{
+    AuthDecision, AuthHook, ChangeOutcome, GroupId, GroupOptions, HostId, Identity,
+    MembershipBatch, Server, ServerConfig, ServerEvent,
+};
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Members of a stable group.
+pub const STABLE_SIZE: usize = 8;
+/// Relay-only groups the churn moves clients in and out of.
+const CHURN_GROUPS: usize = 100;
+/// A churn group is kept at most this big: a join above it becomes a leave.
+const CHURN_MAX: usize = 12;
+/// Churn is applied in batches this often (an MMO tick).
+const TICK: Duration = Duration::from_millis(100);
+
+/// What the churn counted.
+#[derive(Debug, Default)]
+struct Churn {
+    joins: u64,
+    leaves: u64,
+    acks_ok: u64,
+    /// Joins a later leave overtook before every ack came back (not failures).
+    undone: u64,
+    ack_failures: u64,
+    batch_errors: u64,
+}
+
+/// Runs the server until standard input closes.
+pub async fn serve(clients: usize, churn_per_sec: u32, seed: u64) -> Result<(), String> {
+    let identity = Identity::generate(&["peergroup"]).map_err(|e| e.to_string())?;
+    let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), identity);
+    config.limits.max_clients = clients + 16;
+    // The login ("c17") becomes the host's data, which names its stable group.
+    let auth = AuthHook::from_fn(|request| AuthDecision::accept_with_data(request.login));
+    let (server, mut events) = Server::start_with_auth(config, auth, CancellationToken::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("ready {} {}", server.local_addr(), server.fingerprint());
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+
+    // Standard input closing (the parent ending, however it ends) stops the server.
+    let (closed_tx, mut closed) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        for _ in std::io::stdin().lock().lines() {}
+        let _ = closed_tx.send(());
+    });
+
+    let churn_groups: Vec<GroupId> = (0..CHURN_GROUPS)
+        .map(|_| {
+            let options = GroupOptions {
+                allow_empty: true,
+                direct_p2p: false,
+                ..GroupOptions::default()
+            };
+            server.create_group_with_data(&[], options, "churn", "")
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let mut members: Vec<BTreeSet<HostId>> = vec![BTreeSet::new(); CHURN_GROUPS];
+    let mut connected: Vec<HostId> = Vec::new();
+    let mut waiting: HashMap<usize, Vec<HostId>> = HashMap::new();
+    let mut churn = Churn::default();
+    let mut rng = Rng::new(seed, 0);
+    let per_tick = (churn_per_sec as usize / 10).max(1);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut report = tokio::time::interval(Duration::from_secs(5));
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut closed => break,
+            _ = report.tick() => {
+                let s = server.stats();
+                let line = serde_json::json!({
+                    "t_s": started.elapsed().as_secs(),
+                    "clients": s.clients,
+                    "groups": s.groups,
+                    "direct_pairs": s.direct_pairs,
+                    "relayed_pairs": s.relayed_pairs,
+                    "relayed": s.relayed,
+                    "acks_pending": s.acks_pending,
+                    "slow_consumer_disconnects": s.slow_consumer_disconnects,
+                    "punch_attempts": s.punch_attempts,
+                    "punch_successes": s.punch_successes,
+                    "churn_joins": churn.joins,
+                    "churn_leaves": churn.leaves,
+                    "churn_acks_ok": churn.acks_ok,
+                    "churn_undone": churn.undone,
+                    "churn_ack_failures": churn.ack_failures,
+                    "churn_batch_errors": churn.batch_errors,
+                });
+                println!("{line}");
+                let _ = std::io::stdout().flush();
+            }
+            _ = tick.tick() => {
+                if connected.is_empty() {
+                    continue;
+                }
+                let mut batch = MembershipBatch::new();
+                let mut planned = members.clone();
+                for _ in 0..per_tick {
+                    let g = rng.below(CHURN_GROUPS);
+                    let host = connected[rng.below(connected.len())];
+                    let group = &mut planned[g];
+                    let leave = group.contains(&host) || group.len() >= CHURN_MAX;
+                    if leave {
+                        // Leave the chosen host, or a random member of a full group.
+                        let gone = if group.contains(&host) {
+                            host
+                        } else {
+                            *group.iter().nth(rng.below(group.len())).unwrap_or(&host)
+                        };
+                        group.remove(&gone);
+                        batch.leave(churn_groups[g], gone);
+                    } else {
+                        group.insert(host);
+                        batch.join(churn_groups[g], host, "");
+                    }
+                }
+                match server.change_membership(&batch) {
+                    Ok(outcomes) => {
+                        members = planned;
+                        for outcome in outcomes {
+                            match outcome {
+                                ChangeOutcome::Joined => churn.joins += 1,
+                                ChangeOutcome::Left => churn.leaves += 1,
+                                _ => {}
+                            }
+                        }
+                    }
+                    // Nothing changed (a client left meanwhile): try again next tick.
+                    Err(_) => churn.batch_errors += 1,
+                }
+            }
+            event = events.next() => {
+                let Some(event) = event else { break };
+                match event {
+                    ServerEvent::ClientConnected { host, app_data, .. } => {
+                        connected.push(host);
+                        form_stable_group(&server, clients, &app_data, host, &mut waiting);
+                    }
+                    ServerEvent::ClientDisconnected { host, .. } => {
+                        connected.retain(|h| *h != host);
+                        for group in &mut members {
+                            group.remove(&host);
+                        }
+                    }
+                    ServerEvent::JoinAckComplete { result, .. } => match result {
+                        Ok(()) => churn.acks_ok += 1,
+                        Err(peergroup_server::JoinAckError::MemberLeft) => churn.undone += 1,
+                        Err(_) => churn.ack_failures += 1,
+                    },
+                    ServerEvent::LeaveAckComplete { result, .. } => match result {
+                        Ok(()) => churn.acks_ok += 1,
+                        Err(_) => churn.ack_failures += 1,
+                    },
+                    _ => {}
+                }
+            }
+        }
+    }
+    server.shutdown();
+    Ok(())
+}
+
+/// Creates client `index`'s stable group once all of its members are in: every member
+/// joins at once, so no message to the group can precede a member's join.
+fn form_stable_group(
+    server: &Server,
+    clients: usize,
+    login: &[u8],
+    host: HostId,
+    waiting: &mut HashMap<usize, Vec<HostId>>,
+) {
+    let Some(index) = std::str::from_utf8(login)
+        .ok()
+        .and_then(|l| l.strip_prefix('c'))
+        .and_then(|n| n.parse::<usize>().ok())
+    else {
+        return;
+    };
+    let group = index / STABLE_SIZE;
+    let size = STABLE_SIZE.min(clients - group * STABLE_SIZE);
+    let hosts = waiting.entry(group).or_default();
+    hosts.push(host);
+    if hosts.len() == size {
+        let hosts = waiting.remove(&group).unwrap_or_default();
+        let options = GroupOptions {
+            direct_p2p: true,
+            ..GroupOptions::default()
+        };
+        if let Err(error) = server.create_group_with_data(&hosts, options, "stable", "") {
+            eprintln!("soak server: stable group {group}: {error}");
+        }
+    }
+}
