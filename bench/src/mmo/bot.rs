@@ -130,6 +130,9 @@ pub struct Bot {
     pub publishing: Arc<AtomicBool>,
     /// Where it counts.
     pub counters: Arc<BotCounters>,
+    /// Where it leaves its connection once connected, so the section can read the UDP
+    /// datagrams every connection sent and received (quinn's path statistics).
+    pub connections: Arc<Mutex<Vec<quinn::Connection>>>,
 }
 
 /// What the reading half learns and the writing half uses.
@@ -228,6 +231,10 @@ pub async fn run(bot: Bot) -> Result<(), String> {
             });
             let frame = frame_to_bytes(&hello, DEFAULT_MAX_FRAME_LEN).map_err(|e| e.to_string())?;
             send.write_all(&frame).await.map_err(|e| e.to_string())?;
+            bot.connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(connection.clone());
             Ok::<_, String>((connection, send, recv))
         })
         .await

@@ -13,7 +13,7 @@ use peergroup_client::ServerTrust;
 use peergroup_server::{Identity, Server, ServerConfig, ServerEvents, ServerStats};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::time::MissedTickBehavior;
 
@@ -56,13 +56,18 @@ struct Ports {
     bots: Vec<u16>,
 }
 
-/// Datagrams dropped over the window because a socket's receive buffer was full.
+/// UDP datagrams over the window: sent each way, and dropped because a socket's receive
+/// buffer was full.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Drops {
-    /// At the server's socket (everything the bots send).
-    pub(super) server: u64,
-    /// At the bots' sockets.
-    pub(super) bots: u64,
+pub(super) struct Datagrams {
+    /// Dropped at the server's socket (everything the bots send).
+    pub(super) dropped_at_server: u64,
+    /// Dropped at the bots' sockets.
+    pub(super) dropped_at_bots: u64,
+    /// Sent by the bots to the server (dropped ones included).
+    pub(super) to_server: u64,
+    /// Received by the bots from the server.
+    pub(super) from_server: u64,
 }
 
 /// Server counters over the window.
@@ -108,8 +113,8 @@ pub(super) struct Measured {
     pub(super) server: ServerDelta,
     /// CPU seconds over the window.
     pub(super) cpu: Cpu,
-    /// Datagrams dropped over the window.
-    pub(super) drops: Drops,
+    /// UDP datagrams over the window.
+    pub(super) datagrams: Datagrams,
     /// See [`Views::batch_completion`], µs.
     pub(super) batch_completion: Latencies,
     /// See [`Views::tick_work`], µs.
@@ -167,6 +172,7 @@ pub(super) fn measure(warmup: Duration, window: Duration) -> Result<Measured, St
     let publishing = Arc::new(AtomicBool::new(false));
     let size = world::world_size_for(BOTS, NEIGHBOURS);
     let counters: Vec<Arc<BotCounters>> = (0..BOTS).map(|_| Arc::default()).collect();
+    let connections = Arc::new(Mutex::new(Vec::with_capacity(BOTS)));
     for (i, counters) in counters.iter().enumerate() {
         let bot = Bot {
             endpoint: endpoints[i % CLIENT_ENDPOINTS].clone(),
@@ -175,6 +181,7 @@ pub(super) fn measure(warmup: Duration, window: Duration) -> Result<Measured, St
             walker: Walker::new(SEED, i as u64, size),
             publishing: publishing.clone(),
             counters: counters.clone(),
+            connections: connections.clone(),
         };
         bots_rt.spawn(async move {
             if let Err(error) = bot::run(bot).await {
@@ -192,14 +199,27 @@ pub(super) fn measure(warmup: Duration, window: Duration) -> Result<Measured, St
         server: server.local_addr().port(),
         bots: bot_ports,
     };
+    // UDP datagrams so far, to the server and from it, as the bots' connections count them.
+    let datagrams = || {
+        let connections = connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections.iter().fold((0, 0), |(up, down), c| {
+            let stats = c.stats();
+            (up + stats.udp_tx.datagrams, down + stats.udp_rx.datagrams)
+        })
+    };
     let result = server_rt.block_on(drive(
         &server,
         events,
         &counters,
         &publishing,
         &ports,
+        &datagrams,
         (warmup, window),
     ));
+    connections
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clear();
 
     for endpoint in &endpoints {
         endpoint.close(0u32.into(), b"done");
@@ -218,6 +238,7 @@ async fn drive(
     bots: &[Arc<BotCounters>],
     publishing: &AtomicBool,
     ports: &Ports,
+    datagrams: &dyn Fn() -> (u64, u64),
     (warmup, window): (Duration, Duration),
 ) -> Result<Measured, String> {
     let mut views = Views::new(server.clone());
@@ -267,6 +288,7 @@ async fn drive(
         CpuClock::read(),
     );
     let drops_before = (udp_drops(&[ports.server]), udp_drops(&ports.bots));
+    let datagrams_before = datagrams();
     let counts_before = views.counts;
     let bots_before = BotTotals::read(bots);
     let stats_before = server.stats();
@@ -290,9 +312,12 @@ async fn drive(
         driver: this_thread_cpu_ticks().saturating_sub(cpu_before.1) as f64 / ticks,
         bots: threads_cpu_ticks("mmo-bots").saturating_sub(cpu_before.2) as f64 / ticks,
     };
-    let drops = Drops {
-        server: udp_drops(&[ports.server]).saturating_sub(drops_before.0),
-        bots: udp_drops(&ports.bots).saturating_sub(drops_before.1),
+    let datagrams_after = datagrams();
+    let datagrams_window = Datagrams {
+        dropped_at_server: udp_drops(&[ports.server]).saturating_sub(drops_before.0),
+        dropped_at_bots: udp_drops(&ports.bots).saturating_sub(drops_before.1),
+        to_server: datagrams_after.0.saturating_sub(datagrams_before.0),
+        from_server: datagrams_after.1.saturating_sub(datagrams_before.1),
     };
     let counts = views.counts.since(counts_before);
     let bots_window = BotTotals::read(bots).since(bots_before);
@@ -318,7 +343,7 @@ async fn drive(
         bots: bots_window,
         server: server_window,
         cpu,
-        drops,
+        datagrams: datagrams_window,
         still_pending: views.pending(),
         batch_completion: std::mem::take(&mut views.batch_completion),
         tick_work: std::mem::take(&mut views.tick_work),

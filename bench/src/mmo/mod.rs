@@ -11,8 +11,9 @@
 //!
 //! After every bot is connected and placed, a warm-up, then a measured window: membership
 //! operations completed by their acks, acks, position updates sent and delivered, each
-//! tick's batch from `change_membership` to its last completion, and the CPU of the server
-//! and of the bots. Then the bots stop publishing and what is under way completes.
+//! tick's batch from `change_membership` to its last completion, the CPU of the server, of
+//! the bots and of other processes, and the UDP datagrams to the server and those its
+//! socket dropped. Then the bots stop publishing and what is under way completes.
 
 mod bot;
 mod harness;
@@ -56,6 +57,8 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
     let others_cpu = (m.cpu.machine - m.cpu.process).max(0.0) / secs * 100.0;
     let delivered_share = m.bots.delivered as f64 / m.bots.addressed.max(1) as f64;
     let failed = m.failed_ops();
+    let server_drop_share =
+        m.datagrams.dropped_at_server as f64 / m.datagrams.to_server.max(1) as f64;
     let round = |x: f64, places: i32| (x * 10f64.powi(places)).round() / 10f64.powi(places);
     let percentiles = |l: &Latencies| {
         if l.is_empty() {
@@ -78,7 +81,7 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
     eprintln!(
         "   server CPU {server_cpu:.0}% (other processes {others_cpu:.0}%), batch p50 \
          {batch_p50} µs p99 {batch_p99} µs, {failed} failed, {} UDP drops at the server",
-        m.drops.server
+        m.datagrams.dropped_at_server
     );
 
     report.set("mmo.bots", BOTS as u64);
@@ -115,8 +118,17 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
     report.set("mmo.batch_apply_p50_us", apply_p50);
     report.set("mmo.batch_apply_p99_us", apply_p99);
     report.set("mmo.ticks", m.views.ticks);
-    report.set("mmo.server_udp_drops", m.drops.server);
-    report.set("mmo.bots_udp_drops", m.drops.bots);
+    report.set(
+        "mmo.datagrams_to_server_per_sec",
+        per_sec(m.datagrams.to_server).round(),
+    );
+    report.set(
+        "mmo.datagrams_from_server_per_sec",
+        per_sec(m.datagrams.from_server).round(),
+    );
+    report.set("mmo.server_udp_drops", m.datagrams.dropped_at_server);
+    report.set("mmo.server_udp_drop_share", round(server_drop_share, 3));
+    report.set("mmo.bots_udp_drops", m.datagrams.dropped_at_bots);
     report.set("mmo.failed_ops", failed);
     report.set("mmo.joins_undone", m.totals.joins_undone);
     report.set("mmo.disconnects", m.totals.disconnects);
@@ -206,8 +218,21 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
             format!("{server_cpu:.0}; {driver_cpu:.0}; {bots_cpu:.0}; {others_cpu:.0}"),
         ),
         row(
+            "UDP datagrams/s to the server; from the server",
+            format!(
+                "{}; {}",
+                rate(per_sec(m.datagrams.to_server)),
+                rate(per_sec(m.datagrams.from_server))
+            ),
+        ),
+        row(
             "UDP datagrams dropped, receive buffer full: server's socket; bots' sockets",
-            format!("{}; {}", m.drops.server, m.drops.bots),
+            format!(
+                "{} ({:.1}% of those sent to it); {}",
+                m.datagrams.dropped_at_server,
+                server_drop_share * 100.0,
+                m.datagrams.dropped_at_bots
+            ),
         ),
         row(
             "failed ops; joins undone by a later leave; disconnects",
@@ -262,7 +287,12 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
              `Deliver` frames the bots read; with the Latest lane a receiver whose queue \
              still holds an update gets the newer one in its place, so delivered can be \
              below addressed without loss. {} watchers were in a view with no pair known \
-             to the bot (expected 0).",
+             to the bot (expected 0). When the server's socket drops datagrams (its \
+             receive buffer full: the server reads it too slowly), QUIC's loss recovery \
+             delays notices and acks, so changes reach the 15 s ack timeout and count as \
+             failed, joins are undone by the watcher walking away first, bots publish to \
+             watchers that already left (refused destinations), and a bot that nothing \
+             reaches the server from for the 10 s idle timeout is disconnected.",
             DRAIN_TIMEOUT.as_secs_f64(),
             m.still_pending,
             m.setup.as_secs_f64(),
