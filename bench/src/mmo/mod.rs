@@ -201,11 +201,12 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
             format!("{batch_p50} / {batch_p99}"),
         ),
         row(
-            "tick work (area of interest + `change_membership`), p50 / p99 µs",
+            "tick work (area of interest + `change_membership`; every tick), p50 / p99 µs",
             format!("{work_p50} / {work_p99}"),
         ),
         row(
-            "`change_membership` call alone (the server's lock held), p50 / p99 µs",
+            "`change_membership` call alone (ticks with changes; the server's lock held), \
+             p50 / p99 µs",
             format!("{apply_p50} / {apply_p99}"),
         ),
         row(
