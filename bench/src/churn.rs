@@ -539,7 +539,9 @@ fn registry_churn(window: Duration) -> Outcome {
 
 // ---- end to end --------------------------------------------------------------------------
 
-fn runtime(name: &str, workers: usize) -> Result<tokio::runtime::Runtime, String> {
+/// A multi-threaded runtime of `workers` threads named `name`, so their CPU time can be read
+/// by name ([`threads_cpu_ticks`]).
+pub(crate) fn runtime(name: &str, workers: usize) -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name(name)
@@ -695,7 +697,7 @@ pub(crate) fn threads_cpu_ticks(prefix: &str) -> u64 {
 }
 
 /// CPU time of the calling thread, clock ticks.
-fn this_thread_cpu_ticks() -> u64 {
+pub(crate) fn this_thread_cpu_ticks() -> u64 {
     let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
         return 0;
     };

@@ -21,11 +21,14 @@
 //!   clients (memory, idle CPU, connection set-up rate).
 //! - `priority.rs`: latency of High messages behind a Low backlog at the server, and
 //!   latest-value replacement for a slow receiver.
+//! - `mmo/`: the `mmo_view` example's workload headless at 1,000 raw-client bots
+//!   (membership batches every tick, position updates, server CPU).
 
 mod churn;
 mod direct;
 mod fanout;
 mod forwarder;
+mod mmo;
 mod priority;
 mod relay;
 mod report;
@@ -69,7 +72,7 @@ struct Args {
     /// The long run.
     #[arg(long)]
     full: bool,
-    /// Run only these sections (comma-separated: relay, direct, switch, churn, scale, priority).
+    /// Run only these sections (comma-separated: relay, direct, switch, churn, scale, priority, mmo).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the results. Default: `target/bench` in the workspace.
@@ -99,6 +102,7 @@ fn main() -> std::process::ExitCode {
         ("churn", churn::run),
         ("scale", scale::run),
         ("priority", priority::run),
+        ("mmo", mmo::run),
     ];
     let mut report = Report::default();
     let started = Instant::now();

@@ -2,7 +2,7 @@
 //! recomputes every bot's area of interest with a spatial grid, then applies all the
 //! resulting joins and leaves as one batch.
 
-use crate::world::{Position, Report, ToServer, SIGHT, SIGHT_LOST};
+use crate::world::{Grid, Position, Report, ToServer};
 use peergroup::server::{
     decode, ChangeOutcome, GroupError, GroupId, GroupOptions, HostId, JoinAckError,
     MembershipBatch, Server, ServerEvent,
@@ -148,28 +148,13 @@ impl ViewServer {
 
     /// One tick: every bot's area of interest, then one batch of joins and leaves.
     pub fn tick(&mut self) {
-        // A grid of cells as wide as the sight: a bot's watchers are in its 3x3 cells.
-        let cell = |p: Position| ((p.x / SIGHT_LOST) as i32, (p.y / SIGHT_LOST) as i32);
-        let mut grid: HashMap<(i32, i32), Vec<(HostId, Position)>> = HashMap::new();
-        for (&host, &at) in &self.positions {
-            grid.entry(cell(at)).or_default().push((host, at));
-        }
+        let grid = Grid::new(self.positions.iter().map(|(&host, &at)| (host, at)));
         let mut batch = MembershipBatch::new();
         for (&owner, view) in &mut self.views {
             let Some(&at) = self.positions.get(&owner) else {
                 continue; // not placed yet
             };
-            let (cx, cy) = cell(at);
-            let mut sees = BTreeSet::new();
-            for (dx, dy) in (-1..=1).flat_map(|dx| (-1..=1).map(move |dy| (dx, dy))) {
-                for &(other, there) in grid.get(&(cx + dx, cy + dy)).into_iter().flatten() {
-                    let distance = at.distance(there);
-                    let watching = view.watchers.contains(&other);
-                    if other != owner && (distance < SIGHT || watching && distance < SIGHT_LOST) {
-                        sees.insert(other);
-                    }
-                }
-            }
+            let sees = grid.watchers(owner, at, &view.watchers);
             for &gone in view.watchers.difference(&sees) {
                 batch.leave(view.group, gone);
             }

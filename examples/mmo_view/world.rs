@@ -1,7 +1,11 @@
-//! The world both halves agree on: its size, how far a bot sees, how bots wander, and the
-//! messages they exchange. In a real game this is the shared "protocol" crate.
+//! The world both halves agree on: its size, how far a bot sees, how bots wander, who sees
+//! whom, and the messages they exchange. In a real game this is the shared "protocol" crate.
+//!
+//! It names nothing from peergroup, so `peergroup-bench` includes this very file (its `mmo`
+//! section runs the same world on raw protocol clients).
 
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
 
 /// A bot sees others within this many world units...
 pub const SIGHT: f32 = 100.0;
@@ -15,8 +19,14 @@ pub const TICK_HZ: u32 = 10;
 
 /// The side of the square world for `bots` bots, chosen so each sees about 8 others.
 pub fn world_size(bots: usize) -> f32 {
-    const NEIGHBOURS: f32 = 8.0;
-    SIGHT * (std::f32::consts::PI * bots as f32 / NEIGHBOURS).sqrt()
+    world_size_for(bots, 8.0)
+}
+
+/// The side of the square world (in world units) in which `bots` bots have about
+/// `neighbours` others each within [`SIGHT`]: fewer near the edges, a few more kept in view
+/// by the [`SIGHT_LOST`] margin.
+pub fn world_size_for(bots: usize, neighbours: f32) -> f32 {
+    SIGHT * (std::f32::consts::PI * bots as f32 / neighbours).sqrt()
 }
 
 /// A bot's position update: sent to its view group 10 times a second with
@@ -30,6 +40,47 @@ pub struct Position {
 impl Position {
     pub fn distance(self, other: Position) -> f32 {
         ((self.x - other.x).powi(2) + (self.y - other.y).powi(2)).sqrt()
+    }
+}
+
+/// Everyone's position in square cells as wide as [`SIGHT_LOST`], so whoever can see a bot
+/// stands in its cell or one of the 8 around it: an area-of-interest pass over every bot
+/// costs about bots × neighbours distance checks instead of bots².
+///
+/// Generic over the bot's id so it needs nothing from peergroup.
+pub struct Grid<K> {
+    cells: HashMap<(i32, i32), Vec<(K, Position)>>,
+}
+
+impl<K: Copy + Ord> Grid<K> {
+    /// Sorts `positions` into cells.
+    pub fn new(positions: impl IntoIterator<Item = (K, Position)>) -> Self {
+        let mut cells: HashMap<(i32, i32), Vec<(K, Position)>> = HashMap::new();
+        for (bot, at) in positions {
+            cells.entry(Self::cell(at)).or_default().push((bot, at));
+        }
+        Self { cells }
+    }
+
+    fn cell(at: Position) -> (i32, i32) {
+        ((at.x / SIGHT_LOST) as i32, (at.y / SIGHT_LOST) as i32)
+    }
+
+    /// The bots that see `owner`, standing at `at`, this tick: everyone within [`SIGHT`],
+    /// and those of `watching` (last tick's answer) still within [`SIGHT_LOST`].
+    pub fn watchers(&self, owner: K, at: Position, watching: &BTreeSet<K>) -> BTreeSet<K> {
+        let (cx, cy) = Self::cell(at);
+        let mut sees = BTreeSet::new();
+        for (dx, dy) in (-1..=1).flat_map(|dx| (-1..=1).map(move |dy| (dx, dy))) {
+            for &(other, there) in self.cells.get(&(cx + dx, cy + dy)).into_iter().flatten() {
+                let distance = at.distance(there);
+                let watched = watching.contains(&other);
+                if other != owner && (distance < SIGHT || watched && distance < SIGHT_LOST) {
+                    sees.insert(other);
+                }
+            }
+        }
+        sees
     }
 }
 
