@@ -6,7 +6,7 @@ use super::bot::{self, Bot, BotCounters, BotTotals};
 use super::machine::{udp_drops, CpuClock};
 use super::views::{Counts, Views};
 use super::world::{self, Walker, TICK_HZ};
-use super::{BOTS, NEIGHBOURS, SEED};
+use super::{NEIGHBOURS, SEED};
 use crate::churn::{clock_ticks_per_sec, runtime, this_thread_cpu_ticks, threads_cpu_ticks};
 use crate::stats::Latencies;
 use peergroup_client::ServerTrust;
@@ -133,7 +133,7 @@ impl Measured {
 }
 
 /// Starts the server and the bots, runs the workload, and stops everything.
-pub(super) fn measure(warmup: Duration, window: Duration) -> Result<Measured, String> {
+pub(super) fn measure(bots: usize, warmup: Duration, window: Duration) -> Result<Measured, String> {
     let server_rt = runtime("mmo-server", 2)?;
     let bots_rt = runtime("mmo-bots", 2)?;
     let identity =
@@ -170,9 +170,9 @@ pub(super) fn measure(warmup: Duration, window: Duration) -> Result<Measured, St
     };
     let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT));
     let publishing = Arc::new(AtomicBool::new(false));
-    let size = world::world_size_for(BOTS, NEIGHBOURS);
-    let counters: Vec<Arc<BotCounters>> = (0..BOTS).map(|_| Arc::default()).collect();
-    let connections = Arc::new(Mutex::new(Vec::with_capacity(BOTS)));
+    let size = world::world_size_for(bots, NEIGHBOURS);
+    let counters: Vec<Arc<BotCounters>> = (0..bots).map(|_| Arc::default()).collect();
+    let connections = Arc::new(Mutex::new(Vec::with_capacity(bots)));
     for (i, counters) in counters.iter().enumerate() {
         let bot = Bot {
             endpoint: endpoints[i % CLIENT_ENDPOINTS].clone(),
@@ -250,25 +250,26 @@ async fn drive(
     // workload (and the bots that connect first do not warm up longer than the others).
     let started = Instant::now();
     let deadline = started + SETUP_TIMEOUT;
-    let connected = |v: &Views| v.connected >= BOTS;
+    let bots_wanted = bots.len();
+    let connected = |v: &Views| v.connected >= bots_wanted;
     if !turn_until(&mut views, &mut events, &mut tick, deadline, connected).await? {
         return Err(format!(
-            "set-up timed out: {} of {BOTS} bots connected",
+            "set-up timed out: {} of {bots_wanted} bots connected",
             views.connected
         ));
     }
     let connecting = started.elapsed();
     publishing.store(true, Ordering::Relaxed);
-    let placed = |v: &Views| v.placed() >= BOTS;
+    let placed = |v: &Views| v.placed() >= bots_wanted;
     if !turn_until(&mut views, &mut events, &mut tick, deadline, placed).await? {
         return Err(format!(
-            "set-up timed out: {} of {BOTS} bots placed",
+            "set-up timed out: {} of {bots_wanted} bots placed",
             views.placed()
         ));
     }
     let setup = started.elapsed();
     eprintln!(
-        "   {BOTS} bots connected in {:.1} s and placed in {:.1} s",
+        "   {bots_wanted} bots connected in {:.1} s and placed in {:.1} s",
         connecting.as_secs_f64(),
         setup.as_secs_f64()
     );

@@ -35,6 +35,9 @@ use world::TICK_HZ;
 
 /// Bots.
 pub(super) const BOTS: usize = 1_000;
+/// Bots of the smaller run beside it, which shows where this machine stops keeping up: the
+/// same world density and workload per bot, a quarter of the bots.
+pub(super) const SMALL_BOTS: usize = 250;
 /// Bots each bot has within [`world::SIGHT`] on average, which sizes the world. With the
 /// sight-lost margin and fewer neighbours at the edges, a view holds about 13.
 pub(super) const NEIGHBOURS: f32 = 12.0;
@@ -45,7 +48,7 @@ pub(super) const SEED: u64 = 1;
 pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
     let warmup = mode.pick(Duration::from_secs(3), Duration::from_secs(5));
     let window = mode.pick(Duration::from_secs(10), Duration::from_secs(30));
-    let m = measure(warmup, window)?;
+    let m = measure(BOTS, warmup, window)?;
     let secs = m.window.as_secs_f64().max(1e-9);
     let per_sec = |n: u64| n as f64 / secs;
     let ops = m.views.joins_ok + m.views.leaves_ok;
@@ -314,5 +317,101 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
             m.totals.disconnects
         );
     }
+    run_small(warmup, window, report)
+}
+
+/// The same workload at [`SMALL_BOTS`]: the figures that say how the server copes when the
+/// machine is not oversubscribed (keys under `mmo.small.`).
+fn run_small(warmup: Duration, window: Duration, report: &mut Report) -> Result<(), String> {
+    let m = measure(SMALL_BOTS, warmup, window)?;
+    let secs = m.window.as_secs_f64().max(1e-9);
+    let per_sec = |n: u64| n as f64 / secs;
+    let ops = m.views.joins_ok + m.views.leaves_ok;
+    let server_cpu = (m.cpu.server + m.cpu.driver) / secs * 100.0;
+    let bots_cpu = m.cpu.bots / secs * 100.0;
+    let others_cpu = (m.cpu.machine - m.cpu.process).max(0.0) / secs * 100.0;
+    let delivered_share = m.bots.delivered as f64 / m.bots.addressed.max(1) as f64;
+    let drop_share = m.datagrams.dropped_at_server as f64 / m.datagrams.to_server.max(1) as f64;
+    let (batch_p50, batch_p99) = if m.batch_completion.is_empty() {
+        (0, 0)
+    } else {
+        (
+            m.batch_completion.percentile_us(50.0),
+            m.batch_completion.percentile_us(99.0),
+        )
+    };
+    let failed = m.failed_ops();
+    eprintln!(
+        "   {SMALL_BOTS} bots: {} ops/s, server CPU {server_cpu:.0}%, batch p50 {batch_p50} µs, \
+         {failed} failed",
+        rate(per_sec(ops))
+    );
+    let round3 = |x: f64| (x * 1000.0).round() / 1000.0;
+    report.set("mmo.small.bots", SMALL_BOTS as u64);
+    report.set("mmo.small.membership_ops_per_sec", per_sec(ops).round());
+    report.set("mmo.small.acks_per_sec", per_sec(m.bots.acks).round());
+    report.set(
+        "mmo.small.position_updates_relayed_per_sec",
+        per_sec(m.server.relayed).round(),
+    );
+    report.set(
+        "mmo.small.position_delivered_share",
+        round3(delivered_share),
+    );
+    report.set("mmo.small.server_cpu_percent", server_cpu.round());
+    report.set("mmo.small.bots_cpu_percent", bots_cpu.round());
+    report.set("mmo.small.other_processes_cpu_percent", others_cpu.round());
+    report.set("mmo.small.batch_completion_p50_us", batch_p50);
+    report.set("mmo.small.batch_completion_p99_us", batch_p99);
+    report.set("mmo.small.server_udp_drop_share", round3(drop_share));
+    report.set("mmo.small.failed_ops", failed);
+    report.set("mmo.small.disconnects", m.totals.disconnects);
+
+    let row = |figure: &str, value: String| vec![figure.to_string(), value];
+    report.table(Table {
+        title: format!("MMO view groups at {SMALL_BOTS} bots (the same workload per bot)"),
+        columns: vec!["measured".into(), "value".into()],
+        rows: vec![
+            row(
+                "membership ops/s; acks/s",
+                format!("{}; {}", rate(per_sec(ops)), rate(per_sec(m.bots.acks))),
+            ),
+            row(
+                "position updates relayed/s; delivered share of addressed",
+                format!(
+                    "{}; {:.3}",
+                    rate(per_sec(m.server.relayed)),
+                    delivered_share
+                ),
+            ),
+            row(
+                "batch to last completion, p50 / p99 µs",
+                format!("{batch_p50} / {batch_p99}"),
+            ),
+            row(
+                "CPU % of one core: server (runtime + view driver); bots; other processes",
+                format!("{server_cpu:.0}; {bots_cpu:.0}; {others_cpu:.0}"),
+            ),
+            row(
+                "UDP datagrams dropped at the server's socket (share)",
+                format!(
+                    "{} ({:.1}%)",
+                    m.datagrams.dropped_at_server,
+                    drop_share * 100.0
+                ),
+            ),
+            row(
+                "failed ops; disconnects",
+                format!("{failed}; {}", m.totals.disconnects),
+            ),
+        ],
+        notes: vec![format!(
+            "A quarter of the bots in a world a quarter the size (the same density, so the \
+             same view size and work per bot), measured the same way, so the two tables \
+             together show whether failures above come from the server or from a machine \
+             that cannot run the bots and the server at once ({:.1} s window).",
+            secs
+        )],
+    });
     Ok(())
 }
