@@ -6,17 +6,23 @@
 //! on the client's control stream.
 //!
 //! - **Join** validates the names (1 to [`MAX_ROOM_NAME_LEN`] bytes for the room, 1 to
-//!   [`MAX_DISPLAY_NAME_LEN`] for the display name, no control characters) and the
-//!   password (at most [`MAX_PASSWORD_LEN`] bytes; an empty one counts as none). The first
+//!   [`MAX_DISPLAY_NAME_LEN`] for the display name, no control characters, no invisible
+//!   bidirectional or zero-width characters: [`names`]) and the password (at most
+//!   [`MAX_PASSWORD_LEN`] bytes; an empty one counts as none). The first
 //!   join of a name creates the room: a group with `allow_empty` off, so the server removes
 //!   it as its last member leaves, guarded by the creator's password if one was given.
 //!   Joining a room that has a password needs exactly that password; a room without one
-//!   ignores any given. The joiner's display name is the group's join message, so every
+//!   ignores any given. Passwords are kept salted and hashed and compared in constant time
+//!   ([`secret`]); a client that gives a wrong one
+//!   [`max_wrong_passwords`](RoomsConfig::max_wrong_passwords) times is disconnected. The joiner's display name is the group's join message, so every
 //!   member learns it from `MemberJoined`; the reply `Joined` follows those notices on the
 //!   same stream and names every member. Joining a room one is already in answers `Joined`
 //!   again (keeping the first display name). A client may be in several rooms.
 //! - **Leave** leaves the room's group; leaving a room one is not in is refused.
-//! - **List** answers every room, sorted by name, with its member count.
+//! - **List** answers the first [`MAX_LIST_ROOMS`] rooms, sorted by name, with their
+//!   member counts; **ListAfter** the next ones after a name.
+//! - Each client's requests are rate-limited ([`budget`]): past the burst, a request is
+//!   refused with "too many requests" and costs nothing else.
 //!
 //! The bookkeeping is a plain struct that does no IO; it reaches the server only through
 //! a small trait, so its tests run it against the sans-IO registry
@@ -29,18 +35,27 @@
 //! group is which room. An operator's changes are not bound by the limits above (an
 //! operator may put a member into a full room).
 
+mod budget;
+mod names;
+mod secret;
+
 use crate::hub::{Control, OutsideChange, RoomsInput};
+use budget::RequestBudget;
 use bytes::Bytes;
+use names::validate_name;
 use peergroup_protocol::rooms::{
-    RoomSummary, RoomsReply, RoomsRequest, MAX_DISPLAY_NAME_LEN, MAX_PASSWORD_LEN,
+    RoomSummary, RoomsReply, RoomsRequest, MAX_DISPLAY_NAME_LEN, MAX_LIST_ROOMS, MAX_PASSWORD_LEN,
     MAX_ROOM_NAME_LEN,
 };
 use peergroup_protocol::{datagram_to_bytes, decode_body, Delivery, GroupId, HostId};
 use peergroup_server::{
     GroupError, GroupOptions, JoinOutcome, Server, ServerEvent, ServerEvents, ServerTarget,
 };
+use secret::RoomPassword;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// Which groups are rooms, by name: shared with the admin API and the status page. A
@@ -82,6 +97,20 @@ pub struct RoomsConfig {
     /// Members one room may hold; past it a join is refused with "room is full". Every
     /// pair of members punches, so this bounds the mesh at n(n-1)/2 pairs. Default 64.
     pub max_room_members: usize,
+    /// Rooms one client may have created that still exist; past it a join that would
+    /// create another is refused with "created too many rooms". With `max_rooms` this
+    /// means filling the server's rooms takes `max_rooms / max_rooms_created_per_client`
+    /// connections (2,500 by default), not a few hundred. Default 4.
+    pub max_rooms_created_per_client: usize,
+    /// Wrong passwords one connection may give; the next one disconnects it with
+    /// "too many wrong room passwords", so guessing costs a new connection (a TLS
+    /// handshake and the auth hook) every few tries. Default 8.
+    pub max_wrong_passwords: u32,
+    /// Requests one client may make at once before the rate below applies; past it a
+    /// request is refused with "too many requests". Default 32.
+    pub request_burst: u32,
+    /// Requests a second one client may make after its burst. Default 16.
+    pub requests_per_sec: u32,
 }
 
 impl Default for RoomsConfig {
@@ -90,6 +119,10 @@ impl Default for RoomsConfig {
             max_rooms: 10_000,
             max_rooms_per_client: 16,
             max_room_members: 64,
+            max_rooms_created_per_client: 4,
+            max_wrong_passwords: 8,
+            request_burst: 32,
+            requests_per_sec: 16,
         }
     }
 }
@@ -124,7 +157,7 @@ pub async fn run_app(
     while let Some(input) = inputs.recv().await {
         match input {
             RoomsInput::Event(event) => {
-                if let Some((to, reply)) = rooms.handle_event(&control, event) {
+                if let Some((to, reply)) = rooms.handle_event(&control, event, Instant::now()) {
                     send_reply(control.server(), to, &reply);
                 }
             }
@@ -170,6 +203,8 @@ trait GroupOps {
     fn set_host_data(&self, host: HostId, data: Bytes) -> Result<(), GroupError>;
     /// A connected host's data.
     fn host_data(&self, host: HostId) -> Option<Bytes>;
+    /// Disconnects `host`; it sees `reason`.
+    fn disconnect(&self, host: HostId, reason: &str);
 }
 
 /// Through the hub's [`Control`], so the admin API can match completions of the rooms
@@ -208,6 +243,12 @@ impl GroupOps for Control {
     fn host_data(&self, host: HostId) -> Option<Bytes> {
         self.server().host_info(host).map(|info| info.data)
     }
+
+    fn disconnect(&self, host: HostId, reason: &str) {
+        if let Err(error) = self.server().disconnect(host, reason) {
+            tracing::debug!(%host, %error, "not disconnected");
+        }
+    }
 }
 
 /// Makes `name` the client's host data, so every member sees it on join notices and
@@ -231,8 +272,10 @@ fn room_group_options() -> GroupOptions {
 #[derive(Debug)]
 struct Room {
     group: GroupId,
-    /// `None` for an open room; never `Some("")`.
-    password: Option<String>,
+    /// `None` for an open room (an empty password makes one).
+    password: Option<RoomPassword>,
+    /// Who created it, for [`RoomsConfig::max_rooms_created_per_client`].
+    creator: HostId,
     /// Display names of the members this app joined.
     names: BTreeMap<HostId, String>,
 }
@@ -249,6 +292,21 @@ struct Rooms {
     by_host: HashMap<HostId, BTreeSet<String>>,
     /// Which group is which room, for the admin API.
     names: RoomNames,
+    /// What each client that made requests has used of its limits.
+    clients: HashMap<HostId, ClientLimits>,
+    /// Malformed requests answered (logged at debug level only: a client can send any
+    /// number of them).
+    malformed_requests: u64,
+    random: ring::rand::SystemRandom,
+}
+
+/// One client's use of the rooms application's limits.
+#[derive(Debug)]
+struct ClientLimits {
+    budget: RequestBudget,
+    wrong_passwords: u32,
+    /// Rooms it created that still exist.
+    created: usize,
 }
 
 impl Rooms {
@@ -259,7 +317,19 @@ impl Rooms {
             by_group: HashMap::new(),
             by_host: HashMap::new(),
             names: RoomNames::default(),
+            clients: HashMap::new(),
+            malformed_requests: 0,
+            random: ring::rand::SystemRandom::new(),
         }
+    }
+
+    fn limits_of(&mut self, host: HostId, now: Instant) -> &mut ClientLimits {
+        let burst = self.config.request_burst;
+        self.clients.entry(host).or_insert_with(|| ClientLimits {
+            budget: RequestBudget::new(burst, now),
+            wrong_passwords: 0,
+            created: 0,
+        })
     }
 
     /// Keeps the books after a change made from outside (the admin API) to a room's
@@ -304,11 +374,12 @@ impl Rooms {
         }
     }
 
-    /// Takes one server event; returns the reply to send, if any, and to whom.
+    /// Takes one server event at `now`; returns the reply to send, if any, and to whom.
     fn handle_event(
         &mut self,
         groups: &impl GroupOps,
         event: ServerEvent,
+        now: Instant,
     ) -> Option<(HostId, RoomsReply)> {
         match event {
             ServerEvent::Message {
@@ -317,7 +388,7 @@ impl Rooms {
                 payload,
                 ..
             } => self
-                .handle_message(groups, from, &payload)
+                .handle_message(groups, from, &payload, now)
                 .map(|reply| (from, reply)),
             ServerEvent::Message {
                 from,
@@ -353,11 +424,29 @@ impl Rooms {
         groups: &impl GroupOps,
         from: HostId,
         payload: &[u8],
+        now: Instant,
     ) -> Option<RoomsReply> {
+        let (burst, per_sec) = (self.config.request_burst, self.config.requests_per_sec);
+        let limits = self.limits_of(from, now);
+        if !limits.budget.take(burst, per_sec, now) {
+            let wait = limits.budget.wait(per_sec);
+            tracing::debug!(%from, "rooms request over the rate limit");
+            return Some(refused(
+                "",
+                &format!("too many requests; retry in {} ms", wait.as_millis().max(1)),
+            ));
+        }
         let request: RoomsRequest = match decode_body(payload) {
             Ok(request) => request,
             Err(error) => {
-                tracing::warn!(%from, %error, len = payload.len(), "malformed rooms request");
+                self.malformed_requests += 1;
+                tracing::debug!(
+                    %from,
+                    %error,
+                    len = payload.len(),
+                    total = self.malformed_requests,
+                    "malformed rooms request"
+                );
                 return Some(refused("", "malformed request"));
             }
         };
@@ -366,9 +455,12 @@ impl Rooms {
                 room,
                 password,
                 name,
-            } => self.join(groups, from, room, password, name),
+            } => self.join(groups, from, room, password, name, now),
             RoomsRequest::Leave { room } => Some(self.leave(groups, from, room)),
-            RoomsRequest::List => Some(RoomsReply::Rooms(self.list(groups))),
+            RoomsRequest::List => Some(RoomsReply::Rooms(self.list(groups, None))),
+            RoomsRequest::ListAfter { after } => {
+                Some(RoomsReply::Rooms(self.list(groups, Some(&after))))
+            }
         }
     }
 
@@ -379,6 +471,7 @@ impl Rooms {
         room: String,
         password: Option<String>,
         name: String,
+        now: Instant,
     ) -> Option<RoomsReply> {
         if let Err(reason) = validate_join(&room, password.as_deref(), &name) {
             tracing::debug!(%from, room = ?shorten(&room), %reason, "join refused");
@@ -394,8 +487,8 @@ impl Rooms {
             let group = existing.group;
             match (&existing.password, &password) {
                 (Some(_), None) => return Some(self.refuse_join(from, &room, "password required")),
-                (Some(expected), Some(given)) if expected != given => {
-                    return Some(self.refuse_join(from, &room, "wrong password"))
+                (Some(expected), Some(given)) if !expected.matches(given) => {
+                    return self.wrong_password(groups, from, &room, now);
                 }
                 _ => {}
             }
@@ -438,6 +531,19 @@ impl Rooms {
                 if self.rooms_of(from) >= self.config.max_rooms_per_client {
                     return Some(self.refuse_join(from, &room, "in too many rooms"));
                 }
+                if self.limits_of(from, now).created >= self.config.max_rooms_created_per_client {
+                    return Some(self.refuse_join(from, &room, "created too many rooms"));
+                }
+                let password = match password
+                    .map(|p| RoomPassword::new(&p, &self.random))
+                    .transpose()
+                {
+                    Ok(password) => password,
+                    Err(_) => {
+                        tracing::error!("no randomness for a password's salt; room not made");
+                        return Some(refused(&room, "server error"));
+                    }
+                };
                 set_display_name(groups, from, &name);
                 let message = Bytes::from(name.clone().into_bytes());
                 let group = match groups.create_group(from, room_group_options(), message) {
@@ -471,9 +577,11 @@ impl Rooms {
                     Room {
                         group,
                         password,
+                        creator: from,
                         names: BTreeMap::new(),
                     },
                 );
+                self.limits_of(from, now).created += 1;
                 (group, JoinOutcome::Joined)
             }
         };
@@ -523,6 +631,26 @@ impl Rooms {
         })
     }
 
+    /// Refuses a wrong password, and disconnects a client that has given too many.
+    fn wrong_password(
+        &mut self,
+        groups: &impl GroupOps,
+        from: HostId,
+        room: &str,
+        now: Instant,
+    ) -> Option<RoomsReply> {
+        let most = self.config.max_wrong_passwords;
+        let limits = self.limits_of(from, now);
+        limits.wrong_passwords += 1;
+        if limits.wrong_passwords > most {
+            tracing::info!(%from, "too many wrong room passwords; disconnecting");
+            groups.disconnect(from, "too many wrong room passwords");
+            self.client_disconnected(from);
+            return None;
+        }
+        Some(self.refuse_join(from, room, "wrong password"))
+    }
+
     fn refuse_join(&self, from: HostId, room: &str, reason: &str) -> RoomsReply {
         tracing::debug!(%from, room = %room, %reason, "join refused");
         refused(room, reason)
@@ -555,10 +683,16 @@ impl Rooms {
         }
     }
 
-    fn list(&mut self, groups: &impl GroupOps) -> Vec<RoomSummary> {
-        let mut list = Vec::with_capacity(self.rooms.len());
+    /// At most [`MAX_LIST_ROOMS`] rooms, in name order, after `after` if given.
+    fn list(&mut self, groups: &impl GroupOps, after: Option<&str>) -> Vec<RoomSummary> {
+        let mut list = Vec::with_capacity(self.rooms.len().min(MAX_LIST_ROOMS));
         let mut gone = Vec::new();
-        for (name, room) in &self.rooms {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        for (name, room) in self
+            .rooms
+            .range::<str, _>((from, Bound::Unbounded))
+            .take(MAX_LIST_ROOMS)
+        {
             match groups.group_members(room.group) {
                 Ok(members) => list.push(RoomSummary {
                     name: name.clone(),
@@ -582,6 +716,7 @@ impl Rooms {
     }
 
     fn client_disconnected(&mut self, host: HostId) {
+        self.clients.remove(&host);
         for room in self.by_host.remove(&host).unwrap_or_default() {
             if let Some(room) = self.rooms.get_mut(&room) {
                 room.names.remove(&host);
@@ -604,6 +739,9 @@ impl Rooms {
         };
         self.names.lock().remove(&group);
         if let Some(room) = self.rooms.remove(&name) {
+            if let Some(creator) = self.clients.get_mut(&room.creator) {
+                creator.created = creator.created.saturating_sub(1);
+            }
             for host in room.names.keys() {
                 if let Some(set) = self.by_host.get_mut(host) {
                     set.remove(&name);
@@ -658,19 +796,6 @@ fn validate_join(room: &str, password: Option<&str>, name: &str) -> Result<(), S
         if password.len() > MAX_PASSWORD_LEN {
             return Err(format!("password is longer than {MAX_PASSWORD_LEN} bytes"));
         }
-    }
-    Ok(())
-}
-
-fn validate_name(what: &str, text: &str, max: usize) -> Result<(), String> {
-    if text.is_empty() {
-        return Err(format!("{what} is empty"));
-    }
-    if text.len() > max {
-        return Err(format!("{what} is longer than {max} bytes"));
-    }
-    if text.chars().any(char::is_control) {
-        return Err(format!("{what} contains control characters"));
     }
     Ok(())
 }
@@ -732,6 +857,10 @@ mod tests {
         fn host_data(&self, host: HostId) -> Option<Bytes> {
             self.borrow().host_data(host)
         }
+
+        fn disconnect(&self, host: HostId, _reason: &str) {
+            self.borrow_mut().handle_disconnect(host, Instant::now());
+        }
     }
 
     impl World {
@@ -774,7 +903,10 @@ mod tests {
             for action in self.drain() {
                 match action {
                     Action::Event(event) => {
-                        assert!(self.rooms.handle_event(&self.registry, event).is_none());
+                        assert!(self
+                            .rooms
+                            .handle_event(&self.registry, event, self.now)
+                            .is_none());
                     }
                     other => frames.push(other),
                 }
@@ -782,7 +914,10 @@ mod tests {
             frames
         }
 
+        /// Sends `payload` as `from`, 100 ms after the request before (so the ordinary
+        /// tests stay inside the rate limit; its own test holds the clock still).
         fn send_bytes(&mut self, from: HostId, payload: &[u8]) -> Option<RoomsReply> {
+            self.now += std::time::Duration::from_millis(100);
             let event = ServerEvent::Message {
                 from,
                 group: None,
@@ -790,7 +925,7 @@ mod tests {
                 delivery: Delivery::ReliableOrdered,
                 channel: 0,
             };
-            let reply = self.rooms.handle_event(&self.registry, event);
+            let reply = self.rooms.handle_event(&self.registry, event, self.now);
             reply.map(|(to, reply)| {
                 assert_eq!(to, from, "replies go to the sender");
                 reply
@@ -1158,6 +1293,7 @@ mod tests {
                     host: bob,
                     reason: peergroup_server::DisconnectReason::TimedOut,
                 },
+                w.now,
             )
             .is_none());
         assert!(!w.rooms.by_host.contains_key(&bob));
@@ -1222,7 +1358,7 @@ mod tests {
         // The late GroupRemoved of the old group must not forget the new room.
         for action in pending {
             if let Action::Event(event) = action {
-                assert!(w.rooms.handle_event(&w.registry, event).is_none());
+                assert!(w.rooms.handle_event(&w.registry, event, w.now).is_none());
             }
         }
         assert_eq!(w.list(bob), vec![summary("lobby", 1, true)]);
@@ -1270,6 +1406,9 @@ mod tests {
             fn host_data(&self, host: HostId) -> Option<Bytes> {
                 self.0.host_data(host)
             }
+            fn disconnect(&self, host: HostId, reason: &str) {
+                self.0.disconnect(host, reason)
+            }
         }
         let mut w = World::new();
         let alice = w.connect();
@@ -1278,7 +1417,14 @@ mod tests {
         let ops = Vanishing(&w.registry, std::cell::Cell::new(false));
         let reply = w
             .rooms
-            .join(&ops, bob, "lobby".into(), Some("pw".into()), "bob".into())
+            .join(
+                &ops,
+                bob,
+                "lobby".into(),
+                Some("pw".into()),
+                "bob".into(),
+                w.now,
+            )
             .unwrap();
         assert!(ops.1.get(), "join_group was tried");
         let new = joined_group(&reply);
@@ -1393,13 +1539,13 @@ mod tests {
             delivery: Delivery::ReliableOrdered,
             channel: 0,
         };
-        assert!(w.rooms.handle_event(&w.registry, event).is_none());
+        assert!(w.rooms.handle_event(&w.registry, event, w.now).is_none());
         let event = ServerEvent::JoinAckComplete {
             group,
             member: alice,
             result: Ok(()),
         };
-        assert!(w.rooms.handle_event(&w.registry, event).is_none());
+        assert!(w.rooms.handle_event(&w.registry, event, w.now).is_none());
         // A GroupRemoved for a group that is no room changes nothing.
         w.rooms.group_removed(GroupId::from_raw(12345));
         assert_eq!(w.list(alice), vec![summary("lobby", 1, false)]);
@@ -1411,6 +1557,7 @@ mod tests {
             max_rooms: 3,
             max_rooms_per_client: 2,
             max_room_members: 2,
+            ..RoomsConfig::default()
         });
         let a = w.connect();
         let b = w.connect();
@@ -1437,5 +1584,148 @@ mod tests {
                 summary("three", 2, false),
             ]
         );
+    }
+
+    #[test]
+    fn a_client_that_keeps_guessing_a_password_is_disconnected() {
+        let mut w = World::new();
+        let alice = w.connect();
+        let mallory = w.connect();
+        joined_group(&w.join(alice, "secret", Some("hunter2"), "alice"));
+        let most = RoomsConfig::default().max_wrong_passwords;
+        for guess in 0..most {
+            assert_eq!(
+                refusal(&w.join(mallory, "secret", Some(&format!("guess{guess}")), "m")),
+                "wrong password"
+            );
+            assert!(w.registry.borrow().host_data(mallory).is_some());
+        }
+        // One more wrong guess: no answer, and the connection is gone.
+        assert_eq!(
+            w.request(
+                mallory,
+                &RoomsRequest::Join {
+                    room: "secret".into(),
+                    password: Some("one more".into()),
+                    name: "m".into(),
+                }
+            ),
+            None
+        );
+        assert!(w.registry.borrow().host_data(mallory).is_none());
+        assert!(!w.rooms.clients.contains_key(&mallory));
+        // Others are unaffected: the right password still works, the room is intact.
+        let bob = w.connect();
+        joined_group(&w.join(bob, "secret", Some("hunter2"), "bob"));
+        assert_eq!(w.list(alice), vec![summary("secret", 2, true)]);
+    }
+
+    #[test]
+    fn one_client_cannot_use_up_the_rooms() {
+        let mut w = World::new();
+        let mallory = w.connect();
+        let most = RoomsConfig::default().max_rooms_created_per_client;
+        for i in 0..most {
+            joined_group(&w.join(mallory, &format!("r{i}"), None, "m"));
+        }
+        assert_eq!(
+            refusal(&w.join(mallory, "one too many", None, "m")),
+            "created too many rooms"
+        );
+        // Joining rooms others made is still fine, and a room it made that empties gives
+        // its place back.
+        let alice = w.connect();
+        joined_group(&w.join(alice, "alice's", None, "alice"));
+        joined_group(&w.join(mallory, "alice's", None, "m"));
+        assert_eq!(
+            w.leave(mallory, "r0"),
+            RoomsReply::Left { room: "r0".into() }
+        );
+        w.pump(); // GroupRemoved
+        joined_group(&w.join(mallory, "r0 again", None, "m"));
+    }
+
+    #[test]
+    fn listings_come_in_pages() {
+        let mut w = World::with_config(RoomsConfig {
+            max_rooms_created_per_client: 1_000,
+            max_rooms_per_client: 1_000,
+            ..RoomsConfig::default()
+        });
+        let alice = w.connect();
+        let total = MAX_LIST_ROOMS + 44;
+        for i in 0..total {
+            joined_group(&w.join(alice, &format!("room{i:04}"), None, "alice"));
+        }
+        let first = w.list(alice);
+        assert_eq!(first.len(), MAX_LIST_ROOMS);
+        assert_eq!(first[0].name, "room0000");
+        let last = first.last().unwrap().name.clone();
+        let next = match w.request(
+            alice,
+            &RoomsRequest::ListAfter {
+                after: last.clone(),
+            },
+        ) {
+            Some(RoomsReply::Rooms(list)) => list,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(next.len(), 44);
+        assert!(next.iter().all(|room| room.name > last));
+        assert_eq!(next.last().unwrap().name, format!("room{:04}", total - 1));
+        let after_all = RoomsRequest::ListAfter {
+            after: "zzz".into(),
+        };
+        assert_eq!(
+            w.request(alice, &after_all),
+            Some(RoomsReply::Rooms(vec![]))
+        );
+    }
+
+    #[test]
+    fn requests_past_the_rate_limit_are_refused_cheaply() {
+        let mut w = World::new();
+        let alice = w.connect();
+        let bob = w.connect();
+        let config = RoomsConfig::default();
+        let list = postcard::to_allocvec(&RoomsRequest::List).unwrap();
+        let at = w.now;
+        let ask = |w: &mut World, from: HostId, at: Instant| {
+            let event = ServerEvent::Message {
+                from,
+                group: None,
+                payload: Bytes::from(list.clone()),
+                delivery: Delivery::ReliableOrdered,
+                channel: 0,
+            };
+            w.rooms.handle_event(&w.registry, event, at).map(|(_, r)| r)
+        };
+        for _ in 0..config.request_burst {
+            assert_eq!(ask(&mut w, alice, at), Some(RoomsReply::Rooms(vec![])));
+        }
+        let refused = ask(&mut w, alice, at).unwrap();
+        assert!(
+            refusal(&refused).starts_with("too many requests"),
+            "{refused:?}"
+        );
+        // Another client has its own budget.
+        assert_eq!(ask(&mut w, bob, at), Some(RoomsReply::Rooms(vec![])));
+        // A second later, the rate's worth again.
+        let later = at + std::time::Duration::from_secs(1);
+        for _ in 0..config.requests_per_sec {
+            assert_eq!(ask(&mut w, alice, later), Some(RoomsReply::Rooms(vec![])));
+        }
+        assert!(refusal(&ask(&mut w, alice, later).unwrap()).starts_with("too many"));
+    }
+
+    #[test]
+    fn names_that_display_as_something_else_are_refused() {
+        let mut w = World::new();
+        let alice = w.connect();
+        for (room, name) in [("ev\u{202E}li", "alice"), ("lobby", "ad\u{200B}min")] {
+            let reason = refusal(&w.join(alice, room, None, name)).to_owned();
+            assert!(reason.contains("invisible"), "{reason}");
+        }
+        assert_eq!(w.list(alice), vec![]);
     }
 }

@@ -276,6 +276,14 @@ pub struct RoomsSettings {
     pub max_rooms_per_client: usize,
     /// Members one room may hold. Default 64.
     pub max_room_members: usize,
+    /// Rooms one client may have created that still exist. Default 4.
+    pub max_rooms_created_per_client: usize,
+    /// Wrong passwords one connection may give before it is disconnected. Default 8.
+    pub max_wrong_passwords: u32,
+    /// Requests one client may make at once. Default 32.
+    pub request_burst: u32,
+    /// Requests a second one client may make after its burst. Default 16.
+    pub requests_per_sec: u32,
 }
 
 impl Default for RoomsSettings {
@@ -285,6 +293,10 @@ impl Default for RoomsSettings {
             max_rooms: r.max_rooms,
             max_rooms_per_client: r.max_rooms_per_client,
             max_room_members: r.max_room_members,
+            max_rooms_created_per_client: r.max_rooms_created_per_client,
+            max_wrong_passwords: r.max_wrong_passwords,
+            request_burst: r.request_burst,
+            requests_per_sec: r.requests_per_sec,
         }
     }
 }
@@ -295,6 +307,10 @@ impl From<RoomsSettings> for RoomsConfig {
             max_rooms: s.max_rooms,
             max_rooms_per_client: s.max_rooms_per_client,
             max_room_members: s.max_room_members,
+            max_rooms_created_per_client: s.max_rooms_created_per_client,
+            max_wrong_passwords: s.max_wrong_passwords,
+            request_burst: s.request_burst,
+            requests_per_sec: s.requests_per_sec,
         }
     }
 }
@@ -611,6 +627,7 @@ mod tests {
             "start = \"always\"",
             "[rooms]",
             "max_room_members = 64",
+            "max_wrong_passwords = 8",
         ] {
             assert!(printed.contains(key), "{key:?} missing in:\n{printed}");
         }

@@ -11,6 +11,10 @@ pub const MAX_ROOM_NAME_LEN: usize = 64;
 pub const MAX_DISPLAY_NAME_LEN: usize = 32;
 /// Longest room password, in bytes.
 pub const MAX_PASSWORD_LEN: usize = 64;
+/// Most rooms one listing answers ([`RoomsRequest::List`], [`RoomsRequest::ListAfter`]):
+/// a request of a few bytes never costs the server a reply of every room. A reply of
+/// exactly this many may have more after it.
+pub const MAX_LIST_ROOMS: usize = 256;
 
 /// A client's request to the rooms app.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,8 +33,14 @@ pub enum RoomsRequest {
         /// Room name.
         room: String,
     },
-    /// List the rooms.
+    /// The first [`MAX_LIST_ROOMS`] rooms, sorted by name.
     List,
+    /// The next [`MAX_LIST_ROOMS`] rooms after `after` in name order: the following page
+    /// of a listing, where `after` is the last name of the page before.
+    ListAfter {
+        /// The last room name already listed.
+        after: String,
+    },
 }
 
 /// The rooms app's answer.
@@ -57,7 +67,7 @@ pub enum RoomsReply {
         /// Room name.
         room: String,
     },
-    /// The rooms that exist now.
+    /// Rooms that exist now, sorted by name: at most [`MAX_LIST_ROOMS`] of them.
     Rooms(Vec<RoomSummary>),
 }
 

@@ -203,6 +203,7 @@ fn rooms_request_variant(message: &RoomsRequest) -> u32 {
         RoomsRequest::Join { .. } => 0,
         RoomsRequest::Leave { .. } => 1,
         RoomsRequest::List => 2,
+        RoomsRequest::ListAfter { .. } => 3,
     }
 }
 
@@ -1430,11 +1431,16 @@ fn rooms_requests() {
             vec![0x01, 0x02, b'a', b'b'],
         ),
         ("List", RoomsRequest::List, vec![0x02]),
+        (
+            "ListAfter",
+            RoomsRequest::ListAfter { after: "ab".into() },
+            vec![0x03, 0x02, b'a', b'b'],
+        ),
     ];
     for (name, message, expected) in &cases {
         check_body(name, message, expected);
     }
-    assert_covers(&cases, rooms_request_variant, 3, 0);
+    assert_covers(&cases, rooms_request_variant, 4, 0);
 }
 
 #[test]

@@ -31,7 +31,14 @@ pub struct ChatArgs {
     name: Option<String>,
 
     /// The room's password (sets it when this join creates the room).
-    #[arg(long, value_name = "PW")]
+    /// Prefer the PEERGROUP_ROOM_PASSWORD environment variable: other users of the
+    /// machine can read a command line (`ps`), not another user's environment.
+    #[arg(
+        long,
+        value_name = "PW",
+        env = "PEERGROUP_ROOM_PASSWORD",
+        hide_env_values = true
+    )]
     password: Option<String>,
 }
 

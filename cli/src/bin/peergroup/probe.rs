@@ -274,7 +274,14 @@ pub struct ProbeArgs {
     name: String,
 
     /// The room's password, if it has one.
-    #[arg(long, value_name = "PW")]
+    /// Prefer the PEERGROUP_ROOM_PASSWORD environment variable: other users of the
+    /// machine can read a command line (`ps`), not another user's environment.
+    #[arg(
+        long,
+        value_name = "PW",
+        env = "PEERGROUP_ROOM_PASSWORD",
+        hide_env_values = true
+    )]
     password: Option<String>,
 
     /// Messages to send.
