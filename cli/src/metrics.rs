@@ -15,6 +15,7 @@
 //! | `peergroup_relayed_messages_total` | counter | `delivery` |
 //! | `peergroup_relayed_bytes_total` | counter | `delivery` |
 //! | `peergroup_relay_refused_total` | counter | |
+//! | `peergroup_datagrams_rate_limited_total` | counter | |
 //! | `peergroup_relay_bytes_per_second` | gauge | |
 //! | `peergroup_join_ack_latency_seconds` | histogram | |
 //! | `peergroup_leave_ack_latency_seconds` | histogram | |
@@ -156,6 +157,13 @@ impl prometheus_client::collector::Collector for ServerCollector {
             "Relay destinations refused (no shared group, unknown pair, too large for the path).",
             None,
             stats.relay_refused,
+        )?;
+        counter(
+            e,
+            "peergroup_datagrams_rate_limited",
+            "Datagrams dropped because their sender was past its delivery rate, or a ping named several peers.",
+            None,
+            stats.datagrams_rate_limited,
         )?;
         gauge(
             e,

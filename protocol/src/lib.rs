@@ -26,6 +26,7 @@
 //!   Unreliable traffic: one message per QUIC datagram (RFC 9221).
 //! - Decoding never panics; errors are typed and map to close codes.
 
+pub mod budget;
 pub mod close;
 pub mod frame;
 pub mod ids;

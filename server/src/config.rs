@@ -41,6 +41,7 @@ impl ServerConfig {
             max_host_data_len: self.limits.max_host_data_len,
             max_group_data_len: self.limits.max_group_data_len,
             max_unacked_notices: self.limits.max_unacked_notices,
+            datagram_deliveries_per_sec: self.limits.datagram_deliveries_per_sec,
         }
     }
 }
@@ -82,6 +83,10 @@ pub struct Limits {
     /// disconnected (the client library acks everything it reads, so only a broken or
     /// hostile client gets there). Default 65,536.
     pub max_unacked_notices: u64,
+    /// Datagram deliveries one client may cause a second (one per destination), with as
+    /// many again at once; past it its datagrams are dropped and counted
+    /// (`ServerStats::datagrams_rate_limited`). Default 16,384.
+    pub datagram_deliveries_per_sec: u32,
 }
 
 impl Limits {
@@ -104,6 +109,7 @@ impl Default for Limits {
             max_host_data_len: registry.max_host_data_len,
             max_group_data_len: registry.max_group_data_len,
             max_unacked_notices: registry.max_unacked_notices,
+            datagram_deliveries_per_sec: registry.datagram_deliveries_per_sec,
         }
     }
 }

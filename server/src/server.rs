@@ -76,6 +76,10 @@ pub struct ServerStats {
     pub relay_bytes_per_sec: u64,
     /// Relay destinations refused since start.
     pub relay_refused: u64,
+    /// Datagrams dropped since start because their sender was past its delivery rate
+    /// ([`Limits::datagram_deliveries_per_sec`](crate::Limits::datagram_deliveries_per_sec)),
+    /// or because a ping or pong named more than one destination.
+    pub datagrams_rate_limited: u64,
     /// Lifecycle events queued for the application and not yet read.
     pub events_queued: usize,
     /// Joins and leaves waiting for their acks.
@@ -401,6 +405,7 @@ impl Server {
             direct_pairs: core.registry.pair_paths().0,
             relayed_pairs: core.registry.pair_paths().1,
             relay_refused: counters.relay_refused,
+            datagrams_rate_limited: counters.datagrams_rate_limited,
             events_queued: self.shared.events.queued(),
             acks_pending: core.registry.pending_acks(),
             notices_sent: counters.notices,

@@ -966,6 +966,8 @@ pub struct StatsView {
     pub relayed_by_delivery: Vec<DeliveryView>,
     /// Relay destinations refused since start.
     pub relay_refused: u64,
+    /// Datagrams dropped for their sender's delivery rate since start.
+    pub datagrams_rate_limited: u64,
     /// Joins and leaves waiting for acks.
     pub acks_pending: usize,
     /// Lifecycle events not yet read by the application.
@@ -1025,6 +1027,7 @@ async fn stats(State(state): State<AdminState>) -> Json<StatsView> {
             })
             .collect(),
         relay_refused: s.relay_refused,
+        datagrams_rate_limited: s.datagrams_rate_limited,
         acks_pending: s.acks_pending,
         events_queued: s.events_queued,
         notices_sent: s.notices_sent,

@@ -38,6 +38,7 @@ use crate::metrics::{AckKind, RelayByDelivery};
 use acks::{NoticeLog, Op, OpKey, OpKind, PendingAcks};
 use bytes::Bytes;
 use pairs::PairTable;
+use peergroup_protocol::budget::TokenBucket;
 use peergroup_protocol::{Fingerprint, GroupId, HostId, Notice, PairId, ServerToClient};
 use relay::RateMeter;
 use slotmap::{Key, KeyData, SlotMap};
@@ -71,6 +72,13 @@ pub struct RegistryConfig {
     /// never acks would otherwise hold the server's bookkeeping for every notice it was
     /// sent). Default 65,536.
     pub max_unacked_notices: u64,
+    /// Datagram deliveries one host may cause a second (one per destination, so one
+    /// datagram to a group of 100 counts 100), with as many again at once; past it its
+    /// datagrams are dropped and counted in [`RegistryCounters::datagrams_rate_limited`].
+    /// Why: one datagram in used to make up to ~170 go out, with nothing to slow a
+    /// sender. A game sending 30 times a second to 170 members uses 5,100. Default
+    /// 16,384.
+    pub datagram_deliveries_per_sec: u32,
 }
 
 /// Most host candidates kept per client; more are ignored.
@@ -85,6 +93,7 @@ impl Default for RegistryConfig {
             max_host_data_len: 1 << 10,
             max_group_data_len: 4 << 10,
             max_unacked_notices: 1 << 16,
+            datagram_deliveries_per_sec: 16_384,
         }
     }
 }
@@ -107,6 +116,9 @@ struct HostState {
     notices: NoticeLog,
     /// Set once the host is being disconnected by the registry, so it is asked once.
     closing: bool,
+    /// Its datagram deliveries ([`RegistryConfig::datagram_deliveries_per_sec`]), from
+    /// its first datagram on.
+    datagram_budget: Option<TokenBucket>,
 }
 
 #[derive(Debug)]
@@ -156,6 +168,10 @@ pub struct RegistryCounters {
     pub punch_attempts: u64,
     /// Pairs that moved to a direct path by punching, since start.
     pub punch_successes: u64,
+    /// Datagrams dropped since start because their sender was past its delivery rate
+    /// ([`RegistryConfig::datagram_deliveries_per_sec`]), or because a ping or pong named
+    /// more than one destination.
+    pub datagrams_rate_limited: u64,
 }
 
 /// Ack latency samples kept between two [`Registry::take_ack_samples`] calls at most; the
@@ -310,6 +326,7 @@ impl Registry {
             data,
             notices: NoticeLog::default(),
             closing: false,
+            datagram_budget: None,
         }))
     }
 

@@ -8,6 +8,7 @@
 use super::{group_key, host_key, pairs, Action, Registry};
 use crate::events::ServerEvent;
 use bytes::Bytes;
+use peergroup_protocol::budget::TokenBucket;
 use peergroup_protocol::{
     DatagramLane, Delivery, GroupId, HostId, Lane, PairId, Priority, RefuseReason, RelayDest,
     ServerDatagram, ServerToClient,
@@ -185,6 +186,9 @@ impl Registry {
         now: Instant,
     ) {
         let probe = lane.is_probe();
+        if !self.admit_datagram(from, probe, dests.len(), now) {
+            return;
+        }
         let mut recipients = Vec::with_capacity(dests.len());
         let mut seen = DestinationSet::default();
         for dest in dests {
@@ -220,6 +224,33 @@ impl Registry {
                 payload,
             },
         });
+    }
+
+    /// Whether `from` may send a datagram to `destinations` now: a ping or pong goes to one
+    /// peer (the client library measures each peer on its own; one to a group would make
+    /// every member answer), and every host has a delivery budget
+    /// ([`RegistryConfig::datagram_deliveries_per_sec`]). A refusal is counted, not
+    /// reported: a datagram may be lost anyway.
+    fn admit_datagram(
+        &mut self,
+        from: HostId,
+        probe: bool,
+        destinations: usize,
+        now: Instant,
+    ) -> bool {
+        let per_sec = self.config.datagram_deliveries_per_sec;
+        let Some(host) = self.hosts.get_mut(host_key(from)) else {
+            return false;
+        };
+        let budget = host
+            .datagram_budget
+            .get_or_insert_with(|| TokenBucket::new(per_sec, per_sec, now));
+        let admitted = (!probe || destinations <= 1)
+            && budget.take(u32::try_from(destinations).unwrap_or(u32::MAX), now);
+        if !admitted {
+            self.counters.datagrams_rate_limited += 1;
+        }
+        admitted
     }
 
     /// Records what `from` measured of its peer in `pair` (ProudNet's recent ping).

@@ -834,6 +834,111 @@ fn datagram_relay_follows_the_same_rule_without_skips() {
     assert_eq!(actions.len(), 1, "only the refusal to the sender");
 }
 
+/// A group of `size` hosts, host 1 first, and the pairs of host 1 with each other one.
+fn group_of(w: &mut World, size: u8) -> (Vec<HostId>, GroupId, Vec<RelayDest>) {
+    let hosts: Vec<HostId> = (1..=size).map(|n| w.connect(n)).collect();
+    let g = w
+        .registry
+        .create_group(
+            &hosts,
+            GroupOptions::default(),
+            Bytes::new(),
+            "".into(),
+            w.now,
+        )
+        .unwrap();
+    let actions = w.drain();
+    let dests = hosts[1..]
+        .iter()
+        .map(|&peer| RelayDest {
+            pair: pair_of(&actions, hosts[0], peer),
+            seq: 0,
+        })
+        .collect();
+    (hosts, g, dests)
+}
+
+fn datagrams_out(actions: &[Action]) -> usize {
+    actions
+        .iter()
+        .map(|a| match a {
+            Action::Datagram { to, .. } => to.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[test]
+fn datagram_fan_out_is_held_to_the_senders_delivery_rate() {
+    let mut w = World::new();
+    w.registry = Registry::new(RegistryConfig {
+        datagram_deliveries_per_sec: 100,
+        ..RegistryConfig::default()
+    });
+    let (hosts, g, dests) = group_of(&mut w, 11); // 10 destinations a datagram
+    let send = |w: &mut World| {
+        w.registry.handle_datagram(
+            hosts[0],
+            Some(g),
+            false,
+            DatagramLane::Plain,
+            0,
+            &dests,
+            Bytes::from_static(b"d"),
+            w.now,
+        );
+        datagrams_out(&w.drain())
+    };
+    // A burst of 100 deliveries: ten datagrams to ten members each, then nothing.
+    for _ in 0..10 {
+        assert_eq!(send(&mut w), 10);
+    }
+    assert_eq!(send(&mut w), 0, "past the budget");
+    assert_eq!(w.registry.counters().datagrams_rate_limited, 1);
+    // A tenth of a second refills ten deliveries: one more datagram.
+    w.advance(Duration::from_millis(100));
+    assert_eq!(send(&mut w), 10);
+    assert_eq!(send(&mut w), 0);
+    // Another member's budget is its own.
+    w.registry.handle_datagram(
+        hosts[1],
+        Some(g),
+        false,
+        DatagramLane::Plain,
+        0,
+        &[RelayDest {
+            pair: dests[0].pair,
+            seq: 0,
+        }],
+        Bytes::from_static(b"d"),
+        w.now,
+    );
+    assert_eq!(datagrams_out(&w.drain()), 1);
+}
+
+#[test]
+fn a_ping_goes_to_one_peer_never_to_a_group() {
+    let mut w = World::new();
+    let (hosts, g, dests) = group_of(&mut w, 4);
+    let ping = |w: &mut World, dests: &[RelayDest]| {
+        w.registry.handle_datagram(
+            hosts[0],
+            Some(g),
+            false,
+            DatagramLane::Ping { id: 7 },
+            0,
+            dests,
+            Bytes::new(),
+            w.now,
+        );
+        datagrams_out(&w.drain())
+    };
+    // To three members at once, every one of them would answer: dropped.
+    assert_eq!(ping(&mut w, &dests), 0);
+    assert_eq!(w.registry.counters().datagrams_rate_limited, 1);
+    assert_eq!(ping(&mut w, &dests[..1]), 1);
+}
+
 #[test]
 fn messages_to_a_group_the_server_is_not_in_are_refused() {
     let mut w = World::new();
