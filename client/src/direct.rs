@@ -489,10 +489,11 @@ pub(crate) async fn tick(inner: Arc<Inner>) {
     while inner.connection.close_reason().is_none() {
         ticker.tick().await;
         let mut core = inner.lock();
+        let now = std::time::Instant::now();
         if !core.directs.is_empty() {
             core.session.flush_acks();
+            core.session.check_direct_acks(now);
         }
-        let now = std::time::Instant::now();
         if now >= core.session.poll_timeout() {
             core.session.handle_timeout(now);
         }
