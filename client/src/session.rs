@@ -856,15 +856,25 @@ impl Session {
     /// members as this client was told: the server orders notices and messages so that
     /// always holds. A direct message passes no server, so it names the memberships it was
     /// sent under: it waits for a join notice still on its way, and is dropped if either
-    /// membership has ended (the README's "Ordering around membership").
+    /// membership has ended (the README's "Ordering around membership"). A direct message
+    /// to no group (to this client alone) needs the two to share a group as this client
+    /// was told, as the relay rule does; it waits for a join notice the same way.
     fn membership_verdict(
         &self,
         from: HostId,
         group: Option<GroupId>,
         memberships: Option<Memberships>,
+        direct: bool,
     ) -> Verdict {
         let Some(group) = group else {
-            return Verdict::Deliver;
+            // The relay rule for a message to this client alone: the server checked it on
+            // the relay; a direct one passes no server, so it is checked here. A join
+            // notice that would make the two share a group may still be on its way.
+            return if !direct || self.shares_group(from) {
+                Verdict::Deliver
+            } else {
+                Verdict::Wait
+            };
         };
         let view = self.groups.get(&group);
         let Some(sent) = memberships else {
@@ -911,7 +921,12 @@ impl Session {
             let verdict = if waiting {
                 Verdict::Wait
             } else {
-                self.membership_verdict(from, message.group, message.memberships)
+                self.membership_verdict(
+                    from,
+                    message.group,
+                    message.memberships,
+                    message.path == Path::Direct,
+                )
             };
             let Some(peer) = self.peers.get_mut(&from) else {
                 return;
@@ -955,6 +970,7 @@ impl Session {
                     from,
                     front.message.group,
                     front.message.memberships,
+                    front.message.path == Path::Direct,
                 ) {
                     Verdict::Wait if expired => Verdict::Drop,
                     verdict => verdict,
@@ -1082,7 +1098,7 @@ impl Session {
         }
         // A datagram is never held: one that crosses a membership change is lost, as
         // any datagram may be.
-        if self.membership_verdict(from, group, None) != Verdict::Deliver {
+        if self.membership_verdict(from, group, None, path == Path::Direct) != Verdict::Deliver {
             if let Some(peer) = self.peers.get_mut(&from) {
                 peer.stats.not_member_dropped += 1;
             }

@@ -2374,13 +2374,14 @@ fn a_direct_message_to_a_group_is_delivered_only_under_the_memberships_it_was_se
     s.handle_peer_frame(PEER, data_frame(Some((1, 1)), 1, "in"), now)
         .unwrap();
     // The peer left G, as this client was told: a direct message it sent under that
-    // membership before it knew crosses the notice and is dropped; one to no group is not.
+    // membership before it knew crosses the notice and is dropped; one to no group waits
+    // for a notice that makes the two share a group again (the relay rule).
     s.handle_frame(left(PEER, 2), now).unwrap();
     s.handle_peer_frame(PEER, data_frame(Some((1, 1)), 2, "late"), now)
         .unwrap();
     s.handle_peer_frame(PEER, data_frame(None, 3, "no group"), now)
         .unwrap();
-    assert_eq!(delivered(&mut s), ["in", "no group"]);
+    assert_eq!(delivered(&mut s), ["in"]);
     assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 1);
 
     // Back in G under membership 4; then this client leaves: nothing addressed to G
@@ -2391,7 +2392,7 @@ fn a_direct_message_to_a_group_is_delivered_only_under_the_memberships_it_was_se
     s.handle_frame(left(ME, 2), now).unwrap();
     s.handle_peer_frame(PEER, data_frame(Some((4, 1)), 5, "after"), now)
         .unwrap();
-    assert_eq!(delivered(&mut s), ["again"]);
+    assert_eq!(delivered(&mut s), ["no group", "again"]);
     assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 2);
 }
 
@@ -2676,4 +2677,94 @@ fn a_direct_peer_that_acks_keeps_its_direct_path() {
         assert!(a.poll_stalled_link().is_none(), "step {step}");
         assert_eq!(a.path_of(PEER), Some(PairPath::Direct));
     }
+}
+
+// ---- the relay rule on the direct path (issue 12, finding 5) -------------------------------
+
+/// Issue 12, finding 5: the server relays only between hosts that share a group (and, for
+/// a message to a group, only between its members), but a direct message passes no
+/// server, and the receiver let through any direct message that named no group: a peer
+/// kept messaging a client it no longer shared a group with while their pair lingered.
+/// Now a direct message is delivered only while the receiver knows the two share a group
+/// (for one to a group, that both are members of it, under the memberships it names);
+/// one that does not is held for the notice that would make it so, and dropped and
+/// counted once [`MEMBERSHIP_WAIT`] passes without it.
+#[test]
+fn direct_messages_from_a_peer_that_shares_no_group_are_dropped_and_counted() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    assert!(s.set_direct(PEER, ms(3), now));
+    // PEER leaves G, the only group the two shared; the pair lingers, and so does the
+    // direct connection.
+    s.handle_frame(left(PEER, 2), now).unwrap();
+    drain(&mut s);
+    assert_eq!(s.path_of(PEER), Some(PairPath::Direct));
+    let ghost = GroupId::from_raw(1 << 32 | 9);
+    let frames = [
+        // To this client alone.
+        data_frame(None, 1, "to me"),
+        // To G, which PEER left, under its old membership.
+        data_frame(Some((1, 1)), 2, "to G"),
+        // To a group that does not exist, under made-up memberships.
+        PeerToPeer::Data {
+            group: Some(ghost),
+            memberships: Some(Memberships {
+                sender: 1,
+                receiver: 1,
+            }),
+            lane: CH0,
+            seq: 3,
+            payload: text("to a ghost"),
+        },
+        // To a group, naming no memberships.
+        PeerToPeer::Data {
+            group: Some(ghost),
+            memberships: None,
+            lane: CH0,
+            seq: 4,
+            payload: text("no memberships"),
+        },
+    ];
+    for frame in frames {
+        s.handle_peer_frame(PEER, frame, now).unwrap();
+    }
+    s.handle_peer_datagram(
+        PEER,
+        ServerDatagram::Deliver {
+            from: PEER,
+            group: None,
+            lane: DatagramLane::Plain,
+            seq: 0,
+            payload: text("datagram"),
+        },
+        now,
+    );
+    assert!(delivered(&mut s).is_empty());
+    s.handle_timeout(now + MEMBERSHIP_WAIT);
+    assert!(delivered(&mut s).is_empty());
+    assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 5);
+    assert_eq!(s.held_bytes(PEER), 0);
+    // OTHER still shares G: its direct messages to this client go through.
+    assert!(s.set_direct(OTHER, ms(3), now));
+    s.handle_peer_frame(OTHER, data_frame(None, 1, "from other"), now)
+        .unwrap();
+    assert_eq!(delivered(&mut s), ["from other"]);
+}
+
+/// The other side of the rule: a direct message to this client that outruns the join
+/// notice making the two share a group waits for it, as one to a group does.
+#[test]
+fn a_direct_message_to_this_client_that_outruns_the_shared_join_waits_for_it() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    assert!(s.set_direct(PEER, ms(3), now));
+    s.handle_frame(left(PEER, 2), now).unwrap();
+    drain(&mut s);
+    s.handle_peer_frame(PEER, data_frame(None, 1, "hi again"), now)
+        .unwrap();
+    assert!(delivered(&mut s).is_empty(), "held, not lost");
+    s.handle_frame(joined_as(PEER, 3, 2), now + ms(500))
+        .unwrap();
+    assert_eq!(delivered(&mut s), ["hi again"]);
+    assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 0);
 }
