@@ -442,3 +442,85 @@ async fn close_delivers_everything_already_sent_first() {
         Err(SendError::Disconnected)
     );
 }
+
+/// Issue 12, finding 3, over QUIC: uploads naming many pairs that do not exist get one
+/// refusal frame each (the whole upload refused past `MAX_RELAY_DESTS`), and the sender
+/// gets back no more bytes than it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_naming_many_bogus_destinations_get_one_refusal_each() {
+    use peergroup_protocol::{
+        decode_body, frame_to_bytes, FrameDecoder, ServerToClient, DEFAULT_MAX_FRAME_LEN,
+        MAX_RELAY_DESTS,
+    };
+    let (server, mut server_events) = start_server().await;
+    let (_a, mut a_events, a_id) = connect(&server, "a").await;
+    let (mut raw, _raw_id) = raw_login(&server, &mut server_events, &[a_id]).await;
+    let upload = |n: usize| ClientToServer::Relay {
+        group: None,
+        to_server: false,
+        lane: Lane::Ordered { channel: 0 },
+        priority: Priority::Medium,
+        dests: (0..n as u64)
+            .map(|i| RelayDest {
+                pair: PairId::from_raw(9 << 32 | (1_000 + i)),
+                seq: 1,
+            })
+            .collect(),
+        payload: Bytes::new(),
+    };
+    let (over, at) = (upload(150_000), upload(MAX_RELAY_DESTS));
+    let mut sent = 0;
+    for frame in [&over, &at] {
+        sent += frame_to_bytes(frame, DEFAULT_MAX_FRAME_LEN).unwrap().len();
+        raw.send_frame(frame).await;
+    }
+    // The server answers a clock request at once, ahead of what the frames read with it
+    // caused, but after everything caused by frames read before.
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+    let mut frames = Vec::new();
+    let mut back = 0;
+    for token in [42, 43] {
+        raw.send_frame(&ClientToServer::TimeRequest { token }).await;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !frames
+                .iter()
+                .any(|f| matches!(f, ServerToClient::Time { token: t, .. } if *t == token))
+            {
+                let chunk = raw.recv.read_chunk(64 << 10, true).await.unwrap().unwrap();
+                decoder.push(&chunk.bytes);
+                while let Some(body) = decoder.next_body().unwrap() {
+                    let frame = decode_body::<ServerToClient>(&body).unwrap();
+                    if !matches!(
+                        frame,
+                        ServerToClient::Welcome { .. } | ServerToClient::Time { .. }
+                    ) {
+                        back += 4 + body.len();
+                    }
+                    frames.push(frame);
+                }
+            }
+        })
+        .await
+        .expect("the clock answer in time");
+    }
+    frames.retain(|f| {
+        !matches!(
+            f,
+            ServerToClient::Welcome { .. } | ServerToClient::Time { .. }
+        )
+    });
+    assert_eq!(frames.len(), 2, "{:?}", &frames[..frames.len().min(4)]);
+    assert_eq!(
+        frames[0],
+        ServerToClient::Refused {
+            pair: None,
+            group: None,
+            reason: RefuseReason::TooManyDestinations,
+        }
+    );
+    assert!(
+        matches!(&frames[1], ServerToClient::RefusedMany { refused, .. } if refused.len() == MAX_RELAY_DESTS)
+    );
+    assert!(back <= sent, "{back} bytes back for {sent} sent");
+    assert_quiet(&mut a_events, Duration::from_millis(200)).await;
+}

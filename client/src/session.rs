@@ -18,7 +18,7 @@ use peergroup_protocol::{
     Carrier, ClientDatagram, ClientToServer, DatagramLane, Delivery, GroupId, HostId, Lane,
     LaneCounters, Memberships, Notice, PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer,
     Priority, PunchOrder, RelayDest, SendOptions, ServerDatagram, ServerToClient,
-    DATAGRAM_DELIVER_OVERHEAD, FRAME_HEADROOM,
+    DATAGRAM_DELIVER_OVERHEAD, FRAME_HEADROOM, MAX_RELAY_DESTS,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -762,6 +762,15 @@ impl Session {
                     .unwrap_or(HostId::SERVER);
                 self.events
                     .push_back(ClientEvent::SendFailed { to, group, reason });
+            }
+            ServerToClient::RefusedMany { group, refused } => {
+                let hosts: HashMap<PairId, HostId> =
+                    self.peers.iter().map(|(host, p)| (p.pair, *host)).collect();
+                for (pair, reason) in refused {
+                    let to = hosts.get(&pair).copied().unwrap_or(HostId::SERVER);
+                    self.events
+                        .push_back(ClientEvent::SendFailed { to, group, reason });
+                }
             }
             ServerToClient::Time {
                 token,
@@ -1623,8 +1632,9 @@ impl Session {
             Carrier::Datagram(_) => DATAGRAM_DEST_LEN,
             Carrier::Stream(_) => RELIABLE_DEST_LEN,
         };
-        let per_upload =
-            (limit.saturating_sub(UPLOAD_FIXED_OVERHEAD + payload.len()) / dest_len).max(1);
+        // The server refuses an upload naming more than MAX_RELAY_DESTS destinations.
+        let per_upload = (limit.saturating_sub(UPLOAD_FIXED_OVERHEAD + payload.len()) / dest_len)
+            .clamp(1, MAX_RELAY_DESTS);
         let mut to_server = to_server;
         let mut chunks = relayed.chunks(per_upload).peekable();
         if chunks.peek().is_none() && !to_server {

@@ -2768,3 +2768,96 @@ fn a_direct_message_to_this_client_that_outruns_the_shared_join_waits_for_it() {
     assert_eq!(delivered(&mut s), ["hi again"]);
     assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 0);
 }
+
+/// The server refuses an upload naming more than `MAX_RELAY_DESTS` destinations (issue
+/// 12, finding 3), so a send to a bigger group is split into uploads within it.
+#[test]
+fn a_send_to_a_group_larger_than_the_destination_limit_is_split() {
+    let now = Instant::now();
+    let mut s = session(ME, NO_PINGS, now);
+    let members = MAX_RELAY_DESTS as u64 + 10;
+    let mut notices = vec![Notice::MemberJoined {
+        group: G,
+        member: ME,
+        membership: 1,
+        member_count: 1,
+        join_message: Bytes::new(),
+        member_data: Bytes::new(),
+        group_data: None,
+    }];
+    for n in 0..members {
+        let peer = HostId::from_raw(1 << 32 | (100 + n));
+        s.handle_frame(
+            ServerToClient::PeerUp {
+                peer,
+                pair: PairId::from_raw(1 << 32 | (100 + n)),
+                info: info(9),
+            },
+            now,
+        )
+        .unwrap();
+        notices.push(Notice::MemberJoined {
+            group: G,
+            member: peer,
+            membership: 1,
+            member_count: 2,
+            join_message: Bytes::new(),
+            member_data: Bytes::new(),
+            group_data: None,
+        });
+    }
+    s.handle_frame(ServerToClient::Notices(notices), now)
+        .unwrap();
+    drain(&mut s);
+    let uploads = s
+        .plan_send(
+            &Target::Group(G),
+            text("hi"),
+            Delivery::ReliableOrdered.into(),
+            MAX_DATAGRAM,
+        )
+        .unwrap();
+    let sizes: Vec<usize> = uploads
+        .iter()
+        .map(|u| match u {
+            Upload::Relay {
+                frame: ClientToServer::Relay { dests, .. },
+                ..
+            } => dests.len(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(sizes, [MAX_RELAY_DESTS, 10]);
+}
+
+#[test]
+fn one_refusal_frame_for_many_destinations_reports_each() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    s.handle_frame(
+        ServerToClient::RefusedMany {
+            group: Some(G),
+            refused: vec![
+                (PAIR2, RefuseReason::DestNotInGroup),
+                (PairId::from_raw(7 << 32 | 7), RefuseReason::UnknownPair),
+            ],
+        },
+        now,
+    )
+    .unwrap();
+    assert_eq!(
+        events(&mut s),
+        [
+            ClientEvent::SendFailed {
+                to: OTHER,
+                group: Some(G),
+                reason: RefuseReason::DestNotInGroup,
+            },
+            ClientEvent::SendFailed {
+                to: HostId::SERVER,
+                group: Some(G),
+                reason: RefuseReason::UnknownPair,
+            },
+        ]
+    );
+}
