@@ -94,10 +94,14 @@ pub struct Limits {
     /// server, and the server eventually drops it as a slow consumer. Default 4,096.
     pub event_queue: usize,
     /// How far ahead of the next expected reliable message another may arrive (in
-    /// sequence numbers) before the sender counts as broken. Memory is bounded separately,
-    /// per peer: past 4 MiB of early arrivals the direct path's reader pauses, and relayed
-    /// early arrivals past 16 MiB are discarded (counted in `PeerStats::discarded`).
-    /// Default 1,048,576.
+    /// sequence numbers, per channel) before the sender counts as broken: a direct path
+    /// that breaks it is closed, and a peer that breaks it on the relay is ignored
+    /// ([`ClientEvent::PeerIgnored`](crate::ClientEvent::PeerIgnored)). Memory is bounded
+    /// separately, per peer and across channels, each message counted as its payload plus
+    /// 160 bytes: past 4 MiB of early arrivals the direct path's reader pauses, and past
+    /// [`MAX_HELD_ARRIVAL_BYTES`](crate::MAX_HELD_ARRIVAL_BYTES) (16 MiB) or
+    /// [`MAX_HELD_ARRIVALS`](crate::MAX_HELD_ARRIVALS) (65,536 messages) the peer is
+    /// ignored. Default 1,048,576.
     pub receive_window: u64,
 }
 
