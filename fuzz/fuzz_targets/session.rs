@@ -1147,7 +1147,7 @@ fuzz_target!(|ops: Vec<Op>| {
     }
     // Nothing waits for a membership notice past the wait.
     h.wait(MEMBERSHIP_WAIT + Duration::from_millis(1));
-    h.take_uploads(None);
+    h.take_uploads(&[]);
     h.take_events();
     for index in 0..6 {
         assert_eq!(
