@@ -196,6 +196,8 @@ struct Unacked {
     seq: u64,
     payload: Bytes,
     priority: Priority,
+    /// When [`Session::check_direct_acks`] first saw it (within a tick of its send).
+    seen_at: Option<Instant>,
 }
 
 /// What a message carries to the application once delivered.
@@ -244,9 +246,8 @@ struct Peer {
     next_frame_id: u64,
     /// Payload bytes in `unacked`.
     unacked_bytes: usize,
-    /// The oldest unacked frame as the session last looked, and since when it has been
-    /// the oldest: past [`DirectWindow::ack_timeout`] the direct path counts as stalled.
-    oldest_unacked: Option<(u64, Instant)>,
+    /// Frames up to this id have had their `seen_at` set (or are gone).
+    stamped_upto: u64,
     /// Data frames of this direct connection the peer has acked.
     acked_by_peer: u64,
     /// Data frames received on this direct connection.
@@ -281,7 +282,7 @@ impl Peer {
             path: PairPath::Relay,
             unacked: BTreeMap::new(),
             unacked_bytes: 0,
-            oldest_unacked: None,
+            stamped_upto: 0,
             next_frame_id: 1,
             acked_by_peer: 0,
             received_direct: 0,
@@ -512,11 +513,12 @@ impl Session {
         self.stalled_links.pop_front()
     }
 
-    /// Watches each direct peer's oldest unacked message: one left unacked for
-    /// [`DirectWindow::ack_timeout`] means the peer reads but does not ack (or cannot
-    /// keep up at all), so its direct path is given up, and what it did not ack goes
-    /// through the relay, which needs no acks. The driver calls this every few tens of
-    /// milliseconds; [`Session::handle_timeout`] calls it too.
+    /// Watches each direct peer's unacked messages: one left unacked for
+    /// [`DirectWindow::ack_timeout`] after it was sent means the peer reads but does not
+    /// ack (or acks a trickle, or cannot keep up at all), so its direct path is given up,
+    /// and what it did not ack goes through the relay, which needs no acks. The driver
+    /// calls this every few tens of milliseconds, which dates each message to within a
+    /// call of its send; [`Session::handle_timeout`] calls it too.
     pub fn check_direct_acks(&mut self, now: Instant) {
         let timeout = self.direct_window.ack_timeout;
         let mut stalled = Vec::new();
@@ -524,17 +526,18 @@ impl Session {
             if peer.path != PairPath::Direct {
                 continue;
             }
-            let oldest = peer.unacked.keys().next().copied();
-            peer.oldest_unacked = match (oldest, peer.oldest_unacked) {
-                (None, _) => None,
-                (Some(id), Some((seen, since))) if id == seen => {
-                    if now.saturating_duration_since(since) >= timeout {
-                        stalled.push(host);
-                    }
-                    Some((seen, since))
-                }
-                (Some(id), _) => Some((id, now)),
-            };
+            for unacked in peer
+                .unacked
+                .range_mut(peer.stamped_upto + 1..)
+                .map(|(_, u)| u)
+            {
+                unacked.seen_at.get_or_insert(now);
+            }
+            peer.stamped_upto = peer.next_frame_id - 1;
+            let oldest = peer.unacked.values().next().and_then(|u| u.seen_at);
+            if oldest.is_some_and(|at| now.saturating_duration_since(at) >= timeout) {
+                stalled.push(host);
+            }
         }
         for host in stalled {
             tracing::warn!(peer = %host, "a direct peer left a message unacked too long; back to the relay");
@@ -636,8 +639,8 @@ impl Session {
         let unacked = self
             .peers
             .values()
-            .filter_map(|p| p.oldest_unacked)
-            .map(|(_, since)| since + timeout);
+            .filter_map(|p| p.unacked.values().next()?.seen_at)
+            .map(|at| at + timeout);
         pings
             .chain(awaiting)
             .chain(unacked)
@@ -1245,7 +1248,7 @@ impl Session {
         state.path = PairPath::Direct;
         state.unacked.clear();
         state.unacked_bytes = 0;
-        state.oldest_unacked = None;
+        state.stamped_upto = state.next_frame_id - 1;
         state.acked_by_peer = 0;
         state.received_direct = 0;
         state.acked_to_peer = 0;
@@ -1285,7 +1288,6 @@ impl Session {
         state.stats.direct_rtt = None;
         let pair = state.pair;
         state.unacked_bytes = 0;
-        state.oldest_unacked = None;
         self.window_moved = true;
         for (_, unacked) in std::mem::take(&mut state.unacked) {
             count(&mut state.stats.relay_sent, &unacked.payload);
@@ -1609,6 +1611,7 @@ impl Session {
                             seq,
                             payload: payload.clone(),
                             priority: options.priority,
+                            seen_at: None,
                         },
                     );
                     peer.stats.unacked = peer.unacked.len();

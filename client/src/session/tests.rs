@@ -2861,3 +2861,25 @@ fn one_refusal_frame_for_many_destinations_reports_each() {
         ]
     );
 }
+
+/// A peer that acks a trickle (one message just before each would time out) still loses
+/// its direct path: the timeout runs from each message's send, not from the last ack, so
+/// such a peer cannot keep a full window (and the sends that wait on it) crawling.
+#[test]
+fn a_direct_peer_that_acks_a_trickle_still_loses_its_direct_path() {
+    let now = Instant::now();
+    let (mut a, _b) = two_direct_sessions(now);
+    let timeout = DirectWindow::default().ack_timeout;
+    for _ in 0..100 {
+        send(&mut a, PEER, "x", Delivery::ReliableOrdered);
+    }
+    a.handle_timeout(now);
+    // One ack of one message just before the first would time out.
+    a.handle_direct_ack(PEER, 1, |n| Some((1..=n as u64).collect()))
+        .unwrap();
+    a.handle_timeout(now + timeout - ms(1));
+    assert!(a.poll_stalled_link().is_none());
+    a.handle_timeout(now + timeout);
+    assert_eq!(a.poll_stalled_link(), Some(PEER));
+    assert_eq!(a.path_of(PEER), Some(PairPath::Relay));
+}
