@@ -401,3 +401,57 @@ async fn dropping_the_last_handle_releases_the_clients_socket() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Issue 12, finding 9: the sender keeps at most `DirectConfig::max_unacked_messages`
+/// direct messages its peer has not acked; sends beyond wait for acks. With a window of
+/// 8, every message still arrives in order, none through the relay, and the sender never
+/// keeps more than the window. (The receiver acks every 32 messages or 20 ms, so a window
+/// under 32 messages sends one window per 20 ms: 400 messages take about a second.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_unacked_window_paces_the_sender_and_loses_nothing() {
+    let (server, _server_events) = start_server().await;
+    let (a, mut a_events, a_id) =
+        connect_with(&server, "a", |c| c.direct.max_unacked_messages = 8).await;
+    let (_b, mut b_events, b_id) = connect(&server, "b").await;
+    server
+        .create_group(&[a_id, b_id], GroupOptions::default(), "")
+        .unwrap();
+    wait_client(&mut a_events, path_changed).await;
+    wait_client(&mut b_events, path_changed).await;
+    let relayed_before = server.pair_stats(a_id, b_id).unwrap().relayed;
+    const COUNT: u32 = 400;
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let mut most_unacked = 0;
+            for n in 0..COUNT {
+                a.send(
+                    Target::Host(b_id),
+                    n.to_be_bytes().to_vec(),
+                    Delivery::ReliableOrdered,
+                )
+                .await
+                .unwrap();
+                most_unacked = most_unacked.max(a.peer_stats(b_id).unwrap().unacked);
+            }
+            most_unacked
+        })
+    };
+    for expected in 0..COUNT {
+        let payload = wait_client(&mut b_events, |e| match e {
+            ClientEvent::Message { payload, .. } => Some(payload.clone()),
+            ClientEvent::Disconnected { reason } => panic!("B disconnected: {reason}"),
+            _ => None,
+        })
+        .await;
+        assert_eq!(&payload[..], expected.to_be_bytes(), "message {expected}");
+    }
+    let most_unacked = sender.await.unwrap();
+    assert!(most_unacked <= 8, "{most_unacked} messages kept unacked");
+    assert_eq!(
+        server.pair_stats(a_id, b_id).unwrap().relayed,
+        relayed_before,
+        "a full window waits for acks instead of spilling onto the relay"
+    );
+    assert_eq!(a.peer_stats(b_id).unwrap().path, Some(PairPath::Direct));
+}

@@ -442,3 +442,171 @@ async fn close_delivers_everything_already_sent_first() {
         Err(SendError::Disconnected)
     );
 }
+
+/// Issue 12, finding 3, over QUIC: uploads naming many pairs that do not exist get one
+/// refusal frame each (the whole upload refused past `MAX_RELAY_DESTS`), and the sender
+/// gets back no more bytes than it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_naming_many_bogus_destinations_get_one_refusal_each() {
+    use peergroup_protocol::{
+        decode_body, frame_to_bytes, FrameDecoder, ServerToClient, DEFAULT_MAX_FRAME_LEN,
+        MAX_RELAY_DESTS,
+    };
+    let (server, mut server_events) = start_server().await;
+    let (_a, mut a_events, a_id) = connect(&server, "a").await;
+    let (mut raw, _raw_id) = raw_login(&server, &mut server_events, &[a_id]).await;
+    let upload = |n: usize| ClientToServer::Relay {
+        group: None,
+        to_server: false,
+        lane: Lane::Ordered { channel: 0 },
+        priority: Priority::Medium,
+        dests: (0..n as u64)
+            .map(|i| RelayDest {
+                pair: PairId::from_raw(9 << 32 | (1_000 + i)),
+                seq: 1,
+            })
+            .collect(),
+        payload: Bytes::new(),
+    };
+    let (over, at) = (upload(150_000), upload(MAX_RELAY_DESTS));
+    let mut sent = 0;
+    for frame in [&over, &at] {
+        sent += frame_to_bytes(frame, DEFAULT_MAX_FRAME_LEN).unwrap().len();
+        raw.send_frame(frame).await;
+    }
+    // The server answers a clock request at once, ahead of what the frames read with it
+    // caused, but after everything caused by frames read before.
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+    let mut frames = Vec::new();
+    let mut back = 0;
+    for token in [42, 43] {
+        raw.send_frame(&ClientToServer::TimeRequest { token }).await;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !frames
+                .iter()
+                .any(|f| matches!(f, ServerToClient::Time { token: t, .. } if *t == token))
+            {
+                let chunk = raw.recv.read_chunk(64 << 10, true).await.unwrap().unwrap();
+                decoder.push(&chunk.bytes);
+                while let Some(body) = decoder.next_body().unwrap() {
+                    let frame = decode_body::<ServerToClient>(&body).unwrap();
+                    if !matches!(
+                        frame,
+                        ServerToClient::Welcome { .. } | ServerToClient::Time { .. }
+                    ) {
+                        back += 4 + body.len();
+                    }
+                    frames.push(frame);
+                }
+            }
+        })
+        .await
+        .expect("the clock answer in time");
+    }
+    frames.retain(|f| {
+        !matches!(
+            f,
+            ServerToClient::Welcome { .. } | ServerToClient::Time { .. }
+        )
+    });
+    assert_eq!(frames.len(), 2, "{:?}", &frames[..frames.len().min(4)]);
+    assert_eq!(
+        frames[0],
+        ServerToClient::Refused {
+            pair: None,
+            group: None,
+            reason: RefuseReason::TooManyDestinations,
+        }
+    );
+    assert!(
+        matches!(&frames[1], ServerToClient::RefusedMany { refused, .. } if refused.len() == MAX_RELAY_DESTS)
+    );
+    assert!(back <= sent, "{back} bytes back for {sent} sent");
+    assert_quiet(&mut a_events, Duration::from_millis(200)).await;
+}
+
+/// Issue 12, finding 2, over QUIC: a peer sends B empty reliable messages numbered 2, 3,
+/// ... through the relay and never 1. B holds at most `MAX_HELD_ARRIVALS` of them, then
+/// ignores that peer (one `PeerIgnored`) and drops what it held; another peer's messages
+/// still reach B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_fills_its_gap_is_ignored_after_a_bounded_number_of_messages() {
+    use peergroup_client::{PeerFault, MAX_HELD_ARRIVALS};
+    use peergroup_protocol::{decode_body, FrameDecoder, ServerToClient, DEFAULT_MAX_FRAME_LEN};
+    let (server, mut server_events) = start_server().await;
+    let (b, mut b_events, b_id) = connect(&server, "b").await;
+    let (c, mut c_events, c_id) = connect(&server, "c").await;
+    let (mut raw, raw_id) = raw_login(&server, &mut server_events, &[b_id, c_id]).await;
+    let group = server
+        .create_group(&[b_id, c_id, raw_id], relay_only(), "")
+        .unwrap();
+    next_client_events(&mut c_events, 3).await;
+    // The raw client learns its pair with B.
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
+    let pair = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let chunk = raw.recv.read_chunk(64 << 10, true).await.unwrap().unwrap();
+            decoder.push(&chunk.bytes);
+            while let Some(body) = decoder.next_body().unwrap() {
+                if let ServerToClient::PeerUp { peer, pair, .. } =
+                    decode_body::<ServerToClient>(&body).unwrap()
+                {
+                    if peer == b_id {
+                        return pair;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .expect("the pair with B");
+    let sent = MAX_HELD_ARRIVALS as u64 + 1_000;
+    let mut frames = Vec::new();
+    for seq in 2..2 + sent {
+        frames.extend_from_slice(
+            &peergroup_protocol::frame_to_bytes(
+                &ClientToServer::Relay {
+                    group: None,
+                    to_server: false,
+                    lane: Lane::Ordered { channel: 0 },
+                    priority: Priority::Medium,
+                    dests: vec![RelayDest { pair, seq }],
+                    payload: Bytes::new(),
+                },
+                DEFAULT_MAX_FRAME_LEN,
+            )
+            .unwrap(),
+        );
+    }
+    raw.send_bytes(&frames).await;
+    let ignored = wait_client(&mut b_events, |e| match e {
+        ClientEvent::PeerIgnored { peer, fault } if *peer == raw_id => Some(*fault),
+        ClientEvent::Message { from, .. } if *from == raw_id => panic!("delivered"),
+        _ => None,
+    })
+    .await;
+    assert!(
+        matches!(ignored, PeerFault::TooManyEarlyArrivals { held, .. } if held == MAX_HELD_ARRIVALS),
+        "{ignored:?}"
+    );
+    // Everything after is discarded and counted; nothing from the raw client is delivered.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while b.peer_stats(raw_id).unwrap().discarded < sent - MAX_HELD_ARRIVALS as u64 {
+        assert!(tokio::time::Instant::now() < deadline, "not all discarded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // C's messages still reach B.
+    c.send(
+        Target::Group(group),
+        "still here",
+        Delivery::ReliableOrdered,
+    )
+    .await
+    .unwrap();
+    let from = wait_client(&mut b_events, |e| match e {
+        ClientEvent::Message { from, .. } => Some(*from),
+        _ => None,
+    })
+    .await;
+    assert_eq!(from, c_id);
+}

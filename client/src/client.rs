@@ -7,7 +7,7 @@ use crate::direct::{self, DirectLink, PunchHandle};
 use crate::error::{ConnectError, SendError};
 use crate::events::{ClientEvent, DisconnectReason};
 use crate::outbound::{write_stream, UploadQueue};
-use crate::session::{PeerStats, Route, Session, SessionTiming, Target, Upload};
+use crate::session::{DirectWindow, PeerStats, Route, Session, SessionTiming, Target, Upload};
 use crate::socket::DemuxSocket;
 use crate::tls::{
     peer_server_config, server_client_config, ClientIdentity, ExpectedPeers, RefusedCertificate,
@@ -23,7 +23,7 @@ use peergroup_protocol::{
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -63,6 +63,11 @@ pub(crate) struct Inner {
     pending_events: AtomicUsize,
     /// Wakes readers and senders waiting for the session's events to drain.
     event_room: Notify,
+    /// Counts the times a direct window may have made room (acks, paths and pairs
+    /// ending), under the core lock; senders waiting on one wait for it to move.
+    window_generation: AtomicU64,
+    /// Wakes senders waiting on a direct window.
+    window_room: Notify,
     pub max_frame_len: u32,
     pub host_id: HostId,
     pub identity: ClientIdentity,
@@ -98,6 +103,18 @@ impl Inner {
         }
         while let Some(order) = core.session.poll_punch_order() {
             direct::start_punch(self, core, order);
+        }
+        while let Some(peer) = core.session.poll_stalled_link() {
+            if let Some(link) = core.directs.get(&peer) {
+                link.connection.close(
+                    quinn::VarInt::from_u64(CloseCode::Normal.to_u64()).unwrap_or_default(),
+                    b"messages left unacked",
+                );
+            }
+        }
+        if core.session.take_window_moved() {
+            self.window_generation.fetch_add(1, Ordering::AcqRel);
+            self.window_room.notify_waiters();
         }
         while let Some(peer) = core.session.poll_ended_pair() {
             if let Some(link) = core.directs.get(&peer) {
@@ -175,6 +192,25 @@ impl Inner {
                 return;
             }
             notified.await;
+        }
+    }
+
+    /// Resolves once a direct window may have room again: the window generation moved
+    /// past `seen` (or the connection ended).
+    async fn window_room_after(&self, seen: u64) {
+        loop {
+            let notified = self.window_room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.window_generation.load(Ordering::Acquire) != seen
+                || self.closed.load(Ordering::Acquire)
+            {
+                return;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = self.connection.closed() => return,
+            }
         }
     }
 
@@ -576,16 +612,24 @@ impl Client {
         });
         let inner = Arc::new(Inner {
             core: Mutex::new(Core {
-                session: Session::new(
-                    host_id,
-                    app_data,
-                    max_frame_len,
-                    config.limits.receive_window,
-                    SessionTiming {
-                        ping_interval: config.timeouts.ping_interval,
-                    },
-                    Instant::now(),
-                ),
+                session: {
+                    let mut session = Session::new(
+                        host_id,
+                        app_data,
+                        max_frame_len,
+                        config.limits.receive_window,
+                        SessionTiming {
+                            ping_interval: config.timeouts.ping_interval,
+                        },
+                        Instant::now(),
+                    );
+                    session.set_direct_window(DirectWindow {
+                        messages: config.direct.max_unacked_messages,
+                        bytes: config.direct.max_unacked_bytes,
+                        ack_timeout: config.direct.path_timeout,
+                    });
+                    session
+                },
                 directs: HashMap::default(),
                 punches: HashMap::new(),
             }),
@@ -601,6 +645,8 @@ impl Client {
             emit_turn: tokio::sync::Mutex::new(()),
             pending_events: AtomicUsize::new(0),
             event_room: Notify::new(),
+            window_generation: AtomicU64::new(0),
+            window_room: Notify::new(),
             max_frame_len,
             host_id,
             identity,
@@ -660,6 +706,7 @@ impl Client {
                 None => return Ok(()),
                 Some(Full::Queue(full)) => full.room().await,
                 Some(Full::Events) => self.inner.event_room().await,
+                Some(Full::Window(seen)) => self.inner.window_room_after(seen).await,
             }
         }
     }
@@ -746,6 +793,17 @@ impl Client {
             Carrier::Stream(_) => {
                 if let Some(full) = inner.full_queue(&core, &route) {
                     return Ok(Some(Full::Queue(full)));
+                }
+                // A direct peer that has not acked what it was sent holds its sends back
+                // like a full queue; one that never acks loses its direct path after the
+                // path timeout (`Session::check_direct_acks`), and its sends go on.
+                if route
+                    .direct
+                    .iter()
+                    .any(|&peer| core.session.direct_window_full(peer))
+                {
+                    let seen = inner.window_generation.load(Ordering::Acquire);
+                    return Ok(Some(Full::Window(seen)));
                 }
                 None
             }
@@ -882,6 +940,9 @@ enum Full {
     Queue(UploadQueue),
     /// Room for the loopback copy among the application's events.
     Events,
+    /// Room in a direct peer's window of unacked messages: waits for the window
+    /// generation to move past this.
+    Window(u64),
 }
 
 /// Hands over the events that no reader delivers (those of sends, timers and path

@@ -94,10 +94,14 @@ pub struct Limits {
     /// server, and the server eventually drops it as a slow consumer. Default 4,096.
     pub event_queue: usize,
     /// How far ahead of the next expected reliable message another may arrive (in
-    /// sequence numbers) before the sender counts as broken. Memory is bounded separately,
-    /// per peer: past 4 MiB of early arrivals the direct path's reader pauses, and relayed
-    /// early arrivals past 16 MiB are discarded (counted in `PeerStats::discarded`).
-    /// Default 1,048,576.
+    /// sequence numbers, per channel) before the sender counts as broken: a direct path
+    /// that breaks it is closed, and a peer that breaks it on the relay is ignored
+    /// ([`ClientEvent::PeerIgnored`](crate::ClientEvent::PeerIgnored)). Memory is bounded
+    /// separately, per peer and across channels, each message counted as its payload plus
+    /// 160 bytes: past 4 MiB of early arrivals the direct path's reader pauses, and past
+    /// [`MAX_HELD_ARRIVAL_BYTES`](crate::MAX_HELD_ARRIVAL_BYTES) (16 MiB) or
+    /// [`MAX_HELD_ARRIVALS`](crate::MAX_HELD_ARRIVALS) (65,536 messages) the peer is
+    /// ignored. Default 1,048,576.
     pub receive_window: u64,
 }
 
@@ -121,7 +125,8 @@ pub struct DirectConfig {
     /// the relay (ProudNet's direct-peer limit). Default 32.
     pub max_direct_peers: usize,
     /// A direct path silent this long is dropped and its traffic goes back to the relay
-    /// (the direct connection's QUIC idle timeout). Default 5 s.
+    /// (the direct connection's QUIC idle timeout), and so is one whose peer leaves a
+    /// reliable message unacknowledged this long. Default 5 s.
     pub path_timeout: Duration,
     /// Idle direct paths send a QUIC PING this often, keeping the NAT mappings open
     /// (ICE keeps them with 15 s; this is well inside). Default 1 s; must be under
@@ -131,6 +136,18 @@ pub struct DirectConfig {
     pub probe_max_interval: Duration,
     /// How long one attempt probes before it gives up. Default 5 s.
     pub punch_window: Duration,
+    /// Reliable messages sent direct to one peer and not yet acknowledged by it, at most
+    /// (they are kept to be sent again through the relay if the direct path dies). While
+    /// this many are kept, sends to that peer wait as for a full queue
+    /// ([`Client::send`](crate::Client::send) waits, `try_send` fails with `QueueFull`).
+    /// A peer that leaves a message unacked for `path_timeout` loses its direct path:
+    /// what it did not ack goes through the relay, and so does everything after, so a
+    /// peer that reads but never acks cannot hold the sender's memory or its sends.
+    /// Default 16,384.
+    pub max_unacked_messages: usize,
+    /// The payload bytes of those messages, at most; as `max_unacked_messages`. Default
+    /// 4 MiB.
+    pub max_unacked_bytes: usize,
 }
 
 impl Default for DirectConfig {
@@ -142,6 +159,8 @@ impl Default for DirectConfig {
             keepalive: Duration::from_secs(1),
             probe_max_interval: Duration::from_millis(500),
             punch_window: Duration::from_secs(5),
+            max_unacked_messages: 16_384,
+            max_unacked_bytes: 4 << 20,
         }
     }
 }

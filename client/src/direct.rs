@@ -348,7 +348,7 @@ async fn serve_direct(
     // application after they were acked.
     let (frames_end, _) = tokio::join!(
         async {
-            let end = read_peer_frames(&inner, peer, recv).await;
+            let end = read_peer_frames(&inner, peer, recv, &connection).await;
             if let ReadEnd::Violation(code, text) = &end {
                 close(&connection, *code, text);
             } else {
@@ -385,7 +385,12 @@ async fn serve_direct(
     tracing::info!(%peer, ?reason, "direct path down; back to the relay");
 }
 
-async fn read_peer_frames(inner: &Arc<Inner>, peer: HostId, mut recv: FrameReader) -> ReadEnd {
+async fn read_peer_frames(
+    inner: &Arc<Inner>,
+    peer: HostId,
+    mut recv: FrameReader,
+    connection: &quinn::Connection,
+) -> ReadEnd {
     loop {
         let body = match recv.next().await {
             Ok(Some(body)) => body,
@@ -421,7 +426,10 @@ async fn read_peer_frames(inner: &Arc<Inner>, peer: HostId, mut recv: FrameReade
             // The direct path is far ahead of the relay: stop reading it until the relay
             // catches up, so held memory stays bounded and the sender is paced.
             while inner.lock().session.held_bytes(peer) > MAX_HELD_BYTES {
-                if connection_closed(inner) {
+                // The direct connection may close meanwhile (a peer that never fills
+                // its gap stops acking too, and loses its direct path): then the next
+                // read ends this loop, and the path goes back to the relay.
+                if connection_closed(inner) || connection.close_reason().is_some() {
                     break;
                 }
                 tokio::time::sleep(HELD_POLL).await;
@@ -489,10 +497,11 @@ pub(crate) async fn tick(inner: Arc<Inner>) {
     while inner.connection.close_reason().is_none() {
         ticker.tick().await;
         let mut core = inner.lock();
+        let now = std::time::Instant::now();
         if !core.directs.is_empty() {
             core.session.flush_acks();
+            core.session.check_direct_acks(now);
         }
-        let now = std::time::Instant::now();
         if now >= core.session.poll_timeout() {
             core.session.handle_timeout(now);
         }

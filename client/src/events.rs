@@ -99,11 +99,60 @@ pub enum ClientEvent {
         /// Why.
         reason: PathReason,
     },
+    /// `peer` broke the reliable sequence so badly that this client stopped taking its
+    /// messages: every message it had held from `peer` (early arrivals, and messages
+    /// waiting for membership notices) is dropped, and everything from `peer` after this
+    /// (reliable messages and datagrams, on either path) is discarded and counted in
+    /// [`PeerStats::discarded`](crate::PeerStats::discarded), until the pair ends. Sending
+    /// to `peer` is unaffected. A well-behaved peer never causes this; the application may
+    /// report `peer` to its server (which can kick it).
+    PeerIgnored {
+        /// The peer.
+        peer: HostId,
+        /// What it did.
+        fault: PeerFault,
+    },
     /// The connection to the server ended. Always the last event.
     Disconnected {
         /// Why.
         reason: DisconnectReason,
     },
+}
+
+/// What a peer did to be ignored ([`ClientEvent::PeerIgnored`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerFault {
+    /// It sent reliable messages ahead of a gap in its sequence that it never filled, past
+    /// what this client holds for one peer: [`MAX_HELD_ARRIVALS`](crate::MAX_HELD_ARRIVALS)
+    /// messages, or [`MAX_HELD_ARRIVAL_BYTES`](crate::MAX_HELD_ARRIVAL_BYTES) bytes counting
+    /// each message's payload plus a fixed cost per message.
+    TooManyEarlyArrivals {
+        /// Messages held when it happened.
+        held: usize,
+        /// Bytes charged for them.
+        held_bytes: usize,
+    },
+    /// It numbered a reliable message further ahead of the next one due than
+    /// [`Limits::receive_window`](crate::Limits::receive_window) allows.
+    BeyondWindow {
+        /// The sequence number.
+        seq: u64,
+    },
+}
+
+impl std::fmt::Display for PeerFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerFault::TooManyEarlyArrivals { held, held_bytes } => write!(
+                f,
+                "too many early arrivals ({held} messages, {held_bytes} bytes held)"
+            ),
+            PeerFault::BeyondWindow { seq } => {
+                write!(f, "sequence number {seq} beyond the receive window")
+            }
+        }
+    }
 }
 
 /// Why the client's connection ended.

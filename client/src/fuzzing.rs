@@ -226,6 +226,17 @@ impl FuzzSession {
         self.session.poll_punch_order()
     }
 
+    /// The next direct peer given up because it left a message unacked for the ack
+    /// timeout (its unacked messages were queued again for the relay).
+    pub fn poll_stalled_link(&mut self) -> Option<HostId> {
+        self.session.poll_stalled_link()
+    }
+
+    /// Whether sends to the direct peer `peer` wait for its acks (the driver waits).
+    pub fn direct_window_full(&self, peer: HostId) -> bool {
+        self.session.direct_window_full(peer)
+    }
+
     /// The next peer whose pair ended while direct.
     pub fn poll_ended_pair(&mut self) -> Option<HostId> {
         self.session.poll_ended_pair()

@@ -83,11 +83,12 @@ pub use client::{Client, ClientEvents};
 pub use clock::ServerTime;
 pub use config::{ClientConfig, DirectConfig, Limits, Timeouts};
 pub use error::{ConnectError, SendError};
-pub use events::{ClientEvent, DisconnectReason};
+pub use events::{ClientEvent, DisconnectReason, PeerFault};
 pub use peergroup_protocol::typed::{decode, encode, TypedError};
 pub use peergroup_protocol::{
     CloseCode, Delivery, Fingerprint, GroupId, HostId, PairPath, ParseIdError, Path, PathReason,
     PeerInfo, Priority, RefuseReason, SendOptions,
 };
 pub use session::{ModeCounters, PathCounters, PeerStats, Target};
+pub use session::{MAX_HELD_ARRIVALS, MAX_HELD_ARRIVAL_BYTES};
 pub use tls::{fingerprint_of, raw_quic_client_config, ServerTrust};

@@ -26,6 +26,9 @@ pub(crate) const MAX_UNORDERED_GAPS: usize = 65_536;
 pub(crate) struct LaneReceivers<T> {
     window: u64,
     ordered: BTreeMap<u8, ReliableReceiver<T>>,
+    /// Early arrivals held by all ordered channels, and the bytes charged for them.
+    held: usize,
+    held_bytes: usize,
     unordered: UnorderedReceiver,
     latest: LatestReceiver,
     sequenced: BTreeMap<u8, u64>,
@@ -48,6 +51,8 @@ impl<T> LaneReceivers<T> {
         Self {
             window: window.max(1),
             ordered: BTreeMap::new(),
+            held: 0,
+            held_bytes: 0,
             unordered: UnorderedReceiver::default(),
             latest: LatestReceiver::default(),
             sequenced: BTreeMap::new(),
@@ -73,7 +78,11 @@ impl<T> LaneReceivers<T> {
                     .ordered
                     .entry(channel)
                     .or_insert_with(|| ReliableReceiver::new(window));
-                match receiver.accept(seq, slot, size) {
+                let (held, held_bytes) = (receiver.held(), receiver.held_bytes());
+                let accepted = receiver.accept(seq, slot, size);
+                self.held = self.held - held + receiver.held();
+                self.held_bytes = self.held_bytes - held_bytes + receiver.held_bytes();
+                match accepted {
                     Ok(ready) => Ok(Accepted::Deliver(ready)),
                     Err(Rejected::Duplicate) => Ok(Accepted::Duplicate),
                     Err(other) => Err(other),
@@ -116,12 +125,15 @@ impl<T> LaneReceivers<T> {
         }
     }
 
-    /// Bytes held by the ordered channels, waiting for gaps to fill.
+    /// Early arrivals held by the ordered channels, waiting for gaps to fill.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Bytes charged for what the ordered channels hold, waiting for gaps to fill
+    /// (payloads plus a fixed cost per entry, [`crate::sequencing::HELD_ENTRY_COST`]).
     pub fn held_bytes(&self) -> usize {
-        self.ordered
-            .values()
-            .map(ReliableReceiver::held_bytes)
-            .sum()
+        self.held_bytes
     }
 
     /// Whether `seq` of `lane` would be held rather than delivered at once (it is ahead of

@@ -9,16 +9,16 @@
 
 use crate::clock::{ServerClock, ServerTime};
 use crate::error::SendError;
-use crate::events::ClientEvent;
+use crate::events::{ClientEvent, PeerFault};
 use crate::ping::PingTracker;
 use crate::receive::{Accepted, LaneReceivers};
-use crate::sequencing::{Rejected, Slot};
+use crate::sequencing::{Rejected, Slot, HELD_ENTRY_COST};
 use bytes::Bytes;
 use peergroup_protocol::{
     Carrier, ClientDatagram, ClientToServer, DatagramLane, Delivery, GroupId, HostId, Lane,
     LaneCounters, Memberships, Notice, PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer,
     Priority, PunchOrder, RelayDest, SendOptions, ServerDatagram, ServerToClient,
-    DATAGRAM_DELIVER_OVERHEAD, FRAME_HEADROOM,
+    DATAGRAM_DELIVER_OVERHEAD, FRAME_HEADROOM, MAX_RELAY_DESTS,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -181,9 +181,10 @@ pub struct PeerStats {
     /// messages so this never happens there; on the direct path a message can cross a
     /// membership change (see the README's "Membership").
     pub not_member_dropped: u64,
-    /// Relayed messages discarded because the peer broke its sequence: sent so far ahead
-    /// of a gap that holding them would exceed 16 MiB, or beyond the receive window (a
-    /// misbehaving peer).
+    /// Messages discarded because the peer broke its sequence: sent so far ahead of a gap
+    /// that holding them would exceed [`MAX_HELD_ARRIVALS`] messages or
+    /// [`MAX_HELD_ARRIVAL_BYTES`] bytes, or beyond the receive window on the relay, and
+    /// everything from it after that ([`ClientEvent::PeerIgnored`]): a misbehaving peer.
     pub discarded: u64,
 }
 
@@ -195,6 +196,8 @@ struct Unacked {
     seq: u64,
     payload: Bytes,
     priority: Priority,
+    /// When [`Session::check_direct_acks`] first saw it (within a tick of its send).
+    seen_at: Option<Instant>,
 }
 
 /// What a message carries to the application once delivered.
@@ -241,6 +244,10 @@ struct Peer {
     unacked: BTreeMap<u64, Unacked>,
     /// The id of the next direct data frame.
     next_frame_id: u64,
+    /// Payload bytes in `unacked`.
+    unacked_bytes: usize,
+    /// Frames up to this id have had their `seen_at` set (or are gone).
+    stamped_upto: u64,
     /// Data frames of this direct connection the peer has acked.
     acked_by_peer: u64,
     /// Data frames received on this direct connection.
@@ -254,6 +261,9 @@ struct Peer {
     awaiting: VecDeque<Awaiting>,
     /// Payload bytes in `awaiting`.
     awaiting_bytes: usize,
+    /// This peer broke its sequence beyond the bounds ([`ClientEvent::PeerIgnored`]):
+    /// everything from it is discarded until the pair ends.
+    ignored: bool,
 }
 
 impl Peer {
@@ -271,6 +281,8 @@ impl Peer {
             receiving: LaneReceivers::new(window),
             path: PairPath::Relay,
             unacked: BTreeMap::new(),
+            unacked_bytes: 0,
+            stamped_upto: 0,
             next_frame_id: 1,
             acked_by_peer: 0,
             received_direct: 0,
@@ -282,7 +294,28 @@ impl Peer {
             },
             awaiting: VecDeque::new(),
             awaiting_bytes: 0,
+            ignored: false,
         }
+    }
+
+    /// Whether as much as `window` allows is kept for this peer until it acks.
+    fn window_full(&self, window: &DirectWindow) -> bool {
+        self.unacked.len() >= window.messages || self.unacked_bytes >= window.bytes
+    }
+
+    /// Forgets the unacked frame `id` (acked, or replaced before it went out).
+    fn forget_unacked(&mut self, id: u64) {
+        if let Some(gone) = self.unacked.remove(&id) {
+            self.unacked_bytes -= gone.payload.len();
+        }
+    }
+
+    /// Stops taking messages from this peer: drops everything held from it.
+    fn ignore(&mut self, window: u64) {
+        self.ignored = true;
+        self.receiving = LaneReceivers::new(window);
+        self.awaiting.clear();
+        self.awaiting_bytes = 0;
     }
 }
 
@@ -290,10 +323,21 @@ impl Peer {
 /// peer's direct connection until the relay catches up (QUIC flow control then pauses
 /// the sender).
 pub(crate) const MAX_HELD_BYTES: usize = 4 << 20;
-/// Bytes of early arrivals held for one peer past which further *relayed* early arrivals
-/// are discarded. The relay cannot be paused for one peer without pausing all of them, and
-/// a well-behaved sender never gets this far ahead on it.
+/// Bytes of early arrivals held for one peer (payloads plus
+/// [`HELD_ENTRY_COST`](crate::sequencing::HELD_ENTRY_COST) each) past which the peer is
+/// ignored ([`ClientEvent::PeerIgnored`]). The relay cannot be paused for one peer without
+/// pausing all of them, and a well-behaved sender never gets this far ahead on it (the
+/// direct path is paused at [`MAX_HELD_BYTES`]).
 pub(crate) const MAX_HELD_BYTES_RELAYED: usize = 16 << 20;
+/// Bytes of early arrivals held for one peer past which it is ignored, as
+/// [`ClientEvent::PeerIgnored`] describes: 16 MiB, counting each message's payload plus
+/// 160 bytes.
+pub const MAX_HELD_ARRIVAL_BYTES: usize = MAX_HELD_BYTES_RELAYED;
+/// Early arrivals held for one peer (reliable messages ahead of a gap in its sequence)
+/// past which it is ignored, as [`ClientEvent::PeerIgnored`] describes: 65,536. A
+/// well-behaved peer stays far below: its direct path is paused at 4 MiB held, which is
+/// at most 26,214 messages.
+pub const MAX_HELD_ARRIVALS: usize = 65_536;
 /// How long a direct message may wait for the membership notice it was sent under; one
 /// still waiting then was sent under a membership that never reached this client (a
 /// broken or hostile peer), and is dropped.
@@ -313,6 +357,31 @@ const LINK_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 const UPLOAD_FIXED_OVERHEAD: usize = 1 + 11 + 1 + 11 + 10 + 1 + 5 + 5;
 const RELIABLE_DEST_LEN: usize = 20;
 const DATAGRAM_DEST_LEN: usize = 20;
+
+/// What a client keeps for one direct peer until the peer acks it
+/// ([`DirectConfig`](crate::DirectConfig)'s `max_unacked_messages`, `max_unacked_bytes`
+/// and `path_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DirectWindow {
+    /// Reliable messages sent direct and not acked, at most; sends to the peer wait while
+    /// this many are kept.
+    pub messages: usize,
+    /// Their payload bytes, at most; sends to the peer wait while this many are kept.
+    pub bytes: usize,
+    /// A direct path whose oldest unacked message stays unacked this long is given up:
+    /// its messages go back to the relay.
+    pub ack_timeout: Duration,
+}
+
+impl Default for DirectWindow {
+    fn default() -> Self {
+        Self {
+            messages: 16_384,
+            bytes: 4 << 20,
+            ack_timeout: Duration::from_secs(5),
+        }
+    }
+}
 
 /// How the periodic work is timed.
 #[derive(Debug, Clone, Copy)]
@@ -369,6 +438,13 @@ pub(crate) struct Session {
     uploads: VecDeque<Upload>,
     punch_orders: VecDeque<PunchOrder>,
     ended_pairs: VecDeque<HostId>,
+    direct_window: DirectWindow,
+    /// Direct peers given up because they left a message unacked too long; the driver
+    /// closes their connections.
+    stalled_links: VecDeque<HostId>,
+    /// An ack made room in a direct window, or a peer left one, since the driver last
+    /// asked: sends waiting on a window may go on.
+    window_moved: bool,
 }
 
 impl Session {
@@ -401,6 +477,72 @@ impl Session {
             uploads: VecDeque::new(),
             punch_orders: VecDeque::new(),
             ended_pairs: VecDeque::new(),
+            direct_window: DirectWindow::default(),
+            stalled_links: VecDeque::new(),
+            window_moved: false,
+        }
+    }
+
+    /// What is kept for each direct peer until it acks, at most (default
+    /// [`DirectWindow::default`]).
+    pub fn set_direct_window(&mut self, window: DirectWindow) {
+        self.direct_window = DirectWindow {
+            messages: window.messages.max(1),
+            bytes: window.bytes.max(1),
+            ack_timeout: window.ack_timeout,
+        };
+    }
+
+    /// Whether sends to the direct peer `peer` must wait: as much as the direct window
+    /// allows is kept for it until it acks (`false` for a peer on the relay).
+    pub fn direct_window_full(&self, peer: HostId) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|p| p.path == PairPath::Direct && p.window_full(&self.direct_window))
+    }
+
+    /// Whether a direct window may have room it did not have (an ack came, a direct path
+    /// or a pair ended) since the last call.
+    pub fn take_window_moved(&mut self) -> bool {
+        std::mem::take(&mut self.window_moved)
+    }
+
+    /// A direct peer given up because it left a message unacked for the ack timeout
+    /// (its messages already went back to the relay): the driver closes its connection.
+    pub fn poll_stalled_link(&mut self) -> Option<HostId> {
+        self.stalled_links.pop_front()
+    }
+
+    /// Watches each direct peer's unacked messages: one left unacked for
+    /// [`DirectWindow::ack_timeout`] after it was sent means the peer reads but does not
+    /// ack (or acks a trickle, or cannot keep up at all), so its direct path is given up,
+    /// and what it did not ack goes through the relay, which needs no acks. The driver
+    /// calls this every few tens of milliseconds, which dates each message to within a
+    /// call of its send; [`Session::handle_timeout`] calls it too.
+    pub fn check_direct_acks(&mut self, now: Instant) {
+        let timeout = self.direct_window.ack_timeout;
+        let mut stalled = Vec::new();
+        for (&host, peer) in &mut self.peers {
+            if peer.path != PairPath::Direct {
+                continue;
+            }
+            for unacked in peer
+                .unacked
+                .range_mut(peer.stamped_upto + 1..)
+                .map(|(_, u)| u)
+            {
+                unacked.seen_at.get_or_insert(now);
+            }
+            peer.stamped_upto = peer.next_frame_id - 1;
+            let oldest = peer.unacked.values().next().and_then(|u| u.seen_at);
+            if oldest.is_some_and(|at| now.saturating_duration_since(at) >= timeout) {
+                stalled.push(host);
+            }
+        }
+        for host in stalled {
+            tracing::warn!(peer = %host, "a direct peer left a message unacked too long; back to the relay");
+            self.set_relay(host, PathReason::DirectTimedOut, now);
+            self.stalled_links.push_back(host);
         }
     }
 
@@ -445,6 +587,7 @@ impl Session {
     /// the server for its clock, reports each peer's RTT and loss to the server.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.release_awaiting(now);
+        self.check_direct_acks(now);
         self.forget_ended_memberships(now);
         if let Some(token) = self.clock.poll_request(now) {
             self.uploads
@@ -491,8 +634,16 @@ impl Session {
             .values()
             .filter_map(|p| p.awaiting.front())
             .map(|front| front.since + MEMBERSHIP_WAIT);
+        // A direct peer's oldest unacked message, once the driver has seen it, times out.
+        let timeout = self.direct_window.ack_timeout;
+        let unacked = self
+            .peers
+            .values()
+            .filter_map(|p| p.unacked.values().next()?.seen_at)
+            .map(|at| at + timeout);
         pings
             .chain(awaiting)
+            .chain(unacked)
             .chain([self.clock.poll_timeout(), self.next_link_report])
             .min()
             .unwrap_or(self.next_link_report)
@@ -521,6 +672,7 @@ impl Session {
             }
             ServerToClient::PeerDown { peer, pair } => {
                 if self.peers.get(&peer).is_some_and(|p| p.pair == pair) {
+                    self.window_moved = true;
                     let ended = self.peers.remove(&peer);
                     if ended.is_some_and(|p| p.path == PairPath::Direct) {
                         self.ended_pairs.push_back(peer);
@@ -613,6 +765,15 @@ impl Session {
                     .unwrap_or(HostId::SERVER);
                 self.events
                     .push_back(ClientEvent::SendFailed { to, group, reason });
+            }
+            ServerToClient::RefusedMany { group, refused } => {
+                let hosts: HashMap<PairId, HostId> =
+                    self.peers.iter().map(|(host, p)| (p.pair, *host)).collect();
+                for (pair, reason) in refused {
+                    let to = hosts.get(&pair).copied().unwrap_or(HostId::SERVER);
+                    self.events
+                        .push_back(ClientEvent::SendFailed { to, group, reason });
+                }
             }
             ServerToClient::Time {
                 token,
@@ -707,15 +868,25 @@ impl Session {
     /// members as this client was told: the server orders notices and messages so that
     /// always holds. A direct message passes no server, so it names the memberships it was
     /// sent under: it waits for a join notice still on its way, and is dropped if either
-    /// membership has ended (the README's "Ordering around membership").
+    /// membership has ended (the README's "Ordering around membership"). A direct message
+    /// to no group (to this client alone) needs the two to share a group as this client
+    /// was told, as the relay rule does; it waits for a join notice the same way.
     fn membership_verdict(
         &self,
         from: HostId,
         group: Option<GroupId>,
         memberships: Option<Memberships>,
+        direct: bool,
     ) -> Verdict {
         let Some(group) = group else {
-            return Verdict::Deliver;
+            // The relay rule for a message to this client alone: the server checked it on
+            // the relay; a direct one passes no server, so it is checked here. A join
+            // notice that would make the two share a group may still be on its way.
+            return if !direct || self.shares_group(from) {
+                Verdict::Deliver
+            } else {
+                Verdict::Wait
+            };
         };
         let view = self.groups.get(&group);
         let Some(sent) = memberships else {
@@ -762,7 +933,12 @@ impl Session {
             let verdict = if waiting {
                 Verdict::Wait
             } else {
-                self.membership_verdict(from, message.group, message.memberships)
+                self.membership_verdict(
+                    from,
+                    message.group,
+                    message.memberships,
+                    message.path == Path::Direct,
+                )
             };
             let Some(peer) = self.peers.get_mut(&from) else {
                 return;
@@ -806,6 +982,7 @@ impl Session {
                     from,
                     front.message.group,
                     front.message.memberships,
+                    front.message.path == Path::Direct,
                 ) {
                     Verdict::Wait if expired => Verdict::Drop,
                     verdict => verdict,
@@ -895,6 +1072,10 @@ impl Session {
             }
             return;
         };
+        if peer.ignored {
+            peer.stats.discarded += 1;
+            return;
+        }
         match lane {
             DatagramLane::Ping { id } => {
                 // Answered on the path it came by, so the RTT is that path's.
@@ -929,7 +1110,7 @@ impl Session {
         }
         // A datagram is never held: one that crosses a membership change is lost, as
         // any datagram may be.
-        if self.membership_verdict(from, group, None) != Verdict::Deliver {
+        if self.membership_verdict(from, group, None, path == Path::Direct) != Verdict::Deliver {
             if let Some(peer) = self.peers.get_mut(&from) {
                 peer.stats.not_member_dropped += 1;
             }
@@ -1025,9 +1206,10 @@ impl Session {
             .and_then(went_out)
             .ok_or_else(|| format!("an ack of {received} messages, more than were sent"))?;
         for id in ids {
-            peer.unacked.remove(&id);
+            peer.forget_unacked(id);
         }
         peer.acked_by_peer = received;
+        self.window_moved = true;
         peer.stats.unacked = peer.unacked.len();
         Ok(())
     }
@@ -1036,8 +1218,9 @@ impl Session {
     /// went out: it will never be acked, and the newer value is kept in its place.
     pub fn forget_replaced(&mut self, peer: HostId, id: u64) {
         if let Some(peer) = self.peers.get_mut(&peer) {
-            peer.unacked.remove(&id);
+            peer.forget_unacked(id);
             peer.stats.unacked = peer.unacked.len();
+            self.window_moved = true;
         }
     }
 
@@ -1064,6 +1247,8 @@ impl Session {
         };
         state.path = PairPath::Direct;
         state.unacked.clear();
+        state.unacked_bytes = 0;
+        state.stamped_upto = state.next_frame_id - 1;
         state.acked_by_peer = 0;
         state.received_direct = 0;
         state.acked_to_peer = 0;
@@ -1102,6 +1287,8 @@ impl Session {
         state.stats.path = Some(PairPath::Relay);
         state.stats.direct_rtt = None;
         let pair = state.pair;
+        state.unacked_bytes = 0;
+        self.window_moved = true;
         for (_, unacked) in std::mem::take(&mut state.unacked) {
             count(&mut state.stats.relay_sent, &unacked.payload);
             self.uploads.push_back(Upload::Relay {
@@ -1204,13 +1391,24 @@ impl Session {
             Slot::Message(message) => (message.payload.len(), message.path == Path::Relay),
             Slot::Skipped => (0, true),
         };
-        let early = peer.receiving.is_early(lane, seq);
-        if relayed && early && peer.receiving.held_bytes() + size > MAX_HELD_BYTES_RELAYED {
-            // Relayed messages run ahead of a live direct path only by what is in flight;
-            // this far ahead, the sender skipped numbers on purpose to make us hold its
-            // messages. Bound that memory; the loss is that sender's own doing.
+        if peer.ignored {
             peer.stats.discarded += 1;
-            tracing::warn!(%from, seq, "discarding a relayed message far ahead of a gap");
+            return Ok(());
+        }
+        let early = peer.receiving.is_early(lane, seq);
+        let charged = size.saturating_add(HELD_ENTRY_COST);
+        if early
+            && (peer.receiving.held() >= MAX_HELD_ARRIVALS
+                || peer.receiving.held_bytes() + charged > MAX_HELD_BYTES_RELAYED)
+        {
+            // Relayed messages run ahead of a live direct path only by what is in flight,
+            // and the driver stops reading a direct path long before this; this far ahead,
+            // the sender skipped numbers on purpose to make us hold its messages.
+            let fault = PeerFault::TooManyEarlyArrivals {
+                held: peer.receiving.held(),
+                held_bytes: peer.receiving.held_bytes(),
+            };
+            self.ignore_peer(from, fault);
             return Ok(());
         }
         match peer.receiving.accept(lane, seq, slot, size) {
@@ -1228,17 +1426,32 @@ impl Session {
                 Ok(())
             }
             // On the relay a broken sequence is the peer's fault, and the server
-            // connection serves every other peer too: drop the message, keep the
+            // connection serves every other peer too: ignore the peer, keep the
             // connection.
             Err(Rejected::BeyondWindow | Rejected::Duplicate) if relayed => {
-                peer.stats.discarded += 1;
-                tracing::warn!(%from, seq, "discarding a relayed message beyond the window");
+                self.ignore_peer(from, PeerFault::BeyondWindow { seq });
                 Ok(())
             }
             Err(_) => Err(format!(
                 "sequence {seq} from {from} is beyond the receive window"
             )),
         }
+    }
+
+    /// Stops taking messages from `from`, which broke its sequence ([`PeerFault`]): what
+    /// was held from it is dropped, and the application told once.
+    fn ignore_peer(&mut self, from: HostId, fault: PeerFault) {
+        let Some(peer) = self.peers.get_mut(&from) else {
+            return;
+        };
+        peer.stats.discarded += 1;
+        if peer.ignored {
+            return;
+        }
+        peer.ignore(self.receive_window);
+        tracing::warn!(%from, %fault, "ignoring a peer that broke its sequence");
+        self.events
+            .push_back(ClientEvent::PeerIgnored { peer: from, fault });
     }
 
     /// The queues a send would use, without assigning anything: whether it needs the
@@ -1389,6 +1602,7 @@ impl Session {
                     let seq = peer.sending.next(lane);
                     let id = peer.next_frame_id;
                     peer.next_frame_id += 1;
+                    peer.unacked_bytes += payload.len();
                     peer.unacked.insert(
                         id,
                         Unacked {
@@ -1397,6 +1611,7 @@ impl Session {
                             seq,
                             payload: payload.clone(),
                             priority: options.priority,
+                            seen_at: None,
                         },
                     );
                     peer.stats.unacked = peer.unacked.len();
@@ -1420,8 +1635,9 @@ impl Session {
             Carrier::Datagram(_) => DATAGRAM_DEST_LEN,
             Carrier::Stream(_) => RELIABLE_DEST_LEN,
         };
-        let per_upload =
-            (limit.saturating_sub(UPLOAD_FIXED_OVERHEAD + payload.len()) / dest_len).max(1);
+        // The server refuses an upload naming more than MAX_RELAY_DESTS destinations.
+        let per_upload = (limit.saturating_sub(UPLOAD_FIXED_OVERHEAD + payload.len()) / dest_len)
+            .clamp(1, MAX_RELAY_DESTS);
         let mut to_server = to_server;
         let mut chunks = relayed.chunks(per_upload).peekable();
         if chunks.peek().is_none() && !to_server {

@@ -838,7 +838,7 @@ impl Harness {
             Op::WaitSeconds(s) => self.wait(Duration::from_secs(u64::from(s % 90))),
             Op::FlushAcks => self.session.flush_acks(),
         }
-        self.take_uploads(None);
+        self.take_uploads(&[]);
         self.take_events();
         self.check_bounds();
     }
@@ -860,7 +860,11 @@ impl Harness {
 
     /// After a fall back to the relay: what went direct unacked is sent again.
     fn relayed_again(&mut self, peer: HostId) {
-        self.take_uploads(Some(peer));
+        self.take_uploads(&[peer]);
+        self.forget_direct(peer);
+    }
+
+    fn forget_direct(&mut self, peer: HostId) {
         if let Some(model) = self.peers.get_mut(&peer) {
             model.direct = false;
             model.unacked.clear();
@@ -872,6 +876,16 @@ impl Harness {
     fn wait(&mut self, by: Duration) {
         self.now += by;
         self.session.handle_timeout(self.now);
+        // Direct peers that left a message unacked for the ack timeout went back to the
+        // relay, with what they did not ack; the driver closes their connections.
+        let stalled: Vec<HostId> =
+            std::iter::from_fn(|| self.session.poll_stalled_link()).collect();
+        if !stalled.is_empty() {
+            self.take_uploads(&stalled);
+            for peer in stalled {
+                self.forget_direct(peer);
+            }
+        }
         assert!(
             self.session.poll_timeout() > self.now,
             "periodic work still due"
@@ -916,12 +930,12 @@ impl Harness {
     }
 
     fn sent_by_session(&mut self) {
-        self.take_uploads(None);
+        self.take_uploads(&[]);
     }
 
-    /// Checks and records what the session asks to send. `resent_to`: the peer whose
+    /// Checks and records what the session asks to send. `resent_to`: the peers whose
     /// unacked direct messages may be sent again now.
-    fn take_uploads(&mut self, resent_to: Option<HostId>) {
+    fn take_uploads(&mut self, resent_to: &[HostId]) {
         while let Some(upload) = self.session.poll_upload() {
             if self.raw {
                 continue;
@@ -941,7 +955,7 @@ impl Harness {
                         let peer = self.peer_with_pair(dest.pair).unwrap_or_else(|| {
                             panic!("an upload names {}, no current pair", dest.pair)
                         });
-                        let resent = resent_to == Some(peer);
+                        let resent = resent_to.contains(&peer);
                         self.assigned(peer, lane, dest.seq, resent);
                     }
                 }
@@ -1133,7 +1147,7 @@ fuzz_target!(|ops: Vec<Op>| {
     }
     // Nothing waits for a membership notice past the wait.
     h.wait(MEMBERSHIP_WAIT + Duration::from_millis(1));
-    h.take_uploads(None);
+    h.take_uploads(&[]);
     h.take_events();
     for index in 0..6 {
         assert_eq!(

@@ -49,7 +49,7 @@ pub use lanes::{Carrier, LaneCounters, SendOptions, DEFAULT_CHANNEL};
 pub use messages::{
     ClientDatagram, ClientToServer, DatagramLane, Delivery, Hello, Lane, Memberships, Notice,
     PairPath, Path, PathReason, PeerInfo, PeerToPeer, Priority, PunchOrder, PunchOutcome,
-    RefuseReason, RelayDest, ServerDatagram, ServerToClient,
+    RefuseReason, RelayDest, ServerDatagram, ServerToClient, MAX_RELAY_DESTS,
 };
 pub use probe::{is_probe, MalformedProbe, Probe, ProbeKind, PROBE_MAC_LEN};
 pub use zero_copy::{
@@ -64,7 +64,7 @@ pub const ALPN: &[u8] = b"peergroup/1";
 pub const PEER_ALPN: &[u8] = b"peergroup-p2p/1";
 
 /// The protocol version checked at connect.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Bytes the server adds to an unreliable payload when it relays it (variant, sender,
 /// group, lane, number and length), at most. A client subtracts this from the server

@@ -193,6 +193,12 @@ pub struct Memberships {
     pub receiver: u32,
 }
 
+/// Destinations one relay upload ([`ClientToServer::Relay`], [`ClientDatagram::Relay`])
+/// may name at most: 4,096. The server refuses a larger upload whole, with one
+/// [`RefuseReason::TooManyDestinations`], before looking at any destination; clients split
+/// longer destination lists into several uploads.
+pub const MAX_RELAY_DESTS: usize = 4_096;
+
 /// One destination of a reliable relay upload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayDest {
@@ -459,6 +465,15 @@ pub enum ServerToClient {
         /// The server's clock: microseconds since the server started (monotonic).
         server_time_us: u64,
     },
+    /// The server refused to relay several destinations of one of this client's uploads:
+    /// one frame per upload, however many it refused (one refused destination comes as
+    /// [`ServerToClient::Refused`]). Added in protocol 4.
+    RefusedMany {
+        /// The group the message addressed, if any.
+        group: Option<GroupId>,
+        /// Each refused destination pair (at most [`MAX_RELAY_DESTS`]), with why.
+        refused: Vec<(PairId, RefuseReason)>,
+    },
 }
 
 /// Why the server refused to relay a message.
@@ -478,6 +493,9 @@ pub enum RefuseReason {
     ServerNotMember,
     /// The datagram does not fit the destination's path.
     TooLargeForPath,
+    /// The upload named more than [`MAX_RELAY_DESTS`] destinations; none was relayed.
+    /// Added in protocol 4.
+    TooManyDestinations,
 }
 
 /// QUIC datagrams from a client to the server (unreliable relay).

@@ -174,6 +174,7 @@ fn server_to_client_variant(message: &ServerToClient) -> u32 {
         ServerToClient::Refused { .. } => 7,
         ServerToClient::PunchOrder(_) => 8,
         ServerToClient::Time { .. } => 9,
+        ServerToClient::RefusedMany { .. } => 10,
     }
 }
 
@@ -747,11 +748,38 @@ fn server_to_client_frames() {
             },
             cat(&[&[0x00, 0x00, 0x00, 0x0c, 0x09, 0x00], &U64_MAX]),
         ),
+        // Added in protocol 4; the variants before it encode as they did.
+        (
+            "RefusedMany in a group",
+            ServerToClient::RefusedMany {
+                group: Some(group()),
+                refused: vec![
+                    (pair(), RefuseReason::DestNotInGroup),
+                    (PairId::from_raw(1), RefuseReason::UnknownPair),
+                ],
+            },
+            // Variant 10, Some(group), two entries: (pair 300, reason 2), (pair 1, reason 3).
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x0d, 0x0a, 0x01],
+                &GROUP,
+                &[0x02],
+                &PAIR,
+                &[0x02, 0x01, 0x03],
+            ]),
+        ),
+        (
+            "RefusedMany, no group, empty",
+            ServerToClient::RefusedMany {
+                group: None,
+                refused: Vec::new(),
+            },
+            vec![0x00, 0x00, 0x00, 0x03, 0x0a, 0x00, 0x00],
+        ),
     ];
     for (name, message, expected) in &cases {
         check_frame(name, message, expected);
     }
-    assert_covers(&cases, server_to_client_variant, 10, 4);
+    assert_covers(&cases, server_to_client_variant, 11, 4);
 }
 
 #[test]
@@ -1233,7 +1261,13 @@ fn refuse_reason_variants() {
     check_body("UnknownPair", &RefuseReason::UnknownPair, &[0x03]);
     check_body("ServerNotMember", &RefuseReason::ServerNotMember, &[0x04]);
     check_body("TooLargeForPath", &RefuseReason::TooLargeForPath, &[0x05]);
-    assert_variant_count::<RefuseReason>("RefuseReason", 6);
+    // Added in protocol 4.
+    check_body(
+        "TooManyDestinations",
+        &RefuseReason::TooManyDestinations,
+        &[0x06],
+    );
+    assert_variant_count::<RefuseReason>("RefuseReason", 7);
 }
 
 /// Asserts that the variant index `count` of `T` is unknown, so a variant added at the end

@@ -101,6 +101,7 @@ fn refuse_reason() -> impl Strategy<Value = RefuseReason> {
         Just(RefuseReason::UnknownPair),
         Just(RefuseReason::ServerNotMember),
         Just(RefuseReason::TooLargeForPath),
+        Just(RefuseReason::TooManyDestinations),
     ]
 }
 
@@ -322,6 +323,11 @@ fn server_to_client() -> impl Strategy<Value = ServerToClient> {
             token,
             server_time_us,
         }),
+        (
+            prop::option::of(group_id()),
+            prop::collection::vec((pair_id(), refuse_reason()), 0..8)
+        )
+            .prop_map(|(group, refused)| ServerToClient::RefusedMany { group, refused }),
     ]
 }
 

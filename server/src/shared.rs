@@ -314,6 +314,7 @@ impl Shared {
                     let Ok(mut bytes) = datagram_to_bytes(&message) else {
                         continue;
                     };
+                    let mut too_large = Vec::new();
                     for (host, pair, number) in to {
                         let Some(link) = core.links.get(&host) else {
                             continue;
@@ -329,14 +330,11 @@ impl Shared {
                         if let Err(quinn::SendDatagramError::TooLarge) =
                             link.connection.send_datagram(bytes.clone())
                         {
-                            core.registry.refuse(
-                                sender,
-                                Some(pair),
-                                None,
-                                RefuseReason::TooLargeForPath,
-                            );
+                            too_large.push((pair, RefuseReason::TooLargeForPath));
                         }
                     }
+                    // One refusal frame for the datagram, however many paths it missed.
+                    core.registry.refuse_many(sender, None, too_large);
                 }
                 Action::Event(event @ ServerEvent::Message { .. }) => deferred.messages.push(event),
                 Action::Event(event) => self.events.push_lifecycle(event),

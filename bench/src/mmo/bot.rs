@@ -302,6 +302,9 @@ async fn read(
                     ServerToClient::Deliver { .. } => delivered += 1,
                     ServerToClient::Skipped { .. } => skipped += 1,
                     ServerToClient::Refused { .. } => refused += 1,
+                    ServerToClient::RefusedMany { refused: list, .. } => {
+                        refused += list.len() as u64;
+                    }
                     _ => {}
                 }
             }

@@ -880,9 +880,20 @@ fn a_peer_that_skips_a_number_cannot_make_us_hold_unbounded_memory() {
         )
         .unwrap();
     }
-    assert!(events(&mut s).is_empty(), "nothing deliverable before 1");
-    assert!(s.held_bytes(PEER) <= MAX_HELD_BYTES_RELAYED);
-    assert_eq!(s.peer_stats(PEER, now).unwrap().discarded, 40 - 1 - 16);
+    // 2..=16 are held (15 MiB and their entries); 17 would pass 16 MiB: PEER is ignored,
+    // what it held is dropped, and 17..=40 are discarded.
+    assert_eq!(
+        events(&mut s),
+        [ClientEvent::PeerIgnored {
+            peer: PEER,
+            fault: PeerFault::TooManyEarlyArrivals {
+                held: 15,
+                held_bytes: 15 * ((1 << 20) + HELD_ENTRY_COST),
+            },
+        }]
+    );
+    assert_eq!(s.held_bytes(PEER), 0);
+    assert_eq!(s.peer_stats(PEER, now).unwrap().discarded, 40 - 16);
     // Other peers are unaffected.
     s.handle_frame(
         ServerToClient::Deliver {
@@ -918,7 +929,7 @@ fn reliable_ordered_is_in_order_per_channel_and_a_gap_in_one_channel_does_not_ho
     carry_all(ME, vec![a3, b1, a2.clone(), b2], &mut b, now);
     let on = |t, channel| got(t, Delivery::ReliableOrdered, channel, Path::Relay);
     assert_eq!(received(&mut b), [on("b1", 1), on("b2", 1)]);
-    assert_eq!(b.held_bytes(ME), 4);
+    assert_eq!(b.held_bytes(ME), 4 + 2 * HELD_ENTRY_COST);
     carry(ME, a1, &mut b, now).unwrap();
     assert_eq!(received(&mut b), [on("a1", 0), on("a2", 0), on("a3", 0)]);
     assert_eq!(b.held_bytes(ME), 0);
@@ -2013,29 +2024,71 @@ fn an_unreliable_payload_over_the_datagram_size_is_refused_without_using_a_numbe
 // ---- the receive window -----------------------------------------------------------------
 
 #[test]
-fn a_relayed_message_beyond_the_window_is_discarded_and_counted_but_direct_it_is_an_error() {
+fn a_relayed_message_beyond_the_window_gets_its_sender_ignored_but_direct_it_is_an_error() {
     let now = Instant::now();
     let mut s = session_in_group(now);
-    let deliver = |lane, seq| ServerToClient::Deliver {
-        from: PEER,
+    let deliver = |from, lane, seq| ServerToClient::Deliver {
+        from,
         group: None,
         lane,
         seq,
         payload: Bytes::from_static(b"far"),
     };
-    let discarded = |s: &Session| s.peer_stats(PEER, now).unwrap().discarded;
-    s.handle_frame(deliver(CH0, WINDOW + 1), now).unwrap();
-    assert_eq!(discarded(&s), 1);
-    s.handle_frame(deliver(Lane::Unordered, 10 * WINDOW), now)
-        .unwrap();
-    assert_eq!(discarded(&s), 2);
-    // The last number within the window is held, not discarded.
-    s.handle_frame(deliver(CH0, WINDOW), now).unwrap();
-    assert_eq!(discarded(&s), 2);
+    let discarded = |s: &Session, peer| s.peer_stats(peer, now).unwrap().discarded;
+    // The last number within the window is held.
+    s.handle_frame(deliver(PEER, CH0, WINDOW), now).unwrap();
+    assert_eq!(discarded(&s, PEER), 0);
+    assert_eq!(s.held_bytes(PEER), 3 + HELD_ENTRY_COST);
+    s.handle_frame(deliver(PEER, CH0, WINDOW + 1), now).unwrap();
+    assert_eq!(discarded(&s, PEER), 1);
+    assert_eq!(
+        events(&mut s),
+        [ClientEvent::PeerIgnored {
+            peer: PEER,
+            fault: PeerFault::BeyondWindow { seq: WINDOW + 1 },
+        }]
+    );
+    assert_eq!(s.held_bytes(PEER), 0, "what PEER held is dropped");
+    // From now on everything from PEER is discarded, even what would be due...
+    s.handle_frame(deliver(PEER, CH1, 1), now).unwrap();
+    s.handle_datagram(
+        ServerDatagram::Deliver {
+            from: PEER,
+            group: None,
+            lane: DatagramLane::Plain,
+            seq: 0,
+            payload: Bytes::from_static(b"d"),
+        },
+        now,
+    );
     assert!(events(&mut s).is_empty());
-    assert_eq!(s.held_bytes(PEER), 3);
-    // The connection goes on: the next message due is delivered.
-    s.handle_frame(deliver(CH1, 1), now).unwrap();
+    assert_eq!(discarded(&s, PEER), 3);
+    // ...while the connection goes on for everyone else.
+    s.handle_frame(deliver(OTHER, Lane::Unordered, 10 * WINDOW), now)
+        .unwrap();
+    assert!(matches!(
+        events(&mut s).as_slice(),
+        [ClientEvent::PeerIgnored { peer, .. }] if *peer == OTHER
+    ));
+    // A new pair with PEER starts afresh.
+    s.handle_frame(
+        ServerToClient::PeerDown {
+            peer: PEER,
+            pair: PAIR,
+        },
+        now,
+    )
+    .unwrap();
+    s.handle_frame(
+        ServerToClient::PeerUp {
+            peer: PEER,
+            pair: PairId::from_raw(1 << 32 | 3),
+            info: info(2),
+        },
+        now,
+    )
+    .unwrap();
+    s.handle_frame(deliver(PEER, CH0, 1), now).unwrap();
     assert_eq!(events(&mut s).len(), 1);
 
     s.set_direct(PEER, ms(3), now);
@@ -2054,11 +2107,130 @@ fn a_relayed_message_beyond_the_window_is_discarded_and_counted_but_direct_it_is
         .handle_peer_frame(PEER, data(Lane::Unordered, 10 * WINDOW), now)
         .is_err());
     assert_eq!(
-        discarded(&s),
-        2,
+        discarded(&s, PEER),
+        0,
         "direct violations are errors, not discards"
     );
     assert!(events(&mut s).is_empty());
+}
+
+/// Issue 12, finding 2: early arrivals were bounded by payload bytes only, so a peer
+/// sending empty messages numbered 2, 3, ... (1 never sent) made this client hold every
+/// one of them (2 M such messages, 38 MiB sent, grew it by 340 MiB; with 256 channels and
+/// the default window of 2^20 numbers each, tens of GiB). Each held message now costs
+/// [`HELD_ENTRY_COST`] bytes and their number is bounded per peer, across channels.
+#[test]
+fn empty_relayed_messages_ahead_of_a_gap_are_bounded_in_count_and_the_peer_ignored() {
+    let now = Instant::now();
+    let mut s = Session::new(ME, Bytes::new(), MAX_FRAME_LEN, 1 << 20, NO_PINGS, now);
+    for frame in [
+        ServerToClient::PeerUp {
+            peer: PEER,
+            pair: PAIR,
+            info: info(2),
+        },
+        ServerToClient::PeerUp {
+            peer: OTHER,
+            pair: PAIR2,
+            info: info(3),
+        },
+        joined(PEER, 3),
+        joined(OTHER, 3),
+        joined(ME, 3),
+    ] {
+        s.handle_frame(frame, now).unwrap();
+    }
+    drain(&mut s);
+    let mut max_held = 0;
+    let sent = 2 * MAX_HELD_ARRIVALS as u64;
+    // Spread over every channel, each far within the window: only a per-peer count
+    // catches it.
+    for i in 0..sent {
+        s.handle_frame(
+            ServerToClient::Deliver {
+                from: PEER,
+                group: None,
+                lane: Lane::Ordered {
+                    channel: (i % 256) as u8,
+                },
+                seq: 2 + i / 256,
+                payload: Bytes::new(),
+            },
+            now,
+        )
+        .unwrap();
+        max_held = max_held.max(s.peers[&PEER].receiving.held());
+    }
+    assert!(max_held <= MAX_HELD_ARRIVALS, "{max_held} messages held");
+    assert!(s.held_bytes(PEER) == 0, "dropped once the peer is ignored");
+    let ignored = events(&mut s);
+    assert!(
+        matches!(
+            ignored.as_slice(),
+            [ClientEvent::PeerIgnored {
+                peer,
+                fault: PeerFault::TooManyEarlyArrivals { held, .. },
+            }] if *peer == PEER && *held == MAX_HELD_ARRIVALS
+        ),
+        "{ignored:?}"
+    );
+    let stats = s.peer_stats(PEER, now).unwrap();
+    assert_eq!(stats.discarded, sent - MAX_HELD_ARRIVALS as u64);
+    // Another peer is unaffected.
+    s.handle_frame(
+        ServerToClient::Deliver {
+            from: OTHER,
+            group: None,
+            lane: CH0,
+            seq: 1,
+            payload: Bytes::from_static(b"fine"),
+        },
+        now,
+    )
+    .unwrap();
+    assert_eq!(events(&mut s).len(), 1);
+}
+
+/// The direct half of finding 2: the driver stops reading a direct path once more than
+/// [`MAX_HELD_BYTES`] are held, and empty messages used to count 0 bytes, so it never
+/// stopped. Now each is charged its entry, and the pause comes after at most
+/// `MAX_HELD_BYTES / HELD_ENTRY_COST` of them.
+#[test]
+fn empty_direct_messages_ahead_of_a_gap_count_towards_the_direct_pause() {
+    let now = Instant::now();
+    let mut s = Session::new(ME, Bytes::new(), MAX_FRAME_LEN, 1 << 20, NO_PINGS, now);
+    for frame in [
+        ServerToClient::PeerUp {
+            peer: PEER,
+            pair: PAIR,
+            info: info(2),
+        },
+        joined(PEER, 2),
+        joined(ME, 2),
+    ] {
+        s.handle_frame(frame, now).unwrap();
+    }
+    assert!(s.set_direct(PEER, ms(3), now));
+    drain(&mut s);
+    let mut read = 0u64;
+    while s.held_bytes(PEER) <= MAX_HELD_BYTES {
+        read += 1;
+        assert!(read <= 1 << 20, "the direct reader would never pause");
+        s.handle_peer_frame(
+            PEER,
+            PeerToPeer::Data {
+                group: None,
+                memberships: None,
+                lane: CH0,
+                seq: 1 + read,
+                payload: Bytes::new(),
+            },
+            now,
+        )
+        .unwrap();
+    }
+    assert_eq!(read as usize, MAX_HELD_BYTES / HELD_ENTRY_COST + 1);
+    assert!((read as usize) < MAX_HELD_ARRIVALS);
 }
 
 #[test]
@@ -2202,13 +2374,14 @@ fn a_direct_message_to_a_group_is_delivered_only_under_the_memberships_it_was_se
     s.handle_peer_frame(PEER, data_frame(Some((1, 1)), 1, "in"), now)
         .unwrap();
     // The peer left G, as this client was told: a direct message it sent under that
-    // membership before it knew crosses the notice and is dropped; one to no group is not.
+    // membership before it knew crosses the notice and is dropped; one to no group waits
+    // for a notice that makes the two share a group again (the relay rule).
     s.handle_frame(left(PEER, 2), now).unwrap();
     s.handle_peer_frame(PEER, data_frame(Some((1, 1)), 2, "late"), now)
         .unwrap();
     s.handle_peer_frame(PEER, data_frame(None, 3, "no group"), now)
         .unwrap();
-    assert_eq!(delivered(&mut s), ["in", "no group"]);
+    assert_eq!(delivered(&mut s), ["in"]);
     assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 1);
 
     // Back in G under membership 4; then this client leaves: nothing addressed to G
@@ -2219,7 +2392,7 @@ fn a_direct_message_to_a_group_is_delivered_only_under_the_memberships_it_was_se
     s.handle_frame(left(ME, 2), now).unwrap();
     s.handle_peer_frame(PEER, data_frame(Some((4, 1)), 5, "after"), now)
         .unwrap();
-    assert_eq!(delivered(&mut s), ["again"]);
+    assert_eq!(delivered(&mut s), ["no group", "again"]);
     assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 2);
 }
 
@@ -2391,4 +2564,322 @@ fn messages_waiting_for_a_notice_stay_within_the_held_bytes_budget() {
     // Past the wait the made-up membership's message is dropped and nothing stays held.
     s.handle_timeout(now + MEMBERSHIP_WAIT);
     assert_eq!(s.held_bytes(PEER), 0);
+}
+
+// ---- the direct window (issue 12, finding 9) ----------------------------------------------
+
+/// Issue 12, finding 9: reliable messages sent direct are kept until the peer acks them,
+/// and nothing bounded that, so a direct peer that read everything but never acked made
+/// the sender keep all of it (200,000 messages, 48 MiB), then send it all through the
+/// relay at once when the path died. Now the window is bounded (sends wait while it is
+/// full, `direct_window_full`), and a peer that leaves its oldest message unacked for the
+/// ack timeout loses its direct path: what it did not ack (at most a window) goes through
+/// the relay, and so does everything after.
+#[test]
+fn a_direct_peer_that_never_acks_fills_a_bounded_window_then_loses_its_direct_path() {
+    let now = Instant::now();
+    let (mut a, _b) = two_direct_sessions(now);
+    let window = DirectWindow::default();
+    let mut sent = 0;
+    while !a.direct_window_full(PEER) {
+        sent += 1;
+        assert!(sent <= 200_000, "the window never fills");
+        let upload = only(send(&mut a, PEER, "x", Delivery::ReliableOrdered));
+        assert!(matches!(upload, Upload::Peer { .. }), "{upload:?}");
+    }
+    assert_eq!(sent, window.messages);
+    assert_eq!(a.peer_stats(PEER, now).unwrap().unacked, window.messages);
+    drain(&mut a);
+    // The driver looks at the oldest unacked message; the peer stays silent.
+    a.handle_timeout(now);
+    assert!(a.poll_timeout() <= now + window.ack_timeout);
+    a.handle_timeout(now + window.ack_timeout - ms(1));
+    assert!(a.poll_stalled_link().is_none());
+    assert_eq!(a.path_of(PEER), Some(PairPath::Direct));
+    drain(&mut a);
+    a.handle_timeout(now + window.ack_timeout);
+    assert_eq!(a.poll_stalled_link(), Some(PEER), "the driver closes it");
+    assert_eq!(a.path_of(PEER), Some(PairPath::Relay));
+    assert!(a.take_window_moved(), "waiting sends are woken");
+    let resent = uploads(&mut a)
+        .iter()
+        .filter(|u| matches!(u, Upload::Relay { .. }))
+        .count();
+    assert_eq!(
+        resent, window.messages,
+        "at most a window goes to the relay"
+    );
+    assert!(events(&mut a).iter().any(|e| matches!(
+        e,
+        ClientEvent::PathChanged {
+            path: PairPath::Relay,
+            reason: PathReason::DirectTimedOut,
+            ..
+        }
+    )));
+    // Sends go on through the relay, which keeps nothing.
+    assert!(!a.direct_window_full(PEER));
+    let upload = only(send(&mut a, PEER, "y", Delivery::ReliableOrdered));
+    assert!(matches!(upload, Upload::Relay { .. }));
+    assert_eq!(a.peer_stats(PEER, now).unwrap().unacked, 0);
+}
+
+#[test]
+fn the_direct_window_counts_bytes_too_and_acks_make_room() {
+    let now = Instant::now();
+    let (mut a, _b) = two_direct_sessions(now);
+    let window = DirectWindow::default();
+    let big = Bytes::from(vec![7u8; 64 << 10]);
+    let mut sent = 0;
+    while !a.direct_window_full(PEER) {
+        sent += 1;
+        assert!(sent <= 1_000, "the window never fills");
+        a.plan_send(
+            &Target::Host(PEER),
+            big.clone(),
+            Delivery::ReliableOrdered.into(),
+            MAX_DATAGRAM,
+        )
+        .unwrap();
+    }
+    assert_eq!(sent, window.bytes / big.len());
+    assert!(!a.take_window_moved());
+    // The peer acks the first half (frames 1.. in the order they went out).
+    a.handle_direct_ack(PEER, sent as u64 / 2, |n| Some((1..=n as u64).collect()))
+        .unwrap();
+    assert!(a.take_window_moved());
+    assert!(!a.direct_window_full(PEER));
+    assert_eq!(a.peer_stats(PEER, now).unwrap().unacked, sent / 2);
+}
+
+/// A peer that acks keeps its direct path however long the sender keeps it busy: the
+/// timeout is on the oldest unacked message, not on the window being in use.
+#[test]
+fn a_direct_peer_that_acks_keeps_its_direct_path() {
+    let now = Instant::now();
+    let (mut a, _b) = two_direct_sessions(now);
+    let timeout = DirectWindow::default().ack_timeout;
+    let (mut sent, mut acked) = (0u64, 0u64);
+    for step in 0..10u32 {
+        for _ in 0..10 {
+            send(&mut a, PEER, "x", Delivery::ReliableOrdered);
+        }
+        sent += 10;
+        a.handle_timeout(now + timeout * step / 2);
+        // Everything but the last 5 is acked within half the timeout.
+        let upto = sent - 5;
+        a.handle_direct_ack(PEER, upto, |n| {
+            assert_eq!(n as u64, upto - acked);
+            Some((acked + 1..=upto).collect())
+        })
+        .unwrap();
+        acked = upto;
+        assert!(a.poll_stalled_link().is_none(), "step {step}");
+        assert_eq!(a.path_of(PEER), Some(PairPath::Direct));
+    }
+}
+
+// ---- the relay rule on the direct path (issue 12, finding 5) -------------------------------
+
+/// Issue 12, finding 5: the server relays only between hosts that share a group (and, for
+/// a message to a group, only between its members), but a direct message passes no
+/// server, and the receiver let through any direct message that named no group: a peer
+/// kept messaging a client it no longer shared a group with while their pair lingered.
+/// Now a direct message is delivered only while the receiver knows the two share a group
+/// (for one to a group, that both are members of it, under the memberships it names);
+/// one that does not is held for the notice that would make it so, and dropped and
+/// counted once [`MEMBERSHIP_WAIT`] passes without it.
+#[test]
+fn direct_messages_from_a_peer_that_shares_no_group_are_dropped_and_counted() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    assert!(s.set_direct(PEER, ms(3), now));
+    // PEER leaves G, the only group the two shared; the pair lingers, and so does the
+    // direct connection.
+    s.handle_frame(left(PEER, 2), now).unwrap();
+    drain(&mut s);
+    assert_eq!(s.path_of(PEER), Some(PairPath::Direct));
+    let ghost = GroupId::from_raw(1 << 32 | 9);
+    let frames = [
+        // To this client alone.
+        data_frame(None, 1, "to me"),
+        // To G, which PEER left, under its old membership.
+        data_frame(Some((1, 1)), 2, "to G"),
+        // To a group that does not exist, under made-up memberships.
+        PeerToPeer::Data {
+            group: Some(ghost),
+            memberships: Some(Memberships {
+                sender: 1,
+                receiver: 1,
+            }),
+            lane: CH0,
+            seq: 3,
+            payload: text("to a ghost"),
+        },
+        // To a group, naming no memberships.
+        PeerToPeer::Data {
+            group: Some(ghost),
+            memberships: None,
+            lane: CH0,
+            seq: 4,
+            payload: text("no memberships"),
+        },
+    ];
+    for frame in frames {
+        s.handle_peer_frame(PEER, frame, now).unwrap();
+    }
+    s.handle_peer_datagram(
+        PEER,
+        ServerDatagram::Deliver {
+            from: PEER,
+            group: None,
+            lane: DatagramLane::Plain,
+            seq: 0,
+            payload: text("datagram"),
+        },
+        now,
+    );
+    assert!(delivered(&mut s).is_empty());
+    s.handle_timeout(now + MEMBERSHIP_WAIT);
+    assert!(delivered(&mut s).is_empty());
+    assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 5);
+    assert_eq!(s.held_bytes(PEER), 0);
+    // OTHER still shares G: its direct messages to this client go through.
+    assert!(s.set_direct(OTHER, ms(3), now));
+    s.handle_peer_frame(OTHER, data_frame(None, 1, "from other"), now)
+        .unwrap();
+    assert_eq!(delivered(&mut s), ["from other"]);
+}
+
+/// The other side of the rule: a direct message to this client that outruns the join
+/// notice making the two share a group waits for it, as one to a group does.
+#[test]
+fn a_direct_message_to_this_client_that_outruns_the_shared_join_waits_for_it() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    assert!(s.set_direct(PEER, ms(3), now));
+    s.handle_frame(left(PEER, 2), now).unwrap();
+    drain(&mut s);
+    s.handle_peer_frame(PEER, data_frame(None, 1, "hi again"), now)
+        .unwrap();
+    assert!(delivered(&mut s).is_empty(), "held, not lost");
+    s.handle_frame(joined_as(PEER, 3, 2), now + ms(500))
+        .unwrap();
+    assert_eq!(delivered(&mut s), ["hi again"]);
+    assert_eq!(s.peer_stats(PEER, now).unwrap().not_member_dropped, 0);
+}
+
+/// The server refuses an upload naming more than `MAX_RELAY_DESTS` destinations (issue
+/// 12, finding 3), so a send to a bigger group is split into uploads within it.
+#[test]
+fn a_send_to_a_group_larger_than_the_destination_limit_is_split() {
+    let now = Instant::now();
+    let mut s = session(ME, NO_PINGS, now);
+    let members = MAX_RELAY_DESTS as u64 + 10;
+    let mut notices = vec![Notice::MemberJoined {
+        group: G,
+        member: ME,
+        membership: 1,
+        member_count: 1,
+        join_message: Bytes::new(),
+        member_data: Bytes::new(),
+        group_data: None,
+    }];
+    for n in 0..members {
+        let peer = HostId::from_raw(1 << 32 | (100 + n));
+        s.handle_frame(
+            ServerToClient::PeerUp {
+                peer,
+                pair: PairId::from_raw(1 << 32 | (100 + n)),
+                info: info(9),
+            },
+            now,
+        )
+        .unwrap();
+        notices.push(Notice::MemberJoined {
+            group: G,
+            member: peer,
+            membership: 1,
+            member_count: 2,
+            join_message: Bytes::new(),
+            member_data: Bytes::new(),
+            group_data: None,
+        });
+    }
+    s.handle_frame(ServerToClient::Notices(notices), now)
+        .unwrap();
+    drain(&mut s);
+    let uploads = s
+        .plan_send(
+            &Target::Group(G),
+            text("hi"),
+            Delivery::ReliableOrdered.into(),
+            MAX_DATAGRAM,
+        )
+        .unwrap();
+    let sizes: Vec<usize> = uploads
+        .iter()
+        .map(|u| match u {
+            Upload::Relay {
+                frame: ClientToServer::Relay { dests, .. },
+                ..
+            } => dests.len(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(sizes, [MAX_RELAY_DESTS, 10]);
+}
+
+#[test]
+fn one_refusal_frame_for_many_destinations_reports_each() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    s.handle_frame(
+        ServerToClient::RefusedMany {
+            group: Some(G),
+            refused: vec![
+                (PAIR2, RefuseReason::DestNotInGroup),
+                (PairId::from_raw(7 << 32 | 7), RefuseReason::UnknownPair),
+            ],
+        },
+        now,
+    )
+    .unwrap();
+    assert_eq!(
+        events(&mut s),
+        [
+            ClientEvent::SendFailed {
+                to: OTHER,
+                group: Some(G),
+                reason: RefuseReason::DestNotInGroup,
+            },
+            ClientEvent::SendFailed {
+                to: HostId::SERVER,
+                group: Some(G),
+                reason: RefuseReason::UnknownPair,
+            },
+        ]
+    );
+}
+
+/// A peer that acks a trickle (one message just before each would time out) still loses
+/// its direct path: the timeout runs from each message's send, not from the last ack, so
+/// such a peer cannot keep a full window (and the sends that wait on it) crawling.
+#[test]
+fn a_direct_peer_that_acks_a_trickle_still_loses_its_direct_path() {
+    let now = Instant::now();
+    let (mut a, _b) = two_direct_sessions(now);
+    let timeout = DirectWindow::default().ack_timeout;
+    for _ in 0..100 {
+        send(&mut a, PEER, "x", Delivery::ReliableOrdered);
+    }
+    a.handle_timeout(now);
+    // One ack of one message just before the first would time out.
+    a.handle_direct_ack(PEER, 1, |n| Some((1..=n as u64).collect()))
+        .unwrap();
+    a.handle_timeout(now + timeout - ms(1));
+    assert!(a.poll_stalled_link().is_none());
+    a.handle_timeout(now + timeout);
+    assert_eq!(a.poll_stalled_link(), Some(PEER));
+    assert_eq!(a.path_of(PEER), Some(PairPath::Relay));
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use peergroup_protocol::budget::TokenBucket;
 use peergroup_protocol::{
     DatagramLane, Delivery, GroupId, HostId, Lane, PairId, Priority, RefuseReason, RelayDest,
-    ServerDatagram, ServerToClient,
+    ServerDatagram, ServerToClient, MAX_RELAY_DESTS,
 };
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,10 @@ impl Registry {
     ///
     /// The rule: with a `group`, sender and destination must both be members of it;
     /// without one, they must share at least one group.
+    ///
+    /// An upload naming more than [`MAX_RELAY_DESTS`] destinations is refused whole, with
+    /// one [`RefuseReason::TooManyDestinations`]; the refusals of one upload go back in one
+    /// frame ([`Registry::refuse_many`]), so a sender gets back at most about what it sent.
     #[allow(clippy::too_many_arguments)] // one per field of the upload
     pub fn handle_relay(
         &mut self,
@@ -74,6 +78,9 @@ impl Registry {
         payload: Bytes,
         now: Instant,
     ) {
+        if dests.len() > MAX_RELAY_DESTS {
+            return self.refuse(from, None, group, RefuseReason::TooManyDestinations);
+        }
         if to_server {
             self.relay_to_server(
                 from,
@@ -84,6 +91,7 @@ impl Registry {
             );
         }
         let mut seen = DestinationSet::default();
+        let mut refused = Vec::new();
         for dest in dests {
             // One copy per pair and upload: a client cannot turn one upload into thousands
             // of deliveries to one victim by repeating its pair.
@@ -127,10 +135,11 @@ impl Registry {
                             latest: None,
                         });
                     }
-                    self.refuse(from, Some(dest.pair), group, reason);
+                    refused.push((dest.pair, reason));
                 }
             }
         }
+        self.refuse_many(from, group, refused);
     }
 
     /// Relays an unreliable message from `from` under the same rule as
@@ -151,6 +160,12 @@ impl Registry {
         payload: Bytes,
         now: Instant,
     ) {
+        if dests.len() > MAX_RELAY_DESTS {
+            if !lane.is_probe() {
+                self.refuse(from, None, group, RefuseReason::TooManyDestinations);
+            }
+            return;
+        }
         if to_server && !lane.is_probe() {
             if let DatagramLane::Sequenced { channel } = lane {
                 let newest = self
@@ -191,6 +206,7 @@ impl Registry {
         }
         let mut recipients = Vec::with_capacity(dests.len());
         let mut seen = DestinationSet::default();
+        let mut refused = Vec::new();
         for dest in dests {
             if dests.len() > 1 && !seen.insert(dest.pair) {
                 self.counters.relay_refused += 1;
@@ -198,10 +214,11 @@ impl Registry {
             }
             match self.relay_verdict(from, group, dest.pair) {
                 Ok(to) => recipients.push((to, dest.pair, dest.seq)),
-                Err((reason, _)) if !probe => self.refuse(from, Some(dest.pair), group, reason),
+                Err((reason, _)) if !probe => refused.push((dest.pair, reason)),
                 Err(_) => {}
             }
         }
+        self.refuse_many(from, group, refused);
         if recipients.is_empty() {
             return;
         }
@@ -289,6 +306,28 @@ impl Registry {
                 reason,
             },
         );
+    }
+
+    /// Reports to `sender` every destination of one upload that was refused, in one
+    /// frame ([`ServerToClient::Refused`] for one, [`ServerToClient::RefusedMany`] for
+    /// more), and counts each.
+    pub fn refuse_many(
+        &mut self,
+        sender: HostId,
+        group: Option<GroupId>,
+        mut refused: Vec<(PairId, RefuseReason)>,
+    ) {
+        match refused.len() {
+            0 => {}
+            1 => {
+                let (pair, reason) = refused.remove(0);
+                self.refuse(sender, Some(pair), group, reason);
+            }
+            n => {
+                self.counters.relay_refused += n as u64;
+                self.send(sender, ServerToClient::RefusedMany { group, refused });
+            }
+        }
     }
 
     /// Counts one delivered message of `bytes` for `pair`; the first one between the two
