@@ -402,6 +402,70 @@ async fn a_receiver_that_stops_reading_is_dropped_while_one_that_reads_keeps_up(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_reads_a_little_now_and_then_is_still_a_slow_consumer() {
+    // B reads for 100 ms every 800 ms, so each time A waits for B's queue it drains
+    // within the 1 s slow-consumer timeout; but B's queue is over its soft limit nearly
+    // all the time. The allowance is counted across those waits, so B is dropped (it
+    // used to keep A, and whoever else A sends to, waiting for ever).
+    let (server, mut server_events) = start_server_with(
+        |c| {
+            c.limits.client_queue_bytes = 256 * 1024;
+            c.limits.max_message_len = 64 * 1024;
+            c.timeouts.slow_consumer = Duration::from_secs(1);
+        },
+        Default::default(),
+    )
+    .await;
+    let (a, mut a_events, a_id) = connect(&server, "a").await;
+    let (_b, mut b_events, b_id) = connect_with(&server, "b", |c| c.limits.event_queue = 4).await;
+    server
+        .create_group(&[a_id, b_id], relay_only(), "")
+        .unwrap();
+    next_client_events(&mut a_events, 2).await;
+    next_client_events(&mut b_events, 2).await;
+
+    let payload = Bytes::from(vec![7u8; 32 * 1024]);
+    let sender = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            // Bounded: 64 MiB at most, far more than B takes in before it is dropped.
+            for _ in 0..2_048 {
+                if a.send(
+                    Target::Host(b_id),
+                    payload.clone(),
+                    Delivery::ReliableOrdered,
+                )
+                .await
+                .is_err()
+                {
+                    break;
+                }
+            }
+        })
+    };
+    let hovering = tokio::spawn(async move {
+        // At most 30 s of hovering (the test's wait below ends first): 700 ms asleep, then
+        // 100 ms reading whatever arrives.
+        for _ in 0..38 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let reading = async {
+                while b_events.next().await.is_some() {}
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(100), reading).await;
+        }
+    });
+    let reason = wait_server(&mut server_events, |e| match e {
+        ServerEvent::ClientDisconnected { host, reason } if *host == b_id => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, DisconnectReason::SlowConsumer);
+    hovering.abort();
+    sender.abort();
+    assert_eq!(server.stats().clients, 1, "A is still connected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_delivers_everything_already_sent_first() {
     let (server, mut server_events) = start_server().await;
     let (a, mut a_events, a_id) = connect(&server, "a").await;

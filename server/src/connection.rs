@@ -209,7 +209,11 @@ async fn accept(
         .limits
         .client_queue_bytes
         .max(shared.limits.max_frame_len() as usize + LENGTH_PREFIX_LEN);
-    let (outbound, queued) = OutboundQueue::new(soft_limit);
+    let (outbound, queued) = OutboundQueue::new(
+        soft_limit,
+        shared.limits.max_frame_len() as usize + LENGTH_PREFIX_LEN,
+        shared.slow_consumer,
+    );
     let registered_close_reason = close_reason.clone();
     let link = Link {
         connection: connection.clone(),

@@ -40,6 +40,7 @@
 
 mod app_events;
 mod auth;
+mod backlog;
 mod config;
 mod connection;
 mod drain;

@@ -8,17 +8,24 @@
 //!
 //! A push that takes the queue past its soft limit tells the caller, which (outside the
 //! lock) waits for the queue to drain: the client whose message is being relayed is paused,
-//! like a TCP sender, instead of the receiver being dropped for a burst. A receiver that
-//! stays backlogged past the slow-consumer timeout, or whose queue passes the hard limit
-//! (twice the soft one), is disconnected, so memory stays bounded whatever a client does.
+//! like a TCP sender, instead of the receiver being dropped for a burst. A receiver is
+//! disconnected as a slow consumer once its time over the soft limit, counted across
+//! bursts, uses up its allowance ([`crate::backlog`]: the slow-consumer timeout at once, a
+//! fifth of the time in the long run), or once its queue passes the hard limit. Each
+//! sender pauses after one push over the soft limit, so the hard limit is the soft limit
+//! plus the larger of the soft limit and two maximal frames per sender that pushed past
+//! it: eight members sending 1 MiB at once to a receiver near its limit no longer get it
+//! kicked, and memory stays bounded whatever a client does.
 //!
 //! [`Delivery::Latest`]: peergroup_protocol::Delivery::Latest
 
+use crate::backlog::BacklogAllowance;
 use bytes::{Bytes, BytesMut};
 use peergroup_protocol::schedule::{Pushed, SendQueue};
 use peergroup_protocol::{DeliverFrame, FrameError, HostId, Priority};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// One frame waiting in a client's queue.
@@ -62,12 +69,27 @@ struct QueueState {
     /// Bytes queued plus bytes taken by the writer and not yet written.
     bytes: AtomicUsize,
     soft_limit: usize,
+    /// The largest frame, bytes: what one sender may push past the soft limit before it
+    /// pauses (twice, for the frames of one read).
+    max_frame: usize,
+    /// Senders whose messages went in past the soft limit since it was last under it.
+    over_senders: Mutex<Vec<HostId>>,
+    /// Time over the soft limit, counted across bursts.
+    backlog: Mutex<BacklogAllowance>,
     /// Set once the writer is gone; pushes are dropped from then on.
     closed: AtomicBool,
     /// Wakes the writer.
     ready: Notify,
     /// Wakes producers waiting for the queue to drain.
     drained: Notify,
+}
+
+/// Locks `mutex`, whatever a panicking holder left (the data stays consistent: each
+/// critical section is one update).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl QueueState {
@@ -112,12 +134,21 @@ pub(crate) struct OutboundReceiver {
 }
 
 impl OutboundQueue {
-    /// A queue with a soft limit of `soft_limit` bytes (the hard limit is twice that).
-    pub fn new(soft_limit: usize) -> (Self, OutboundReceiver) {
+    /// A queue with a soft limit of `soft_limit` bytes for frames of at most `max_frame`
+    /// bytes, whose receiver may stay over the soft limit for `slow_consumer` at once (see
+    /// the [module docs](self) for the hard limit).
+    pub fn new(
+        soft_limit: usize,
+        max_frame: usize,
+        slow_consumer: Duration,
+    ) -> (Self, OutboundReceiver) {
         let state = Arc::new(QueueState {
             queue: Mutex::new(SendQueue::new()),
             bytes: AtomicUsize::new(0),
             soft_limit,
+            max_frame,
+            over_senders: Mutex::new(Vec::new()),
+            backlog: Mutex::new(BacklogAllowance::new(slow_consumer, Instant::now())),
             closed: AtomicBool::new(false),
             ready: Notify::new(),
             drained: Notify::new(),
@@ -139,6 +170,7 @@ impl OutboundQueue {
                 0
             },
             len,
+            None,
         )
     }
 
@@ -158,6 +190,7 @@ impl OutboundQueue {
                 Pushed::Replaced { old_len } => old_len,
             },
             len,
+            Some(from),
         )
     }
 
@@ -181,6 +214,7 @@ impl OutboundQueue {
                 0
             },
             len,
+            None,
         )
     }
 
@@ -188,6 +222,7 @@ impl OutboundQueue {
         &self,
         insert: impl FnOnce(&mut SendQueue<Outgoing>, usize) -> usize,
         len: usize,
+        sender: Option<HostId>,
     ) -> Fill {
         if self.state.closed.load(Ordering::Acquire) {
             // The writer is gone (connection closing): nothing is held.
@@ -205,13 +240,35 @@ impl OutboundQueue {
             now - replaced
         };
         self.state.ready.notify_one();
-        if queued > self.state.soft_limit.saturating_mul(2) {
-            Fill::Overflowing
-        } else if queued > self.state.soft_limit {
-            Fill::Backlogged
-        } else {
-            Fill::Fine
+        if queued <= self.state.soft_limit {
+            return Fill::Fine;
         }
+        let senders = {
+            let mut over = lock(&self.state.over_senders);
+            if let Some(sender) = sender {
+                if !over.contains(&sender) {
+                    over.push(sender);
+                }
+            }
+            over.len()
+        };
+        lock(&self.state.backlog).handle_over(Instant::now());
+        let overshoot = self.state.soft_limit.max(
+            senders
+                .saturating_mul(2)
+                .saturating_mul(self.state.max_frame),
+        );
+        if queued > self.state.soft_limit.saturating_add(overshoot) {
+            Fill::Overflowing
+        } else {
+            Fill::Backlogged
+        }
+    }
+
+    /// How much longer the receiver may stay over its soft limit: what a producer waits
+    /// for at most before it is disconnected as a slow consumer (zero: at once).
+    pub fn backlog_allowance(&self) -> Duration {
+        lock(&self.state.backlog).remaining(Instant::now())
     }
 
     /// Bytes queued now (including what the writer is writing).
@@ -268,6 +325,11 @@ impl OutboundReceiver {
     pub fn written(&self, bytes: usize) {
         let before = self.state.bytes.fetch_sub(bytes, Ordering::AcqRel);
         if before - bytes <= self.state.soft_limit {
+            if before > self.state.soft_limit {
+                // Back under: the stretch over the limit ends here.
+                lock(&self.state.over_senders).clear();
+                lock(&self.state.backlog).handle_under(Instant::now());
+            }
             self.state.drained.notify_waiters();
         }
     }
@@ -290,6 +352,7 @@ mod tests {
     use std::time::Duration;
 
     const SENDER: HostId = HostId::SERVER;
+    const SLOW: Duration = Duration::from_secs(3);
 
     fn encoded(frame: &'static [u8]) -> Outgoing {
         Outgoing::Encoded(Bytes::from_static(frame))
@@ -301,7 +364,7 @@ mod tests {
 
     #[tokio::test]
     async fn fills_past_the_soft_then_the_hard_limit_and_wakes_producers_when_drained() {
-        let (queue, mut rx) = OutboundQueue::new(10);
+        let (queue, mut rx) = OutboundQueue::new(10, 5, SLOW);
         assert_eq!(data(&queue, b"123456"), Fill::Fine);
         assert_eq!(data(&queue, b"12345"), Fill::Backlogged);
         assert_eq!(data(&queue, b"1234567890"), Fill::Overflowing);
@@ -324,7 +387,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_queue_releases_its_waiters_and_holds_nothing() {
-        let (queue, rx) = OutboundQueue::new(1);
+        let (queue, rx) = OutboundQueue::new(1, 1, SLOW);
         data(&queue, b"xx");
         drop(rx);
         tokio::time::timeout(Duration::from_secs(1), queue.drained())
@@ -335,7 +398,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_replaced_latest_message_costs_nothing_more() {
-        let (queue, mut rx) = OutboundQueue::new(1 << 20);
+        let (queue, mut rx) = OutboundQueue::new(1 << 20, 1 << 10, SLOW);
         let latest =
             |frame: &'static [u8]| queue.push_data(encoded(frame), Priority::High, SENDER, Some(7));
         for _ in 0..1000 {
@@ -352,7 +415,7 @@ mod tests {
 
     #[tokio::test]
     async fn notices_go_first_but_a_peer_down_waits_for_that_peers_messages() {
-        let (queue, mut rx) = OutboundQueue::new(1 << 20);
+        let (queue, mut rx) = OutboundQueue::new(1 << 20, 1 << 10, SLOW);
         let peer = HostId::from_raw(99);
         queue.push_data(encoded(b"m1"), Priority::Low, peer, None);
         queue.push_data(encoded(b"other"), Priority::Low, SENDER, None);
@@ -365,6 +428,57 @@ mod tests {
             .map(|f| encoded(f.as_bytes()))
             .to_vec();
         assert_eq!(frames, order);
+    }
+
+    #[test]
+    fn eight_senders_at_once_past_the_soft_limit_do_not_get_the_receiver_kicked() {
+        const MIB: usize = 1 << 20;
+        let max_frame = MIB + (64 << 10);
+        let (queue, _rx) = OutboundQueue::new(8 * MIB, max_frame, SLOW);
+        // A 1 MiB message's frame: the payload and its headers.
+        let message = || Outgoing::Encoded(Bytes::from(vec![0; MIB + 32]));
+        // The receiver is just under its soft limit.
+        let almost = Outgoing::Encoded(Bytes::from(vec![0; 8 * MIB - 1]));
+        queue.push_data(almost, Priority::Medium, HostId::from_raw(1), None);
+        // Eight members send 1 MiB each at once: each pauses after its push, and the
+        // receiver stays: the hard limit was twice the soft one (16 MiB), passed here.
+        for sender in 2..10 {
+            let fill = queue.push_data(message(), Priority::Medium, HostId::from_raw(sender), None);
+            assert_eq!(fill, Fill::Backlogged, "sender {sender}");
+        }
+        assert!(
+            queue.queued_bytes() > 2 * 8 * MIB,
+            "past what was the hard limit"
+        );
+        // One sender that keeps pushing (it should have paused) still meets a hard limit.
+        let mut fill = Fill::Backlogged;
+        for _ in 0..32 {
+            fill = queue.push_data(message(), Priority::Medium, HostId::from_raw(2), None);
+            if fill == Fill::Overflowing {
+                break;
+            }
+        }
+        assert_eq!(fill, Fill::Overflowing);
+    }
+
+    #[tokio::test]
+    async fn the_allowance_over_the_soft_limit_is_spent_across_bursts() {
+        let (queue, mut rx) = OutboundQueue::new(10, 5, Duration::from_millis(300));
+        assert_eq!(queue.backlog_allowance(), Duration::from_millis(300));
+        assert_eq!(data(&queue, b"123456789012"), Fill::Backlogged);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Back under for a moment: the time spent is not given back at once.
+        let mut frames = Vec::new();
+        rx.recv_many(&mut frames, 1, usize::MAX).await;
+        rx.written(frames[0].len());
+        assert!(queue.backlog_allowance() <= Duration::from_millis(150));
+        assert_eq!(data(&queue, b"123456789012"), Fill::Backlogged);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(
+            queue.backlog_allowance(),
+            Duration::ZERO,
+            "a slow consumer now"
+        );
     }
 }
 

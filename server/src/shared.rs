@@ -194,7 +194,11 @@ impl Shared {
             self.events.push_message(message).await;
         }
         for backlog in deferred.backlogged {
-            if tokio::time::timeout(self.slow_consumer, backlog.queue.drained())
+            // What is left of the receiver's allowance over its soft limit, counted across
+            // bursts (ARCHITECTURE.md, "Bounds"): a receiver that keeps dipping under the
+            // limit for a moment still runs out.
+            let allowance = backlog.queue.backlog_allowance();
+            if tokio::time::timeout(allowance, backlog.queue.drained())
                 .await
                 .is_err()
             {
