@@ -448,9 +448,7 @@ async fn a_receiver_that_reads_a_little_now_and_then_is_still_a_slow_consumer() 
         // 100 ms reading whatever arrives.
         for _ in 0..38 {
             tokio::time::sleep(Duration::from_millis(700)).await;
-            let reading = async {
-                while b_events.next().await.is_some() {}
-            };
+            let reading = async { while b_events.next().await.is_some() {} };
             let _ = tokio::time::timeout(Duration::from_millis(100), reading).await;
         }
     });

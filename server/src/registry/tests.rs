@@ -672,6 +672,48 @@ fn relay_delivers_within_a_shared_group_stamped_with_the_real_sender() {
 }
 
 #[test]
+fn a_relayed_payload_is_shared_by_every_receiver_not_copied() {
+    // Fan-out used to copy an upload into every receiver's queue (8 uploads of 1 MiB to
+    // 60 peers held 420 MiB); each receiver's frame now points at the one received buffer.
+    let mut w = World::new();
+    let (hosts, g, mut dests) = group_of(&mut w, 61);
+    for (seq, dest) in dests.iter_mut().enumerate() {
+        dest.seq = seq as u64 + 1;
+    }
+    let upload = Bytes::from(vec![9u8; 1 << 20]);
+    w.registry.handle_relay(
+        hosts[0],
+        Some(g),
+        false,
+        Lane::Ordered { channel: 0 },
+        Priority::Medium,
+        &dests,
+        upload.clone(),
+        w.now,
+    );
+    let payloads: Vec<Bytes> = w
+        .drain()
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::SendData {
+                message: S::Deliver { payload, .. },
+                ..
+            } => Some(payload),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(payloads.len(), 60);
+    for payload in &payloads {
+        assert_eq!(
+            payload.as_ptr(),
+            upload.as_ptr(),
+            "the same bytes, not a copy"
+        );
+        assert_eq!(payload.len(), upload.len());
+    }
+}
+
+#[test]
 fn relay_outside_a_shared_group_is_refused_counted_and_skipped_for_the_receiver() {
     let mut w = World::new();
     let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
