@@ -139,6 +139,8 @@ pub struct LimitsSettings {
     pub max_group_data_len: usize,
     /// Membership notices a client may leave unacknowledged. Default 65,536.
     pub max_unacked_notices: u64,
+    /// Bytes a logged-in client may send ahead of what the server has read. Default 1 MiB.
+    pub client_receive_window: u32,
 }
 
 impl Default for LimitsSettings {
@@ -153,6 +155,7 @@ impl Default for LimitsSettings {
             max_host_data_len: l.max_host_data_len,
             max_group_data_len: l.max_group_data_len,
             max_unacked_notices: l.max_unacked_notices,
+            client_receive_window: l.client_receive_window,
         }
     }
 }
@@ -168,6 +171,7 @@ impl From<LimitsSettings> for Limits {
             max_host_data_len: s.max_host_data_len,
             max_group_data_len: s.max_group_data_len,
             max_unacked_notices: s.max_unacked_notices,
+            client_receive_window: s.client_receive_window,
         }
     }
 }

@@ -258,6 +258,11 @@ fn encoded<T: serde::Serialize>(frame: &T, max_frame_len: u32) -> Option<Bytes> 
 /// UDP receive buffer asked of the kernel, bytes (capped by `net.core.rmem_max`).
 const SOCKET_BUFFER: usize = 1 << 20;
 
+/// What the server may have in flight to this client on its stream, and the unread
+/// datagrams kept from it, bytes: 2 MiB passes 40 MiB/s at 50 ms RTT, above what a game
+/// client takes in, and bounds what the server can make the client buffer in quinn.
+const SERVER_RECEIVE_WINDOW: u32 = 2 << 20;
+
 /// Closes the connections when the last handle goes.
 struct CloseOnDrop {
     connection: quinn::Connection,
@@ -452,15 +457,34 @@ impl Client {
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_idle_timeout(config.timeouts.idle.try_into().ok())
-            .keep_alive_interval(Some(config.timeouts.keepalive));
+            .keep_alive_interval(Some(config.timeouts.keepalive))
+            // The server never opens a stream: the client opens the one it uses.
+            .max_concurrent_bidi_streams(0u8.into())
+            .max_concurrent_uni_streams(0u8.into())
+            // What the server may send ahead of our reads on that stream: the reader takes
+            // it as it comes unless the application stops reading events, and then the
+            // server's own queue (and its slow-consumer limit) holds the rest. quinn's
+            // default is 1.25 MB per stream and no limit per connection.
+            .stream_receive_window(SERVER_RECEIVE_WINDOW.into())
+            .receive_window(SERVER_RECEIVE_WINDOW.into())
+            // Unread relayed datagrams kept; older ones are dropped first.
+            .datagram_receive_buffer_size(Some(SERVER_RECEIVE_WINDOW as usize));
         let transport = Arc::new(transport);
         let refused = RefusedCertificate::default();
         let client_config =
             server_client_config(&config.server_trust, &identity, transport, &refused)?;
+        let peer_window = config.direct.peer_receive_window;
         let mut peer_transport = quinn::TransportConfig::default();
         peer_transport
             .max_idle_timeout(config.direct.path_timeout.try_into().ok())
-            .keep_alive_interval(Some(config.direct.keepalive));
+            .keep_alive_interval(Some(config.direct.keepalive))
+            // A direct connection carries one stream, opened by the dialling side; quinn's
+            // default lets a peer open 100 + 100 streams of 1.25 MB each.
+            .max_concurrent_bidi_streams(1u8.into())
+            .max_concurrent_uni_streams(0u8.into())
+            .stream_receive_window(peer_window.into())
+            .receive_window(peer_window.into())
+            .datagram_receive_buffer_size(Some(peer_window as usize));
         let peer_transport = Arc::new(peer_transport);
         let expected_peers = Arc::new(ExpectedPeers::default());
         let peer_server =

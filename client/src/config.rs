@@ -131,6 +131,12 @@ pub struct DirectConfig {
     pub probe_max_interval: Duration,
     /// How long one attempt probes before it gives up. Default 5 s.
     pub punch_window: Duration,
+    /// Bytes one peer may send on its direct connection ahead of what this client has
+    /// read (the QUIC stream and connection receive windows; a direct connection carries
+    /// one stream), and the unread datagrams kept from it (older ones are dropped first):
+    /// what one peer can make this client buffer in quinn. A peer sends at most this per
+    /// round trip. Default 1 MiB.
+    pub peer_receive_window: u32,
 }
 
 impl Default for DirectConfig {
@@ -142,6 +148,7 @@ impl Default for DirectConfig {
             keepalive: Duration::from_secs(1),
             probe_max_interval: Duration::from_millis(500),
             punch_window: Duration::from_secs(5),
+            peer_receive_window: 1 << 20,
         }
     }
 }

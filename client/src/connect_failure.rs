@@ -53,6 +53,18 @@ impl LoginProgress<'_> {
             {
                 ConnectError::Handshake(close.to_string())
             }
+            // A server refuses at the first packet while too many connections are logging
+            // in (in all or from this address), or while it shuts down.
+            quinn::ConnectionError::ConnectionClosed(close)
+                if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+            {
+                ConnectError::Refused {
+                    code: CloseCode::ServerFull,
+                    reason: "the server refused the connection: it is busy (too many \
+                             connections logging in) or shutting down; try again later"
+                        .into(),
+                }
+            }
             quinn::ConnectionError::TimedOut if !self.quic_up => self.unreachable(),
             other => ConnectError::Lost(other.to_string()),
         }

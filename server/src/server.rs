@@ -95,9 +95,19 @@ pub struct ServerStats {
     pub handshake_failures: u64,
     /// Logins the auth hook rejected, since start.
     pub auth_rejections: u64,
-    /// Connections refused since start: at the client limit, while the application's
-    /// event backlog is full, or while draining.
+    /// Connections refused since start: at the client limit (in all, or
+    /// [`Admission::max_clients_per_source`](crate::Admission::max_clients_per_source)),
+    /// while the application's event backlog is full, or while draining.
     pub connections_refused: u64,
+    /// Connections refused at their first packet since start, before any state was kept
+    /// for them: too many in their handshake in all or from their source
+    /// ([`Admission::max_handshakes`](crate::Admission::max_handshakes),
+    /// [`Admission::max_handshakes_per_source`](crate::Admission::max_handshakes_per_source)).
+    pub admission_refusals: u64,
+    /// Connections asked to validate their address with a QUIC Retry since start (while
+    /// [`Admission::validate_above`](crate::Admission::validate_above) connections were in
+    /// their handshake).
+    pub address_validations: u64,
     /// Clients disconnected as slow consumers since start (see
     /// [`Limits::client_queue_bytes`](crate::Limits::client_queue_bytes)).
     pub slow_consumer_disconnects: u64,
@@ -150,6 +160,7 @@ impl Server {
         auth: AuthHook,
         shutdown: CancellationToken,
     ) -> Result<(Server, ServerEvents), StartError> {
+        let pre_login_window = crate::admission::pre_login_receive_window(&config.admission);
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_idle_timeout(Some(
@@ -161,10 +172,21 @@ impl Server {
             ))
             // Datagrams queued for a slow client: the oldest go first (RFC 9221 allows it).
             .datagram_send_buffer_size(256 << 10)
+            // Datagrams received and not yet read: the reader takes them as they come once
+            // the client is logged in (and drops them before), so this only fills while the
+            // relay waits on a backlogged receiver; older ones are dropped first. quinn's
+            // default is 1.25 MB per connection.
+            .datagram_receive_buffer_size(Some(256 << 10))
             // Clients use one bidirectional stream; quinn reserves state for every stream
             // it allows up front (about 8.5 KiB per client at its default of 100 + 100).
             .max_concurrent_bidi_streams(1u8.into())
-            .max_concurrent_uni_streams(0u8.into());
+            .max_concurrent_uni_streams(0u8.into())
+            // The one stream may carry a logged-in client's window...
+            .stream_receive_window(config.limits.client_receive_window.into())
+            // ...but the connection starts with room for one hello only (quinn's default
+            // is unlimited): a client that never finishes its hello holds at most this.
+            // The connection task raises it at login (`Connection::set_receive_window`).
+            .receive_window(pre_login_window.into());
         let quic = quic_server_config(&config.identity, transport)?;
         let mut endpoint_config = quinn::EndpointConfig::default();
         // Clients demultiplex punch probes by the QUIC fixed bit (ARCHITECTURE.md, "Hole
@@ -209,6 +231,7 @@ impl Server {
             config.timeouts.handshake,
             config.timeouts.slow_consumer,
             shutdown.clone(),
+            config.admission,
         ));
         let fingerprint = config.identity.fingerprint();
         tracing::info!(%local_addr, %fingerprint, "peergroup server listening");
@@ -412,6 +435,8 @@ impl Server {
             handshake_failures: driver.handshake_failures,
             auth_rejections: driver.auth_rejections,
             connections_refused: driver.connections_refused,
+            admission_refusals: driver.admission_refusals,
+            address_validations: driver.address_validations,
             slow_consumer_disconnects: driver.slow_consumer_disconnects,
             punch_attempts: counters.punch_attempts,
             punch_successes: counters.punch_successes,
@@ -433,7 +458,9 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, auth: AuthH
                     incoming.refuse();
                     continue;
                 }
-                tokio::spawn(crate::connection::serve(shared.clone(), incoming, auth.clone()));
+                if let Some(slot) = admit(&shared, incoming) {
+                    tokio::spawn(crate::connection::serve(shared.clone(), slot, auth.clone()));
+                }
             }
             _ = shared.shutdown.cancelled() => break,
         }
@@ -444,6 +471,41 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, auth: AuthH
     );
     // Give the close frames a moment to leave before the socket goes.
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// Applies the handshake caps (`admission.rs`) to a new connection: the connection and
+/// its counted slot if it may go on; otherwise it has been asked to validate its address
+/// or refused, and nothing is kept for it.
+fn admit(
+    shared: &Shared,
+    incoming: quinn::Incoming,
+) -> Option<(quinn::Incoming, crate::admission::HandshakeSlot)> {
+    use crate::admission::{lock, HandshakeSlot, Verdict};
+    let remote = incoming.remote_address();
+    let verdict =
+        lock(&shared.admission).handle_incoming(remote.ip(), incoming.remote_address_validated());
+    match verdict {
+        Verdict::Accept => Some((
+            incoming,
+            HandshakeSlot::new(shared.admission.clone(), remote.ip()),
+        )),
+        Verdict::Validate => {
+            shared.counters.address_validation();
+            tracing::debug!(%remote, "many handshakes in flight: asking for address validation");
+            if let Err(error) = incoming.retry() {
+                // Only a connection that already answered a Retry cannot get another,
+                // and those are validated.
+                error.into_incoming().refuse();
+            }
+            None
+        }
+        Verdict::Refuse(reason) => {
+            shared.counters.admission_refused();
+            tracing::debug!(%remote, %reason, "connection refused");
+            incoming.refuse();
+            None
+        }
+    }
 }
 
 /// Fires the registry's deadlines: join-ack timeouts and pair lingers.
