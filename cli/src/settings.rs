@@ -239,6 +239,10 @@ pub struct PunchSettings {
     pub max_attempts: u32,
     /// Wait before punching again after a direct path died, seconds. Default 5.
     pub after_direct_lost_secs: Secs,
+    /// Punch orders one host may be sent in a burst. Default 128.
+    pub order_burst: u32,
+    /// One more punch order per this many seconds, up to the burst. Default 0.1.
+    pub order_refill_secs: Secs,
 }
 
 impl Default for PunchSettings {
@@ -252,6 +256,8 @@ impl Default for PunchSettings {
             first_retry_secs: Secs(p.first_retry),
             max_attempts: p.max_attempts,
             after_direct_lost_secs: Secs(p.after_direct_lost),
+            order_burst: p.order_burst,
+            order_refill_secs: Secs(p.order_refill),
         }
     }
 }
@@ -266,6 +272,8 @@ impl From<PunchSettings> for PunchConfig {
             first_retry: s.first_retry_secs.0,
             max_attempts: s.max_attempts,
             after_direct_lost: s.after_direct_lost_secs.0,
+            order_burst: s.order_burst,
+            order_refill: s.order_refill_secs.0,
         }
     }
 }

@@ -98,6 +98,8 @@ struct HostState {
     /// The host's interface addresses on its socket's port.
     host_candidates: Vec<SocketAddr>,
     punch: PunchStats,
+    /// Punch orders the host may still be sent now (`None`: a full budget, not yet used).
+    punch_budget: Option<punch::OrderBudget>,
     /// The newest sequenced datagram number given to the application, per channel, so
     /// an older one that arrives late is dropped (at most 256 entries).
     app_sequenced: BTreeMap<u8, u64>,
@@ -156,6 +158,12 @@ pub struct RegistryCounters {
     pub punch_attempts: u64,
     /// Pairs that moved to a direct path by punching, since start.
     pub punch_successes: u64,
+    /// Host candidates dropped since start as unusable (unspecified, multicast, broadcast,
+    /// loopback, port 0, another family, repeated, or past [`MAX_HOST_CANDIDATES`]).
+    pub host_candidates_dropped: u64,
+    /// Punches put off because a host had used up its order budget
+    /// ([`PunchConfig::order_burst`]), since start.
+    pub punch_orders_deferred: u64,
 }
 
 /// Ack latency samples kept between two [`Registry::take_ack_samples`] calls at most; the
@@ -306,6 +314,7 @@ impl Registry {
             server_reflexive,
             host_candidates: Vec::new(),
             punch: PunchStats::default(),
+            punch_budget: None,
             app_sequenced: BTreeMap::new(),
             data,
             notices: NoticeLog::default(),
