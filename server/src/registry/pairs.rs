@@ -7,7 +7,7 @@
 
 use super::punch::PunchState;
 use peergroup_protocol::{HostId, PairId};
-use slotmap::{Key, KeyData, SlotMap};
+use slotmap::{Key, SlotMap};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -87,8 +87,10 @@ fn id_of(key: PairKey) -> PairId {
     PairId::from_raw(key.data().as_ffi())
 }
 
+/// The slot a pair id names; a raw value that is not the one slotmap handed out (an alias
+/// with the version's low bit clear) names nothing, so every pair has one spelling.
 fn key_of(id: PairId) -> PairKey {
-    KeyData::from_ffi(id.raw()).into()
+    super::canonical_key(id.raw()).into()
 }
 
 impl PairTable {

@@ -2158,3 +2158,118 @@ fn repeated_punch_reports_count_once_per_attempt_in_the_hosts_record() {
         "attempt 7 was never ordered: {stats:?}"
     );
 }
+
+#[test]
+fn unusable_host_candidates_are_dropped_before_peers_are_told_to_probe_them() {
+    // Issue 12, finding 11: any address a client named was handed to peers behind the
+    // same public address to probe (loopback, multicast, broadcast, port 0, ...).
+    let mut w = World::new();
+    let a = w.connect_at(1, "203.0.113.9:50001");
+    let b = w.connect_at(2, "203.0.113.9:50002");
+    let named = [
+        "0.0.0.0:6000",
+        "224.0.0.251:5353",
+        "255.255.255.255:6000",
+        "127.0.0.1:6000",
+        "192.168.1.10:0",
+        "192.168.1.10:6000",
+        "192.168.1.10:6000",
+        "[fe80::1]:6000",
+        "10.0.0.7:6000",
+    ];
+    w.registry
+        .handle_host_candidates(a, named.iter().map(|s| s.parse().unwrap()).collect());
+    w.registry
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
+        .unwrap();
+    let Some(Action::Punch {
+        candidates_of_controlling,
+        ..
+    }) = punches(&w.drain()).pop()
+    else {
+        panic!("a punch order")
+    };
+    assert_eq!(
+        candidates_of_controlling,
+        vec![
+            "203.0.113.9:50001".parse().unwrap(),
+            "192.168.1.10:6000".parse().unwrap(),
+            "10.0.0.7:6000".parse().unwrap(),
+        ]
+    );
+    assert_eq!(w.registry.counters().host_candidates_dropped, 7);
+}
+
+#[test]
+fn loopback_candidates_are_kept_for_a_host_on_loopback() {
+    let mut w = World::new();
+    let a = w.connect_at(1, "127.0.0.1:50001");
+    w.registry
+        .handle_host_candidates(a, vec!["127.0.0.1:50001".parse().unwrap()]);
+    assert_eq!(w.registry.counters().host_candidates_dropped, 0);
+}
+
+#[test]
+fn an_aliased_pair_id_names_no_pair_and_cannot_double_a_delivery() {
+    // Issue 12, finding 11: slotmap reads raw values 2k and 2k + 1 of the version as the
+    // same key, so a pair named twice (once by its alias) passed the per-upload
+    // de-duplication and was delivered twice.
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    w.registry
+        .create_group(
+            &[a, b],
+            GroupOptions {
+                direct_p2p: false,
+                ..GroupOptions::default()
+            },
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
+        .unwrap();
+    let pair = pair_of(&w.drain(), a, b);
+    let alias = PairId::from_raw(pair.raw() & !(1 << 32));
+    assert_ne!(alias, pair);
+    let deliveries = |w: &mut World, dests: &[RelayDest]| {
+        w.registry.handle_relay(
+            a,
+            None,
+            false,
+            Lane::Unordered,
+            Priority::Medium,
+            dests,
+            Bytes::from_static(b"x"),
+            w.now,
+        );
+        w.drain()
+            .iter()
+            .filter(|action| matches!(action, Action::SendData { to, .. } if *to == b))
+            .count()
+    };
+    let both = [
+        RelayDest { pair, seq: 1 },
+        RelayDest {
+            pair: alias,
+            seq: 2,
+        },
+    ];
+    assert_eq!(deliveries(&mut w, &both), 1);
+    assert_eq!(
+        deliveries(
+            &mut w,
+            &[RelayDest {
+                pair: alias,
+                seq: 3
+            }]
+        ),
+        0
+    );
+    assert!(w.registry.pair_stats(a, b).is_some());
+}
