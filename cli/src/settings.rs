@@ -8,7 +8,7 @@
 //! file, the line and column, and the reason (`toml`'s spans, TOML 1.0).
 
 use crate::rooms::RoomsConfig;
-use peergroup_server::{Limits, PunchConfig, PunchStart, Timeouts};
+use peergroup_server::{Admission, Limits, PunchConfig, PunchStart, Timeouts};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -115,6 +115,8 @@ pub struct Settings {
     pub timeouts: TimeoutsSettings,
     /// Hole-punching policy ([`PunchConfig`]).
     pub punch: PunchSettings,
+    /// Connections before login ([`Admission`]).
+    pub admission: AdmissionSettings,
     /// The rooms application ([`RoomsConfig`]).
     pub rooms: RoomsSettings,
 }
@@ -278,6 +280,52 @@ impl From<PunchSettings> for PunchConfig {
     }
 }
 
+/// [`Admission`] as the file writes it; see there for each.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionSettings {
+    /// Connections logging in at once at most; more are refused. Default 256.
+    pub max_handshakes: usize,
+    /// Connections logging in at once from one address (IPv6: one /64). Default 64.
+    pub max_handshakes_per_source: usize,
+    /// Logged-in clients from one address (IPv6: one /64). Default 1,024.
+    pub max_clients_per_source: usize,
+    /// Connections logging in past which new ones must validate their address (QUIC
+    /// Retry). Default 64.
+    pub validate_above: usize,
+    /// Largest hello, bytes. Default 16,384.
+    pub max_hello_len: u32,
+    /// Seconds from a connection's first packet to its whole hello. Default 5.
+    pub hello_timeout_secs: Secs,
+}
+
+impl Default for AdmissionSettings {
+    fn default() -> Self {
+        let a = Admission::default();
+        Self {
+            max_handshakes: a.max_handshakes,
+            max_handshakes_per_source: a.max_handshakes_per_source,
+            max_clients_per_source: a.max_clients_per_source,
+            validate_above: a.validate_above,
+            max_hello_len: a.max_hello_len,
+            hello_timeout_secs: Secs(a.hello_timeout),
+        }
+    }
+}
+
+impl From<AdmissionSettings> for Admission {
+    fn from(s: AdmissionSettings) -> Self {
+        Admission {
+            max_handshakes: s.max_handshakes,
+            max_handshakes_per_source: s.max_handshakes_per_source,
+            max_clients_per_source: s.max_clients_per_source,
+            validate_above: s.validate_above,
+            max_hello_len: s.max_hello_len,
+            hello_timeout: s.hello_timeout_secs.0,
+        }
+    }
+}
+
 /// [`RoomsConfig`] as the file writes it; see there for each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -343,6 +391,7 @@ impl Default for Settings {
             limits: LimitsSettings::default(),
             timeouts: TimeoutsSettings::default(),
             punch: PunchSettings::default(),
+            admission: AdmissionSettings::default(),
             rooms: RoomsSettings::default(),
         }
     }
@@ -368,6 +417,8 @@ struct FileSettings {
     timeouts: TimeoutsSettings,
     #[serde(default)]
     punch: PunchSettings,
+    #[serde(default)]
+    admission: AdmissionSettings,
     #[serde(default)]
     rooms: RoomsSettings,
 }
@@ -478,6 +529,7 @@ impl Settings {
             limits: file.limits,
             timeouts: file.timeouts,
             punch: file.punch,
+            admission: file.admission,
             rooms: file.rooms,
         };
         settings.check()?;
@@ -571,6 +623,11 @@ impl Settings {
     /// The server library's punch policy.
     pub fn punch(&self) -> PunchConfig {
         self.punch.into()
+    }
+
+    /// The server library's limits before login.
+    pub fn admission(&self) -> Admission {
+        self.admission.into()
     }
 
     /// The rooms application's limits.

@@ -108,6 +108,13 @@ pub struct ServerStats {
     /// [`Admission::validate_above`](crate::Admission::validate_above) connections were in
     /// their handshake).
     pub address_validations: u64,
+    /// Host candidates clients named that were dropped as unusable since start
+    /// (unspecified, multicast, broadcast, loopback, port 0, another address family,
+    /// repeated, or more than 16).
+    pub host_candidates_dropped: u64,
+    /// Punches put off since start because a host had used up its punch order budget
+    /// ([`PunchConfig::order_burst`](crate::PunchConfig::order_burst)).
+    pub punch_orders_deferred: u64,
     /// Clients disconnected as slow consumers since start (see
     /// [`Limits::client_queue_bytes`](crate::Limits::client_queue_bytes)).
     pub slow_consumer_disconnects: u64,
@@ -437,6 +444,8 @@ impl Server {
             connections_refused: driver.connections_refused,
             admission_refusals: driver.admission_refusals,
             address_validations: driver.address_validations,
+            host_candidates_dropped: counters.host_candidates_dropped,
+            punch_orders_deferred: counters.punch_orders_deferred,
             slow_consumer_disconnects: driver.slow_consumer_disconnects,
             punch_attempts: counters.punch_attempts,
             punch_successes: counters.punch_successes,
