@@ -484,7 +484,10 @@ impl Client {
             .max_concurrent_uni_streams(0u8.into())
             .stream_receive_window(peer_window.into())
             .receive_window(peer_window.into())
-            .datagram_receive_buffer_size(Some(peer_window as usize));
+            .datagram_receive_buffer_size(Some(peer_window as usize))
+            // What a peer that never acknowledges can make us keep (quinn's default is
+            // 10 MB per connection); the peer's own queue holds the rest.
+            .send_window(2 * u64::from(peer_window));
         let peer_transport = Arc::new(peer_transport);
         let expected_peers = Arc::new(ExpectedPeers::default());
         let peer_server =

@@ -170,3 +170,23 @@ impl std::fmt::Display for DisconnectReason {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_close_reason_cannot_forge_a_log_line() {
+        // Issue 12, finding 11: a client's close reason was logged with its newlines.
+        let reason = DisconnectReason::ClientClosed {
+            reason: "bye\n2026-12-03T07:00:00Z  INFO peergroup_server: admin logged in".into(),
+        };
+        let shown = reason.to_string();
+        assert!(!shown.contains('\n'), "{shown}");
+        assert!(shown.starts_with("client closed: bye\\n2026"), "{shown}");
+        let lost = DisconnectReason::ConnectionLost {
+            detail: "closed by peer: \r\u{1b}[31m".into(),
+        };
+        assert!(!lost.to_string().contains(['\r', '\u{1b}']));
+    }
+}

@@ -179,6 +179,12 @@ impl Server {
             ))
             // Datagrams queued for a slow client: the oldest go first (RFC 9221 allows it).
             .datagram_send_buffer_size(256 << 10)
+            // Stream bytes written to a client and not yet acknowledged: the writer hands
+            // quinn 32 KiB at a time and the client's queue holds the rest (bounded by
+            // the slow-consumer limits), so this only caps what a client that advertises
+            // a large window and never acknowledges can pin in quinn (its default is
+            // 10 MB per connection). 2 MiB is 40 MiB/s per client at 50 ms RTT.
+            .send_window(2 << 20)
             // Datagrams received and not yet read: the reader takes them as they come once
             // the client is logged in (and drops them before), so this only fills while the
             // relay waits on a backlogged receiver; older ones are dropped first. quinn's
