@@ -200,7 +200,15 @@ impl Server {
             // is unlimited): a client that never finishes its hello holds at most this.
             // The connection task raises it at login (`Connection::set_receive_window`).
             .receive_window(pre_login_window.into());
-        let quic = quic_server_config(&config.identity, transport)?;
+        let mut quic = quic_server_config(&config.identity, transport)?;
+        // Connection attempts quinn holds before the accept loop has ruled on them (it
+        // rules on each at once: accept, Retry or refuse). quinn's defaults (65,536
+        // attempts, 10 MiB each, 100 MiB in all) are sized for slow applications; past
+        // these quinn refuses new attempts itself. No 0-RTT is offered, so an attempt's
+        // later packets are only its handshake's.
+        quic.max_incoming(config.admission.max_handshakes.saturating_mul(4).max(1_024))
+            .incoming_buffer_size(64 << 10)
+            .incoming_buffer_size_total(8 << 20);
         let mut endpoint_config = quinn::EndpointConfig::default();
         // Clients demultiplex punch probes by the QUIC fixed bit (ARCHITECTURE.md, "Hole
         // punching").
