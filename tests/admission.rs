@@ -252,3 +252,40 @@ async fn clients_per_source_are_capped_and_other_sources_still_log_in() {
     .await
     .expect("the slot frees");
 }
+
+#[tokio::test]
+async fn before_login_a_connection_can_have_only_one_hello_in_flight() {
+    // Before: quinn's default windows let a connection that had not logged in (here: its
+    // auth hook still deciding) have 1.25 MB in flight on its stream, all of it held by
+    // the server.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let waiting = release.clone();
+    let hook = AuthHook::new(move |_| {
+        let waiting = waiting.clone();
+        async move {
+            waiting.notified().await;
+            AuthDecision::accept()
+        }
+    });
+    let (server, _events) = start_server_with(|_| {}, hook).await;
+    let mut raw = try_raw(&server, "127.0.0.1:0").await.unwrap();
+    raw.send_hello().await;
+    // The hook holds the login: the server reads nothing more from the stream, so what
+    // the client may still send is what QUIC flow control allows.
+    let chunk = vec![0u8; 16 << 10];
+    let mut accepted = 0;
+    while let Ok(written) =
+        tokio::time::timeout(Duration::from_millis(300), raw.send.write(&chunk)).await
+    {
+        accepted += written.expect("the connection stays up");
+        assert!(
+            accepted <= 64 << 10,
+            "{accepted} bytes in flight before login"
+        );
+    }
+    assert!(
+        accepted <= 32 << 10,
+        "{accepted} bytes in flight before login"
+    );
+    release.notify_one();
+}
