@@ -75,7 +75,7 @@ async fn a_hello_longer_than_its_cap_is_refused_at_the_length_prefix() {
 #[tokio::test]
 async fn partial_hellos_are_closed_at_the_hello_deadline() {
     let (server, _events) = start_server_with(
-        |c| c.admission.hello_timeout = Duration::from_millis(500),
+        |c| c.admission.hello_timeout = Duration::from_secs(1),
         AuthHook::accept_all(),
     )
     .await;
@@ -131,7 +131,7 @@ async fn the_handshake_cap_refuses_at_the_first_packet_and_frees_slots_as_they_e
     // One stalled connection goes: its slot is free.
     let gone = raws.pop().unwrap();
     gone.connection.close(0u8.into(), b"bye");
-    until_stats(&server, |s| s.handshake_failures == 1).await;
+    until_stats(&server, |s| s.handshake_failures >= 1).await;
     let (_client, _events, _) = connect(&server, "now").await;
 }
 
