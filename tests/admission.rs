@@ -121,13 +121,17 @@ async fn the_handshake_cap_refuses_at_the_first_packet_and_frees_slots_as_they_e
         .expect("refused");
     assert!(is_refused(&error), "{error}");
     assert_eq!(server.stats().admission_refusals, 1);
-    // A library client sees why.
-    let refused = Client::connect(client_config(&server, "x")).await.err();
+    // A library client tries again, backing off, and says why once its connect timeout
+    // runs out.
+    let mut config = client_config(&server, "x");
+    config.timeouts.connect = Duration::from_millis(600);
+    let refused = Client::connect(config).await.err();
     assert!(
         matches!(&refused, Some(ConnectError::Refused { code: CloseCode::ServerFull, reason })
             if reason.contains("busy")),
         "{refused:?}"
     );
+    assert!(server.stats().admission_refusals >= 2);
     // One stalled connection goes: its slot is free.
     let gone = raws.pop().unwrap();
     gone.connection.close(0u8.into(), b"bye");
@@ -288,4 +292,29 @@ async fn before_login_a_connection_can_have_only_one_hello_in_flight() {
         "{accepted} bytes in flight before login"
     );
     release.notify_one();
+}
+
+#[tokio::test]
+async fn a_client_refused_as_busy_gets_in_once_a_slot_frees() {
+    let (server, _events) = start_server_with(
+        |c| {
+            c.admission.max_handshakes = 2;
+            c.admission.validate_above = 1_000;
+        },
+        AuthHook::accept_all(),
+    )
+    .await;
+    let mut stalled = vec![
+        stalled(&server, "127.0.0.1:0").await,
+        stalled(&server, "127.0.0.1:0").await,
+    ];
+    let connecting = tokio::spawn(Client::connect(client_config(&server, "patient")));
+    until_stats(&server, |s| s.admission_refusals >= 1).await;
+    stalled.pop().unwrap().connection.close(0u8.into(), b"bye");
+    let (client, _events) = tokio::time::timeout(WAIT, connecting)
+        .await
+        .expect("connects within the connect timeout")
+        .unwrap()
+        .expect("logged in");
+    assert_ne!(client.host_id(), peergroup_protocol::HostId::SERVER);
 }

@@ -258,6 +258,20 @@ fn encoded<T: serde::Serialize>(frame: &T, max_frame_len: u32) -> Option<Bytes> 
 /// UDP receive buffer asked of the kernel, bytes (capped by `net.core.rmem_max`).
 const SOCKET_BUFFER: usize = 1 << 20;
 
+/// The first wait before connecting again to a server that refused as busy; it doubles
+/// up to [`BUSY_MAX_BACKOFF`], each wait jittered by up to half, within the connect timeout.
+const BUSY_FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const BUSY_MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// `wait` times a random factor in [0.5, 1.5), so clients refused together do not all
+/// come back together.
+fn jittered(wait: Duration) -> Duration {
+    use ring::rand::SecureRandom;
+    let mut byte = [0u8; 1];
+    let _ = ring::rand::SystemRandom::new().fill(&mut byte);
+    wait.mul_f64(0.5 + f64::from(byte[0]) / 256.0)
+}
+
 /// What the server may have in flight to this client on its stream, and the unread
 /// datagrams kept from it, bytes: 2 MiB passes 40 MiB/s at 50 ms RTT, above what a game
 /// client takes in, and bounds what the server can make the client buffer in quinn.
@@ -525,12 +539,33 @@ impl Client {
             quic_up: false,
         };
         let quic_up = AtomicBool::new(false);
+        let refused_busy = AtomicBool::new(false);
         let handshake = async {
-            let connection = endpoint
-                .connect_with(client_config, config.server_addr, &config.server_name)
-                .map_err(|e| progress.not_started(e))?
-                .await
-                .map_err(|e| progress.connection_failed(e))?;
+            // A server busy with other logins refuses at the first packet and means "try
+            // again later": so the client does, backing off, within the connect timeout.
+            let mut backoff = BUSY_FIRST_BACKOFF;
+            let connection = loop {
+                let attempt = endpoint
+                    .connect_with(
+                        client_config.clone(),
+                        config.server_addr,
+                        &config.server_name,
+                    )
+                    .map_err(|e| progress.not_started(e))?
+                    .await;
+                match attempt {
+                    Ok(connection) => break connection,
+                    Err(quinn::ConnectionError::ConnectionClosed(close))
+                        if crate::connect_failure::is_busy(&close) =>
+                    {
+                        refused_busy.store(true, Ordering::Relaxed);
+                        tracing::debug!(?backoff, "the server is busy; trying again");
+                        tokio::time::sleep(jittered(backoff)).await;
+                        backoff = (backoff * 2).min(BUSY_MAX_BACKOFF);
+                    }
+                    Err(error) => return Err(progress.connection_failed(error)),
+                }
+            };
             quic_up.store(true, Ordering::Relaxed);
             let failed = |e| {
                 LoginProgress {
@@ -562,8 +597,12 @@ impl Client {
         };
         let outcome = tokio::time::timeout(config.timeouts.connect, handshake).await;
         progress.quic_up = quic_up.load(Ordering::Relaxed);
-        let (connection, send, recv, welcome) =
-            outcome.map_err(|_| progress.timed_out(config.timeouts.connect))??;
+        let (connection, send, recv, welcome) = outcome.map_err(|_| {
+            progress.timed_out(
+                config.timeouts.connect,
+                refused_busy.load(Ordering::Relaxed),
+            )
+        })??;
 
         let ServerToClient::Welcome {
             version,

@@ -474,16 +474,17 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, auth: AuthH
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                let Some(admitted) = admit(&shared, incoming) else {
+                    continue;
+                };
                 if shared.drain.is_started() {
-                    // Draining (graceful shutdown): a client that connected now would be
-                    // closed again at once.
+                    // Draining (graceful shutdown): the client is told so once TLS is up
+                    // (a refusal at the first packet would read as "busy, try again").
                     shared.counters.refused_draining();
-                    incoming.refuse();
+                    tokio::spawn(refuse_draining(shared.clone(), admitted));
                     continue;
                 }
-                if let Some(slot) = admit(&shared, incoming) {
-                    tokio::spawn(crate::connection::serve(shared.clone(), slot, auth.clone()));
-                }
+                tokio::spawn(crate::connection::serve(shared.clone(), admitted, auth.clone()));
             }
             _ = shared.shutdown.cancelled() => break,
         }
@@ -528,6 +529,21 @@ fn admit(
             incoming.refuse();
             None
         }
+    }
+}
+
+/// Closes a connection made while the server drains with `ServerShutdown`, once its TLS
+/// handshake is done (within the hello timeout); it keeps its handshake slot until then.
+async fn refuse_draining(
+    shared: Arc<Shared>,
+    (incoming, _slot): (quinn::Incoming, crate::admission::HandshakeSlot),
+) {
+    let timeout = shared.admission_config.hello_timeout;
+    if let Ok(Ok(connection)) = tokio::time::timeout(timeout, incoming).await {
+        connection.close(
+            quinn::VarInt::from_u64(CloseCode::ServerShutdown.to_u64()).unwrap_or_default(),
+            b"server shutting down",
+        );
     }
 }
 
