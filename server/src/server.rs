@@ -89,9 +89,11 @@ pub struct ServerStats {
     pub relayed_by_delivery: RelayByDelivery,
     /// Incoming connections that failed before the client was admitted, since start: TLS
     /// handshake (a client that does not trust the certificate, or sends none), the hello
-    /// (wrong protocol version, malformed), or the handshake timeout
-    /// ([`Timeouts::handshake`](crate::Timeouts::handshake), default 10 s). Auth
-    /// rejections and refusals are counted apart.
+    /// (wrong protocol version, malformed, longer than
+    /// [`Admission::max_hello_len`](crate::Admission::max_hello_len)), the hello timeout
+    /// ([`Admission::hello_timeout`](crate::Admission::hello_timeout), default 5 s) or
+    /// the handshake timeout ([`Timeouts::handshake`](crate::Timeouts::handshake), default
+    /// 10 s). Auth rejections and refusals are counted apart.
     pub handshake_failures: u64,
     /// Logins the auth hook rejected, since start.
     pub auth_rejections: u64,
