@@ -1,7 +1,7 @@
 //! Admission before login: what a connection that has not logged in may cost the server.
 //!
-//! Every connection is counted from its first packet until its hello is done (admitted or
-//! not): at most [`Admission::max_handshakes`] at once, at most
+//! Every connection is counted from its first packet until it is logged in or out (TLS
+//! handshake, hello and auth hook): at most [`Admission::max_handshakes`] at once, at most
 //! [`Admission::max_handshakes_per_source`] from one source, and past
 //! [`Admission::validate_above`] a source must prove it owns its address (a QUIC Retry,
 //! RFC 9000 section 8.1) before it costs any state. Logged-in clients are counted per
@@ -21,23 +21,23 @@ use std::time::Duration;
 /// Limits on connections before they are logged in. Plain data with documented defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admission {
-    /// Connections at most between their first packet and the end of their hello (TLS
-    /// handshake and hello; the auth hook runs after). One more is refused before any
-    /// state is kept for it (QUIC `CONNECTION_REFUSED`), counted in
+    /// Connections logging in at most: from their first packet until they are logged in or
+    /// out (TLS handshake, hello and auth hook). One more is refused before any state is
+    /// kept for it (QUIC `CONNECTION_REFUSED`; the client library tries again, backing
+    /// off, within its connect timeout), counted in
     /// [`ServerStats::admission_refusals`](crate::ServerStats::admission_refusals).
     /// Default 256.
     pub max_handshakes: usize,
-    /// Connections in their handshake or hello at most from one source (an IPv4 address,
-    /// or an IPv6 /64, the block one subscriber usually holds); one more from it is
-    /// refused as above, so one source cannot take every handshake slot. Default 64.
+    /// Connections logging in at most from one source (an IPv4 address, or an IPv6 /64,
+    /// the block one subscriber usually holds); one more from it is refused as above, so
+    /// one source cannot take every slot. Default 64.
     pub max_handshakes_per_source: usize,
     /// Logged-in clients at most from one source; one more is closed with `ServerFull`
     /// before its hello is read and counted in
     /// [`ServerStats::connections_refused`](crate::ServerStats::connections_refused).
     /// Large enough for a campus or carrier-grade NAT. Default 1,024.
     pub max_clients_per_source: usize,
-    /// With this many connections in their handshake or hello, a new one must first
-    /// validate its address with a QUIC Retry (one extra round trip; a spoofed source never
+    /// With this many connections logging in, a new one must first validate its address with a QUIC Retry (one extra round trip; a spoofed source never
     /// answers it), counted in
     /// [`ServerStats::address_validations`](crate::ServerStats::address_validations).
     /// `0` asks it of every connection. Default 64.
@@ -176,8 +176,7 @@ impl AdmissionCounter {
         Verdict::Accept
     }
 
-    /// A connection admitted by `handle_incoming` finished its handshake and hello (or
-    /// failed them).
+    /// A connection admitted by `handle_incoming` is logged in, or failed to.
     pub fn handle_handshake_end(&mut self, ip: IpAddr) {
         self.handshakes = self.handshakes.saturating_sub(1);
         self.change_source(ip, |s| s.handshakes = s.handshakes.saturating_sub(1));
@@ -225,7 +224,7 @@ impl AdmissionCounter {
         }
     }
 
-    /// Connections in their handshake or hello now.
+    /// Connections logging in now.
     #[cfg(test)]
     pub fn handshakes(&self) -> usize {
         self.handshakes
