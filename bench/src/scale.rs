@@ -282,6 +282,15 @@ struct ServerProcess {
 impl ServerProcess {
     /// Starts the server on an ephemeral loopback port and reads its `listening on` line.
     fn spawn(binary: &Path, identity_dir: &Path) -> Result<Self, String> {
+        // Every client connects from 127.0.0.1, one source, which the server's default
+        // per-source limit (1,024 clients) would refuse past that.
+        let config = identity_dir.join("scale.toml");
+        let largest = LEVELS.iter().max().copied().unwrap_or_default();
+        std::fs::write(
+            &config,
+            format!("[admission]\nmax_clients_per_source = {largest}\n"),
+        )
+        .map_err(|e| format!("writing {}: {e}", config.display()))?;
         let mut child = Command::new(binary)
             .args([
                 "--listen",
@@ -291,6 +300,8 @@ impl ServerProcess {
                 "--identity-dir",
             ])
             .arg(identity_dir)
+            .arg("--config")
+            .arg(&config)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

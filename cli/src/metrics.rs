@@ -26,6 +26,10 @@
 //! | `peergroup_handshake_failures_total` | counter | |
 //! | `peergroup_auth_failures_total` | counter | |
 //! | `peergroup_connections_refused_total` | counter | |
+//! | `peergroup_admission_refusals_total` | counter | |
+//! | `peergroup_address_validations_total` | counter | |
+//! | `peergroup_host_candidates_dropped_total` | counter | |
+//! | `peergroup_punch_orders_deferred_total` | counter | |
 //! | `peergroup_notices_sent_total` | counter | |
 //! | `peergroup_events_queued` | gauge | |
 
@@ -230,6 +234,34 @@ impl prometheus_client::collector::Collector for ServerCollector {
             "Connections refused at the client limit, while busy, or while draining.",
             None,
             stats.connections_refused,
+        )?;
+        counter(
+            e,
+            "peergroup_admission_refusals",
+            "Connections refused at their first packet: too many logging in, in all or from their source.",
+            None,
+            stats.admission_refusals,
+        )?;
+        counter(
+            e,
+            "peergroup_address_validations",
+            "Connections asked to validate their address (QUIC Retry) while many were logging in.",
+            None,
+            stats.address_validations,
+        )?;
+        counter(
+            e,
+            "peergroup_host_candidates_dropped",
+            "Host candidates clients named that were dropped as unusable.",
+            None,
+            stats.host_candidates_dropped,
+        )?;
+        counter(
+            e,
+            "peergroup_punch_orders_deferred",
+            "Punches put off because a host had used up its punch order budget.",
+            None,
+            stats.punch_orders_deferred,
         )?;
         counter(
             e,

@@ -8,7 +8,7 @@
 //! file, the line and column, and the reason (`toml`'s spans, TOML 1.0).
 
 use crate::rooms::RoomsConfig;
-use peergroup_server::{Limits, PunchConfig, PunchStart, Timeouts};
+use peergroup_server::{Admission, Limits, PunchConfig, PunchStart, Timeouts};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -115,6 +115,8 @@ pub struct Settings {
     pub timeouts: TimeoutsSettings,
     /// Hole-punching policy ([`PunchConfig`]).
     pub punch: PunchSettings,
+    /// Connections before login ([`Admission`]).
+    pub admission: AdmissionSettings,
     /// The rooms application ([`RoomsConfig`]).
     pub rooms: RoomsSettings,
 }
@@ -141,6 +143,8 @@ pub struct LimitsSettings {
     pub max_unacked_notices: u64,
     /// Datagram deliveries one client may cause a second. Default 16,384.
     pub datagram_deliveries_per_sec: u32,
+    /// Bytes a logged-in client may send ahead of what the server has read. Default 1 MiB.
+    pub client_receive_window: u32,
 }
 
 impl Default for LimitsSettings {
@@ -156,6 +160,7 @@ impl Default for LimitsSettings {
             max_group_data_len: l.max_group_data_len,
             max_unacked_notices: l.max_unacked_notices,
             datagram_deliveries_per_sec: l.datagram_deliveries_per_sec,
+            client_receive_window: l.client_receive_window,
         }
     }
 }
@@ -172,6 +177,7 @@ impl From<LimitsSettings> for Limits {
             max_group_data_len: s.max_group_data_len,
             max_unacked_notices: s.max_unacked_notices,
             datagram_deliveries_per_sec: s.datagram_deliveries_per_sec,
+            client_receive_window: s.client_receive_window,
         }
     }
 }
@@ -239,6 +245,10 @@ pub struct PunchSettings {
     pub max_attempts: u32,
     /// Wait before punching again after a direct path died, seconds. Default 5.
     pub after_direct_lost_secs: Secs,
+    /// Punch orders one host may be sent in a burst. Default 128.
+    pub order_burst: u32,
+    /// One more punch order per this many seconds, up to the burst. Default 0.1.
+    pub order_refill_secs: Secs,
 }
 
 impl Default for PunchSettings {
@@ -252,6 +262,8 @@ impl Default for PunchSettings {
             first_retry_secs: Secs(p.first_retry),
             max_attempts: p.max_attempts,
             after_direct_lost_secs: Secs(p.after_direct_lost),
+            order_burst: p.order_burst,
+            order_refill_secs: Secs(p.order_refill),
         }
     }
 }
@@ -266,6 +278,54 @@ impl From<PunchSettings> for PunchConfig {
             first_retry: s.first_retry_secs.0,
             max_attempts: s.max_attempts,
             after_direct_lost: s.after_direct_lost_secs.0,
+            order_burst: s.order_burst,
+            order_refill: s.order_refill_secs.0,
+        }
+    }
+}
+
+/// [`Admission`] as the file writes it; see there for each.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionSettings {
+    /// Connections logging in at once at most; more are refused. Default 256.
+    pub max_handshakes: usize,
+    /// Connections logging in at once from one address (IPv6: one /64). Default 64.
+    pub max_handshakes_per_source: usize,
+    /// Logged-in clients from one address (IPv6: one /64). Default 1,024.
+    pub max_clients_per_source: usize,
+    /// Connections logging in past which new ones must validate their address (QUIC
+    /// Retry). Default 64.
+    pub validate_above: usize,
+    /// Largest hello, bytes. Default 16,384.
+    pub max_hello_len: u32,
+    /// Seconds from a connection's first packet to its whole hello. Default 5.
+    pub hello_timeout_secs: Secs,
+}
+
+impl Default for AdmissionSettings {
+    fn default() -> Self {
+        let a = Admission::default();
+        Self {
+            max_handshakes: a.max_handshakes,
+            max_handshakes_per_source: a.max_handshakes_per_source,
+            max_clients_per_source: a.max_clients_per_source,
+            validate_above: a.validate_above,
+            max_hello_len: a.max_hello_len,
+            hello_timeout_secs: Secs(a.hello_timeout),
+        }
+    }
+}
+
+impl From<AdmissionSettings> for Admission {
+    fn from(s: AdmissionSettings) -> Self {
+        Admission {
+            max_handshakes: s.max_handshakes,
+            max_handshakes_per_source: s.max_handshakes_per_source,
+            max_clients_per_source: s.max_clients_per_source,
+            validate_above: s.validate_above,
+            max_hello_len: s.max_hello_len,
+            hello_timeout: s.hello_timeout_secs.0,
         }
     }
 }
@@ -335,6 +395,7 @@ impl Default for Settings {
             limits: LimitsSettings::default(),
             timeouts: TimeoutsSettings::default(),
             punch: PunchSettings::default(),
+            admission: AdmissionSettings::default(),
             rooms: RoomsSettings::default(),
         }
     }
@@ -360,6 +421,8 @@ struct FileSettings {
     timeouts: TimeoutsSettings,
     #[serde(default)]
     punch: PunchSettings,
+    #[serde(default)]
+    admission: AdmissionSettings,
     #[serde(default)]
     rooms: RoomsSettings,
 }
@@ -470,6 +533,7 @@ impl Settings {
             limits: file.limits,
             timeouts: file.timeouts,
             punch: file.punch,
+            admission: file.admission,
             rooms: file.rooms,
         };
         settings.check()?;
@@ -563,6 +627,11 @@ impl Settings {
     /// The server library's punch policy.
     pub fn punch(&self) -> PunchConfig {
         self.punch.into()
+    }
+
+    /// The server library's limits before login.
+    pub fn admission(&self) -> Admission {
+        self.admission.into()
     }
 
     /// The rooms application's limits.

@@ -294,6 +294,25 @@ fn encoded<T: serde::Serialize>(frame: &T, max_frame_len: u32) -> Option<Bytes> 
 /// UDP receive buffer asked of the kernel, bytes (capped by `net.core.rmem_max`).
 const SOCKET_BUFFER: usize = 1 << 20;
 
+/// The first wait before connecting again to a server that refused as busy; it doubles
+/// up to [`BUSY_MAX_BACKOFF`], each wait jittered by up to half, within the connect timeout.
+const BUSY_FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const BUSY_MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// `wait` times a random factor in [0.5, 1.5), so clients refused together do not all
+/// come back together.
+fn jittered(wait: Duration) -> Duration {
+    use ring::rand::SecureRandom;
+    let mut byte = [0u8; 1];
+    let _ = ring::rand::SystemRandom::new().fill(&mut byte);
+    wait.mul_f64(0.5 + f64::from(byte[0]) / 256.0)
+}
+
+/// What the server may have in flight to this client on its stream, and the unread
+/// datagrams kept from it, bytes: 2 MiB passes 40 MiB/s at 50 ms RTT, above what a game
+/// client takes in, and bounds what the server can make the client buffer in quinn.
+const SERVER_RECEIVE_WINDOW: u32 = 2 << 20;
+
 /// Closes the connections when the last handle goes.
 struct CloseOnDrop {
     connection: quinn::Connection,
@@ -488,15 +507,37 @@ impl Client {
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_idle_timeout(config.timeouts.idle.try_into().ok())
-            .keep_alive_interval(Some(config.timeouts.keepalive));
+            .keep_alive_interval(Some(config.timeouts.keepalive))
+            // The server never opens a stream: the client opens the one it uses.
+            .max_concurrent_bidi_streams(0u8.into())
+            .max_concurrent_uni_streams(0u8.into())
+            // What the server may send ahead of our reads on that stream: the reader takes
+            // it as it comes unless the application stops reading events, and then the
+            // server's own queue (and its slow-consumer limit) holds the rest. quinn's
+            // default is 1.25 MB per stream and no limit per connection.
+            .stream_receive_window(SERVER_RECEIVE_WINDOW.into())
+            .receive_window(SERVER_RECEIVE_WINDOW.into())
+            // Unread relayed datagrams kept; older ones are dropped first.
+            .datagram_receive_buffer_size(Some(SERVER_RECEIVE_WINDOW as usize));
         let transport = Arc::new(transport);
         let refused = RefusedCertificate::default();
         let client_config =
             server_client_config(&config.server_trust, &identity, transport, &refused)?;
+        let peer_window = config.direct.peer_receive_window;
         let mut peer_transport = quinn::TransportConfig::default();
         peer_transport
             .max_idle_timeout(config.direct.path_timeout.try_into().ok())
-            .keep_alive_interval(Some(config.direct.keepalive));
+            .keep_alive_interval(Some(config.direct.keepalive))
+            // A direct connection carries one stream, opened by the dialling side; quinn's
+            // default lets a peer open 100 + 100 streams of 1.25 MB each.
+            .max_concurrent_bidi_streams(1u8.into())
+            .max_concurrent_uni_streams(0u8.into())
+            .stream_receive_window(peer_window.into())
+            .receive_window(peer_window.into())
+            .datagram_receive_buffer_size(Some(peer_window as usize))
+            // What a peer that never acknowledges can make us keep (quinn's default is
+            // 10 MB per connection); the peer's own queue holds the rest.
+            .send_window(2 * u64::from(peer_window));
         let peer_transport = Arc::new(peer_transport);
         let expected_peers = Arc::new(ExpectedPeers::default());
         let peer_server =
@@ -534,12 +575,33 @@ impl Client {
             quic_up: false,
         };
         let quic_up = AtomicBool::new(false);
+        let refused_busy = AtomicBool::new(false);
         let handshake = async {
-            let connection = endpoint
-                .connect_with(client_config, config.server_addr, &config.server_name)
-                .map_err(|e| progress.not_started(e))?
-                .await
-                .map_err(|e| progress.connection_failed(e))?;
+            // A server busy with other logins refuses at the first packet and means "try
+            // again later": so the client does, backing off, within the connect timeout.
+            let mut backoff = BUSY_FIRST_BACKOFF;
+            let connection = loop {
+                let attempt = endpoint
+                    .connect_with(
+                        client_config.clone(),
+                        config.server_addr,
+                        &config.server_name,
+                    )
+                    .map_err(|e| progress.not_started(e))?
+                    .await;
+                match attempt {
+                    Ok(connection) => break connection,
+                    Err(quinn::ConnectionError::ConnectionClosed(close))
+                        if crate::connect_failure::is_busy(&close) =>
+                    {
+                        refused_busy.store(true, Ordering::Relaxed);
+                        tracing::debug!(?backoff, "the server is busy; trying again");
+                        tokio::time::sleep(jittered(backoff)).await;
+                        backoff = (backoff * 2).min(BUSY_MAX_BACKOFF);
+                    }
+                    Err(error) => return Err(progress.connection_failed(error)),
+                }
+            };
             quic_up.store(true, Ordering::Relaxed);
             let failed = |e| {
                 LoginProgress {
@@ -571,8 +633,12 @@ impl Client {
         };
         let outcome = tokio::time::timeout(config.timeouts.connect, handshake).await;
         progress.quic_up = quic_up.load(Ordering::Relaxed);
-        let (connection, send, recv, welcome) =
-            outcome.map_err(|_| progress.timed_out(config.timeouts.connect))??;
+        let (connection, send, recv, welcome) = outcome.map_err(|_| {
+            progress.timed_out(
+                config.timeouts.connect,
+                refused_busy.load(Ordering::Relaxed),
+            )
+        })??;
 
         let ServerToClient::Welcome {
             version,

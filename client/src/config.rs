@@ -148,6 +148,12 @@ pub struct DirectConfig {
     /// The payload bytes of those messages, at most; as `max_unacked_messages`. Default
     /// 4 MiB.
     pub max_unacked_bytes: usize,
+    /// Bytes one peer may send on its direct connection ahead of what this client has
+    /// read (the QUIC stream and connection receive windows; a direct connection carries
+    /// one stream), and the unread datagrams kept from it (older ones are dropped first):
+    /// what one peer can make this client buffer in quinn. A peer sends at most this per
+    /// round trip. Default 1 MiB.
+    pub peer_receive_window: u32,
 }
 
 impl Default for DirectConfig {
@@ -161,6 +167,7 @@ impl Default for DirectConfig {
             punch_window: Duration::from_secs(5),
             max_unacked_messages: 16_384,
             max_unacked_bytes: 4 << 20,
+            peer_receive_window: 1 << 20,
         }
     }
 }

@@ -26,6 +26,22 @@ pub(crate) struct LoginProgress<'a> {
     pub quic_up: bool,
 }
 
+/// Whether the server refused the connection at its first packet (QUIC
+/// `CONNECTION_REFUSED`): a peergroup server does so only while too many connections are
+/// logging in, in all or from this address, and means "try again later" (a draining
+/// server closes with `ServerShutdown` instead).
+pub(crate) fn is_busy(close: &quinn::ConnectionClose) -> bool {
+    close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+}
+
+/// The error for a server that kept refusing the connection as busy.
+pub(crate) fn busy() -> ConnectError {
+    ConnectError::Refused {
+        code: CloseCode::ServerFull,
+        reason: "the server is busy (too many connections logging in); try again later".into(),
+    }
+}
+
 /// QUIC carries TLS alerts as transport error codes 0x100–0x1ff (RFC 9001, section 4.8).
 fn is_tls_alert(code: u64) -> bool {
     (0x100..=0x1ff).contains(&code)
@@ -53,14 +69,18 @@ impl LoginProgress<'_> {
             {
                 ConnectError::Handshake(close.to_string())
             }
+            quinn::ConnectionError::ConnectionClosed(close) if is_busy(&close) => busy(),
             quinn::ConnectionError::TimedOut if !self.quic_up => self.unreachable(),
             other => ConnectError::Lost(other.to_string()),
         }
     }
 
-    /// The error when the connect timeout ran out.
-    pub fn timed_out(&self, timeout: std::time::Duration) -> ConnectError {
-        if self.quic_up {
+    /// The error when the connect timeout ran out; `refused_busy` when the server had
+    /// refused an attempt as busy.
+    pub fn timed_out(&self, timeout: std::time::Duration, refused_busy: bool) -> ConnectError {
+        if refused_busy && !self.quic_up {
+            busy()
+        } else if self.quic_up {
             ConnectError::Timeout(timeout)
         } else {
             self.unreachable()
@@ -139,12 +159,20 @@ mod tests {
         assert!(matches!(error, ConnectError::Lost(_)), "{error}");
         let timeout = Duration::from_secs(10);
         assert!(matches!(
-            progress(&refused, false).timed_out(timeout),
+            progress(&refused, false).timed_out(timeout, false),
             ConnectError::Unreachable { .. }
         ));
         assert!(matches!(
-            progress(&refused, true).timed_out(timeout),
+            progress(&refused, true).timed_out(timeout, false),
             ConnectError::Timeout(t) if t == timeout
+        ));
+        // A server that kept refusing as busy is not unreachable.
+        assert!(matches!(
+            progress(&refused, false).timed_out(timeout, true),
+            ConnectError::Refused {
+                code: CloseCode::ServerFull,
+                ..
+            }
         ));
     }
 

@@ -2,6 +2,42 @@
 
 use std::fmt;
 
+/// Text from the network (a close reason, a login name), shown with control characters
+/// and bidirectional-text controls escaped (`\n`, `\u{1b}`, `\u{202e}`), so it can never
+/// start a forged log line or restyle a terminal. Everything else is shown as is.
+#[derive(Clone, Copy, Debug)]
+pub struct Escaped<'a>(pub &'a str);
+
+/// Whether `c` is escaped by [`Escaped`]: control characters (C0, DEL, C1) and the
+/// characters that reorder text (bidi embeddings, overrides and isolates, line and
+/// paragraph separators).
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        while let Some(at) = rest.find(needs_escape) {
+            f.write_str(&rest[..at])?;
+            let c = rest[at..].chars().next().unwrap_or_default();
+            write!(f, "{}", c.escape_default())?;
+            rest = &rest[at + c.len_utf8()..];
+        }
+        f.write_str(rest)
+    }
+}
+
+/// Network text as a `String` with [`Escaped`]'s escapes; borrowed when nothing needed it.
+pub fn escape_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains(needs_escape) {
+        std::borrow::Cow::Owned(Escaped(text).to_string())
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 /// The QUIC application error code (RFC 9000, section 20.2) that peergroup puts in
 /// `CONNECTION_CLOSE` frames. Each wire error maps to exactly one code; the close reason
 /// carries readable text beside it.
@@ -90,6 +126,22 @@ impl fmt::Display for CloseCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_text_cannot_forge_log_lines() {
+        let forged = "bye\n2026-12-03T07:00:00Z  INFO admin logged in\r\u{1b}[2J\u{202e}x";
+        let shown = Escaped(forged).to_string();
+        assert!(!shown.contains('\n') && !shown.contains('\r') && !shown.contains('\u{1b}'));
+        assert_eq!(
+            shown,
+            "bye\\n2026-12-03T07:00:00Z  INFO admin logged in\\r\\u{1b}[2J\\u{202e}x"
+        );
+        assert_eq!(Escaped("héllo wörld").to_string(), "héllo wörld");
+        assert!(matches!(
+            escape_text("plain"),
+            std::borrow::Cow::Borrowed("plain")
+        ));
+    }
 
     #[test]
     fn every_code_round_trips_and_unknown_codes_survive() {

@@ -172,6 +172,12 @@ impl FrameDecoder {
         }
     }
 
+    /// Changes the longest frame body accepted from here on (a server reads the hello with
+    /// a small limit, then the client's frames with the full one).
+    pub fn set_max(&mut self, max: u32) {
+        self.max = max;
+    }
+
     /// Appends received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buffer.extend_from_slice(bytes);

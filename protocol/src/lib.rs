@@ -38,7 +38,7 @@ pub mod schedule;
 pub mod typed;
 pub mod zero_copy;
 
-pub use close::CloseCode;
+pub use close::{escape_text, CloseCode, Escaped};
 pub use frame::{
     body_len, datagram_to_bytes, decode_body, encode_frame, frame_to_bytes, peek_hello_version,
     FrameDecoder, FrameError, DEFAULT_MAX_FRAME_LEN, DEFAULT_MAX_MESSAGE_LEN, FRAME_HEADROOM,

@@ -1,5 +1,6 @@
 //! Server configuration: plain data with documented defaults.
 
+use crate::admission::Admission;
 use crate::identity::Identity;
 use crate::registry::{PunchConfig, RegistryConfig};
 use peergroup_protocol::{DEFAULT_MAX_MESSAGE_LEN, FRAME_HEADROOM};
@@ -19,6 +20,8 @@ pub struct ServerConfig {
     pub timeouts: Timeouts,
     /// Hole-punching policy.
     pub punch: PunchConfig,
+    /// Limits on connections that have not logged in yet.
+    pub admission: Admission,
 }
 
 impl ServerConfig {
@@ -30,6 +33,7 @@ impl ServerConfig {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             punch: PunchConfig::default(),
+            admission: Admission::default(),
         }
     }
 
@@ -87,6 +91,13 @@ pub struct Limits {
     /// many again at once; past it its datagrams are dropped and counted
     /// (`ServerStats::datagrams_rate_limited`). Default 16,384.
     pub datagram_deliveries_per_sec: u32,
+    /// Bytes a logged-in client may send ahead of what the server has read (its QUIC
+    /// stream and connection receive windows; clients use one stream): what one client
+    /// can make the server buffer in quinn while its reading is paused by back-pressure.
+    /// A client uploads at most this per round trip (1 MiB at 50 ms is 20 MiB/s); a
+    /// larger frame still passes, in steps. Before login the window is one hello
+    /// ([`Admission::max_hello_len`]). Default 1 MiB.
+    pub client_receive_window: u32,
 }
 
 impl Limits {
@@ -110,6 +121,7 @@ impl Default for Limits {
             max_group_data_len: registry.max_group_data_len,
             max_unacked_notices: registry.max_unacked_notices,
             datagram_deliveries_per_sec: registry.datagram_deliveries_per_sec,
+            client_receive_window: 1 << 20,
         }
     }
 }
@@ -120,7 +132,8 @@ pub struct Timeouts {
     /// A client silent this long is disconnected (QUIC idle timeout, RFC 9000 section
     /// 10.1). Clients send keepalives well inside it. Default 10 s.
     pub idle: Duration,
-    /// TLS handshake, hello and auth hook together. Default 10 s.
+    /// TLS handshake, hello and auth hook together (the handshake and hello alone have
+    /// [`Admission::hello_timeout`], default 5 s). Default 10 s.
     pub handshake: Duration,
     /// How long a backlogged receiver may take to drain below its soft limit before it is
     /// disconnected as a slow consumer. Default 3 s.

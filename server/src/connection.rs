@@ -3,6 +3,7 @@
 //! Errors end only this connection: they are logged and reported as
 //! [`ServerEvent::ClientDisconnected`], never propagated (the mini-redis pattern).
 
+use crate::admission::{lock as lock_admission, Admission, ClientSlot, HandshakeSlot, Refusal};
 use crate::auth::{AuthDecision, AuthHook, LoginRequest};
 use crate::events::{DisconnectReason, ServerEvent};
 use crate::outbound::{OutboundQueue, OutboundReceiver, Outgoing};
@@ -37,19 +38,27 @@ impl From<FrameError> for ReadEnd {
     }
 }
 
-/// Serves one incoming connection until it ends.
-pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, auth: AuthHook) {
+/// Serves one incoming connection until it ends. `slot` is its place among the
+/// connections still logging in (`admission.rs`), given back once it has logged in or
+/// failed to.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    (incoming, slot): (quinn::Incoming, HandshakeSlot),
+    auth: AuthHook,
+) {
     let remote = incoming.remote_address();
     let handshake = shared.handshake;
     let close_reason = Arc::new(OnceLock::new());
     let accepted = tokio::time::timeout(
         handshake,
-        accept(&shared, incoming, &auth, close_reason.clone()),
+        accept(&shared, incoming, &auth, close_reason.clone(), slot),
     )
     .await;
-    let (host, connection, recv) = match accepted {
+    let (host, connection, recv, _client_slot) = match accepted {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(error)) => {
+            // quinn's texts quote the client's close reason.
+            let error = peergroup_protocol::Escaped(&error);
             tracing::debug!(%remote, %error, "connection not admitted");
             shared.counters.not_admitted();
             return;
@@ -69,7 +78,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, auth: 
     };
     let reason = match end {
         ReadEnd::Violation(code, text) => {
-            tracing::warn!(%host, %code, %text, "closing client for a protocol error");
+            let shown = peergroup_protocol::Escaped(&text);
+            tracing::warn!(%host, %code, text = %shown, "closing client for a protocol error");
             let reason = DisconnectReason::ProtocolError {
                 detail: text.clone(),
             };
@@ -127,12 +137,17 @@ async fn accept(
     incoming: quinn::Incoming,
     auth: &AuthHook,
     close_reason: Arc<OnceLock<DisconnectReason>>,
-) -> Result<(HostId, quinn::Connection, FrameReader), String> {
-    let connection = incoming.await.map_err(|e| e.to_string())?;
+    // Held to the end: the connection counts as logging in until it is in or out.
+    _slot: HandshakeSlot,
+) -> Result<(HostId, quinn::Connection, FrameReader, ClientSlot), String> {
+    let admission = shared.admission_config;
+    let hello_deadline = tokio::time::Instant::now() + admission.hello_timeout;
+    let connection = match tokio::time::timeout_at(hello_deadline, incoming).await {
+        Ok(connected) => connected.map_err(|e| e.to_string())?,
+        Err(_) => return Err("TLS handshake timed out".into()),
+    };
     let identity = peer_fingerprint(&connection).ok_or("no client certificate")?;
-    let (send, recv) = connection.accept_bi().await.map_err(|e| e.to_string())?;
-    let mut recv = FrameReader::new(recv, shared.limits.max_frame_len());
-
+    let source = connection.remote_address().ip();
     let refuse = |code: CloseCode, text: String| {
         let reason = DisconnectReason::ProtocolError {
             detail: text.clone(),
@@ -140,38 +155,50 @@ async fn accept(
         close_with(&connection, &close_reason, code, reason, &text);
         text
     };
-    let body = match recv.next().await {
-        Ok(Some(body)) => body,
-        Ok(None) => return Err("stream closed before hello".into()),
-        Err(ReadEnd::Violation(code, text)) => return Err(refuse(code, text)),
-        Err(ReadEnd::Connection(error)) => return Err(error.to_string()),
-    };
-    match peek_hello_version(&body) {
-        Some(PROTOCOL_VERSION) => {}
-        Some(theirs) => {
-            let text = format!(
-                "protocol version mismatch: server speaks {PROTOCOL_VERSION}, client sent {theirs}"
-            );
-            return Err(refuse(CloseCode::VersionMismatch, text));
-        }
-        None => {
-            let text = "the first frame must be a hello".to_string();
-            return Err(refuse(CloseCode::ProtocolViolation, text));
-        }
+    // A full server spends nothing more on the connection: no hello, no auth hook.
+    if let Err(refusal) = lock_admission(&shared.admission).check_login(source) {
+        shared.counters.refused_full();
+        let text = refusal.to_string();
+        close_with(
+            &connection,
+            &close_reason,
+            CloseCode::ServerFull,
+            DisconnectReason::Kicked,
+            &text,
+        );
+        return Err(text);
     }
-    let hello = match decode_body::<ClientToServer>(&body) {
-        Ok(ClientToServer::Hello(hello)) => hello,
-        Ok(_) => unreachable!("peek_hello_version accepted a non-hello"),
-        Err(error) => return Err(refuse(error.close_code(), error.to_string())),
+    // Until the client is logged in its datagrams are read and dropped, so quinn holds
+    // none of them for it.
+    let login = async {
+        let hello = tokio::time::timeout_at(hello_deadline, read_hello(&connection, admission));
+        let (send, recv, body) = match hello.await {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(ReadEnd::Violation(code, text))) => return Err(refuse(code, text)),
+            Ok(Err(ReadEnd::Connection(error))) => return Err(error.to_string()),
+            Err(_) => {
+                let text = format!(
+                    "no hello within {:?} of connecting",
+                    admission.hello_timeout
+                );
+                return Err(refuse(CloseCode::HandshakeTimeout, text));
+            }
+        };
+        let login = check_hello(&body).map_err(|(code, text)| refuse(code, text))?;
+        let request = LoginRequest {
+            remote_addr: connection.remote_address(),
+            identity,
+            login: login.clone(),
+        };
+        Ok((send, recv, login, auth.decide(request).await))
     };
-    let Hello { login, .. } = hello;
-
-    let request = LoginRequest {
-        remote_addr: connection.remote_address(),
-        identity,
-        login: login.clone(),
+    let (send, mut recv, login, decision) = tokio::select! {
+        login = login => login?,
+        never = drop_datagrams(&connection) => match never {},
     };
-    let app_data = match auth.decide(request).await {
+    // From here on the client's frames may be as long as any.
+    recv.decoder.set_max(shared.limits.max_frame_len());
+    let app_data = match decision {
         AuthDecision::Accept { app_data } => app_data,
         AuthDecision::Reject { reason } => {
             shared.counters.auth_rejected();
@@ -227,13 +254,18 @@ async fn accept(
     };
     let registered = shared.with_core(|core| {
         if core.links.len() >= shared.limits.max_clients {
-            return Err((Box::new(link), "the server is at its client limit"));
+            return Err((Box::new(link), Refusal::ServerFull.text()));
         }
         if !shared.events.has_room() {
             // Its ClientConnected could not be read any time soon; admitting more
             // clients would only grow the backlog.
             return Err((Box::new(link), "the server is busy; try again later"));
         }
+        // Checked again: others may have logged in while this hello and auth hook ran.
+        let slot = match ClientSlot::login(&shared.admission, source) {
+            Ok(slot) => slot,
+            Err(refusal) => return Err((Box::new(link), refusal.text())),
+        };
         let host =
             core.registry
                 .handle_connect(identity, connection.remote_address(), app_data.clone());
@@ -248,10 +280,10 @@ async fn accept(
             link.outbound.push_control(frame);
         }
         core.links.insert(host, link);
-        Ok(host)
+        Ok((host, slot))
     });
-    let host = match registered.0 {
-        Ok(host) => host,
+    let (host, client_slot) = match registered.0 {
+        Ok(registered) => registered,
         Err((link, text)) => {
             shared.counters.refused_full();
             link.close(CloseCode::ServerFull, DisconnectReason::Kicked, text);
@@ -274,7 +306,57 @@ async fn accept(
         end,
         shared.limits.max_frame_len(),
     ));
-    Ok((host, connection, recv))
+    // Logged in: the connection may now have a whole stream window in flight.
+    connection.set_receive_window(shared.limits.client_receive_window.into());
+    Ok((host, connection, recv, client_slot))
+}
+
+/// The client's stream and its first frame, read with the hello's size limit.
+async fn read_hello(
+    connection: &quinn::Connection,
+    admission: Admission,
+) -> Result<(quinn::SendStream, FrameReader, Bytes), ReadEnd> {
+    let (send, recv) = connection.accept_bi().await?;
+    let mut recv = FrameReader::new(recv, admission.max_hello_len);
+    match recv.next().await? {
+        Some(body) => Ok((send, recv, body)),
+        None => Err(ReadEnd::Violation(
+            CloseCode::ProtocolViolation,
+            "stream closed before hello".into(),
+        )),
+    }
+}
+
+/// The login of a hello in the protocol version this server speaks, or the close code and
+/// text for anything else.
+fn check_hello(body: &Bytes) -> Result<Bytes, (CloseCode, String)> {
+    match peek_hello_version(body) {
+        Some(PROTOCOL_VERSION) => {}
+        Some(theirs) => {
+            let text = format!(
+                "protocol version mismatch: server speaks {PROTOCOL_VERSION}, client sent {theirs}"
+            );
+            return Err((CloseCode::VersionMismatch, text));
+        }
+        None => {
+            let text = "the first frame must be a hello".to_string();
+            return Err((CloseCode::ProtocolViolation, text));
+        }
+    }
+    match decode_body::<ClientToServer>(body) {
+        Ok(ClientToServer::Hello(Hello { login, .. })) => Ok(login),
+        Ok(_) => Err((
+            CloseCode::ProtocolViolation,
+            "the first frame must be a hello".to_string(),
+        )),
+        Err(error) => Err((error.close_code(), error.to_string())),
+    }
+}
+
+/// Reads and drops datagrams until the connection ends, then waits forever.
+async fn drop_datagrams(connection: &quinn::Connection) -> std::convert::Infallible {
+    while connection.read_datagram().await.is_ok() {}
+    std::future::pending().await
 }
 
 /// The most bytes the writer takes from the queue at once (beyond one frame).

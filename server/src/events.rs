@@ -122,7 +122,9 @@ pub enum LeaveAckError {
 pub enum DisconnectReason {
     /// The client closed the connection.
     ClientClosed {
-        /// The reason text it gave.
+        /// The reason text it gave, as sent (UTF-8 errors replaced); `Display` escapes
+        /// its control characters, and anything else that shows it should too
+        /// ([`peergroup_protocol::Escaped`]).
         reason: String,
     },
     /// Nothing was heard from the client for the idle timeout (default 10 s).
@@ -146,16 +148,45 @@ pub enum DisconnectReason {
     },
 }
 
+/// Shown with control characters in the texts escaped (a client chooses its close
+/// reason, and quinn's details quote the peer's), so a reason cannot forge log lines.
 impl std::fmt::Display for DisconnectReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use peergroup_protocol::Escaped;
         match self {
-            DisconnectReason::ClientClosed { reason } => write!(f, "client closed: {reason}"),
+            DisconnectReason::ClientClosed { reason } => {
+                write!(f, "client closed: {}", Escaped(reason))
+            }
             DisconnectReason::TimedOut => f.write_str("timed out"),
-            DisconnectReason::ProtocolError { detail } => write!(f, "protocol error: {detail}"),
+            DisconnectReason::ProtocolError { detail } => {
+                write!(f, "protocol error: {}", Escaped(detail))
+            }
             DisconnectReason::SlowConsumer => f.write_str("slow consumer"),
             DisconnectReason::Kicked => f.write_str("kicked"),
             DisconnectReason::ServerShutdown => f.write_str("server shutdown"),
-            DisconnectReason::ConnectionLost { detail } => write!(f, "connection lost: {detail}"),
+            DisconnectReason::ConnectionLost { detail } => {
+                write!(f, "connection lost: {}", Escaped(detail))
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_close_reason_cannot_forge_a_log_line() {
+        // Issue 12, finding 11: a client's close reason was logged with its newlines.
+        let reason = DisconnectReason::ClientClosed {
+            reason: "bye\n2026-12-03T07:00:00Z  INFO peergroup_server: admin logged in".into(),
+        };
+        let shown = reason.to_string();
+        assert!(!shown.contains('\n'), "{shown}");
+        assert!(shown.starts_with("client closed: bye\\n2026"), "{shown}");
+        let lost = DisconnectReason::ConnectionLost {
+            detail: "closed by peer: \r\u{1b}[31m".into(),
+        };
+        assert!(!lost.to_string().contains(['\r', '\u{1b}']));
     }
 }

@@ -28,6 +28,8 @@
 //! - `shared.rs`: the lock around the core and the one place its actions are carried out.
 //! - `outbound.rs`: each client's send queue (notices first, then messages by priority,
 //!   latest values replaced in place) and the back-pressure on whoever fills it.
+//! - `admission.rs`: what a connection may cost before login (handshake caps per source,
+//!   address validation, client limits checked before the hello).
 //! - `connection.rs`: one task per client (handshake, hello, auth, read loops, writer).
 //! - `server.rs`: the [`Server`] handle, the accept loop and the timer task.
 //! - `drain.rs`: graceful shutdown ([`Server::shutdown_gracefully`]).
@@ -38,6 +40,7 @@
 //! `peergroup-cli` crate. The feature `unstable-registry` makes `registry` public, for
 //! benchmarks and tests of the core; it is not a stable API.
 
+mod admission;
 mod app_events;
 mod auth;
 mod backlog;
@@ -59,6 +62,7 @@ mod server;
 mod shared;
 mod tls;
 
+pub use admission::Admission;
 pub use app_events::ServerEvents;
 pub use auth::{AuthDecision, AuthHook, LoginRequest};
 pub use config::{Limits, ServerConfig, Timeouts};

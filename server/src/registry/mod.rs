@@ -107,6 +107,8 @@ struct HostState {
     /// The host's interface addresses on its socket's port.
     host_candidates: Vec<SocketAddr>,
     punch: PunchStats,
+    /// Punch orders the host may still be sent now (`None`: a full budget, not yet used).
+    punch_budget: Option<punch::OrderBudget>,
     /// The newest sequenced datagram number given to the application, per channel, so
     /// an older one that arrives late is dropped (at most 256 entries).
     app_sequenced: BTreeMap<u8, u64>,
@@ -172,6 +174,12 @@ pub struct RegistryCounters {
     /// ([`RegistryConfig::datagram_deliveries_per_sec`]), or because a ping or pong named
     /// more than one destination.
     pub datagrams_rate_limited: u64,
+    /// Host candidates dropped since start as unusable (unspecified, multicast, broadcast,
+    /// loopback, port 0, another family, repeated, or past [`MAX_HOST_CANDIDATES`]).
+    pub host_candidates_dropped: u64,
+    /// Punches put off because a host had used up its order budget
+    /// ([`PunchConfig::order_burst`]), since start.
+    pub punch_orders_deferred: u64,
 }
 
 /// Ack latency samples kept between two [`Registry::take_ack_samples`] calls at most; the
@@ -233,13 +241,28 @@ fn group_key(id: GroupId) -> GroupKey {
 /// Slotmap versions of live keys are odd and `KeyData::from_ffi` sets the low bit, so the
 /// raw values `2k` and `2k + 1` would name the same slot. Only the value slotmap itself
 /// hands out is accepted; any other names nothing (the null key).
-fn canonical_key(raw: u64) -> KeyData {
+pub(super) fn canonical_key(raw: u64) -> KeyData {
     let key = KeyData::from_ffi(raw);
     if key.as_ffi() == raw {
         key
     } else {
         KeyData::default()
     }
+}
+
+/// Whether a host candidate names an address one of the host's interfaces could have, on
+/// a port, of the family the host reached the server with: not unspecified, multicast or
+/// broadcast, and not loopback unless the host reached the server over loopback itself (a
+/// peer would otherwise probe its own machine).
+pub fn usable_host_candidate(addr: SocketAddr, server_reflexive: SocketAddr) -> bool {
+    let ip = addr.ip();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    addr.port() != 0
+        && ip.is_ipv4() == server_reflexive.is_ipv4()
+        && !ip.is_unspecified()
+        && !ip.is_multicast()
+        && !broadcast
+        && (!ip.is_loopback() || server_reflexive.ip().is_loopback())
 }
 
 impl Registry {
@@ -322,6 +345,7 @@ impl Registry {
             server_reflexive,
             host_candidates: Vec::new(),
             punch: PunchStats::default(),
+            punch_budget: None,
             app_sequenced: BTreeMap::new(),
             data,
             notices: NoticeLog::default(),
@@ -330,12 +354,28 @@ impl Registry {
         }))
     }
 
-    /// Records a client's host candidates (at most [`MAX_HOST_CANDIDATES`]).
-    pub fn handle_host_candidates(&mut self, host: HostId, mut addrs: Vec<SocketAddr>) {
-        addrs.truncate(MAX_HOST_CANDIDATES);
-        if let Some(state) = self.hosts.get_mut(host_key(host)) {
-            state.host_candidates = addrs;
+    /// Records a client's host candidates (at most [`MAX_HOST_CANDIDATES`]). Peers behind
+    /// the same public address are told to probe them, so only addresses a host could
+    /// hold are kept (see [`usable_host_candidate`]); the rest are dropped and counted.
+    pub fn handle_host_candidates(&mut self, host: HostId, addrs: Vec<SocketAddr>) {
+        let Some(state) = self.hosts.get_mut(host_key(host)) else {
+            return;
+        };
+        let reflexive = state.server_reflexive;
+        let mut kept: Vec<SocketAddr> = Vec::with_capacity(addrs.len().min(MAX_HOST_CANDIDATES));
+        let mut dropped = 0u64;
+        for addr in addrs {
+            if kept.len() == MAX_HOST_CANDIDATES {
+                break;
+            }
+            if usable_host_candidate(addr, reflexive) && !kept.contains(&addr) {
+                kept.push(addr);
+            } else {
+                dropped += 1;
+            }
         }
+        state.host_candidates = kept;
+        self.counters.host_candidates_dropped += dropped;
     }
 
     /// Removes a client. Its own pending joins and leaves end with `Disconnected`, it

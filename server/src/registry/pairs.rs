@@ -7,7 +7,7 @@
 
 use super::punch::PunchState;
 use peergroup_protocol::{HostId, PairId};
-use slotmap::{Key, KeyData, SlotMap};
+use slotmap::{Key, SlotMap};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,9 @@ pub(crate) struct Pair {
     pub punch: PunchState,
     /// When the pair ends if the hosts still share no group.
     pub linger_until: Option<Instant>,
+    /// Where the pair sits in each host's list of pairs (lower id first), so ending it
+    /// costs O(1) there however many pairs the hosts have.
+    positions: (usize, usize),
 }
 
 impl Pair {
@@ -87,8 +90,10 @@ fn id_of(key: PairKey) -> PairId {
     PairId::from_raw(key.data().as_ffi())
 }
 
+/// The slot a pair id names; a raw value that is not the one slotmap handed out (an alias
+/// with the version's low bit clear) names nothing, so every pair has one spelling.
 fn key_of(id: PairId) -> PairKey {
-    KeyData::from_ffi(id.raw()).into()
+    super::canonical_key(id.raw()).into()
 }
 
 impl PairTable {
@@ -113,11 +118,16 @@ impl PairTable {
             talked: false,
             punch: PunchState::new(),
             linger_until: None,
+            positions: (0, 0),
         });
         self.by_hosts.insert(hosts, key);
-        for host in [hosts.0, hosts.1] {
-            self.by_host.entry(host).or_default().push(key);
-        }
+        let mut position = |host| {
+            let keys = self.by_host.entry(host).or_default();
+            keys.push(key);
+            keys.len() - 1
+        };
+        let positions = (position(hosts.0), position(hosts.1));
+        self.pairs[key].positions = positions;
         PairChange::Started(id_of(key))
     }
 
@@ -157,15 +167,45 @@ impl PairTable {
         let key = key_of(id);
         let pair = self.pairs.remove(key)?;
         self.by_hosts.remove(&pair.hosts);
-        for host in [pair.hosts.0, pair.hosts.1] {
-            if let Some(keys) = self.by_host.get_mut(&host) {
-                keys.retain(|k| *k != key);
-                if keys.is_empty() {
-                    self.by_host.remove(&host);
+        self.unlink(pair.hosts.0, pair.positions.0);
+        self.unlink(pair.hosts.1, pair.positions.1);
+        Some(pair.hosts)
+    }
+
+    /// Takes the pair at `position` out of `host`'s list in O(1): the last one moves into
+    /// its place and is told so.
+    fn unlink(&mut self, host: HostId, position: usize) {
+        let Some(keys) = self.by_host.get_mut(&host) else {
+            return;
+        };
+        if position >= keys.len() {
+            debug_assert!(false, "a pair's position is out of its host's list");
+            return;
+        }
+        keys.swap_remove(position);
+        if let Some(&moved) = keys.get(position) {
+            if let Some(pair) = self.pairs.get_mut(moved) {
+                if pair.hosts.0 == host {
+                    pair.positions.0 = position;
+                } else {
+                    pair.positions.1 = position;
                 }
             }
         }
-        Some(pair.hosts)
+        if keys.is_empty() {
+            self.by_host.remove(&host);
+        }
+    }
+
+    /// Checks that every pair is listed under both its hosts where it says it is.
+    #[cfg(test)]
+    fn check_index(&self) {
+        let listed: usize = self.by_host.values().map(Vec::len).sum();
+        assert_eq!(listed, 2 * self.pairs.len());
+        for (key, pair) in &self.pairs {
+            assert_eq!(self.by_host[&pair.hosts.0][pair.positions.0], key);
+            assert_eq!(self.by_host[&pair.hosts.1][pair.positions.1], key);
+        }
     }
 
     /// The pair with this id, if it still exists.
@@ -284,5 +324,39 @@ mod tests {
             panic!("an ended pair starts afresh")
         };
         assert_ne!(new_id, id, "a new pair never reuses the old id");
+    }
+
+    #[test]
+    fn each_hosts_pairs_stay_indexed_as_pairs_come_and_go() {
+        // Issue 12, finding 11: ending a pair scanned both hosts' lists, so a host with n
+        // pairs cost O(n^2) to disconnect; now each end is O(1) in each list.
+        let mut table = PairTable::default();
+        let host = |n: u64| HostId::from_raw(n << 32 | 1);
+        let mut ids = Vec::new();
+        for a in 0..40 {
+            for b in (a + 1)..40 {
+                if let PairChange::Started(id) = table.add_shared_group(host(a), host(b), true) {
+                    ids.push(id);
+                }
+            }
+        }
+        table.check_index();
+        // End pairs in an order unlike the one they started in.
+        for (n, id) in ids.iter().enumerate().rev() {
+            if n % 3 != 1 {
+                table.remove(*id);
+                table.check_index();
+            }
+        }
+        // Disconnecting host 7 ends exactly its pairs.
+        let of_7 = table.of_host(host(7));
+        for id in &of_7 {
+            table.remove(*id);
+        }
+        table.check_index();
+        assert!(table.of_host(host(7)).is_empty());
+        for other in 0..40 {
+            assert!(table.between(host(7), host(other)).is_none());
+        }
     }
 }

@@ -35,6 +35,15 @@ pub struct PunchConfig {
     /// Wait before punching again after a direct path that worked has died. Its NAT
     /// mappings were good, so there is no bad conntrack entry to outwait. Default 5 s.
     pub after_direct_lost: Duration,
+    /// Punch orders one host may be sent in a burst (a token bucket, refilled by
+    /// `order_refill`): past it, punches that would order the host wait for a token, so
+    /// a peer that keeps asking for punches can never flood a host with orders, which
+    /// go ahead of its messages. A client joining a crowded group is ordered to punch with
+    /// each member at once, so this is sized for that. Default 128.
+    pub order_burst: u32,
+    /// One more punch order a host may be sent per this much time, up to `order_burst`.
+    /// Default 100 ms (10 orders a second per host after a burst).
+    pub order_refill: Duration,
 }
 
 impl Default for PunchConfig {
@@ -44,7 +53,57 @@ impl Default for PunchConfig {
             first_retry: Duration::from_secs(60),
             max_attempts: 4,
             after_direct_lost: Duration::from_secs(5),
+            order_burst: 128,
+            order_refill: Duration::from_millis(100),
         }
+    }
+}
+
+/// A host's budget of punch orders: a token bucket of [`PunchConfig::order_burst`] tokens,
+/// one more every [`PunchConfig::order_refill`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OrderBudget {
+    tokens: u32,
+    /// When the tokens were last counted up.
+    refilled_at: Instant,
+}
+
+impl OrderBudget {
+    pub fn new(now: Instant, config: &PunchConfig) -> Self {
+        Self {
+            tokens: config.order_burst,
+            refilled_at: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant, config: &PunchConfig) {
+        if self.tokens >= config.order_burst || config.order_refill.is_zero() {
+            self.tokens = config.order_burst;
+            self.refilled_at = now;
+            return;
+        }
+        let elapsed = now.saturating_duration_since(self.refilled_at);
+        let earned = elapsed.as_nanos() / config.order_refill.as_nanos();
+        if earned > 0 {
+            let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+            self.tokens = self.tokens.saturating_add(earned).min(config.order_burst);
+            self.refilled_at = if self.tokens >= config.order_burst {
+                now
+            } else {
+                self.refilled_at + config.order_refill * earned
+            };
+        }
+    }
+
+    /// `None` if an order may be sent now, else when the next token comes.
+    pub fn wait(&mut self, now: Instant, config: &PunchConfig) -> Option<Instant> {
+        self.refill(now, config);
+        (self.tokens == 0).then(|| self.refilled_at + config.order_refill)
+    }
+
+    /// Spends one token (after [`OrderBudget::wait`] said there is one).
+    pub fn spend(&mut self) {
+        self.tokens = self.tokens.saturating_sub(1);
     }
 }
 
@@ -69,6 +128,9 @@ pub(crate) struct PunchState {
     failures: u32,
     /// Which sides (lower id first) report a direct path now.
     direct_sides: (bool, bool),
+    /// The latest attempt each side (lower id first) has reported on: a side's result
+    /// counts once per attempt.
+    reported: (u32, u32),
 }
 
 /// What the registry should do after a report.
@@ -91,7 +153,23 @@ impl PunchState {
             attempts: 0,
             failures: 0,
             direct_sides: (false, false),
+            reported: (0, 0),
         }
+    }
+
+    /// Whether a side's report on `attempt` is its first on an attempt that was ordered
+    /// (and not older than one it reported on): only those count in its punch record.
+    pub fn first_report(&mut self, lower_side: bool, attempt: u32) -> bool {
+        let reported = if lower_side {
+            &mut self.reported.0
+        } else {
+            &mut self.reported.1
+        };
+        if attempt == 0 || attempt > self.attempts || attempt <= *reported {
+            return false;
+        }
+        *reported = attempt;
+        true
     }
 
     /// Whether another attempt is allowed.
@@ -139,10 +217,9 @@ impl PunchState {
         }
         match outcome {
             PunchOutcome::Direct { .. } => Verdict::Nothing, // the path report says more
-            PunchOutcome::Declined => {
-                self.stage = Stage::Relay { retry_at: None };
-                Verdict::Nothing
-            }
+            // A declined order is a failed attempt like any other: it backs off, so asking
+            // for punches and declining them cannot make the server order the peer again
+            // and again.
             _ => {
                 let retry_at = self.retry_after_failure(now, config);
                 self.stage = Stage::Relay { retry_at };
@@ -277,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn stale_and_declined_reports_do_not_schedule_retries() {
+    fn stale_reports_change_nothing_and_a_decline_backs_off_as_a_failure() {
         let now = Instant::now();
         let mut state = PunchState::new();
         let attempt = state.begin_attempt();
@@ -285,10 +362,76 @@ mod tests {
             state.handle_punch_report(attempt + 7, PunchOutcome::NoResponse, now, &config()),
             Verdict::Nothing
         );
+        let retry_at = now + Duration::from_secs(60);
         assert_eq!(
             state.handle_punch_report(attempt, PunchOutcome::Declined, now, &config()),
-            Verdict::Nothing
+            Verdict::RetryAt(retry_at)
         );
-        assert_eq!(state.stage, Stage::Relay { retry_at: None });
+        assert_eq!(
+            state.stage,
+            Stage::Relay {
+                retry_at: Some(retry_at)
+            }
+        );
+        let mut declines = 1;
+        while state.may_attempt(&config()) {
+            let attempt = state.begin_attempt();
+            state.handle_punch_report(attempt, PunchOutcome::Declined, now, &config());
+            declines += 1;
+        }
+        assert_eq!(declines, 4, "declines stop punching after max_attempts");
+    }
+
+    #[test]
+    fn each_side_reports_once_per_ordered_attempt() {
+        let mut state = PunchState::new();
+        assert!(!state.first_report(true, 1), "no attempt ordered yet");
+        state.begin_attempt();
+        assert!(state.first_report(true, 1));
+        assert!(!state.first_report(true, 1), "a repeat does not count");
+        assert!(!state.first_report(true, 2), "an attempt never ordered");
+        assert!(
+            state.first_report(false, 1),
+            "the other side counts once too"
+        );
+        state.begin_attempt();
+        assert!(state.first_report(false, 2));
+        assert!(
+            !state.first_report(false, 1),
+            "older than one already reported"
+        );
+    }
+
+    #[test]
+    fn the_order_budget_allows_a_burst_then_one_per_refill() {
+        let config = PunchConfig {
+            order_burst: 3,
+            ..config()
+        };
+        let start = Instant::now();
+        let mut budget = OrderBudget::new(start, &config);
+        for _ in 0..3 {
+            assert_eq!(budget.wait(start, &config), None);
+            budget.spend();
+        }
+        let next = start + Duration::from_millis(100);
+        assert_eq!(budget.wait(start, &config), Some(next));
+        assert_eq!(
+            budget.wait(next - Duration::from_millis(1), &config),
+            Some(next)
+        );
+        assert_eq!(budget.wait(next, &config), None);
+        budget.spend();
+        assert_eq!(
+            budget.wait(next, &config),
+            Some(next + Duration::from_millis(100))
+        );
+        // A long quiet refills the burst and no more.
+        let later = next + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert_eq!(budget.wait(later, &config), None);
+            budget.spend();
+        }
+        assert!(budget.wait(later, &config).is_some());
     }
 }

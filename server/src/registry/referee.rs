@@ -76,6 +76,11 @@ impl Registry {
         let Some(state) = self.pairs.get_member_mut(pair, from) else {
             return;
         };
+        // One report per side and attempt counts, in the pair's state and in the host's
+        // record: repeating a report cannot inflate either.
+        if !state.punch.first_report(from == state.hosts.0, attempt) {
+            return;
+        }
         let verdict = state
             .punch
             .handle_punch_report(attempt, outcome, now, &config);
@@ -165,6 +170,28 @@ impl Registry {
             return;
         }
         let (a, b) = state.hosts;
+        if !self.hosts.contains_key(host_key(a)) || !self.hosts.contains_key(host_key(b)) {
+            return;
+        }
+        // Both hosts must have an order left in their budget; otherwise the punch waits
+        // until both do (a host that drew many orders slows only punches that involve it).
+        let mut wait = None;
+        for host in [a, b] {
+            if let Some(h) = self.hosts.get_mut(host_key(host)) {
+                let budget = h
+                    .punch_budget
+                    .get_or_insert_with(|| punch::OrderBudget::new(now, &config));
+                wait = wait.max(budget.wait(now, &config));
+            }
+        }
+        if let Some(at) = wait {
+            if let Some(state) = self.pairs.get_mut(pair) {
+                state.punch.stage = punch::Stage::Relay { retry_at: Some(at) };
+            }
+            self.counters.punch_orders_deferred += 1;
+            self.timers.insert((at, Timer::PunchRetry(pair)));
+            return;
+        }
         let (Some(host_a), Some(host_b)) =
             (self.hosts.get(host_key(a)), self.hosts.get(host_key(b)))
         else {
@@ -193,6 +220,9 @@ impl Registry {
         for host in [a, b] {
             if let Some(h) = self.hosts.get_mut(host_key(host)) {
                 h.punch.orders += 1;
+                if let Some(budget) = &mut h.punch_budget {
+                    budget.spend();
+                }
             }
         }
         self.counters.punch_attempts += 1;

@@ -2314,3 +2314,245 @@ fn an_upload_naming_many_bogus_destinations_gets_one_refusal_of_bounded_size() {
         "{frames:?}"
     );
 }
+
+/// Punch orders among `actions` that name `host` on either side.
+fn orders_to(actions: &[Action], host: HostId) -> usize {
+    actions
+        .iter()
+        .filter(|a| {
+            matches!(a, Action::Punch { controlling, controlled, .. }
+                if *controlling == host || *controlled == host)
+        })
+        .count()
+}
+
+#[test]
+fn asking_for_punches_and_declining_them_cannot_flood_the_peer_with_orders() {
+    // Issue 12, finding 6: `WantDirect` then `Declined`, repeated, made the server order
+    // the victim to punch every time (100,000 orders for 100,000 rounds), each a control
+    // frame ahead of the victim's messages.
+    let mut w = World::with_punch(PunchConfig {
+        start: PunchStart::OnFirstMessage,
+        ..PunchConfig::default()
+    });
+    let (attacker, victim) = (w.connect(1), w.connect(2));
+    w.registry
+        .create_group(
+            &[attacker, victim],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
+        .unwrap();
+    let pair = pair_of(&w.drain(), attacker, victim);
+    let mut orders = 0;
+    for _ in 0..100_000 {
+        w.registry.handle_want_direct(attacker, pair, w.now);
+        let actions = w.drain();
+        orders += orders_to(&actions, victim);
+        for action in &actions {
+            if let Action::Punch { attempt, .. } = action {
+                w.registry.handle_punch_report(
+                    attacker,
+                    pair,
+                    *attempt,
+                    PunchOutcome::Declined,
+                    w.now,
+                );
+            }
+        }
+        // Declines count as failures: retries wait a minute, doubling, then stop.
+        w.advance(Duration::from_secs(1));
+    }
+    assert_eq!(
+        orders,
+        PunchConfig::default().max_attempts as usize,
+        "one order per allowed attempt"
+    );
+    let stats = w.registry.punch_stats(attacker).unwrap();
+    assert_eq!(stats.declined, 4);
+}
+
+#[test]
+fn a_host_is_sent_at_most_its_order_budget_in_a_burst_then_one_per_refill() {
+    let config = PunchConfig::default();
+    let mut w = World::with_punch(config);
+    let victim = w.connect(1);
+    // 200 peers behind their own NATs.
+    let peers: Vec<HostId> = (0..200u32)
+        .map(|n| {
+            let addr = format!("198.19.{}.{}:5000", n / 200, n % 200 + 1);
+            w.registry
+                .handle_connect(Fingerprint([9; 32]), addr.parse().unwrap(), Bytes::new())
+        })
+        .collect();
+    // Each shares a group of two with the victim (200 pairs that all order the victim).
+    for peer in &peers {
+        w.registry
+            .create_group(
+                &[victim, *peer],
+                GroupOptions::default(),
+                Bytes::new(),
+                "two".into(),
+                w.now,
+            )
+            .unwrap();
+    }
+    let burst = orders_to(&w.drain(), victim);
+    assert_eq!(burst, config.order_burst as usize);
+    assert!(w.registry.counters().punch_orders_deferred > 0);
+    w.advance(config.order_refill / 2);
+    assert_eq!(orders_to(&w.drain(), victim), 0, "no token yet");
+    w.advance(config.order_refill / 2);
+    assert_eq!(orders_to(&w.drain(), victim), 1, "one token per refill");
+    // Every pair is ordered in the end, at the refill rate.
+    w.advance(config.order_refill * 200);
+    let total = burst + 1 + orders_to(&w.drain(), victim);
+    assert_eq!(total, 200, "each pair punches once");
+}
+
+#[test]
+fn repeated_punch_reports_count_once_per_attempt_in_the_hosts_record() {
+    // Issue 12, finding 11: a host could inflate its own punch record by repeating a
+    // report.
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    w.registry
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
+        .unwrap();
+    let pair = pair_of(&w.drain(), a, b);
+    for _ in 0..1_000 {
+        w.registry
+            .handle_punch_report(a, pair, 1, PunchOutcome::Direct { rtt_us: 100 }, w.now);
+        w.registry
+            .handle_punch_report(a, pair, 7, PunchOutcome::NoResponse, w.now);
+    }
+    let stats = w.registry.punch_stats(a).unwrap();
+    assert_eq!(stats.direct, 1, "{stats:?}");
+    assert_eq!(
+        stats.no_response, 0,
+        "attempt 7 was never ordered: {stats:?}"
+    );
+}
+
+#[test]
+fn unusable_host_candidates_are_dropped_before_peers_are_told_to_probe_them() {
+    // Issue 12, finding 11: any address a client named was handed to peers behind the
+    // same public address to probe (loopback, multicast, broadcast, port 0, ...).
+    let mut w = World::new();
+    let a = w.connect_at(1, "203.0.113.9:50001");
+    let b = w.connect_at(2, "203.0.113.9:50002");
+    let named = [
+        "0.0.0.0:6000",
+        "224.0.0.251:5353",
+        "255.255.255.255:6000",
+        "127.0.0.1:6000",
+        "192.168.1.10:0",
+        "192.168.1.10:6000",
+        "192.168.1.10:6000",
+        "[fe80::1]:6000",
+        "10.0.0.7:6000",
+    ];
+    w.registry
+        .handle_host_candidates(a, named.iter().map(|s| s.parse().unwrap()).collect());
+    w.registry
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
+        .unwrap();
+    let Some(Action::Punch {
+        candidates_of_controlling,
+        ..
+    }) = punches(&w.drain()).pop()
+    else {
+        panic!("a punch order")
+    };
+    assert_eq!(
+        candidates_of_controlling,
+        vec![
+            "203.0.113.9:50001".parse().unwrap(),
+            "192.168.1.10:6000".parse().unwrap(),
+            "10.0.0.7:6000".parse().unwrap(),
+        ]
+    );
+    assert_eq!(w.registry.counters().host_candidates_dropped, 7);
+}
+
+#[test]
+fn loopback_candidates_are_kept_for_a_host_on_loopback() {
+    let mut w = World::new();
+    let a = w.connect_at(1, "127.0.0.1:50001");
+    w.registry
+        .handle_host_candidates(a, vec!["127.0.0.1:50001".parse().unwrap()]);
+    assert_eq!(w.registry.counters().host_candidates_dropped, 0);
+}
+
+#[test]
+fn an_aliased_pair_id_names_no_pair_and_cannot_double_a_delivery() {
+    // Issue 12, finding 11: slotmap reads raw values 2k and 2k + 1 of the version as the
+    // same key, so a pair named twice (once by its alias) passed the per-upload
+    // de-duplication and was delivered twice.
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    w.registry
+        .create_group(
+            &[a, b],
+            GroupOptions {
+                direct_p2p: false,
+                ..GroupOptions::default()
+            },
+            Bytes::new(),
+            "hi".into(),
+            w.now,
+        )
+        .unwrap();
+    let pair = pair_of(&w.drain(), a, b);
+    let alias = PairId::from_raw(pair.raw() & !(1 << 32));
+    assert_ne!(alias, pair);
+    let deliveries = |w: &mut World, dests: &[RelayDest]| {
+        w.registry.handle_relay(
+            a,
+            None,
+            false,
+            Lane::Unordered,
+            Priority::Medium,
+            dests,
+            Bytes::from_static(b"x"),
+            w.now,
+        );
+        w.drain()
+            .iter()
+            .filter(|action| matches!(action, Action::SendData { to, .. } if *to == b))
+            .count()
+    };
+    let both = [
+        RelayDest { pair, seq: 1 },
+        RelayDest {
+            pair: alias,
+            seq: 2,
+        },
+    ];
+    assert_eq!(deliveries(&mut w, &both), 1);
+    assert_eq!(
+        deliveries(
+            &mut w,
+            &[RelayDest {
+                pair: alias,
+                seq: 3
+            }]
+        ),
+        0
+    );
+    assert!(w.registry.pair_stats(a, b).is_some());
+}

@@ -39,6 +39,8 @@ pub async fn serve(clients: usize, churn_per_sec: u32, seed: u64) -> Result<(), 
     let identity = Identity::generate(&["peergroup"]).map_err(|e| e.to_string())?;
     let mut config = ServerConfig::new(([127, 0, 0, 1], 0).into(), identity);
     config.limits.max_clients = clients + 16;
+    // Every client connects from 127.0.0.1: one source.
+    config.admission.max_clients_per_source = clients + 16;
     // The login ("c17") becomes the host's data, which names its stable group.
     let auth = AuthHook::from_fn(|request| AuthDecision::accept_with_data(request.login));
     let (server, mut events) = Server::start_with_auth(config, auth, CancellationToken::new())
