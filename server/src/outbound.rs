@@ -10,8 +10,8 @@
 //! lock) waits for the queue to drain: the client whose message is being relayed is paused,
 //! like a TCP sender, instead of the receiver being dropped for a burst. A receiver is
 //! disconnected as a slow consumer once its time over the soft limit, counted across
-//! bursts, uses up its allowance ([`crate::backlog`]: the slow-consumer timeout at once, a
-//! fifth of the time in the long run), or once its queue passes the hard limit. Each
+//! bursts, uses up its allowance ([`crate::backlog`]: the slow-consumer timeout at once, half
+//! the time in the long run), or once its queue passes the hard limit. Each
 //! sender pauses after one push over the soft limit, so the hard limit is the soft limit
 //! plus the larger of the soft limit and two maximal frames per sender that pushed past
 //! it: eight members sending 1 MiB at once to a receiver near its limit no longer get it
