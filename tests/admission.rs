@@ -30,6 +30,7 @@ async fn try_raw(server: &Server, bind: &str) -> Result<RawClient, quinn::Connec
         connection,
         send,
         recv,
+        control: None,
     })
 }
 

@@ -8,6 +8,8 @@
 //!   robin, 4:2:1), without starving them.
 //! - Reliable messages up to the limit arrive whole; one byte more is refused at the
 //!   sender, on both paths.
+//! - A sender the server pauses behind a backlogged receiver still has its acks read: its
+//!   joins complete while its messages wait.
 
 mod common;
 
@@ -15,7 +17,7 @@ use bytes::Bytes;
 use common::*;
 use peergroup_client::{ClientEvent, Delivery, Path, Priority, SendError, Target};
 use peergroup_protocol::HostId;
-use peergroup_server::GroupOptions;
+use peergroup_server::{AuthHook, GroupOptions, ServerEvent};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -436,4 +438,68 @@ async fn the_message_limit_is_the_servers_to_configure() {
     ));
     let got = messages_from(&mut b_events, a_id, 1).await;
     assert_eq!(got[0].0.len(), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_paused_behind_a_backlogged_receiver_still_acks_its_joins() {
+    const SOFT_LIMIT: usize = 256 << 10;
+    // A slow-consumer timeout far past the test's waits: once B is backlogged, the server
+    // reads none of A's messages for the rest of the test.
+    let (server, mut server_events) = start_server_with(
+        |c| {
+            c.limits.client_queue_bytes = SOFT_LIMIT;
+            c.timeouts.slow_consumer = Duration::from_secs(120);
+        },
+        AuthHook::accept_all(),
+    )
+    .await;
+    let SlowPair {
+        a,
+        _a_events,
+        a_id,
+        _b,
+        b_events: _b_events,
+        b_id,
+    } = slow_relay_pair(&server).await;
+    let sender = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![7u8; 16 << 10]);
+        while a
+            .send(Target::Host(b_id), chunk.clone(), Delivery::ReliableOrdered)
+            .await
+            .is_ok()
+        {}
+    });
+    // B's backlog at the server is over the soft limit, and stays there for a whole second
+    // (B's client has stopped reading, and the QUIC window to it is full): the server is
+    // not reading A's messages.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut over_since = None;
+    loop {
+        let now = tokio::time::Instant::now();
+        assert!(now < deadline, "no lasting backlog formed");
+        if server.host_info(b_id).unwrap().queued_bytes < SOFT_LIMIT {
+            over_since = None;
+        } else if now - *over_since.get_or_insert(now) >= Duration::from_secs(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // A joins a new group: its ack travels on its control stream, which the server reads
+    // while A's messages wait behind B's backlog.
+    let group = server.create_group(&[a_id], relay_only(), "").unwrap();
+    let result = wait_server(&mut server_events, |e| match e {
+        ServerEvent::JoinAckComplete {
+            group: g,
+            member,
+            result,
+        } if *g == group && *member == a_id => Some(*result),
+        _ => None,
+    })
+    .await;
+    assert_eq!(result, Ok(()));
+    // B was still backlogged (so A still paused) when the join completed.
+    assert!(server.host_info(b_id).unwrap().queued_bytes >= SOFT_LIMIT);
+    assert!(!sender.is_finished(), "A's sends should still be waiting");
+    sender.abort();
 }

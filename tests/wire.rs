@@ -10,7 +10,9 @@ use peergroup_client::{
     Client, ClientConfig, ClientEvent, CloseCode, ConnectError, Delivery, Fingerprint, ServerTrust,
     Target,
 };
-use peergroup_protocol::{ClientToServer, Hello, PROTOCOL_VERSION};
+use peergroup_protocol::{
+    frame_to_bytes, ClientToServer, Hello, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
+};
 use peergroup_server::{AuthDecision, AuthHook, GroupOptions, ServerEvent};
 use std::time::Duration;
 
@@ -168,6 +170,33 @@ async fn malformed_frames_close_only_the_sender_with_a_protocol_violation() {
     let (code, reason) = raw.closed().await;
     assert_eq!(code, CloseCode::ProtocolViolation.to_u64());
     assert_eq!(reason, "a second hello");
+
+    // Each frame has its stream: an ack on the main stream...
+    let mut raw = raw_connect(&server).await;
+    raw.send_frame(&hello(PROTOCOL_VERSION)).await;
+    let ack = ClientToServer::Ack { notices: 0 };
+    raw.send_bytes(&frame_to_bytes(&ack, DEFAULT_MAX_FRAME_LEN).unwrap())
+        .await;
+    let (code, reason) = raw.closed().await;
+    assert_eq!(code, CloseCode::ProtocolViolation.to_u64());
+    assert_eq!(reason, "an ack on the main stream");
+
+    // ...and a relay upload on the control stream are protocol violations.
+    let mut raw = raw_connect(&server).await;
+    raw.send_frame(&hello(PROTOCOL_VERSION)).await;
+    let relay = ClientToServer::Relay {
+        group: None,
+        to_server: true,
+        lane: peergroup_protocol::Lane::Unordered,
+        priority: peergroup_protocol::Priority::Medium,
+        dests: Vec::new(),
+        payload: Bytes::from_static(b"misplaced"),
+    };
+    let frame = frame_to_bytes(&relay, DEFAULT_MAX_FRAME_LEN).unwrap();
+    raw.control_stream().await.write_all(&frame).await.unwrap();
+    let (code, reason) = raw.closed().await;
+    assert_eq!(code, CloseCode::ProtocolViolation.to_u64());
+    assert_eq!(reason, "a relay upload on the control stream");
 
     // Bytes after the last frame's end that never complete a frame, then the stream ends.
     let mut raw = raw_connect(&server).await;

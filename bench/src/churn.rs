@@ -613,7 +613,7 @@ fn network_churn(window: Duration) -> Result<(Outcome, Outcome), String> {
     result
 }
 
-/// A raw protocol client: hello, then an ack for every `MemberJoined` it reads, written
+/// A raw protocol client: hello, then an ack (on its control stream) for the notices it reads, written
 /// together for each chunk read.
 async fn acking_client(
     endpoint: quinn::Endpoint,
@@ -621,7 +621,7 @@ async fn acking_client(
     limit: Arc<tokio::sync::Semaphore>,
     connections: Arc<Mutex<Vec<quinn::Connection>>>,
 ) -> Result<(), String> {
-    let (connection, mut send, mut recv) = {
+    let (connection, _send, mut control, mut recv) = {
         let _permit = limit.acquire().await.map_err(|e| e.to_string())?;
         let connection = endpoint
             .connect(server, "peergroup")
@@ -635,11 +635,14 @@ async fn acking_client(
         });
         let frame = frame_to_bytes(&hello, DEFAULT_MAX_FRAME_LEN).map_err(|e| e.to_string())?;
         send.write_all(&frame).await.map_err(|e| e.to_string())?;
+        // Acks go on the control stream, which the server allows once logged in. The main
+        // stream stays open (`_send`): finishing it would end the session.
+        let control = connection.open_uni().await.map_err(|e| e.to_string())?;
         connections
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(connection.clone());
-        (connection, send, recv)
+        (connection, send, control, recv)
     };
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME_LEN);
     let mut acks = BytesMut::new();
@@ -664,7 +667,7 @@ async fn acking_client(
                 &mut acks,
             )
             .map_err(|e| e.to_string())?;
-            send.write_all(&acks).await.map_err(|e| e.to_string())?;
+            control.write_all(&acks).await.map_err(|e| e.to_string())?;
             acks.clear();
             acked = taken;
         }

@@ -414,7 +414,7 @@ fn clock_ticks_per_sec() -> f64 {
 
 // ---- the clients -------------------------------------------------------------------------
 
-/// One idle client: its connection and control stream, kept open.
+/// One idle client: its connection and main stream, kept open.
 struct Idle {
     connection: quinn::Connection,
     _send: quinn::SendStream,

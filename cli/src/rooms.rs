@@ -3,7 +3,7 @@
 //! This is what the `peergroup-server` binary runs on top of the [`Server`] library, and
 //! what the `peergroup` CLI talks to. Clients send [`RoomsRequest`]s as reliable messages
 //! to the server ([`HostId::SERVER`]), postcard-encoded; each gets one [`RoomsReply`] back
-//! on the client's control stream.
+//! on the client's main stream.
 //!
 //! - **Join** validates the names (1 to [`MAX_ROOM_NAME_LEN`] bytes for the room, 1 to
 //!   [`MAX_DISPLAY_NAME_LEN`] for the display name, no control characters, no invisible

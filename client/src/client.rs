@@ -6,7 +6,7 @@ use crate::connect_failure::LoginProgress;
 use crate::direct::{self, DirectLink, PunchHandle};
 use crate::error::{ConnectError, SendError};
 use crate::events::{ClientEvent, DisconnectReason};
-use crate::outbound::{write_stream, UploadQueue};
+use crate::outbound::{write_control_stream, write_stream, UploadQueue};
 use crate::session::{DirectWindow, PeerStats, Route, Session, SessionTiming, Target, Upload};
 use crate::socket::DemuxSocket;
 use crate::tls::{
@@ -45,8 +45,12 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     pub endpoint: quinn::Endpoint,
     pub socket: Arc<DemuxSocket>,
-    /// Frames for the server, in the scheduler's order.
+    /// Messages for the server, in the scheduler's order, for the main stream.
     uploads: UploadQueue,
+    /// Acks, reports and requests for the server, for the control stream: the server
+    /// keeps reading it while it pauses the main stream, so they never wait behind
+    /// messages (ARCHITECTURE.md, "Streams").
+    control: UploadQueue,
     /// Each direct peer's send queue holds at most about this many bytes.
     pub peer_queue_bytes: usize,
     /// Events go to the application in batches: one channel operation (and one wake of
@@ -85,11 +89,11 @@ impl Inner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a notice for the server (control traffic is small and bounded by what the
-    /// server sends, so it never waits).
+    /// Queues an ack, report or request for the server's control stream (control traffic
+    /// is small and bounded by what the server sends, so it never waits).
     pub fn send_server_frame(&self, frame: &ClientToServer) {
         if let Ok(bytes) = frame_to_bytes(frame, self.max_frame_len) {
-            self.uploads.push_control(bytes);
+            self.control.push_control(bytes);
         }
     }
 
@@ -219,7 +223,7 @@ impl Inner {
         match upload {
             Upload::Control(frame) => {
                 if let Some(bytes) = encoded(&frame, self.max_frame_len) {
-                    self.uploads.push_control(bytes);
+                    self.control.push_control(bytes);
                 }
             }
             Upload::Relay {
@@ -312,6 +316,10 @@ fn jittered(wait: Duration) -> Duration {
 /// datagrams kept from it, bytes: 2 MiB passes 40 MiB/s at 50 ms RTT, above what a game
 /// client takes in, and bounds what the server can make the client buffer in quinn.
 const SERVER_RECEIVE_WINDOW: u32 = 2 << 20;
+
+/// The control queue's nominal limit, bytes. Control frames never wait for room (they are
+/// small and bounded by what the server sends), so nothing consults it.
+const CONTROL_QUEUE_BYTES: usize = 64 << 10;
 
 /// Closes the connections when the last handle goes.
 struct CloseOnDrop {
@@ -672,6 +680,8 @@ impl Client {
         let (events_tx, events_rx) = mpsc::channel(batches);
         let _ = events_tx.try_send(vec![ClientEvent::Connected { host_id }]);
         let (uploads, queued) = UploadQueue::new(config.limits.send_queue_bytes, false);
+        // Control frames never wait for room, so this limit is never consulted.
+        let (control, queued_control) = UploadQueue::new(CONTROL_QUEUE_BYTES, false);
         let guard = Arc::new(CloseOnDrop {
             connection: connection.clone(),
             endpoint: endpoint.clone(),
@@ -704,6 +714,7 @@ impl Client {
             endpoint,
             socket,
             uploads,
+            control,
             peer_queue_bytes: config.limits.send_queue_bytes,
             events: events_tx,
             event_capacity: config.limits.event_queue.max(2),
@@ -722,6 +733,7 @@ impl Client {
             random: ring::rand::SystemRandom::new(),
         });
         tokio::spawn(write_stream(connection.clone(), send, queued));
+        tokio::spawn(write_control_stream(connection.clone(), queued_control));
         tokio::spawn(emit_events(inner.clone()));
         tokio::spawn(receive(inner.clone(), recv));
         tokio::spawn(direct::accept_peers(inner.clone()));
@@ -989,7 +1001,11 @@ impl Client {
     /// [`SendError::Disconnected`] afterwards.
     pub async fn close(&self) {
         let finished = self.inner.uploads.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(2), finished).await;
+        let control_finished = self.inner.control.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = tokio::join!(finished, control_finished);
+        })
+        .await;
         self.inner.closed.store(true, Ordering::Release);
         close(&self.inner.connection, CloseCode::Normal, "client closed");
         self.inner.endpoint.close(
@@ -1091,7 +1107,7 @@ impl FrameReader {
     }
 }
 
-/// Reads the control stream and datagrams until the connection ends, then reports
+/// Reads the main stream and datagrams until the connection ends, then reports
 /// `Disconnected`.
 async fn receive(inner: Arc<Inner>, recv: FrameReader) {
     // Both loops run to their end (an error in one closes the connection, which ends the
@@ -1142,7 +1158,7 @@ async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
         let body = match recv.next().await {
             Ok(Some(body)) => body,
             Ok(None) => {
-                // A server shutting down gracefully finishes its control stream after its
+                // A server shutting down gracefully finishes its main stream after its
                 // last frame and closes the connection once we have acknowledged all of it
                 // (the server's `drain.rs`): everything has been read, so wait for that
                 // close and report its reason.
@@ -1151,7 +1167,7 @@ async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
                     Ok(error) => ReadEnd::Connection(error),
                     Err(_) => ReadEnd::Violation(
                         CloseCode::ProtocolViolation,
-                        "control stream closed without a connection close".into(),
+                        "main stream closed without a connection close".into(),
                     ),
                 };
             }

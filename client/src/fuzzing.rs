@@ -126,7 +126,7 @@ impl FuzzSession {
         }
     }
 
-    /// A frame from the server's control stream; `Err` closes the connection.
+    /// A frame from the server's main stream; `Err` closes the connection.
     pub fn handle_frame(&mut self, frame: ServerToClient, now: Instant) -> Result<(), String> {
         self.session.handle_frame(frame, now)
     }

@@ -1,4 +1,5 @@
-//! The client's send queues: one for its stream to the server, one per direct peer.
+//! The client's send queues: two for the server (its main stream's messages and its
+//! control stream's acks and reports), one per direct peer.
 //!
 //! Each holds encoded frames in the shared scheduler's order (notices first, then messages
 //! by priority with latest-value replacement; see [`peergroup_protocol::schedule`]) until
@@ -276,6 +277,20 @@ pub(crate) async fn write_stream(
             }
         }
     }
+}
+
+/// Opens the control stream to the server (unidirectional; the server allows it once the
+/// client is logged in) and writes the control queue to it.
+pub(crate) async fn write_control_stream(connection: quinn::Connection, queue: UploadReceiver) {
+    let send = tokio::select! {
+        opened = connection.open_uni() => match opened {
+            Ok(send) => send,
+            // The connection ended: dropping the queue releases its waiters.
+            Err(_) => return,
+        },
+        _ = connection.closed() => return,
+    };
+    write_stream(connection, send, queue).await;
 }
 
 #[cfg(test)]

@@ -654,7 +654,7 @@ impl Session {
         self.clock.estimate(now)
     }
 
-    /// Takes one frame from the server's control stream.
+    /// Takes one frame from the server's main stream.
     ///
     /// # Errors
     /// A description of the violation when the server sent something out of place; the

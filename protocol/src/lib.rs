@@ -22,7 +22,10 @@
 //! # Wire rules
 //! - ALPN [`ALPN`] (`peergroup/1`) in the TLS handshake, then [`PROTOCOL_VERSION`] in the
 //!   client's [`Hello`]; a mismatch closes with [`CloseCode::VersionMismatch`].
-//! - Reliable traffic: frames on one bidirectional QUIC stream per connection, in order.
+//! - Reliable traffic: length-prefixed frames on QUIC streams, in order on each. A client
+//!   has a main stream (bidirectional: its hello and relay uploads, and everything the
+//!   server sends it) and a control stream (unidirectional: its acks and reports), so its
+//!   acks never wait behind its messages; see [`ClientStream`].
 //!   Unreliable traffic: one message per QUIC datagram (RFC 9221).
 //! - Decoding never panics; errors are typed and map to close codes.
 
@@ -47,8 +50,8 @@ pub use frame::{
 pub use ids::{Fingerprint, GroupId, HostId, PairId, ParseFingerprintError, ParseIdError};
 pub use lanes::{Carrier, LaneCounters, SendOptions, DEFAULT_CHANNEL};
 pub use messages::{
-    ClientDatagram, ClientToServer, DatagramLane, Delivery, Hello, Lane, Memberships, Notice,
-    PairPath, Path, PathReason, PeerInfo, PeerToPeer, Priority, PunchOrder, PunchOutcome,
+    ClientDatagram, ClientStream, ClientToServer, DatagramLane, Delivery, Hello, Lane, Memberships,
+    Notice, PairPath, Path, PathReason, PeerInfo, PeerToPeer, Priority, PunchOrder, PunchOutcome,
     RefuseReason, RelayDest, ServerDatagram, ServerToClient, MAX_RELAY_DESTS,
 };
 pub use probe::{is_probe, MalformedProbe, Probe, ProbeKind, PROBE_MAC_LEN};
@@ -64,7 +67,7 @@ pub const ALPN: &[u8] = b"peergroup/1";
 pub const PEER_ALPN: &[u8] = b"peergroup-p2p/1";
 
 /// The protocol version checked at connect.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Bytes the server adds to an unreliable payload when it relays it (variant, sender,
 /// group, lane, number and length), at most. A client subtracts this from the server

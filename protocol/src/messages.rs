@@ -209,7 +209,7 @@ pub struct RelayDest {
     pub seq: u64,
 }
 
-/// The first frame a client sends on its control stream.
+/// The first frame a client sends on its main stream.
 ///
 /// `version` comes first so that any later version's hello can still be read far enough to
 /// report a mismatch.
@@ -221,7 +221,24 @@ pub struct Hello {
     pub login: Bytes,
 }
 
-/// Frames a client sends to the server on its control stream.
+/// Which of its two streams a client sends a frame on.
+///
+/// A client opens its main stream (bidirectional) to log in, and its control stream
+/// (unidirectional, client to server) once welcomed. The server stops reading the main
+/// stream while receivers of its messages drain (back-pressure), and keeps reading the
+/// control stream all the while: so acks and reports never wait behind queued messages,
+/// as they would on one stream (QUIC's streams are independent; RFC 9000, section 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientStream {
+    /// The bidirectional stream: the hello, then reliable relay uploads.
+    Main,
+    /// The unidirectional stream: acks, reports and requests.
+    Control,
+}
+
+/// Frames a client sends to the server: [`ClientToServer::Hello`] and
+/// [`ClientToServer::Relay`] on its main stream, the others on its control stream (see
+/// [`ClientStream`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientToServer {
     /// First frame, exactly once.
@@ -297,6 +314,23 @@ pub enum ClientToServer {
         /// Pings lost of the last 32, per mille.
         loss_permille: Option<u16>,
     },
+}
+
+impl ClientToServer {
+    /// The stream this frame travels on; the server closes a connection that sends it on
+    /// the other one with [`crate::CloseCode::ProtocolViolation`].
+    pub fn stream(&self) -> ClientStream {
+        match self {
+            ClientToServer::Hello(_) | ClientToServer::Relay { .. } => ClientStream::Main,
+            ClientToServer::Ack { .. }
+            | ClientToServer::HostCandidates { .. }
+            | ClientToServer::WantDirect { .. }
+            | ClientToServer::PunchReport { .. }
+            | ClientToServer::PathReport { .. }
+            | ClientToServer::TimeRequest { .. }
+            | ClientToServer::LinkReport { .. } => ClientStream::Control,
+        }
+    }
 }
 
 /// The path a pair's traffic uses.
@@ -375,7 +409,7 @@ impl std::fmt::Debug for PunchOrder {
     }
 }
 
-/// Frames the server sends to a client on its control stream.
+/// Frames the server sends to a client on the client's main stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerToClient {
     /// The login was accepted.

@@ -12,8 +12,8 @@ use crate::tls::peer_fingerprint;
 use bytes::{Bytes, BytesMut};
 use peergroup_protocol::{
     decode_body, decode_client_datagram, decode_client_frame, frame_to_bytes, peek_hello_version,
-    ClientDatagram, ClientToServer, CloseCode, FrameDecoder, FrameError, Hello, HostId,
-    ServerToClient, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
+    ClientDatagram, ClientStream, ClientToServer, CloseCode, FrameDecoder, FrameError, Hello,
+    HostId, ServerToClient, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
 };
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -73,6 +73,7 @@ pub(crate) async fn serve(
 
     let end = tokio::select! {
         end = read_frames(&shared, host, recv, &connection) => end,
+        end = read_control(&shared, host, &connection) => end,
         end = read_datagrams(&shared, host, &connection) => end,
         _ = shared.shutdown.cancelled() => ReadEnd::Connection(quinn::ConnectionError::LocallyClosed),
     };
@@ -306,10 +307,23 @@ async fn accept(
         end,
         shared.limits.max_frame_len(),
     ));
-    // Logged in: the connection may now have a whole stream window in flight.
-    connection.set_receive_window(shared.limits.client_receive_window.into());
+    // Logged in: the connection may now have a whole stream window in flight, and open
+    // its control stream. The connection's window is the main stream's plus room for the
+    // control stream: a main stream the server has stopped reading must not use up the
+    // connection's flow-control credit, or the acks behind it could not be sent at all.
+    let window = shared
+        .limits
+        .client_receive_window
+        .saturating_add(CONTROL_WINDOW);
+    connection.set_receive_window(window.into());
+    connection.set_max_concurrent_uni_streams(1u8.into());
     Ok((host, connection, recv, client_slot))
 }
+
+/// Connection flow-control credit kept for a client's control stream beyond its main
+/// stream's window, bytes. The server reads the control stream as it comes, so a few
+/// frames' worth is plenty; a larger control frame still passes, in steps.
+const CONTROL_WINDOW: u32 = 64 << 10;
 
 /// The client's stream and its first frame, read with the hello's size limit.
 async fn read_hello(
@@ -483,27 +497,51 @@ fn read_error(error: quinn::ReadError) -> ReadEnd {
 /// lock's cost across a burst, few enough to keep other clients' waits short.
 const FRAMES_PER_TURN: usize = 64;
 
-/// The control stream: acks and reliable relay uploads, in order. Every frame one read
-/// brought is handled under one lock and with one clock reading, and what they caused is
-/// sent (and waited on) once.
+/// The main stream after the hello: reliable relay uploads, in order. Every frame one
+/// read brought is handled under one lock and with one clock reading, and what they caused
+/// is sent (and waited on) once: this is where a sender is paused while the receivers of
+/// its messages drain.
 async fn read_frames(
+    shared: &Shared,
+    host: HostId,
+    recv: FrameReader,
+    connection: &quinn::Connection,
+) -> ReadEnd {
+    read_stream(shared, host, recv, connection, ClientStream::Main).await
+}
+
+/// The control stream: acks, reports and requests, read all the while the main stream
+/// is paused (ARCHITECTURE.md, "Streams"), so a client's acks never wait behind its
+/// messages. Nothing here waits on a receiver: notices never do.
+async fn read_control(shared: &Shared, host: HostId, connection: &quinn::Connection) -> ReadEnd {
+    let recv = match connection.accept_uni().await {
+        Ok(recv) => recv,
+        Err(error) => return error.into(),
+    };
+    let recv = FrameReader::new(recv, shared.limits.max_frame_len());
+    read_stream(shared, host, recv, connection, ClientStream::Control).await
+}
+
+/// Reads one of a client's streams until it ends; `stream` says which frames belong on it.
+async fn read_stream(
     shared: &Shared,
     host: HostId,
     mut recv: FrameReader,
     connection: &quinn::Connection,
+    stream: ClientStream,
 ) -> ReadEnd {
     let mut bodies = Vec::with_capacity(FRAMES_PER_TURN);
     loop {
         let body = match recv.next().await {
             Ok(Some(body)) => body,
             Ok(None) => {
-                // A client that is leaving finishes its stream after its last message,
-                // so all of it has been read; its close follows.
+                // A client that is leaving finishes its streams after its last frames,
+                // so all of them have been read; its close follows.
                 return match tokio::time::timeout(shared.handshake, connection.closed()).await {
                     Ok(error) => ReadEnd::Connection(error),
                     Err(_) => ReadEnd::Violation(
                         CloseCode::ProtocolViolation,
-                        "control stream finished without a close".into(),
+                        "stream finished without a close".into(),
                     ),
                 };
             }
@@ -525,25 +563,38 @@ async fn read_frames(
             let now = Instant::now();
             bodies
                 .drain(..)
-                .try_for_each(|body| handle_frame(shared, core, host, &body, now))
+                .try_for_each(|body| handle_frame(shared, core, host, &body, stream, now))
         });
-        shared.settle(deferred).await;
+        match stream {
+            ClientStream::Main => shared.settle(deferred).await,
+            // Control frames cause notices only, which never wait: pausing this stream
+            // on a backlogged receiver would hold the acks back again.
+            ClientStream::Control => drop(deferred),
+        }
         if let Some(end) = handled.err().or(ended) {
             return end;
         }
     }
 }
 
-/// One frame of a client's control stream, under the lock.
+/// One frame of a client's stream `stream`, under the lock.
 fn handle_frame(
     shared: &Shared,
     core: &mut Core,
     host: HostId,
     body: &Bytes,
+    stream: ClientStream,
     now: Instant,
 ) -> Result<(), ReadEnd> {
     let registry = &mut core.registry;
-    match decode_client_frame(body)? {
+    let frame = decode_client_frame(body)?;
+    if frame.stream() != stream {
+        return Err(ReadEnd::Violation(
+            CloseCode::ProtocolViolation,
+            format!("{} on the {}", frame_name(&frame), stream_name(stream)),
+        ));
+    }
+    match frame {
         ClientToServer::Hello(_) => {
             return Err(ReadEnd::Violation(
                 CloseCode::ProtocolViolation,
@@ -589,6 +640,29 @@ fn handle_frame(
         }
     }
     Ok(())
+}
+
+/// How a protocol error names a frame.
+fn frame_name(frame: &ClientToServer) -> &'static str {
+    match frame {
+        ClientToServer::Hello(_) => "a hello",
+        ClientToServer::Ack { .. } => "an ack",
+        ClientToServer::Relay { .. } => "a relay upload",
+        ClientToServer::HostCandidates { .. } => "host candidates",
+        ClientToServer::WantDirect { .. } => "a direct-path request",
+        ClientToServer::PunchReport { .. } => "a punch report",
+        ClientToServer::PathReport { .. } => "a path report",
+        ClientToServer::TimeRequest { .. } => "a clock request",
+        ClientToServer::LinkReport { .. } => "a link report",
+    }
+}
+
+/// How a protocol error names a stream.
+fn stream_name(stream: ClientStream) -> &'static str {
+    match stream {
+        ClientStream::Main => "main stream",
+        ClientStream::Control => "control stream",
+    }
 }
 
 /// Unreliable relay uploads.

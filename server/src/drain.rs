@@ -3,9 +3,9 @@
 //!
 //! A QUIC close discards stream data not yet acknowledged (RFC 9000 section 10.2), so
 //! closing at once loses whatever was still queued. Draining finishes each client's
-//! control stream after its last queued frame instead; quinn's `SendStream::stopped`
+//! main stream after its last queued frame instead; quinn's `SendStream::stopped`
 //! resolves once the client has acknowledged every byte and the end of the stream, and
-//! only then does the server close the connection. The client, seeing its control stream
+//! only then does the server close the connection. The client, seeing its main stream
 //! end, waits for that close and reports its reason. Everything is bounded by one deadline:
 //! past it, [`Server::shutdown_gracefully`] closes whatever is left at once.
 
@@ -69,7 +69,7 @@ impl Server {
     ///    9000 section 20.1);
     /// 2. lets each client's queue empty (frames queued until then, and anything still
     ///    added while it drains, are written in their usual order), finishes the client's
-    ///    control stream, and once the client has acknowledged all of it closes the
+    ///    main stream, and once the client has acknowledged all of it closes the
     ///    connection with close code `ServerShutdown` and the text "server shutting
     ///    down": the client sees `Disconnected { ServerClosed { code: ServerShutdown, ..
     ///    } }` after every message queued for it;

@@ -196,11 +196,13 @@ impl Server {
             // relay waits on a backlogged receiver; older ones are dropped first. quinn's
             // default is 1.25 MB per connection.
             .datagram_receive_buffer_size(Some(256 << 10))
-            // Clients use one bidirectional stream; quinn reserves state for every stream
-            // it allows up front (about 8.5 KiB per client at its default of 100 + 100).
+            // Clients use one bidirectional stream, and one unidirectional control stream
+            // once logged in (the connection task allows it then); quinn reserves state
+            // for every stream it allows up front (about 8.5 KiB per client at its default
+            // of 100 + 100).
             .max_concurrent_bidi_streams(1u8.into())
             .max_concurrent_uni_streams(0u8.into())
-            // The one stream may carry a logged-in client's window...
+            // Each stream may carry a logged-in client's window...
             .stream_receive_window(config.limits.client_receive_window.into())
             // ...but the connection starts with room for one hello only (quinn's default
             // is unlimited): a client that never finishes its hello holds at most this.

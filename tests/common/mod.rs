@@ -4,7 +4,9 @@
 
 use bytes::Bytes;
 use peergroup_client::{Client, ClientConfig, ClientEvent, ClientEvents, ServerTrust};
-use peergroup_protocol::{frame_to_bytes, ClientToServer, HostId, DEFAULT_MAX_FRAME_LEN};
+use peergroup_protocol::{
+    frame_to_bytes, ClientStream, ClientToServer, HostId, DEFAULT_MAX_FRAME_LEN,
+};
 use peergroup_server::{
     AuthHook, CancellationToken, Identity, Server, ServerConfig, ServerEvent, ServerEvents,
 };
@@ -149,6 +151,8 @@ pub struct RawClient {
     pub connection: quinn::Connection,
     pub send: quinn::SendStream,
     pub recv: quinn::RecvStream,
+    /// The control stream, opened by the first control frame sent.
+    pub control: Option<quinn::SendStream>,
 }
 
 /// A raw client that has logged in, and the id the server gave it (the first client to
@@ -186,13 +190,29 @@ pub async fn raw_connect(server: &Server) -> RawClient {
         connection,
         send,
         recv,
+        control: None,
     }
 }
 
 impl RawClient {
+    /// Sends a frame on the stream it belongs on (opening the control stream for the first
+    /// control frame).
     pub async fn send_frame(&mut self, message: &ClientToServer) {
         let frame = frame_to_bytes(message, DEFAULT_MAX_FRAME_LEN).unwrap();
-        self.send.write_all(&frame).await.expect("write");
+        let send = match message.stream() {
+            ClientStream::Main => &mut self.send,
+            ClientStream::Control => self.control_stream().await,
+        };
+        send.write_all(&frame).await.expect("write");
+    }
+
+    /// The control stream, opened on first use.
+    pub async fn control_stream(&mut self) -> &mut quinn::SendStream {
+        if self.control.is_none() {
+            let opened = within("the control stream", self.connection.open_uni()).await;
+            self.control = Some(opened.expect("control stream"));
+        }
+        self.control.as_mut().expect("opened above")
     }
 
     /// Logs in with the current protocol version and an empty login.

@@ -215,7 +215,7 @@ impl State {
 
 /// Runs one bot until its connection ends (the section closes the endpoints).
 pub async fn run(bot: Bot) -> Result<(), String> {
-    let (connection, mut send, mut recv) = {
+    let (connection, mut send, mut control, mut recv) = {
         let _turn = bot.handshakes.acquire().await.map_err(|e| e.to_string())?;
         tokio::time::timeout(CONNECT_TIMEOUT, async {
             let connection = bot
@@ -231,11 +231,13 @@ pub async fn run(bot: Bot) -> Result<(), String> {
             });
             let frame = frame_to_bytes(&hello, DEFAULT_MAX_FRAME_LEN).map_err(|e| e.to_string())?;
             send.write_all(&frame).await.map_err(|e| e.to_string())?;
+            // Acks go on the control stream, which the server allows once logged in.
+            let control = connection.open_uni().await.map_err(|e| e.to_string())?;
             bot.connections
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(connection.clone());
-            Ok::<_, String>((connection, send, recv))
+            Ok::<_, String>((connection, send, control, recv))
         })
         .await
         .map_err(|_| "timed out connecting".to_string())??
@@ -244,19 +246,14 @@ pub async fn run(bot: Bot) -> Result<(), String> {
     let (taken_tx, taken_rx) = watch::channel(0u64);
     let counters = &bot.counters;
     let reading = read(&mut recv, &state, taken_tx, counters);
-    let writing = write(
-        &mut send,
-        &state,
-        taken_rx,
-        bot.walker,
-        &bot.publishing,
-        counters,
-    );
-    // The reader ends with the connection; the writer ends when the reader does (its
-    // sender of acks is dropped) or when a write fails.
+    let publishing = publish(&mut send, &state, bot.walker, &bot.publishing, counters);
+    let acking = acknowledge(&mut control, taken_rx, counters);
+    // The reader ends with the connection; the acker ends when the reader does (its
+    // sender of acks is dropped); either writer when a write fails.
     let result = tokio::select! {
         result = reading => result,
-        result = writing => result,
+        result = publishing => result,
+        result = acking => result,
     };
     drop(connection);
     result
@@ -321,11 +318,10 @@ async fn read(
     }
 }
 
-/// Walks and publishes every tick while `publishing`, and acks what the reader took in.
-async fn write(
+/// Walks and publishes every tick while `publishing`, on the main stream.
+async fn publish(
     send: &mut quinn::SendStream,
     state: &Mutex<State>,
-    mut taken_rx: watch::Receiver<u64>,
     mut walker: Walker,
     publishing: &AtomicBool,
     counters: &BotCounters,
@@ -335,35 +331,45 @@ async fn write(
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut out = BytesMut::new();
     loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                walker.step();
-                if publishing.load(Ordering::Relaxed) {
-                    let upload = state
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .upload(walker.at, counters);
-                    if let Some(upload) = upload {
-                        encode_frame(&upload, DEFAULT_MAX_FRAME_LEN, &mut out)
-                            .map_err(|e| e.to_string())?;
-                    }
-                }
-            }
-            changed = taken_rx.changed() => {
-                if changed.is_err() {
-                    return Ok(()); // the reader is done
-                }
-                let notices = *taken_rx.borrow_and_update();
-                encode_frame(&ClientToServer::Ack { notices }, DEFAULT_MAX_FRAME_LEN, &mut out)
-                    .map_err(|e| e.to_string())?;
-                counters.acks.fetch_add(1, Ordering::Relaxed);
-            }
+        tick.tick().await;
+        walker.step();
+        if !publishing.load(Ordering::Relaxed) {
+            continue;
         }
-        if !out.is_empty() {
+        let upload = state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .upload(walker.at, counters);
+        if let Some(upload) = upload {
+            encode_frame(&upload, DEFAULT_MAX_FRAME_LEN, &mut out).map_err(|e| e.to_string())?;
             send.write_all(&out).await.map_err(|e| e.to_string())?;
             out.clear();
         }
     }
+}
+
+/// Acks what the reader took in, on the control stream, so acks never wait behind
+/// uploads the server has not read yet.
+async fn acknowledge(
+    control: &mut quinn::SendStream,
+    mut taken_rx: watch::Receiver<u64>,
+    counters: &BotCounters,
+) -> Result<(), String> {
+    let mut out = BytesMut::new();
+    while taken_rx.changed().await.is_ok() {
+        let notices = *taken_rx.borrow_and_update();
+        encode_frame(
+            &ClientToServer::Ack { notices },
+            DEFAULT_MAX_FRAME_LEN,
+            &mut out,
+        )
+        .map_err(|e| e.to_string())?;
+        counters.acks.fetch_add(1, Ordering::Relaxed);
+        control.write_all(&out).await.map_err(|e| e.to_string())?;
+        out.clear();
+    }
+    // The reader is done.
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 /// One output of the [`Registry`](super::Registry), in the order it must be carried out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Send a notice on the host's control stream: notices leave before any queued
+    /// Send a notice on the host's main stream: notices leave before any queued
     /// message, in the order given (a `PeerDown` waits for the messages its peer sent
     /// first).
     Send {
