@@ -5,6 +5,8 @@ use super::*;
 use peergroup_protocol::schedule::SendQueue;
 use peergroup_protocol::{frame_to_bytes, Fingerprint, RefuseReason};
 
+mod direct_timers;
+
 const ME: HostId = HostId::from_raw(1 << 32 | 1);
 const PEER: HostId = HostId::from_raw(1 << 32 | 2);
 const OTHER: HostId = HostId::from_raw(1 << 32 | 3);
