@@ -97,7 +97,8 @@ impl Inner {
     }
 
     /// Sends what the session produced after an operation: frames for the server and for
-    /// peers, punch orders, ended pairs. Events stay in the session: readers hand them
+    /// peers, punch orders, ended pairs; wakes direct readers the session lets go on and
+    /// the timer when a deadline came earlier. Events stay in the session: readers hand them
     /// over themselves ([`Inner::deliver_events`]); other callers wake the emitter
     /// ([`Inner::flush_and_wake`]).
     pub fn flush(self: &Arc<Self>, core: &mut Core) {

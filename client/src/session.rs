@@ -4,8 +4,12 @@
 //! Frames from the server go in through [`Session::handle_frame`], frames from direct
 //! peers through [`Session::handle_peer_frame`]; events for the application come out of
 //! [`Session::poll_event`] and everything to send out of [`Session::poll_upload`].
-//! [`Session::handle_timeout`] runs the periodic work (pings, clock requests, link
-//! reports). No IO; every method that depends on time takes `now`.
+//! [`Session::handle_timeout`] runs the timed work (acks due to direct peers, the direct
+//! ack timeout, pings, clock requests, link reports) and [`Session::poll_timeout`] says
+//! when it is next due. Direct-path reliability (frame ids, unacked messages, the order
+//! frames left the direct queue, ack cadence, when to stop reading a peer, fallback to the
+//! relay) is decided here too, per peer in `direct_reliability`. No IO; every method that
+//! depends on time takes `now`.
 
 use crate::clock::{ServerClock, ServerTime};
 use crate::error::SendError;
@@ -75,8 +79,9 @@ pub(crate) enum Upload {
         /// The [`Delivery::Latest`] key, if any.
         latest: Option<u64>,
         /// Names the frame among those kept for retransmission: the queue logs it when
-        /// the frame goes out ([`Session::handle_direct_ack`]) and reports it when a newer
-        /// latest value replaces it ([`Session::forget_replaced`]).
+        /// the frame goes out, and the driver hands the log over
+        /// ([`Session::handle_direct_sent`]); the queue reports it when a newer latest
+        /// value replaces it ([`Session::forget_replaced`]).
         id: u64,
     },
     /// A notice (an ack) on the direct connection to a peer.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 /// Acknowledge after this many direct data frames at once, without waiting for
 /// [`ACK_DELAY`]: a fast sender hears back before its window fills.
-pub(crate) const ACK_EVERY: u64 = 32;
+const ACK_EVERY: u64 = 32;
 /// How long after the first unacked direct data frame arrived an ack goes out at the
 /// latest, ms: a quiet sender still hears back soon. 20 ms, the period of the ack ticker
 /// this deadline replaced, so acks are never later than they were.
@@ -34,13 +34,18 @@ pub(crate) const ACK_DELAY: Duration = Duration::from_millis(20);
 /// period while sends go on.
 pub(crate) const DATING_DELAY: Duration = Duration::from_millis(20);
 
-/// A reliable message sent direct, kept until the peer acks it.
+/// A reliable message sent direct, kept until the peer acks it: what it takes to send it
+/// again through the relay, under the same lane and number, if the direct path dies.
 #[derive(Debug)]
 pub(crate) struct Unacked {
+    /// The group it was sent to, if any.
     pub group: Option<GroupId>,
+    /// Its lane, and its number in that lane for this pair.
     pub lane: Lane,
     pub seq: u64,
+    /// The message.
     pub payload: Bytes,
+    /// Its priority, kept on the relay too.
     pub priority: Priority,
     /// When a timer run first saw it (at most [`DATING_DELAY`] after its send); the ack
     /// timeout runs from here.
@@ -75,6 +80,7 @@ pub(crate) struct DirectReliability {
 }
 
 impl DirectReliability {
+    /// Nothing kept, nothing counted; frame ids from 1.
     pub fn new() -> Self {
         Self {
             unacked: BTreeMap::new(),
