@@ -72,6 +72,9 @@ pub(crate) struct Inner {
     window_generation: AtomicU64,
     /// Wakes senders waiting on a direct window.
     window_room: Notify,
+    /// Wakes the session's timer task ([`direct::tick`]): a deadline may have come
+    /// earlier than the one it sleeps until (`Session::take_timeout_moved`).
+    pub timer_moved: Notify,
     pub max_frame_len: u32,
     pub host_id: HostId,
     pub identity: ClientIdentity,
@@ -98,7 +101,8 @@ impl Inner {
     }
 
     /// Sends what the session produced after an operation: frames for the server and for
-    /// peers, punch orders, ended pairs. Events stay in the session: readers hand them
+    /// peers, punch orders, ended pairs; wakes direct readers the session lets go on and
+    /// the timer when a deadline came earlier. Events stay in the session: readers hand them
     /// over themselves ([`Inner::deliver_events`]); other callers wake the emitter
     /// ([`Inner::flush_and_wake`]).
     pub fn flush(self: &Arc<Self>, core: &mut Core) {
@@ -127,6 +131,11 @@ impl Inner {
                     b"pair ended",
                 );
             }
+        }
+        direct::wake_resumed_readers(core);
+        if core.session.take_timeout_moved() {
+            // A stored permit if the timer is busy: it looks again when it next waits.
+            self.timer_moved.notify_one();
         }
         self.pending_events
             .store(core.session.pending_events(), Ordering::Release);
@@ -724,6 +733,7 @@ impl Client {
             event_room: Notify::new(),
             window_generation: AtomicU64::new(0),
             window_room: Notify::new(),
+            timer_moved: Notify::new(),
             max_frame_len,
             host_id,
             identity,
@@ -874,7 +884,7 @@ impl Client {
                 }
                 // A direct peer that has not acked what it was sent holds its sends back
                 // like a full queue; one that never acks loses its direct path after the
-                // path timeout (`Session::check_direct_acks`), and its sends go on.
+                // path timeout (`Session::handle_timeout`), and its sends go on.
                 if route
                     .direct
                     .iter()

@@ -8,7 +8,6 @@
 use crate::client::{Core, FrameReader, Inner, ReadEnd};
 use crate::outbound::{write_stream, UploadQueue};
 use crate::punch::{PunchResult, PunchSession, PunchTiming};
-use crate::session::MAX_HELD_BYTES;
 use crate::tls::peer_client_config;
 use bytes::Bytes;
 use peergroup_protocol::{
@@ -20,15 +19,11 @@ use ring::rand::SecureRandom;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 /// How long the QUIC handshake may take after a candidate pair validated.
 const HANDSHAKE_GRACE: Duration = Duration::from_secs(5);
-/// How often acks for direct messages go out when no others carried them.
-const ACK_INTERVAL: Duration = Duration::from_millis(20);
-/// How often a paused direct reader checks whether the relay has caught up.
-const HELD_POLL: Duration = Duration::from_millis(5);
 
 /// A live direct connection to one peer.
 #[derive(Debug)]
@@ -37,6 +32,9 @@ pub(crate) struct DirectLink {
     /// Frames for the link's writer task, in the scheduler's order; sends to this peer
     /// wait while it is full.
     pub queue: UploadQueue,
+    /// Wakes the link's reader while it is paused (the session held too much from the
+    /// peer) once the session says it may read again.
+    pub resume_reading: Arc<Notify>,
 }
 
 /// What a punch task is told.
@@ -303,6 +301,7 @@ async fn establish(
     send: quinn::SendStream,
     recv: FrameReader,
 ) {
+    let resume_reading = Arc::new(Notify::new());
     {
         let mut core = inner.lock();
         let current = core.session.pair_of(peer) == Some(pair);
@@ -318,6 +317,7 @@ async fn establish(
             DirectLink {
                 connection: connection.clone(),
                 queue,
+                resume_reading: resume_reading.clone(),
             },
         );
         let rtt = connection.rtt();
@@ -333,7 +333,7 @@ async fn establish(
         inner.flush_and_wake(&mut core);
     }
     tracing::info!(%peer, remote = %connection.remote_address(), "direct path up");
-    serve_direct(inner.clone(), peer, connection, recv).await;
+    serve_direct(inner.clone(), peer, connection, recv, resume_reading).await;
 }
 
 /// Reads a direct connection until it ends, then moves the peer back to the relay.
@@ -342,13 +342,14 @@ async fn serve_direct(
     peer: HostId,
     connection: quinn::Connection,
     recv: FrameReader,
+    resume_reading: Arc<Notify>,
 ) {
     // Both loops run to their end (each closes the connection as it ends, which ends the
     // other): cancelling one mid-way could drop messages it was handing to the
     // application after they were acked.
     let (frames_end, _) = tokio::join!(
         async {
-            let end = read_peer_frames(&inner, peer, recv, &connection).await;
+            let end = read_peer_frames(&inner, peer, recv, &connection, &resume_reading).await;
             if let ReadEnd::Violation(code, text) = &end {
                 close(&connection, *code, text);
             } else {
@@ -390,6 +391,7 @@ async fn read_peer_frames(
     peer: HostId,
     mut recv: FrameReader,
     connection: &quinn::Connection,
+    resume_reading: &Notify,
 ) -> ReadEnd {
     loop {
         let body = match recv.next().await {
@@ -401,15 +403,17 @@ async fn read_peer_frames(
             Ok(frame) => frame,
             Err(error) => return error.into(),
         };
-        let held = {
+        let paused = {
             let mut core = inner.lock();
             let handled = match frame {
                 PeerToPeer::Ack { received } => {
-                    // Acks count frames in the order they left the direct queue.
-                    let queue = core.directs.get(&peer).map(|link| link.queue.clone());
-                    core.session.handle_direct_ack(peer, received, |n| {
-                        queue.and_then(|queue| queue.take_sent(n))
-                    })
+                    // Acks count frames in the order they left the direct queue: the
+                    // writer logged that order, and the session takes it before the ack.
+                    if let Some(link) = core.directs.get(&peer) {
+                        let sent = link.queue.take_sent();
+                        core.session.handle_direct_sent(peer, sent);
+                    }
+                    core.session.handle_direct_ack(peer, received)
                 }
                 frame => core
                     .session
@@ -419,27 +423,46 @@ async fn read_peer_frames(
                 return ReadEnd::Violation(CloseCode::ProtocolViolation, text);
             }
             inner.flush(&mut core);
-            core.session.held_bytes(peer)
+            core.session.direct_reading_paused(peer)
         };
         inner.deliver_events().await;
-        if held > MAX_HELD_BYTES {
+        if paused {
             // The direct path is far ahead of the relay: stop reading it until the relay
             // catches up, so held memory stays bounded and the sender is paced.
-            while inner.lock().session.held_bytes(peer) > MAX_HELD_BYTES {
-                // The direct connection may close meanwhile (a peer that never fills
-                // its gap stops acking too, and loses its direct path): then the next
-                // read ends this loop, and the path goes back to the relay.
-                if connection_closed(inner) || connection.close_reason().is_some() {
-                    break;
-                }
-                tokio::time::sleep(HELD_POLL).await;
-            }
+            wait_until_resumed(inner, peer, connection, resume_reading).await;
         }
     }
 }
 
-fn connection_closed(inner: &Inner) -> bool {
-    inner.connection.close_reason().is_some()
+/// Waits until the session lets the direct reader of `peer` go on
+/// ([`Session::poll_resumed_reader`](crate::session::Session::poll_resumed_reader) wakes
+/// `resume_reading`), or either connection closes: a peer that never fills its gap stops
+/// acking too and loses its direct path, and then the next read ends the reader.
+async fn wait_until_resumed(
+    inner: &Inner,
+    peer: HostId,
+    connection: &quinn::Connection,
+    resume_reading: &Notify,
+) {
+    // A wake-up stored by `notify_one` may be stale (from an earlier pause); the session
+    // is asked again each time, so a stale one costs a look, never a missed resume.
+    while inner.lock().session.direct_reading_paused(peer) {
+        tokio::select! {
+            _ = resume_reading.notified() => {}
+            _ = connection.closed() => return,
+            _ = inner.connection.closed() => return,
+        }
+    }
+}
+
+/// Wakes the readers the session lets go on again (see [`wait_until_resumed`]).
+pub(crate) fn wake_resumed_readers(core: &mut Core) {
+    while let Some(peer) = core.session.poll_resumed_reader() {
+        if let Some(link) = core.directs.get(&peer) {
+            // Stored if the reader is not waiting yet, so the wake is never lost.
+            link.resume_reading.notify_one();
+        }
+    }
 }
 
 async fn read_peer_datagrams(
@@ -488,24 +511,38 @@ pub(crate) async fn dispatch_probes(inner: Arc<Inner>, mut probes: crate::socket
     }
 }
 
-/// The session's periodic work, every 20 ms while the client lives: acks direct
-/// messages that no other ack covered yet, and sends what is due (pings, clock requests,
-/// link reports).
+/// The session's timer, while the client lives: sleeps until
+/// [`Session::poll_timeout`](crate::session::Session::poll_timeout) (acks due to direct
+/// peers, dating and timing out direct messages, pings, clock requests, link reports),
+/// runs `handle_timeout` then, and looks again whenever input moved a deadline earlier
+/// ([`Inner::flush`] wakes `timer_moved`).
 pub(crate) async fn tick(inner: Arc<Inner>) {
-    let mut ticker = tokio::time::interval(ACK_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while inner.connection.close_reason().is_none() {
-        ticker.tick().await;
-        let mut core = inner.lock();
-        let now = std::time::Instant::now();
-        if !core.directs.is_empty() {
-            core.session.flush_acks();
-            core.session.check_direct_acks(now);
+    // Made once: each `closed()` registers with quinn's connection state.
+    let closed = inner.connection.closed();
+    tokio::pin!(closed);
+    loop {
+        let next = {
+            let mut core = inner.lock();
+            let now = std::time::Instant::now();
+            if core.session.poll_timeout().is_some_and(|at| at <= now) {
+                core.session.handle_timeout(now);
+                // Looked at again just below: no need to wake this task for it.
+                core.session.take_timeout_moved();
+                inner.flush_and_wake(&mut core);
+            }
+            core.session.poll_timeout()
+        };
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {}
+            _ = inner.timer_moved.notified() => {}
+            _ = &mut closed => return,
         }
-        if now >= core.session.poll_timeout() {
-            core.session.handle_timeout(now);
-        }
-        inner.flush_and_wake(&mut core);
     }
 }
 

@@ -152,15 +152,15 @@ impl FuzzSession {
         self.session.handle_peer_datagram(from, datagram, now);
     }
 
-    /// An ack from the direct peer `from`; `went_out(n)` names the next `n` data frames
-    /// that left the direct queue.
-    pub fn handle_direct_ack(
-        &mut self,
-        from: HostId,
-        received: u64,
-        went_out: impl FnOnce(usize) -> Option<Vec<u64>>,
-    ) -> Result<(), String> {
-        self.session.handle_direct_ack(from, received, went_out)
+    /// The direct queue to `peer` sent these tracked data frames, in this order.
+    pub fn handle_direct_sent(&mut self, peer: HostId, ids: impl IntoIterator<Item = u64>) {
+        self.session.handle_direct_sent(peer, ids);
+    }
+
+    /// An ack from the direct peer `from`, counting frames in the order
+    /// [`FuzzSession::handle_direct_sent`] reported.
+    pub fn handle_direct_ack(&mut self, from: HostId, received: u64) -> Result<(), String> {
+        self.session.handle_direct_ack(from, received)
     }
 
     /// The periodic work due at `now`.
@@ -169,7 +169,7 @@ impl FuzzSession {
     }
 
     /// When [`FuzzSession::handle_timeout`] next has work.
-    pub fn poll_timeout(&self) -> Instant {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.session.poll_timeout()
     }
 
@@ -240,6 +240,16 @@ impl FuzzSession {
     /// The next peer whose pair ended while direct.
     pub fn poll_ended_pair(&mut self) -> Option<HostId> {
         self.session.poll_ended_pair()
+    }
+
+    /// Whether the driver must stop reading the direct connection to `peer`.
+    pub fn direct_reading_paused(&self, peer: HostId) -> bool {
+        self.session.direct_reading_paused(peer)
+    }
+
+    /// The next direct peer whose reading may go on again.
+    pub fn poll_resumed_reader(&mut self) -> Option<HostId> {
+        self.session.poll_resumed_reader()
     }
 
     /// Bytes held from `peer`: early arrivals and messages waiting for notices.

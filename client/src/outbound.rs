@@ -36,7 +36,8 @@ type Item = (Bytes, u64);
 struct Inner {
     frames: SendQueue<Item>,
     /// The ids of tracked frames in the order they went out (direct queues only: acks
-    /// count frames in that order), until [`UploadQueue::take_sent`] takes them.
+    /// count frames in that order), until [`UploadQueue::take_sent`] hands them to the
+    /// session, which keeps the order from then on.
     sent: Option<VecDeque<u64>>,
     /// Set by [`UploadQueue::finish`]: once the queue is empty the writer ends the stream
     /// and says so here.
@@ -134,15 +135,14 @@ impl UploadQueue {
         replaced_id
     }
 
-    /// The ids of the next `n` tracked frames that went out, in order; `None` (taking
-    /// nothing) if fewer than `n` went out.
-    pub fn take_sent(&self, n: usize) -> Option<Vec<u64>> {
+    /// The ids of the tracked frames that went out since the last call, in the order
+    /// they went out (empty for a queue that does not log them).
+    pub fn take_sent(&self) -> Vec<u64> {
         let mut inner = self.lock();
-        let sent = inner.sent.as_mut()?;
-        if sent.len() < n {
-            return None;
-        }
-        Some(sent.drain(..n).collect())
+        inner
+            .sent
+            .as_mut()
+            .map_or_else(Vec::new, |sent| sent.drain(..).collect())
     }
 
     /// Whether a message may be queued now (the queue is under its limit, or closed, in
@@ -343,13 +343,20 @@ mod tests {
             Some(2),
             "the replaced value is reported"
         );
-        assert_eq!(queue.take_sent(1), None, "nothing went out yet");
+        assert_eq!(queue.take_sent(), Vec::<u64>::new(), "nothing went out yet");
         let mut merged = bytes::BytesMut::new();
         rx.next(&mut merged, 1 << 10).await;
         assert_eq!(&merged[..], b"[ack][pos2][chat]");
-        assert_eq!(queue.take_sent(3), None, "only two tracked frames went out");
-        assert_eq!(queue.take_sent(1), Some(vec![3]));
-        assert_eq!(queue.take_sent(1), Some(vec![1]));
+        assert_eq!(
+            queue.take_sent(),
+            vec![3, 1],
+            "only two tracked frames went out"
+        );
+        assert_eq!(
+            queue.take_sent(),
+            Vec::<u64>::new(),
+            "each is handed over once"
+        );
     }
 
     #[tokio::test]

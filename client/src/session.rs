@@ -4,8 +4,12 @@
 //! Frames from the server go in through [`Session::handle_frame`], frames from direct
 //! peers through [`Session::handle_peer_frame`]; events for the application come out of
 //! [`Session::poll_event`] and everything to send out of [`Session::poll_upload`].
-//! [`Session::handle_timeout`] runs the periodic work (pings, clock requests, link
-//! reports). No IO; every method that depends on time takes `now`.
+//! [`Session::handle_timeout`] runs the timed work (acks due to direct peers, the direct
+//! ack timeout, pings, clock requests, link reports) and [`Session::poll_timeout`] says
+//! when it is next due. Direct-path reliability (frame ids, unacked messages, the order
+//! frames left the direct queue, ack cadence, when to stop reading a peer, fallback to the
+//! relay) is decided here too, per peer in `direct_reliability`. No IO; every method that
+//! depends on time takes `now`.
 
 use crate::clock::{ServerClock, ServerTime};
 use crate::error::SendError;
@@ -14,6 +18,7 @@ use crate::ping::PingTracker;
 use crate::receive::{Accepted, LaneReceivers};
 use crate::sequencing::{Rejected, Slot, HELD_ENTRY_COST};
 use bytes::Bytes;
+use direct_reliability::{DirectReliability, DATING_DELAY};
 use peergroup_protocol::{
     Carrier, ClientDatagram, ClientToServer, DatagramLane, Delivery, GroupId, HostId, Lane,
     LaneCounters, Memberships, Notice, PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer,
@@ -74,8 +79,9 @@ pub(crate) enum Upload {
         /// The [`Delivery::Latest`] key, if any.
         latest: Option<u64>,
         /// Names the frame among those kept for retransmission: the queue logs it when
-        /// the frame goes out ([`Session::handle_direct_ack`]) and reports it when a newer
-        /// latest value replaces it ([`Session::forget_replaced`]).
+        /// the frame goes out, and the driver hands the log over
+        /// ([`Session::handle_direct_sent`]); the queue reports it when a newer latest
+        /// value replaces it ([`Session::forget_replaced`]).
         id: u64,
     },
     /// A notice (an ack) on the direct connection to a peer.
@@ -188,18 +194,6 @@ pub struct PeerStats {
     pub discarded: u64,
 }
 
-/// A reliable message sent direct, kept until the peer acks it.
-#[derive(Debug)]
-struct Unacked {
-    group: Option<GroupId>,
-    lane: Lane,
-    seq: u64,
-    payload: Bytes,
-    priority: Priority,
-    /// When [`Session::check_direct_acks`] first saw it (within a tick of its send).
-    seen_at: Option<Instant>,
-}
-
 /// What a message carries to the application once delivered.
 #[derive(Debug, Clone)]
 struct Delivered {
@@ -238,22 +232,9 @@ struct Peer {
     sending: LaneCounters,
     receiving: LaneReceivers<Delivered>,
     path: PairPath,
-    /// Reliable messages sent direct, by frame id (in the order they were sent), kept
-    /// until the peer acks them, to be sent again through the relay if the direct path
-    /// dies first.
-    unacked: BTreeMap<u64, Unacked>,
-    /// The id of the next direct data frame.
-    next_frame_id: u64,
-    /// Payload bytes in `unacked`.
-    unacked_bytes: usize,
-    /// Frames up to this id have had their `seen_at` set (or are gone).
-    stamped_upto: u64,
-    /// Data frames of this direct connection the peer has acked.
-    acked_by_peer: u64,
-    /// Data frames received on this direct connection.
-    received_direct: u64,
-    /// The last count this client acked to the peer.
-    acked_to_peer: u64,
+    /// Frame ids, unacked messages, the order frames left the direct queue, and acks
+    /// owed, on the current direct connection.
+    direct: DirectReliability,
     ping: PingTracker,
     stats: PeerStats,
     /// Messages from this peer, in delivery order, held back until a membership notice
@@ -280,13 +261,7 @@ impl Peer {
             sending: LaneCounters::default(),
             receiving: LaneReceivers::new(window),
             path: PairPath::Relay,
-            unacked: BTreeMap::new(),
-            unacked_bytes: 0,
-            stamped_upto: 0,
-            next_frame_id: 1,
-            acked_by_peer: 0,
-            received_direct: 0,
-            acked_to_peer: 0,
+            direct: DirectReliability::new(),
             ping: PingTracker::new(ping_interval, now),
             stats: PeerStats {
                 path: Some(PairPath::Relay),
@@ -300,14 +275,13 @@ impl Peer {
 
     /// Whether as much as `window` allows is kept for this peer until it acks.
     fn window_full(&self, window: &DirectWindow) -> bool {
-        self.unacked.len() >= window.messages || self.unacked_bytes >= window.bytes
+        self.direct.unacked_len() >= window.messages || self.direct.unacked_bytes() >= window.bytes
     }
 
-    /// Forgets the unacked frame `id` (acked, or replaced before it went out).
-    fn forget_unacked(&mut self, id: u64) {
-        if let Some(gone) = self.unacked.remove(&id) {
-            self.unacked_bytes -= gone.payload.len();
-        }
+    /// Bytes held from this peer: early arrivals waiting for a gap to fill, and messages
+    /// waiting for a membership notice.
+    fn held_bytes(&self) -> usize {
+        self.receiving.held_bytes() + self.awaiting_bytes
     }
 
     /// Stops taking messages from this peer: drops everything held from it.
@@ -348,8 +322,6 @@ pub(crate) const MAX_AWAITING: usize = 4_096;
 /// How long an ended membership is remembered, to recognise direct messages sent under it
 /// that are still on their way.
 const ENDED_MEMBERSHIP_MEMORY: Duration = Duration::from_secs(60);
-/// Acknowledge after this many direct messages, besides the driver's periodic flush.
-const ACK_EVERY: u64 = 32;
 /// How often each peer's RTT and loss are reported to the server.
 const LINK_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -445,6 +417,21 @@ pub(crate) struct Session {
     /// An ack made room in a direct window, or a peer left one, since the driver last
     /// asked: sends waiting on a window may go on.
     window_moved: bool,
+    /// A deadline may have appeared earlier than the one [`Session::poll_timeout`] last
+    /// gave, since the driver last asked ([`Session::take_timeout_moved`]): the driver's
+    /// timer must look again. Set only where a deadline is made outside
+    /// [`Session::handle_timeout`], so a steady stream of messages wakes the timer at
+    /// most once per [`ACK_DELAY`](direct_reliability::ACK_DELAY) or [`DATING_DELAY`].
+    timeout_moved: bool,
+    /// The `now` of the last [`Session::handle_timeout`]: direct messages sent since are
+    /// dated at the first run after it plus [`DATING_DELAY`].
+    last_timer_run: Instant,
+    /// Direct peers whose connection the driver must not read while this client holds
+    /// more than [`MAX_HELD_BYTES`] from them (see [`Session::direct_reading_paused`]).
+    paused_readers: BTreeSet<HostId>,
+    /// Direct peers whose reading may go on again, for the driver
+    /// ([`Session::poll_resumed_reader`]).
+    resumed_readers: VecDeque<HostId>,
 }
 
 impl Session {
@@ -480,6 +467,10 @@ impl Session {
             direct_window: DirectWindow::default(),
             stalled_links: VecDeque::new(),
             window_moved: false,
+            timeout_moved: false,
+            last_timer_run: now,
+            paused_readers: BTreeSet::new(),
+            resumed_readers: VecDeque::new(),
         }
     }
 
@@ -513,29 +504,32 @@ impl Session {
         self.stalled_links.pop_front()
     }
 
-    /// Watches each direct peer's unacked messages: one left unacked for
-    /// [`DirectWindow::ack_timeout`] after it was sent means the peer reads but does not
-    /// ack (or acks a trickle, or cannot keep up at all), so its direct path is given up,
-    /// and what it did not ack goes through the relay, which needs no acks. The driver
-    /// calls this every few tens of milliseconds, which dates each message to within a
-    /// call of its send; [`Session::handle_timeout`] calls it too.
-    pub fn check_direct_acks(&mut self, now: Instant) {
+    /// Whether [`Session::poll_timeout`] may have moved earlier since the last call: the
+    /// driver's timer, asleep until the deadline it was given, must look again. The
+    /// driver asks after handling any input (a send, a frame, a path change).
+    pub fn take_timeout_moved(&mut self) -> bool {
+        std::mem::take(&mut self.timeout_moved)
+    }
+
+    /// Dates each direct peer's new unacked messages at `now`, and watches the oldest:
+    /// one left unacked for [`DirectWindow::ack_timeout`] after it was dated means the
+    /// peer reads but does not ack (or acks a trickle, or cannot keep up at all), so its
+    /// direct path is given up, and what it did not ack goes through the relay, which
+    /// needs no acks. Run by [`Session::handle_timeout`], which
+    /// [`Session::poll_timeout`] brings within [`DATING_DELAY`] of a send.
+    fn check_direct_acks(&mut self, now: Instant) {
         let timeout = self.direct_window.ack_timeout;
         let mut stalled = Vec::new();
         for (&host, peer) in &mut self.peers {
             if peer.path != PairPath::Direct {
                 continue;
             }
-            for unacked in peer
-                .unacked
-                .range_mut(peer.stamped_upto + 1..)
-                .map(|(_, u)| u)
+            peer.direct.date(now);
+            if peer
+                .direct
+                .unacked_deadline(timeout)
+                .is_some_and(|deadline| now >= deadline)
             {
-                unacked.seen_at.get_or_insert(now);
-            }
-            peer.stamped_upto = peer.next_frame_id - 1;
-            let oldest = peer.unacked.values().next().and_then(|u| u.seen_at);
-            if oldest.is_some_and(|at| now.saturating_duration_since(at) >= timeout) {
                 stalled.push(host);
             }
         }
@@ -543,6 +537,21 @@ impl Session {
             tracing::warn!(peer = %host, "a direct peer left a message unacked too long; back to the relay");
             self.set_relay(host, PathReason::DirectTimedOut, now);
             self.stalled_links.push_back(host);
+        }
+    }
+
+    /// Acks, to each direct peer whose ack is due at `now`, every data frame it sent.
+    fn send_due_acks(&mut self, now: Instant) {
+        for (&host, peer) in &mut self.peers {
+            if peer.path != PairPath::Direct {
+                continue;
+            }
+            if let Some(received) = peer.direct.poll_due_ack(now) {
+                self.uploads.push_back(Upload::PeerControl {
+                    to: host,
+                    frame: PeerToPeer::Ack { received },
+                });
+            }
         }
     }
 
@@ -583,10 +592,14 @@ impl Session {
         self.ended_pairs.pop_front()
     }
 
-    /// Does the periodic work due at `now`: pings each peer on its current path, asks
-    /// the server for its clock, reports each peer's RTT and loss to the server.
+    /// Does the periodic work due at `now`: acks direct peers whose ack is due, dates
+    /// new direct messages and gives up a direct path whose oldest message stayed
+    /// unacked too long, pings each peer on its current path, asks the server for its
+    /// clock, reports each peer's RTT and loss to the server.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.last_timer_run = now;
         self.release_awaiting(now);
+        self.send_due_acks(now);
         self.check_direct_acks(now);
         self.forget_ended_memberships(now);
         if let Some(token) = self.clock.poll_request(now) {
@@ -619,10 +632,16 @@ impl Session {
                     }));
             }
         }
+        self.update_paused_readers();
     }
 
-    /// When [`Session::handle_timeout`] next has work.
-    pub fn poll_timeout(&self) -> Instant {
+    /// When [`Session::handle_timeout`] next has work: the earliest of every deadline
+    /// (pings, clock requests, link reports, messages waiting for a membership notice,
+    /// acks due to direct peers, dating new direct messages, the oldest unacked direct
+    /// message timing out). May be in the past: then the work is due at once. The
+    /// driver sleeps until it, and looks again when [`Session::take_timeout_moved`] says
+    /// so.
+    pub fn poll_timeout(&self) -> Option<Instant> {
         let pings = self
             .peers
             .values()
@@ -634,19 +653,31 @@ impl Session {
             .values()
             .filter_map(|p| p.awaiting.front())
             .map(|front| front.since + MEMBERSHIP_WAIT);
-        // A direct peer's oldest unacked message, once the driver has seen it, times out.
+        // A direct peer's oldest unacked message, once dated, times out.
         let timeout = self.direct_window.ack_timeout;
         let unacked = self
             .peers
             .values()
-            .filter_map(|p| p.unacked.values().next()?.seen_at)
-            .map(|at| at + timeout);
+            .filter_map(|p| p.direct.unacked_deadline(timeout));
+        // Frames received direct and not acked yet are acked when due.
+        let acks = self
+            .peers
+            .values()
+            .filter(|p| p.path == PairPath::Direct)
+            .filter_map(|p| p.direct.ack_due_at());
+        // Messages sent direct since the last run are dated by the next one.
+        let dating = self
+            .peers
+            .values()
+            .any(|p| p.path == PairPath::Direct && p.direct.has_undated())
+            .then(|| self.last_timer_run + DATING_DELAY);
         pings
             .chain(awaiting)
             .chain(unacked)
+            .chain(acks)
+            .chain(dating)
             .chain([self.clock.poll_timeout(), self.next_link_report])
             .min()
-            .unwrap_or(self.next_link_report)
     }
 
     /// The estimate of the server's clock at `now`, once a reply came.
@@ -660,6 +691,13 @@ impl Session {
     /// A description of the violation when the server sent something out of place; the
     /// caller closes the connection with `ProtocolViolation`.
     pub fn handle_frame(&mut self, frame: ServerToClient, now: Instant) -> Result<(), String> {
+        let taken = self.take_frame(frame, now);
+        // A relayed message may fill the gap a paused direct reader waits on.
+        self.update_paused_readers();
+        taken
+    }
+
+    fn take_frame(&mut self, frame: ServerToClient, now: Instant) -> Result<(), String> {
         match frame {
             ServerToClient::Welcome { .. } => return Err("a second welcome".into()),
             ServerToClient::PeerUp { peer, pair, info } => {
@@ -669,6 +707,8 @@ impl Session {
                     peer,
                     Peer::new(pair, info, self.receive_window, interval, now),
                 );
+                // Its first ping is due now.
+                self.timeout_moved = true;
             }
             ServerToClient::PeerDown { peer, pair } => {
                 if self.peers.get(&peer).is_some_and(|p| p.pair == pair) {
@@ -955,6 +995,8 @@ impl Session {
                     peer.stats.not_member_dropped += 1;
                 }
                 Verdict::Wait => {
+                    // The first to wait brings the deadline of the wait.
+                    self.timeout_moved |= peer.awaiting.is_empty();
                     peer.awaiting_bytes += message.payload.len();
                     peer.awaiting.push_back(Awaiting {
                         since: now,
@@ -1153,7 +1195,6 @@ impl Session {
                     return Ok(());
                 };
                 count(&mut peer.stats.direct_received, &payload);
-                peer.received_direct += 1;
                 let message = Delivered {
                     group,
                     memberships,
@@ -1162,55 +1203,50 @@ impl Session {
                 };
                 self.receive(from, lane, seq, Slot::Message(message), now)?;
                 if let Some(peer) = self.peers.get_mut(&from) {
-                    if peer.received_direct >= peer.acked_to_peer + ACK_EVERY {
-                        peer.acked_to_peer = peer.received_direct;
+                    let idle = peer.direct.ack_due_at().is_none();
+                    if let Some(received) = peer.direct.handle_data(now) {
                         self.uploads.push_back(Upload::PeerControl {
                             to: from,
-                            frame: PeerToPeer::Ack {
-                                received: peer.received_direct,
-                            },
+                            frame: PeerToPeer::Ack { received },
                         });
                     }
+                    self.timeout_moved |= idle && peer.direct.ack_due_at().is_some();
                 }
+                self.pause_reader_if_over(from);
                 Ok(())
             }
-            // The driver hands acks to `handle_direct_ack`, with the queue's log.
+            // The driver hands acks to `handle_direct_ack`, after the queue's log.
             PeerToPeer::Ack { .. } => Err("an ack outside handle_direct_ack".into()),
             PeerToPeer::Hello { .. } => Err("a second hello on a direct connection".into()),
         }
     }
 
+    /// The writer of the direct queue to `peer` took these tracked data frames (the ids
+    /// of [`Upload::Peer`]) out of the queue, in this order: acks count frames in that
+    /// order, which only the queue knows, for it schedules by priority and replaces
+    /// latest values. The driver hands the log over before each ack it hands in.
+    pub fn handle_direct_sent(&mut self, peer: HostId, ids: impl IntoIterator<Item = u64>) {
+        if let Some(peer) = self.peers.get_mut(&peer) {
+            peer.direct.handle_left_queue(ids);
+        }
+    }
+
     /// An ack from the direct peer `from`: it has taken in the first `received` data
-    /// frames of the connection. Frames leave in the queue's order (by priority), not in
-    /// the order they were sent, so `went_out(n)` hands over the ids of the next `n` data
-    /// frames that went out, from the direct queue's log (`None` if fewer did).
+    /// frames of the connection, counted in the order they left the direct queue (as
+    /// [`Session::handle_direct_sent`] reported).
     ///
     /// # Errors
     /// When the peer acks more frames than went out; the caller closes that direct
     /// connection.
-    pub fn handle_direct_ack(
-        &mut self,
-        from: HostId,
-        received: u64,
-        went_out: impl FnOnce(usize) -> Option<Vec<u64>>,
-    ) -> Result<(), String> {
+    pub fn handle_direct_ack(&mut self, from: HostId, received: u64) -> Result<(), String> {
         let Some(peer) = self.peers.get_mut(&from) else {
             return Ok(());
         };
-        let newly = received.saturating_sub(peer.acked_by_peer);
-        if newly == 0 {
-            return Ok(());
+        if peer.direct.handle_ack(received)? {
+            self.window_moved = true;
+            peer.stats.unacked = peer.direct.unacked_len();
         }
-        let ids = usize::try_from(newly)
-            .ok()
-            .and_then(went_out)
-            .ok_or_else(|| format!("an ack of {received} messages, more than were sent"))?;
-        for id in ids {
-            peer.forget_unacked(id);
-        }
-        peer.acked_by_peer = received;
-        self.window_moved = true;
-        peer.stats.unacked = peer.unacked.len();
+        self.pause_reader_if_over(from);
         Ok(())
     }
 
@@ -1218,26 +1254,76 @@ impl Session {
     /// went out: it will never be acked, and the newer value is kept in its place.
     pub fn forget_replaced(&mut self, peer: HostId, id: u64) {
         if let Some(peer) = self.peers.get_mut(&peer) {
-            peer.forget_unacked(id);
-            peer.stats.unacked = peer.unacked.len();
+            peer.direct.forget_replaced(id);
+            peer.stats.unacked = peer.direct.unacked_len();
             self.window_moved = true;
         }
     }
 
-    /// Acks everything received from direct peers and not acked yet (called every few
-    /// tens of milliseconds by the driver, so a quiet sender still hears back).
+    /// Acks everything received from direct peers and not acked yet, due or not (the
+    /// driver leaves this to [`Session::handle_timeout`], when each ack is due).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn flush_acks(&mut self) {
         for (&host, peer) in &mut self.peers {
-            if peer.path == PairPath::Direct && peer.received_direct > peer.acked_to_peer {
-                peer.acked_to_peer = peer.received_direct;
+            if peer.path != PairPath::Direct {
+                continue;
+            }
+            if let Some(received) = peer.direct.take_ack() {
                 self.uploads.push_back(Upload::PeerControl {
                     to: host,
-                    frame: PeerToPeer::Ack {
-                        received: peer.received_direct,
-                    },
+                    frame: PeerToPeer::Ack { received },
                 });
             }
         }
+    }
+
+    /// Whether the driver must stop reading the direct connection to `peer`: this client
+    /// holds more than [`MAX_HELD_BYTES`] from it, waiting for a gap the relay has not
+    /// filled yet (or for membership notices). Not reading lets QUIC flow control pause
+    /// the sender, so held memory stays bounded; [`Session::poll_resumed_reader`] says
+    /// when to read again.
+    pub fn direct_reading_paused(&self, peer: HostId) -> bool {
+        self.paused_readers.contains(&peer)
+    }
+
+    /// A direct peer whose reading was paused and may go on: what was held from it
+    /// shrank to [`MAX_HELD_BYTES`] or less, or its direct path or pair ended. The
+    /// driver wakes that peer's reader.
+    pub fn poll_resumed_reader(&mut self) -> Option<HostId> {
+        self.resumed_readers.pop_front()
+    }
+
+    /// After a frame read from the direct connection to `from`: pauses that reader while
+    /// more than [`MAX_HELD_BYTES`] are held from the peer (relayed messages waiting
+    /// behind a direct one count too, so any frame read may find it over).
+    fn pause_reader_if_over(&mut self, from: HostId) {
+        if self
+            .peers
+            .get(&from)
+            .is_some_and(|p| p.held_bytes() > MAX_HELD_BYTES)
+        {
+            self.paused_readers.insert(from);
+        }
+    }
+
+    /// Moves paused readers whose reason is gone to `resumed_readers`. Run after any
+    /// input that can shrink what is held (relayed frames, notices, timeouts, path and
+    /// pair changes); costs nothing while no reader is paused.
+    fn update_paused_readers(&mut self) {
+        if self.paused_readers.is_empty() {
+            return;
+        }
+        let peers = &self.peers;
+        let resumed = &mut self.resumed_readers;
+        self.paused_readers.retain(|host| {
+            let still = peers
+                .get(host)
+                .is_some_and(|p| p.path == PairPath::Direct && p.held_bytes() > MAX_HELD_BYTES);
+            if !still {
+                resumed.push_back(*host);
+            }
+            still
+        });
     }
 
     /// The direct connection to `peer` is up: its messages take it from now on.
@@ -1246,13 +1332,10 @@ impl Session {
             return false;
         };
         state.path = PairPath::Direct;
-        state.unacked.clear();
-        state.unacked_bytes = 0;
-        state.stamped_upto = state.next_frame_id - 1;
-        state.acked_by_peer = 0;
-        state.received_direct = 0;
-        state.acked_to_peer = 0;
+        state.direct.restart();
         state.ping.reset(now);
+        // Its first ping on the new path is due now.
+        self.timeout_moved = true;
         state.stats.path = Some(PairPath::Direct);
         state.stats.direct_rtt = Some(rtt);
         state.stats.punch_successes += 1;
@@ -1287,9 +1370,10 @@ impl Session {
         state.stats.path = Some(PairPath::Relay);
         state.stats.direct_rtt = None;
         let pair = state.pair;
-        state.unacked_bytes = 0;
         self.window_moved = true;
-        for (_, unacked) in std::mem::take(&mut state.unacked) {
+        // Its first ping on the relay is due now.
+        self.timeout_moved = true;
+        for unacked in state.direct.take_unacked() {
             count(&mut state.stats.relay_sent, &unacked.payload);
             self.uploads.push_back(Upload::Relay {
                 frame: ClientToServer::Relay {
@@ -1321,6 +1405,8 @@ impl Session {
             rtt: None,
             reason,
         });
+        // Its direct reader, if paused, must go on to see its connection end.
+        self.update_paused_readers();
     }
 
     /// What this client measures about a peer at `now`.
@@ -1350,10 +1436,9 @@ impl Session {
     }
 
     /// Bytes held from `peer` waiting for gaps to fill.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn held_bytes(&self, peer: HostId) -> usize {
-        self.peers
-            .get(&peer)
-            .map_or(0, |p| p.receiving.held_bytes() + p.awaiting_bytes)
+        self.peers.get(&peer).map_or(0, Peer::held_bytes)
     }
 
     /// Messages from `peer` waiting for a membership notice.
@@ -1600,21 +1685,13 @@ impl Session {
                 }),
                 Carrier::Stream(lane) => {
                     let seq = peer.sending.next(lane);
-                    let id = peer.next_frame_id;
-                    peer.next_frame_id += 1;
-                    peer.unacked_bytes += payload.len();
-                    peer.unacked.insert(
-                        id,
-                        Unacked {
-                            group,
-                            lane,
-                            seq,
-                            payload: payload.clone(),
-                            priority: options.priority,
-                            seen_at: None,
-                        },
-                    );
-                    peer.stats.unacked = peer.unacked.len();
+                    // The first message since the last timer run brings the dating
+                    // deadline; later ones share it.
+                    self.timeout_moved |= !peer.direct.has_undated();
+                    let id = peer
+                        .direct
+                        .track(group, lane, seq, payload.clone(), options.priority);
+                    peer.stats.unacked = peer.direct.unacked_len();
                     uploads.push(Upload::Peer {
                         to: host,
                         frame: PeerToPeer::Data {
@@ -1912,5 +1989,6 @@ struct Resolved {
     peers: Vec<HostId>,
 }
 
+mod direct_reliability;
 #[cfg(test)]
 mod tests;

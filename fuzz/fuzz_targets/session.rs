@@ -266,6 +266,8 @@ struct PeerModel {
     /// went out and were acked.
     direct_frames: Vec<u64>,
     direct_acked: usize,
+    /// How many of `direct_frames` were reported to the session as gone out.
+    direct_reported: usize,
     /// The session's own numbering towards the peer, per lane.
     assigned: HashMap<Lane, u64>,
     assigned_datagrams: HashMap<u8, u64>,
@@ -607,12 +609,11 @@ impl Harness {
                 let mut acked = model.direct_acked as u64;
                 let received = Self::seq(&mut acked, received);
                 let frames = model.direct_frames.clone();
-                let start = model.direct_acked;
-                let result = self.session.handle_direct_ack(from, received, |n| {
-                    frames
-                        .get(start..start.checked_add(n)?)
-                        .map(<[u64]>::to_vec)
-                });
+                // The queue is modelled FIFO: every frame planned so far went out.
+                let reported = std::mem::replace(&mut model.direct_reported, frames.len());
+                self.session
+                    .handle_direct_sent(from, frames[reported..].iter().copied());
+                let result = self.session.handle_direct_ack(from, received);
                 let model = self.peers.get_mut(&from).expect("peer");
                 match result {
                     Ok(()) => {
@@ -715,6 +716,7 @@ impl Harness {
                     model.direct = true;
                     model.direct_frames.clear();
                     model.direct_acked = 0;
+                    model.direct_reported = 0;
                     model.unacked.clear();
                 }
             }
@@ -870,6 +872,7 @@ impl Harness {
             model.unacked.clear();
             model.direct_frames.clear();
             model.direct_acked = 0;
+            model.direct_reported = 0;
         }
     }
 
@@ -887,7 +890,7 @@ impl Harness {
             }
         }
         assert!(
-            self.session.poll_timeout() > self.now,
+            self.session.poll_timeout().is_none_or(|at| at > self.now),
             "periodic work still due"
         );
     }

@@ -5,6 +5,8 @@ use super::*;
 use peergroup_protocol::schedule::SendQueue;
 use peergroup_protocol::{frame_to_bytes, Fingerprint, RefuseReason};
 
+mod direct_timers;
+
 const ME: HostId = HostId::from_raw(1 << 32 | 1);
 const PEER: HostId = HostId::from_raw(1 << 32 | 2);
 const OTHER: HostId = HostId::from_raw(1 << 32 | 3);
@@ -324,12 +326,12 @@ fn ack(received: u64) -> PeerToPeer {
 }
 
 /// Hands `s` an ack from `peer` as if the direct queue sent frames in the order they were
-/// queued (no priorities or replacements in play): its log is the unacked ids in order.
+/// queued (no priorities or replacements in play): every unacked frame not reported yet
+/// is reported as gone out, in id order, then the ack is handed in.
 fn fifo_ack(s: &mut Session, peer: HostId, received: u64) -> Result<(), String> {
-    let ids: Vec<u64> = s.peers[&peer].unacked.keys().copied().collect();
-    s.handle_direct_ack(peer, received, |n| {
-        (n <= ids.len()).then(|| ids[..n].to_vec())
-    })
+    let ids = s.peers[&peer].direct.unreported_ids();
+    s.handle_direct_sent(peer, ids);
+    s.handle_direct_ack(peer, received)
 }
 
 // ---- notices, targets, numbers (translated) ------------------------------------------
@@ -1432,12 +1434,8 @@ impl DirectQueue {
                 ..
             } = upload
             {
-                let log = &mut self.went_out;
-                sender
-                    .handle_direct_ack(from, received, |n| {
-                        (n <= log.len()).then(|| log.drain(..n).collect())
-                    })
-                    .unwrap();
+                sender.handle_direct_sent(from, self.went_out.drain(..));
+                sender.handle_direct_ack(from, received).unwrap();
             }
         }
     }
@@ -1604,7 +1602,7 @@ fn a_direct_peer_is_pinged_on_the_direct_path_and_pongs_from_the_old_path_do_not
     assert!(a.set_direct(PEER, ms(3), switch));
     drain(&mut a);
     // A ping is due on the new path at once.
-    assert_eq!(a.poll_timeout(), switch);
+    assert_eq!(a.poll_timeout().unwrap(), switch);
     a.handle_timeout(switch);
     let pings = probes(uploads(&mut a));
     assert_eq!(
@@ -1660,12 +1658,15 @@ fn with_pings_off_handle_timeout_sends_no_pings() {
         let mut now = t0;
         let mut direct = false;
         while now < t0 + Duration::from_secs(12) {
-            let next = a.poll_timeout();
+            let next = a.poll_timeout().unwrap();
             assert!(next >= now, "poll_timeout went back");
             now = next;
             a.handle_timeout(now);
             sent.extend(uploads(&mut a));
-            assert!(a.poll_timeout() > now, "handle_timeout left work due");
+            assert!(
+                a.poll_timeout().unwrap() > now,
+                "handle_timeout left work due"
+            );
             if !direct && now >= t0 + Duration::from_secs(3) {
                 a.set_direct(PEER, ms(3), now);
                 direct = true;
@@ -1694,11 +1695,11 @@ fn with_pings_off_handle_timeout_sends_no_pings() {
 fn time_requests_come_from_handle_timeout_in_a_burst_then_every_five_seconds() {
     let t0 = Instant::now();
     let mut s = session(ME, NO_PINGS, t0);
-    assert_eq!(s.poll_timeout(), t0);
+    assert_eq!(s.poll_timeout().unwrap(), t0);
     let mut requests = Vec::new();
     let mut now = t0;
     while now < t0 + Duration::from_secs(16) {
-        now = s.poll_timeout();
+        now = s.poll_timeout().unwrap();
         s.handle_timeout(now);
         for upload in uploads(&mut s) {
             let Upload::Control(ClientToServer::TimeRequest { token }) = upload else {
@@ -2443,7 +2444,7 @@ fn a_message_waiting_for_a_notice_that_never_comes_is_dropped_and_the_rest_go_on
     s.handle_peer_frame(PEER, data_frame(Some((1, 1)), 2, "fine"), now)
         .unwrap();
     assert!(delivered(&mut s).is_empty());
-    assert!(s.poll_timeout() <= now + Duration::from_secs(10));
+    assert!(s.poll_timeout().unwrap() <= now + Duration::from_secs(10));
     s.handle_timeout(now + Duration::from_secs(9));
     assert!(delivered(&mut s).is_empty(), "still within the wait");
     s.handle_timeout(now + Duration::from_secs(10));
@@ -2592,7 +2593,7 @@ fn a_direct_peer_that_never_acks_fills_a_bounded_window_then_loses_its_direct_pa
     drain(&mut a);
     // The driver looks at the oldest unacked message; the peer stays silent.
     a.handle_timeout(now);
-    assert!(a.poll_timeout() <= now + window.ack_timeout);
+    assert!(a.poll_timeout().unwrap() <= now + window.ack_timeout);
     a.handle_timeout(now + window.ack_timeout - ms(1));
     assert!(a.poll_stalled_link().is_none());
     assert_eq!(a.path_of(PEER), Some(PairPath::Direct));
@@ -2645,8 +2646,7 @@ fn the_direct_window_counts_bytes_too_and_acks_make_room() {
     assert_eq!(sent, window.bytes / big.len());
     assert!(!a.take_window_moved());
     // The peer acks the first half (frames 1.. in the order they went out).
-    a.handle_direct_ack(PEER, sent as u64 / 2, |n| Some((1..=n as u64).collect()))
-        .unwrap();
+    fifo_ack(&mut a, PEER, sent as u64 / 2).unwrap();
     assert!(a.take_window_moved());
     assert!(!a.direct_window_full(PEER));
     assert_eq!(a.peer_stats(PEER, now).unwrap().unacked, sent / 2);
@@ -2668,11 +2668,10 @@ fn a_direct_peer_that_acks_keeps_its_direct_path() {
         a.handle_timeout(now + timeout * step / 2);
         // Everything but the last 5 is acked within half the timeout.
         let upto = sent - 5;
-        a.handle_direct_ack(PEER, upto, |n| {
-            assert_eq!(n as u64, upto - acked);
-            Some((acked + 1..=upto).collect())
-        })
-        .unwrap();
+        let unacked = |a: &Session| a.peer_stats(PEER, now).unwrap().unacked as u64;
+        assert_eq!(unacked(&a), sent - acked);
+        fifo_ack(&mut a, PEER, upto).unwrap();
+        assert_eq!(unacked(&a), sent - upto, "the ack covers upto - acked more");
         acked = upto;
         assert!(a.poll_stalled_link().is_none(), "step {step}");
         assert_eq!(a.path_of(PEER), Some(PairPath::Direct));
@@ -2875,8 +2874,7 @@ fn a_direct_peer_that_acks_a_trickle_still_loses_its_direct_path() {
     }
     a.handle_timeout(now);
     // One ack of one message just before the first would time out.
-    a.handle_direct_ack(PEER, 1, |n| Some((1..=n as u64).collect()))
-        .unwrap();
+    fifo_ack(&mut a, PEER, 1).unwrap();
     a.handle_timeout(now + timeout - ms(1));
     assert!(a.poll_stalled_link().is_none());
     a.handle_timeout(now + timeout);
