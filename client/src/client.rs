@@ -772,6 +772,12 @@ impl Client {
     /// into datagrams and never wait. A [`Delivery::Latest`] send replaces a queued value
     /// of its key instead of growing the queue, so it rarely finds one full.
     ///
+    /// While a send waits, so does whatever awaits it: a game loop that also reads
+    /// [`ClientEvents`] reads none meanwhile, and a client whose events are not read stops
+    /// reading the server, so its acks of membership notices stall as well (the server's
+    /// joins and leaves wait on them). Such a loop should use [`Client::try_send`] and skip
+    /// or coalesce on [`SendError::QueueFull`], or send from a task of its own.
+    ///
     /// # Errors
     /// [`SendError`]: a target this client may not use ([`SendError::NotInGroup`],
     /// [`SendError::NotAPeer`]), a payload too large ([`SendError::TooLarge`] over the
@@ -814,6 +820,22 @@ impl Client {
     ) -> Result<(), SendError> {
         let payload = crate::encode(message)?;
         self.send(target, payload, options).await
+    }
+
+    /// As [`Client::send_message`], but never waits: what a game loop uses for values the
+    /// next tick replaces anyway, such as positions.
+    ///
+    /// # Errors
+    /// As [`Client::try_send`], plus [`SendError::Encode`] when the value cannot be
+    /// encoded.
+    pub fn try_send_message<T: serde::Serialize + ?Sized>(
+        &self,
+        target: Target,
+        message: &T,
+        options: impl Into<SendOptions>,
+    ) -> Result<(), SendError> {
+        let payload = crate::encode(message)?;
+        self.try_send(target, payload, options)
     }
 
     /// As [`Client::send`], but never waits.

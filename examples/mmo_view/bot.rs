@@ -3,7 +3,8 @@
 
 use crate::world::{Position, Report, ToServer, Walker, TICK_HZ};
 use peergroup::client::{
-    decode, Client, ClientConfig, ClientEvent, Delivery, GroupId, HostId, Priority, Target,
+    decode, Client, ClientConfig, ClientEvent, Delivery, GroupId, HostId, Priority, SendError,
+    Target,
 };
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -44,9 +45,14 @@ pub async fn run(
                 walker.step();
                 if let Some(group) = my_group {
                     // Latest: a newer position replaces one still queued for a slow
-                    // watcher; High: positions overtake bulk traffic.
+                    // watcher; High: positions overtake bulk traffic. Never wait for room
+                    // (this loop also reads the events): a position that finds a queue
+                    // full is skipped, and the next tick sends a newer one.
                     let options = Delivery::Latest { key: 0 }.with_priority(Priority::High);
-                    client.send_message(Target::Group(group), &walker.at, options).await?;
+                    match client.try_send_message(Target::Group(group), &walker.at, options) {
+                        Ok(()) | Err(SendError::QueueFull) => {}
+                        Err(error) => return Err(error.into()),
+                    }
                 }
             }
             _ = check.tick(), if started.elapsed() >= settle => {

@@ -5,7 +5,7 @@ use crate::ledger::{self, Lane, Ledger, Totals};
 use crate::rng::Rng;
 use crate::server::STABLE_SIZE;
 use peergroup_client::{
-    Client, ClientConfig, ClientEvent, Delivery, Fingerprint, GroupId, HostId, PairPath,
+    Client, ClientConfig, ClientEvent, Delivery, Fingerprint, GroupId, HostId, PairPath, SendError,
     SendOptions, ServerTrust, Target,
 };
 use std::collections::{BTreeSet, HashMap};
@@ -42,6 +42,8 @@ struct Shared {
     stable_ready: AtomicU64,
     unexpected_disconnects: AtomicU64,
     send_errors: AtomicU64,
+    /// Sends skipped because a queue was full (`SendError::QueueFull`).
+    sends_skipped: AtomicU64,
     forced_switches: AtomicU64,
     to_relay: AtomicU64,
     to_direct: AtomicU64,
@@ -151,6 +153,7 @@ pub async fn run(
         stable_ready: AtomicU64::new(0),
         unexpected_disconnects: AtomicU64::new(0),
         send_errors: AtomicU64::new(0),
+        sends_skipped: AtomicU64::new(0),
         forced_switches: AtomicU64::new(0),
         to_relay: AtomicU64::new(0),
         to_direct: AtomicU64::new(0),
@@ -300,6 +303,7 @@ fn summarize(
             "foreign": v.foreign,
             "unexpected_disconnects": count(&shared.unexpected_disconnects),
             "send_errors": count(&shared.send_errors),
+            "sends_skipped_queue_full": count(&shared.sends_skipped),
             "forced_switches": count(&shared.forced_switches),
             "path_changes_to_relay": count(&shared.to_relay),
             "path_changes_to_direct": count(&shared.to_direct),
@@ -376,7 +380,7 @@ async fn client(
     loop {
         tokio::select! {
             _ = shared.stop.cancelled() => break,
-            _ = send.tick() => player.send().await,
+            _ = send.tick() => player.send(),
             _ = switch.tick() => player.force_switch(),
             event = events.next() => match event {
                 Some(event) => player.handle(event),
@@ -388,7 +392,11 @@ async fn client(
 }
 
 impl Player {
-    async fn send(&mut self) {
+    /// One tick's sends. They never wait, as in a game loop that also reads events: a
+    /// loop blocked in a send reads no events, and its client then stops reading the
+    /// server, acks no membership notices and lets its own backlog grow at the server.
+    /// A send that finds a queue full is skipped (the next tick tries again).
+    fn send(&mut self) {
         // A stable peer may register after the last membership event: look again.
         self.check_ready();
         if !self.ready || !self.shared.sending.load(Ordering::Relaxed) {
@@ -409,23 +417,23 @@ impl Player {
             _ => (Lane::Unreliable, Delivery::Unreliable.into()),
         };
         for (lane, options) in [ordered, other] {
-            self.send_stable(stable, lane, options).await;
+            self.send_stable(stable, lane, options);
         }
         if !self.churn.is_empty() {
             let pick = self.rng.below(self.churn.len());
             if let Some(&group) = self.churn.iter().nth(pick) {
                 let seq = self.churn_seq.get(&group).copied().unwrap_or(0) + 1;
-                let sent = self
-                    .client
-                    .send(
-                        Target::Group(group),
-                        ledger::payload(Lane::Churn, seq),
-                        Delivery::ReliableOrdered.on_channel(2),
-                    )
-                    .await;
+                let sent = self.client.try_send(
+                    Target::Group(group),
+                    ledger::payload(Lane::Churn, seq),
+                    Delivery::ReliableOrdered.on_channel(2),
+                );
                 match sent {
                     Ok(()) => {
                         self.churn_seq.insert(group, seq);
+                    }
+                    Err(SendError::QueueFull) => {
+                        self.shared.sends_skipped.fetch_add(1, Ordering::Relaxed);
                     }
                     // Not a member any more: the leave notice is on its way.
                     Err(_) => {
@@ -436,17 +444,19 @@ impl Player {
         }
     }
 
-    async fn send_stable(&mut self, stable: GroupId, lane: Lane, options: SendOptions) {
+    fn send_stable(&mut self, stable: GroupId, lane: Lane, options: SendOptions) {
         let seq = self.seq.get(&lane).copied().unwrap_or(0) + 1;
         let payload = ledger::payload(lane, seq);
         match self
             .client
-            .send(Target::Group(stable), payload, options)
-            .await
+            .try_send(Target::Group(stable), payload, options)
         {
             Ok(()) => {
                 self.seq.insert(lane, seq);
                 self.shared.ledger.sent(self.index, lane, seq);
+            }
+            Err(SendError::QueueFull) => {
+                self.shared.sends_skipped.fetch_add(1, Ordering::Relaxed);
             }
             Err(error) => {
                 self.shared.send_errors.fetch_add(1, Ordering::Relaxed);
