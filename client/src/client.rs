@@ -321,10 +321,17 @@ fn jittered(wait: Duration) -> Duration {
     wait.mul_f64(0.5 + f64::from(byte[0]) / 256.0)
 }
 
-/// What the server may have in flight to this client on its stream, and the unread
-/// datagrams kept from it, bytes: 2 MiB passes 40 MiB/s at 50 ms RTT, above what a game
-/// client takes in, and bounds what the server can make the client buffer in quinn.
-const SERVER_RECEIVE_WINDOW: u32 = 2 << 20;
+/// What the server may have in flight to this client on its stream, bytes: 256 KiB
+/// passes 5 MiB/s at 50 ms RTT, above what a game client takes in. Kept this small on
+/// purpose: what the server has written into QUIC is beyond its scheduler's reach, so
+/// every byte here is a byte a membership notice, a high-priority message or a newer
+/// latest value cannot overtake. At 2 MiB, a client taking in 50 KB/s heard its notices
+/// 40 s late, and every join and leave it was part of timed out; what does not fit now
+/// waits in the server's queue, where notices go first and latest values are replaced.
+const SERVER_STREAM_WINDOW: u32 = 256 << 10;
+
+/// Unread datagrams kept from the server, bytes; older ones are dropped first.
+const SERVER_DATAGRAM_BUFFER: usize = 2 << 20;
 
 /// The control queue's nominal limit, bytes. Control frames never wait for room (they are
 /// small and bounded by what the server sends), so nothing consults it.
@@ -525,17 +532,16 @@ impl Client {
         transport
             .max_idle_timeout(config.timeouts.idle.try_into().ok())
             .keep_alive_interval(Some(config.timeouts.keepalive))
-            // The server never opens a stream: the client opens the one it uses.
+            // The server never opens a stream: the client opens the two it uses.
             .max_concurrent_bidi_streams(0u8.into())
             .max_concurrent_uni_streams(0u8.into())
             // What the server may send ahead of our reads on that stream: the reader takes
             // it as it comes unless the application stops reading events, and then the
             // server's own queue (and its slow-consumer limit) holds the rest. quinn's
             // default is 1.25 MB per stream and no limit per connection.
-            .stream_receive_window(SERVER_RECEIVE_WINDOW.into())
-            .receive_window(SERVER_RECEIVE_WINDOW.into())
-            // Unread relayed datagrams kept; older ones are dropped first.
-            .datagram_receive_buffer_size(Some(SERVER_RECEIVE_WINDOW as usize));
+            .stream_receive_window(SERVER_STREAM_WINDOW.into())
+            .receive_window(SERVER_STREAM_WINDOW.into())
+            .datagram_receive_buffer_size(Some(SERVER_DATAGRAM_BUFFER));
         let transport = Arc::new(transport);
         let refused = RefusedCertificate::default();
         let client_config =

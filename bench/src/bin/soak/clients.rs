@@ -44,6 +44,13 @@ struct Shared {
     send_errors: AtomicU64,
     /// Sends skipped because a queue was full (`SendError::QueueFull`).
     sends_skipped: AtomicU64,
+    /// Each client's handle once connected, by index: a failed run reports what the
+    /// sender and the receiver of a missing message say about each other.
+    handles: std::sync::Mutex<Vec<Option<Client>>>,
+    /// Events each client's loop handled, and when it last did (ms since `started`).
+    events_handled: Vec<AtomicU64>,
+    last_event_ms: Vec<AtomicU64>,
+    started: Instant,
     forced_switches: AtomicU64,
     to_relay: AtomicU64,
     to_direct: AtomicU64,
@@ -154,6 +161,10 @@ pub async fn run(
         unexpected_disconnects: AtomicU64::new(0),
         send_errors: AtomicU64::new(0),
         sends_skipped: AtomicU64::new(0),
+        handles: std::sync::Mutex::new(vec![None; clients]),
+        events_handled: (0..clients).map(|_| AtomicU64::new(0)).collect(),
+        last_event_ms: (0..clients).map(|_| AtomicU64::new(0)).collect(),
+        started: Instant::now(),
         forced_switches: AtomicU64::new(0),
         to_relay: AtomicU64::new(0),
         to_direct: AtomicU64::new(0),
@@ -227,6 +238,9 @@ pub async fn run(
         totals = shared.ledger.totals();
     }
     let drained_in = drain_started.elapsed();
+    if totals.reliable_missing > 0 {
+        report_missing(&shared);
+    }
     rss.push((started.elapsed().as_secs(), server.rss_kib().unwrap_or(0)));
     tokio::time::sleep(Duration::from_secs(5)).await;
     if let Some(latest) = server.latest() {
@@ -247,6 +261,48 @@ pub async fn run(
         ran,
         drained_in,
     ))
+}
+
+/// Prints a few of the reliable messages still missing after the drain, with what the
+/// sender and the receiver say about each other (path, queued and unacked messages).
+fn report_missing(shared: &Shared) {
+    let handles = shared.handles.lock().unwrap_or_else(|p| p.into_inner());
+    let host = |index: usize| handles[index].as_ref().map(|c| (c, c.host_id()));
+    let (receivers, sample) = shared.ledger.missing(8);
+    eprintln!("soak: {receivers} receivers are missing reliable messages; some of them:");
+    for (receiver, sender, lane, sent, delivered) in sample {
+        let (Some((rx, rx_id)), Some((tx, tx_id))) = (host(receiver), host(sender)) else {
+            continue;
+        };
+        let seen = |from: &Client, to: HostId| {
+            from.peer_stats(to).map(|s| {
+                format!(
+                    "path {:?}, unacked {}, queued {} B, sent relay/direct {}/{}, \
+                     received relay/direct {}/{}, duplicates dropped {}, not-member dropped {}, \
+                     discarded {}",
+                    s.path,
+                    s.unacked,
+                    s.queued_bytes,
+                    s.relay_sent.messages,
+                    s.direct_sent.messages,
+                    s.relay_received.messages,
+                    s.direct_received.messages,
+                    s.duplicates_dropped,
+                    s.not_member_dropped,
+                    s.discarded,
+                )
+            })
+        };
+        eprintln!(
+            "soak: missing {lane:?} {tx_id} -> {rx_id}: sent {sent}, delivered {delivered}; \
+             sender sees {:?}; receiver sees {:?}, handled {} events, the last {:.1} s ago",
+            seen(tx, rx_id),
+            seen(rx, tx_id),
+            shared.events_handled[receiver].load(Ordering::Relaxed),
+            shared.started.elapsed().as_secs_f64()
+                - shared.last_event_ms[receiver].load(Ordering::Relaxed) as f64 / 1000.0,
+        );
+    }
 }
 
 fn summarize(
@@ -356,6 +412,7 @@ async fn client(
     shared.connected.fetch_add(1, Ordering::Relaxed);
     let me = client.host_id();
     shared.ledger.register(me, index);
+    shared.handles.lock().unwrap_or_else(|p| p.into_inner())[index] = Some(client.clone());
     let group = index / STABLE_SIZE;
     let mut player = Player {
         index,
@@ -492,6 +549,9 @@ impl Player {
     }
 
     fn handle(&mut self, event: ClientEvent) {
+        self.shared.events_handled[self.index].fetch_add(1, Ordering::Relaxed);
+        let at = self.shared.started.elapsed().as_millis() as u64;
+        self.shared.last_event_ms[self.index].store(at, Ordering::Relaxed);
         match event {
             ClientEvent::MemberJoined {
                 group,

@@ -262,6 +262,27 @@ impl Ledger {
         }
         totals
     }
+
+    /// Receivers still missing reliable messages from their stable group, and for up to
+    /// `limit` of them, spread over the population, one (receiver, sender, lane, sent,
+    /// delivered) each: for the report of a failed run.
+    pub fn missing(&self, limit: usize) -> (usize, Vec<(usize, usize, Lane, u64, u64)>) {
+        let mut found = Vec::new();
+        for receiver in 0..self.inboxes.len() {
+            let inbox = self.inbox(receiver);
+            let first_gap = inbox.stable_peers.iter().find_map(|&sender| {
+                Lane::RELIABLE.into_iter().find_map(|lane| {
+                    let sent = self.sent_on(sender, lane);
+                    let delivered = inbox.delivered_from(sender, lane);
+                    (delivered < sent).then_some((receiver, sender, lane, sent, delivered))
+                })
+            });
+            found.extend(first_gap);
+        }
+        let receivers = found.len();
+        let step = receivers.div_ceil(limit.max(1)).max(1);
+        (receivers, found.into_iter().step_by(step).collect())
+    }
 }
 
 #[cfg(test)]

@@ -82,7 +82,12 @@ pub async fn serve(clients: usize, churn_per_sec: u32, seed: u64) -> Result<(), 
             _ = &mut closed => break,
             _ = report.tick() => {
                 let s = server.stats();
+                // How far behind the receivers are: their queues at the server.
+                let queued: Vec<usize> = server.clients().iter().map(|c| c.queued_bytes).collect();
                 let line = serde_json::json!({
+                    "queued_max_bytes": queued.iter().max().copied().unwrap_or(0),
+                    "queued_total_bytes": queued.iter().sum::<usize>(),
+                    "clients_queued_over_1mib": queued.iter().filter(|&&q| q > 1 << 20).count(),
                     "t_s": started.elapsed().as_secs(),
                     "clients": s.clients,
                     "groups": s.groups,
