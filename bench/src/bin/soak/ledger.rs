@@ -190,6 +190,10 @@ pub struct Ledger {
     inboxes: Vec<Mutex<Inbox>>,
 }
 
+/// A receiver short of a sender's reliable messages: (receiver, sender, lane, sent,
+/// delivered).
+pub type Gap = (usize, usize, Lane, u64, u64);
+
 /// The totals at one moment.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Totals {
@@ -266,7 +270,7 @@ impl Ledger {
     /// Receivers still missing reliable messages from their stable group, and for up to
     /// `limit` of them, spread over the population, one (receiver, sender, lane, sent,
     /// delivered) each: for the report of a failed run.
-    pub fn missing(&self, limit: usize) -> (usize, Vec<(usize, usize, Lane, u64, u64)>) {
+    pub fn missing(&self, limit: usize) -> (usize, Vec<Gap>) {
         let mut found = Vec::new();
         for receiver in 0..self.inboxes.len() {
             let inbox = self.inbox(receiver);
