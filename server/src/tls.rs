@@ -5,25 +5,19 @@
 //! signature), and records its SHA-256 as the client's identity. Peers later pin that
 //! fingerprint, so the server vouches for keys it never holds.
 
-use crate::identity::{fingerprint_of, Identity};
-use peergroup_protocol::{Fingerprint, ALPN};
+use crate::identity::Identity;
+use peergroup_protocol::ALPN;
+use peergroup_transport::{provider, Signatures};
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use std::sync::Arc;
 
-/// The one crypto provider of the tree (ring): quinn and rustls are built with ring only,
-/// so there is exactly one to choose.
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// Accepts any client certificate whose key signed the handshake.
 #[derive(Debug)]
 struct AnyIdentityCertificate {
-    provider: Arc<CryptoProvider>,
+    signatures: Signatures,
 }
 
 impl ClientCertVerifier for AnyIdentityCertificate {
@@ -48,12 +42,7 @@ impl ClientCertVerifier for AnyIdentityCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -62,18 +51,11 @@ impl ClientCertVerifier for AnyIdentityCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -84,7 +66,7 @@ pub(crate) fn quic_server_config(
 ) -> Result<quinn::ServerConfig, rustls::Error> {
     let provider = provider();
     let verifier = Arc::new(AnyIdentityCertificate {
-        provider: provider.clone(),
+        signatures: Signatures::new(provider.clone()),
     });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -96,11 +78,4 @@ pub(crate) fn quic_server_config(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
     Ok(config)
-}
-
-/// The fingerprint of the certificate a connected client presented.
-pub(crate) fn peer_fingerprint(connection: &quinn::Connection) -> Option<Fingerprint> {
-    let identity = connection.peer_identity()?;
-    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    chain.first().map(fingerprint_of)
 }
