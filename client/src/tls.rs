@@ -7,8 +7,8 @@
 
 use crate::error::ConnectError;
 use peergroup_protocol::{Fingerprint, ALPN, PEER_ALPN};
+use peergroup_transport::{provider, Signatures};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -58,13 +58,7 @@ impl ServerTrust {
     }
 }
 
-/// SHA-256 of a DER certificate.
-pub fn fingerprint_of(cert: &CertificateDer<'_>) -> Fingerprint {
-    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    Fingerprint(out)
-}
+pub use peergroup_transport::fingerprint_of;
 
 /// The client's identity: a self-signed certificate made at start-up, and its key.
 #[derive(Debug)]
@@ -89,11 +83,6 @@ impl ClientIdentity {
     }
 }
 
-/// The one crypto provider of the tree (ring).
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// Accepts exactly one certificate, and still checks the handshake signature with it.
 #[derive(Debug)]
 struct PinnedCertificate {
@@ -116,45 +105,6 @@ impl RefusedCertificate {
     /// The refused certificate's fingerprint.
     pub fn get(&self) -> Option<Fingerprint> {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The handshake-signature checks both verifiers share: pinning decides *which*
-/// certificate is acceptable, and these still prove the peer holds its key.
-#[derive(Debug)]
-struct Signatures(Arc<CryptoProvider>);
-
-impl Signatures {
-    fn tls12(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn tls13(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -218,7 +168,7 @@ pub(crate) fn server_client_config(
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
                 expected,
-                signatures: Signatures(provider),
+                signatures: Signatures::new(provider),
                 refused: refused.clone(),
             })),
         None => {
@@ -352,7 +302,7 @@ pub(crate) fn peer_server_config(
     let provider = provider();
     let verifier = Arc::new(ExpectedPeerCertificate {
         expected,
-        signatures: Signatures(provider.clone()),
+        signatures: Signatures::new(provider.clone()),
     });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -383,7 +333,7 @@ pub(crate) fn peer_client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
             expected: peer,
-            signatures: Signatures(provider),
+            signatures: Signatures::new(provider),
             refused: RefusedCertificate::default(),
         }))
         .with_client_auth_cert(vec![identity.certificate.clone()], identity.key.clone_key())
@@ -394,11 +344,4 @@ pub(crate) fn peer_client_config(
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport);
     Ok(config)
-}
-
-/// The fingerprint of the certificate the other side of a connection presented.
-pub(crate) fn peer_fingerprint(connection: &quinn::Connection) -> Option<Fingerprint> {
-    let identity = connection.peer_identity()?;
-    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    chain.first().map(fingerprint_of)
 }
