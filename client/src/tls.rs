@@ -7,12 +7,10 @@
 
 use crate::error::ConnectError;
 use peergroup_protocol::{Fingerprint, ALPN, PEER_ALPN};
-use peergroup_transport::{provider, Signatures};
+use peergroup_transport::{provider, AcceptIdentity, Signatures};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::DistinguishedName;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::collections::HashSet;
 use std::path::Path;
@@ -241,54 +239,11 @@ impl ExpectedPeers {
     }
 }
 
-/// Accepts a peer's client certificate only if the server vouched for it for a punch
-/// under way, and checks the handshake signature with it.
-#[derive(Debug)]
-struct ExpectedPeerCertificate {
-    expected: Arc<ExpectedPeers>,
-    signatures: Signatures,
-}
-
-impl ClientCertVerifier for ExpectedPeerCertificate {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        if self.expected.contains(&fingerprint_of(end_entity)) {
-            Ok(ClientCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.signatures.tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.signatures.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.signatures.schemes()
+/// A peer's client certificate is accepted only if the server vouched for it for a punch
+/// under way (the handshake signature is checked with it all the same).
+impl AcceptIdentity for ExpectedPeers {
+    fn accepts(&self, certificate: &CertificateDer<'_>) -> bool {
+        self.contains(&fingerprint_of(certificate))
     }
 }
 
@@ -299,24 +254,14 @@ pub(crate) fn peer_server_config(
     expected: Arc<ExpectedPeers>,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ServerConfig, ConnectError> {
-    let provider = provider();
-    let verifier = Arc::new(ExpectedPeerCertificate {
+    peergroup_transport::quic_server_config(
         expected,
-        signatures: Signatures::new(provider.clone()),
-    });
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .and_then(|b| {
-            b.with_client_cert_verifier(verifier)
-                .with_single_cert(vec![identity.certificate.clone()], identity.key.clone_key())
-        })
-        .map_err(|e| ConnectError::TlsSetup(e.to_string()))?;
-    tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| ConnectError::TlsSetup(e.to_string()))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport);
-    Ok(config)
+        vec![identity.certificate.clone()],
+        identity.key.clone_key(),
+        PEER_ALPN,
+        transport,
+    )
+    .map_err(|e| ConnectError::TlsSetup(e.to_string()))
 }
 
 /// The quinn client config for a direct connection to one peer: it must present exactly

@@ -15,6 +15,8 @@
 //!   do not fit.
 //! - [`tls`]: the one rustls crypto provider, the handshake-signature checks every
 //!   certificate verifier shares, and certificate fingerprints.
+//! - [`accept`]: the QUIC server config both accepting endpoints (the server, a client
+//!   taking direct connections) build, each saying only which identities it accepts.
 //!
 //! # Why a crate and not a module
 //!
@@ -39,6 +41,7 @@
 //! QUIC features the drivers use directly; a stream-only carrier would have to carry
 //! them as frames.
 
+pub mod accept;
 pub mod close;
 pub mod end;
 pub mod reader;
@@ -46,6 +49,7 @@ pub mod source;
 pub mod tls;
 pub mod write;
 
+pub use accept::{quic_server_config, AcceptIdentity};
 pub use close::{close, close_endpoint, close_text, from_varint, to_varint, MAX_CLOSE_TEXT};
 pub use end::{peer_close, ConnectionEnd, ReadEnd};
 pub use reader::{FrameReader, READ_CHUNK};
