@@ -37,7 +37,9 @@
 //! second carrier would add its own variant or a carrier-neutral error), the write step
 //! in [`write`] (a `write_chunk` on a [`quinn::SendStream`]), and [`close`] (QUIC's
 //! application close frame; over WebSocket the same [`CloseCode`](peergroup_protocol::CloseCode)
-//! travels in a close frame's status and reason). Datagrams and the control stream are
+//! travels in a close frame's status and reason), and [`accept`] (it wraps the rustls
+//! server config in quinn's; a TLS-over-TCP listener would take the rustls config, with
+//! the same identity verifier, before that last step). Datagrams and the control stream are
 //! QUIC features the drivers use directly; a stream-only carrier would have to carry
 //! them as frames.
 
