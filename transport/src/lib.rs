@@ -35,7 +35,7 @@
 //! limits and [`ReadEnd`] unchanged. What remains QUIC-specific, and is where that carrier
 //! adds its own counterpart, is: [`ReadEnd::Connection`] (a quinn connection error; a
 //! second carrier would add its own variant or a carrier-neutral error), the write step
-//! in [`write`] (a `write_chunk` on a [`quinn::SendStream`]), and [`close`] (QUIC's
+//! in [`write`] (a `write_chunk` on a [`quinn::SendStream`]), [`close`] (QUIC's
 //! application close frame; over WebSocket the same [`CloseCode`](peergroup_protocol::CloseCode)
 //! travels in a close frame's status and reason), and [`accept`] (it wraps the rustls
 //! server config in quinn's; a TLS-over-TCP listener would take the rustls config, with
