@@ -16,10 +16,10 @@ use bytes::Bytes;
 use futures_core::stream::{FusedStream, Stream};
 use peergroup_protocol::{
     datagram_to_bytes, decode_body, decode_server_datagram, decode_server_frame, frame_to_bytes,
-    Carrier, ClientToServer, CloseCode, Fingerprint, FrameDecoder, FrameError, GroupId, Hello,
-    HostId, PairId, PairPath, PeerInfo, SendOptions, ServerToClient, DEFAULT_MAX_FRAME_LEN,
-    PROTOCOL_VERSION,
+    Carrier, ClientToServer, CloseCode, Fingerprint, GroupId, Hello, HostId, PairId, PairPath,
+    PeerInfo, SendOptions, ServerToClient, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
+use peergroup_transport::{close, close_endpoint, FrameReader, ReadEnd};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -114,10 +114,7 @@ impl Inner {
         }
         while let Some(peer) = core.session.poll_stalled_link() {
             if let Some(link) = core.directs.get(&peer) {
-                link.connection.close(
-                    quinn::VarInt::from_u64(CloseCode::Normal.to_u64()).unwrap_or_default(),
-                    b"messages left unacked",
-                );
+                close(&link.connection, CloseCode::Normal, "messages left unacked");
             }
         }
         if core.session.take_window_moved() {
@@ -126,10 +123,7 @@ impl Inner {
         }
         while let Some(peer) = core.session.poll_ended_pair() {
             if let Some(link) = core.directs.get(&peer) {
-                link.connection.close(
-                    quinn::VarInt::from_u64(CloseCode::Normal.to_u64()).unwrap_or_default(),
-                    b"pair ended",
-                );
+                close(&link.connection, CloseCode::Normal, "pair ended");
             }
         }
         direct::wake_resumed_readers(core);
@@ -347,10 +341,7 @@ impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         close(&self.connection, CloseCode::Normal, "client closed");
         // Closing the endpoint ends direct connections and the tasks that serve them.
-        self.endpoint.close(
-            quinn::VarInt::from_u64(CloseCode::Normal.to_u64()).unwrap_or_default(),
-            b"client closed",
-        );
+        close_endpoint(&self.endpoint, CloseCode::Normal, "client closed");
     }
 }
 
@@ -507,13 +498,6 @@ impl FusedStream for ClientEvents {
     fn is_terminated(&self) -> bool {
         self.finished
     }
-}
-
-fn close(connection: &quinn::Connection, code: CloseCode, text: &str) {
-    connection.close(
-        quinn::VarInt::from_u64(code.to_u64()).unwrap_or_default(),
-        text.as_bytes(),
-    );
 }
 
 impl Client {
@@ -1013,10 +997,7 @@ impl Client {
     #[doc(hidden)]
     pub fn close_direct_path(&self, peer: HostId) {
         if let Some(link) = self.inner.lock().directs.get(&peer) {
-            link.connection.close(
-                quinn::VarInt::from_u64(CloseCode::Normal.to_u64()).unwrap_or_default(),
-                b"closed for a test",
-            );
+            close(&link.connection, CloseCode::Normal, "closed for a test");
         }
     }
 
@@ -1046,10 +1027,7 @@ impl Client {
         .await;
         self.inner.closed.store(true, Ordering::Release);
         close(&self.inner.connection, CloseCode::Normal, "client closed");
-        self.inner.endpoint.close(
-            quinn::VarInt::from_u64(CloseCode::Normal.to_u64()).unwrap_or_default(),
-            b"client closed",
-        );
+        close_endpoint(&self.inner.endpoint, CloseCode::Normal, "client closed");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
     }
 }
@@ -1077,71 +1055,6 @@ async fn emit_events(inner: Arc<Inner>) {
             return;
         }
         notified.await;
-    }
-}
-
-/// Why reading stopped.
-pub(crate) enum ReadEnd {
-    Connection(quinn::ConnectionError),
-    Violation(CloseCode, String),
-}
-
-impl From<FrameError> for ReadEnd {
-    fn from(error: FrameError) -> Self {
-        ReadEnd::Violation(error.close_code(), error.to_string())
-    }
-}
-
-/// Reads length-prefixed frames from a QUIC stream in large chunks, so one read (and one
-/// lock of quinn's connection state) serves many small frames.
-pub(crate) struct FrameReader {
-    recv: quinn::RecvStream,
-    decoder: FrameDecoder,
-}
-
-/// The most bytes taken from the stream in one read.
-const READ_CHUNK: usize = 64 * 1024;
-
-impl FrameReader {
-    /// Frames of at most `max` bytes from `recv`.
-    pub fn new(recv: quinn::RecvStream, max: u32) -> Self {
-        Self {
-            recv,
-            decoder: FrameDecoder::new(max),
-        }
-    }
-
-    /// The next frame body if the last read already brought it, without waiting.
-    pub fn buffered(&mut self) -> Result<Option<Bytes>, ReadEnd> {
-        Ok(self.decoder.next_body()?)
-    }
-
-    /// The next frame body; `Ok(None)` on a clean end of stream between frames.
-    pub async fn next(&mut self) -> Result<Option<Bytes>, ReadEnd> {
-        loop {
-            if let Some(body) = self.decoder.next_body()? {
-                return Ok(Some(body));
-            }
-            match self.recv.read_chunk(READ_CHUNK, true).await {
-                Ok(Some(chunk)) => self.decoder.push(&chunk.bytes),
-                Ok(None) if self.decoder.buffered() == 0 => return Ok(None),
-                Ok(None) => {
-                    return Err(ReadEnd::Violation(
-                        CloseCode::ProtocolViolation,
-                        "stream ended inside a frame".into(),
-                    ))
-                }
-                Err(quinn::ReadError::ConnectionLost(error)) => {
-                    return Err(ReadEnd::Connection(error))
-                }
-                Err(other) => {
-                    return Err(ReadEnd::Violation(
-                        CloseCode::ProtocolViolation,
-                        other.to_string(),
-                    ))
-                }
-            }
-        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! this file only moves bytes and timers. A peer's path changes under the same lock that
 //! sends take, so no message can slip between the old path and the new.
 
-use crate::client::{Core, FrameReader, Inner, ReadEnd};
+use crate::client::{Core, Inner};
 use crate::outbound::{write_stream, UploadQueue};
 use crate::punch::{PunchResult, PunchSession, PunchTiming};
 use crate::tls::peer_client_config;
@@ -15,6 +15,7 @@ use peergroup_protocol::{
     ClientToServer, CloseCode, Fingerprint, HostId, PairId, PathReason, PeerToPeer, Probe,
     PunchOrder, PunchOutcome, ServerDatagram,
 };
+use peergroup_transport::{close, peer_fingerprint, FrameReader, ReadEnd};
 use ring::rand::SecureRandom;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -236,7 +237,7 @@ pub(crate) async fn accept_peers(inner: Arc<Inner>) {
 async fn accept_peer(inner: Arc<Inner>, incoming: quinn::Incoming) {
     let accepted = tokio::time::timeout(HANDSHAKE_GRACE, async {
         let connection = incoming.await.ok()?;
-        let identity = crate::tls::peer_fingerprint(&connection)?;
+        let identity = peer_fingerprint(&connection)?;
         let (peer, pair) = inner.lock().session.peer_by_identity(&identity)?;
         let (send, recv) = connection.accept_bi().await.ok()?;
         let mut recv = FrameReader::new(recv, inner.max_frame_len);
@@ -282,13 +283,6 @@ async fn accept_peer(inner: Arc<Inner>, incoming: quinn::Incoming) {
         return;
     };
     establish(&inner, peer, pair, attempt, connection, send, recv).await;
-}
-
-fn close(connection: &quinn::Connection, code: CloseCode, text: &str) {
-    connection.close(
-        quinn::VarInt::from_u64(code.to_u64()).unwrap_or_default(),
-        text.as_bytes(),
-    );
 }
 
 /// Makes `connection` the peer's path, then serves it until it ends.

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use peergroup_protocol::{
     CloseCode, Delivery, GroupId, HostId, PairPath, Path, PathReason, PeerInfo, RefuseReason,
 };
+use peergroup_transport::ConnectionEnd;
 use std::time::Duration;
 
 /// Something the application should know about. Read them with
@@ -199,17 +200,13 @@ impl std::fmt::Display for DisconnectReason {
 
 impl DisconnectReason {
     pub(crate) fn from_connection_error(error: &quinn::ConnectionError) -> Self {
-        use quinn::ConnectionError as E;
-        match error {
-            E::ApplicationClosed(close) => DisconnectReason::ServerClosed {
-                code: CloseCode::from_u64(close.error_code.into_inner()),
-                reason: String::from_utf8_lossy(&close.reason).into_owned(),
-            },
-            E::TimedOut => DisconnectReason::TimedOut,
-            E::LocallyClosed => DisconnectReason::Closed,
-            other => DisconnectReason::ConnectionLost {
-                detail: other.to_string(),
-            },
+        match ConnectionEnd::from(error) {
+            ConnectionEnd::PeerClosed { code, reason } => {
+                DisconnectReason::ServerClosed { code, reason }
+            }
+            ConnectionEnd::TimedOut => DisconnectReason::TimedOut,
+            ConnectionEnd::LocallyClosed => DisconnectReason::Closed,
+            ConnectionEnd::Lost(detail) => DisconnectReason::ConnectionLost { detail },
         }
     }
 }

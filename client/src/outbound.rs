@@ -10,6 +10,7 @@
 use bytes::Bytes;
 use peergroup_protocol::schedule::SendQueue;
 use peergroup_protocol::Priority;
+use peergroup_transport::{finish_stream, write_batch, WRITE_BATCH_BYTES};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -246,8 +247,6 @@ pub(crate) async fn write_stream(
     mut send: quinn::SendStream,
     mut queue: UploadReceiver,
 ) {
-    /// The most bytes taken from the queue at once (beyond one frame).
-    const WRITE_BATCH_BYTES: usize = 32 << 10;
     let mut merged = bytes::BytesMut::new();
     // Made once: each `closed()` registers with quinn's connection state.
     let closed = connection.closed();
@@ -258,20 +257,14 @@ pub(crate) async fn write_stream(
             _ = &mut closed => return,
         };
         match next {
-            Next::Frames => {
-                let len = merged.len();
-                // Handed to quinn whole, not copied again.
-                if send.write_chunk(merged.split().freeze()).await.is_err() {
-                    return;
-                }
-                queue.written(len);
-            }
+            Next::Frames => match write_batch(&mut send, &mut merged).await {
+                Ok(len) => queue.written(len),
+                Err(_) => return,
+            },
             Next::Finish(done) => {
-                if send.finish().is_err() {
+                if finish_stream(&mut send).await.is_err() {
                     return;
                 }
-                // Resolves once the other side has read the stream to its end.
-                let _ = send.stopped().await;
                 let _ = done.send(());
                 return;
             }

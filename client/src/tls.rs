@@ -7,12 +7,10 @@
 
 use crate::error::ConnectError;
 use peergroup_protocol::{Fingerprint, ALPN, PEER_ALPN};
+use peergroup_transport::{provider, AcceptIdentity, Signatures};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::DistinguishedName;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::collections::HashSet;
 use std::path::Path;
@@ -58,13 +56,7 @@ impl ServerTrust {
     }
 }
 
-/// SHA-256 of a DER certificate.
-pub fn fingerprint_of(cert: &CertificateDer<'_>) -> Fingerprint {
-    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    Fingerprint(out)
-}
+pub use peergroup_transport::fingerprint_of;
 
 /// The client's identity: a self-signed certificate made at start-up, and its key.
 #[derive(Debug)]
@@ -89,11 +81,6 @@ impl ClientIdentity {
     }
 }
 
-/// The one crypto provider of the tree (ring).
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// Accepts exactly one certificate, and still checks the handshake signature with it.
 #[derive(Debug)]
 struct PinnedCertificate {
@@ -116,45 +103,6 @@ impl RefusedCertificate {
     /// The refused certificate's fingerprint.
     pub fn get(&self) -> Option<Fingerprint> {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The handshake-signature checks both verifiers share: pinning decides *which*
-/// certificate is acceptable, and these still prove the peer holds its key.
-#[derive(Debug)]
-struct Signatures(Arc<CryptoProvider>);
-
-impl Signatures {
-    fn tls12(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn tls13(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -218,7 +166,7 @@ pub(crate) fn server_client_config(
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
                 expected,
-                signatures: Signatures(provider),
+                signatures: Signatures::new(provider),
                 refused: refused.clone(),
             })),
         None => {
@@ -291,54 +239,11 @@ impl ExpectedPeers {
     }
 }
 
-/// Accepts a peer's client certificate only if the server vouched for it for a punch
-/// under way, and checks the handshake signature with it.
-#[derive(Debug)]
-struct ExpectedPeerCertificate {
-    expected: Arc<ExpectedPeers>,
-    signatures: Signatures,
-}
-
-impl ClientCertVerifier for ExpectedPeerCertificate {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        if self.expected.contains(&fingerprint_of(end_entity)) {
-            Ok(ClientCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.signatures.tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.signatures.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.signatures.schemes()
+/// A peer's client certificate is accepted only if the server vouched for it for a punch
+/// under way (the handshake signature is checked with it all the same).
+impl AcceptIdentity for ExpectedPeers {
+    fn accepts(&self, certificate: &CertificateDer<'_>) -> bool {
+        self.contains(&fingerprint_of(certificate))
     }
 }
 
@@ -349,24 +254,14 @@ pub(crate) fn peer_server_config(
     expected: Arc<ExpectedPeers>,
     transport: Arc<quinn::TransportConfig>,
 ) -> Result<quinn::ServerConfig, ConnectError> {
-    let provider = provider();
-    let verifier = Arc::new(ExpectedPeerCertificate {
+    peergroup_transport::quic_server_config(
         expected,
-        signatures: Signatures(provider.clone()),
-    });
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .and_then(|b| {
-            b.with_client_cert_verifier(verifier)
-                .with_single_cert(vec![identity.certificate.clone()], identity.key.clone_key())
-        })
-        .map_err(|e| ConnectError::TlsSetup(e.to_string()))?;
-    tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| ConnectError::TlsSetup(e.to_string()))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport);
-    Ok(config)
+        vec![identity.certificate.clone()],
+        identity.key.clone_key(),
+        PEER_ALPN,
+        transport,
+    )
+    .map_err(|e| ConnectError::TlsSetup(e.to_string()))
 }
 
 /// The quinn client config for a direct connection to one peer: it must present exactly
@@ -383,7 +278,7 @@ pub(crate) fn peer_client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
             expected: peer,
-            signatures: Signatures(provider),
+            signatures: Signatures::new(provider),
             refused: RefusedCertificate::default(),
         }))
         .with_client_auth_cert(vec![identity.certificate.clone()], identity.key.clone_key())
@@ -394,11 +289,4 @@ pub(crate) fn peer_client_config(
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport);
     Ok(config)
-}
-
-/// The fingerprint of the certificate the other side of a connection presented.
-pub(crate) fn peer_fingerprint(connection: &quinn::Connection) -> Option<Fingerprint> {
-    let identity = connection.peer_identity()?;
-    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    chain.first().map(fingerprint_of)
 }

@@ -8,35 +8,18 @@ use crate::auth::{AuthDecision, AuthHook, LoginRequest};
 use crate::events::{DisconnectReason, ServerEvent};
 use crate::outbound::{OutboundQueue, OutboundReceiver, Outgoing};
 use crate::shared::{close_with, Core, Link, Shared};
-use crate::tls::peer_fingerprint;
 use bytes::{Bytes, BytesMut};
 use peergroup_protocol::{
     decode_body, decode_client_datagram, decode_client_frame, frame_to_bytes, peek_hello_version,
-    ClientDatagram, ClientStream, ClientToServer, CloseCode, FrameDecoder, FrameError, Hello,
-    HostId, ServerToClient, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
+    ClientDatagram, ClientStream, ClientToServer, CloseCode, Hello, HostId, ServerToClient,
+    LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
+};
+use peergroup_transport::{
+    close, finish_stream, peer_fingerprint, write_batch, ConnectionEnd, FrameReader, ReadEnd,
+    WRITE_BATCH_BYTES,
 };
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-
-/// Why the read side stopped.
-enum ReadEnd {
-    /// The peer or the network ended the connection.
-    Connection(quinn::ConnectionError),
-    /// The client broke the protocol; close with this code and text.
-    Violation(CloseCode, String),
-}
-
-impl From<quinn::ConnectionError> for ReadEnd {
-    fn from(error: quinn::ConnectionError) -> Self {
-        ReadEnd::Connection(error)
-    }
-}
-
-impl From<FrameError> for ReadEnd {
-    fn from(error: FrameError) -> Self {
-        ReadEnd::Violation(error.close_code(), error.to_string())
-    }
-}
 
 /// Serves one incoming connection until it ends. `slot` is its place among the
 /// connections still logging in (`admission.rs`), given back once it has logged in or
@@ -96,9 +79,10 @@ pub(crate) async fn serve(
             .unwrap_or_else(|| disconnect_reason(&shared, error)),
     };
     if shared.shutdown.is_cancelled() {
-        connection.close(
-            quinn::VarInt::from_u64(CloseCode::ServerShutdown.to_u64()).unwrap_or_default(),
-            b"server shutting down",
+        close(
+            &connection,
+            CloseCode::ServerShutdown,
+            "server shutting down",
         );
     }
     shared.counters.disconnected(&reason);
@@ -118,17 +102,12 @@ pub(crate) async fn serve(
 }
 
 fn disconnect_reason(shared: &Shared, error: quinn::ConnectionError) -> DisconnectReason {
-    use quinn::ConnectionError as E;
-    match error {
+    match ConnectionEnd::from(&error) {
         _ if shared.shutdown.is_cancelled() => DisconnectReason::ServerShutdown,
-        E::ApplicationClosed(close) => DisconnectReason::ClientClosed {
-            reason: String::from_utf8_lossy(&close.reason).into_owned(),
-        },
-        E::TimedOut => DisconnectReason::TimedOut,
-        E::LocallyClosed => DisconnectReason::Kicked,
-        other => DisconnectReason::ConnectionLost {
-            detail: other.to_string(),
-        },
+        ConnectionEnd::PeerClosed { reason, .. } => DisconnectReason::ClientClosed { reason },
+        ConnectionEnd::TimedOut => DisconnectReason::TimedOut,
+        ConnectionEnd::LocallyClosed => DisconnectReason::Kicked,
+        ConnectionEnd::Lost(detail) => DisconnectReason::ConnectionLost { detail },
     }
 }
 
@@ -198,7 +177,7 @@ async fn accept(
         never = drop_datagrams(&connection) => match never {},
     };
     // From here on the client's frames may be as long as any.
-    recv.decoder.set_max(shared.limits.max_frame_len());
+    recv.set_max(shared.limits.max_frame_len());
     let app_data = match decision {
         AuthDecision::Accept { app_data } => app_data,
         AuthDecision::Reject { reason } => {
@@ -373,9 +352,6 @@ async fn drop_datagrams(connection: &quinn::Connection) -> std::convert::Infalli
     std::future::pending().await
 }
 
-/// The most bytes the writer takes from the queue at once (beyond one frame).
-const WRITE_BATCH_BYTES: usize = 32 << 10;
-
 /// What the writer needs to end a connection itself when the server drains.
 struct WriterEnd {
     shared: Arc<Shared>,
@@ -389,9 +365,7 @@ impl WriterEnd {
     /// at the drain deadline).
     async fn finish(self, mut send: quinn::SendStream) {
         let deadline = self.shared.drain.deadline();
-        if send.finish().is_ok() {
-            let _ = tokio::time::timeout_at(deadline, send.stopped()).await;
-        }
+        let _ = tokio::time::timeout_at(deadline, finish_stream(&mut send)).await;
         close_with(
             &self.connection,
             &self.close_reason,
@@ -417,8 +391,7 @@ async fn write_frames(
             end.finish(send).await;
             return;
         }
-        // A few tens of KiB at a time: the order of what waits is decided in our queue,
-        // by priority, rather than in quinn's stream buffer.
+        // A few tens of KiB at a time (see `WRITE_BATCH_BYTES`).
         tokio::select! {
             biased;
             () = queued.recv_many(&mut batch, 64, WRITE_BATCH_BYTES) => {}
@@ -427,69 +400,17 @@ async fn write_frames(
             () = end.shared.drain.started.cancelled() => continue,
         }
         let bytes = batch.iter().map(Outgoing::len).sum();
-        // One buffer per batch (quinn scans a stream's unacknowledged buffers for each
-        // packet it builds, so many small ones slow it down), handed to quinn whole
-        // rather than copied again.
+        // Relayed messages are encoded only now, outside the lock, into the batch's one
+        // buffer (see `write_batch`).
         for frame in batch.drain(..) {
             if let Err(error) = frame.write_to(&mut merged, max_frame) {
                 tracing::error!(%error, "frame not sent");
             }
         }
-        if send.write_chunk(merged.split().freeze()).await.is_err() {
+        if write_batch(&mut send, &mut merged).await.is_err() {
             return;
         }
         queued.written(bytes);
-    }
-}
-
-/// Reads length-prefixed frames from a QUIC stream in large chunks, so one read (and one
-/// lock of quinn's connection state) serves many small frames.
-struct FrameReader {
-    recv: quinn::RecvStream,
-    decoder: FrameDecoder,
-}
-
-/// The most bytes taken from the stream in one read.
-const READ_CHUNK: usize = 64 * 1024;
-
-impl FrameReader {
-    fn new(recv: quinn::RecvStream, max: u32) -> Self {
-        Self {
-            recv,
-            decoder: FrameDecoder::new(max),
-        }
-    }
-
-    /// The next frame body if the last read already brought it, without waiting.
-    fn buffered(&mut self) -> Result<Option<Bytes>, ReadEnd> {
-        Ok(self.decoder.next_body()?)
-    }
-
-    /// The next frame body; `Ok(None)` on a clean end of stream between frames.
-    async fn next(&mut self) -> Result<Option<Bytes>, ReadEnd> {
-        loop {
-            if let Some(body) = self.decoder.next_body()? {
-                return Ok(Some(body));
-            }
-            match self.recv.read_chunk(READ_CHUNK, true).await {
-                Ok(Some(chunk)) => self.decoder.push(&chunk.bytes),
-                Ok(None) if self.decoder.buffered() == 0 => return Ok(None),
-                Ok(None) => {
-                    return Err(ReadEnd::Violation(
-                        CloseCode::ProtocolViolation,
-                        "stream ended inside a frame".into(),
-                    ))
-                }
-                Err(error) => return Err(read_error(error)),
-            }
-        }
-    }
-}
-
-fn read_error(error: quinn::ReadError) -> ReadEnd {
-    match error {
-        quinn::ReadError::ConnectionLost(error) => ReadEnd::Connection(error),
-        other => ReadEnd::Violation(CloseCode::ProtocolViolation, other.to_string()),
     }
 }
 

@@ -46,13 +46,7 @@ pub enum IdentityError {
     Generate(#[from] rcgen::Error),
 }
 
-/// SHA-256 of a DER certificate.
-pub fn fingerprint_of(cert: &CertificateDer<'_>) -> Fingerprint {
-    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    Fingerprint(out)
-}
+pub use peergroup_transport::fingerprint_of;
 
 impl Identity {
     /// Parses a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or

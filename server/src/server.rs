@@ -498,9 +498,10 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>, auth: AuthH
             _ = shared.shutdown.cancelled() => break,
         }
     }
-    endpoint.close(
-        quinn::VarInt::from_u64(CloseCode::ServerShutdown.to_u64()).unwrap_or_default(),
-        b"server shutting down",
+    peergroup_transport::close_endpoint(
+        &endpoint,
+        CloseCode::ServerShutdown,
+        "server shutting down",
     );
     // Give the close frames a moment to leave before the socket goes.
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
@@ -549,9 +550,10 @@ async fn refuse_draining(
 ) {
     let timeout = shared.admission_config.hello_timeout;
     if let Ok(Ok(connection)) = tokio::time::timeout(timeout, incoming).await {
-        connection.close(
-            quinn::VarInt::from_u64(CloseCode::ServerShutdown.to_u64()).unwrap_or_default(),
-            b"server shutting down",
+        peergroup_transport::close(
+            &connection,
+            CloseCode::ServerShutdown,
+            "server shutting down",
         );
     }
 }

@@ -63,15 +63,7 @@ pub(crate) fn close_with(
     text: &str,
 ) {
     let _ = close_reason.set(reason);
-    // A close frame must fit in one packet: keep the text short.
-    let mut end = text.len().min(512);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    connection.close(
-        quinn::VarInt::from_u64(code.to_u64()).unwrap_or(quinn::VarInt::MAX),
-        &text.as_bytes()[..end],
-    );
+    peergroup_transport::close(connection, code, text);
 }
 
 const SLOW_CONSUMER_TEXT: &str = "send queue overflow: the client did not read fast enough";

@@ -1,0 +1,60 @@
+//! The transport layer of peergroup, used by both the client and the server: everything
+//! between the wire protocol (`peergroup-protocol`: messages, framing rules, close codes)
+//! and the QUIC carrier (quinn and rustls).
+//!
+//! - [`reader`]: [`FrameReader`], length-prefixed frames read from any [`ByteSource`] in
+//!   large chunks, ending in a typed [`ReadEnd`].
+//! - [`source`]: the [`ByteSource`] trait and its QUIC implementation for
+//!   [`quinn::RecvStream`] (with the mapping of quinn's read errors).
+//! - [`end`]: [`ReadEnd`], why reading stopped, and [`ConnectionEnd`], quinn's connection
+//!   errors sorted into the few cases both sides report.
+//! - [`write`]: the batched writer's common step, one merged batch handed to the stream
+//!   whole, and finishing a stream.
+//! - [`close`]: [`CloseCode`](peergroup_protocol::CloseCode) to and from quinn's
+//!   [`quinn::VarInt`], and closing connections and endpoints with one rule for codes that
+//!   do not fit.
+//! - [`tls`]: the one rustls crypto provider, the handshake-signature checks every
+//!   certificate verifier shares, and certificate fingerprints.
+//! - [`accept`]: the QUIC server config both accepting endpoints (the server, a client
+//!   taking direct connections) build, each saying only which identities it accepts.
+//!
+//! # Why a crate and not a module
+//!
+//! The client and the server never depend on each other (ARCHITECTURE.md, "Layers"), and
+//! `peergroup-protocol` is deliberately free of IO and runtime. Glue over quinn and rustls
+//! therefore had no home both sides could reach, and each side carried its own copy. A
+//! module in `peergroup-protocol` would pull quinn, rustls and ring into the fuzz targets
+//! and into anything that only wants the message types; a crate of its own keeps the
+//! protocol crate pure and gives both sides one copy.
+//!
+//! # Where a second carrier plugs in
+//!
+//! Reading is already carrier-neutral: [`FrameReader`] is generic over [`ByteSource`], so
+//! a carrier such as WebSocket over TLS implements [`ByteSource`] for its read half (its
+//! binary messages' bytes, in order; `Ok(None)` at its close) and reuses the framing,
+//! limits and [`ReadEnd`] unchanged. What remains QUIC-specific, and is where that carrier
+//! adds its own counterpart, is: [`ReadEnd::Connection`] (a quinn connection error; a
+//! second carrier would add its own variant or a carrier-neutral error), the write step
+//! in [`write`] (a `write_chunk` on a [`quinn::SendStream`]), [`close`] (QUIC's
+//! application close frame; over WebSocket the same [`CloseCode`](peergroup_protocol::CloseCode)
+//! travels in a close frame's status and reason), and [`accept`] (it wraps the rustls
+//! server config in quinn's; a TLS-over-TCP listener would take the rustls config, with
+//! the same identity verifier, before that last step). Datagrams and the control stream are
+//! QUIC features the drivers use directly; a stream-only carrier would have to carry
+//! them as frames.
+
+pub mod accept;
+pub mod close;
+pub mod end;
+pub mod reader;
+pub mod source;
+pub mod tls;
+pub mod write;
+
+pub use accept::{quic_server_config, AcceptIdentity};
+pub use close::{close, close_endpoint, close_text, from_varint, to_varint, MAX_CLOSE_TEXT};
+pub use end::{peer_close, ConnectionEnd, ReadEnd};
+pub use reader::{FrameReader, READ_CHUNK};
+pub use source::{read_error, ByteSource};
+pub use tls::{fingerprint_of, peer_fingerprint, provider, Signatures};
+pub use write::{finish_stream, write_batch, WRITE_BATCH_BYTES};
