@@ -254,7 +254,8 @@ impl Server {
             shutdown.clone(),
         );
         let shared = Arc::new(Shared::new(
-            Registry::new(config.registry()),
+            // The clock clients synchronise to starts with the server.
+            Registry::new(config.registry(), Instant::now()),
             sink,
             config.limits,
             config.timeouts.handshake,

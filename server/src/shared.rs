@@ -118,8 +118,6 @@ pub(crate) struct Shared {
     random: ring::rand::SystemRandom,
     /// `Notices` frames sent since start (each carries one or more notices).
     pub notice_frames: std::sync::atomic::AtomicU64,
-    /// The origin of the server clock clients synchronise to.
-    started: std::time::Instant,
     pub shutdown: CancellationToken,
     /// Graceful shutdown (`drain.rs`).
     pub drain: Drain,
@@ -153,7 +151,6 @@ impl Shared {
             timer: Notify::new(),
             random: ring::rand::SystemRandom::new(),
             notice_frames: std::sync::atomic::AtomicU64::new(0),
-            started: std::time::Instant::now(),
             shutdown,
             drain: Drain::default(),
             counters: DriverCounters::default(),
@@ -235,20 +232,6 @@ impl Shared {
             self.counters
                 .observe_ack(kind, now.saturating_duration_since(started));
         });
-    }
-
-    /// Answers a client's clock request at once, ahead of queued messages (a notice), so
-    /// the round trip the client measures is mostly the network's. Called under the lock.
-    pub fn answer_time_request(&self, core: &Core, host: HostId, token: u64) {
-        let server_time_us = self.started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
-        let message = ServerToClient::Time {
-            token,
-            server_time_us,
-        };
-        // A notice never waits: the queue's limits still apply when it is read.
-        let mut deferred = Deferred::default();
-        self.send_frame(core, host, &message, &mut deferred);
-        drop(deferred);
     }
 
     /// Carries out every pending action of the registry.
