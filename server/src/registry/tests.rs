@@ -8,6 +8,8 @@ use peergroup_protocol::{PairPath, PathReason, PunchOutcome};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+mod inputs;
+
 fn identity(n: u8) -> Fingerprint {
     Fingerprint([n; 32])
 }
