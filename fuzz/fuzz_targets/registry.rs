@@ -348,6 +348,7 @@ impl Harness {
                 assert!(self.datagram_recipients.is_none(), "two datagram actions");
                 self.datagram_recipients = Some(to.iter().map(|(h, _, _)| *h).collect());
             }
+            Action::AppDatagram { .. } => panic!("the model sends nothing from the application"),
             Action::Event(event) => match event {
                 ServerEvent::JoinAckComplete { group, member, .. } => {
                     self.complete(Kind::Join, group, member)

@@ -251,7 +251,6 @@ async fn accept(
         identity,
         login,
         connected_at: std::time::SystemTime::now(),
-        app_lanes: Default::default(),
         close_reason,
     };
     let registered = shared.with_core(|core| {

@@ -9,6 +9,7 @@
 //!
 //! # Layout
 //! - `mod.rs`: hosts (connect, disconnect, host data), notices and their acks, timers.
+//! - `app_send.rs`: the server application's messages to clients.
 //! - `input.rs`: a client's frames and datagrams, each dispatched to its handler, and the
 //!   protocol violations a frame is refused with.
 //! - `groups.rs`: groups and membership: create, join, leave, destroy, batches, group data.
@@ -21,6 +22,7 @@
 
 mod acks;
 mod action;
+mod app_send;
 mod groups;
 mod input;
 mod pairs;
@@ -45,7 +47,9 @@ use acks::{NoticeLog, Op, OpKey, OpKind, PendingAcks};
 use bytes::Bytes;
 use pairs::PairTable;
 use peergroup_protocol::budget::TokenBucket;
-use peergroup_protocol::{Fingerprint, GroupId, HostId, Notice, PairId, ServerToClient};
+use peergroup_protocol::{
+    Fingerprint, GroupId, HostId, LaneCounters, Notice, PairId, ServerToClient,
+};
 use relay::RateMeter;
 use slotmap::{Key, KeyData, SlotMap};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -127,6 +131,8 @@ struct HostState {
     /// Its datagram deliveries ([`RegistryConfig::datagram_deliveries_per_sec`]), from
     /// its first datagram on.
     datagram_budget: Option<TokenBucket>,
+    /// Numbers the server application's messages to the host, per lane.
+    app_lanes: LaneCounters,
 }
 
 #[derive(Debug)]
@@ -362,6 +368,7 @@ impl Registry {
             notices: NoticeLog::default(),
             closing: false,
             datagram_budget: None,
+            app_lanes: LaneCounters::default(),
         }))
     }
 

@@ -8,6 +8,7 @@ use peergroup_protocol::{PairPath, PathReason, PunchOutcome};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+mod app_send;
 mod inputs;
 
 fn identity(n: u8) -> Fingerprint {
