@@ -37,8 +37,8 @@ impl ProtocolViolation {
 }
 
 impl Registry {
-    /// One frame `host` sent, at `now`, handed to the handler of its kind; what it causes
-    /// is queued as actions. A frame from a host that is not connected changes nothing.
+    /// One frame `host` (a connected client) sent, read at `now`, handed to the handler of
+    /// its kind; what it causes is queued as actions.
     ///
     /// A [`ClientToServer::TimeRequest`] is answered with an [`Action::Send`] of
     /// [`ServerToClient::Time`] (a notice, so it goes ahead of queued messages): the
@@ -95,11 +95,14 @@ impl Registry {
         Ok(())
     }
 
-    /// One datagram `host` sent, at `now`: an unreliable relay upload, relayed under the
-    /// relay rule and the sender's delivery budget
-    /// ([`RegistryConfig::datagram_deliveries_per_sec`](super::RegistryConfig)). A datagram
-    /// is never refused as a whole: one may be lost anyway, so what does not pass is
-    /// dropped, counted, or reported to the sender as a refused destination.
+    /// One datagram `host` (a connected client) sent, read at `now`: an unreliable relay
+    /// upload, relayed under the relay rule and the sender's delivery budget
+    /// ([`RegistryConfig::datagram_deliveries_per_sec`]). A datagram is never refused as a
+    /// whole: one may be lost anyway, so what does not pass is dropped, counted, or
+    /// reported to the sender as a refused destination.
+    ///
+    /// [`RegistryConfig::datagram_deliveries_per_sec`]:
+    /// super::RegistryConfig::datagram_deliveries_per_sec
     pub fn handle_datagram(&mut self, host: HostId, datagram: ClientDatagram, now: Instant) {
         let ClientDatagram::Relay {
             group,
