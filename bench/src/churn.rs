@@ -427,7 +427,11 @@ impl Pattern {
 /// Carries out the registry's actions: every notice is acked at once, as a client would
 /// (cumulatively, one ack per host and round). Returns the joins and the leaves that
 /// completed.
-fn settle_registry(registry: &mut Registry, acks: &mut HashMap<HostId, u64>) -> (u64, u64) {
+fn settle_registry(
+    registry: &mut Registry,
+    acks: &mut HashMap<HostId, u64>,
+    now: Instant,
+) -> (u64, u64) {
     let mut completed = (0, 0);
     let mut told = Vec::new();
     loop {
@@ -452,8 +456,12 @@ fn settle_registry(registry: &mut Registry, acks: &mut HashMap<HostId, u64>) -> 
         told.sort_unstable();
         told.dedup();
         for host in told.drain(..) {
+            // As the server's connection task hands it over: one decoded frame.
+            let ack = ClientToServer::Ack {
+                notices: acks[&host],
+            };
             registry
-                .handle_ack(host, acks[&host])
+                .handle_frame(host, ack, now)
                 .expect("acks only what was sent");
         }
     }
@@ -461,7 +469,7 @@ fn settle_registry(registry: &mut Registry, acks: &mut HashMap<HostId, u64>) -> 
 
 /// The churn pattern on the registry alone for `window`.
 fn registry_churn(window: Duration) -> Outcome {
-    let mut registry = Registry::new(RegistryConfig::default());
+    let mut registry = Registry::new(RegistryConfig::default(), Instant::now());
     let seen_at = SocketAddr::from(([127, 0, 0, 1], 40_000));
     let hosts: Vec<HostId> = (0..CLIENTS)
         .map(|i| {
@@ -481,10 +489,11 @@ fn registry_churn(window: Duration) -> Outcome {
     let groups: Vec<(GroupId, Vec<HostId>)> = shuffled
         .chunks(CLIENTS / GROUPS)
         .map(|members| {
+            let now = Instant::now();
             let group = registry
-                .create_group(members, options, Bytes::new(), Bytes::new(), Instant::now())
+                .create_group(members, options, Bytes::new(), Bytes::new(), now)
                 .expect("every member is connected");
-            let _ = settle_registry(&mut registry, &mut acks);
+            let _ = settle_registry(&mut registry, &mut acks, now);
             (group, members.to_vec())
         })
         .collect();
@@ -500,7 +509,7 @@ fn registry_churn(window: Duration) -> Outcome {
                 Op::Join(g, host) => {
                     let group = pattern.groups[g].id;
                     let outcome = registry.join_group(group, host, Bytes::new(), now);
-                    let done = settle_registry(&mut registry, &mut acks);
+                    let done = settle_registry(&mut registry, &mut acks, now);
                     let ok = matches!(outcome, Ok(JoinOutcome::Joined)) && done.0 > 0;
                     pattern.join_done(group, host, ok);
                     done
@@ -508,7 +517,7 @@ fn registry_churn(window: Duration) -> Outcome {
                 Op::Leave(g, host) => {
                     let group = pattern.groups[g].id;
                     let _ = registry.leave_group(group, host, now);
-                    settle_registry(&mut registry, &mut acks)
+                    settle_registry(&mut registry, &mut acks, now)
                 }
             };
             joins += done.0;
@@ -517,7 +526,7 @@ fn registry_churn(window: Duration) -> Outcome {
         now = Instant::now();
         // As the server's timer task would: expire what is due (nothing in a short run).
         registry.handle_timeout(now);
-        let done = settle_registry(&mut registry, &mut acks);
+        let done = settle_registry(&mut registry, &mut acks, now);
         joins += done.0;
         leaves += done.1;
     }

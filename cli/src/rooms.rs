@@ -870,7 +870,7 @@ mod tests {
 
         fn with_config(config: RoomsConfig) -> Self {
             Self {
-                registry: RefCell::new(Registry::new(RegistryConfig::default())),
+                registry: RefCell::new(Registry::new(RegistryConfig::default(), Instant::now())),
                 now: Instant::now(),
                 rooms: Rooms::new(config),
                 next_identity: 0,

@@ -23,12 +23,12 @@ use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use peergroup_protocol::{
-    DatagramLane, Fingerprint, GroupId, HostId, Lane, PairId, PairPath, PathReason, Priority,
-    PunchOutcome, RelayDest, ServerDatagram, ServerToClient,
+    ClientDatagram, ClientToServer, DatagramLane, Fingerprint, GroupId, HostId, Lane, PairId,
+    PairPath, PathReason, Priority, PunchOutcome, RelayDest, ServerDatagram, ServerToClient,
 };
 use peergroup_server::registry::{
-    Action, ChangeOutcome, GroupOptions, JoinOutcome, MembershipBatch, MembershipChange, Registry,
-    RegistryConfig,
+    Action, ChangeOutcome, GroupOptions, JoinOutcome, MembershipBatch, MembershipChange,
+    ProtocolViolation, Registry, RegistryConfig,
 };
 use peergroup_server::{GroupError, ServerEvent};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -348,6 +348,7 @@ impl Harness {
                 assert!(self.datagram_recipients.is_none(), "two datagram actions");
                 self.datagram_recipients = Some(to.iter().map(|(h, _, _)| *h).collect());
             }
+            Action::AppDatagram { .. } => panic!("the model sends nothing from the application"),
             Action::Event(event) => match event {
                 ServerEvent::JoinAckComplete { group, member, .. } => {
                     self.complete(Kind::Join, group, member)
@@ -782,11 +783,15 @@ impl Harness {
                     AckCount::Beyond(k) => sent + 1 + u64::from(k),
                     AckCount::Raw(n) => n,
                 };
-                let result = self.registry.handle_ack(host, n);
+                let ack = ClientToServer::Ack { notices: n };
+                let result = self.registry.handle_frame(host, ack, now);
                 if !self.connected.contains(&host) {
                     assert!(result.is_ok(), "an ack from a host that is gone");
                 } else if n > sent {
                     let refused = result.expect_err("an ack beyond what was sent");
+                    let ProtocolViolation::AckBeyondSent(refused) = refused else {
+                        panic!("an ack refused as {refused:?}");
+                    };
                     assert_eq!((refused.acked, refused.sent), (n, sent));
                 } else {
                     assert!(result.is_ok(), "an ack within what was sent refused");
@@ -810,16 +815,15 @@ impl Harness {
                 let priority =
                     [Priority::High, Priority::Medium, Priority::Low][usize::from(priority % 3)];
                 self.delivered = 0;
-                self.registry.handle_relay(
-                    from,
+                let upload = ClientToServer::Relay {
                     group,
                     to_server,
-                    lane_of(lane),
+                    lane: lane_of(lane),
                     priority,
-                    &dests,
-                    data(5),
-                    now,
-                );
+                    dests,
+                    payload: data(5),
+                };
+                assert!(self.registry.handle_frame(from, upload, now).is_ok());
                 self.drain();
                 assert_eq!(
                     self.delivered,
@@ -846,23 +850,23 @@ impl Harness {
                     allowed.clear();
                 }
                 self.datagram_recipients = None;
-                self.registry.handle_datagram(
-                    from,
+                let datagram = ClientDatagram::Relay {
                     group,
                     to_server,
-                    datagram_lane_of(lane),
-                    u64::from(server_seq),
-                    &dests,
-                    data(6),
-                    now,
-                );
+                    lane: datagram_lane_of(lane),
+                    server_seq: u64::from(server_seq),
+                    dests,
+                    payload: data(6),
+                };
+                self.registry.handle_datagram(from, datagram, now);
                 self.drain();
                 let got = self.datagram_recipients.take().unwrap_or_default();
                 assert_eq!(got, allowed, "datagram recipients the relay rule allows");
             }
             Op::WantDirect(h, p) => {
                 let (host, pair) = (self.host(h), self.pair(p));
-                self.registry.handle_want_direct(host, pair, now);
+                let frame = ClientToServer::WantDirect { pair };
+                assert!(self.registry.handle_frame(host, frame, now).is_ok());
             }
             Op::PunchReport(h, p, attempt, outcome) => {
                 let (host, pair) = (self.host(h), self.pair(p));
@@ -874,8 +878,12 @@ impl Harness {
                     2 => PunchOutcome::HandshakeFailed,
                     _ => PunchOutcome::Declined,
                 };
-                self.registry
-                    .handle_punch_report(host, pair, u32::from(attempt % 4), outcome, now);
+                let frame = ClientToServer::PunchReport {
+                    pair,
+                    attempt: u32::from(attempt % 4),
+                    outcome,
+                };
+                assert!(self.registry.handle_frame(host, frame, now).is_ok());
             }
             Op::PathReport(h, p, direct, reason) => {
                 let (host, pair) = (self.host(h), self.pair(p));
@@ -890,21 +898,28 @@ impl Harness {
                     PathReason::DirectClosed,
                     PathReason::PairEnded,
                 ][usize::from(reason % 4)];
-                self.registry
-                    .handle_path_report(host, pair, path, reason, now);
+                let frame = ClientToServer::PathReport { pair, path, reason };
+                assert!(self.registry.handle_frame(host, frame, now).is_ok());
             }
             Op::LinkReport(h, p, rtt) => {
                 let (host, pair) = (self.host(h), self.pair(p));
-                let rtt = rtt.map(|us| Duration::from_micros(u64::from(us)));
-                self.registry
-                    .handle_link_report(host, pair, rtt, rtt, rtt.map(|_| 2.5));
+                let rtt_us = rtt.map(u32::from);
+                // A loss past 100 % (2,500 per mille), which the registry clamps.
+                let frame = ClientToServer::LinkReport {
+                    pair,
+                    rtt_us,
+                    last_rtt_us: rtt_us,
+                    loss_permille: rtt.map(|_| 2_500),
+                };
+                assert!(self.registry.handle_frame(host, frame, now).is_ok());
             }
             Op::Candidates(h, n) => {
                 let host = self.host(h);
                 let addrs = (0..n % 24)
                     .map(|i| ([10, 0, 0, i], 40_000).into())
                     .collect();
-                self.registry.handle_host_candidates(host, addrs);
+                let frame = ClientToServer::HostCandidates { addrs };
+                assert!(self.registry.handle_frame(host, frame, now).is_ok());
             }
             Op::Advance(ms) => self.advance(Duration::from_millis(u64::from(ms))),
             Op::AdvanceSeconds(s) => self.advance(Duration::from_secs(u64::from(s))),
@@ -930,7 +945,7 @@ fuzz_target!(|ops: Vec<Op>| {
     };
     let ack_timeout = config.ack_timeout;
     let mut h = Harness {
-        registry: Registry::new(config),
+        registry: Registry::new(config, Instant::now()),
         now: Instant::now(),
         hosts: Vec::new(),
         connected: BTreeSet::new(),
@@ -955,7 +970,8 @@ fuzz_target!(|ops: Vec<Op>| {
     let hosts: Vec<HostId> = h.connected.iter().copied().collect();
     for host in hosts {
         let sent = h.sent[&host];
-        assert!(h.registry.handle_ack(host, sent).is_ok());
+        let ack = ClientToServer::Ack { notices: sent };
+        assert!(h.registry.handle_frame(host, ack, h.now).is_ok());
         h.drain();
     }
     h.advance(ack_timeout + Duration::from_secs(1));

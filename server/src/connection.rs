@@ -7,19 +7,20 @@ use crate::admission::{lock as lock_admission, Admission, ClientSlot, HandshakeS
 use crate::auth::{AuthDecision, AuthHook, LoginRequest};
 use crate::events::{DisconnectReason, ServerEvent};
 use crate::outbound::{OutboundQueue, OutboundReceiver, Outgoing};
+use crate::registry::ProtocolViolation;
 use crate::shared::{close_with, Core, Link, Shared};
 use bytes::{Bytes, BytesMut};
 use peergroup_protocol::{
     decode_body, decode_client_datagram, decode_client_frame, frame_to_bytes, peek_hello_version,
-    ClientDatagram, ClientStream, ClientToServer, CloseCode, Hello, HostId, ServerToClient,
-    LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
+    ClientStream, ClientToServer, CloseCode, Hello, HostId, ServerToClient, LENGTH_PREFIX_LEN,
+    PROTOCOL_VERSION,
 };
 use peergroup_transport::{
     close, finish_stream, peer_fingerprint, write_batch, ConnectionEnd, FrameReader, ReadEnd,
     WRITE_BATCH_BYTES,
 };
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Serves one incoming connection until it ends. `slot` is its place among the
 /// connections still logging in (`admission.rs`), given back once it has logged in or
@@ -229,7 +230,6 @@ async fn accept(
         identity,
         login,
         connected_at: std::time::SystemTime::now(),
-        app_lanes: Default::default(),
         close_reason,
     };
     let registered = shared.with_core(|core| {
@@ -484,7 +484,7 @@ async fn read_stream(
             let now = Instant::now();
             bodies
                 .drain(..)
-                .try_for_each(|body| handle_frame(shared, core, host, &body, stream, now))
+                .try_for_each(|body| handle_frame(core, host, &body, stream, now))
         });
         match stream {
             ClientStream::Main => shared.settle(deferred).await,
@@ -498,16 +498,15 @@ async fn read_stream(
     }
 }
 
-/// One frame of a client's stream `stream`, under the lock.
+/// One frame of a client's stream `stream`, under the lock: decoded, checked against the
+/// stream it came on (which the registry does not know), and handed to the registry.
 fn handle_frame(
-    shared: &Shared,
     core: &mut Core,
     host: HostId,
     body: &Bytes,
     stream: ClientStream,
     now: Instant,
 ) -> Result<(), ReadEnd> {
-    let registry = &mut core.registry;
     let frame = decode_client_frame(body)?;
     if frame.stream() != stream {
         return Err(ReadEnd::Violation(
@@ -515,52 +514,11 @@ fn handle_frame(
             format!("{} on the {}", frame_name(&frame), stream_name(stream)),
         ));
     }
-    match frame {
-        ClientToServer::Hello(_) => {
-            return Err(ReadEnd::Violation(
-                CloseCode::ProtocolViolation,
-                "a second hello".into(),
-            ))
-        }
-        ClientToServer::Ack { notices } => registry
-            .handle_ack(host, notices)
-            .map_err(|error| ReadEnd::Violation(CloseCode::ProtocolViolation, error.to_string()))?,
-        ClientToServer::HostCandidates { addrs } => registry.handle_host_candidates(host, addrs),
-        ClientToServer::WantDirect { pair } => registry.handle_want_direct(host, pair, now),
-        ClientToServer::PunchReport {
-            pair,
-            attempt,
-            outcome,
-        } => registry.handle_punch_report(host, pair, attempt, outcome, now),
-        ClientToServer::PathReport { pair, path, reason } => {
-            registry.handle_path_report(host, pair, path, reason, now)
-        }
-        ClientToServer::Relay {
-            group,
-            to_server,
-            lane,
-            priority,
-            dests,
-            payload,
-        } => registry.handle_relay(host, group, to_server, lane, priority, &dests, payload, now),
-        ClientToServer::TimeRequest { token } => shared.answer_time_request(core, host, token),
-        ClientToServer::LinkReport {
-            pair,
-            rtt_us,
-            last_rtt_us,
-            loss_permille,
-        } => {
-            let micros = |us: Option<u32>| us.map(|us| Duration::from_micros(us.into()));
-            registry.handle_link_report(
-                host,
-                pair,
-                micros(rtt_us),
-                micros(last_rtt_us),
-                loss_permille.map(|p| f32::from(p) / 1000.0),
-            )
-        }
-    }
-    Ok(())
+    core.registry
+        .handle_frame(host, frame, now)
+        .map_err(|violation: ProtocolViolation| {
+            ReadEnd::Violation(violation.close_code(), violation.to_string())
+        })
 }
 
 /// How a protocol error names a frame.
@@ -593,28 +551,13 @@ async fn read_datagrams(shared: &Shared, host: HostId, connection: &quinn::Conne
             Ok(datagram) => datagram,
             Err(error) => return error.into(),
         };
-        let ClientDatagram::Relay {
-            group,
-            to_server,
-            lane,
-            server_seq,
-            dests,
-            payload,
-        } = match decode_client_datagram(&datagram) {
-            Ok(message) => message,
+        let datagram = match decode_client_datagram(&datagram) {
+            Ok(datagram) => datagram,
             Err(error) => return error.into(),
         };
         let (_, deferred) = shared.with_core(|core| {
-            core.registry.handle_datagram(
-                host,
-                group,
-                to_server,
-                lane,
-                server_seq,
-                &dests,
-                payload,
-                Instant::now(),
-            )
+            core.registry
+                .handle_datagram(host, datagram, Instant::now())
         });
         shared.settle(deferred).await;
     }

@@ -11,8 +11,7 @@ use crate::shared::Shared;
 use crate::tls::quic_server_config;
 use bytes::Bytes;
 use peergroup_protocol::{
-    datagram_to_bytes, frame_to_bytes, Carrier, CloseCode, Fingerprint, GroupId, HostId,
-    SendOptions, ServerDatagram, ServerToClient, DATAGRAM_DELIVER_OVERHEAD,
+    Carrier, CloseCode, Fingerprint, GroupId, HostId, SendOptions, DATAGRAM_DELIVER_OVERHEAD,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -254,7 +253,8 @@ impl Server {
             shutdown.clone(),
         );
         let shared = Arc::new(Shared::new(
-            Registry::new(config.registry()),
+            // The clock clients synchronise to starts with the server.
+            Registry::new(config.registry(), Instant::now()),
             sink,
             config.limits,
             config.timeouts.handshake,
@@ -322,30 +322,30 @@ impl Server {
                 max: max_message as usize,
             });
         }
-        let mut core = self.shared.lock();
-        let (hosts, group) = match target {
-            ServerTarget::Host(host) => (vec![host], None),
-            ServerTarget::Hosts(hosts) => (hosts, None),
-            ServerTarget::Group(group) => {
-                let members = core
-                    .registry
-                    .group_members(group)
-                    .map_err(|_| SendError::UnknownGroup(group))?;
-                let clients = members.into_iter().filter(|h| *h != HostId::SERVER);
-                (clients.collect(), Some(group))
+        let carrier = options.carrier();
+        // Checked here, where the links are; numbered and queued by the registry, so the
+        // client gets it in the registry's order among everything else it is sent.
+        let (sent, unsettled) = self.shared.with_core(|core| {
+            let (hosts, group) = match target {
+                ServerTarget::Host(host) => (vec![host], None),
+                ServerTarget::Hosts(hosts) => (hosts, None),
+                ServerTarget::Group(group) => {
+                    let members = core
+                        .registry
+                        .group_members(group)
+                        .map_err(|_| SendError::UnknownGroup(group))?;
+                    let clients = members.into_iter().filter(|h| *h != HostId::SERVER);
+                    (clients.collect(), Some(group))
+                }
+            };
+            for host in &hosts {
+                if !core.links.contains_key(host) {
+                    return Err(SendError::UnknownHost(*host));
+                }
             }
-        };
-        for host in &hosts {
-            if !core.links.contains_key(host) {
-                return Err(SendError::UnknownHost(*host));
-            }
-        }
-        let max_frame = self.shared.limits.max_frame_len();
-        match options.carrier() {
-            Carrier::Datagram(lane) => {
+            if let Carrier::Datagram(_) = carrier {
                 for host in &hosts {
-                    let link = &core.links[host];
-                    let max = link
+                    let max = core.links[host]
                         .connection
                         .max_datagram_size()
                         .unwrap_or(0)
@@ -358,56 +358,14 @@ impl Server {
                         });
                     }
                 }
-                let len = payload.len();
-                for host in &hosts {
-                    let Some(link) = core.links.get_mut(host) else {
-                        continue;
-                    };
-                    let datagram = ServerDatagram::Deliver {
-                        from: HostId::SERVER,
-                        group,
-                        lane,
-                        seq: link.app_lanes.next_datagram(lane),
-                        payload: payload.clone(),
-                    };
-                    let bytes = datagram_to_bytes(&datagram).map_err(|_| SendError::TooLarge {
-                        len,
-                        max: max_frame as usize,
-                    })?;
-                    let _ = link.connection.send_datagram(bytes);
-                }
             }
-            Carrier::Stream(lane) => {
-                let len = payload.len();
-                // The application's call cannot wait, so only the hard limit applies here.
-                let mut unsettled = crate::shared::Deferred::default();
-                for host in &hosts {
-                    let Some(link) = core.links.get_mut(host) else {
-                        continue;
-                    };
-                    let message = ServerToClient::FromServer {
-                        group,
-                        lane,
-                        seq: link.app_lanes.next(lane),
-                        payload: payload.clone(),
-                    };
-                    let frame =
-                        frame_to_bytes(&message, max_frame).map_err(|_| SendError::TooLarge {
-                            len,
-                            max: max_message as usize,
-                        })?;
-                    let fill = link.outbound.push_data(
-                        crate::outbound::Outgoing::Encoded(frame),
-                        options.priority,
-                        HostId::SERVER,
-                        lane.latest_key(),
-                    );
-                    self.shared.note_fill(*host, link, fill, &mut unsettled);
-                }
-                drop(unsettled);
-            }
-        }
-        Ok(())
+            core.registry
+                .handle_app_send(&hosts, group, carrier, options.priority, payload);
+            Ok(())
+        });
+        // The application's call cannot wait, so only the hard limit applies here.
+        drop(unsettled);
+        sent
     }
 
     /// Sends an application message type, encoded with postcard

@@ -19,7 +19,7 @@ use crate::registry::{punch_start_delays, Action, Registry};
 use bytes::Bytes;
 use peergroup_protocol::{
     datagram_to_bytes, frame_to_bytes, CloseCode, DatagramLane, DeliverFrame, Fingerprint, HostId,
-    LaneCounters, PunchOrder, RefuseReason, ServerDatagram, ServerToClient,
+    PunchOrder, RefuseReason, ServerDatagram, ServerToClient,
 };
 use ring::rand::SecureRandom;
 use std::collections::HashMap;
@@ -40,8 +40,6 @@ pub(crate) struct Link {
     pub login: Bytes,
     /// When it logged in (wall clock, for operators).
     pub connected_at: std::time::SystemTime,
-    /// Numbers the server application's messages to this client, per lane.
-    pub app_lanes: LaneCounters,
     /// Set by whoever closes the connection from this side, so the connection task can
     /// report why.
     pub close_reason: Arc<OnceLock<DisconnectReason>>,
@@ -110,8 +108,6 @@ pub(crate) struct Shared {
     random: ring::rand::SystemRandom,
     /// `Notices` frames sent since start (each carries one or more notices).
     pub notice_frames: std::sync::atomic::AtomicU64,
-    /// The origin of the server clock clients synchronise to.
-    started: std::time::Instant,
     pub shutdown: CancellationToken,
     /// Graceful shutdown (`drain.rs`).
     pub drain: Drain,
@@ -145,7 +141,6 @@ impl Shared {
             timer: Notify::new(),
             random: ring::rand::SystemRandom::new(),
             notice_frames: std::sync::atomic::AtomicU64::new(0),
-            started: std::time::Instant::now(),
             shutdown,
             drain: Drain::default(),
             counters: DriverCounters::default(),
@@ -229,20 +224,6 @@ impl Shared {
         });
     }
 
-    /// Answers a client's clock request at once, ahead of queued messages (a notice), so
-    /// the round trip the client measures is mostly the network's. Called under the lock.
-    pub fn answer_time_request(&self, core: &Core, host: HostId, token: u64) {
-        let server_time_us = self.started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
-        let message = ServerToClient::Time {
-            token,
-            server_time_us,
-        };
-        // A notice never waits: the queue's limits still apply when it is read.
-        let mut deferred = Deferred::default();
-        self.send_frame(core, host, &message, &mut deferred);
-        drop(deferred);
-    }
-
     /// Carries out every pending action of the registry.
     fn dispatch(&self, core: &mut Core) -> Deferred {
         let mut deferred = Deferred::default();
@@ -312,36 +293,19 @@ impl Shared {
                 Action::Datagram {
                     to,
                     sender,
-                    mut message,
+                    message,
                 } => {
-                    let ServerDatagram::Deliver { lane, .. } = &message;
-                    // Encoded once, whatever the fan-out, unless each copy has its own
-                    // number.
-                    let numbered = matches!(lane, DatagramLane::Sequenced { .. });
-                    let Ok(mut bytes) = datagram_to_bytes(&message) else {
-                        continue;
-                    };
-                    let mut too_large = Vec::new();
-                    for (host, pair, number) in to {
-                        let Some(link) = core.links.get(&host) else {
-                            continue;
-                        };
-                        if numbered {
-                            let ServerDatagram::Deliver { seq, .. } = &mut message;
-                            *seq = number;
-                            let Ok(encoded) = datagram_to_bytes(&message) else {
-                                continue;
-                            };
-                            bytes = encoded;
-                        }
-                        if let Err(quinn::SendDatagramError::TooLarge) =
-                            link.connection.send_datagram(bytes.clone())
-                        {
-                            too_large.push((pair, RefuseReason::TooLargeForPath));
-                        }
-                    }
+                    let too_large = send_datagrams(core, to, message)
+                        .into_iter()
+                        .map(|pair| (pair, RefuseReason::TooLargeForPath))
+                        .collect();
                     // One refusal frame for the datagram, however many paths it missed.
                     core.registry.refuse_many(sender, None, too_large);
+                }
+                Action::AppDatagram { to, message } => {
+                    let to = to.into_iter().map(|(host, number)| (host, (), number));
+                    // The application checked the paths' sizes; see `Action::AppDatagram`.
+                    let _ = send_datagrams(core, to, message);
                 }
                 Action::Event(event @ ServerEvent::Message { .. }) => deferred.messages.push(event),
                 Action::Event(event) => self.events.push_lifecycle(event),
@@ -475,4 +439,40 @@ impl Shared {
             }
         }
     }
+}
+
+/// Sends `message` in one QUIC datagram to each recipient `(host, tag, number)` that is
+/// still connected, with its number in the lane written in, and returns the tags of the
+/// recipients whose path it did not fit. Encoded once, whatever the fan-out, unless each
+/// copy has its own number.
+fn send_datagrams<T>(
+    core: &Core,
+    to: impl IntoIterator<Item = (HostId, T, u64)>,
+    mut message: ServerDatagram,
+) -> Vec<T> {
+    let ServerDatagram::Deliver { lane, .. } = &message;
+    let numbered = matches!(lane, DatagramLane::Sequenced { .. });
+    let mut too_large = Vec::new();
+    let Ok(mut bytes) = datagram_to_bytes(&message) else {
+        return too_large;
+    };
+    for (host, tag, number) in to {
+        let Some(link) = core.links.get(&host) else {
+            continue;
+        };
+        if numbered {
+            let ServerDatagram::Deliver { seq, .. } = &mut message;
+            *seq = number;
+            let Ok(encoded) = datagram_to_bytes(&message) else {
+                continue;
+            };
+            bytes = encoded;
+        }
+        if let Err(quinn::SendDatagramError::TooLarge) =
+            link.connection.send_datagram(bytes.clone())
+        {
+            too_large.push(tag);
+        }
+    }
+    too_large
 }

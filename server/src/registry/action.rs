@@ -62,6 +62,18 @@ pub enum Action {
         /// The datagram.
         message: ServerDatagram,
     },
+    /// Send one QUIC datagram from the server application to each recipient. Unlike
+    /// [`Action::Datagram`] nobody is told when one does not fit its path: the application
+    /// checked each path's datagram size when it sent, and one that shrank since loses it,
+    /// as any datagram may be lost.
+    AppDatagram {
+        /// The receiving clients, each with its number in the datagram's lane (written
+        /// into `message` for each; the datagram is encoded once when the lane is not
+        /// numbered).
+        to: Vec<(HostId, u64)>,
+        /// The datagram, from [`HostId::SERVER`].
+        message: ServerDatagram,
+    },
     /// Hand an event to the server application.
     Event(ServerEvent),
     /// Order both hosts of a pair to punch. The driver adds what needs IO: a fresh secret

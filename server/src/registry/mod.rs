@@ -1,12 +1,17 @@
 //! The sans-IO core of the server: hosts, groups, membership acks, pairs and relay rules.
 //!
-//! Inputs are `handle_*` calls and group operations, each given `now`; outputs are
+//! Inputs are `handle_*` calls and group operations, each given `now` (a client's frames and
+//! datagrams through one call each, [`Registry::handle_frame`] and
+//! [`Registry::handle_datagram`]); outputs are
 //! [`Action`]s taken with [`Registry::poll_action`], and [`Registry::poll_timeout`] says
 //! when [`Registry::handle_timeout`] is due. It reads no clock and touches no socket, so
 //! its tests drive it with a made-up clock in microseconds (the quinn-proto pattern).
 //!
 //! # Layout
 //! - `mod.rs`: hosts (connect, disconnect, host data), notices and their acks, timers.
+//! - `app_send.rs`: the server application's messages to clients.
+//! - `input.rs`: a client's frames and datagrams, each dispatched to its handler, and the
+//!   protocol violations a frame is refused with.
 //! - `groups.rs`: groups and membership: create, join, leave, destroy, batches, group data.
 //! - `acks.rs`: which operation waits on which notice; cumulative acks.
 //! - `relay.rs`: the relay rule and relaying.
@@ -17,7 +22,9 @@
 
 mod acks;
 mod action;
+mod app_send;
 mod groups;
+mod input;
 mod pairs;
 mod punch;
 mod referee;
@@ -29,6 +36,7 @@ pub use groups::{
     BatchError, ChangeOutcome, GroupInfo, GroupOptions, JoinOutcome, MembershipBatch,
     MembershipChange,
 };
+pub use input::ProtocolViolation;
 pub use punch::{punch_start_delays, PunchConfig, PunchStart};
 pub use referee::{PairStats, PunchStats};
 
@@ -39,7 +47,9 @@ use acks::{NoticeLog, Op, OpKey, OpKind, PendingAcks};
 use bytes::Bytes;
 use pairs::PairTable;
 use peergroup_protocol::budget::TokenBucket;
-use peergroup_protocol::{Fingerprint, GroupId, HostId, Notice, PairId, ServerToClient};
+use peergroup_protocol::{
+    Fingerprint, GroupId, HostId, LaneCounters, Notice, PairId, ServerToClient,
+};
 use relay::RateMeter;
 use slotmap::{Key, KeyData, SlotMap};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -121,6 +131,8 @@ struct HostState {
     /// Its datagram deliveries ([`RegistryConfig::datagram_deliveries_per_sec`]), from
     /// its first datagram on.
     datagram_budget: Option<TokenBucket>,
+    /// Numbers the server application's messages to the host, per lane.
+    app_lanes: LaneCounters,
 }
 
 #[derive(Debug)]
@@ -218,6 +230,9 @@ pub struct Registry {
     /// [`Registry::take_ack_samples`], with when each started (the registry reads no
     /// clock, and an ack carries no time, so the driver measures the latency).
     ack_samples: Vec<(AckKind, Instant)>,
+    /// The origin of the server clock clients synchronise to: a clock request is
+    /// answered with the time since it.
+    epoch: Instant,
 }
 
 fn host_id(key: HostKey) -> HostId {
@@ -266,8 +281,9 @@ pub fn usable_host_candidate(addr: SocketAddr, server_reflexive: SocketAddr) -> 
 }
 
 impl Registry {
-    /// An empty registry.
-    pub fn new(config: RegistryConfig) -> Self {
+    /// An empty registry whose clock, the one clients synchronise to, starts at `epoch`
+    /// (see [`Registry::handle_frame`]).
+    pub fn new(config: RegistryConfig, epoch: Instant) -> Self {
         Self {
             config,
             hosts: SlotMap::with_key(),
@@ -279,6 +295,7 @@ impl Registry {
             counters: RegistryCounters::default(),
             relay_rate: RateMeter::default(),
             ack_samples: Vec::new(),
+            epoch,
         }
     }
 
@@ -351,13 +368,14 @@ impl Registry {
             notices: NoticeLog::default(),
             closing: false,
             datagram_budget: None,
+            app_lanes: LaneCounters::default(),
         }))
     }
 
     /// Records a client's host candidates (at most [`MAX_HOST_CANDIDATES`]). Peers behind
     /// the same public address are told to probe them, so only addresses a host could
     /// hold are kept (see [`usable_host_candidate`]); the rest are dropped and counted.
-    pub fn handle_host_candidates(&mut self, host: HostId, addrs: Vec<SocketAddr>) {
+    fn handle_host_candidates(&mut self, host: HostId, addrs: Vec<SocketAddr>) {
         let Some(state) = self.hosts.get_mut(host_key(host)) else {
             return;
         };
@@ -413,7 +431,7 @@ impl Registry {
     /// # Errors
     /// [`AckBeyondSent`] when it acks more notices than it was sent: a protocol
     /// violation (nothing changes).
-    pub fn handle_ack(&mut self, host: HostId, notices: u64) -> Result<(), AckBeyondSent> {
+    fn handle_ack(&mut self, host: HostId, notices: u64) -> Result<(), AckBeyondSent> {
         let Some(state) = self.hosts.get_mut(host_key(host)) else {
             return Ok(());
         };

@@ -55,7 +55,7 @@ pub struct PairStats {
 
 impl Registry {
     /// Just-in-time mode: `from` sent its first user message to the pair's peer.
-    pub fn handle_want_direct(&mut self, from: HostId, pair: PairId, now: Instant) {
+    pub(super) fn handle_want_direct(&mut self, from: HostId, pair: PairId, now: Instant) {
         let Some(state) = self.pairs.get_member_mut(pair, from) else {
             return;
         };
@@ -64,7 +64,7 @@ impl Registry {
     }
 
     /// `from`'s report of how its side of a punch attempt ended.
-    pub fn handle_punch_report(
+    pub(super) fn handle_punch_report(
         &mut self,
         from: HostId,
         pair: PairId,
@@ -99,7 +99,7 @@ impl Registry {
     }
 
     /// `from`'s report of the path its side of the pair uses now.
-    pub fn handle_path_report(
+    pub(super) fn handle_path_report(
         &mut self,
         from: HostId,
         pair: PairId,

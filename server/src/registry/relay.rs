@@ -67,7 +67,7 @@ impl Registry {
     /// one [`RefuseReason::TooManyDestinations`]; the refusals of one upload go back in one
     /// frame ([`Registry::refuse_many`]), so a sender gets back at most about what it sent.
     #[allow(clippy::too_many_arguments)] // one per field of the upload
-    pub fn handle_relay(
+    pub(super) fn handle_relay(
         &mut self,
         from: HostId,
         group: Option<GroupId>,
@@ -149,7 +149,7 @@ impl Registry {
     /// relayed like messages but are not user messages: they are not counted, do not start
     /// just-in-time punching, and the server application never sees one.
     #[allow(clippy::too_many_arguments)] // one per field of the upload
-    pub fn handle_datagram(
+    pub(super) fn handle_relay_datagram(
         &mut self,
         from: HostId,
         group: Option<GroupId>,
@@ -190,7 +190,7 @@ impl Registry {
         self.relay_datagram(from, group, lane, dests, payload, now);
     }
 
-    /// The peer part of [`Registry::handle_datagram`].
+    /// The peer part of [`Registry::handle_relay_datagram`].
     fn relay_datagram(
         &mut self,
         from: HostId,
@@ -271,7 +271,7 @@ impl Registry {
     }
 
     /// Records what `from` measured of its peer in `pair` (ProudNet's recent ping).
-    pub fn handle_link_report(
+    pub(super) fn handle_link_report(
         &mut self,
         from: HostId,
         pair: PairId,
@@ -290,7 +290,7 @@ impl Registry {
     }
 
     /// Reports to `sender` that a destination was refused, and counts it.
-    pub fn refuse(
+    pub(super) fn refuse(
         &mut self,
         sender: HostId,
         pair: Option<PairId>,
@@ -311,7 +311,7 @@ impl Registry {
     /// Reports to `sender` every destination of one upload that was refused, in one
     /// frame ([`ServerToClient::Refused`] for one, [`ServerToClient::RefusedMany`] for
     /// more), and counts each.
-    pub fn refuse_many(
+    pub(crate) fn refuse_many(
         &mut self,
         sender: HostId,
         group: Option<GroupId>,

@@ -8,6 +8,9 @@ use peergroup_protocol::{PairPath, PathReason, PunchOutcome};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+mod app_send;
+mod inputs;
+
 fn identity(n: u8) -> Fingerprint {
     Fingerprint([n; 32])
 }
@@ -22,7 +25,7 @@ struct World {
 impl World {
     fn new() -> Self {
         Self {
-            registry: Registry::new(RegistryConfig::default()),
+            registry: Registry::new(RegistryConfig::default(), Instant::now()),
             now: Instant::now(),
             notices: HashMap::new(),
         }
@@ -42,10 +45,13 @@ impl World {
 
     fn with_punch(punch: PunchConfig) -> Self {
         Self {
-            registry: Registry::new(RegistryConfig {
-                punch,
-                ..RegistryConfig::default()
-            }),
+            registry: Registry::new(
+                RegistryConfig {
+                    punch,
+                    ..RegistryConfig::default()
+                },
+                Instant::now(),
+            ),
             now: Instant::now(),
             notices: HashMap::new(),
         }
@@ -835,7 +841,7 @@ fn datagram_relay_follows_the_same_rule_without_skips() {
         )
         .unwrap();
     let pair = pair_of(&w.drain(), a, b);
-    w.registry.handle_datagram(
+    w.registry.handle_relay_datagram(
         a,
         Some(g),
         false,
@@ -861,7 +867,7 @@ fn datagram_relay_follows_the_same_rule_without_skips() {
     );
     w.registry.leave_group(g, b, w.now).unwrap();
     w.drain();
-    w.registry.handle_datagram(
+    w.registry.handle_relay_datagram(
         a,
         None,
         false,
@@ -913,13 +919,16 @@ fn datagrams_out(actions: &[Action]) -> usize {
 #[test]
 fn datagram_fan_out_is_held_to_the_senders_delivery_rate() {
     let mut w = World::new();
-    w.registry = Registry::new(RegistryConfig {
-        datagram_deliveries_per_sec: 100,
-        ..RegistryConfig::default()
-    });
+    w.registry = Registry::new(
+        RegistryConfig {
+            datagram_deliveries_per_sec: 100,
+            ..RegistryConfig::default()
+        },
+        Instant::now(),
+    );
     let (hosts, g, dests) = group_of(&mut w, 11); // 10 destinations a datagram
     let send = |w: &mut World| {
-        w.registry.handle_datagram(
+        w.registry.handle_relay_datagram(
             hosts[0],
             Some(g),
             false,
@@ -942,7 +951,7 @@ fn datagram_fan_out_is_held_to_the_senders_delivery_rate() {
     assert_eq!(send(&mut w), 10);
     assert_eq!(send(&mut w), 0);
     // Another member's budget is its own.
-    w.registry.handle_datagram(
+    w.registry.handle_relay_datagram(
         hosts[1],
         Some(g),
         false,
@@ -963,7 +972,7 @@ fn a_ping_goes_to_one_peer_never_to_a_group() {
     let mut w = World::new();
     let (hosts, g, dests) = group_of(&mut w, 4);
     let ping = |w: &mut World, dests: &[RelayDest]| {
-        w.registry.handle_datagram(
+        w.registry.handle_relay_datagram(
             hosts[0],
             Some(g),
             false,
@@ -1364,7 +1373,7 @@ fn a_pair_named_many_times_in_one_upload_gets_one_copy() {
     assert_eq!(delivered, 1);
     assert_eq!(w.registry.counters().relay_refused, 99);
     let pairs: Vec<RelayDest> = std::iter::repeat_n(RelayDest { pair, seq: 0 }, 50).collect();
-    w.registry.handle_datagram(
+    w.registry.handle_relay_datagram(
         a,
         None,
         false,
@@ -1445,7 +1454,7 @@ fn sequenced_datagrams_keep_each_destinations_number() {
     let actions = w.drain();
     let (ab, ac) = (pair_of(&actions, a, b), pair_of(&actions, a, c));
     let lane = DatagramLane::Sequenced { channel: 3 };
-    w.registry.handle_datagram(
+    w.registry.handle_relay_datagram(
         a,
         Some(g),
         false,
@@ -1485,7 +1494,7 @@ fn pings_are_relayed_but_not_counted_nor_given_to_the_application() {
         )
         .unwrap();
     let pair = pair_of(&w.drain(), a, b);
-    w.registry.handle_datagram(
+    w.registry.handle_relay_datagram(
         a,
         None,
         true,
@@ -1576,7 +1585,7 @@ fn the_application_never_gets_an_older_sequenced_datagram() {
     let a = w.connect(1);
     let lane = DatagramLane::Sequenced { channel: 1 };
     for seq in [2, 1, 2, 3] {
-        w.registry.handle_datagram(
+        w.registry.handle_relay_datagram(
             a,
             None,
             true,
@@ -1588,7 +1597,7 @@ fn the_application_never_gets_an_older_sequenced_datagram() {
         );
     }
     // Another channel has its own numbers.
-    w.registry.handle_datagram(
+    w.registry.handle_relay_datagram(
         a,
         None,
         true,
@@ -1622,7 +1631,7 @@ fn the_application_hears_the_mode_and_channel_of_a_message() {
         Bytes::from_static(b"x"),
         w.now,
     );
-    w.registry.handle_datagram(
+    w.registry.handle_relay_datagram(
         a,
         None,
         true,
@@ -2083,10 +2092,13 @@ fn a_batch_with_an_invalid_change_is_refused_whole() {
 #[test]
 fn a_client_that_never_acks_is_disconnected_past_the_unacked_limit() {
     let mut w = World {
-        registry: Registry::new(RegistryConfig {
-            max_unacked_notices: 5,
-            ..RegistryConfig::default()
-        }),
+        registry: Registry::new(
+            RegistryConfig {
+                max_unacked_notices: 5,
+                ..RegistryConfig::default()
+            },
+            Instant::now(),
+        ),
         now: Instant::now(),
         notices: HashMap::new(),
     };
@@ -2278,7 +2290,7 @@ fn an_upload_naming_many_bogus_destinations_gets_one_refusal_of_bounded_size() {
 
     // The same for datagrams.
     let actions = {
-        w.registry.handle_datagram(
+        w.registry.handle_relay_datagram(
             a,
             None,
             false,
@@ -2298,7 +2310,7 @@ fn an_upload_naming_many_bogus_destinations_gets_one_refusal_of_bounded_size() {
             reason: RefuseReason::TooManyDestinations
         }]
     );
-    w.registry.handle_datagram(
+    w.registry.handle_relay_datagram(
         a,
         None,
         false,
