@@ -36,23 +36,31 @@ async fn a_graceful_shutdown_delivers_what_was_queued_then_closes_with_server_sh
             Delivery::ReliableOrdered,
         )
         .unwrap();
-    let report = server.shutdown_gracefully(Duration::from_secs(10)).await;
+    // Alice's application reads on while the server drains, as a game's would: what the
+    // server has not written yet waits for her reads (her client holds 256 KiB of the
+    // server's stream at most).
+    let alice_reads = async {
+        let mut chunks = 0;
+        let reason = loop {
+            match within_wait(alice_events.next()).await {
+                Some(ClientEvent::Message { payload, .. }) if payload == chunk => chunks += 1,
+                Some(ClientEvent::Message { payload, .. }) => {
+                    assert_eq!(payload, "last words");
+                    assert_eq!(chunks, 128, "every queued chunk came first, in order");
+                }
+                Some(ClientEvent::Disconnected { reason }) => break reason,
+                Some(_) => {}
+                None => panic!("alice's events ended without Disconnected"),
+            }
+        };
+        (chunks, reason)
+    };
+    let (report, (chunks, reason)) = tokio::join!(
+        server.shutdown_gracefully(Duration::from_secs(10)),
+        alice_reads
+    );
     assert_eq!(report.clients, 2);
     assert_eq!(report.cut_off, 0, "both drained within the deadline");
-
-    let mut chunks = 0;
-    let reason = loop {
-        match within_wait(alice_events.next()).await {
-            Some(ClientEvent::Message { payload, .. }) if payload == chunk => chunks += 1,
-            Some(ClientEvent::Message { payload, .. }) => {
-                assert_eq!(payload, "last words");
-                assert_eq!(chunks, 128, "every queued chunk came first, in order");
-            }
-            Some(ClientEvent::Disconnected { reason }) => break reason,
-            Some(_) => {}
-            None => panic!("alice's events ended without Disconnected"),
-        }
-    };
     assert_eq!(chunks, 128);
     match reason {
         DisconnectReason::ServerClosed { code, reason } => {
