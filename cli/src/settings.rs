@@ -249,6 +249,8 @@ pub struct PunchSettings {
     pub order_burst: u32,
     /// One more punch order per this many seconds, up to the burst. Default 0.1.
     pub order_refill_secs: Secs,
+    /// How long a pair must have lasted before it punches, seconds. Default 0.
+    pub min_pair_age_secs: Secs,
 }
 
 impl Default for PunchSettings {
@@ -264,6 +266,7 @@ impl Default for PunchSettings {
             after_direct_lost_secs: Secs(p.after_direct_lost),
             order_burst: p.order_burst,
             order_refill_secs: Secs(p.order_refill),
+            min_pair_age_secs: Secs(p.min_pair_age),
         }
     }
 }
@@ -280,6 +283,7 @@ impl From<PunchSettings> for PunchConfig {
             after_direct_lost: s.after_direct_lost_secs.0,
             order_burst: s.order_burst,
             order_refill: s.order_refill_secs.0,
+            min_pair_age: s.min_pair_age_secs.0,
         }
     }
 }

@@ -63,6 +63,11 @@ struct Args {
     demo: bool,
 }
 
+/// How long two bots must have been in view of each other before they punch a direct
+/// path: bots walk in and out of sight all the time, and a pair that parts within
+/// seconds would only have spent both bots' CPU on a handshake it then drops.
+const PUNCH_AFTER: Duration = Duration::from_secs(2);
+
 /// How long bots wander before they start checking their views.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -76,7 +81,9 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
     if network.runs_server() {
         hosted = Some(
             network
-                .start_server("mmo_view", AuthHook::accept_all(), |_| {})
+                .start_server("mmo_view", AuthHook::accept_all(), |config| {
+                    config.punch.min_pair_age = PUNCH_AFTER;
+                })
                 .await?,
         );
     }

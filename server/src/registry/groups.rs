@@ -531,7 +531,7 @@ impl Registry {
         let member_count = (existing.len() + 1 + usize::from(server_is_member)) as u32;
         self.hosts[host_key(host)].groups.insert(group);
         for &(other, _) in &existing {
-            match self.pairs.add_shared_group(host, other, direct) {
+            match self.pairs.add_shared_group(host, other, direct, now) {
                 PairChange::Started(pair) => {
                     self.announce_pair(pair, host, other);
                     punches.push(pair);

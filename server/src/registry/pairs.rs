@@ -32,6 +32,8 @@ pub(crate) struct Pair {
     pub link: Option<LinkMeasure>,
     /// Whether a user message went between them (just-in-time punching waits for it).
     pub talked: bool,
+    /// When the pair started ([`super::PunchConfig::min_pair_age`] counts from here).
+    pub started: Instant,
     /// Hole punching and path.
     pub punch: PunchState,
     /// When the pair ends if the hosts still share no group.
@@ -99,7 +101,13 @@ fn key_of(id: PairId) -> PairKey {
 impl PairTable {
     /// Counts one more group shared by `a` and `b` (`direct`: one that allows direct
     /// P2P), starting the pair if needed.
-    pub fn add_shared_group(&mut self, a: HostId, b: HostId, direct: bool) -> PairChange {
+    pub fn add_shared_group(
+        &mut self,
+        a: HostId,
+        b: HostId,
+        direct: bool,
+        now: Instant,
+    ) -> PairChange {
         let hosts = ordered(a, b);
         if let Some(&key) = self.by_hosts.get(&hosts) {
             let pair = &mut self.pairs[key];
@@ -116,6 +124,7 @@ impl PairTable {
             relayed_bytes: 0,
             link: None,
             talked: false,
+            started: now,
             punch: PunchState::new(),
             linger_until: None,
             positions: (0, 0),
@@ -293,10 +302,13 @@ mod tests {
     #[test]
     fn one_pair_per_host_pair_whatever_the_order_or_group_count() {
         let mut table = PairTable::default();
-        let PairChange::Started(id) = table.add_shared_group(A, B, true) else {
+        let PairChange::Started(id) = table.add_shared_group(A, B, true, Instant::now()) else {
             panic!("first shared group starts the pair")
         };
-        assert_eq!(table.add_shared_group(B, A, true), PairChange::Kept(id));
+        assert_eq!(
+            table.add_shared_group(B, A, true, Instant::now()),
+            PairChange::Kept(id)
+        );
         assert_eq!(table.len(), 1);
         assert_eq!(table.get(id).unwrap().shared_groups, 2);
         assert_eq!(table.get(id).unwrap().other(A), Some(B));
@@ -306,7 +318,7 @@ mod tests {
     fn pair_lingers_then_expires_and_a_rejoin_cancels_the_linger() {
         let now = Instant::now();
         let mut table = PairTable::default();
-        let PairChange::Started(id) = table.add_shared_group(A, B, true) else {
+        let PairChange::Started(id) = table.add_shared_group(A, B, true, Instant::now()) else {
             panic!()
         };
         let until = now + Duration::from_secs(10);
@@ -315,12 +327,15 @@ mod tests {
             Some((id, until))
         );
         assert_eq!(table.expire(id, now), None, "not due yet");
-        assert_eq!(table.add_shared_group(A, B, true), PairChange::Kept(id));
+        assert_eq!(
+            table.add_shared_group(A, B, true, Instant::now()),
+            PairChange::Kept(id)
+        );
         assert_eq!(table.expire(id, until), None, "a rejoin cancels the linger");
         table.remove_shared_group(A, B, true, until);
         assert_eq!(table.expire(id, until), Some((A, B)));
         assert!(table.get(id).is_none());
-        let PairChange::Started(new_id) = table.add_shared_group(A, B, true) else {
+        let PairChange::Started(new_id) = table.add_shared_group(A, B, true, Instant::now()) else {
             panic!("an ended pair starts afresh")
         };
         assert_ne!(new_id, id, "a new pair never reuses the old id");
@@ -335,7 +350,9 @@ mod tests {
         let mut ids = Vec::new();
         for a in 0..40 {
             for b in (a + 1)..40 {
-                if let PairChange::Started(id) = table.add_shared_group(host(a), host(b), true) {
+                if let PairChange::Started(id) =
+                    table.add_shared_group(host(a), host(b), true, Instant::now())
+                {
                     ids.push(id);
                 }
             }

@@ -44,6 +44,12 @@ pub struct PunchConfig {
     /// One more punch order a host may be sent per this much time, up to `order_burst`.
     /// Default 100 ms (10 orders a second per host after a burst).
     pub order_refill: Duration,
+    /// How long a pair must have lasted before it punches (with either `start`): in
+    /// view-group games (an MMO's areas of interest) most pairs last only seconds, and
+    /// each punch costs both peers probes and a QUIC handshake, so a crowd moving through
+    /// an area spends its CPU on direct paths it drops again. Pairs that end younger stay
+    /// on the relay and never punch. Default 0 (punch at once).
+    pub min_pair_age: Duration,
 }
 
 impl Default for PunchConfig {
@@ -55,6 +61,7 @@ impl Default for PunchConfig {
             after_direct_lost: Duration::from_secs(5),
             order_burst: 128,
             order_refill: Duration::from_millis(100),
+            min_pair_age: Duration::ZERO,
         }
     }
 }

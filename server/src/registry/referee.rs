@@ -169,6 +169,15 @@ impl Registry {
         if !due || !wanted || state.direct_groups == 0 || !state.punch.may_attempt(&config) {
             return;
         }
+        // A young pair waits until it is old enough; one that ends first never punches.
+        let old_enough_at = state.started + config.min_pair_age;
+        if now < old_enough_at {
+            state.punch.stage = punch::Stage::Relay {
+                retry_at: Some(old_enough_at),
+            };
+            self.timers.insert((old_enough_at, Timer::PunchRetry(pair)));
+            return;
+        }
         let (a, b) = state.hosts;
         if !self.hosts.contains_key(host_key(a)) || !self.hosts.contains_key(host_key(b)) {
             return;

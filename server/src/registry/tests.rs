@@ -1222,6 +1222,59 @@ fn just_in_time_mode_also_punches_on_the_first_relayed_message() {
 }
 
 #[test]
+fn with_a_minimum_pair_age_only_pairs_that_last_punch() {
+    let mut w = World::with_punch(PunchConfig {
+        min_pair_age: Duration::from_secs(2),
+        ..PunchConfig::default()
+    });
+    let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
+    w.registry
+        .create_group(
+            &[a, b],
+            GroupOptions::default(),
+            Bytes::new(),
+            "lasting".into(),
+            w.now,
+        )
+        .unwrap();
+    let brief = w
+        .registry
+        .create_group(
+            &[a, c],
+            GroupOptions::default(),
+            Bytes::new(),
+            "brief".into(),
+            w.now,
+        )
+        .unwrap();
+    let actions = w.drain();
+    assert!(punches(&actions).is_empty(), "young pairs do not punch");
+    let pair_ab = pair_of(&actions, a, b);
+    assert_eq!(
+        w.registry.poll_timeout(),
+        Some(w.now + Duration::from_secs(2))
+    );
+
+    // A and C part before their pair is old enough (and the pair ends after lingering):
+    // it never punches. A and B's pair punches once it is 2 s old, not before.
+    w.advance(Duration::from_millis(500));
+    w.registry.leave_group(brief, c, w.now).unwrap();
+    w.advance(Duration::from_millis(1_499));
+    assert!(punches(&w.drain()).is_empty());
+    w.advance(Duration::from_millis(1));
+    let ordered = punches(&w.drain());
+    assert!(
+        matches!(ordered.as_slice(), [Action::Punch { pair, .. }] if *pair == pair_ab),
+        "{ordered:?}"
+    );
+    w.advance(Duration::from_secs(30));
+    assert!(
+        punches(&w.drain()).is_empty(),
+        "the brief pair never punched"
+    );
+}
+
+#[test]
 fn a_failed_punch_is_retried_after_60_s_and_recorded_per_host() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
