@@ -109,6 +109,19 @@ impl World {
             .collect()
     }
 
+    /// A group of `members` with default options and join message "hi", created now.
+    fn group(&mut self, members: &[HostId]) -> GroupId {
+        self.registry
+            .create_group(
+                members,
+                GroupOptions::default(),
+                Bytes::new(),
+                "hi".into(),
+                self.now,
+            )
+            .unwrap()
+    }
+
     fn advance(&mut self, by: Duration) {
         self.now += by;
         self.registry.handle_timeout(self.now);
@@ -169,16 +182,7 @@ fn ack_all(world: &mut World, hosts: &[HostId]) {
 fn join_notifies_everyone_in_proudnet_order_and_completes_on_all_acks() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    let g = w
-        .registry
-        .create_group(
-            &[a],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let g = w.group(&[a]);
     let first = w.drain();
     assert_eq!(World::frames_to(&first, a), vec![joined_self(g, a, 1)]);
     w.ack(a);
@@ -232,16 +236,7 @@ fn join_notifies_everyone_in_proudnet_order_and_completes_on_all_acks() {
 fn joining_twice_is_already_member_and_sends_nothing() {
     let mut w = World::new();
     let a = w.connect(1);
-    let g = w
-        .registry
-        .create_group(
-            &[a],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let g = w.group(&[a]);
     w.drain();
     assert_eq!(
         w.registry.join_group(g, a, "hi".into(), w.now),
@@ -254,16 +249,7 @@ fn joining_twice_is_already_member_and_sends_nothing() {
 fn leave_tells_the_rest_and_the_leaver_hears_everyone_including_itself() {
     let mut w = World::new();
     let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
-    let g = w
-        .registry
-        .create_group(
-            &[a, b, c],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let g = w.group(&[a, b, c]);
     w.drain();
     w.registry.leave_group(g, b, w.now).unwrap();
     let actions = w.drain();
@@ -285,16 +271,7 @@ fn leave_tells_the_rest_and_the_leaver_hears_everyone_including_itself() {
 fn leaving_before_acks_ends_the_join_with_member_left() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    let g = w
-        .registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let g = w.group(&[a, b]);
     w.drain();
     w.registry.leave_group(g, b, w.now).unwrap();
     let events = World::events(&w.drain());
@@ -328,16 +305,7 @@ fn leaving_before_acks_ends_the_join_with_member_left() {
 fn destroy_ends_pending_joins_then_removes_the_group() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    let g = w
-        .registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let g = w.group(&[a, b]);
     w.drain();
     w.registry.destroy_group(g, w.now).unwrap();
     let actions = w.drain();
@@ -369,26 +337,8 @@ fn destroy_ends_pending_joins_then_removes_the_group() {
 fn disconnect_leaves_every_group_and_ends_pairs_at_once() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    let g1 = w
-        .registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
-    let g2 = w
-        .registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let g1 = w.group(&[a, b]);
+    let g2 = w.group(&[a, b]);
     let setup = w.drain();
     let pair = pair_of(&setup, a, b);
     ack_all(&mut w, &[a, b]);
@@ -417,16 +367,7 @@ fn disconnect_leaves_every_group_and_ends_pairs_at_once() {
 fn disconnect_during_join_reports_disconnected() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    let g = w
-        .registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let g = w.group(&[a, b]);
     w.drain();
     w.registry.handle_disconnect(b, w.now);
     assert!(
@@ -442,16 +383,7 @@ fn disconnect_during_join_reports_disconnected() {
 fn missing_acks_time_out_after_the_configured_time_and_not_before() {
     let mut w = World::new();
     let a = w.connect(1);
-    let g = w
-        .registry
-        .create_group(
-            &[a],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let g = w.group(&[a]);
     w.drain();
     assert_eq!(
         w.registry.poll_timeout(),
@@ -476,16 +408,7 @@ fn missing_acks_time_out_after_the_configured_time_and_not_before() {
 fn a_pair_lingers_after_the_last_shared_group_and_survives_a_quick_rejoin() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    let g = w
-        .registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let g = w.group(&[a, b]);
     let pair = pair_of(&w.drain(), a, b);
     w.registry.leave_group(g, b, w.now).unwrap();
     w.drain();
@@ -641,16 +564,7 @@ fn server_member_appears_in_notices_and_receives_group_messages() {
 fn relay_delivers_within_a_shared_group_stamped_with_the_real_sender() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    let g = w
-        .registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let g = w.group(&[a, b]);
     let pair = pair_of(&w.drain(), a, b);
     w.registry.handle_relay(
         a,
@@ -723,26 +637,8 @@ fn a_relayed_payload_is_shared_by_every_receiver_not_copied() {
 fn relay_outside_a_shared_group_is_refused_counted_and_skipped_for_the_receiver() {
     let mut w = World::new();
     let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
-    let g = w
-        .registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
-    let g_ac = w
-        .registry
-        .create_group(
-            &[a, c],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let g = w.group(&[a, b]);
+    let g_ac = w.group(&[a, c]);
     let pair_ab = pair_of(&w.drain(), a, b);
     w.registry.leave_group(g, b, w.now).unwrap(); // the pair now lingers
     w.drain();
@@ -830,16 +726,7 @@ fn relay_outside_a_shared_group_is_refused_counted_and_skipped_for_the_receiver(
 fn datagram_relay_follows_the_same_rule_without_skips() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    let g = w
-        .registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let g = w.group(&[a, b]);
     let pair = pair_of(&w.drain(), a, b);
     w.registry.handle_relay_datagram(
         a,
@@ -994,16 +881,7 @@ fn a_ping_goes_to_one_peer_never_to_a_group() {
 fn messages_to_a_group_the_server_is_not_in_are_refused() {
     let mut w = World::new();
     let a = w.connect(1);
-    let g = w
-        .registry
-        .create_group(
-            &[a],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let g = w.group(&[a]);
     w.drain();
     w.registry.handle_relay(
         a,
@@ -1051,15 +929,7 @@ fn punches(actions: &[Action]) -> Vec<Action> {
 fn a_new_pair_in_a_direct_group_is_ordered_to_punch_after_its_notices() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    w.registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    w.group(&[a, b]);
     let actions = w.drain();
     let pair = pair_of(&actions, a, b);
     let last = actions.last().unwrap();
@@ -1077,15 +947,7 @@ fn a_new_pair_in_a_direct_group_is_ordered_to_punch_after_its_notices() {
     );
     assert_eq!(w.registry.punch_stats(a).unwrap().orders, 1);
     // A second shared group does not punch again.
-    w.registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    w.group(&[a, b]);
     assert!(punches(&w.drain()).is_empty());
 }
 
@@ -1098,15 +960,7 @@ fn hosts_behind_one_nat_also_get_each_others_host_candidates() {
         .handle_host_candidates(a, vec!["192.168.1.10:6000".parse().unwrap()]);
     w.registry
         .handle_host_candidates(b, vec!["192.168.1.11:6001".parse().unwrap()]);
-    w.registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    w.group(&[a, b]);
     let Some(Action::Punch {
         candidates_of_controlling,
         candidates_of_controlled,
@@ -1143,15 +997,7 @@ fn relay_only_groups_never_punch_until_a_direct_group_is_shared() {
         .create_group(&[a, b], relay_only, Bytes::new(), "hi".into(), w.now)
         .unwrap();
     assert!(punches(&w.drain()).is_empty());
-    w.registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    w.group(&[a, b]);
     assert_eq!(punches(&w.drain()).len(), 1);
 }
 
@@ -1162,15 +1008,7 @@ fn just_in_time_mode_punches_on_the_first_message_only() {
         ..PunchConfig::default()
     });
     let (a, b) = (w.connect(1), w.connect(2));
-    w.registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    w.group(&[a, b]);
     let actions = w.drain();
     assert!(punches(&actions).is_empty());
     let pair = pair_of(&actions, a, b);
@@ -1187,15 +1025,7 @@ fn just_in_time_mode_also_punches_on_the_first_relayed_message() {
         ..PunchConfig::default()
     });
     let (a, b) = (w.connect(1), w.connect(2));
-    w.registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    w.group(&[a, b]);
     let pair = pair_of(&w.drain(), a, b);
     w.registry.handle_relay(
         a,
@@ -1278,15 +1108,7 @@ fn with_a_minimum_pair_age_only_pairs_that_last_punch() {
 fn a_failed_punch_is_retried_after_60_s_and_recorded_per_host() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    w.registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    w.group(&[a, b]);
     let actions = w.drain();
     let pair = pair_of(&actions, a, b);
     w.registry
@@ -1313,15 +1135,7 @@ fn a_failed_punch_is_retried_after_60_s_and_recorded_per_host() {
 fn path_reports_drive_pair_path_events_and_a_dead_direct_path_re_punches_later() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    w.registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    w.group(&[a, b]);
     let pair = pair_of(&w.drain(), a, b);
     let (lo, hi) = (a.min(b), a.max(b));
     w.registry
@@ -1367,16 +1181,7 @@ fn path_reports_drive_pair_path_events_and_a_dead_direct_path_re_punches_later()
 fn relayed_messages_are_counted_per_pair() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    let g = w
-        .registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let g = w.group(&[a, b]);
     let pair = pair_of(&w.drain(), a, b);
     for seq in 1..=3 {
         w.registry.handle_relay(
@@ -1398,15 +1203,7 @@ fn relayed_messages_are_counted_per_pair() {
 fn a_pair_named_many_times_in_one_upload_gets_one_copy() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    w.registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    w.group(&[a, b]);
     let pair = pair_of(&w.drain(), a, b);
     let dests: Vec<RelayDest> = (1..=100).map(|seq| RelayDest { pair, seq }).collect();
     w.registry.handle_relay(
@@ -1866,16 +1663,7 @@ fn a_leave_times_out_when_an_ack_never_comes() {
 fn acks_of_notices_never_sent_are_refused_and_change_nothing() {
     let mut w = World::new();
     let a = w.connect(1);
-    let g = w
-        .registry
-        .create_group(
-            &[a],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let g = w.group(&[a]);
     w.drain();
     assert_eq!(
         w.registry.handle_ack(a, 2),
@@ -2401,15 +2189,7 @@ fn asking_for_punches_and_declining_them_cannot_flood_the_peer_with_orders() {
         ..PunchConfig::default()
     });
     let (attacker, victim) = (w.connect(1), w.connect(2));
-    w.registry
-        .create_group(
-            &[attacker, victim],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    w.group(&[attacker, victim]);
     let pair = pair_of(&w.drain(), attacker, victim);
     let mut orders = 0;
     for _ in 0..100_000 {
@@ -2483,15 +2263,7 @@ fn repeated_punch_reports_count_once_per_attempt_in_the_hosts_record() {
     // report.
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    w.registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    w.group(&[a, b]);
     let pair = pair_of(&w.drain(), a, b);
     for _ in 0..1_000 {
         w.registry
@@ -2527,15 +2299,7 @@ fn unusable_host_candidates_are_dropped_before_peers_are_told_to_probe_them() {
     ];
     w.registry
         .handle_host_candidates(a, named.iter().map(|s| s.parse().unwrap()).collect());
-    w.registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    w.group(&[a, b]);
     let Some(Action::Punch {
         candidates_of_controlling,
         ..

@@ -64,16 +64,7 @@ fn stream_sends_are_numbered_per_host_and_lane_and_queued_as_data() {
 fn datagram_sends_go_in_one_action_numbered_per_host_on_sequenced_lanes() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    let group = w
-        .registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let group = w.group(&[a, b]);
     w.drain();
     let sequenced = DatagramLane::Sequenced { channel: 4 };
     let payload = Bytes::from_static(b"tick");

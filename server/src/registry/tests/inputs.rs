@@ -10,16 +10,7 @@ use peergroup_protocol::{ClientDatagram, ClientToServer as C, CloseCode, Hello};
 /// Two hosts sharing a group (a pair on the relay), with every notice acked.
 fn two_in_a_group(w: &mut World) -> (HostId, HostId, GroupId, PairId) {
     let (a, b) = (w.connect(1), w.connect(2));
-    let group = w
-        .registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let group = w.group(&[a, b]);
     let pair = pair_of(&w.drain(), a, b);
     ack_all(w, &[a, b]);
     w.drain();
@@ -30,16 +21,7 @@ fn two_in_a_group(w: &mut World) -> (HostId, HostId, GroupId, PairId) {
 fn an_ack_frame_completes_the_join_it_covers() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    let group = w
-        .registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    let group = w.group(&[a, b]);
     w.drain();
     for host in [a, b] {
         let notices = w.notices[&host];
@@ -65,15 +47,7 @@ fn an_ack_frame_completes_the_join_it_covers() {
 fn an_ack_beyond_what_was_sent_is_refused_and_changes_nothing() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));
-    w.registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    w.group(&[a, b]);
     w.drain();
     let sent = w.notices[&a];
     let pending = w.registry.pending_acks();
@@ -238,15 +212,7 @@ fn host_candidates_are_kept_and_unusable_ones_dropped() {
         .handle_frame(a, C::HostCandidates { addrs }, w.now)
         .unwrap();
     assert_eq!(w.registry.counters().host_candidates_dropped, 1);
-    w.registry
-        .create_group(
-            &[a, b],
-            GroupOptions::default(),
-            Bytes::new(),
-            "hi".into(),
-            w.now,
-        )
-        .unwrap();
+    w.group(&[a, b]);
     let Some(Action::Punch {
         candidates_of_controlling,
         ..
