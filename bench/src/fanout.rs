@@ -8,7 +8,7 @@
 //! two rounds under way as in the batched churn. Rounds per second times the operations
 //! of one batch is what batched churn could reach if peergroup cost nothing beyond QUIC.
 
-use crate::churn::{clock_ticks_per_sec, threads_cpu_ticks};
+use crate::cpu::{clock_ticks_per_sec, threads_cpu_ticks};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

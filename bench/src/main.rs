@@ -25,6 +25,7 @@
 //!   (membership batches every tick, position updates, server CPU).
 
 mod churn;
+mod cpu;
 mod direct;
 mod fanout;
 mod forwarder;

@@ -11,6 +11,7 @@
 //! server (1k, then 4k more, then 5k more); memory is measured against the server's
 //! resident size before the first client.
 
+use crate::cpu::clock_ticks_per_sec;
 use crate::report::{rate, Report, Table};
 use crate::Mode;
 use bytes::Bytes;
@@ -398,18 +399,6 @@ fn udp_drops(ports: &[u16]) -> u64 {
             ports.contains(&port).then_some(drops)
         })
         .sum()
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`), 100 if that cannot be run.
-fn clock_ticks_per_sec() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
 }
 
 // ---- the clients -------------------------------------------------------------------------

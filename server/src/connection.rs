@@ -91,6 +91,7 @@ pub(crate) async fn serve(
         core.links.remove(&host);
         core.registry.handle_disconnect(host, Instant::now());
     });
+    shared.link_removed.notify_waiters();
     // Only notices to the others are left: never wait on their queues from here.
     drop(deferred);
     tracing::info!(%host, %reason, "client disconnected");

@@ -10,45 +10,8 @@
 //! past it, [`Server::shutdown_gracefully`] closes whatever is left at once.
 
 use crate::server::Server;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-
-/// The drain state the server's tasks share.
-#[derive(Debug, Default)]
-pub(crate) struct Drain {
-    /// Cancelled when draining starts, to wake idle writers.
-    pub started: CancellationToken,
-    /// Set when draining starts: what writers check after every batch (an atomic load,
-    /// where the token's check takes a lock).
-    flag: AtomicBool,
-    /// Set before `started` is cancelled: when every connection must be closed.
-    pub deadline: OnceLock<Instant>,
-}
-
-impl Drain {
-    /// Whether draining has started.
-    pub fn is_started(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
-    }
-
-    /// Starts draining, with `deadline`.
-    fn start(&self, deadline: Instant) {
-        let _ = self.deadline.set(deadline);
-        self.flag.store(true, Ordering::Release);
-        self.started.cancel();
-    }
-
-    /// The deadline (far in the future if draining has not started).
-    pub fn deadline(&self) -> Instant {
-        self.deadline
-            .get()
-            .copied()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400))
-    }
-}
 
 /// How a graceful shutdown went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,13 +50,11 @@ impl Server {
         drain.start(start + deadline);
         let until = drain.deadline();
         let shutdown = self.shared.shutdown.clone();
-        // The connection tasks remove their links as they end.
+        // The connection tasks remove their links as they end, and say so.
         let all_closed = async {
-            while !self.shared.lock().links.is_empty() {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-                    _ = shutdown.cancelled() => return,
-                }
+            tokio::select! {
+                _ = self.all_links_removed() => {}
+                _ = shutdown.cancelled() => {}
             }
         };
         let cut_off = match tokio::time::timeout_at(until, all_closed).await {
@@ -109,16 +70,25 @@ impl Server {
         self.shared.shutdown.cancel();
         // Closing now makes every connection task end; wait for them (bounded) so the
         // caller can exit knowing the close frames were sent.
-        let closed = async {
-            while !self.shared.lock().links.is_empty() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), closed).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.all_links_removed()).await;
         DrainReport {
             clients,
             cut_off,
             elapsed: start.elapsed(),
+        }
+    }
+
+    /// Resolves once no client link is left (woken by each removal, not by polling).
+    async fn all_links_removed(&self) {
+        loop {
+            let removed = self.shared.link_removed.notified();
+            tokio::pin!(removed);
+            // Registered before the check, so a removal in between is not missed.
+            removed.as_mut().enable();
+            if self.shared.lock().links.is_empty() {
+                return;
+            }
+            removed.await;
         }
     }
 }

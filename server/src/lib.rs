@@ -47,6 +47,7 @@ mod backlog;
 mod config;
 mod connection;
 mod drain;
+mod drain_state;
 mod error;
 mod events;
 mod identity;

@@ -10,7 +10,7 @@
 use crate::admission::{Admission, AdmissionCounter, SharedAdmission};
 use crate::app_events::EventSink;
 use crate::config::Limits;
-use crate::drain::Drain;
+use crate::drain_state::Drain;
 use crate::events::{DisconnectReason, ServerEvent};
 use crate::metrics::DriverCounters;
 use crate::notices::{NoticeFrames, PendingFrame};
@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     pub slow_consumer: Duration,
     /// Wakes the timer task when a new deadline may be earlier than the one it sleeps to.
     pub timer: Notify,
+    /// Wakes whoever waits for clients to go (a graceful shutdown) when a link is removed.
+    pub link_removed: Notify,
     /// Makes punch secrets.
     random: ring::rand::SystemRandom,
     /// `Notices` frames sent since start (each carries one or more notices).
@@ -139,6 +141,7 @@ impl Shared {
             handshake,
             slow_consumer,
             timer: Notify::new(),
+            link_removed: Notify::new(),
             random: ring::rand::SystemRandom::new(),
             notice_frames: std::sync::atomic::AtomicU64::new(0),
             shutdown,
