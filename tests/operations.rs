@@ -37,8 +37,7 @@ async fn a_graceful_shutdown_delivers_what_was_queued_then_closes_with_server_sh
         )
         .unwrap();
     // Alice's application reads on while the server drains, as a game's would: what the
-    // server has not written yet waits for her reads (her client holds 256 KiB of the
-    // server's stream at most).
+    // server has not written yet waits for her reads.
     let alice_reads = async {
         let mut chunks = 0;
         let reason = loop {

@@ -380,6 +380,18 @@ async fn a_receiver_that_stops_reading_is_dropped_while_one_that_reads_keeps_up(
             }
         })
     };
+    // C's application reads all the while (a client whose application stops reading
+    // stops reading the server once its event queue is full, and is then a slow consumer
+    // too): it gets all 1024 messages.
+    let c_reads = tokio::spawn(async move {
+        let mut received = 0;
+        while received < 1024 {
+            if wait_client(&mut c_events, message).await.0 == a_id {
+                received += 1;
+            }
+        }
+        c_events
+    });
     let reason = wait_server(&mut server_events, |e| match e {
         ServerEvent::ClientDisconnected { host, reason } if *host == b_id => Some(reason.clone()),
         _ => None,
@@ -389,13 +401,7 @@ async fn a_receiver_that_stops_reading_is_dropped_while_one_that_reads_keeps_up(
     let (code, text) = raw.closed().await;
     assert_eq!(code, peergroup_protocol::CloseCode::SlowConsumer.to_u64());
     assert!(text.contains("did not read fast enough"), "{text}");
-    // C, which reads, gets all 1024 messages.
-    let mut received = 0;
-    while received < 1024 {
-        if wait_client(&mut c_events, message).await.0 == a_id {
-            received += 1;
-        }
-    }
+    let mut c_events = c_reads.await.unwrap();
     sender.await.unwrap();
     assert_eq!(server.stats().clients, 2, "A and C are still connected");
     assert_quiet(&mut c_events, Duration::from_millis(200)).await;

@@ -315,14 +315,14 @@ fn jittered(wait: Duration) -> Duration {
     wait.mul_f64(0.5 + f64::from(byte[0]) / 256.0)
 }
 
-/// What the server may have in flight to this client on its stream, bytes: 256 KiB
-/// passes 5 MiB/s at 50 ms RTT, above what a game client takes in. Kept this small on
-/// purpose: what the server has written into QUIC is beyond its scheduler's reach, so
-/// every byte here is a byte a membership notice, a high-priority message or a newer
-/// latest value cannot overtake. At 2 MiB, a client taking in 50 KB/s heard its notices
-/// 40 s late, and every join and leave it was part of timed out; what does not fit now
-/// waits in the server's queue, where notices go first and latest values are replaced.
-const SERVER_STREAM_WINDOW: u32 = 256 << 10;
+/// What the server may have in flight to this client on its stream, bytes: 2 MiB passes
+/// 40 MiB/s at 50 ms RTT, above what a game client takes in, and bounds what the server
+/// can make the client buffer in quinn. Smaller would let more notices, high-priority
+/// messages and newer latest values overtake what is queued at the server (what it has
+/// written into QUIC is beyond its scheduler's reach), but 256 KiB was tried and made a
+/// receiver fed as fast as it reads look like a slow consumer: its queue at the server
+/// then sits at the soft limit instead of draining into this window.
+const SERVER_STREAM_WINDOW: u32 = 2 << 20;
 
 /// Unread datagrams kept from the server, bytes; older ones are dropped first.
 const SERVER_DATAGRAM_BUFFER: usize = 2 << 20;

@@ -118,7 +118,7 @@ struct HostState {
     host_candidates: Vec<SocketAddr>,
     punch: PunchStats,
     /// Punch orders the host may still be sent now (`None`: a full budget, not yet used).
-    punch_budget: Option<punch::OrderBudget>,
+    punch_budget: Option<TokenBucket>,
     /// The newest sequenced datagram number given to the application, per channel, so
     /// an older one that arrives late is dropped (at most 256 entries).
     app_sequenced: BTreeMap<u8, u64>,

@@ -66,54 +66,6 @@ impl Default for PunchConfig {
     }
 }
 
-/// A host's budget of punch orders: a token bucket of [`PunchConfig::order_burst`] tokens,
-/// one more every [`PunchConfig::order_refill`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct OrderBudget {
-    tokens: u32,
-    /// When the tokens were last counted up.
-    refilled_at: Instant,
-}
-
-impl OrderBudget {
-    pub fn new(now: Instant, config: &PunchConfig) -> Self {
-        Self {
-            tokens: config.order_burst,
-            refilled_at: now,
-        }
-    }
-
-    fn refill(&mut self, now: Instant, config: &PunchConfig) {
-        if self.tokens >= config.order_burst || config.order_refill.is_zero() {
-            self.tokens = config.order_burst;
-            self.refilled_at = now;
-            return;
-        }
-        let elapsed = now.saturating_duration_since(self.refilled_at);
-        let earned = elapsed.as_nanos() / config.order_refill.as_nanos();
-        if earned > 0 {
-            let earned = u32::try_from(earned).unwrap_or(u32::MAX);
-            self.tokens = self.tokens.saturating_add(earned).min(config.order_burst);
-            self.refilled_at = if self.tokens >= config.order_burst {
-                now
-            } else {
-                self.refilled_at + config.order_refill * earned
-            };
-        }
-    }
-
-    /// `None` if an order may be sent now, else when the next token comes.
-    pub fn wait(&mut self, now: Instant, config: &PunchConfig) -> Option<Instant> {
-        self.refill(now, config);
-        (self.tokens == 0).then(|| self.refilled_at + config.order_refill)
-    }
-
-    /// Spends one token (after [`OrderBudget::wait`] said there is one).
-    pub fn spend(&mut self) {
-        self.tokens = self.tokens.saturating_sub(1);
-    }
-}
-
 /// Where a pair stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stage {
@@ -407,38 +359,5 @@ mod tests {
             !state.first_report(false, 1),
             "older than one already reported"
         );
-    }
-
-    #[test]
-    fn the_order_budget_allows_a_burst_then_one_per_refill() {
-        let config = PunchConfig {
-            order_burst: 3,
-            ..config()
-        };
-        let start = Instant::now();
-        let mut budget = OrderBudget::new(start, &config);
-        for _ in 0..3 {
-            assert_eq!(budget.wait(start, &config), None);
-            budget.spend();
-        }
-        let next = start + Duration::from_millis(100);
-        assert_eq!(budget.wait(start, &config), Some(next));
-        assert_eq!(
-            budget.wait(next - Duration::from_millis(1), &config),
-            Some(next)
-        );
-        assert_eq!(budget.wait(next, &config), None);
-        budget.spend();
-        assert_eq!(
-            budget.wait(next, &config),
-            Some(next + Duration::from_millis(100))
-        );
-        // A long quiet refills the burst and no more.
-        let later = next + Duration::from_secs(60);
-        for _ in 0..3 {
-            assert_eq!(budget.wait(later, &config), None);
-            budget.spend();
-        }
-        assert!(budget.wait(later, &config).is_some());
     }
 }

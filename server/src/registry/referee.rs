@@ -5,6 +5,7 @@
 use super::punch::{self, PunchStart, Verdict};
 use super::{host_key, Action, HostState, Registry, Timer};
 use crate::events::ServerEvent;
+use peergroup_protocol::budget::TokenBucket;
 use peergroup_protocol::{HostId, PairId, PairPath, PathReason, PunchOutcome};
 use std::time::Duration;
 use std::time::Instant;
@@ -187,10 +188,10 @@ impl Registry {
         let mut wait = None;
         for host in [a, b] {
             if let Some(h) = self.hosts.get_mut(host_key(host)) {
-                let budget = h
-                    .punch_budget
-                    .get_or_insert_with(|| punch::OrderBudget::new(now, &config));
-                wait = wait.max(budget.wait(now, &config));
+                let budget = h.punch_budget.get_or_insert_with(|| {
+                    TokenBucket::with_interval(config.order_burst, config.order_refill, now)
+                });
+                wait = wait.max(budget.ready_at(now));
             }
         }
         if let Some(at) = wait {
@@ -230,7 +231,8 @@ impl Registry {
             if let Some(h) = self.hosts.get_mut(host_key(host)) {
                 h.punch.orders += 1;
                 if let Some(budget) = &mut h.punch_budget {
-                    budget.spend();
+                    // There is one: `ready_at` said so above, under the same `now`.
+                    budget.take(1, now);
                 }
             }
         }
