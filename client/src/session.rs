@@ -192,6 +192,9 @@ pub struct PeerStats {
     /// [`MAX_HELD_ARRIVAL_BYTES`] bytes, or beyond the receive window on the relay, and
     /// everything from it after that ([`ClientEvent::PeerIgnored`]): a misbehaving peer.
     pub discarded: u64,
+    /// Reliable ordered messages from this peer that arrived ahead of a gap in their
+    /// channel and are held until the gap fills (early arrivals, not yet delivered).
+    pub held: usize,
 }
 
 /// What a message carries to the application once delivered.
@@ -1412,6 +1415,7 @@ impl Session {
     /// What this client measures about a peer at `now`.
     pub fn peer_stats(&self, peer: HostId, now: Instant) -> Option<PeerStats> {
         self.peers.get(&peer).map(|p| PeerStats {
+            held: p.receiving.held(),
             rtt: p.ping.rtt(),
             last_rtt: p.ping.last_rtt(),
             loss: p.ping.loss(now),

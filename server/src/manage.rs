@@ -44,6 +44,11 @@ pub struct HostInfo {
     /// Bytes waiting in the server's queue to this client (not yet handed to QUIC). Stays
     /// under twice `Limits::client_queue_bytes`: past that the client is disconnected.
     pub queued_bytes: usize,
+    /// Membership notices sent to it so far (each entry of a `Notices` frame counts one).
+    pub notices_sent: u64,
+    /// Of those, how many it has acknowledged: `notices_sent - notices_acked` notices
+    /// wait for its ack.
+    pub notices_acked: u64,
 }
 
 impl Server {
@@ -312,5 +317,7 @@ fn host_info(core: &crate::shared::Core, host: HostId) -> Option<HostInfo> {
         connected_at: link.connected_at,
         rtt: link.connection.rtt(),
         queued_bytes: link.outbound.queued_bytes(),
+        notices_sent: summary.notices_sent,
+        notices_acked: summary.notices_acked,
     })
 }

@@ -574,6 +574,29 @@ fn reliable_payloads_over_the_frame_limit_are_refused() {
 }
 
 #[test]
+fn peer_stats_count_the_early_arrivals_held_behind_a_gap() {
+    let now = Instant::now();
+    let mut s = session_in_group(now);
+    let deliver = |lane, seq| ServerToClient::Deliver {
+        from: PEER,
+        group: Some(G),
+        lane,
+        seq,
+        payload: Bytes::from_static(b"m"),
+    };
+    let held = |s: &Session| s.peer_stats(PEER, now).unwrap().held;
+    s.handle_frame(deliver(CH0, 2), now).unwrap();
+    s.handle_frame(deliver(CH0, 3), now).unwrap();
+    // The unordered lane holds nothing back, so nothing of it is held.
+    s.handle_frame(deliver(Lane::Unordered, 2), now).unwrap();
+    assert_eq!(held(&s), 2, "channel 0 holds 2 and 3 until 1 comes");
+    assert_eq!(s.peer_stats(OTHER, now).unwrap().held, 0);
+    s.handle_frame(deliver(CH0, 1), now).unwrap();
+    assert_eq!(held(&s), 0, "the gap filled: all three delivered");
+    assert_eq!(received(&mut s).len(), 4);
+}
+
+#[test]
 fn relayed_messages_arrive_in_sequence_and_skips_fill_gaps() {
     let now = Instant::now();
     let mut s = session_in_group(now);

@@ -57,6 +57,16 @@ impl NoticeLog {
         self.sent
     }
 
+    /// Notices sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Notices acknowledged so far (the highest cumulative ack).
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
     /// Notices sent and not yet acknowledged.
     pub fn unacked(&self) -> u64 {
         self.sent - self.acked

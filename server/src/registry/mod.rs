@@ -212,6 +212,10 @@ pub struct HostSummary {
     pub direct_pairs: u32,
     /// Its pairs on the relay, lingering ones included.
     pub relayed_pairs: u32,
+    /// Membership notices sent to it so far (each entry of a `Notices` frame counts one).
+    pub notices_sent: u64,
+    /// Of those, how many it has acknowledged (its latest cumulative ack).
+    pub notices_acked: u64,
 }
 
 /// Hosts, groups, membership acks and pairs: everything the server holds, with no IO.
@@ -511,6 +515,8 @@ impl Registry {
             groups: state.groups.iter().copied().collect(),
             direct_pairs,
             relayed_pairs,
+            notices_sent: state.notices.sent(),
+            notices_acked: state.notices.acked(),
         })
     }
 

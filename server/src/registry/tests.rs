@@ -1999,6 +1999,24 @@ fn the_host_summary_counts_groups_and_pairs_by_path() {
 }
 
 #[test]
+fn the_host_summary_counts_notices_sent_and_acked() {
+    let mut w = World::new();
+    let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
+    let g = settled_group(&mut w, &[a, b, c]);
+    let counts = |w: &World| {
+        let summary = w.registry.host_summary(a).unwrap();
+        (summary.notices_sent, summary.notices_acked)
+    };
+    // One join notice per member of the group formed at once, all acked.
+    assert_eq!(counts(&w), (3, 3));
+    w.registry.leave_group(g, c, w.now).unwrap();
+    w.drain();
+    assert_eq!(counts(&w), (4, 3), "the leave notice waits for a's ack");
+    w.ack(a);
+    assert_eq!(counts(&w), (4, 4));
+}
+
+#[test]
 fn every_join_gets_a_new_membership_number_and_every_notice_of_it_carries_the_same() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));

@@ -24,9 +24,8 @@ const SEND_EVERY: Duration = Duration::from_millis(200);
 const SWITCH_EVERY: Duration = Duration::from_secs(20);
 /// How often the server's memory is read.
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
-/// Limits of the phases around the traffic.
+/// Limit of the set-up phase before the traffic.
 const CONNECT_LIMIT: Duration = Duration::from_secs(180);
-const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 /// Handshakes under way at once (more overflows the server socket's buffer; see the
 /// scale section of the benchmarks).
 const CONNECTING: usize = 32;
@@ -54,6 +53,14 @@ struct Shared {
     forced_switches: AtomicU64,
     to_relay: AtomicU64,
     to_direct: AtomicU64,
+}
+
+/// Knobs of a run besides its size.
+pub struct RunOptions {
+    /// Each client's ping interval to each peer (`None`: the library's default).
+    pub ping_interval: Option<Duration>,
+    /// How long the drain after the traffic may take at most.
+    pub drain_limit: Duration,
 }
 
 /// The run's verdict.
@@ -147,6 +154,7 @@ pub async fn run(
     window: Duration,
     churn_per_sec: u32,
     seed: u64,
+    options: RunOptions,
 ) -> Result<Summary, String> {
     let mut server =
         tokio::task::block_in_place(|| ServerChild::start(clients, churn_per_sec, seed))?;
@@ -175,6 +183,9 @@ pub async fn run(
         .map(|index| {
             let mut config = ClientConfig::new(server.addr, trust.clone());
             config.login = format!("c{index}").into();
+            if let Some(interval) = options.ping_interval {
+                config.timeouts.ping_interval = Some(interval);
+            }
             tokio::spawn(client(index, config, shared.clone(), limit.clone(), seed))
         })
         .collect();
@@ -233,7 +244,17 @@ pub async fn run(
     // Drain: every reliable message sent must arrive.
     let drain_started = Instant::now();
     let mut totals = shared.ledger.totals();
-    while totals.reliable_missing > 0 && drain_started.elapsed() < DRAIN_LIMIT {
+    let mut next_report = Duration::ZERO;
+    while totals.reliable_missing > 0 && drain_started.elapsed() < options.drain_limit {
+        // How fast the backlog shrinks tells late messages from lost ones.
+        if drain_started.elapsed() >= next_report {
+            next_report += Duration::from_secs(10);
+            eprintln!(
+                "soak: drain {:>3.0} s: reliable messages still in flight {}",
+                drain_started.elapsed().as_secs_f64(),
+                totals.reliable_missing
+            );
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
         totals = shared.ledger.totals();
     }
@@ -279,7 +300,7 @@ fn report_missing(shared: &Shared) {
                 format!(
                     "path {:?}, unacked {}, queued {} B, sent relay/direct {}/{}, \
                      received relay/direct {}/{}, duplicates dropped {}, not-member dropped {}, \
-                     discarded {}",
+                     discarded {}, held {}",
                     s.path,
                     s.unacked,
                     s.queued_bytes,
@@ -290,6 +311,7 @@ fn report_missing(shared: &Shared) {
                     s.duplicates_dropped,
                     s.not_member_dropped,
                     s.discarded,
+                    s.held,
                 )
             })
         };

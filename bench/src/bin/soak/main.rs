@@ -49,6 +49,14 @@ struct Args {
     /// Seeds the server's churn and the clients' choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Seconds between a client's pings to each peer (the client library's default is 1;
+    /// a client in many groups pings every peer it has, relayed or direct, so at high
+    /// churn this is most of the load).
+    #[arg(long)]
+    ping_secs: Option<f64>,
+    /// How long the drain after the traffic may take at most, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    drain_secs: f64,
     /// Run as the server child (internal).
     #[arg(long, hide = true)]
     serve: bool,
@@ -84,11 +92,18 @@ fn main() -> ExitCode {
         };
     }
     let window = Duration::from_secs_f64(args.minutes.clamp(0.05, 60.0) * 60.0);
+    let options = clients::RunOptions {
+        ping_interval: args
+            .ping_secs
+            .map(|secs| Duration::from_secs_f64(secs.clamp(0.001, 3600.0))),
+        drain_limit: Duration::from_secs_f64(args.drain_secs.clamp(1.0, 3600.0)),
+    };
     match runtime.block_on(clients::run(
         args.clients,
         window,
         args.churn_per_sec,
         args.seed,
+        options,
     )) {
         Ok(summary) => {
             println!("{}", summary.json);

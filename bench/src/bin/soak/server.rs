@@ -83,8 +83,36 @@ pub async fn serve(clients: usize, churn_per_sec: u32, seed: u64) -> Result<(), 
             _ = report.tick() => {
                 let s = server.stats();
                 // How far behind the receivers are: their queues at the server.
-                let queued: Vec<usize> = server.clients().iter().map(|c| c.queued_bytes).collect();
+                let infos = server.clients();
+                let queued: Vec<usize> = infos.iter().map(|c| c.queued_bytes).collect();
+                // The hosts furthest behind in acking membership notices: (notices unacked,
+                // notices sent, login).
+                let mut unacked: Vec<(u64, u64, String)> = infos
+                    .iter()
+                    .map(|c| {
+                        let login = String::from_utf8_lossy(&c.login).into_owned();
+                        (c.notices_sent - c.notices_acked, c.notices_sent, login)
+                    })
+                    .collect();
+                unacked.sort_unstable_by(|a, b| b.cmp(a));
+                // Completed acks so far (joins, then leaves): how many, their mean, and how
+                // many took at most 0.1 s, 1 s, 5 s and 15 s (cumulative buckets 8, 11, 12
+                // and 13 of `AckLatency::BOUNDS`). Timed-out operations are not counted.
+                let ack_latency: Vec<serde_json::Value> = [&s.join_ack_latency, &s.leave_ack_latency]
+                    .iter()
+                    .map(|l| serde_json::json!({
+                        "count": l.count,
+                        "mean_ms": l.sum_us.checked_div(l.count).unwrap_or(0) / 1000,
+                        "le_100ms_1s_5s_15s": [l.buckets[8], l.buckets[11], l.buckets[12], l.buckets[13]],
+                    }))
+                    .collect();
+                let hosts_unacked = unacked.iter().filter(|u| u.0 > 0).count();
+                unacked.truncate(5);
                 let line = serde_json::json!({
+                    "unacked_notices_worst": unacked,
+                    "ack_latency": ack_latency,
+                    "datagrams_rate_limited": s.datagrams_rate_limited,
+                    "hosts_with_unacked_notices": hosts_unacked,
                     "queued_max_bytes": queued.iter().max().copied().unwrap_or(0),
                     "queued_total_bytes": queued.iter().sum::<usize>(),
                     "clients_queued_over_1mib": queued.iter().filter(|&&q| q > 1 << 20).count(),
