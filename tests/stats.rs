@@ -10,9 +10,10 @@ use peergroup_protocol::HostId;
 use peergroup_server::GroupOptions;
 use std::time::{Duration, Instant};
 
-/// Fast pings, so RTT shows up within a test's patience.
+/// Fast pings on both paths, so RTT shows up within a test's patience.
 fn fast_pings(config: &mut peergroup_client::ClientConfig) {
     config.timeouts.ping_interval = Some(Duration::from_millis(50));
+    config.timeouts.relay_ping_interval = Duration::from_millis(50);
 }
 
 async fn until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {

@@ -695,6 +695,7 @@ impl Client {
                         config.limits.receive_window,
                         SessionTiming {
                             ping_interval: config.timeouts.ping_interval,
+                            relay_ping_interval: config.timeouts.relay_ping_interval,
                         },
                         Instant::now(),
                     );

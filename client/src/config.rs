@@ -67,7 +67,16 @@ pub struct Timeouts {
     /// [`PeerStats`](crate::PeerStats)' RTT and loss and the server's pair statistics.
     /// `None` turns pings off (no RTT or loss then). Default 1 s.
     pub ping_interval: Option<Duration>,
+    /// How often each peer on the relay is pinged, when pings are on. A relayed ping
+    /// costs the server as much as a message and the relay RTT is mostly the two peers'
+    /// RTTs to the server, which change slowly; at MMO pair counts (a client paired with
+    /// hundreds of others) a ping a second per pair outweighed the game's own traffic in
+    /// the soak. A path change still pings at once. Default 10 s.
+    pub relay_ping_interval: Duration,
 }
+
+/// [`Timeouts::relay_ping_interval`]'s default.
+pub const DEFAULT_RELAY_PING_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Default for Timeouts {
     fn default() -> Self {
@@ -76,6 +85,7 @@ impl Default for Timeouts {
             idle: Duration::from_secs(10),
             keepalive: Duration::from_secs(4),
             ping_interval: Some(crate::ping::DEFAULT_PING_INTERVAL),
+            relay_ping_interval: DEFAULT_RELAY_PING_INTERVAL,
         }
     }
 }

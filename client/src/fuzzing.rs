@@ -112,6 +112,7 @@ impl FuzzSession {
     ) -> Self {
         let timing = SessionTiming {
             ping_interval: pings.then_some(Duration::from_secs(1)),
+            relay_ping_interval: Duration::from_secs(1),
         };
         Self {
             session: Session::new(

@@ -158,6 +158,12 @@ impl PingTracker {
         Some((history & window).count_ones() as f32 / settled as f32)
     }
 
+    /// Pings every `interval` from the next one on (at least [`MIN_PING_INTERVAL`]): a
+    /// pair's path sets how often it is worth measuring.
+    pub fn set_interval(&mut self, interval: Duration) {
+        self.interval = interval.max(MIN_PING_INTERVAL);
+    }
+
     /// The pair changed path: RTT samples and pings in flight no longer apply. Forgets the
     /// RTT, the pings awaiting pongs and the loss history, and makes a ping due at `now` to
     /// measure the new path at once.

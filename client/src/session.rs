@@ -361,8 +361,11 @@ impl Default for DirectWindow {
 /// How the periodic work is timed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SessionTiming {
-    /// How often each peer is pinged; `None` turns pings (and so RTT and loss) off.
+    /// How often each peer on a direct path is pinged; `None` turns pings (and so RTT and
+    /// loss) off.
     pub ping_interval: Option<Duration>,
+    /// How often each peer on the relay is pinged (when pings are on).
+    pub relay_ping_interval: Duration,
 }
 
 /// A group as this client has been told of it.
@@ -704,8 +707,9 @@ impl Session {
         match frame {
             ServerToClient::Welcome { .. } => return Err("a second welcome".into()),
             ServerToClient::PeerUp { peer, pair, info } => {
-                // With pings off the tracker is never polled; any interval will do.
-                let interval = self.timing.ping_interval.unwrap_or(Duration::from_secs(1));
+                // A new pair starts on the relay. With pings off the tracker is never
+                // polled; the interval does not matter then.
+                let interval = self.timing.relay_ping_interval;
                 self.peers.insert(
                     peer,
                     Peer::new(pair, info, self.receive_window, interval, now),
@@ -1336,6 +1340,9 @@ impl Session {
         };
         state.path = PairPath::Direct;
         state.direct.restart();
+        if let Some(interval) = self.timing.ping_interval {
+            state.ping.set_interval(interval);
+        }
         state.ping.reset(now);
         // Its first ping on the new path is due now.
         self.timeout_moved = true;
@@ -1369,6 +1376,7 @@ impl Session {
             return;
         }
         state.path = PairPath::Relay;
+        state.ping.set_interval(self.timing.relay_ping_interval);
         state.ping.reset(now);
         state.stats.path = Some(PairPath::Relay);
         state.stats.direct_rtt = None;

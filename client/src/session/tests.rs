@@ -20,9 +20,12 @@ const MAX_DATAGRAM: Option<usize> = Some(1200);
 /// No pings: most tests want no periodic traffic from peers.
 const NO_PINGS: SessionTiming = SessionTiming {
     ping_interval: None,
+    relay_ping_interval: Duration::from_secs(1),
 };
+/// Pings every second on either path.
 const PINGS: SessionTiming = SessionTiming {
     ping_interval: Some(Duration::from_secs(1)),
+    relay_ping_interval: Duration::from_secs(1),
 };
 
 const CH0: Lane = Lane::Ordered { channel: 0 };
@@ -1609,6 +1612,52 @@ fn a_relayed_peer_is_pinged_through_the_relay_and_the_pong_gives_rtt_and_a_link_
             loss_permille: Some(0),
         })]
     );
+}
+
+#[test]
+fn a_relayed_peer_is_pinged_less_often_than_a_direct_one_and_each_path_change_pings_at_once() {
+    let timing = SessionTiming {
+        ping_interval: Some(Duration::from_secs(1)),
+        relay_ping_interval: Duration::from_secs(10),
+    };
+    let t0 = Instant::now();
+    let (mut a, _b) = two_sessions(timing, t0);
+    // On the relay: a ping at once, then none for 10 s.
+    a.handle_timeout(t0);
+    assert_eq!(probes(uploads(&mut a)).len(), 1);
+    for secs in 1..10 {
+        a.handle_timeout(t0 + Duration::from_secs(secs));
+        assert!(
+            probes(uploads(&mut a)).is_empty(),
+            "no relay ping at {secs} s"
+        );
+    }
+    a.handle_timeout(t0 + Duration::from_secs(10));
+    assert_eq!(
+        probes(uploads(&mut a)).len(),
+        1,
+        "the next relay ping at 10 s"
+    );
+    // Direct: a ping at once, then one a second.
+    let direct = t0 + Duration::from_secs(11);
+    assert!(a.set_direct(PEER, ms(3), direct));
+    drain(&mut a);
+    a.handle_timeout(direct);
+    assert_eq!(probes(uploads(&mut a)).len(), 1);
+    a.handle_timeout(direct + Duration::from_secs(1));
+    assert_eq!(
+        probes(uploads(&mut a)).len(),
+        1,
+        "direct pings every second"
+    );
+    // Back on the relay: a ping at once, then every 10 s again.
+    let back = direct + Duration::from_millis(1_500);
+    a.set_relay(PEER, PathReason::DirectTimedOut, back);
+    drain(&mut a);
+    a.handle_timeout(back);
+    assert_eq!(probes(uploads(&mut a)).len(), 1);
+    a.handle_timeout(back + Duration::from_secs(5));
+    assert!(probes(uploads(&mut a)).is_empty());
 }
 
 #[test]

@@ -185,6 +185,7 @@ pub async fn run(
             config.login = format!("c{index}").into();
             if let Some(interval) = options.ping_interval {
                 config.timeouts.ping_interval = Some(interval);
+                config.timeouts.relay_ping_interval = interval;
             }
             tokio::spawn(client(index, config, shared.clone(), limit.clone(), seed))
         })

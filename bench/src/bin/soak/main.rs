@@ -49,9 +49,9 @@ struct Args {
     /// Seeds the server's churn and the clients' choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Seconds between a client's pings to each peer (the client library's default is 1;
-    /// a client in many groups pings every peer it has, relayed or direct, so at high
-    /// churn this is most of the load).
+    /// Seconds between a client's pings to each peer, on either path (the client
+    /// library's defaults are 1 on a direct path and 10 on the relay; a client in many
+    /// groups pings every peer it has, so at high churn this is much of the load).
     #[arg(long)]
     ping_secs: Option<f64>,
     /// How long the drain after the traffic may take at most, seconds.
