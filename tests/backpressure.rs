@@ -17,7 +17,7 @@ use bytes::Bytes;
 use common::*;
 use peergroup_client::{ClientEvent, Delivery, Path, Priority, SendError, Target};
 use peergroup_protocol::HostId;
-use peergroup_server::{AuthHook, GroupOptions, ServerEvent};
+use peergroup_server::{AuthHook, GroupOptions};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -488,16 +488,7 @@ async fn a_sender_paused_behind_a_backlogged_receiver_still_acks_its_joins() {
     // A joins a new group: its ack travels on its control stream, which the server reads
     // while A's messages wait behind B's backlog.
     let group = server.create_group(&[a_id], relay_only(), "").unwrap();
-    let result = wait_server(&mut server_events, |e| match e {
-        ServerEvent::JoinAckComplete {
-            group: g,
-            member,
-            result,
-        } if *g == group && *member == a_id => Some(*result),
-        _ => None,
-    })
-    .await;
-    assert_eq!(result, Ok(()));
+    assert_eq!(join_ack(&mut server_events, group, a_id).await, Ok(()));
     // B was still backlogged (so A still paused) when the join completed.
     assert!(server.host_info(b_id).unwrap().queued_bytes >= SOFT_LIMIT);
     assert!(!sender.is_finished(), "A's sends should still be waiting");

@@ -47,16 +47,9 @@ async fn join_notifies_every_member_and_completes_when_all_have_acked() {
         .unwrap();
     let first = next_client_events(&mut a_events, 1).await;
     assert!(joined(group, a_id, 1, "first")(&first[0]), "{first:?}");
-    wait_server(&mut server_events, |e| match e {
-        ServerEvent::JoinAckComplete {
-            group: g,
-            member,
-            result,
-        } if *g == group && *member == a_id => Some(*result),
-        _ => None,
-    })
-    .await
-    .expect("a's join completes");
+    join_ack(&mut server_events, group, a_id)
+        .await
+        .expect("a's join completes");
 
     assert_eq!(
         server.join_group(group, b_id, "second"),
@@ -77,15 +70,7 @@ async fn join_notifies_every_member_and_completes_when_all_have_acked() {
     };
     assert_eq!(info.identity, a.identity());
 
-    let result = wait_server(&mut server_events, |e| match e {
-        ServerEvent::JoinAckComplete {
-            group: g,
-            member,
-            result,
-        } if *g == group && *member == b_id => Some(*result),
-        _ => None,
-    })
-    .await;
+    let result = join_ack(&mut server_events, group, b_id).await;
     assert_eq!(result, Ok(()));
     assert_eq!(server.group_members(group).unwrap(), vec![a_id, b_id]);
     assert_eq!(a.group_members(group), Some(vec![a_id, b_id]));
@@ -282,23 +267,13 @@ async fn a_join_undone_before_its_acks_reports_why() {
     let (_a, _a_events, a_id) = connect(&server, "a").await;
     let (_b, _b_events, b_id) = connect(&server, "b").await;
 
-    let result_for = |group, member| {
-        move |e: &ServerEvent| match e {
-            ServerEvent::JoinAckComplete {
-                group: g,
-                member: m,
-                result,
-            } if *g == group && *m == member => Some(*result),
-            _ => None,
-        }
-    };
     // Acks need a round trip; an operation in the same instant always beats them.
     let g1 = server
         .create_group(&[a_id], GroupOptions::default(), "")
         .unwrap();
     server.leave_group(g1, a_id).unwrap();
     assert_eq!(
-        wait_server(&mut server_events, result_for(g1, a_id)).await,
+        join_ack(&mut server_events, g1, a_id).await,
         Err(JoinAckError::MemberLeft)
     );
 
@@ -307,7 +282,7 @@ async fn a_join_undone_before_its_acks_reports_why() {
         .unwrap();
     server.destroy_group(g2).unwrap();
     assert_eq!(
-        wait_server(&mut server_events, result_for(g2, b_id)).await,
+        join_ack(&mut server_events, g2, b_id).await,
         Err(JoinAckError::GroupDestroyed)
     );
 
@@ -316,7 +291,7 @@ async fn a_join_undone_before_its_acks_reports_why() {
         .unwrap();
     server.disconnect(b_id, "bye").unwrap();
     assert_eq!(
-        wait_server(&mut server_events, result_for(g3, b_id)).await,
+        join_ack(&mut server_events, g3, b_id).await,
         Err(JoinAckError::Disconnected)
     );
 }

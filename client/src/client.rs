@@ -327,10 +327,6 @@ const SERVER_STREAM_WINDOW: u32 = 2 << 20;
 /// Unread datagrams kept from the server, bytes; older ones are dropped first.
 const SERVER_DATAGRAM_BUFFER: usize = 2 << 20;
 
-/// The control queue's nominal limit, bytes. Control frames never wait for room (they are
-/// small and bounded by what the server sends), so nothing consults it.
-const CONTROL_QUEUE_BYTES: usize = 64 << 10;
-
 /// Closes the connections when the last handle goes.
 struct CloseOnDrop {
     connection: quinn::Connection,
@@ -679,8 +675,9 @@ impl Client {
         let (events_tx, events_rx) = mpsc::channel(batches);
         let _ = events_tx.try_send(vec![ClientEvent::Connected { host_id }]);
         let (uploads, queued) = UploadQueue::new(config.limits.send_queue_bytes, false);
-        // Control frames never wait for room, so this limit is never consulted.
-        let (control, queued_control) = UploadQueue::new(CONTROL_QUEUE_BYTES, false);
+        // Control frames never wait for room (they are small and bounded by what the server
+        // sends), so the queue has no limit to consult.
+        let (control, queued_control) = UploadQueue::new(usize::MAX, false);
         let guard = Arc::new(CloseOnDrop {
             connection: connection.clone(),
             endpoint: endpoint.clone(),

@@ -158,19 +158,15 @@ impl PingTracker {
         Some((history & window).count_ones() as f32 / settled as f32)
     }
 
-    /// Pings every `interval` from the next one on (at least [`MIN_PING_INTERVAL`]): a
-    /// pair's path sets how often it is worth measuring.
-    pub fn set_interval(&mut self, interval: Duration) {
-        self.interval = interval.max(MIN_PING_INTERVAL);
-    }
-
     /// The pair changed path: RTT samples and pings in flight no longer apply. Forgets the
-    /// RTT, the pings awaiting pongs and the loss history, and makes a ping due at `now` to
-    /// measure the new path at once.
+    /// RTT, the pings awaiting pongs and the loss history, makes a ping due at `now` to
+    /// measure the new path at once, and pings every `interval` from then on (at least
+    /// [`MIN_PING_INTERVAL`]; a pair's path sets how often it is worth measuring).
     ///
     /// Ids keep counting, so a pong to a ping sent before the reset is not mistaken for one
     /// sent after it.
-    pub fn reset(&mut self, now: Instant) {
+    pub fn reset(&mut self, interval: Duration, now: Instant) {
+        self.interval = interval.max(MIN_PING_INTERVAL);
         self.outstanding.clear();
         self.srtt = None;
         self.last_rtt = None;
@@ -411,7 +407,7 @@ mod tests {
         let unanswered = tracker.poll_ping(tracker.poll_timeout()).unwrap();
         assert_ne!(old, unanswered);
         let switch = now + ms(1_100);
-        tracker.reset(switch);
+        tracker.reset(DEFAULT_PING_INTERVAL, switch);
         assert_eq!(tracker.rtt(), None);
         assert_eq!(tracker.last_rtt(), None);
         assert_eq!(tracker.loss(switch + Duration::from_secs(10)), None);
@@ -515,7 +511,7 @@ mod tests {
                     }
                     _ => {
                         if id % 16 == 0 {
-                            tracker.reset(now);
+                            tracker.reset(ms(100), now);
                         }
                     }
                 }

@@ -1340,10 +1340,12 @@ impl Session {
         };
         state.path = PairPath::Direct;
         state.direct.restart();
-        if let Some(interval) = self.timing.ping_interval {
-            state.ping.set_interval(interval);
-        }
-        state.ping.reset(now);
+        // With pings off the tracker is never polled; the interval does not matter then.
+        let interval = self
+            .timing
+            .ping_interval
+            .unwrap_or(self.timing.relay_ping_interval);
+        state.ping.reset(interval, now);
         // Its first ping on the new path is due now.
         self.timeout_moved = true;
         state.stats.path = Some(PairPath::Direct);
@@ -1376,8 +1378,7 @@ impl Session {
             return;
         }
         state.path = PairPath::Relay;
-        state.ping.set_interval(self.timing.relay_ping_interval);
-        state.ping.reset(now);
+        state.ping.reset(self.timing.relay_ping_interval, now);
         state.stats.path = Some(PairPath::Relay);
         state.stats.direct_rtt = None;
         let pair = state.pair;

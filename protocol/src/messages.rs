@@ -316,7 +316,32 @@ pub enum ClientToServer {
     },
 }
 
+impl ClientStream {
+    /// How errors name the stream ("main stream", "control stream").
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientStream::Main => "main stream",
+            ClientStream::Control => "control stream",
+        }
+    }
+}
+
 impl ClientToServer {
+    /// How errors name the frame ("an ack", "a relay upload", ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientToServer::Hello(_) => "a hello",
+            ClientToServer::Ack { .. } => "an ack",
+            ClientToServer::Relay { .. } => "a relay upload",
+            ClientToServer::HostCandidates { .. } => "host candidates",
+            ClientToServer::WantDirect { .. } => "a direct-path request",
+            ClientToServer::PunchReport { .. } => "a punch report",
+            ClientToServer::PathReport { .. } => "a path report",
+            ClientToServer::TimeRequest { .. } => "a clock request",
+            ClientToServer::LinkReport { .. } => "a link report",
+        }
+    }
+
     /// The stream this frame travels on; the server closes a connection that sends it on
     /// the other one with [`crate::CloseCode::ProtocolViolation`].
     pub fn stream(&self) -> ClientStream {

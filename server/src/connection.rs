@@ -56,7 +56,7 @@ pub(crate) async fn serve(
     tracing::info!(%host, %remote, "client connected");
 
     let end = tokio::select! {
-        end = read_frames(&shared, host, recv, &connection) => end,
+        end = read_stream(&shared, host, recv, &connection, ClientStream::Main) => end,
         end = read_control(&shared, host, &connection) => end,
         end = read_datagrams(&shared, host, &connection) => end,
         _ = shared.shutdown.cancelled() => ReadEnd::Connection(quinn::ConnectionError::LocallyClosed),
@@ -419,19 +419,6 @@ async fn write_frames(
 /// lock's cost across a burst, few enough to keep other clients' waits short.
 const FRAMES_PER_TURN: usize = 64;
 
-/// The main stream after the hello: reliable relay uploads, in order. Every frame one
-/// read brought is handled under one lock and with one clock reading, and what they caused
-/// is sent (and waited on) once: this is where a sender is paused while the receivers of
-/// its messages drain.
-async fn read_frames(
-    shared: &Shared,
-    host: HostId,
-    recv: FrameReader,
-    connection: &quinn::Connection,
-) -> ReadEnd {
-    read_stream(shared, host, recv, connection, ClientStream::Main).await
-}
-
 /// The control stream: acks, reports and requests, read all the while the main stream
 /// is paused (ARCHITECTURE.md, "Streams"), so a client's acks never wait behind its
 /// messages. Nothing here waits on a receiver: notices never do.
@@ -445,6 +432,9 @@ async fn read_control(shared: &Shared, host: HostId, connection: &quinn::Connect
 }
 
 /// Reads one of a client's streams until it ends; `stream` says which frames belong on it.
+/// Every frame one read brought is handled under one lock and with one clock reading, and
+/// what they caused is sent (and, on the main stream, waited on) once: that wait is where
+/// a sender is paused while the receivers of its messages drain.
 async fn read_stream(
     shared: &Shared,
     host: HostId,
@@ -512,7 +502,7 @@ fn handle_frame(
     if frame.stream() != stream {
         return Err(ReadEnd::Violation(
             CloseCode::ProtocolViolation,
-            format!("{} on the {}", frame_name(&frame), stream_name(stream)),
+            format!("{} on the {}", frame.name(), stream.name()),
         ));
     }
     core.registry
@@ -520,29 +510,6 @@ fn handle_frame(
         .map_err(|violation: ProtocolViolation| {
             ReadEnd::Violation(violation.close_code(), violation.to_string())
         })
-}
-
-/// How a protocol error names a frame.
-fn frame_name(frame: &ClientToServer) -> &'static str {
-    match frame {
-        ClientToServer::Hello(_) => "a hello",
-        ClientToServer::Ack { .. } => "an ack",
-        ClientToServer::Relay { .. } => "a relay upload",
-        ClientToServer::HostCandidates { .. } => "host candidates",
-        ClientToServer::WantDirect { .. } => "a direct-path request",
-        ClientToServer::PunchReport { .. } => "a punch report",
-        ClientToServer::PathReport { .. } => "a path report",
-        ClientToServer::TimeRequest { .. } => "a clock request",
-        ClientToServer::LinkReport { .. } => "a link report",
-    }
-}
-
-/// How a protocol error names a stream.
-fn stream_name(stream: ClientStream) -> &'static str {
-    match stream {
-        ClientStream::Main => "main stream",
-        ClientStream::Control => "control stream",
-    }
 }
 
 /// Unreliable relay uploads.

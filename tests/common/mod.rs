@@ -127,6 +127,23 @@ pub async fn wait_server<T>(
     .await
 }
 
+/// How `member`'s join of `group` completed, skipping other server events.
+pub async fn join_ack(
+    events: &mut ServerEvents,
+    group: peergroup_server::GroupId,
+    member: HostId,
+) -> Result<(), peergroup_server::JoinAckError> {
+    wait_server(events, |e| match e {
+        ServerEvent::JoinAckComplete {
+            group: g,
+            member: m,
+            result,
+        } if *g == group && *m == member => Some(*result),
+        _ => None,
+    })
+    .await
+}
+
 /// Asserts no client event other than a path change arrives within `quiet`.
 pub async fn assert_quiet(events: &mut ClientEvents, quiet: Duration) {
     let deadline = tokio::time::Instant::now() + quiet;
