@@ -250,6 +250,44 @@ async fn a_client_at_its_direct_peer_limit_keeps_further_peers_on_the_relay() {
     );
 }
 
+/// Punches under way count against the limit: a client ordered to punch with two peers at
+/// once (a group of three made in one call) starts one and declines the other, where
+/// counting only established paths would have started both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_that_arrive_together_respect_the_direct_peer_limit() {
+    let (server, _server_events) = start_server().await;
+    let (_a, mut a_events, a_id) =
+        connect_with(&server, "a", |c| c.direct.max_direct_peers = 1).await;
+    let (_b, _b_events, b_id) = connect(&server, "b").await;
+    let (_c, _c_events, c_id) = connect(&server, "c").await;
+    server
+        .create_group(&[a_id, b_id, c_id], GroupOptions::default(), "")
+        .unwrap();
+    wait_client(&mut a_events, |e| {
+        path_changed(e).filter(|(path, _)| *path == PairPath::Direct)
+    })
+    .await;
+    // The server marks a pair direct once both sides have reported it.
+    let paths = || {
+        [
+            server.pair_stats(a_id, b_id).unwrap().path,
+            server.pair_stats(a_id, c_id).unwrap().path,
+        ]
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.punch_stats(a_id).unwrap().declined == 0 || !paths().contains(&PairPath::Direct) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A's pairs: {:?}",
+            paths()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let direct = paths().iter().filter(|p| **p == PairPath::Direct).count();
+    assert_eq!(direct, 1, "A's pairs: {:?}", paths());
+    assert_eq!(server.punch_stats(a_id).unwrap().declined, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn view_group_churn_within_the_linger_keeps_the_direct_path() {
     let (server, _server_events) = start_server().await;

@@ -131,8 +131,10 @@ pub struct DirectConfig {
     /// Take part in hole punching at all. `false` keeps this client relay-only: it
     /// declines every punch order. Default `true`.
     pub enabled: bool,
-    /// Direct connections at most; orders beyond it are declined and those peers stay on
-    /// the relay (ProudNet's direct-peer limit). Default 32.
+    /// Direct connections at most, counting punches under way; orders beyond it are
+    /// declined and those peers stay on the relay (ProudNet's direct-peer limit). Each
+    /// direct peer costs this client a QUIC connection and its own packets, where the relay
+    /// batches many peers' messages into one connection. Default 32.
     pub max_direct_peers: usize,
     /// A direct path silent this long is dropped and its traffic goes back to the relay
     /// (the direct connection's QUIC idle timeout), and so is one whose peer leaves a

@@ -56,7 +56,9 @@ pub(crate) struct PunchHandle {
 
 /// Starts carrying out a punch order, or declines it.
 pub(crate) fn start_punch(inner: &Arc<Inner>, core: &mut Core, order: PunchOrder) {
-    let at_limit = core.directs.len() >= inner.direct.max_direct_peers;
+    // Punches under way count against the limit too: a client ordered to punch with a whole
+    // crowd at once would otherwise start them all while it still has no direct path.
+    let at_limit = core.directs.len() + core.punches.len() >= inner.direct.max_direct_peers;
     if !inner.direct.enabled || at_limit {
         inner.send_server_frame(&ClientToServer::PunchReport {
             pair: order.pair,
