@@ -68,6 +68,13 @@ struct Args {
 /// seconds would only have spent both bots' CPU on a handshake it then drops.
 const PUNCH_AFTER: Duration = Duration::from_secs(2);
 
+/// Direct paths a bot keeps at most; its other watchers hear it through the relay. Each
+/// direct peer costs both bots a QUIC connection with packets of its own, where the relay
+/// sends a bot's whole view in a few packets. A crowded view (a town square) would
+/// otherwise have every bot hold dozens of connections: with 200 bots on two cores,
+/// around twelve each is where the bots' CPU runs out.
+const MAX_DIRECT_PEERS: usize = 8;
+
 /// How long bots wander before they start checking their views.
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -93,7 +100,8 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
         let size = world::world_size(args.bots);
         let mut bots = Vec::new();
         for index in 0..args.bots {
-            let config = common::client_config(addr, &trust, &format!("bot-{index}"));
+            let mut config = common::client_config(addr, &trust, &format!("bot-{index}"));
+            config.direct.max_direct_peers = MAX_DIRECT_PEERS;
             let walker = Walker::new(args.seed, index as u64, size);
             bots.push(tokio::spawn(bot::run(config, walker, SETTLE, stop.clone())));
         }
