@@ -4,9 +4,10 @@ use crate::clock::ServerTime;
 use crate::config::{ClientConfig, DirectConfig};
 use crate::connect_failure::LoginProgress;
 use crate::direct::{self, DirectLink, PunchHandle};
+use crate::driver::writer::{write_control_stream, write_stream};
 use crate::error::{ConnectError, SendError};
 use crate::events::{ClientEvent, DisconnectReason};
-use crate::outbound::{write_control_stream, write_stream, UploadQueue};
+use crate::outbound::UploadQueue;
 use crate::session::{DirectWindow, PeerStats, Route, Session, SessionTiming, Target, Upload};
 use crate::socket::DemuxSocket;
 use crate::tls::{

@@ -6,7 +6,8 @@
 //! sends take, so no message can slip between the old path and the new.
 
 use crate::client::{Core, Inner};
-use crate::outbound::{write_stream, UploadQueue};
+use crate::driver::writer::write_stream;
+use crate::outbound::UploadQueue;
 use crate::punch::{PunchResult, PunchSession, PunchTiming};
 use crate::tls::peer_client_config;
 use bytes::Bytes;

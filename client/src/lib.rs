@@ -65,6 +65,7 @@ mod clock;
 mod config;
 mod connect_failure;
 mod direct;
+mod driver;
 mod error;
 mod events;
 #[cfg(feature = "fuzzing")]
