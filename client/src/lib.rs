@@ -61,6 +61,7 @@
 
 pub mod blocking;
 mod client;
+mod client_events;
 mod clock;
 mod config;
 mod connect_failure;
@@ -80,7 +81,8 @@ mod session;
 mod socket;
 mod tls;
 
-pub use client::{Client, ClientEvents};
+pub use client::Client;
+pub use client_events::ClientEvents;
 pub use clock::ServerTime;
 pub use config::{ClientConfig, DirectConfig, Limits, Timeouts};
 pub use error::{ConnectError, SendError};
