@@ -2,9 +2,10 @@
 
 use crate::client_events::ClientEvents;
 use crate::clock::ServerTime;
-use crate::config::{ClientConfig, DirectConfig};
+use crate::config::ClientConfig;
 use crate::connect_failure::LoginProgress;
-use crate::direct::{self, DirectLink, PunchHandle};
+use crate::direct;
+use crate::driver::shared::{Core, Inner, PunchHandle, PunchStart};
 use crate::driver::writer::{write_control_stream, write_stream};
 use crate::error::{ConnectError, SendError};
 use crate::events::{ClientEvent, DisconnectReason};
@@ -17,8 +18,9 @@ use crate::tls::{
 use bytes::Bytes;
 use peergroup_protocol::{
     datagram_to_bytes, decode_body, decode_server_datagram, decode_server_frame, frame_to_bytes,
-    Carrier, ClientToServer, CloseCode, Fingerprint, GroupId, Hello, HostId, PairId, PairPath,
-    PeerInfo, SendOptions, ServerToClient, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
+    Carrier, ClientToServer, CloseCode, Fingerprint, GroupId, Hello, HostId, PairPath, PeerInfo,
+    PunchOrder, PunchOutcome, SendOptions, ServerDatagram, ServerToClient, DEFAULT_MAX_FRAME_LEN,
+    PROTOCOL_VERSION,
 };
 use peergroup_transport::{close, close_endpoint, FrameReader, ReadEnd};
 use std::collections::HashMap;
@@ -28,77 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 
-/// Everything that changes together, under one lock: the sans-IO session, the direct
-/// links and the punches under way.
-pub(crate) struct Core {
-    pub session: Session,
-    pub directs: HashMap<HostId, DirectLink, foldhash::fast::RandomState>,
-    pub punches: HashMap<PairId, PunchHandle>,
-}
-
-pub(crate) struct Inner {
-    core: Mutex<Core>,
-    pub connection: quinn::Connection,
-    /// Set once the server connection has ended, so sends need not ask quinn (which
-    /// takes its connection lock) every time.
-    closed: AtomicBool,
-    pub endpoint: quinn::Endpoint,
-    pub socket: Arc<DemuxSocket>,
-    /// Messages for the server, in the scheduler's order, for the main stream.
-    uploads: UploadQueue,
-    /// Acks, reports and requests for the server, for the control stream: the server
-    /// keeps reading it while it pauses the main stream, so they never wait behind
-    /// messages (ARCHITECTURE.md, "Streams").
-    control: UploadQueue,
-    /// Each direct peer's send queue holds at most about this many bytes.
-    pub peer_queue_bytes: usize,
-    /// Events go to the application in batches: one channel operation (and one wake of
-    /// the application) per batch rather than per event.
-    events: mpsc::Sender<Vec<ClientEvent>>,
-    /// The event queue's size; readers pause while the session holds this many events.
-    event_capacity: usize,
-    /// Wakes the emitter: the session has events.
-    event_ready: Notify,
-    /// Whose turn it is to hand events over (see [`Inner::deliver_events`]).
-    emit_turn: tokio::sync::Mutex<()>,
-    /// The session's undelivered events as of the last change, so readers check for room
-    /// without taking the lock.
-    pending_events: AtomicUsize,
-    /// Wakes readers and senders waiting for the session's events to drain.
-    event_room: Notify,
-    /// Counts the times a direct window may have made room (acks, paths and pairs
-    /// ending), under the core lock; senders waiting on one wait for it to move.
-    window_generation: AtomicU64,
-    /// Wakes senders waiting on a direct window.
-    window_room: Notify,
-    /// Wakes the session's timer task ([`direct::tick`]): a deadline may have come
-    /// earlier than the one it sleeps until (`Session::take_timeout_moved`).
-    pub timer_moved: Notify,
-    pub max_frame_len: u32,
-    pub host_id: HostId,
-    pub identity: ClientIdentity,
-    pub expected_peers: Arc<ExpectedPeers>,
-    pub direct: DirectConfig,
-    pub peer_transport: Arc<quinn::TransportConfig>,
-    pub random: ring::rand::SystemRandom,
-}
-
 impl Inner {
-    /// Locks the core; a panic elsewhere while holding it must not wedge the client.
-    pub fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Queues an ack, report or request for the server's control stream (control traffic
-    /// is small and bounded by what the server sends, so it never waits).
-    pub fn send_server_frame(&self, frame: &ClientToServer) {
-        if let Ok(bytes) = frame_to_bytes(frame, self.max_frame_len) {
-            self.control.push_control(bytes);
-        }
-    }
-
     /// Sends what the session produced after an operation: frames for the server and for
     /// peers, punch orders, ended pairs; wakes direct readers the session lets go on and
     /// the timer when a deadline came earlier. Events stay in the session: readers hand them
@@ -109,7 +41,7 @@ impl Inner {
             self.dispatch(core, upload);
         }
         while let Some(order) = core.session.poll_punch_order() {
-            direct::start_punch(self, core, order);
+            self.start_punch(core, order);
         }
         while let Some(peer) = core.session.poll_stalled_link() {
             if let Some(link) = core.directs.get(&peer) {
@@ -125,7 +57,7 @@ impl Inner {
                 close(&link.connection, CloseCode::Normal, "pair ended");
             }
         }
-        direct::wake_resumed_readers(core);
+        wake_resumed_readers(core);
         if core.session.take_timeout_moved() {
             // A stored permit if the timer is busy: it looks again when it next waits.
             self.timer_moved.notify_one();
@@ -267,9 +199,46 @@ impl Inner {
                 }
             }
             Upload::PeerDatagram { to, datagram } => {
-                direct::send_peer_datagram(core, to, &datagram);
+                send_peer_datagram(core, to, &datagram);
             }
         }
+    }
+
+    /// Starts carrying out a punch order, or declines it. The punch is registered here,
+    /// under the lock, so probes and the peer's connection find it at once;
+    /// `run_punches` (`direct.rs`) starts its task, and probes that come first wait in its
+    /// input queue.
+    fn start_punch(&self, core: &mut Core, order: PunchOrder) {
+        let at_limit = core.directs.len() >= self.direct.max_direct_peers;
+        if !self.direct.enabled || at_limit {
+            self.send_server_frame(&ClientToServer::PunchReport {
+                pair: order.pair,
+                attempt: order.attempt,
+                outcome: PunchOutcome::Declined,
+            });
+            return;
+        }
+        if core.directs.contains_key(&order.peer) || core.punches.contains_key(&order.pair) {
+            return; // already direct, or already punching: a stale order
+        }
+        let Some(info) = core.session.peer_info(order.peer) else {
+            return;
+        };
+        self.expected_peers.insert(info.identity);
+        let (input, inputs) = mpsc::channel(256);
+        core.punches.insert(
+            order.pair,
+            PunchHandle {
+                attempt: order.attempt,
+                input,
+            },
+        );
+        // An error only means the client is going away, and the punch with it.
+        let _ = self.punch_starts.send(PunchStart {
+            order,
+            inputs,
+            identity: info.identity,
+        });
     }
 
     /// The first queue of `route` that is full, if any.
@@ -294,6 +263,24 @@ fn encoded<T: serde::Serialize>(frame: &T, max_frame_len: u32) -> Option<Bytes> 
             tracing::error!(%error, "frame not sent");
             None
         }
+    }
+}
+
+/// Wakes the direct readers the session lets go on again (each waits in
+/// `direct.rs`, `wait_until_resumed`).
+fn wake_resumed_readers(core: &mut Core) {
+    while let Some(peer) = core.session.poll_resumed_reader() {
+        if let Some(link) = core.directs.get(&peer) {
+            // Stored if the reader is not waiting yet, so the wake is never lost.
+            link.resume_reading.notify_one();
+        }
+    }
+}
+
+/// Sends a datagram on the peer's direct link.
+fn send_peer_datagram(core: &Core, to: HostId, datagram: &ServerDatagram) {
+    if let (Some(link), Ok(bytes)) = (core.directs.get(&to), datagram_to_bytes(datagram)) {
+        let _ = link.connection.send_datagram(bytes);
     }
 }
 
@@ -541,6 +528,7 @@ impl Client {
         // Control frames never wait for room (they are small and bounded by what the server
         // sends), so the queue has no limit to consult.
         let (control, queued_control) = UploadQueue::new(usize::MAX, false);
+        let (punch_starts, punch_starts_rx) = mpsc::unbounded_channel();
         let guard = Arc::new(CloseOnDrop {
             connection: connection.clone(),
             endpoint: endpoint.clone(),
@@ -585,6 +573,7 @@ impl Client {
             window_generation: AtomicU64::new(0),
             window_room: Notify::new(),
             timer_moved: Notify::new(),
+            punch_starts,
             max_frame_len,
             host_id,
             identity,
@@ -599,6 +588,7 @@ impl Client {
         tokio::spawn(receive(inner.clone(), recv));
         tokio::spawn(direct::accept_peers(inner.clone()));
         tokio::spawn(direct::dispatch_probes(inner.clone(), probes));
+        tokio::spawn(direct::run_punches(Arc::downgrade(&inner), punch_starts_rx));
         tokio::spawn(direct::tick(inner.clone()));
         if let Ok(local) = inner.endpoint.local_addr() {
             let addrs = host_candidates(local);

@@ -5,21 +5,20 @@
 //! this file only moves bytes and timers. A peer's path changes under the same lock that
 //! sends take, so no message can slip between the old path and the new.
 
-use crate::client::{Core, Inner};
+use crate::driver::shared::{DirectLink, Inner, PunchInput, PunchStart};
 use crate::driver::writer::write_stream;
 use crate::outbound::UploadQueue;
 use crate::punch::{PunchResult, PunchSession, PunchTiming};
 use crate::tls::peer_client_config;
-use bytes::Bytes;
 use peergroup_protocol::{
-    datagram_to_bytes, decode_body, decode_peer_frame, decode_server_datagram, frame_to_bytes,
-    ClientToServer, CloseCode, Fingerprint, HostId, PairId, PathReason, PeerToPeer, Probe,
-    PunchOrder, PunchOutcome, ServerDatagram,
+    decode_body, decode_peer_frame, decode_server_datagram, frame_to_bytes, ClientToServer,
+    CloseCode, Fingerprint, HostId, PairId, PathReason, PeerToPeer, Probe, PunchOrder,
+    PunchOutcome,
 };
 use peergroup_transport::{close, peer_fingerprint, FrameReader, ReadEnd};
 use ring::rand::SecureRandom;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -27,61 +26,19 @@ use tokio::time::Instant;
 /// How long the QUIC handshake may take after a candidate pair validated.
 const HANDSHAKE_GRACE: Duration = Duration::from_secs(5);
 
-/// A live direct connection to one peer.
-#[derive(Debug)]
-pub(crate) struct DirectLink {
-    pub connection: quinn::Connection,
-    /// Frames for the link's writer task, in the scheduler's order; sends to this peer
-    /// wait while it is full.
-    pub queue: UploadQueue,
-    /// Wakes the link's reader while it is paused (the session held too much from the
-    /// peer) once the session says it may read again.
-    pub resume_reading: Arc<Notify>,
-}
-
-/// What a punch task is told.
-#[derive(Debug)]
-pub(crate) enum PunchInput {
-    /// A probe for its pair arrived.
-    Probe(SocketAddr, Bytes),
-    /// The peer opened the direct connection to us: the attempt succeeded.
-    Connected,
-}
-
-/// A punch under way, as the rest of the client sees it.
-#[derive(Debug)]
-pub(crate) struct PunchHandle {
-    pub attempt: u32,
-    pub input: mpsc::Sender<PunchInput>,
-}
-
-/// Starts carrying out a punch order, or declines it.
-pub(crate) fn start_punch(inner: &Arc<Inner>, core: &mut Core, order: PunchOrder) {
-    let at_limit = core.directs.len() >= inner.direct.max_direct_peers;
-    if !inner.direct.enabled || at_limit {
-        inner.send_server_frame(&ClientToServer::PunchReport {
-            pair: order.pair,
-            attempt: order.attempt,
-            outcome: PunchOutcome::Declined,
-        });
-        return;
+/// Starts a punch task for each punch [`Inner::flush`] registered. Holds the client's
+/// state weakly: the sender lives in that state, so the queue closes, and this task ends,
+/// once the client's last task and handle are gone.
+pub(crate) async fn run_punches(
+    inner: Weak<Inner>,
+    mut starts: mpsc::UnboundedReceiver<PunchStart>,
+) {
+    while let Some(start) = starts.recv().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        tokio::spawn(punch(inner, start.order, start.inputs, start.identity));
     }
-    if core.directs.contains_key(&order.peer) || core.punches.contains_key(&order.pair) {
-        return; // already direct, or already punching: a stale order
-    }
-    let Some(info) = core.session.peer_info(order.peer) else {
-        return;
-    };
-    inner.expected_peers.insert(info.identity);
-    let (input, inputs) = mpsc::channel(256);
-    core.punches.insert(
-        order.pair,
-        PunchHandle {
-            attempt: order.attempt,
-            input,
-        },
-    );
-    tokio::spawn(punch(inner.clone(), order, inputs, info.identity));
 }
 
 /// One punch attempt: probes until a candidate pair validates, then (on the controlling
@@ -450,16 +407,6 @@ async fn wait_until_resumed(
     }
 }
 
-/// Wakes the readers the session lets go on again (see [`wait_until_resumed`]).
-pub(crate) fn wake_resumed_readers(core: &mut Core) {
-    while let Some(peer) = core.session.poll_resumed_reader() {
-        if let Some(link) = core.directs.get(&peer) {
-            // Stored if the reader is not waiting yet, so the wake is never lost.
-            link.resume_reading.notify_one();
-        }
-    }
-}
-
 async fn read_peer_datagrams(
     inner: &Arc<Inner>,
     peer: HostId,
@@ -538,12 +485,5 @@ pub(crate) async fn tick(inner: Arc<Inner>) {
             _ = inner.timer_moved.notified() => {}
             _ = &mut closed => return,
         }
-    }
-}
-
-/// Sends a datagram on the peer's direct link.
-pub(crate) fn send_peer_datagram(core: &Core, to: HostId, datagram: &ServerDatagram) {
-    if let (Some(link), Ok(bytes)) = (core.directs.get(&to), datagram_to_bytes(datagram)) {
-        let _ = link.connection.send_datagram(bytes);
     }
 }
