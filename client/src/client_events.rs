@@ -1,7 +1,6 @@
 //! [`ClientEvents`], the application's end of the event pipe (the client's end is
-//! `Inner::deliver_events`, in `client.rs`): batches of events arrive on a channel and
-//! are handed out one at a time, by waiting, by polling once per game tick, or as a
-//! `Stream`.
+//! `driver/event_pipe.rs`): batches of events arrive on a channel and are handed out one
+//! at a time, by waiting, by polling once per game tick, or as a `Stream`.
 
 use crate::events::ClientEvent;
 use futures_core::stream::{FusedStream, Stream};

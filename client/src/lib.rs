@@ -65,7 +65,6 @@ mod client_events;
 mod clock;
 mod config;
 mod connect_failure;
-mod direct;
 mod driver;
 mod error;
 mod events;

@@ -2,9 +2,11 @@
 //! [`Core`] under the client's one lock, and the types of the direct paths and punches
 //! that live in the core ([`DirectLink`], [`PunchHandle`]).
 //!
-//! It sits below the rest of the client's driver and imports none of it, so `client.rs`
-//! (the handle, its tasks and [`Inner::flush`]) and `direct.rs` (the direct paths) both
-//! import from here and never from each other.
+//! It sits below everything else in the driver and imports none of it, so the tasks that
+//! read and write (the server reader, the direct paths, the timer) and the code that acts
+//! on the session's output (`flush.rs`) all import from here and never from each other.
+//! `Inner`'s methods live with their concern: carrying out the session's output in
+//! `flush.rs`, handing events to the application in `event_pipe.rs`.
 
 use crate::config::DirectConfig;
 use crate::events::ClientEvent;
@@ -63,12 +65,12 @@ pub(crate) struct Inner {
     pub window_generation: AtomicU64,
     /// Wakes senders waiting on a direct window.
     pub window_room: Notify,
-    /// Wakes the session's timer task (`direct.rs`, `tick`): a deadline may have come earlier
+    /// Wakes the session's timer task (`timer.rs`): a deadline may have come earlier
     /// than the one it sleeps until (`Session::take_timeout_moved`).
     pub timer_moved: Notify,
     /// Punches [`Inner::flush`] registered, for the task that runs them
-    /// (`direct.rs`, `run_punches`): code that acts on the session's output cannot start
-    /// the punch task itself without depending on the direct paths, which depend on it.
+    /// (`direct/punch.rs`): code that acts on the session's output cannot start the punch
+    /// task itself without depending on the direct paths, which depend on it.
     pub punch_starts: mpsc::UnboundedSender<PunchStart>,
     pub max_frame_len: u32,
     pub host_id: HostId,
