@@ -1,331 +1,23 @@
-//! The public [`Client`] handle and its background tasks.
+//! The public [`Client`] handle: sends, queries and close. It holds the client's shared
+//! state ([`Inner`]); connecting and every task behind the handle live in `driver/`.
 
+use crate::client_events::ClientEvents;
 use crate::clock::ServerTime;
-use crate::config::{ClientConfig, DirectConfig};
-use crate::connect_failure::LoginProgress;
-use crate::direct::{self, DirectLink, PunchHandle};
+use crate::config::ClientConfig;
+use crate::driver;
+use crate::driver::shared::{Core, Inner};
 use crate::error::{ConnectError, SendError};
-use crate::events::{ClientEvent, DisconnectReason};
-use crate::outbound::{write_control_stream, write_stream, UploadQueue};
-use crate::session::{DirectWindow, PeerStats, Route, Session, SessionTiming, Target, Upload};
-use crate::socket::DemuxSocket;
-use crate::tls::{
-    peer_server_config, server_client_config, ClientIdentity, ExpectedPeers, RefusedCertificate,
-};
+use crate::outbound::UploadQueue;
+use crate::session::{PeerStats, Route, Session, Target};
 use bytes::Bytes;
-use futures_core::stream::{FusedStream, Stream};
 use peergroup_protocol::{
-    datagram_to_bytes, decode_body, decode_server_datagram, decode_server_frame, frame_to_bytes,
-    Carrier, ClientToServer, CloseCode, Fingerprint, GroupId, Hello, HostId, PairId, PairPath,
-    PeerInfo, SendOptions, ServerToClient, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
+    Carrier, CloseCode, Fingerprint, GroupId, HostId, PairPath, PeerInfo, SendOptions,
 };
-use peergroup_transport::{close, close_endpoint, FrameReader, ReadEnd};
-use std::collections::{HashMap, VecDeque};
+use peergroup_transport::{close, close_endpoint};
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Notify};
-
-/// Everything that changes together, under one lock: the sans-IO session, the direct
-/// links and the punches under way.
-pub(crate) struct Core {
-    pub session: Session,
-    pub directs: HashMap<HostId, DirectLink, foldhash::fast::RandomState>,
-    pub punches: HashMap<PairId, PunchHandle>,
-}
-
-pub(crate) struct Inner {
-    core: Mutex<Core>,
-    pub connection: quinn::Connection,
-    /// Set once the server connection has ended, so sends need not ask quinn (which
-    /// takes its connection lock) every time.
-    closed: AtomicBool,
-    pub endpoint: quinn::Endpoint,
-    pub socket: Arc<DemuxSocket>,
-    /// Messages for the server, in the scheduler's order, for the main stream.
-    uploads: UploadQueue,
-    /// Acks, reports and requests for the server, for the control stream: the server
-    /// keeps reading it while it pauses the main stream, so they never wait behind
-    /// messages (ARCHITECTURE.md, "Streams").
-    control: UploadQueue,
-    /// Each direct peer's send queue holds at most about this many bytes.
-    pub peer_queue_bytes: usize,
-    /// Events go to the application in batches: one channel operation (and one wake of
-    /// the application) per batch rather than per event.
-    events: mpsc::Sender<Vec<ClientEvent>>,
-    /// The event queue's size; readers pause while the session holds this many events.
-    event_capacity: usize,
-    /// Wakes the emitter: the session has events.
-    event_ready: Notify,
-    /// Whose turn it is to hand events over (see [`Inner::deliver_events`]).
-    emit_turn: tokio::sync::Mutex<()>,
-    /// The session's undelivered events as of the last change, so readers check for room
-    /// without taking the lock.
-    pending_events: AtomicUsize,
-    /// Wakes readers and senders waiting for the session's events to drain.
-    event_room: Notify,
-    /// Counts the times a direct window may have made room (acks, paths and pairs
-    /// ending), under the core lock; senders waiting on one wait for it to move.
-    window_generation: AtomicU64,
-    /// Wakes senders waiting on a direct window.
-    window_room: Notify,
-    /// Wakes the session's timer task ([`direct::tick`]): a deadline may have come
-    /// earlier than the one it sleeps until (`Session::take_timeout_moved`).
-    pub timer_moved: Notify,
-    pub max_frame_len: u32,
-    pub host_id: HostId,
-    pub identity: ClientIdentity,
-    pub expected_peers: Arc<ExpectedPeers>,
-    pub direct: DirectConfig,
-    pub peer_transport: Arc<quinn::TransportConfig>,
-    pub random: ring::rand::SystemRandom,
-}
-
-impl Inner {
-    /// Locks the core; a panic elsewhere while holding it must not wedge the client.
-    pub fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Queues an ack, report or request for the server's control stream (control traffic
-    /// is small and bounded by what the server sends, so it never waits).
-    pub fn send_server_frame(&self, frame: &ClientToServer) {
-        if let Ok(bytes) = frame_to_bytes(frame, self.max_frame_len) {
-            self.control.push_control(bytes);
-        }
-    }
-
-    /// Sends what the session produced after an operation: frames for the server and for
-    /// peers, punch orders, ended pairs; wakes direct readers the session lets go on and
-    /// the timer when a deadline came earlier. Events stay in the session: readers hand them
-    /// over themselves ([`Inner::deliver_events`]); other callers wake the emitter
-    /// ([`Inner::flush_and_wake`]).
-    pub fn flush(self: &Arc<Self>, core: &mut Core) {
-        while let Some(upload) = core.session.poll_upload() {
-            self.dispatch(core, upload);
-        }
-        while let Some(order) = core.session.poll_punch_order() {
-            direct::start_punch(self, core, order);
-        }
-        while let Some(peer) = core.session.poll_stalled_link() {
-            if let Some(link) = core.directs.get(&peer) {
-                close(&link.connection, CloseCode::Normal, "messages left unacked");
-            }
-        }
-        if core.session.take_window_moved() {
-            self.window_generation.fetch_add(1, Ordering::AcqRel);
-            self.window_room.notify_waiters();
-        }
-        while let Some(peer) = core.session.poll_ended_pair() {
-            if let Some(link) = core.directs.get(&peer) {
-                close(&link.connection, CloseCode::Normal, "pair ended");
-            }
-        }
-        direct::wake_resumed_readers(core);
-        if core.session.take_timeout_moved() {
-            // A stored permit if the timer is busy: it looks again when it next waits.
-            self.timer_moved.notify_one();
-        }
-        self.pending_events
-            .store(core.session.pending_events(), Ordering::Release);
-    }
-
-    /// As [`Inner::flush`], and wakes the emitter task if there are events: for work
-    /// that is not a reader (sends, timers, path changes).
-    pub fn flush_and_wake(self: &Arc<Self>, core: &mut Core) {
-        self.flush(core);
-        if core.session.pending_events() > 0 {
-            self.event_ready.notify_one();
-        }
-    }
-
-    /// Hands the session's events to the application, in order, waiting for room: one
-    /// caller at a time (the turn lock), so events from the relay reader and a direct
-    /// reader never interleave out of session order. Readers call it after each frame,
-    /// so an application that stops reading stops them, and QUIC flow control then
-    /// pauses the senders. Returns whether `Disconnected` went out.
-    pub async fn deliver_events(&self) -> bool {
-        let _turn = self.emit_turn.lock().await;
-        let mut batch = Vec::with_capacity(EVENT_BATCH);
-        let mut disconnected = false;
-        loop {
-            {
-                let mut core = self.lock();
-                batch.extend(std::iter::from_fn(|| core.session.poll_event()).take(EVENT_BATCH));
-                self.pending_events
-                    .store(core.session.pending_events(), Ordering::Release);
-            }
-            if batch.is_empty() {
-                break;
-            }
-            disconnected |= batch
-                .iter()
-                .any(|event| matches!(event, ClientEvent::Disconnected { .. }));
-            // An error only means the application dropped its event stream.
-            let _ = self
-                .events
-                .send(std::mem::replace(
-                    &mut batch,
-                    Vec::with_capacity(EVENT_BATCH),
-                ))
-                .await;
-            self.event_room.notify_waiters();
-        }
-        disconnected
-    }
-
-    /// Whether the session holds fewer undelivered events than the event queue's size.
-    fn has_event_room(&self) -> bool {
-        self.pending_events.load(Ordering::Acquire) < self.event_capacity
-    }
-
-    /// Waits until the session holds fewer undelivered events than the event queue's
-    /// size: readers call it after each frame, so an application that stops reading
-    /// stops them (and QUIC flow control then pauses the senders).
-    pub async fn event_room(&self) {
-        if self.has_event_room() {
-            return;
-        }
-        loop {
-            let notified = self.event_room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.has_event_room() || self.events.is_closed() {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Resolves once a direct window may have room again: the window generation moved
-    /// past `seen` (or the connection ended).
-    async fn window_room_after(&self, seen: u64) {
-        loop {
-            let notified = self.window_room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.window_generation.load(Ordering::Acquire) != seen
-                || self.closed.load(Ordering::Acquire)
-            {
-                return;
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = self.connection.closed() => return,
-            }
-        }
-    }
-
-    /// Puts one upload in its queue, or sends its datagram.
-    pub fn dispatch(&self, core: &mut Core, upload: Upload) {
-        match upload {
-            Upload::Control(frame) => {
-                if let Some(bytes) = encoded(&frame, self.max_frame_len) {
-                    self.control.push_control(bytes);
-                }
-            }
-            Upload::Relay {
-                frame,
-                priority,
-                flow,
-                latest,
-            } => {
-                if let Some(bytes) = encoded(&frame, self.max_frame_len) {
-                    self.uploads.push_data(bytes, priority, flow, latest, 0);
-                }
-            }
-            Upload::Datagram(datagram) => {
-                if let Ok(bytes) = datagram_to_bytes(&datagram) {
-                    let _ = self.connection.send_datagram(bytes);
-                }
-            }
-            Upload::Peer {
-                to,
-                frame,
-                priority,
-                latest,
-                id,
-            } => {
-                let (Some(link), Some(bytes)) =
-                    (core.directs.get(&to), encoded(&frame, self.max_frame_len))
-                else {
-                    return;
-                };
-                if let Some(replaced) = link.queue.push_data(bytes, priority, 0, latest, id) {
-                    core.session.forget_replaced(to, replaced);
-                }
-            }
-            Upload::PeerControl { to, frame } => {
-                if let (Some(link), Some(bytes)) =
-                    (core.directs.get(&to), encoded(&frame, self.max_frame_len))
-                {
-                    link.queue.push_control(bytes);
-                }
-            }
-            Upload::PeerDatagram { to, datagram } => {
-                direct::send_peer_datagram(core, to, &datagram);
-            }
-        }
-    }
-
-    /// The first queue of `route` that is full, if any.
-    fn full_queue(&self, core: &Core, route: &Route) -> Option<UploadQueue> {
-        if route.server && !self.uploads.has_room() {
-            return Some(self.uploads.clone());
-        }
-        route
-            .direct
-            .iter()
-            .filter_map(|peer| core.directs.get(peer))
-            .find(|link| !link.queue.has_room())
-            .map(|link| link.queue.clone())
-    }
-}
-
-/// Encodes a frame, logging (and dropping) one that cannot be sent.
-fn encoded<T: serde::Serialize>(frame: &T, max_frame_len: u32) -> Option<Bytes> {
-    match frame_to_bytes(frame, max_frame_len) {
-        Ok(bytes) => Some(bytes),
-        Err(error) => {
-            tracing::error!(%error, "frame not sent");
-            None
-        }
-    }
-}
-
-/// UDP receive buffer asked of the kernel, bytes (capped by `net.core.rmem_max`).
-const SOCKET_BUFFER: usize = 1 << 20;
-
-/// The first wait before connecting again to a server that refused as busy; it doubles
-/// up to [`BUSY_MAX_BACKOFF`], each wait jittered by up to half, within the connect timeout.
-const BUSY_FIRST_BACKOFF: Duration = Duration::from_millis(50);
-const BUSY_MAX_BACKOFF: Duration = Duration::from_secs(1);
-
-/// `wait` times a random factor in [0.5, 1.5), so clients refused together do not all
-/// come back together.
-fn jittered(wait: Duration) -> Duration {
-    use ring::rand::SecureRandom;
-    let mut byte = [0u8; 1];
-    let _ = ring::rand::SystemRandom::new().fill(&mut byte);
-    wait.mul_f64(0.5 + f64::from(byte[0]) / 256.0)
-}
-
-/// What the server may have in flight to this client on its stream, bytes: 2 MiB passes
-/// 40 MiB/s at 50 ms RTT, above what a game client takes in, and bounds what the server
-/// can make the client buffer in quinn. Smaller would let more notices, high-priority
-/// messages and newer latest values overtake what is queued at the server (what it has
-/// written into QUIC is beyond its scheduler's reach), but 256 KiB was tried and made a
-/// receiver fed as fast as it reads look like a slow consumer: its queue at the server
-/// then sits at the soft limit instead of draining into this window.
-const SERVER_STREAM_WINDOW: u32 = 2 << 20;
-
-/// Unread datagrams kept from the server, bytes; older ones are dropped first.
-const SERVER_DATAGRAM_BUFFER: usize = 2 << 20;
 
 /// Closes the connections when the last handle goes.
 struct CloseOnDrop {
@@ -357,145 +49,6 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// The application's stream of [`ClientEvent`]s: `Connected` first, `Disconnected` last,
-/// and nothing after it (an event a direct path hands over after `Disconnected` is
-/// dropped).
-///
-/// Three ways to read, all giving the same events in the same order:
-/// - [`ClientEvents::next`] waits for the next event;
-/// - [`ClientEvents::try_next`] never waits, for a game loop that polls once per tick;
-/// - the [`Stream`] implementation, for stream combinators (`futures::StreamExt`).
-///
-/// Keep reading: while [`Limits::event_queue`] events (default 4,096) wait unread, the
-/// client stops reading from the server, which eventually drops it as a slow consumer.
-///
-/// [`Limits::event_queue`]: crate::Limits::event_queue
-#[derive(Debug)]
-pub struct ClientEvents {
-    rx: mpsc::Receiver<Vec<ClientEvent>>,
-    /// The rest of the batch the last read took.
-    buffer: VecDeque<ClientEvent>,
-    /// `Disconnected` was handed over, or the queue closed: nothing more will come.
-    finished: bool,
-}
-
-/// Events handed to the application in one batch at most.
-const EVENT_BATCH: usize = 64;
-
-impl ClientEvents {
-    fn new(rx: mpsc::Receiver<Vec<ClientEvent>>) -> Self {
-        Self {
-            rx,
-            buffer: VecDeque::new(),
-            finished: false,
-        }
-    }
-
-    /// The next event, waiting for one; `None` after `Disconnected`.
-    pub async fn next(&mut self) -> Option<ClientEvent> {
-        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
-    }
-
-    /// The next event queued now, without waiting. Call it in a loop once per tick of a
-    /// game loop: `while let Some(event) = events.try_next() { .. }`.
-    ///
-    /// `None` means nothing is queued at this moment; more may come. The stream has ended
-    /// once [`ClientEvent::Disconnected`] (always the last event) has been returned, and
-    /// [`ClientEvents::is_finished`] says so.
-    pub fn try_next(&mut self) -> Option<ClientEvent> {
-        if self.finished {
-            return None;
-        }
-        if self.buffer.is_empty() {
-            match self.rx.try_recv() {
-                Ok(batch) => self.buffer.extend(batch),
-                Err(mpsc::error::TryRecvError::Empty) => return None,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    self.finished = true;
-                    return None;
-                }
-            }
-        }
-        let event = self.buffer.pop_front()?;
-        Some(self.note(event))
-    }
-
-    /// Whether the stream has ended: `Disconnected` has been returned (or the client's
-    /// tasks are gone, as when their runtime shut down, and nothing is left queued), so
-    /// every later read returns `None`.
-    pub fn is_finished(&self) -> bool {
-        self.finished || (self.buffer.is_empty() && self.rx.is_closed() && self.rx.is_empty())
-    }
-
-    /// Moves every event queued now into `out`, without waiting; how many. Events that
-    /// arrive meanwhile are left for the next call, so it always returns promptly.
-    pub(crate) fn drain_now(&mut self, out: &mut Vec<ClientEvent>) -> usize {
-        let before = out.len();
-        for _ in 0..self.rx.len() {
-            match self.rx.try_recv() {
-                Ok(batch) => self.buffer.extend(batch),
-                Err(_) => break,
-            }
-        }
-        while let Some(event) = self.try_next_buffered() {
-            out.push(event);
-        }
-        out.len() - before
-    }
-
-    fn try_next_buffered(&mut self) -> Option<ClientEvent> {
-        if self.finished {
-            return None;
-        }
-        let event = self.buffer.pop_front()?;
-        Some(self.note(event))
-    }
-
-    /// Marks the end when `event` is the last one.
-    fn note(&mut self, event: ClientEvent) -> ClientEvent {
-        if matches!(event, ClientEvent::Disconnected { .. }) {
-            self.finished = true;
-            self.buffer.clear();
-            // A direct path can outlive the server connection for a moment; closing the
-            // queue keeps its reader from waiting for room that no one will make.
-            self.rx.close();
-        }
-        event
-    }
-}
-
-/// As [`ClientEvents::next`]: every event in order, then `None` after `Disconnected`.
-/// Fused: after the end it stays `None`.
-impl Stream for ClientEvents {
-    type Item = ClientEvent;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<ClientEvent>> {
-        let this = self.get_mut();
-        loop {
-            if this.finished {
-                return Poll::Ready(None);
-            }
-            if let Some(event) = this.buffer.pop_front() {
-                return Poll::Ready(Some(this.note(event)));
-            }
-            match this.rx.poll_recv(cx) {
-                Poll::Ready(Some(batch)) => this.buffer.extend(batch),
-                Poll::Ready(None) => {
-                    this.finished = true;
-                    return Poll::Ready(None);
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    }
-}
-
-impl FusedStream for ClientEvents {
-    fn is_terminated(&self) -> bool {
-        self.finished
-    }
-}
-
 impl Client {
     /// Connects, logs in and waits for the server's welcome.
     ///
@@ -507,247 +60,18 @@ impl Client {
     /// rejection, full server, version it does not speak), [`ConnectError::Timeout`] when
     /// QUIC connected but no welcome came within `timeouts.connect`.
     pub async fn connect(config: ClientConfig) -> Result<(Client, ClientEvents), ConnectError> {
-        let identity = ClientIdentity::generate()?;
-        let mut transport = quinn::TransportConfig::default();
-        transport
-            .max_idle_timeout(config.timeouts.idle.try_into().ok())
-            .keep_alive_interval(Some(config.timeouts.keepalive))
-            // The server never opens a stream: the client opens the two it uses.
-            .max_concurrent_bidi_streams(0u8.into())
-            .max_concurrent_uni_streams(0u8.into())
-            // What the server may send ahead of our reads on that stream: the reader takes
-            // it as it comes unless the application stops reading events, and then the
-            // server's own queue (and its slow-consumer limit) holds the rest. quinn's
-            // default is 1.25 MB per stream and no limit per connection.
-            .stream_receive_window(SERVER_STREAM_WINDOW.into())
-            .receive_window(SERVER_STREAM_WINDOW.into())
-            .datagram_receive_buffer_size(Some(SERVER_DATAGRAM_BUFFER));
-        let transport = Arc::new(transport);
-        let refused = RefusedCertificate::default();
-        let client_config =
-            server_client_config(&config.server_trust, &identity, transport, &refused)?;
-        let peer_window = config.direct.peer_receive_window;
-        let mut peer_transport = quinn::TransportConfig::default();
-        peer_transport
-            .max_idle_timeout(config.direct.path_timeout.try_into().ok())
-            .keep_alive_interval(Some(config.direct.keepalive))
-            // A direct connection carries one stream, opened by the dialling side; quinn's
-            // default lets a peer open 100 + 100 streams of 1.25 MB each.
-            .max_concurrent_bidi_streams(1u8.into())
-            .max_concurrent_uni_streams(0u8.into())
-            .stream_receive_window(peer_window.into())
-            .receive_window(peer_window.into())
-            .datagram_receive_buffer_size(Some(peer_window as usize))
-            // What a peer that never acknowledges can make us keep (quinn's default is
-            // 10 MB per connection); the peer's own queue holds the rest.
-            .send_window(2 * u64::from(peer_window));
-        let peer_transport = Arc::new(peer_transport);
-        let expected_peers = Arc::new(ExpectedPeers::default());
-        let peer_server =
-            peer_server_config(&identity, expected_peers.clone(), peer_transport.clone())?;
-
-        // One socket for the server connection, direct connections and punch probes, so
-        // the address the server sees is the NAT mapping peers punch to.
-        let std_socket =
-            std::net::UdpSocket::bind(config.bind_addr()).map_err(ConnectError::Bind)?;
-        // The socket takes the server connection, every direct connection and the punch
-        // probes: a client entering a crowded area handshakes with many peers at once, and
-        // the kernel's default receive buffer (about 208 KiB on Linux) drops the burst.
-        if let Ok(state) = quinn::udp::UdpSocketState::new((&std_socket).into()) {
-            if let Err(error) = state.set_recv_buffer_size((&std_socket).into(), SOCKET_BUFFER) {
-                tracing::debug!(%error, "could not enlarge the UDP receive buffer");
-            }
-        }
-        let (socket, probes) = DemuxSocket::new(std_socket).map_err(ConnectError::Bind)?;
-        let mut endpoint_config = quinn::EndpointConfig::default();
-        // Probes are told apart from QUIC by the fixed bit, so it must never be greased.
-        endpoint_config.grease_quic_bit(false);
-        let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            endpoint_config,
-            Some(peer_server),
-            socket.clone(),
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(ConnectError::Bind)?;
-
-        let mut progress = LoginProgress {
-            addr: config.server_addr,
-            started: Instant::now(),
-            pinned: config.server_trust.pinned(),
-            refused: &refused,
-            quic_up: false,
-        };
-        let quic_up = AtomicBool::new(false);
-        let refused_busy = AtomicBool::new(false);
-        let handshake = async {
-            // A server busy with other logins refuses at the first packet and means "try
-            // again later": so the client does, backing off, within the connect timeout.
-            let mut backoff = BUSY_FIRST_BACKOFF;
-            let connection = loop {
-                let attempt = endpoint
-                    .connect_with(
-                        client_config.clone(),
-                        config.server_addr,
-                        &config.server_name,
-                    )
-                    .map_err(|e| progress.not_started(e))?
-                    .await;
-                match attempt {
-                    Ok(connection) => break connection,
-                    Err(quinn::ConnectionError::ConnectionClosed(close))
-                        if crate::connect_failure::is_busy(&close) =>
-                    {
-                        refused_busy.store(true, Ordering::Relaxed);
-                        tracing::debug!(?backoff, "the server is busy; trying again");
-                        tokio::time::sleep(jittered(backoff)).await;
-                        backoff = (backoff * 2).min(BUSY_MAX_BACKOFF);
-                    }
-                    Err(error) => return Err(progress.connection_failed(error)),
-                }
-            };
-            quic_up.store(true, Ordering::Relaxed);
-            let failed = |e| {
-                LoginProgress {
-                    quic_up: true,
-                    ..progress
-                }
-                .connection_failed(e)
-            };
-            let (mut send, recv) = connection.open_bi().await.map_err(failed)?;
-            let mut recv = FrameReader::new(recv, DEFAULT_MAX_FRAME_LEN);
-            let hello = ClientToServer::Hello(Hello {
-                version: PROTOCOL_VERSION,
-                login: config.login.clone(),
-            });
-            let frame = frame_to_bytes(&hello, DEFAULT_MAX_FRAME_LEN)
-                .map_err(|e| ConnectError::Protocol(e.to_string()))?;
-            send.write_all(&frame).await.map_err(|e| match e {
-                quinn::WriteError::ConnectionLost(e) => failed(e),
-                other => ConnectError::Lost(other.to_string()),
-            })?;
-            let welcome = match recv.next().await {
-                Ok(Some(body)) => decode_body::<ServerToClient>(&body)
-                    .map_err(|e| ConnectError::Protocol(e.to_string()))?,
-                Ok(None) => return Err(ConnectError::Protocol("stream closed".into())),
-                Err(ReadEnd::Connection(error)) => return Err(failed(error)),
-                Err(ReadEnd::Violation(_, text)) => return Err(ConnectError::Protocol(text)),
-            };
-            Ok((connection, send, recv, welcome))
-        };
-        let outcome = tokio::time::timeout(config.timeouts.connect, handshake).await;
-        progress.quic_up = quic_up.load(Ordering::Relaxed);
-        let (connection, send, recv, welcome) = outcome.map_err(|_| {
-            progress.timed_out(
-                config.timeouts.connect,
-                refused_busy.load(Ordering::Relaxed),
-            )
-        })??;
-
-        let ServerToClient::Welcome {
-            version,
-            host_id,
-            app_data,
-            max_frame_len,
-        } = welcome
-        else {
-            close(
-                &connection,
-                CloseCode::ProtocolViolation,
-                "expected a welcome",
-            );
-            return Err(ConnectError::Protocol(
-                "the first frame was not a welcome".into(),
-            ));
-        };
-        if version != PROTOCOL_VERSION {
-            let text = format!(
-                "protocol version mismatch: client speaks {PROTOCOL_VERSION}, server {version}"
-            );
-            close(&connection, CloseCode::VersionMismatch, &text);
-            return Err(ConnectError::VersionMismatch {
-                ours: PROTOCOL_VERSION,
-                theirs: version,
-            });
-        }
-
-        // The queue holds batches: about `event_queue` events in all.
-        let batches = config.limits.event_queue.div_ceil(EVENT_BATCH).max(2);
-        let (events_tx, events_rx) = mpsc::channel(batches);
-        let _ = events_tx.try_send(vec![ClientEvent::Connected { host_id }]);
-        let (uploads, queued) = UploadQueue::new(config.limits.send_queue_bytes, false);
-        // Control frames never wait for room (they are small and bounded by what the server
-        // sends), so the queue has no limit to consult.
-        let (control, queued_control) = UploadQueue::new(usize::MAX, false);
+        let (inner, events) = driver::connect::connect(config).await?;
         let guard = Arc::new(CloseOnDrop {
-            connection: connection.clone(),
-            endpoint: endpoint.clone(),
+            connection: inner.connection.clone(),
+            endpoint: inner.endpoint.clone(),
         });
-        let inner = Arc::new(Inner {
-            core: Mutex::new(Core {
-                session: {
-                    let mut session = Session::new(
-                        host_id,
-                        app_data,
-                        max_frame_len,
-                        config.limits.receive_window,
-                        SessionTiming {
-                            ping_interval: config.timeouts.ping_interval,
-                            relay_ping_interval: config.timeouts.relay_ping_interval,
-                        },
-                        Instant::now(),
-                    );
-                    session.set_direct_window(DirectWindow {
-                        messages: config.direct.max_unacked_messages,
-                        bytes: config.direct.max_unacked_bytes,
-                        ack_timeout: config.direct.path_timeout,
-                    });
-                    session
-                },
-                directs: HashMap::default(),
-                punches: HashMap::new(),
-            }),
-            connection: connection.clone(),
-            closed: AtomicBool::new(false),
-            endpoint,
-            socket,
-            uploads,
-            control,
-            peer_queue_bytes: config.limits.send_queue_bytes,
-            events: events_tx,
-            event_capacity: config.limits.event_queue.max(2),
-            event_ready: Notify::new(),
-            emit_turn: tokio::sync::Mutex::new(()),
-            pending_events: AtomicUsize::new(0),
-            event_room: Notify::new(),
-            window_generation: AtomicU64::new(0),
-            window_room: Notify::new(),
-            timer_moved: Notify::new(),
-            max_frame_len,
-            host_id,
-            identity,
-            expected_peers,
-            direct: config.direct,
-            peer_transport,
-            random: ring::rand::SystemRandom::new(),
-        });
-        tokio::spawn(write_stream(connection.clone(), send, queued));
-        tokio::spawn(write_control_stream(connection.clone(), queued_control));
-        tokio::spawn(emit_events(inner.clone()));
-        tokio::spawn(receive(inner.clone(), recv));
-        tokio::spawn(direct::accept_peers(inner.clone()));
-        tokio::spawn(direct::dispatch_probes(inner.clone(), probes));
-        tokio::spawn(direct::tick(inner.clone()));
-        if let Ok(local) = inner.endpoint.local_addr() {
-            let addrs = host_candidates(local);
-            tracing::debug!(?addrs, "host candidates");
-            inner.send_server_frame(&ClientToServer::HostCandidates { addrs });
-        }
-        tracing::info!(%host_id, server = %config.server_addr, "connected");
-        let client = Client {
-            _guard: guard,
-            inner,
-        };
-        Ok((client, ClientEvents::new(events_rx)))
+        Ok((
+            Client {
+                inner,
+                _guard: guard,
+            },
+            events,
+        ))
     }
 
     /// Sends `payload` to `target` with `options`: a [`Delivery`] mode, or
@@ -788,7 +112,7 @@ impl Client {
                 None => return Ok(()),
                 Some(Full::Queue(full)) => full.room().await,
                 Some(Full::Events) => self.inner.event_room().await,
-                Some(Full::Window(seen)) => self.inner.window_room_after(seen).await,
+                Some(Full::Window(seen)) => self.window_room_after(seen).await,
             }
         }
     }
@@ -889,7 +213,7 @@ impl Client {
             // Latest values wait too: they replace queued values of their key, but an
             // application that keeps inventing keys must not grow a queue without bound.
             Carrier::Stream(_) => {
-                if let Some(full) = inner.full_queue(&core, &route) {
+                if let Some(full) = full_queue(inner, &core, &route) {
                     return Ok(Some(Full::Queue(full)));
                 }
                 // A direct peer that has not acked what it was sent holds its sends back
@@ -914,6 +238,26 @@ impl Client {
         }
         inner.flush_and_wake(&mut core);
         Ok(None)
+    }
+
+    /// Resolves once a direct window may have room again: the window generation moved
+    /// past `seen` (or the connection ended).
+    async fn window_room_after(&self, seen: u64) {
+        let inner = &self.inner;
+        loop {
+            let notified = inner.window_room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if inner.window_generation.load(Ordering::Acquire) != seen
+                || inner.closed.load(Ordering::Acquire)
+            {
+                return;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = inner.connection.closed() => return,
+            }
+        }
     }
 
     fn session(&self) -> SessionGuard<'_> {
@@ -1041,151 +385,17 @@ enum Full {
     Window(u64),
 }
 
-/// Hands over the events that no reader delivers (those of sends, timers and path
-/// changes, and the final `Disconnected`), through [`Inner::deliver_events`], so they
-/// keep the session's order too. Ends after `Disconnected`.
-async fn emit_events(inner: Arc<Inner>) {
-    loop {
-        let notified = inner.event_ready.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if inner.deliver_events().await {
-            return;
-        }
-        notified.await;
+/// The first queue of `route` that is full, if any.
+fn full_queue(inner: &Inner, core: &Core, route: &Route) -> Option<UploadQueue> {
+    if route.server && !inner.uploads.has_room() {
+        return Some(inner.uploads.clone());
     }
-}
-
-/// Reads the main stream and datagrams until the connection ends, then reports
-/// `Disconnected`.
-async fn receive(inner: Arc<Inner>, recv: FrameReader) {
-    // Both loops run to their end (an error in one closes the connection, which ends the
-    // other): cancelling one could drop messages it was handing to the application.
-    let (frames_end, datagrams_end) = tokio::join!(
-        async {
-            let end = read_frames(&inner, recv).await;
-            if let ReadEnd::Violation(code, text) = &end {
-                close(&inner.connection, *code, text);
-            }
-            end
-        },
-        async {
-            let end = read_datagrams(&inner).await;
-            if let ReadEnd::Violation(code, text) = &end {
-                close(&inner.connection, *code, text);
-            }
-            end
-        }
-    );
-    let reason = match (&frames_end, &datagrams_end) {
-        (ReadEnd::Violation(code, text), _) | (_, ReadEnd::Violation(code, text)) => {
-            tracing::warn!(%code, %text, "closed: the server broke the protocol");
-            DisconnectReason::ProtocolError {
-                detail: text.clone(),
-            }
-        }
-        (ReadEnd::Connection(error), _) => DisconnectReason::from_connection_error(error),
-    };
-    inner.closed.store(true, Ordering::Release);
-    tracing::info!(%reason, "disconnected");
-    // After every event before it, through the emitter.
-    {
-        let mut core = inner.lock();
-        core.session
-            .push_event(ClientEvent::Disconnected { reason });
-        inner.flush_and_wake(&mut core);
-    }
-}
-
-/// How long the client waits for the server's close after the server finished its control
-/// stream: the server closes as soon as our acknowledgement of the stream's end arrives,
-/// so a few round trips; 5 s covers a lossy path before calling it a protocol error.
-const STREAM_END_GRACE: Duration = Duration::from_secs(5);
-
-async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
-    loop {
-        let body = match recv.next().await {
-            Ok(Some(body)) => body,
-            Ok(None) => {
-                // A server shutting down gracefully finishes its main stream after its
-                // last frame and closes the connection once we have acknowledged all of it
-                // (the server's `drain.rs`): everything has been read, so wait for that
-                // close and report its reason.
-                return match tokio::time::timeout(STREAM_END_GRACE, inner.connection.closed()).await
-                {
-                    Ok(error) => ReadEnd::Connection(error),
-                    Err(_) => ReadEnd::Violation(
-                        CloseCode::ProtocolViolation,
-                        "main stream closed without a connection close".into(),
-                    ),
-                };
-            }
-            Err(end) => return end,
-        };
-        {
-            let mut core = inner.lock();
-            let now = Instant::now();
-            // Every frame this read brought is handled before anything is sent, so the
-            // notices of many frames cost one ack.
-            let mut next = Some(body);
-            while let Some(body) = next {
-                let frame = match decode_server_frame(&body) {
-                    Ok(frame) => frame,
-                    Err(error) => return error.into(),
-                };
-                if let Err(text) = core.session.handle_frame(frame, now) {
-                    return ReadEnd::Violation(CloseCode::ProtocolViolation, text);
-                }
-                if core.session.pending_events() >= inner.event_capacity {
-                    break;
-                }
-                next = match recv.buffered() {
-                    Ok(next) => next,
-                    Err(end) => return end,
-                };
-            }
-            inner.flush(&mut core);
-        }
-        inner.deliver_events().await;
-    }
-}
-
-async fn read_datagrams(inner: &Arc<Inner>) -> ReadEnd {
-    loop {
-        let datagram = match inner.connection.read_datagram().await {
-            Ok(datagram) => datagram,
-            Err(error) => return ReadEnd::Connection(error),
-        };
-        let message = match decode_server_datagram(&datagram) {
-            Ok(message) => message,
-            Err(error) => return error.into(),
-        };
-        {
-            let mut core = inner.lock();
-            core.session.handle_datagram(message, Instant::now());
-            inner.flush(&mut core);
-        }
-        inner.deliver_events().await;
-    }
-}
-
-/// The client's host candidates: its interface addresses (of the socket's family) on the
-/// socket's port, or just the bound address if it is a specific one.
-fn host_candidates(local: SocketAddr) -> Vec<SocketAddr> {
-    if !local.ip().is_unspecified() {
-        return vec![local];
-    }
-    let mut addrs: Vec<SocketAddr> = if_addrs::get_if_addrs()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|interface| interface.ip())
-        .filter(|ip| ip.is_ipv4() == local.is_ipv4() && !ip.is_loopback())
-        .map(|ip| SocketAddr::new(ip, local.port()))
-        .collect();
-    addrs.sort();
-    addrs.dedup();
-    addrs.truncate(16);
-    addrs
+    route
+        .direct
+        .iter()
+        .filter_map(|peer| core.directs.get(peer))
+        .find(|link| !link.queue.has_room())
+        .map(|link| link.queue.clone())
 }
 
 /// A locked view of the session for queries.

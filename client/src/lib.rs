@@ -53,7 +53,20 @@
 //!   reordering and duplicate removal per mode).
 //! - `clock.rs`, `ping.rs`: sans-IO server clock estimate and per-peer RTT and loss.
 //! - `outbound.rs`: the send queues (priorities, latest-value replacement, back-pressure).
-//! - `client.rs`: the [`Client`] handle and its tasks (writer, receiver).
+//! - `client.rs`: the [`Client`] handle (sends, queries, close);
+//!   `client_events.rs`: [`ClientEvents`], the application's end of the event pipe.
+//! - `driver/`: the async driver behind them, in layers so that no two files import each
+//!   other. `shared.rs` holds the state every part shares (`Inner`, and under its one lock
+//!   the `Core`: session, direct links, punches) and imports nothing else of the driver;
+//!   `flush.rs` carries out what the session produced (queues, datagrams, punch orders,
+//!   wake-ups) and `event_pipe.rs` hands its events over in order (with the emitter
+//!   task); one file per task: `server_reader.rs`, `writer.rs`, `timer.rs`, and in
+//!   `direct/` the punch tasks (`punch.rs`), the probe dispatcher (`probes.rs`), both ends
+//!   of a direct connection (`dial.rs`, `accept.rs`) and a direct link's reader
+//!   (`link.rs`); `connect.rs` and `login.rs` set the connection up and start the tasks.
+//! - `socket.rs`: the one UDP socket, shared by QUIC and punch probes.
+//! - `punch.rs`: the sans-IO punch attempt; `connect_failure.rs`: naming why a connect
+//!   failed.
 //! - `blocking.rs`: [`blocking::BlockingClient`], the same client for game loops without
 //!   an async runtime (its own runtime thread; no `.await`).
 //! - `tls.rs`: server pinning and the client's identity certificate.
@@ -61,10 +74,11 @@
 
 pub mod blocking;
 mod client;
+mod client_events;
 mod clock;
 mod config;
 mod connect_failure;
-mod direct;
+mod driver;
 mod error;
 mod events;
 #[cfg(feature = "fuzzing")]
@@ -79,7 +93,8 @@ mod session;
 mod socket;
 mod tls;
 
-pub use client::{Client, ClientEvents};
+pub use client::Client;
+pub use client_events::ClientEvents;
 pub use clock::ServerTime;
 pub use config::{ClientConfig, DirectConfig, Limits, Timeouts};
 pub use error::{ConnectError, SendError};

@@ -3,14 +3,13 @@
 //!
 //! Each holds encoded frames in the shared scheduler's order (notices first, then messages
 //! by priority with latest-value replacement; see [`peergroup_protocol::schedule`]) until
-//! its writer task takes them. Its bytes are the back-pressure: a send waits (or
-//! `try_send` fails with `QueueFull`) while a queue it needs is at its limit, so a slow
-//! path paces only the sends that use it.
+//! its writer task (`driver/writer.rs`) takes them. Its bytes are the back-pressure: a
+//! send waits (or `try_send` fails with `QueueFull`) while a queue it needs is at its
+//! limit, so a slow path paces only the sends that use it.
 
 use bytes::Bytes;
 use peergroup_protocol::schedule::SendQueue;
 use peergroup_protocol::Priority;
-use peergroup_transport::{finish_stream, write_batch, WRITE_BATCH_BYTES};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -237,53 +236,6 @@ impl Drop for UploadReceiver {
         self.state.bytes.store(0, Ordering::Release);
         self.state.room.notify_waiters();
     }
-}
-
-/// Writes a queue to a QUIC stream until the queue finishes, the stream fails or the
-/// connection closes (the writer holds the connection, and with it the socket, so it must
-/// not outlive it).
-pub(crate) async fn write_stream(
-    connection: quinn::Connection,
-    mut send: quinn::SendStream,
-    mut queue: UploadReceiver,
-) {
-    let mut merged = bytes::BytesMut::new();
-    // Made once: each `closed()` registers with quinn's connection state.
-    let closed = connection.closed();
-    tokio::pin!(closed);
-    loop {
-        let next = tokio::select! {
-            next = queue.next(&mut merged, WRITE_BATCH_BYTES) => next,
-            _ = &mut closed => return,
-        };
-        match next {
-            Next::Frames => match write_batch(&mut send, &mut merged).await {
-                Ok(len) => queue.written(len),
-                Err(_) => return,
-            },
-            Next::Finish(done) => {
-                if finish_stream(&mut send).await.is_err() {
-                    return;
-                }
-                let _ = done.send(());
-                return;
-            }
-        }
-    }
-}
-
-/// Opens the control stream to the server (unidirectional; the server allows it once the
-/// client is logged in) and writes the control queue to it.
-pub(crate) async fn write_control_stream(connection: quinn::Connection, queue: UploadReceiver) {
-    let send = tokio::select! {
-        opened = connection.open_uni() => match opened {
-            Ok(send) => send,
-            // The connection ended: dropping the queue releases its waiters.
-            Err(_) => return,
-        },
-        _ = connection.closed() => return,
-    };
-    write_stream(connection, send, queue).await;
 }
 
 #[cfg(test)]

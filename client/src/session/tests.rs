@@ -1408,9 +1408,10 @@ fn an_ack_drops_exactly_the_count_acked_and_an_ack_of_more_than_was_sent_is_an_e
     assert_eq!(unacked(&a), 0);
 }
 
-/// The direct queue of `client.rs`: each `Upload::Peer` is pushed with its priority,
-/// latest key (flow 0) and id; a replaced value is reported to the session; pops give the
-/// order frames go on the stream, and the ids that went out are logged, as the driver does.
+/// The direct queue as the driver fills it (`driver/flush.rs`): each `Upload::Peer` is
+/// pushed with its priority, latest key (flow 0) and id; a replaced value is reported to
+/// the session; pops give the order frames go on the stream, and the ids that went out
+/// are logged, as the driver does.
 struct DirectQueue {
     queue: SendQueue<(PeerToPeer, u64)>,
     went_out: std::collections::VecDeque<u64>,

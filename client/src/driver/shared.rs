@@ -1,0 +1,139 @@
+//! The state every part of the driver shares: [`Inner`], one per client, holding the
+//! [`Core`] under the client's one lock, and the types of the direct paths and punches
+//! that live in the core ([`DirectLink`], [`PunchHandle`]).
+//!
+//! It sits below everything else in the driver and imports none of it, so the tasks that
+//! read and write (the server reader, the direct paths, the timer) and the code that acts
+//! on the session's output (`flush.rs`) all import from here and never from each other.
+//! `Inner`'s methods live with their concern: carrying out the session's output in
+//! `flush.rs`, handing events to the application in `event_pipe.rs`.
+
+use crate::config::DirectConfig;
+use crate::events::ClientEvent;
+use crate::outbound::UploadQueue;
+use crate::session::Session;
+use crate::socket::DemuxSocket;
+use crate::tls::{ClientIdentity, ExpectedPeers};
+use bytes::Bytes;
+use peergroup_protocol::{frame_to_bytes, ClientToServer, Fingerprint, HostId, PairId, PunchOrder};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, Notify};
+
+/// Everything that changes together, under one lock: the sans-IO session, the direct
+/// links and the punches under way.
+pub(crate) struct Core {
+    pub session: Session,
+    pub directs: HashMap<HostId, DirectLink, foldhash::fast::RandomState>,
+    pub punches: HashMap<PairId, PunchHandle>,
+}
+
+pub(crate) struct Inner {
+    pub core: Mutex<Core>,
+    pub connection: quinn::Connection,
+    /// Set once the server connection has ended, so sends need not ask quinn (which
+    /// takes its connection lock) every time.
+    pub closed: AtomicBool,
+    pub endpoint: quinn::Endpoint,
+    pub socket: Arc<DemuxSocket>,
+    /// Messages for the server, in the scheduler's order, for the main stream.
+    pub uploads: UploadQueue,
+    /// Acks, reports and requests for the server, for the control stream: the server
+    /// keeps reading it while it pauses the main stream, so they never wait behind
+    /// messages (ARCHITECTURE.md, "Streams").
+    pub control: UploadQueue,
+    /// Each direct peer's send queue holds at most about this many bytes.
+    pub peer_queue_bytes: usize,
+    /// Events go to the application in batches: one channel operation (and one wake of
+    /// the application) per batch rather than per event.
+    pub events: mpsc::Sender<Vec<ClientEvent>>,
+    /// The event queue's size; readers pause while the session holds this many events.
+    pub event_capacity: usize,
+    /// Wakes the emitter: the session has events.
+    pub event_ready: Notify,
+    /// Whose turn it is to hand events over (see [`Inner::deliver_events`]).
+    pub emit_turn: tokio::sync::Mutex<()>,
+    /// The session's undelivered events as of the last change, so readers check for room
+    /// without taking the lock.
+    pub pending_events: AtomicUsize,
+    /// Wakes readers and senders waiting for the session's events to drain.
+    pub event_room: Notify,
+    /// Counts the times a direct window may have made room (acks, paths and pairs
+    /// ending), under the core lock; senders waiting on one wait for it to move.
+    pub window_generation: AtomicU64,
+    /// Wakes senders waiting on a direct window.
+    pub window_room: Notify,
+    /// Wakes the session's timer task (`timer.rs`): a deadline may have come earlier
+    /// than the one it sleeps until (`Session::take_timeout_moved`).
+    pub timer_moved: Notify,
+    /// Punches [`Inner::flush`] registered, for the task that runs them
+    /// (`direct/punch.rs`): code that acts on the session's output cannot start the punch
+    /// task itself without depending on the direct paths, which depend on it. Unbounded
+    /// in type only: each entry is a punch already in `Core::punches`, which
+    /// `DirectConfig::max_direct_peers` bounds.
+    pub punch_starts: mpsc::UnboundedSender<PunchStart>,
+    pub max_frame_len: u32,
+    pub host_id: HostId,
+    pub identity: ClientIdentity,
+    pub expected_peers: Arc<ExpectedPeers>,
+    pub direct: DirectConfig,
+    pub peer_transport: Arc<quinn::TransportConfig>,
+    pub random: ring::rand::SystemRandom,
+}
+
+impl Inner {
+    /// Locks the core; a panic elsewhere while holding it must not wedge the client.
+    pub fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues an ack, report or request for the server's control stream (control traffic
+    /// is small and bounded by what the server sends, so it never waits).
+    pub fn send_server_frame(&self, frame: &ClientToServer) {
+        if let Ok(bytes) = frame_to_bytes(frame, self.max_frame_len) {
+            self.control.push_control(bytes);
+        }
+    }
+}
+
+/// A live direct connection to one peer.
+#[derive(Debug)]
+pub(crate) struct DirectLink {
+    pub connection: quinn::Connection,
+    /// Frames for the link's writer task, in the scheduler's order; sends to this peer
+    /// wait while it is full.
+    pub queue: UploadQueue,
+    /// Wakes the link's reader while it is paused (the session held too much from the
+    /// peer) once the session says it may read again.
+    pub resume_reading: Arc<Notify>,
+}
+
+/// What a punch task is told.
+#[derive(Debug)]
+pub(crate) enum PunchInput {
+    /// A probe for its pair arrived.
+    Probe(SocketAddr, Bytes),
+    /// The peer opened the direct connection to us: the attempt succeeded.
+    Connected,
+}
+
+/// A punch under way, as the rest of the client sees it.
+#[derive(Debug)]
+pub(crate) struct PunchHandle {
+    pub attempt: u32,
+    pub input: mpsc::Sender<PunchInput>,
+}
+
+/// A punch registered in the core (its [`PunchHandle`] holds the other end of `inputs`),
+/// for the punch task to carry out.
+#[derive(Debug)]
+pub(crate) struct PunchStart {
+    pub order: PunchOrder,
+    pub inputs: mpsc::Receiver<PunchInput>,
+    /// The peer's certificate, as the server vouched for it.
+    pub identity: Fingerprint,
+}
