@@ -235,6 +235,12 @@ async fn a_client_at_its_direct_peer_limit_keeps_further_peers_on_the_relay() {
         .create_group(&[a_id, b_id], GroupOptions::default(), "")
         .unwrap();
     wait_client(&mut a_events, path_changed).await;
+    // The server marks the pair direct once both sides have reported it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.pair_stats(a_id, b_id).unwrap().path != PairPath::Direct {
+        assert!(tokio::time::Instant::now() < deadline, "A-B never direct");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server
         .create_group(&[a_id, c_id], GroupOptions::default(), "")
         .unwrap();
