@@ -301,7 +301,7 @@ impl Peer {
 /// the sender).
 pub(crate) const MAX_HELD_BYTES: usize = 4 << 20;
 /// Bytes of early arrivals held for one peer (payloads plus
-/// [`HELD_ENTRY_COST`](crate::sequencing::HELD_ENTRY_COST) each) past which the peer is
+/// [`crate::sequencing::HELD_ENTRY_COST`] each) past which the peer is
 /// ignored ([`ClientEvent::PeerIgnored`]). The relay cannot be paused for one peer without
 /// pausing all of them, and a well-behaved sender never gets this far ahead on it (the
 /// direct path is paused at [`MAX_HELD_BYTES`]).
@@ -1556,7 +1556,7 @@ impl Session {
     /// upload queue to the server, and which direct peers' queues.
     ///
     /// # Errors
-    /// As [`Session::plan_send`], for the target.
+    /// As [`Session::plan`], for the target.
     pub fn route(&self, target: &Target) -> Result<Route, SendError> {
         let resolved = self.resolve(target)?;
         let (direct, relayed): (Vec<HostId>, Vec<HostId>) = resolved
