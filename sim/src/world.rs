@@ -227,6 +227,8 @@ pub struct World {
     stats: RunStats,
     /// The violation that ends the run early, if any.
     fatal: Option<String>,
+    /// Print what happens (`SIM_TRACE=1`), for replaying a failed seed.
+    trace: bool,
 }
 
 /// Largest datagram payload the simulated paths take.
@@ -316,6 +318,7 @@ impl World {
             end,
             stats: RunStats::default(),
             fatal: None,
+            trace: std::env::var_os("SIM_TRACE").is_some(),
         };
         for i in 0..world.shape.clients {
             world.connect(i);
@@ -518,6 +521,9 @@ impl World {
     }
 
     fn handle(&mut self, event: Ev) {
+        if self.trace {
+            eprintln!("{:?} {event:?}", self.clock.elapsed());
+        }
         let now = self.clock.now();
         match event {
             Ev::Wake => {}
@@ -711,6 +717,22 @@ impl World {
                     latest,
                 } => {
                     if let Some(client) = self.clients.get_mut(&to) {
+                        // As `server/src/outbound.rs`: an older latest value than the one
+                        // queued is dropped, not put in its place.
+                        let seq_of = |m: &ServerToClient| match m {
+                            ServerToClient::Deliver { seq, .. } => Some(*seq),
+                            _ => None,
+                        };
+                        if let Some(key) = latest {
+                            let queued = client.down.queue.queued_latest(from.raw(), key);
+                            if let (Some(old), Some(new)) =
+                                (queued.and_then(seq_of), seq_of(&message))
+                            {
+                                if old > new {
+                                    continue;
+                                }
+                            }
+                        }
                         let len = frame_len_down(&message);
                         client
                             .down
@@ -1095,6 +1117,9 @@ impl World {
     }
 
     fn client_event(&mut self, host: HostId, event: ClientEvent) {
+        if self.trace {
+            eprintln!("{:?} {host} event {event:?}", self.clock.elapsed());
+        }
         match event {
             ClientEvent::MemberJoined { group, member, .. } => {
                 self.oracle.view_joined(host, group, member)
@@ -1175,7 +1200,12 @@ impl World {
         }
         let (a, ready_a) = sides[0];
         let (b, ready_b) = sides[1];
-        let (nat_a, nat_b) = (self.clients[&a].nat, self.clients[&b].nat);
+        let (Some(nat_a), Some(nat_b)) = (
+            self.clients.get(&a).map(|c| c.nat),
+            self.clients.get(&b).map(|c| c.nat),
+        ) else {
+            return; // one side is gone
+        };
         if !nat_a.can_punch(nat_b) || !self.rng.random_bool(0.9) {
             return; // both sides time out
         }
@@ -1346,6 +1376,9 @@ impl World {
             return;
         };
         let now = self.clock.now();
+        if self.trace {
+            eprintln!("{:?} join {host} to {group}", self.clock.elapsed());
+        }
         if let Ok(peergroup_server::registry::JoinOutcome::Joined) =
             self.registry.join_group(group, host, Bytes::new(), now)
         {
@@ -1364,6 +1397,9 @@ impl World {
         }
         let host = members[self.rng.random_range(0..members.len())];
         let now = self.clock.now();
+        if self.trace {
+            eprintln!("{:?} leave {host} from {group}", self.clock.elapsed());
+        }
         if self.registry.leave_group(group, host, now).is_ok() {
             self.start_op(false, group, host);
             self.last_leave.insert((group, host), self.action_counter);
@@ -1541,6 +1577,12 @@ impl World {
             .send(&target, payload, options, Some(MAX_DATAGRAM))
         {
             Ok(()) => {
+                if self.trace {
+                    eprintln!(
+                        "{:?} {host} sends #{id} {target:?} {delivery:?} ch {channel} {priority:?}",
+                        self.clock.elapsed()
+                    );
+                }
                 self.stats.sent += 1;
                 self.flush(host);
             }

@@ -30,7 +30,16 @@ fn seeded_scenarios_keep_every_guarantee() {
     let mut totals = peergroup_sim::RunStats::default();
     let mut failures = Vec::new();
     for &seed in &seeds {
-        let (violations, stats) = peergroup_sim::run_seed(seed);
+        // A panic (in the simulator or in the code under test) is a failure of its seed.
+        let (violations, stats) = std::panic::catch_unwind(|| peergroup_sim::run_seed(seed))
+            .unwrap_or_else(|panic| {
+                let text = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                (vec![format!("panicked: {text}")], Default::default())
+            });
         totals.sent += stats.sent;
         for (t, s) in totals.delivered.iter_mut().zip(stats.delivered) {
             *t += s;
