@@ -64,9 +64,35 @@ impl Default for Clock {
 /// seed alone).
 #[derive(Debug)]
 pub struct EventQueue<E> {
-    heap: BinaryHeap<Reverse<(Duration, u64)>>,
-    events: std::collections::HashMap<u64, E>,
+    heap: BinaryHeap<Reverse<Entry<E>>>,
     next: u64,
+}
+
+#[derive(Debug)]
+struct Entry<E> {
+    at: Duration,
+    id: u64,
+    event: E,
+}
+
+impl<E> PartialEq for Entry<E> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.id) == (other.at, other.id)
+    }
+}
+
+impl<E> Eq for Entry<E> {}
+
+impl<E> PartialOrd for Entry<E> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<E> Ord for Entry<E> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.id).cmp(&(other.at, other.id))
+    }
 }
 
 impl<E> EventQueue<E> {
@@ -74,7 +100,6 @@ impl<E> EventQueue<E> {
     pub fn new() -> Self {
         Self {
             heap: BinaryHeap::new(),
-            events: std::collections::HashMap::new(),
             next: 0,
         }
     }
@@ -83,33 +108,32 @@ impl<E> EventQueue<E> {
     pub fn push(&mut self, at: Duration, event: E) {
         let id = self.next;
         self.next += 1;
-        self.heap.push(Reverse((at, id)));
-        self.events.insert(id, event);
+        self.heap.push(Reverse(Entry { at, id, event }));
     }
 
     /// When the next event is due.
     pub fn peek_time(&self) -> Option<Duration> {
-        self.heap.peek().map(|Reverse((at, _))| *at)
+        self.heap.peek().map(|Reverse(entry)| entry.at)
     }
 
     /// The next event, if due by `now`.
     pub fn pop_due(&mut self, now: Duration) -> Option<(Duration, E)> {
-        let &Reverse((at, id)) = self.heap.peek()?;
-        if at > now {
+        if self.peek_time()? > now {
             return None;
         }
-        self.heap.pop();
-        self.events.remove(&id).map(|e| (at, e))
+        self.heap
+            .pop()
+            .map(|Reverse(entry)| (entry.at, entry.event))
     }
 
     /// Events waiting.
     pub fn len(&self) -> usize {
-        self.events.len()
+        self.heap.len()
     }
 
     /// Whether no event waits.
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.heap.is_empty()
     }
 }
 

@@ -72,8 +72,8 @@ enum Ev {
         from: HostId,
         datagram: ServerDatagram,
     },
-    /// A writer may take its next frame.
-    Wake,
+    /// A writer of this client (or the server's writer to it) may take its next frame.
+    Wake(HostId),
     /// A side's punch attempt comes to a verdict: the connection `conn` is up for it, or
     /// (`None`) the attempt failed.
     PunchEnd {
@@ -152,6 +152,9 @@ struct Client {
     directs: BTreeMap<HostId, Direct>,
     /// Punch attempts under way, by pair.
     punches: HashMap<PairId, u32>,
+    /// The session's `poll_timeout`, as of its last input (every input ends in
+    /// [`World::flush`], which updates it).
+    timer: Option<Duration>,
 }
 
 /// A join or leave waiting for its completion.
@@ -229,12 +232,16 @@ pub struct World {
     fatal: Option<String>,
     /// Print what happens (`SIM_TRACE=1`), for replaying a failed seed.
     trace: bool,
+    /// Clients whose writers (or the server's writer to them) may have work.
+    dirty: BTreeSet<HostId>,
 }
 
 /// Largest datagram payload the simulated paths take.
 const MAX_DATAGRAM: usize = 1_200;
 /// Largest frame.
 const MAX_FRAME: u32 = 1 << 20;
+/// Quiet time after the application's last action (on top of the pair linger).
+const DRAIN: Duration = Duration::from_secs(7);
 /// A punch gives up this long after its start.
 const PUNCH_WINDOW: Duration = Duration::from_secs(3);
 
@@ -277,7 +284,7 @@ impl World {
         let mut rng = Pcg64::seed_from_u64(seed);
         let shape = Shape {
             clients: rng.random_range(2..=6),
-            active: Duration::from_millis(rng.random_range(2_000..=8_000)),
+            active: Duration::from_millis(rng.random_range(1_000..=5_000)),
             mean_gap_ms: rng.random_range(5..=60),
             linger: Duration::from_millis(rng.random_range(200..=3_000)),
         };
@@ -292,8 +299,9 @@ impl World {
             ..RegistryConfig::default()
         };
         let registry = Registry::new(config, clock.now());
-        // Long enough for every fallback, resend, linger and ack to settle.
-        let end = shape.active + shape.linger + Duration::from_secs(14);
+        // Long enough for every fallback (a dead path is noticed within 3 s, a stalled one
+        // after the 5 s ack timeout), resend, linger and ack to settle.
+        let end = shape.active + shape.linger + DRAIN;
         let mut world = World {
             rng,
             clock,
@@ -319,6 +327,7 @@ impl World {
             stats: RunStats::default(),
             fatal: None,
             trace: std::env::var_os("SIM_TRACE").is_some(),
+            dirty: BTreeSet::new(),
         };
         for i in 0..world.shape.clients {
             world.connect(i);
@@ -355,9 +364,11 @@ impl World {
             down: StreamWriter::new(down),
             directs: BTreeMap::new(),
             punches: HashMap::new(),
+            timer: None,
         };
         self.clients.insert(host, client);
         self.all_hosts.push(host);
+        self.flush(host);
         self.dispatch();
     }
 
@@ -385,6 +396,7 @@ impl World {
             Err(error) => self.violation(format!("create_group failed: {error}")),
         }
         self.dispatch();
+        self.check_pairs();
     }
 
     fn start_op(&mut self, join: bool, group: GroupId, member: HostId) {
@@ -428,10 +440,10 @@ impl World {
                 pick(self.clock.offset_of(at).max(now));
             }
             for (&host, client) in &self.clients {
-                if let Some(at) = client.session.poll_timeout() {
+                if let Some(at) = client.timer {
                     // A deadline in the past is due at once, but a session is not run twice
                     // at one instant (its timer task would not either).
-                    let mut at = self.clock.offset_of(at).max(now);
+                    let mut at = at.max(now);
                     if client_ran.get(&host) == Some(&at) {
                         at += Duration::from_millis(1);
                     }
@@ -447,17 +459,17 @@ impl World {
             self.stats.events += 1;
             while let Some((_, event)) = self.events.pop_due(now) {
                 self.handle(event);
-                self.pump();
             }
             let instant = self.clock.now();
             if self.registry.poll_timeout().is_some_and(|at| at <= instant) {
                 self.registry.handle_timeout(instant);
                 self.dispatch();
+                self.check_pairs();
             }
             let due: Vec<HostId> = self
                 .clients
                 .iter()
-                .filter(|(_, c)| c.session.poll_timeout().is_some_and(|at| at <= instant))
+                .filter(|(_, c)| c.timer.is_some_and(|at| at <= now))
                 .map(|(h, _)| *h)
                 .collect();
             for host in due {
@@ -477,26 +489,35 @@ impl World {
         (self.oracle.violations, self.stats)
     }
 
-    /// Lets every writer take what its link allows now.
+    /// Lets every writer with work take what its link allows now.
     fn pump(&mut self) {
         let now = self.clock.elapsed();
         let mut wakes = Vec::new();
         let mut arrivals: Vec<(Duration, Ev)> = Vec::new();
-        for (&host, client) in &mut self.clients {
+        for host in std::mem::take(&mut self.dirty) {
+            let Some(client) = self.clients.get_mut(&host) else {
+                continue;
+            };
             let rng = &mut self.rng;
-            wakes.extend(client.up_main.pump(rng, now, |frame, at| {
+            let mut wake = None;
+            let mut note = |at: Option<Duration>| {
+                if let Some(at) = at {
+                    wake = Some(wake.map_or(at, |w: Duration| w.min(at)));
+                }
+            };
+            note(client.up_main.pump(rng, now, |frame, at| {
                 arrivals.push((at, Ev::ServerFrame { from: host, frame }))
             }));
-            wakes.extend(client.up_control.pump(rng, now, |frame, at| {
+            note(client.up_control.pump(rng, now, |frame, at| {
                 arrivals.push((at, Ev::ServerFrame { from: host, frame }))
             }));
-            wakes.extend(client.down.pump(rng, now, |frame, at| {
+            note(client.down.pump(rng, now, |frame, at| {
                 arrivals.push((at, Ev::ClientFrame { to: host, frame }))
             }));
             for (&peer, direct) in &mut client.directs {
                 let conn = direct.conn;
                 let log = &mut direct.sent_log;
-                wakes.extend(direct.writer.pump(rng, now, |(frame, id), at| {
+                note(direct.writer.pump(rng, now, |(frame, id), at| {
                     if id != 0 {
                         log.push(id);
                     }
@@ -511,12 +532,15 @@ impl World {
                     ))
                 }));
             }
+            if let Some(at) = wake {
+                wakes.push((at, host));
+            }
         }
         for (at, ev) in arrivals {
             self.events.push(at, ev);
         }
-        for at in wakes {
-            self.events.push(at, Ev::Wake);
+        for (at, host) in wakes {
+            self.events.push(at, Ev::Wake(host));
         }
     }
 
@@ -526,7 +550,9 @@ impl World {
         }
         let now = self.clock.now();
         match event {
-            Ev::Wake => {}
+            Ev::Wake(host) => {
+                self.dirty.insert(host);
+            }
             Ev::Act => {
                 self.act();
                 if self.clock.elapsed() < self.shape.active {
@@ -624,7 +650,7 @@ impl World {
                 let hosts = c.hosts;
                 // Each side finds out when its idle timer runs out.
                 for host in [hosts.0, hosts.1] {
-                    let after = Duration::from_millis(self.rng.random_range(300..=5_000));
+                    let after = Duration::from_millis(self.rng.random_range(300..=3_000));
                     self.events.push(
                         self.clock.elapsed() + after,
                         Ev::ConnLost {
@@ -705,6 +731,7 @@ impl World {
                         client.down.queue.promote_flow(peer.raw());
                     }
                     client.down.push_control(message, len);
+                    self.dirty.insert(to);
                 }
                 Action::Disconnect { host, reason } => {
                     self.violation(format!("the registry disconnects {host}: {reason}"));
@@ -737,6 +764,7 @@ impl World {
                         client
                             .down
                             .push_data(message, len, priority, from.raw(), latest);
+                        self.dirty.insert(to);
                     }
                 }
                 Action::Datagram { to, message, .. } => {
@@ -780,6 +808,7 @@ impl World {
                         }
                         if let Some(client) = self.clients.get_mut(&host) {
                             client.down.push_control(frame, 64);
+                            self.dirty.insert(host);
                         }
                     }
                 }
@@ -791,7 +820,6 @@ impl World {
         for event in events {
             self.server_event(event);
         }
-        self.check_pairs();
     }
 
     fn send_notices(&mut self, to: HostId, notices: Vec<Notice>, after: &[HostId], all: bool) {
@@ -809,6 +837,7 @@ impl World {
         let frame = ServerToClient::Notices(notices);
         let len = frame_len_down(&frame);
         client.down.push_control(frame, len);
+        self.dirty.insert(to);
     }
 
     fn send_datagrams(&mut self, to: Vec<(HostId, u64)>, mut message: ServerDatagram) {
@@ -961,7 +990,6 @@ impl World {
     /// does, and hands its events to the oracle.
     fn flush(&mut self, host: HostId) {
         let now = self.clock.elapsed();
-        let instant = self.clock.now();
         loop {
             let Some(client) = self.clients.get_mut(&host) else {
                 return;
@@ -1084,8 +1112,14 @@ impl World {
                 self.resume_reading(host, peer);
             }
             if idle {
+                self.dirty.insert(host);
                 // Nothing more can come of this input until the next one.
-                let _ = instant;
+                if let Some(client) = self.clients.get_mut(&host) {
+                    client.timer = client
+                        .session
+                        .poll_timeout()
+                        .map(|at| self.clock.offset_of(at));
+                }
                 return;
             }
         }
@@ -1173,6 +1207,7 @@ impl World {
                 },
                 24,
             );
+            self.dirty.insert(host);
             return;
         }
         if client.directs.contains_key(&order.peer) || client.punches.contains_key(&order.pair) {
@@ -1233,10 +1268,13 @@ impl World {
                 },
             );
         }
-        // Some direct paths die on their own later.
+        // Some direct paths die on their own later (while the application acts: the
+        // drain is for settling).
         if self.rng.random_bool(0.3) {
             let at = up + Duration::from_millis(self.rng.random_range(100..=6_000));
-            self.events.push(at, Ev::PathDeath { conn });
+            if at < self.shape.active {
+                self.events.push(at, Ev::PathDeath { conn });
+            }
         }
     }
 
@@ -1258,6 +1296,7 @@ impl World {
                 },
                 24,
             );
+            self.dirty.insert(host);
             return;
         };
         let Some(c) = self.conns.get(&conn) else {
@@ -1385,6 +1424,7 @@ impl World {
             self.start_op(true, group, host);
         }
         self.dispatch();
+        self.check_pairs();
     }
 
     fn random_leave(&mut self) {
@@ -1406,6 +1446,7 @@ impl World {
             self.oracle.bump_epoch(host);
         }
         self.dispatch();
+        self.check_pairs();
     }
 
     fn random_destroy(&mut self) {
@@ -1425,6 +1466,7 @@ impl World {
             }
         }
         self.dispatch();
+        self.check_pairs();
     }
 
     fn random_death(&mut self) {
@@ -1467,6 +1509,7 @@ impl World {
         // Its own joins and leaves end with it; they complete as `Disconnected`.
         self.registry.handle_disconnect(host, now);
         self.dispatch();
+        self.check_pairs();
     }
 
     /// One send from a random client in a random mode, to a group it is in or to a peer.
@@ -1595,6 +1638,7 @@ impl World {
     /// The checks once everything settled: every op completed, every client's view of
     /// its groups and peers agrees with the registry, every reliable message arrived.
     fn finish(&mut self) {
+        self.check_pairs();
         if !self.oracle.violations.is_empty() {
             return;
         }
