@@ -49,6 +49,8 @@ pub struct Oracle {
     pub violations: Vec<Violation>,
     /// Deliveries per mode: ordered, unordered, unreliable, sequenced, latest.
     pub delivered: [u64; 5],
+    /// (Message, destination) pairs the end-of-run check required to have arrived.
+    pub required: u64,
 }
 
 /// One client's view of one group, from its events.
@@ -248,6 +250,7 @@ impl Oracle {
     pub fn check_complete(&mut self, connected: &BTreeSet<HostId>) {
         let mut last_latest: HashMap<(HostId, HostId, u64), u64> = HashMap::new();
         let mut missing = Vec::new();
+        let mut required = 0;
         for (id, sent) in self.sent.iter().enumerate() {
             let id = id as u64;
             for (i, &to) in sent.to.iter().enumerate() {
@@ -256,9 +259,11 @@ impl Oracle {
                     && connected.contains(&sent.from)
                     && connected.contains(&to);
                 match sent.delivery {
-                    Delivery::ReliableOrdered | Delivery::ReliableUnordered
-                        if stable && !self.got.contains_key(&(to, id)) =>
-                    {
+                    Delivery::ReliableOrdered | Delivery::ReliableUnordered if stable => {
+                        required += 1;
+                        if self.got.contains_key(&(to, id)) {
+                            continue;
+                        }
                         missing.push(format!(
                             "message #{id} ({:?} ch {}) {} -> {to} sent at {:?} never arrived",
                             sent.delivery, sent.channel, sent.from, sent.at
@@ -275,6 +280,7 @@ impl Oracle {
                 }
             }
         }
+        self.required += required + last_latest.len() as u64;
         for ((from, to, key), id) in last_latest {
             if !self.got.contains_key(&(to, id)) {
                 missing.push(format!(
@@ -284,5 +290,98 @@ impl Oracle {
         }
         missing.sort();
         self.violations.extend(missing);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: HostId = HostId::from_raw(1);
+    const B: HostId = HostId::from_raw(3);
+
+    fn oracle_with(deliveries: &[Delivery]) -> (Oracle, GroupId) {
+        let group = GroupId::from_raw(1);
+        let mut oracle = Oracle::default();
+        for host in [A, B] {
+            for member in [A, B] {
+                if member != host {
+                    oracle.view_joined(host, group, member);
+                }
+            }
+            oracle.view_joined(host, group, host);
+        }
+        for &delivery in deliveries {
+            oracle.record_send(Sent {
+                from: A,
+                group: Some(group),
+                delivery,
+                channel: 0,
+                to: vec![B],
+                epochs: vec![0],
+                from_epoch: 0,
+                at: Duration::ZERO,
+            });
+        }
+        (oracle, group)
+    }
+
+    fn deliver(oracle: &mut Oracle, group: GroupId, id: u64) {
+        let delivery = oracle.sent[id as usize].delivery;
+        oracle.delivered(B, A, Some(group), &Oracle::payload(id, 8), delivery, 0);
+    }
+
+    fn connected() -> BTreeSet<HostId> {
+        [A, B].into()
+    }
+
+    #[test]
+    fn reliable_ordered_in_order_and_complete_passes() {
+        let (mut oracle, group) = oracle_with(&[Delivery::ReliableOrdered; 3]);
+        for id in 0..3 {
+            deliver(&mut oracle, group, id);
+        }
+        oracle.check_complete(&connected());
+        assert!(oracle.violations.is_empty(), "{:?}", oracle.violations);
+    }
+
+    #[test]
+    fn reordering_duplicates_and_losses_are_each_caught() {
+        let (mut oracle, group) = oracle_with(&[Delivery::ReliableOrdered; 3]);
+        deliver(&mut oracle, group, 1);
+        deliver(&mut oracle, group, 0);
+        assert_eq!(oracle.violations.len(), 1, "out of order");
+        deliver(&mut oracle, group, 1);
+        assert_eq!(oracle.violations.len(), 2, "a duplicate");
+        oracle.check_complete(&connected());
+        assert!(oracle.violations.last().unwrap().contains("#2"), "#2 lost");
+    }
+
+    #[test]
+    fn latest_must_not_go_back_and_its_last_value_must_arrive() {
+        let latest = Delivery::Latest { key: 4 };
+        let (mut oracle, group) = oracle_with(&[latest; 3]);
+        deliver(&mut oracle, group, 1);
+        deliver(&mut oracle, group, 0);
+        assert_eq!(oracle.violations.len(), 1, "went back");
+        oracle.check_complete(&connected());
+        assert_eq!(oracle.violations.len(), 2, "the last value, #2, never came");
+    }
+
+    #[test]
+    fn unreliable_may_be_lost_but_a_message_crossing_a_leave_need_not_arrive() {
+        let (mut oracle, _) = oracle_with(&[Delivery::Unreliable, Delivery::ReliableUnordered]);
+        oracle.bump_epoch(B);
+        oracle.check_complete(&connected());
+        assert!(oracle.violations.is_empty(), "{:?}", oracle.violations);
+    }
+
+    #[test]
+    fn a_message_for_a_group_the_receiver_left_is_caught() {
+        let (mut oracle, group) = oracle_with(&[Delivery::ReliableUnordered]);
+        oracle.view_left(B, group, A);
+        oracle.view_left(B, group, B);
+        deliver(&mut oracle, group, 0);
+        assert_eq!(oracle.violations.len(), 1, "{:?}", oracle.violations);
     }
 }

@@ -181,8 +181,27 @@ pub struct RunStats {
     pub ops_completed: u64,
     /// Direct paths killed.
     pub deaths: u64,
-    /// Events processed.
+    /// Steps of the main loop (each one instant at which something happened).
     pub events: u64,
+    /// Reliable (message, destination) pairs that had to arrive by the end, and did.
+    pub required: u64,
+}
+
+impl RunStats {
+    /// Adds another run's numbers to these.
+    pub fn add(&mut self, other: &RunStats) {
+        self.sent += other.sent;
+        for (total, n) in self.delivered.iter_mut().zip(other.delivered) {
+            *total += n;
+        }
+        self.direct_deliveries += other.direct_deliveries;
+        self.to_direct += other.to_direct;
+        self.to_relay += other.to_relay;
+        self.ops_completed += other.ops_completed;
+        self.deaths += other.deaths;
+        self.events += other.events;
+        self.required += other.required;
+    }
 }
 
 /// The scenario's knobs, drawn from the seed.
@@ -486,6 +505,7 @@ impl World {
         }
         self.finish();
         self.stats.delivered = self.oracle.delivered;
+        self.stats.required = self.oracle.required;
         (self.oracle.violations, self.stats)
     }
 

@@ -1,13 +1,17 @@
 //! Seeded whole-system scenarios (see the crate docs for the model and the checks).
 //!
-//! `SIM_SEED=<n>` replays one seed; `SIM_SCENARIOS=<n>` sets how many seeds run (from
-//! `SIM_FIRST`, default 0).
+//! The seeds are split into shards, one test each, so `cargo test` runs them on every
+//! core. `SIM_SEED=<n>` replays one seed (in the first shard, with `SIM_TRACE=1` to print
+//! every event); `SIM_SCENARIOS=<n>` sets how many seeds run, from `SIM_FIRST` (default 0).
 
+use peergroup_sim::RunStats;
 use std::time::Instant;
 
-/// Seeds run by default: sized so this test takes well under a minute in a debug build on
-/// two cores (README "Testing" / ARCHITECTURE.md "Simulator" say what was measured).
+/// Seeds run by default, across all shards. Sized so the shards take about 30 s together
+/// in a debug build on two cores (ARCHITECTURE.md, "Simulator", has the measurements).
 const DEFAULT_SCENARIOS: u64 = 2_000;
+/// Shards (tests) the seeds are split into.
+const SHARDS: u64 = 4;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
@@ -16,18 +20,21 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
-#[test]
-fn seeded_scenarios_keep_every_guarantee() {
+/// Runs this shard's seeds; panics naming every failed seed.
+fn run_shard(shard: u64) {
     let seeds: Vec<u64> = match env_u64("SIM_SEED") {
-        Some(seed) => vec![seed],
+        Some(seed) if shard == 0 => vec![seed],
+        Some(_) => Vec::new(),
         None => {
             let first = env_u64("SIM_FIRST").unwrap_or(0);
             let count = env_u64("SIM_SCENARIOS").unwrap_or(DEFAULT_SCENARIOS);
-            (first..first + count).collect()
+            (first..first + count)
+                .filter(|seed| seed % SHARDS == shard)
+                .collect()
         }
     };
     let started = Instant::now();
-    let mut totals = peergroup_sim::RunStats::default();
+    let mut totals = RunStats::default();
     let mut failures = Vec::new();
     for &seed in &seeds {
         // A panic (in the simulator or in the code under test) is a failure of its seed.
@@ -38,18 +45,9 @@ fn seeded_scenarios_keep_every_guarantee() {
                     .cloned()
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                     .unwrap_or_default();
-                (vec![format!("panicked: {text}")], Default::default())
+                (vec![format!("panicked: {text}")], RunStats::default())
             });
-        totals.sent += stats.sent;
-        for (t, s) in totals.delivered.iter_mut().zip(stats.delivered) {
-            *t += s;
-        }
-        totals.direct_deliveries += stats.direct_deliveries;
-        totals.to_direct += stats.to_direct;
-        totals.to_relay += stats.to_relay;
-        totals.ops_completed += stats.ops_completed;
-        totals.deaths += stats.deaths;
-        totals.events += stats.events;
+        totals.add(&stats);
         if !violations.is_empty() {
             eprintln!("seed {seed} failed (replay: SIM_SEED={seed} cargo test -p peergroup-sim):");
             for v in violations.iter().take(10) {
@@ -59,14 +57,16 @@ fn seeded_scenarios_keep_every_guarantee() {
         }
     }
     eprintln!(
-        "{} scenarios in {:.1?}: {} sends, deliveries (ordered, unordered, unreliable, \
-         sequenced, latest) {:?}, {} over direct paths, {} switches to direct and {} back, \
-         {} direct paths killed, {} joins and leaves completed, {} steps",
+        "shard {shard}: {} scenarios in {:.1?}: {} sends; deliveries (ordered, unordered, \
+         unreliable, sequenced, latest) {:?}, {} over direct paths; {} reliable arrivals \
+         required and checked; {} switches to direct and {} back; {} direct paths killed; \
+         {} joins and leaves completed; {} steps",
         seeds.len(),
         started.elapsed(),
         totals.sent,
         totals.delivered,
         totals.direct_deliveries,
+        totals.required,
         totals.to_direct,
         totals.to_relay,
         totals.deaths,
@@ -80,4 +80,24 @@ fn seeded_scenarios_keep_every_guarantee() {
         seeds.len(),
         &failures[..failures.len().min(20)]
     );
+}
+
+#[test]
+fn seeded_scenarios_shard_0() {
+    run_shard(0);
+}
+
+#[test]
+fn seeded_scenarios_shard_1() {
+    run_shard(1);
+}
+
+#[test]
+fn seeded_scenarios_shard_2() {
+    run_shard(2);
+}
+
+#[test]
+fn seeded_scenarios_shard_3() {
+    run_shard(3);
 }
