@@ -19,8 +19,9 @@ pub struct Sent {
     pub channel: u8,
     /// Who should get it: the destinations as the sender knew them when it sent.
     pub to: Vec<HostId>,
-    /// The membership epochs of the sender and each destination when it was sent: a
-    /// reliable message must arrive when neither has left anything since.
+    /// The membership epochs (in `group`, or in all groups for a message to no group) of
+    /// each destination when it was sent, `u64::MAX` for one it need not reach: a reliable
+    /// message must arrive when neither end has left since.
     pub epochs: Vec<u64>,
     /// The sender's epoch when it sent.
     pub from_epoch: u64,
@@ -41,8 +42,9 @@ pub struct Oracle {
     /// The newest id delivered per (sender, receiver, lane): ordered and sequenced per
     /// channel, latest per key.
     newest: HashMap<(HostId, HostId, LaneKey), u64>,
-    /// Each host's membership epoch: counts its leaves and its disconnect.
-    epochs: HashMap<HostId, u64>,
+    /// Membership epochs: per (host, group) the host's leaves of the group, per (host,
+    /// `None`) all its leaves and its disconnect.
+    epochs: HashMap<(HostId, Option<GroupId>), u64>,
     /// Each client's view of each group, from its own events in order.
     views: HashMap<HostId, BTreeMap<GroupId, View>>,
     /// What broke.
@@ -81,15 +83,19 @@ pub fn mode_index(delivery: Delivery) -> usize {
 }
 
 impl Oracle {
-    /// A host's membership epoch now.
-    pub fn epoch(&self, host: HostId) -> u64 {
-        self.epochs.get(&host).copied().unwrap_or(0)
+    /// A host's membership epoch in `group` now (`None`: in all its groups).
+    pub fn epoch(&self, host: HostId, group: Option<GroupId>) -> u64 {
+        self.epochs.get(&(host, group)).copied().unwrap_or(0)
     }
 
-    /// `host` left a group or disconnected: reliable messages to or from it sent before
-    /// need not arrive any more (they may cross the leave).
-    pub fn bump_epoch(&mut self, host: HostId) {
-        *self.epochs.entry(host).or_default() += 1;
+    /// `host` left `group` (`None`: disconnected): reliable messages to or from it
+    /// sent before, for that group or for no group, need not arrive any more (they may
+    /// cross the leave).
+    pub fn bump_epoch(&mut self, host: HostId, group: Option<GroupId>) {
+        *self.epochs.entry((host, None)).or_default() += 1;
+        if group.is_some() {
+            *self.epochs.entry((host, group)).or_default() += 1;
+        }
     }
 
     /// Records a send; returns its id (the payload carries it).
@@ -254,8 +260,8 @@ impl Oracle {
         for (id, sent) in self.sent.iter().enumerate() {
             let id = id as u64;
             for (i, &to) in sent.to.iter().enumerate() {
-                let stable = self.epoch(sent.from) == sent.from_epoch
-                    && self.epoch(to) == sent.epochs[i]
+                let stable = self.epoch(sent.from, sent.group) == sent.from_epoch
+                    && self.epoch(to, sent.group) == sent.epochs[i]
                     && connected.contains(&sent.from)
                     && connected.contains(&to);
                 match sent.delivery {
@@ -371,7 +377,7 @@ mod tests {
     #[test]
     fn unreliable_may_be_lost_but_a_message_crossing_a_leave_need_not_arrive() {
         let (mut oracle, _) = oracle_with(&[Delivery::Unreliable, Delivery::ReliableUnordered]);
-        oracle.bump_epoch(B);
+        oracle.bump_epoch(B, None);
         oracle.check_complete(&connected());
         assert!(oracle.violations.is_empty(), "{:?}", oracle.violations);
     }

@@ -253,6 +253,10 @@ pub struct World {
     trace: bool,
     /// Clients whose writers (or the server's writer to them) may have work.
     dirty: BTreeSet<HostId>,
+    /// Membership numbers each client was told, per (client, group, member).
+    told_membership: HashMap<(HostId, GroupId, HostId), u32>,
+    /// Current membership numbers, per (group, member), from the registry's notices.
+    server_membership: HashMap<(GroupId, HostId), u32>,
 }
 
 /// Largest datagram payload the simulated paths take.
@@ -347,6 +351,8 @@ impl World {
             fatal: None,
             trace: std::env::var_os("SIM_TRACE").is_some(),
             dirty: BTreeSet::new(),
+            told_membership: HashMap::new(),
+            server_membership: HashMap::new(),
         };
         for i in 0..world.shape.clients {
             world.connect(i);
@@ -597,6 +603,28 @@ impl World {
                 }
             }
             Ev::ClientFrame { to, frame } => {
+                if !self.clients.contains_key(&to) {
+                    return;
+                }
+                if let ServerToClient::Notices(notices) = &frame {
+                    for notice in notices {
+                        match notice {
+                            Notice::MemberJoined {
+                                group,
+                                member,
+                                membership,
+                                ..
+                            } => {
+                                self.told_membership
+                                    .insert((to, *group, *member), *membership);
+                            }
+                            Notice::MemberLeft { group, member, .. } => {
+                                self.told_membership.remove(&(to, *group, *member));
+                            }
+                            _ => {}
+                        }
+                    }
+                }
                 let Some(client) = self.clients.get_mut(&to) else {
                     return;
                 };
@@ -729,6 +757,21 @@ impl World {
         while let Some(action) = self.registry.poll_action() {
             match action {
                 Action::Notice { to, notice, order } => {
+                    match &notice {
+                        Notice::MemberJoined {
+                            group,
+                            member,
+                            membership,
+                            ..
+                        } => {
+                            self.server_membership
+                                .insert((*group, *member), *membership);
+                        }
+                        Notice::MemberLeft { group, member, .. } if *member == to => {
+                            self.server_membership.remove(&(*group, *member));
+                        }
+                        _ => {}
+                    }
                     let g = gathered.entry(to).or_default();
                     g.notices.push(notice);
                     match order {
@@ -1463,7 +1506,7 @@ impl World {
         if self.registry.leave_group(group, host, now).is_ok() {
             self.start_op(false, group, host);
             self.last_leave.insert((group, host), self.action_counter);
-            self.oracle.bump_epoch(host);
+            self.oracle.bump_epoch(host, Some(group));
         }
         self.dispatch();
         self.check_pairs();
@@ -1482,7 +1525,7 @@ impl World {
             for host in members {
                 self.start_op(false, group, host);
                 self.last_leave.insert((group, host), self.action_counter);
-                self.oracle.bump_epoch(host);
+                self.oracle.bump_epoch(host, Some(group));
             }
         }
         self.dispatch();
@@ -1519,7 +1562,7 @@ impl World {
         }
         self.action_counter += 1;
         self.disconnected.insert(host, self.action_counter);
-        self.oracle.bump_epoch(host);
+        self.oracle.bump_epoch(host, None);
         self.oracle.forget_view(host);
         let client = self.clients.remove(&host).expect("picked among clients");
         // Its direct connections close with it.
@@ -1602,22 +1645,35 @@ impl World {
                 .collect()
         };
         let from_groups = server_groups(host);
+        // On a direct path a message names the memberships its sender knew; one whose
+        // receiver (or sender) has since left and joined again is dropped as sent under an
+        // ended membership (README, "Ordering around membership"), so it must arrive only
+        // if the sender knew the current ones.
+        let current = |w: &World, member: HostId, g: GroupId| {
+            let told = w.told_membership.get(&(host, g, member));
+            told.is_some() && told == w.server_membership.get(&(g, member))
+        };
         let epochs: Vec<u64> = to
             .iter()
             .map(|&peer| {
                 let peer_groups = server_groups(peer);
-                let member = match named_group {
-                    Some(g) => from_groups.contains(&g) && peer_groups.contains(&g),
+                let required = match named_group {
+                    Some(g) => {
+                        from_groups.contains(&g)
+                            && peer_groups.contains(&g)
+                            && current(self, peer, g)
+                            && current(self, host, g)
+                    }
                     None => !from_groups.is_disjoint(&peer_groups),
                 };
-                if member {
-                    self.oracle.epoch(peer)
+                if required {
+                    self.oracle.epoch(peer, named_group)
                 } else {
                     u64::MAX
                 }
             })
             .collect();
-        let from_epoch = self.oracle.epoch(host);
+        let from_epoch = self.oracle.epoch(host, named_group);
         let id = self.oracle.record_send(Sent {
             from: host,
             group: named_group,
