@@ -193,8 +193,7 @@ impl OutboundQueue {
                 // sent would never arrive (the receiver would drop it after the newer one
                 // anyway).
                 if let (Some(key), Outgoing::Deliver(new)) = (latest, &frame) {
-                    if let Some(Outgoing::Deliver(queued)) = queue.queued_latest(from.raw(), key)
-                    {
+                    if let Some(Outgoing::Deliver(queued)) = queue.queued_latest(from.raw(), key) {
                         if queued.seq > new.seq {
                             return 0;
                         }
@@ -433,7 +432,11 @@ mod tests {
         let latest = |seq, priority| queue.push_data(value(seq), priority, sender, Some(1));
         latest(20, Priority::Medium);
         latest(18, Priority::Low);
-        assert_eq!(queue.queued_bytes(), value(20).len(), "one message per key is held");
+        assert_eq!(
+            queue.queued_bytes(),
+            value(20).len(),
+            "one message per key is held"
+        );
         let mut frames = Vec::new();
         rx.recv_many(&mut frames, 64, usize::MAX).await;
         assert_eq!(frames, vec![value(20)], "the newest value stays");

@@ -207,18 +207,23 @@ impl Oracle {
             Delivery::ReliableOrdered | Delivery::UnreliableSequenced
         );
         if uses_channel && sent.channel != channel {
-            self.violations
-                .push(format!("{what}: arrived on channel {channel}, sent on {}", sent.channel));
+            self.violations.push(format!(
+                "{what}: arrived on channel {channel}, sent on {}",
+                sent.channel
+            ));
         }
         if !sent.to.contains(&to) {
-            self.violations
-                .push(format!("{what}: not addressed to {to} (sent to {:?})", sent.to));
+            self.violations.push(format!(
+                "{what}: not addressed to {to} (sent to {:?})",
+                sent.to
+            ));
         }
         self.delivered[mode_index(delivery)] += 1;
         let count = self.got.entry((to, id)).or_default();
         *count += 1;
         if *count > 1 {
-            self.violations.push(format!("{what}: delivered {count} times"));
+            self.violations
+                .push(format!("{what}: delivered {count} times"));
         }
         // Membership, as the receiver was told: it is in the group and so is the sender.
         if let Some(group) = group {
@@ -227,9 +232,11 @@ impl Oracle {
                 None | Some(View { joined: false, .. }) => self.violations.push(format!(
                     "{what}: delivered for {group}, which {to} is not in (by its events)"
                 )),
-                Some(View { members, .. }) if !members.contains(&from) => self.violations.push(format!(
-                    "{what}: delivered for {group} while {to} does not know {from} as a member"
-                )),
+                Some(View { members, .. }) if !members.contains(&from) => {
+                    self.violations.push(format!(
+                        "{what}: delivered for {group} while {to} does not know {from} as a member"
+                    ))
+                }
                 Some(_) => {}
             }
         }

@@ -8,9 +8,9 @@ use bytes::Bytes;
 use peergroup_client::fuzzing::{FuzzSession, Upload};
 use peergroup_client::ClientEvent;
 use peergroup_protocol::{
-    ClientDatagram, ClientToServer, DatagramLane, Delivery, Fingerprint, GroupId, HostId,
-    Notice, PairId, PairPath, PathReason, PeerToPeer, Priority, PunchOrder, PunchOutcome,
-    SendOptions, ServerDatagram, ServerToClient,
+    ClientDatagram, ClientToServer, DatagramLane, Delivery, Fingerprint, GroupId, HostId, Notice,
+    PairId, PairPath, PathReason, PeerToPeer, Priority, PunchOrder, PunchOutcome, SendOptions,
+    ServerDatagram, ServerToClient,
 };
 use peergroup_server::registry::{
     punch_start_delays, Action, GroupOptions, NoticeOrder, PunchConfig, Registry, RegistryConfig,
@@ -53,11 +53,17 @@ enum Ev {
     /// A client's frame reaches the server.
     ServerFrame { from: HostId, frame: ClientToServer },
     /// A client's datagram reaches the server.
-    ServerDatagram { from: HostId, datagram: ClientDatagram },
+    ServerDatagram {
+        from: HostId,
+        datagram: ClientDatagram,
+    },
     /// A server frame reaches a client.
     ClientFrame { to: HostId, frame: ServerToClient },
     /// A server datagram reaches a client.
-    ClientDatagram { to: HostId, datagram: ServerDatagram },
+    ClientDatagram {
+        to: HostId,
+        datagram: ServerDatagram,
+    },
     /// A frame on a direct connection reaches `to`.
     PeerFrame {
         conn: u64,
@@ -224,13 +230,10 @@ pub struct World {
     events: EventQueue<Ev>,
     registry: Registry,
     clients: BTreeMap<HostId, Client>,
-    /// Every host that ever connected, connected or not.
-    all_hosts: Vec<HostId>,
     conns: HashMap<u64, Conn>,
     next_conn: u64,
     /// Punch attempts: the sides that started each, with when they are ready to probe.
     attempts: HashMap<(PairId, u32), Vec<(HostId, Duration)>>,
-    groups: Vec<GroupId>,
     pending_joins: BTreeMap<(GroupId, HostId), VecDeque<PendingOp>>,
     pending_leaves: BTreeMap<(GroupId, HostId), VecDeque<PendingOp>>,
     /// Action counter at the last leave of each membership, and at the last disconnect or
@@ -247,8 +250,6 @@ pub struct World {
     /// Simulated time the run ends at.
     end: Duration,
     stats: RunStats,
-    /// The violation that ends the run early, if any.
-    fatal: Option<String>,
     /// Print what happens (`SIM_TRACE=1`), for replaying a failed seed.
     trace: bool,
     /// Clients whose writers (or the server's writer to them) may have work.
@@ -331,11 +332,9 @@ impl World {
             events: EventQueue::new(),
             registry,
             clients: BTreeMap::new(),
-            all_hosts: Vec::new(),
             conns: HashMap::new(),
             next_conn: 1,
             attempts: HashMap::new(),
-            groups: Vec::new(),
             pending_joins: BTreeMap::new(),
             pending_leaves: BTreeMap::new(),
             last_leave: HashMap::new(),
@@ -348,7 +347,6 @@ impl World {
             shape,
             end,
             stats: RunStats::default(),
-            fatal: None,
             trace: std::env::var_os("SIM_TRACE").is_some(),
             dirty: BTreeSet::new(),
             told_membership: HashMap::new(),
@@ -392,7 +390,6 @@ impl World {
             timer: None,
         };
         self.clients.insert(host, client);
-        self.all_hosts.push(host);
         self.flush(host);
         self.dispatch();
     }
@@ -413,7 +410,6 @@ impl World {
             .create_group(&members, options, Bytes::new(), Bytes::new(), now)
         {
             Ok(group) => {
-                self.groups.push(group);
                 for member in members {
                     self.start_op(true, group, member);
                 }
@@ -450,7 +446,7 @@ impl World {
         const MAX_EVENTS: u64 = 2_000_000;
         let mut client_ran: HashMap<HostId, Duration> = HashMap::new();
         loop {
-            if self.fatal.is_some() || !self.oracle.violations.is_empty() {
+            if !self.oracle.violations.is_empty() {
                 break;
             }
             if self.stats.events > MAX_EVENTS {
@@ -731,7 +727,9 @@ impl World {
             frame => client.session.handle_peer_frame(from, frame, now),
         };
         if let Err(error) = result {
-            self.violation(format!("{to} refused a frame of its direct peer {from}: {error}"));
+            self.violation(format!(
+                "{to} refused a frame of its direct peer {from}: {error}"
+            ));
             return;
         }
         if client.session.direct_reading_paused(from) {
@@ -994,7 +992,9 @@ impl World {
     }
 
     fn destroyed_since(&self, group: GroupId, op: PendingOp) -> bool {
-        self.destroyed.get(&group).is_some_and(|&at| at >= op.started)
+        self.destroyed
+            .get(&group)
+            .is_some_and(|&at| at >= op.started)
     }
 
     /// Pair linger, on the registry's side: two hosts that share a group have a pair; one
@@ -1075,10 +1075,7 @@ impl World {
                         client.up_main.push_data(frame, len, priority, flow, latest);
                     }
                     Upload::Datagram(datagram) => {
-                        if let Some(at) = client
-                            .up_main
-                            .params
-                            .datagram_arrival(&mut self.rng, now)
+                        if let Some(at) = client.up_main.params.datagram_arrival(&mut self.rng, now)
                         {
                             self.events.push(
                                 at,
@@ -1101,7 +1098,9 @@ impl World {
                         };
                         let len = frame_len_peer(&frame);
                         if let Some((_, replaced)) =
-                            direct.writer.push_data((frame, id), len, priority, 0, latest)
+                            direct
+                                .writer
+                                .push_data((frame, id), len, priority, 0, latest)
                         {
                             client.session.forget_replaced(to, replaced);
                         }
@@ -1151,10 +1150,8 @@ impl World {
             while let Some(event) = client.session.poll_event() {
                 events.push(event);
             }
-            let idle = orders.is_empty()
-                && closing.is_empty()
-                && resumed.is_empty()
-                && events.is_empty();
+            let idle =
+                orders.is_empty() && closing.is_empty() && resumed.is_empty() && events.is_empty();
             for event in events {
                 self.client_event(host, event);
             }
@@ -1291,7 +1288,10 @@ impl World {
                 conn: None,
             },
         );
-        let sides = self.attempts.entry((order.pair, order.attempt)).or_default();
+        let sides = self
+            .attempts
+            .entry((order.pair, order.attempt))
+            .or_default();
         sides.push((host, ready));
         if sides.len() != 2 {
             return;
@@ -1627,7 +1627,8 @@ impl World {
             },
         };
         let channel = self.rng.random_range(0..3u8);
-        let priority = [Priority::High, Priority::Medium, Priority::Low][self.rng.random_range(0..3)];
+        let priority =
+            [Priority::High, Priority::Medium, Priority::Low][self.rng.random_range(0..3)];
         let len = if delivery.is_unreliable() {
             self.rng.random_range(8..=200)
         } else if self.rng.random_bool(0.05) {
@@ -1666,7 +1667,11 @@ impl World {
                     }
                     None => !from_groups.is_disjoint(&peer_groups),
                 };
-                if required {
+                // Guarantees hold per pair: one sent under a pair the server has ended
+                // (and replaced) is refused as `UnknownPair`.
+                let pair = self.clients[&host].session.pair_of(peer);
+                let current_pair = self.registry.pair_between(host, peer).map(|(p, _)| p);
+                if required && pair.is_some() && pair == current_pair {
                     self.oracle.epoch(peer, named_group)
                 } else {
                     u64::MAX
