@@ -4,7 +4,9 @@
 //! core. `SIM_SEED=<n>` replays one seed (in the first shard, with `SIM_TRACE=1` to print
 //! every event); `SIM_SCENARIOS=<n>` sets how many seeds run, from `SIM_FIRST` (default 0).
 
-use peergroup_sim::RunStats;
+mod simulator;
+
+use simulator::RunStats;
 use std::time::Instant;
 
 /// Seeds run by default, across all shards. Sized so the shards take about 30 s together
@@ -38,7 +40,7 @@ fn run_shard(shard: u64) {
     let mut failures = Vec::new();
     for &seed in &seeds {
         // A panic (in the simulator or in the code under test) is a failure of its seed.
-        let (violations, stats) = std::panic::catch_unwind(|| peergroup_sim::run_seed(seed))
+        let (violations, stats) = std::panic::catch_unwind(|| simulator::run_seed(seed))
             .unwrap_or_else(|panic| {
                 let text = panic
                     .downcast_ref::<String>()

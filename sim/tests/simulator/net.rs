@@ -38,11 +38,6 @@ impl Clock {
         self.base + self.offset
     }
 
-    /// The `Instant` for simulated time `at`.
-    pub fn instant(&self, at: Duration) -> Instant {
-        self.base + at
-    }
-
     /// Simulated time of `instant` (zero for one before start).
     pub fn offset_of(&self, instant: Instant) -> Duration {
         instant.saturating_duration_since(self.base)
@@ -124,16 +119,6 @@ impl<E> EventQueue<E> {
         self.heap
             .pop()
             .map(|Reverse(entry)| (entry.at, entry.event))
-    }
-
-    /// Events waiting.
-    pub fn len(&self) -> usize {
-        self.heap.len()
-    }
-
-    /// Whether no event waits.
-    pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
     }
 }
 
@@ -260,10 +245,5 @@ impl<T> StreamWriter<T> {
             return Some(self.busy_until);
         }
         None
-    }
-
-    /// Whether nothing waits to be written.
-    pub fn is_idle(&self) -> bool {
-        self.queue.is_empty()
     }
 }

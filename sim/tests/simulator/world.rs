@@ -2,8 +2,8 @@
 //! drivers' jobs (queues, writers, punching, direct connections) done the way the real
 //! drivers do them, on the virtual clock.
 
-use crate::check::{Oracle, Sent};
-use crate::net::{Clock, EventQueue, LinkParams, StreamWriter};
+use super::check::{Oracle, Sent};
+use super::net::{Clock, EventQueue, LinkParams, StreamWriter};
 use bytes::Bytes;
 use peergroup_client::fuzzing::{FuzzSession, Upload};
 use peergroup_client::ClientEvent;
@@ -361,11 +361,6 @@ impl World {
         }
         world.events.push(Duration::ZERO, Ev::Act);
         world
-    }
-
-    /// The scenario's shape.
-    pub fn shape(&self) -> &Shape {
-        &self.shape
     }
 
     fn connect(&mut self, i: usize) {
