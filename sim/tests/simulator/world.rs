@@ -1454,6 +1454,7 @@ impl World {
             84 => self.random_destroy(),
             85..=91 => self.random_death(),
             92 if self.rng.random_bool(0.3) => self.random_disconnect(),
+            93..=96 => self.random_app_send(),
             _ => self.random_send(),
         }
     }
@@ -1570,6 +1571,61 @@ impl World {
         self.check_pairs();
     }
 
+    /// One message from the server application to some connected clients, in a random
+    /// mode (as `Server::send` hands it to the registry).
+    fn random_app_send(&mut self) {
+        let to: Vec<HostId> = self
+            .clients
+            .keys()
+            .copied()
+            .filter(|_| self.rng.random_bool(0.5))
+            .collect();
+        if to.is_empty() {
+            return;
+        }
+        let delivery = self.random_delivery();
+        let channel = self.rng.random_range(0..3u8);
+        let priority =
+            [Priority::High, Priority::Medium, Priority::Low][self.rng.random_range(0..3)];
+        let options = SendOptions {
+            delivery,
+            channel,
+            priority,
+        };
+        let id = self.oracle.record_send(Sent {
+            from: HostId::SERVER,
+            group: None,
+            delivery,
+            channel,
+            epochs: vec![0; to.len()],
+            to: to.clone(),
+            from_epoch: 0,
+            at: self.clock.elapsed(),
+        });
+        let len = self.rng.random_range(8..=200);
+        self.stats.sent += 1;
+        self.registry.handle_app_send(
+            &to,
+            None,
+            options.carrier(),
+            priority,
+            Oracle::payload(id, len),
+        );
+        self.dispatch();
+    }
+
+    fn random_delivery(&mut self) -> Delivery {
+        match self.rng.random_range(0..10u32) {
+            0..=2 => Delivery::ReliableOrdered,
+            3..=4 => Delivery::ReliableUnordered,
+            5 => Delivery::Unreliable,
+            6 => Delivery::UnreliableSequenced,
+            _ => Delivery::Latest {
+                key: self.rng.random_range(0..4),
+            },
+        }
+    }
+
     /// One send from a random client in a random mode, to a group it is in or to a peer.
     fn random_send(&mut self) {
         let Some(host) = self.random_client() else {
@@ -1612,15 +1668,7 @@ impl World {
         {
             return;
         }
-        let delivery = match self.rng.random_range(0..10u32) {
-            0..=2 => Delivery::ReliableOrdered,
-            3..=4 => Delivery::ReliableUnordered,
-            5 => Delivery::Unreliable,
-            6 => Delivery::UnreliableSequenced,
-            _ => Delivery::Latest {
-                key: self.rng.random_range(0..4),
-            },
-        };
+        let delivery = self.random_delivery();
         let channel = self.rng.random_range(0..3u8);
         let priority =
             [Priority::High, Priority::Medium, Priority::Low][self.rng.random_range(0..3)];
