@@ -40,9 +40,10 @@
 //!   pair ended, not needed) tells the other one latency later if the path lives.
 //! - **Scenarios** ([`world::World::new`]): 2–6 clients, 1–3 groups at start, then for a
 //!   few simulated seconds random sends in every mode, channel and priority (to groups
-//!   and to single peers, some in bursts, some large), joins, leaves, group creation and
-//!   destruction, direct path deaths and the odd disconnect; then a quiet drain long
-//!   enough for fallbacks, resends, linger and acks to settle.
+//!   and to single peers, some in bursts, some large), messages from the server
+//!   application, joins, leaves, group creation and destruction, direct path deaths and
+//!   the odd disconnect; then a quiet drain long enough for fallbacks, resends, linger and
+//!   acks to settle (extended while a link is backlogged or an operation waits for acks).
 //!
 //! # Checks ([`check::Oracle`] and [`world::World`])
 //! - Each message arrives only at a destination it was sent to, as sent (sender, group,
@@ -52,8 +53,11 @@
 //!   never older than one delivered per (sender, receiver, channel).
 //! - At the end, every `ReliableOrdered` and `ReliableUnordered` message arrived, and the
 //!   last `Latest` value per key, wherever sender and receiver were both in the group (both
-//!   sharing a group, for a message to a host) when it was sent and neither left anything or
-//!   disconnected since (a message crossing a leave may be dropped, as documented).
+//!   sharing a group, for a message to a host) at the server when it was sent, under the
+//!   pair and the memberships the server had then, and neither left the group (or, for a
+//!   message to a host, anything) or disconnected since: a message crossing a leave, or
+//!   sent under a membership or pair that had ended, may be dropped, as documented. The
+//!   server application's messages must reach every client that stays connected.
 //! - Membership as each client's events tell it: a message for a group arrives only while
 //!   the receiver is in it and knows the sender as a member; join and leave notices come
 //!   once each, a client's own leave last; at the end each client's view (from its events
@@ -67,7 +71,9 @@
 //!   disconnect by the registry.
 //!
 //! A failure names its seed; `SIM_SEED=<n> cargo test -p peergroup-sim` replays that
-//! seed alone, and `SIM_SCENARIOS=<n>` runs more (or fewer) seeds.
+//! seed alone (`SIM_TRACE=1` prints every event), and `SIM_SCENARIOS=<n>` runs more (or
+//! fewer) seeds. A run depends on its seed only: every map iterated in an order that
+//! matters is ordered, and the session's peers map has a fixed hasher under `fuzzing`.
 
 pub mod check;
 pub mod net;

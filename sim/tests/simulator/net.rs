@@ -148,7 +148,7 @@ impl LinkParams {
         Self {
             latency: Duration::from_millis(rng.random_range(min_ms..=max_ms)),
             jitter: Duration::from_millis(rng.random_range(0..=20)),
-            bytes_per_sec: rng.random_range(20_000..=2_000_000),
+            bytes_per_sec: rng.random_range(100_000..=4_000_000),
             loss: [0.0, 0.01, 0.05, 0.2][rng.random_range(0..4usize)],
         }
     }
@@ -245,5 +245,10 @@ impl<T> StreamWriter<T> {
             return Some(self.busy_until);
         }
         None
+    }
+
+    /// Whether nothing waits to be written.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
     }
 }

@@ -266,6 +266,8 @@ const MAX_DATAGRAM: usize = 1_200;
 const MAX_FRAME: u32 = 1 << 20;
 /// Quiet time after the application's last action (on top of the pair linger).
 const DRAIN: Duration = Duration::from_secs(7);
+/// How much longer a run goes on past its end while something is still on its way.
+const OVERTIME: Duration = Duration::from_secs(30);
 /// A punch gives up this long after its start.
 const PUNCH_WINDOW: Duration = Duration::from_secs(3);
 
@@ -467,7 +469,9 @@ impl World {
                 }
             }
             let Some(next) = next else { break };
-            if next > self.end {
+            // Past the end only while something is still on its way (a backlogged link, a
+            // join or leave waiting for acks), and not for long.
+            if next > self.end && (self.settled() || next > self.end + OVERTIME) {
                 break;
             }
             self.clock.advance_to(next);
@@ -504,6 +508,17 @@ impl World {
         self.stats.delivered = self.oracle.delivered;
         self.stats.required = self.oracle.required;
         (self.oracle.violations, self.stats)
+    }
+
+    /// Whether nothing is on its way: no writer has a backlog, no join or leave waits.
+    fn settled(&self) -> bool {
+        self.registry.pending_acks() == 0
+            && self.clients.values().all(|c| {
+                c.up_main.is_idle()
+                    && c.up_control.is_idle()
+                    && c.down.is_idle()
+                    && c.directs.values().all(|d| d.writer.is_idle())
+            })
     }
 
     /// Lets every writer with work take what its link allows now.
