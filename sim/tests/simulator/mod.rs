@@ -23,8 +23,8 @@
 //!   behind the senders' (or all) messages as their order says, `PeerDown` behind its
 //!   peer's messages, punch orders with start delays from both RTTs, sequenced datagrams
 //!   numbered per receiver.
-//! - **Client driver**: each session's uploads go to the queue the real driver uses
-//!   (`client/src/client.rs`): control, main, datagram, direct queue (with the sent-order
+//! - **Client driver**: each session's uploads go to the queue the real driver uses:
+//!   control, main, datagram, direct queue (with the sent-order
 //!   log handed to the session before each ack, and replaced latest values reported with
 //!   `forget_replaced`), direct datagrams. Stalled links and ended pairs close their
 //!   connection; a reader the session pauses holds its arrivals until resumed.
