@@ -702,9 +702,10 @@ impl World {
                 c.alive = false;
                 self.stats.deaths += 1;
                 let hosts = c.hosts;
-                // Each side finds out when its idle timer runs out.
+                // Each side finds out when its idle timer runs out; with a longer one the
+                // session's own ack timeout (5 s) gives up first, and the driver closes it.
                 for host in [hosts.0, hosts.1] {
-                    let after = Duration::from_millis(self.rng.random_range(300..=3_000));
+                    let after = Duration::from_millis(self.rng.random_range(300..=8_000));
                     self.events.push(
                         self.clock.elapsed() + after,
                         Ev::ConnLost {
