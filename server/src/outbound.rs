@@ -411,10 +411,10 @@ mod tests {
         assert_eq!(data(&queue, b"yy"), Fill::Fine);
     }
 
-    /// Found by the simulator (`sim/`, seed 40): a sender's uploads of one latest key can
-    /// reach the server out of order (its queue serves priorities, and destination sets,
-    /// by round robin), and the older value used to overwrite the newer one queued for the
-    /// receiver, so the last value sent never arrived.
+    /// Found by the simulator (`sim/`, seed 40 of its first version): a sender's uploads
+    /// of one latest key can reach the server out of order (its queue serves priorities,
+    /// and destination sets, by round robin), and the older value used to overwrite the
+    /// newer one queued for the receiver, so the last value sent never arrived.
     #[tokio::test]
     async fn an_older_latest_value_arriving_late_leaves_the_newer_one_queued() {
         use peergroup_protocol::Lane;
