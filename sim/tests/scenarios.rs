@@ -103,3 +103,18 @@ fn seeded_scenarios_shard_2() {
 fn seeded_scenarios_shard_3() {
     run_shard(3);
 }
+
+/// A seed is the whole run: replaying it gives the same run, event for event (what
+/// `SIM_SEED` relies on).
+#[test]
+fn a_seed_replays_the_same_run() {
+    for seed in [3, 17] {
+        let first = simulator::run_seed(seed);
+        let again = simulator::run_seed(seed);
+        assert_eq!(first, again, "seed {seed}");
+        assert!(
+            first.1.sent > 0 && first.1.events > 0,
+            "seed {seed} did something"
+        );
+    }
+}

@@ -171,7 +171,7 @@ struct PendingOp {
 }
 
 /// Numbers about one run.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RunStats {
     /// Messages the application sent.
     pub sent: u64,
