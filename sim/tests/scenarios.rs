@@ -9,8 +9,8 @@ mod simulator;
 use simulator::RunStats;
 use std::time::Instant;
 
-/// Seeds run by default, across all shards: 86 s of CPU in a debug build, about 45 s on two
-/// idle cores (ARCHITECTURE.md, "Simulator", has the measurements).
+/// Seeds run by default, across all shards: 72 to 86 s of CPU in a debug build, 38 s on two
+/// mostly idle cores (ARCHITECTURE.md, "Simulator", has the measurements).
 const DEFAULT_SCENARIOS: u64 = 2_000;
 /// Shards (tests) the seeds are split into.
 const SHARDS: u64 = 4;
