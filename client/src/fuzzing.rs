@@ -50,6 +50,11 @@ pub enum Upload {
         to: HostId,
         /// The frame.
         frame: PeerToPeer,
+        /// Its priority in the peer's queue.
+        priority: Priority,
+        /// Its latest key (a newer frame with the same key replaces it while queued;
+        /// tell the session with [`FuzzSession::forget_replaced`]).
+        latest: Option<u64>,
         /// Its id among the frames kept for retransmission.
         id: u64,
     },
@@ -85,7 +90,19 @@ impl From<SessionUpload> for Upload {
                 latest,
             },
             SessionUpload::Datagram(datagram) => Upload::Datagram(datagram),
-            SessionUpload::Peer { to, frame, id, .. } => Upload::Peer { to, frame, id },
+            SessionUpload::Peer {
+                to,
+                frame,
+                priority,
+                latest,
+                id,
+            } => Upload::Peer {
+                to,
+                frame,
+                priority,
+                latest,
+                id,
+            },
             SessionUpload::PeerControl { to, frame } => Upload::PeerControl { to, frame },
             SessionUpload::PeerDatagram { to, datagram } => Upload::PeerDatagram { to, datagram },
         }

@@ -29,6 +29,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
+/// The hasher of [`Session`]'s peers, whose iteration orders the uploads of one timer
+/// run (pings, acks): randomly seeded, except with the feature `fuzzing`, whose harnesses
+/// (the fuzz targets, the simulator in `sim/`) replay an input only if every run iterates
+/// the same way.
+#[cfg(not(feature = "fuzzing"))]
+type PeerHasher = foldhash::fast::RandomState;
+#[cfg(feature = "fuzzing")]
+type PeerHasher = foldhash::fast::FixedState;
+
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -405,7 +414,7 @@ pub(crate) struct Session {
     /// Membership notices taken in; acked cumulatively.
     notices_taken: u64,
     /// Looked up for every message; foldhash, not SipHash (the ids are the server's).
-    peers: HashMap<HostId, Peer, foldhash::fast::RandomState>,
+    peers: HashMap<HostId, Peer, PeerHasher>,
     /// The server application's messages, numbered per lane like a peer's.
     from_server: LaneReceivers<Delivered>,
     /// Numbers this client's sequenced datagrams to the server application.

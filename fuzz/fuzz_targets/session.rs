@@ -970,7 +970,7 @@ impl Harness {
                         self.assigned_datagram(peer, lane, dest.seq);
                     }
                 }
-                Upload::Peer { to, frame, id } => {
+                Upload::Peer { to, frame, id, .. } => {
                     let PeerToPeer::Data { lane, seq, .. } = frame else {
                         panic!("a direct upload with {frame:?}");
                     };

@@ -235,6 +235,16 @@ impl<T> SendQueue<T> {
         None
     }
 
+    /// The queued, unsent item a latest push with `(flow, key)` would replace, if any: a
+    /// caller whose items carry their own order can leave a newer one in place rather
+    /// than overwrite it with an older one that came late.
+    pub fn queued_latest(&self, flow: u64, key: u64) -> Option<&T> {
+        let &(class, id) = self.latest.get(&(flow, key))?;
+        let fifo = &self.classes[class].fifo;
+        let pos = fifo.binary_search_by_key(&id, |e| e.id).ok()?;
+        Some(&fifo[pos].item)
+    }
+
     /// Moves every queued data item of `flow` into the control class, in the order they were
     /// pushed (across all three priorities), behind the control items already queued.
     ///

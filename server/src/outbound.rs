@@ -175,7 +175,8 @@ impl OutboundQueue {
     }
 
     /// Queues a message from `from` at `priority`; with a `latest` key, it replaces a
-    /// queued message from the same sender with the same key.
+    /// queued message from the same sender with the same key (unless the queued one is
+    /// newer: then this one is dropped).
     pub fn push_data(
         &self,
         frame: Outgoing,
@@ -185,9 +186,23 @@ impl OutboundQueue {
     ) -> Fill {
         let len = frame.len();
         self.push(
-            |queue, len| match queue.push_data(frame, len, priority, from.raw(), latest) {
-                Pushed::Added => 0,
-                Pushed::Replaced { old_len } => old_len,
+            |queue, len| {
+                // A sender's uploads of one key can arrive out of order (its queue serves
+                // priorities and destination sets by round robin): a value older than the
+                // one queued is dropped rather than put in its place, or the last value
+                // sent would never arrive (the receiver would drop it after the newer one
+                // anyway).
+                if let (Some(key), Outgoing::Deliver(new)) = (latest, &frame) {
+                    if let Some(Outgoing::Deliver(queued)) = queue.queued_latest(from.raw(), key) {
+                        if queued.seq > new.seq {
+                            return 0;
+                        }
+                    }
+                }
+                match queue.push_data(frame, len, priority, from.raw(), latest) {
+                    Pushed::Added => 0,
+                    Pushed::Replaced { old_len } => old_len,
+                }
             },
             len,
             Some(from),
@@ -394,6 +409,45 @@ mod tests {
             .await
             .expect("released");
         assert_eq!(data(&queue, b"yy"), Fill::Fine);
+    }
+
+    /// Found by the simulator (`sim/`, seed 40 of its first version): a sender's uploads
+    /// of one latest key can reach the server out of order (its queue serves priorities,
+    /// and destination sets, by round robin), and the older value used to overwrite the
+    /// newer one queued for the receiver, so the last value sent never arrived.
+    #[tokio::test]
+    async fn an_older_latest_value_arriving_late_leaves_the_newer_one_queued() {
+        use peergroup_protocol::Lane;
+        let (queue, mut rx) = OutboundQueue::new(1 << 20, 1 << 10, SLOW);
+        let sender = HostId::from_raw(5);
+        let value = |seq| {
+            Outgoing::Deliver(DeliverFrame {
+                from: sender,
+                group: None,
+                lane: Lane::Latest { key: 1 },
+                seq,
+                payload: Bytes::from_static(b"position"),
+            })
+        };
+        let latest = |seq, priority| queue.push_data(value(seq), priority, sender, Some(1));
+        latest(20, Priority::Medium);
+        latest(18, Priority::Low);
+        assert_eq!(
+            queue.queued_bytes(),
+            value(20).len(),
+            "one message per key is held"
+        );
+        let mut frames = Vec::new();
+        rx.recv_many(&mut frames, 64, usize::MAX).await;
+        assert_eq!(frames, vec![value(20)], "the newest value stays");
+        rx.written(value(20).len());
+
+        // A newer value still replaces a queued older one.
+        latest(21, Priority::Medium);
+        latest(22, Priority::Low);
+        let mut frames = Vec::new();
+        rx.recv_many(&mut frames, 64, usize::MAX).await;
+        assert_eq!(frames, vec![value(22)]);
     }
 
     #[tokio::test]
