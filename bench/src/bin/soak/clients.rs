@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Each client sends to its stable group this often.
-const SEND_EVERY: Duration = Duration::from_millis(200);
 /// Each client forces one of its direct paths back to the relay this often.
 const SWITCH_EVERY: Duration = Duration::from_secs(20);
 /// How often the server's memory is read.
@@ -34,6 +32,8 @@ const CONNECTING: usize = 32;
 struct Shared {
     ledger: Ledger,
     clients: usize,
+    /// How often each client sends.
+    send_every: Duration,
     sending: AtomicBool,
     stop: CancellationToken,
     connected: AtomicU64,
@@ -61,6 +61,8 @@ pub struct RunOptions {
     pub ping_interval: Option<Duration>,
     /// How long the drain after the traffic may take at most.
     pub drain_limit: Duration,
+    /// How often each client sends to its stable group (and its churn groups).
+    pub send_every: Duration,
 }
 
 /// The run's verdict.
@@ -161,6 +163,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         ledger: Ledger::new(clients),
         clients,
+        send_every: options.send_every,
         sending: AtomicBool::new(false),
         stop: CancellationToken::new(),
         connected: AtomicU64::new(0),
@@ -363,6 +366,7 @@ fn summarize(
             "connect_failures": count(&shared.connect_failures),
             "setup_s": (setup.as_secs_f64() * 10.0).round() / 10.0,
             "traffic_s": ran.as_secs(),
+            "send_ms": shared.send_every.as_millis() as u64,
             "drain_s": (drained_in.as_secs_f64() * 10.0).round() / 10.0,
             "server_rss_kib": rss,
             "server_rss_settled_kib": settled,
@@ -451,7 +455,7 @@ async fn client(
         ticks: 0,
         shared: shared.clone(),
     };
-    let mut send = tokio::time::interval(SEND_EVERY);
+    let mut send = tokio::time::interval(shared.send_every);
     send.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // Spread the forced switches over the interval instead of all at once.
     let first_switch =
