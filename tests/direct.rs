@@ -181,11 +181,11 @@ async fn relay_only_groups_and_relay_only_clients_never_go_direct() {
         .create_group(&[a_id, b_id], GroupOptions::default(), "")
         .unwrap();
     // B declines its order; the A-C pair never gets one.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while server.punch_stats(b_id).unwrap().declined == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "B never declined");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(
+        || "B never declined".into(),
+        || server.punch_stats(b_id).unwrap().declined > 0,
+    )
+    .await;
     assert_eq!(server.punch_stats(c_id).unwrap().orders, 0);
     let quiet = tokio::time::timeout(Duration::from_millis(500), async {
         wait_client(&mut a_events, path_changed).await
@@ -236,19 +236,19 @@ async fn a_client_at_its_direct_peer_limit_keeps_further_peers_on_the_relay() {
         .unwrap();
     wait_client(&mut a_events, path_changed).await;
     // The server marks the pair direct once both sides have reported it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while server.pair_stats(a_id, b_id).unwrap().path != PairPath::Direct {
-        assert!(tokio::time::Instant::now() < deadline, "A-B never direct");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(
+        || "A-B never direct".into(),
+        || server.pair_stats(a_id, b_id).unwrap().path == PairPath::Direct,
+    )
+    .await;
     server
         .create_group(&[a_id, c_id], GroupOptions::default(), "")
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while server.punch_stats(a_id).unwrap().declined == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "A never declined");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(
+        || "A never declined".into(),
+        || server.punch_stats(a_id).unwrap().declined > 0,
+    )
+    .await;
     assert_eq!(server.pair_stats(a_id, c_id).unwrap().path, PairPath::Relay);
     assert_eq!(
         server.pair_stats(a_id, b_id).unwrap().path,
@@ -280,15 +280,11 @@ async fn orders_that_arrive_together_respect_the_direct_peer_limit() {
             server.pair_stats(a_id, c_id).unwrap().path,
         ]
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while server.punch_stats(a_id).unwrap().declined == 0 || !paths().contains(&PairPath::Direct) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "A's pairs: {:?}",
-            paths()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until(
+        || format!("A's pairs: {:?}", paths()),
+        || server.punch_stats(a_id).unwrap().declined > 0 && paths().contains(&PairPath::Direct),
+    )
+    .await;
     let direct = paths().iter().filter(|p| **p == PairPath::Direct).count();
     assert_eq!(direct, 1, "A's pairs: {:?}", paths());
     assert_eq!(server.punch_stats(a_id).unwrap().declined, 1);
@@ -433,17 +429,11 @@ async fn dropping_the_last_handle_releases_the_clients_socket() {
     drop(a);
     drop(a_events);
     // Every task of the client ends and its one UDP socket is closed: the port is free.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if std::net::UdpSocket::bind(local).is_ok() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the dropped client still holds {local}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(
+        || format!("the dropped client still holds {local}"),
+        || std::net::UdpSocket::bind(local).is_ok(),
+    )
+    .await;
 }
 
 /// Issue 12, finding 9: the sender keeps at most `DirectConfig::max_unacked_messages`

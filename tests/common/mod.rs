@@ -80,6 +80,16 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
+/// Polls `done` every 20 ms until it holds; panics after 5 s with `what` (called then, so
+/// it can describe the state that never came).
+pub async fn poll_until(what: impl Fn() -> String, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{}", what());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Skips events until `pick` accepts one.
 pub async fn wait_client<T>(
     events: &mut ClientEvents,

@@ -56,7 +56,8 @@ struct Args {
     ping_secs: Option<f64>,
     /// Milliseconds between a client's sends to its groups. 200 is the load the soak was
     /// built with; at 1,000 clients on two cores (clients and server on one machine) it
-    /// is more than the server can read, and 1,000 fits.
+    /// is more than the server can read, while at 1,000 the server keeps up (README,
+    /// "Soak").
     #[arg(long, default_value_t = 200)]
     send_ms: u64,
     /// How long the drain after the traffic may take at most, seconds.
