@@ -261,6 +261,7 @@ impl Server {
             config.timeouts.slow_consumer,
             shutdown.clone(),
             config.admission,
+            config.resume,
         ));
         let fingerprint = config.identity.fingerprint();
         tracing::info!(%local_addr, %fingerprint, "peergroup server listening");
