@@ -12,13 +12,11 @@ use crate::shared::{close_with, Core, Handoff, Link, Offline, Shared};
 use bytes::{Bytes, BytesMut};
 use peergroup_protocol::{
     decode_body, decode_client_datagram, decode_client_frame, frame_to_bytes, peek_hello_version,
-    Resume, Unconfirmed,
-    ClientStream, ClientToServer, CloseCode, Hello, HostId, ServerToClient, LENGTH_PREFIX_LEN,
-    PROTOCOL_VERSION,
+    ClientStream, ClientToServer, CloseCode, Hello, HostId, Resume, ServerToClient, Unconfirmed,
+    LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
 };
 use peergroup_transport::{
-    close, finish_stream, peer_fingerprint, ConnectionEnd, FrameReader, ReadEnd,
-    WRITE_BATCH_BYTES,
+    close, finish_stream, peer_fingerprint, ConnectionEnd, FrameReader, ReadEnd, WRITE_BATCH_BYTES,
 };
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -260,8 +258,16 @@ async fn accept(
     let (login, decision) = match opening {
         Ok(login) => login,
         Err(resume) => {
-            return resume_session(shared, connection, send, recv, resume, identity, close_reason)
-                .await;
+            return resume_session(
+                shared,
+                connection,
+                send,
+                recv,
+                resume,
+                identity,
+                close_reason,
+            )
+            .await;
         }
     };
     // From here on the client's frames may be as long as any.
@@ -525,7 +531,11 @@ async fn resume_session(
         _ => Err("the host's writer did not take the connection".to_string()),
     } {
         // Its token was good, but the session cannot go on: remove the host.
-        shared.with_core(|core| core.registry.end_resume(host)).1.messages.clear();
+        shared
+            .with_core(|core| core.registry.end_resume(host))
+            .1
+            .messages
+            .clear();
         let text = refuse(CloseCode::ResumeRefused, text);
         let reason = DisconnectReason::ConnectionLost {
             detail: text.clone(),

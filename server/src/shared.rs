@@ -83,9 +83,7 @@ pub(crate) struct Offline {
 
 impl Offline {
     /// An offline state and the receiver its keeper waits on.
-    pub fn new(
-        since: std::time::Instant,
-    ) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+    pub fn new(since: std::time::Instant) -> (Self, tokio::sync::oneshot::Receiver<()>) {
         let (end, ended) = tokio::sync::oneshot::channel();
         let offline = Self {
             since,
@@ -151,8 +149,6 @@ pub(crate) struct Deferred {
     /// Offline hosts whose queue passed its hard limit: no resume may bring them back.
     offline_overflowed: Vec<HostId>,
 }
-
-
 
 /// The registry and the links, locked together.
 #[derive(Debug)]
