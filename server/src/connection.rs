@@ -731,9 +731,19 @@ async fn take_over(
         close_reason,
         done,
     } = handoff;
-    let replay = lock_unconfirmed(unconfirmed).replay_from(from);
+    let (replay, sent) = {
+        let mut unconfirmed = lock_unconfirmed(unconfirmed);
+        (unconfirmed.replay_from(from), unconfirmed.sent())
+    };
     let replay = match replay {
         Ok(replay) => {
+            let bytes: usize = replay.iter().map(Bytes::len).sum();
+            tracing::info!(
+                from,
+                sent,
+                bytes,
+                "sending again what the client did not read"
+            );
             let _ = done.send(Ok(()));
             replay
         }
