@@ -434,3 +434,69 @@ async fn a_spent_token_or_another_identitys_is_refused_and_changes_nothing() {
         ServerToClient::Resumed { .. }
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_path_keeps_carrying_messages_while_the_server_connection_is_down() {
+    let (server, _server_events) = server_with(Duration::from_secs(30)).await;
+    let forwarder = Forwarder::start(server.local_addr()).await;
+    let through = forwarder.addr;
+    let (a, mut a_events, a_id) = connect_with(&server, "a", |config| {
+        short_idle(config);
+        config.server_addr = through;
+    })
+    .await;
+    let (_b, mut b_events, b_id) = connect_with(&server, "b", short_idle).await;
+    server
+        .create_group(&[a_id, b_id], peergroup_server::GroupOptions::default(), "")
+        .unwrap();
+    // The pair punches on loopback (A's host candidate is its own socket, not the
+    // forwarder's), so its path does not pass the forwarder.
+    for events in [&mut a_events, &mut b_events] {
+        wait_client(events, |e| match e {
+            ClientEvent::PathChanged {
+                path: peergroup_protocol::PairPath::Direct,
+                ..
+            } => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+
+    forwarder.cut(true);
+    wait_client(&mut a_events, |e| match e {
+        ClientEvent::ConnectionLost { .. } => Some(()),
+        _ => None,
+    })
+    .await;
+    // Sent while A has no server connection at all: they go direct, and arrive.
+    for n in 0..100u32 {
+        a.send(
+            Target::Host(b_id),
+            n.to_be_bytes().to_vec(),
+            Delivery::ReliableOrdered,
+        )
+        .await
+        .unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 100 {
+        let (n, path) = wait_client(&mut b_events, |e| match e {
+            ClientEvent::Message { payload, path, .. } => {
+                Some((u32::from_be_bytes(payload[..4].try_into().unwrap()), *path))
+            }
+            _ => None,
+        })
+        .await;
+        assert_eq!(path, peergroup_protocol::Path::Direct);
+        got.push(n);
+    }
+    assert_eq!(got, (0..100).collect::<Vec<_>>());
+
+    forwarder.cut(false);
+    wait_client(&mut a_events, |e| match e {
+        ClientEvent::Resumed { .. } => Some(()),
+        ClientEvent::Disconnected { .. } => panic!("not resumed: {e:?}"),
+        _ => None,
+    })
+    .await;
+}

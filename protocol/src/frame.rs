@@ -143,10 +143,9 @@ fn encoded_len<T: Serialize>(message: &T) -> usize {
 ///
 /// Returns `None` when the body is not a hello at all.
 pub fn peek_hello_version(body: &[u8]) -> Option<u32> {
-    // `ClientToServer::Hello` is variant 0 and `Hello::version` is its first field;
-    // `ClientToServer::Resume` (variant 9, protocol 6) starts the same way.
+    // `ClientToServer::Hello` is variant 0 and `Hello::version` is its first field.
     let (variant, rest): (u32, _) = postcard::take_from_bytes(body).ok()?;
-    if variant != 0 && variant != 9 {
+    if variant != 0 {
         return None;
     }
     let (version, _): (u32, _) = postcard::take_from_bytes(rest).ok()?;

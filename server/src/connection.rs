@@ -576,6 +576,9 @@ async fn read_hello(
     }
 }
 
+/// `ClientToServer::Resume`'s variant index (postcard writes it as the first byte).
+const RESUME_VARIANT: u8 = 9;
+
 /// How a connection opens: a hello with its login, or a resume.
 enum Opening {
     Hello(Bytes),
@@ -585,13 +588,28 @@ enum Opening {
 /// The login of a hello (or the resume) in the protocol version this server speaks, or
 /// the close code and text for anything else.
 fn check_hello(body: &Bytes) -> Result<Opening, (CloseCode, String)> {
+    let mismatch = |theirs: u32| {
+        let text = format!(
+            "protocol version mismatch: server speaks {PROTOCOL_VERSION}, client sent {theirs}"
+        );
+        Err((CloseCode::VersionMismatch, text))
+    };
     match peek_hello_version(body) {
         Some(PROTOCOL_VERSION) => {}
-        Some(theirs) => {
-            let text = format!(
-                "protocol version mismatch: server speaks {PROTOCOL_VERSION}, client sent {theirs}"
-            );
-            return Err((CloseCode::VersionMismatch, text));
+        Some(theirs) => return mismatch(theirs),
+        // A resume (protocol 6 on) is told by decoding it whole: its version is checked
+        // then. A resume of another version that does not decode reads as no hello.
+        None if body.first() == Some(&RESUME_VARIANT) => {
+            return match decode_body::<ClientToServer>(body) {
+                Ok(ClientToServer::Resume(resume)) if resume.version == PROTOCOL_VERSION => {
+                    Ok(Opening::Resume(resume))
+                }
+                Ok(ClientToServer::Resume(resume)) => mismatch(resume.version),
+                _ => Err((
+                    CloseCode::ProtocolViolation,
+                    "the first frame must be a hello".to_string(),
+                )),
+            };
         }
         None => {
             let text = "the first frame must be a hello".to_string();
@@ -600,7 +618,6 @@ fn check_hello(body: &Bytes) -> Result<Opening, (CloseCode, String)> {
     }
     match decode_body::<ClientToServer>(body) {
         Ok(ClientToServer::Hello(Hello { login, .. })) => Ok(Opening::Hello(login)),
-        Ok(ClientToServer::Resume(resume)) => Ok(Opening::Resume(resume)),
         Ok(_) => Err((
             CloseCode::ProtocolViolation,
             "the first frame must be a hello".to_string(),

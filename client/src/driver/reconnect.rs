@@ -76,7 +76,10 @@ pub(super) async fn resume_session(
     let mut backoff = FIRST_BACKOFF;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() || inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+        if inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(DisconnectReason::Closed);
+        }
+        if remaining.is_zero() {
             tracing::info!(?window, "not resumed within the window");
             return Err(lost);
         }

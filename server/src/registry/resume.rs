@@ -173,7 +173,7 @@ impl Registry {
 
     /// Counts one frame read from `host`'s main stream at `now`, and confirms the count
     /// at once every [`CONFIRM_EVERY`](peergroup_protocol::resume::CONFIRM_EVERY) frames
-    /// or on a timer. Nothing with resume off.
+    /// or on a timer. Nothing with resume off, or for a host without a token.
     pub(super) fn count_upload(&mut self, host: HostId, now: Instant) {
         if self.config.resume_window.is_zero() {
             return;
@@ -181,6 +181,10 @@ impl Registry {
         let Some(state) = self.hosts.get_mut(host_key(host)) else {
             return;
         };
+        if state.resume.token.is_none() {
+            // Not resumable (the driver issues every host a token when resume is on).
+            return;
+        }
         let uploads = &mut state.resume.uploads;
         let was_due = uploads.poll_timeout();
         if uploads.on_read(now) {
