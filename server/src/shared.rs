@@ -9,7 +9,7 @@
 
 use crate::admission::{Admission, AdmissionCounter, SharedAdmission};
 use crate::app_events::EventSink;
-use crate::config::{Limits, ResumeConfig};
+use crate::config::{Limits, ResumeConfig, ServerConfig};
 use crate::drain_state::Drain;
 use crate::events::{DisconnectReason, ServerEvent};
 use crate::metrics::DriverCounters;
@@ -190,16 +190,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The shared state of a server started with `config`.
     pub fn new(
         registry: Registry,
         events: EventSink,
-        limits: Limits,
-        handshake: Duration,
-        slow_consumer: Duration,
+        config: &ServerConfig,
         shutdown: CancellationToken,
-        admission: Admission,
-        resume: ResumeConfig,
     ) -> Self {
+        let limits = config.limits;
+        let admission = config.admission;
+        let (handshake, slow_consumer) = (config.timeouts.handshake, config.timeouts.slow_consumer);
+        let resume = config.resume;
         Self {
             core: Mutex::new(Core {
                 registry,
