@@ -16,8 +16,8 @@ use peergroup_protocol::{
     PROTOCOL_VERSION,
 };
 use peergroup_transport::{
-    close, finish_stream, peer_fingerprint, write_batch, ConnectionEnd, FrameReader, ReadEnd,
-    WRITE_BATCH_BYTES,
+    close, finish_stream, peer_fingerprint, read_datagram_batch, write_batch, ConnectionEnd,
+    FrameReader, ReadEnd, DATAGRAM_BATCH, WRITE_BATCH_BYTES,
 };
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -512,21 +512,27 @@ fn handle_frame(
         })
 }
 
-/// Unreliable relay uploads.
+/// Unreliable relay uploads, in batches: what already arrived is handled under one lock
+/// (see `read_datagram_batch`).
 async fn read_datagrams(shared: &Shared, host: HostId, connection: &quinn::Connection) -> ReadEnd {
+    let mut batch = Vec::with_capacity(DATAGRAM_BATCH);
     loop {
-        let datagram = match connection.read_datagram().await {
-            Ok(datagram) => datagram,
-            Err(error) => return error.into(),
-        };
-        let datagram = match decode_client_datagram(&datagram) {
-            Ok(datagram) => datagram,
-            Err(error) => return error.into(),
-        };
-        let (_, deferred) = shared.with_core(|core| {
-            core.registry
-                .handle_datagram(host, datagram, Instant::now())
+        if let Err(error) = read_datagram_batch(connection, &mut batch).await {
+            return error.into();
+        }
+        let (bad, deferred) = shared.with_core(|core| {
+            let now = Instant::now();
+            for datagram in &batch {
+                match decode_client_datagram(datagram) {
+                    Ok(datagram) => core.registry.handle_datagram(host, datagram, now),
+                    Err(error) => return Some(error),
+                }
+            }
+            None
         });
         shared.settle(deferred).await;
+        if let Some(error) = bad {
+            return error.into();
+        }
     }
 }

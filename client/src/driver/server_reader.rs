@@ -4,7 +4,7 @@
 use crate::driver::shared::Inner;
 use crate::events::{ClientEvent, DisconnectReason};
 use peergroup_protocol::{decode_server_datagram, decode_server_frame, CloseCode};
-use peergroup_transport::{close, FrameReader, ReadEnd};
+use peergroup_transport::{close, read_datagram_batch, FrameReader, ReadEnd, DATAGRAM_BATCH};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -104,20 +104,31 @@ async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
 }
 
 async fn read_datagrams(inner: &Arc<Inner>) -> ReadEnd {
+    let mut batch = Vec::with_capacity(DATAGRAM_BATCH);
     loop {
-        let datagram = match inner.connection.read_datagram().await {
-            Ok(datagram) => datagram,
-            Err(error) => return ReadEnd::Connection(error),
-        };
-        let message = match decode_server_datagram(&datagram) {
-            Ok(message) => message,
-            Err(error) => return error.into(),
-        };
+        if let Err(error) = read_datagram_batch(&inner.connection, &mut batch).await {
+            return ReadEnd::Connection(error);
+        }
+        // The batch is handled under one lock and one flush, and its events go to the
+        // application together (see `read_datagram_batch`).
+        let mut bad = None;
         {
+            let now = Instant::now();
             let mut core = inner.lock();
-            core.session.handle_datagram(message, Instant::now());
+            for datagram in &batch {
+                match decode_server_datagram(datagram) {
+                    Ok(message) => core.session.handle_datagram(message, now),
+                    Err(error) => {
+                        bad = Some(error);
+                        break;
+                    }
+                }
+            }
             inner.flush(&mut core);
         }
         inner.deliver_events().await;
+        if let Some(error) = bad {
+            return error.into();
+        }
     }
 }
