@@ -23,7 +23,8 @@
 //!   and receivers record one-way latency within the window.
 //!
 //! `PEERGROUP_BENCH_RELAYS=peergroup` (comma-separated relay names) measures only those
-//! relays, for profiling one of them alone.
+//! relays, for profiling one of them alone; `PEERGROUP_BENCH_RELAY_CASES=1to8_64b_unreliable`
+//! (comma-separated keys, as in `results.json`) runs only those cases.
 
 use crate::forwarder::{Forwarder, FwdClient};
 use crate::report::{self, Report, Table};
@@ -825,7 +826,12 @@ async fn measure(
     coturn: Result<SocketAddr, String>,
 ) -> Result<Measured, String> {
     let timing = Timing::of(mode);
-    let cases = cases(mode);
+    // PEERGROUP_BENCH_RELAY_CASES: see the module docs.
+    let only = std::env::var("PEERGROUP_BENCH_RELAY_CASES").unwrap_or_default();
+    let cases: Vec<Case> = cases(mode)
+        .into_iter()
+        .filter(|case| only.is_empty() || only.split(',').any(|o| o.trim() == case.key()))
+        .collect();
     let mut notes = Vec::new();
     let setups = setup_all(&server_rt, &coturn, &mut notes).await?;
     let relay_index = |name: &str| RELAYS.iter().position(|r| *r == name).unwrap_or(0);

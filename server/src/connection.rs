@@ -16,7 +16,8 @@ use peergroup_protocol::{
     LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
 };
 use peergroup_transport::{
-    close, finish_stream, peer_fingerprint, ConnectionEnd, FrameReader, ReadEnd, WRITE_BATCH_BYTES,
+    close, finish_stream, peer_fingerprint, read_datagram_batch, ConnectionEnd, FrameReader,
+    ReadEnd, DATAGRAM_BATCH, WRITE_BATCH_BYTES,
 };
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -897,32 +898,37 @@ fn handle_frame(
         })
 }
 
-/// Unreliable relay uploads.
+/// Unreliable relay uploads, in batches: what already arrived is handled under one lock
+/// (see `read_datagram_batch`). Once a resumed connection has replaced this one, nothing
+/// more from it is handled.
 async fn read_datagrams(
     shared: &Shared,
     (host, generation): (HostId, u64),
     connection: &quinn::Connection,
 ) -> ReadEnd {
+    let mut batch = Vec::with_capacity(DATAGRAM_BATCH);
     loop {
-        let datagram = match connection.read_datagram().await {
-            Ok(datagram) => datagram,
-            Err(error) => return error.into(),
-        };
-        let datagram = match decode_client_datagram(&datagram) {
-            Ok(datagram) => datagram,
-            Err(error) => return error.into(),
-        };
-        let (current, deferred) = shared.with_core(|core| {
-            let current = is_current(core, host, generation);
-            if current {
-                core.registry
-                    .handle_datagram(host, datagram, Instant::now());
+        if let Err(error) = read_datagram_batch(connection, &mut batch).await {
+            return error.into();
+        }
+        let (bad, deferred) = shared.with_core(|core| {
+            if !is_current(core, host, generation) {
+                return Some(Err(()));
             }
-            current
+            let now = Instant::now();
+            for datagram in &batch {
+                match decode_client_datagram(datagram) {
+                    Ok(datagram) => core.registry.handle_datagram(host, datagram, now),
+                    Err(error) => return Some(Ok(error)),
+                }
+            }
+            None
         });
         shared.settle(deferred).await;
-        if !current {
-            return replaced();
+        match bad {
+            Some(Ok(error)) => return error.into(),
+            Some(Err(())) => return replaced(),
+            None => {}
         }
     }
 }

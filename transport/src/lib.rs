@@ -8,6 +8,7 @@
 //!   [`quinn::RecvStream`] (with the mapping of quinn's read errors).
 //! - [`end`]: [`ReadEnd`], why reading stopped, and [`ConnectionEnd`], quinn's connection
 //!   errors sorted into the few cases both sides report.
+//! - [`datagrams`]: QUIC datagrams read in batches ([`read_datagram_batch`]).
 //! - [`write`]: the batched writer's common step, one merged batch handed to the stream
 //!   whole, and finishing a stream.
 //! - [`close`]: [`CloseCode`](peergroup_protocol::CloseCode) to and from quinn's
@@ -45,6 +46,7 @@
 
 pub mod accept;
 pub mod close;
+pub mod datagrams;
 pub mod end;
 pub mod reader;
 pub mod source;
@@ -53,6 +55,7 @@ pub mod write;
 
 pub use accept::{quic_server_config, AcceptIdentity};
 pub use close::{close, close_endpoint, close_text, from_varint, to_varint, MAX_CLOSE_TEXT};
+pub use datagrams::{read_datagram_batch, DATAGRAM_BATCH};
 pub use end::{peer_close, ConnectionEnd, ReadEnd};
 pub use reader::{FrameReader, READ_CHUNK};
 pub use source::{read_error, ByteSource};

@@ -5,7 +5,7 @@ use crate::driver::reconnect::{is_resumable, resume_session};
 use crate::driver::shared::Inner;
 use crate::events::{ClientEvent, DisconnectReason};
 use peergroup_protocol::{decode_server_datagram, decode_server_frame, CloseCode, ServerToClient};
-use peergroup_transport::{close, FrameReader, ReadEnd};
+use peergroup_transport::{close, read_datagram_batch, FrameReader, ReadEnd, DATAGRAM_BATCH};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,20 +168,31 @@ async fn read_frames(
 }
 
 async fn read_datagrams(inner: &Arc<Inner>, connection: &quinn::Connection) -> ReadEnd {
+    let mut batch = Vec::with_capacity(DATAGRAM_BATCH);
     loop {
-        let datagram = match connection.read_datagram().await {
-            Ok(datagram) => datagram,
-            Err(error) => return ReadEnd::Connection(error),
-        };
-        let message = match decode_server_datagram(&datagram) {
-            Ok(message) => message,
-            Err(error) => return error.into(),
-        };
+        if let Err(error) = read_datagram_batch(connection, &mut batch).await {
+            return ReadEnd::Connection(error);
+        }
+        // The batch is handled under one lock and one flush, and its events go to the
+        // application together (see `read_datagram_batch`).
+        let mut bad = None;
         {
+            let now = Instant::now();
             let mut core = inner.lock();
-            core.session.handle_datagram(message, Instant::now());
+            for datagram in &batch {
+                match decode_server_datagram(datagram) {
+                    Ok(message) => core.session.handle_datagram(message, now),
+                    Err(error) => {
+                        bad = Some(error);
+                        break;
+                    }
+                }
+            }
             inner.flush(&mut core);
         }
         inner.deliver_events().await;
+        if let Some(error) = bad {
+            return error.into();
+        }
     }
 }

@@ -9,7 +9,7 @@ use peergroup_protocol::{
     decode_peer_frame, decode_server_datagram, ClientToServer, CloseCode, HostId, PairId,
     PathReason, PeerToPeer, PunchOutcome,
 };
-use peergroup_transport::{close, FrameReader, ReadEnd};
+use peergroup_transport::{close, read_datagram_batch, FrameReader, ReadEnd, DATAGRAM_BATCH};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -182,20 +182,28 @@ async fn read_peer_datagrams(
     peer: HostId,
     connection: &quinn::Connection,
 ) -> ReadEnd {
+    let mut batch = Vec::with_capacity(DATAGRAM_BATCH);
     loop {
-        let datagram = match connection.read_datagram().await {
-            Ok(datagram) => datagram,
-            Err(error) => return ReadEnd::Connection(error),
-        };
-        let Ok(message) = decode_server_datagram(&datagram) else {
-            return ReadEnd::Violation(CloseCode::ProtocolViolation, "malformed datagram".into());
-        };
+        if let Err(error) = read_datagram_batch(connection, &mut batch).await {
+            return ReadEnd::Connection(error);
+        }
+        // One lock, one flush and one hand-over of events per batch.
+        let mut malformed = false;
         {
+            let now = std::time::Instant::now();
             let mut core = inner.lock();
-            core.session
-                .handle_peer_datagram(peer, message, std::time::Instant::now());
+            for datagram in &batch {
+                let Ok(message) = decode_server_datagram(datagram) else {
+                    malformed = true;
+                    break;
+                };
+                core.session.handle_peer_datagram(peer, message, now);
+            }
             inner.flush(&mut core);
         }
         inner.deliver_events().await;
+        if malformed {
+            return ReadEnd::Violation(CloseCode::ProtocolViolation, "malformed datagram".into());
+        }
     }
 }
