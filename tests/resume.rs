@@ -500,3 +500,63 @@ async fn a_direct_path_keeps_carrying_messages_while_the_server_connection_is_do
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_that_needs_frames_past_the_bound_is_refused_and_the_host_removed() {
+    let (server, mut server_events) = start_server_with(
+        |config: &mut ServerConfig| {
+            config.timeouts.idle = IDLE;
+            // Far less than what B sends A while A is cut off.
+            config.resume.max_unconfirmed_bytes = 1 << 10;
+        },
+        peergroup_server::AuthHook::accept_all(),
+    )
+    .await;
+    let (forwarder, (_a, mut a_events, a_id), (b, mut b_events, _)) = two_in_a_group(&server).await;
+
+    forwarder.cut(true);
+    // Written to A's connection before the server notices it is gone: kept for a resume
+    // only up to the bound, so the oldest of them are dropped.
+    for n in 0..200u32 {
+        b.send(
+            Target::Host(a_id),
+            n.to_be_bytes().to_vec(),
+            Delivery::ReliableOrdered,
+        )
+        .await
+        .unwrap();
+    }
+    wait_client(&mut a_events, |e| match e {
+        ClientEvent::ConnectionLost { .. } => Some(()),
+        _ => None,
+    })
+    .await;
+    forwarder.cut(false);
+
+    // A's resume is refused with the reason, and the session ends cleanly on both sides.
+    let reason = wait_client(&mut a_events, |e| match e {
+        ClientEvent::Disconnected { reason } => Some(reason.clone()),
+        ClientEvent::Resumed { .. } => panic!("resumed past the bound"),
+        _ => None,
+    })
+    .await;
+    match reason {
+        peergroup_client::DisconnectReason::ServerClosed { code, reason } => {
+            assert_eq!(code, CloseCode::ResumeRefused);
+            assert!(reason.contains("no longer holds"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+    wait_server(&mut server_events, |e| match e {
+        ServerEvent::ClientDisconnected { host, .. } if *host == a_id => Some(()),
+        _ => None,
+    })
+    .await;
+    let left = wait_client(&mut b_events, |e| match e {
+        ClientEvent::MemberLeft { member, .. } => Some(*member),
+        _ => None,
+    })
+    .await;
+    assert_eq!(left, a_id);
+    assert_eq!(server.stats().clients, 1);
+}

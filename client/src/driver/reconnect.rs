@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// How long to wait for the server's close after it ended the new stream unanswered.
+const STREAM_END_GRACE: Duration = Duration::from_secs(2);
+
 /// A resumed connection and its main stream's reader.
 pub(super) struct Reconnected {
     pub connection: quinn::Connection,
@@ -153,7 +156,14 @@ async fn attempt(inner: &Arc<Inner>, token: ResumeToken) -> Result<Reconnected, 
     let mut recv = FrameReader::new(recv, inner.max_frame_len);
     let body = match recv.next().await {
         Ok(Some(body)) => body,
-        Ok(None) => return Err(Failure::Retry("the server closed the new stream".into())),
+        Ok(None) => {
+            // A refusal may end the stream just before its close arrives: the close says
+            // why.
+            return match tokio::time::timeout(STREAM_END_GRACE, connection.closed()).await {
+                Ok(error) => Err(failure(error)),
+                Err(_) => Err(Failure::Retry("the server ended the new stream".into())),
+            };
+        }
         Err(ReadEnd::Connection(error)) => return Err(failure(error)),
         Err(ReadEnd::Violation(code, text)) => {
             close(&connection, code, &text);
