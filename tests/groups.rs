@@ -208,7 +208,11 @@ async fn a_closed_client_leaves_its_groups_and_the_others_are_told() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_silent_is_dropped_within_the_idle_timeout() {
     let (server, mut server_events) = start_server_with(
-        |c| c.timeouts.idle = Duration::from_secs(1),
+        |c| {
+            c.timeouts.idle = Duration::from_secs(1);
+            // A lost client is kept this long for a resume first (tests/resume.rs).
+            c.resume.window = Duration::from_secs(1);
+        },
         Default::default(),
     )
     .await;
@@ -246,6 +250,12 @@ async fn a_client_that_goes_silent_is_dropped_within_the_idle_timeout() {
     next_client_events(&mut a_events, 2).await;
 
     let started = std::time::Instant::now();
+    let offline = wait_server(&mut server_events, |e| match e {
+        ServerEvent::ClientOffline { host, reason } if *host == silent_id => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(offline, DisconnectReason::TimedOut);
     let reason = wait_server(&mut server_events, |e| match e {
         ServerEvent::ClientDisconnected { host, reason } if *host == silent_id => {
             Some(reason.clone())
@@ -254,6 +264,7 @@ async fn a_client_that_goes_silent_is_dropped_within_the_idle_timeout() {
     })
     .await;
     assert_eq!(reason, DisconnectReason::TimedOut);
+    // The idle timeout, then the resume window.
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(
         next_client_events(&mut a_events, 1).await,

@@ -8,7 +8,7 @@
 //! file, the line and column, and the reason (`toml`'s spans, TOML 1.0).
 
 use crate::rooms::RoomsConfig;
-use peergroup_server::{Admission, Limits, PunchConfig, PunchStart, Timeouts};
+use peergroup_server::{Admission, Limits, PunchConfig, PunchStart, ResumeConfig, Timeouts};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -117,6 +117,8 @@ pub struct Settings {
     pub punch: PunchSettings,
     /// Connections before login ([`Admission`]).
     pub admission: AdmissionSettings,
+    /// Session resume ([`ResumeConfig`]).
+    pub resume: ResumeSettings,
     /// The rooms application ([`RoomsConfig`]).
     pub rooms: RoomsSettings,
 }
@@ -334,6 +336,41 @@ impl From<AdmissionSettings> for Admission {
     }
 }
 
+/// [`ResumeConfig`] as the file writes it; see there for each.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResumeSettings {
+    /// How long a client whose connection was lost is kept for a resume, seconds; 0
+    /// turns resume off. Default 30.
+    pub window_secs: Secs,
+    /// Frames written to a client and not yet confirmed that are kept for a resume, per
+    /// client. Default 65,536.
+    pub max_unconfirmed_frames: u64,
+    /// Bytes of those, per client. Default 8,388,608.
+    pub max_unconfirmed_bytes: usize,
+}
+
+impl Default for ResumeSettings {
+    fn default() -> Self {
+        let r = ResumeConfig::default();
+        Self {
+            window_secs: Secs(r.window),
+            max_unconfirmed_frames: r.max_unconfirmed_frames,
+            max_unconfirmed_bytes: r.max_unconfirmed_bytes,
+        }
+    }
+}
+
+impl From<ResumeSettings> for ResumeConfig {
+    fn from(s: ResumeSettings) -> Self {
+        ResumeConfig {
+            window: s.window_secs.0,
+            max_unconfirmed_frames: s.max_unconfirmed_frames,
+            max_unconfirmed_bytes: s.max_unconfirmed_bytes,
+        }
+    }
+}
+
 /// [`RoomsConfig`] as the file writes it; see there for each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -400,6 +437,7 @@ impl Default for Settings {
             timeouts: TimeoutsSettings::default(),
             punch: PunchSettings::default(),
             admission: AdmissionSettings::default(),
+            resume: ResumeSettings::default(),
             rooms: RoomsSettings::default(),
         }
     }
@@ -427,6 +465,8 @@ struct FileSettings {
     punch: PunchSettings,
     #[serde(default)]
     admission: AdmissionSettings,
+    #[serde(default)]
+    resume: ResumeSettings,
     #[serde(default)]
     rooms: RoomsSettings,
 }
@@ -538,6 +578,7 @@ impl Settings {
             timeouts: file.timeouts,
             punch: file.punch,
             admission: file.admission,
+            resume: file.resume,
             rooms: file.rooms,
         };
         settings.check()?;
@@ -636,6 +677,11 @@ impl Settings {
     /// The server library's limits before login.
     pub fn admission(&self) -> Admission {
         self.admission.into()
+    }
+
+    /// The server library's session resume.
+    pub fn resume(&self) -> ResumeConfig {
+        self.resume.into()
     }
 
     /// The rooms application's limits.

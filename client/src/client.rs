@@ -21,13 +21,15 @@ use std::time::{Duration, Instant};
 
 /// Closes the connections when the last handle goes.
 struct CloseOnDrop {
-    connection: quinn::Connection,
+    inner: Arc<Inner>,
     endpoint: quinn::Endpoint,
 }
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        close(&self.connection, CloseCode::Normal, "client closed");
+        // Set first, so the reader does not try to resume what this closes.
+        self.inner.closed.store(true, Ordering::Release);
+        close(&self.inner.connection(), CloseCode::Normal, "client closed");
         // Closing the endpoint ends direct connections and the tasks that serve them.
         close_endpoint(&self.endpoint, CloseCode::Normal, "client closed");
     }
@@ -62,7 +64,7 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<(Client, ClientEvents), ConnectError> {
         let (inner, events) = driver::connect::connect(config).await?;
         let guard = Arc::new(CloseOnDrop {
-            connection: inner.connection.clone(),
+            inner: inner.clone(),
             endpoint: inner.endpoint.clone(),
         });
         Ok((
@@ -206,9 +208,11 @@ impl Client {
                 .iter()
                 .filter_map(|peer| core.directs.get(peer))
                 .map(|link| link.connection.max_datagram_size())
-                .fold(inner.connection.max_datagram_size(), |a, b| match (a, b) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    _ => None,
+                .fold(inner.connection().max_datagram_size(), |a, b| {
+                    match (a, b) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        _ => None,
+                    }
                 }),
             // Latest values wait too: they replace queued values of their key, but an
             // application that keeps inventing keys must not grow a queue without bound.
@@ -255,7 +259,7 @@ impl Client {
             }
             tokio::select! {
                 _ = notified => {}
-                _ = inner.connection.closed() => return,
+                _ = inner.ended.cancelled() => return,
             }
         }
     }
@@ -345,7 +349,7 @@ impl Client {
 
     /// Smoothed RTT to the server.
     pub fn server_rtt(&self) -> Duration {
-        self.inner.connection.rtt()
+        self.inner.connection().rtt()
     }
 
     /// The local UDP address.
@@ -368,7 +372,7 @@ impl Client {
         })
         .await;
         self.inner.closed.store(true, Ordering::Release);
-        close(&self.inner.connection, CloseCode::Normal, "client closed");
+        close(&self.inner.connection(), CloseCode::Normal, "client closed");
         close_endpoint(&self.inner.endpoint, CloseCode::Normal, "client closed");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
     }

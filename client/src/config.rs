@@ -73,6 +73,12 @@ pub struct Timeouts {
     /// hundreds of others) a ping a second per pair outweighed the game's own traffic in
     /// the soak. A path change still pings at once. Default 10 s.
     pub relay_ping_interval: Duration,
+    /// How long the client tries to resume its session after losing the connection
+    /// (ARCHITECTURE.md, "Resume"): it reconnects by itself, backing off from 100 ms to
+    /// 2 s (jittered), within this and the server's own window, whichever is shorter.
+    /// Zero turns resume off: a lost connection ends the client, as before. Default
+    /// 30 s.
+    pub resume: Duration,
 }
 
 /// [`Timeouts::relay_ping_interval`]'s default.
@@ -86,6 +92,7 @@ impl Default for Timeouts {
             keepalive: Duration::from_secs(4),
             ping_interval: Some(crate::ping::DEFAULT_PING_INTERVAL),
             relay_ping_interval: DEFAULT_RELAY_PING_INTERVAL,
+            resume: Duration::from_secs(30),
         }
     }
 }

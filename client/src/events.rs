@@ -113,6 +113,22 @@ pub enum ClientEvent {
         /// What it did.
         fault: PeerFault,
     },
+    /// The connection to the server was lost (no word from it for the idle timeout),
+    /// and the client is reconnecting by itself to resume the session (see
+    /// [`Timeouts::resume`](crate::Timeouts::resume)). Sends keep queueing meanwhile,
+    /// and direct paths that stay up keep carrying messages. Then either
+    /// [`ClientEvent::Resumed`] or, once the server's window ends or it refuses,
+    /// [`ClientEvent::Disconnected`].
+    ConnectionLost {
+        /// How the connection ended.
+        reason: DisconnectReason,
+    },
+    /// The session resumed on a new connection: same host id, groups and pairs, and no
+    /// reliable message lost or duplicated either way.
+    Resumed {
+        /// From the loss being noticed to the server's answer.
+        after: Duration,
+    },
     /// The connection to the server ended. Always the last event.
     Disconnected {
         /// Why.

@@ -59,8 +59,9 @@ pub(crate) struct UploadReceiver {
 /// What the writer should do next.
 #[derive(Debug)]
 pub(crate) enum Next {
-    /// Write these frames (their bytes are reported with [`UploadReceiver::written`]).
-    Frames,
+    /// Write this many frames (their bytes are reported with
+    /// [`UploadReceiver::written`]).
+    Frames(u64),
     /// Everything is written: finish the stream, then send on this.
     Finish(oneshot::Sender<()>),
 }
@@ -195,6 +196,7 @@ impl UploadReceiver {
         loop {
             {
                 let mut inner = lock(&self.state);
+                let mut frames = 0;
                 while merged.is_empty() || merged.len() < max_bytes {
                     let Some(((frame, id), _)) = inner.frames.pop() else {
                         break;
@@ -205,9 +207,10 @@ impl UploadReceiver {
                     // One buffer per batch: quinn scans a stream's unacknowledged buffers
                     // for each packet it builds, so many small ones slow it down.
                     merged.extend_from_slice(&frame);
+                    frames += 1;
                 }
                 if !merged.is_empty() {
-                    return Next::Frames;
+                    return Next::Frames(frames);
                 }
                 if let Some(done) = inner.finish.take() {
                     return Next::Finish(done);
@@ -255,7 +258,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished(), "no room yet");
         let mut merged = bytes::BytesMut::new();
-        assert!(matches!(rx.next(&mut merged, 1 << 10).await, Next::Frames));
+        assert!(matches!(
+            rx.next(&mut merged, 1 << 10).await,
+            Next::Frames(_)
+        ));
         rx.written(merged.len());
         tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
@@ -310,7 +316,10 @@ mod tests {
         queue.push_data(Bytes::from_static(b"last"), Priority::Medium, 0, None, 0);
         let _finished = queue.finish();
         let mut merged = bytes::BytesMut::new();
-        assert!(matches!(rx.next(&mut merged, 1 << 10).await, Next::Frames));
+        assert!(matches!(
+            rx.next(&mut merged, 1 << 10).await,
+            Next::Frames(_)
+        ));
         merged.clear();
         assert!(matches!(
             rx.next(&mut merged, 1 << 10).await,

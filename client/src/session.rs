@@ -447,6 +447,8 @@ pub(crate) struct Session {
     /// Direct peers whose reading may go on again, for the driver
     /// ([`Session::poll_resumed_reader`]).
     resumed_readers: VecDeque<HostId>,
+    /// The resume token and the count of frames read from the server (`resume.rs`).
+    resume: resume::SessionResume,
 }
 
 impl Session {
@@ -486,6 +488,7 @@ impl Session {
             last_timer_run: now,
             paused_readers: BTreeSet::new(),
             resumed_readers: VecDeque::new(),
+            resume: resume::SessionResume::default(),
         }
     }
 
@@ -617,6 +620,7 @@ impl Session {
         self.send_due_acks(now);
         self.check_direct_acks(now);
         self.forget_ended_memberships(now);
+        self.confirm_server_frames(now);
         if let Some(token) = self.clock.poll_request(now) {
             self.uploads
                 .push_back(Upload::Control(ClientToServer::TimeRequest { token }));
@@ -692,6 +696,7 @@ impl Session {
             .chain(acks)
             .chain(dating)
             .chain([self.clock.poll_timeout(), self.next_link_report])
+            .chain(self.confirm_timeout())
             .min()
     }
 
@@ -706,6 +711,7 @@ impl Session {
     /// A description of the violation when the server sent something out of place; the
     /// caller closes the connection with `ProtocolViolation`.
     pub fn handle_frame(&mut self, frame: ServerToClient, now: Instant) -> Result<(), String> {
+        self.count_server_frame(now);
         let taken = self.take_frame(frame, now);
         // A relayed message may fill the gap a paused direct reader waits on.
         self.update_paused_readers();
@@ -715,6 +721,14 @@ impl Session {
     fn take_frame(&mut self, frame: ServerToClient, now: Instant) -> Result<(), String> {
         match frame {
             ServerToClient::Welcome { .. } => return Err("a second welcome".into()),
+            ServerToClient::Resumed { .. } => {
+                return Err("a resume's answer on a connection that did not resume".into())
+            }
+            ServerToClient::ResumeToken { token, window_ms } => {
+                self.handle_resume_token(token, Duration::from_millis(window_ms.into()))
+            }
+            // The driver forgets the uploads it covers (it keeps them, not the session).
+            ServerToClient::Received { .. } => {}
             ServerToClient::PeerUp { peer, pair, info } => {
                 // A new pair starts on the relay. With pings off the tracker is never
                 // polled; the interval does not matter then.
@@ -2012,5 +2026,6 @@ struct Resolved {
 }
 
 mod direct_reliability;
+mod resume;
 #[cfg(test)]
 mod tests;

@@ -372,6 +372,9 @@ impl Harness {
                 }
                 _ => {}
             },
+            Action::ResumeWindowEnded { host } => {
+                panic!("{host}'s resume window ended, but the model never takes a host offline")
+            }
             Action::Punch {
                 pair,
                 controlling,

@@ -64,6 +64,13 @@ pub enum CloseCode {
     ServerFull,
     /// The server application disconnected this client.
     Kicked,
+    /// The server refused a [`crate::ClientToServer::Resume`]: an unknown, spent or
+    /// another identity's token, a host no longer kept, or frames it no longer holds. The
+    /// reason says which; nothing changed on the server. Added in protocol 6.
+    ResumeRefused,
+    /// A resumed connection of the same host took this one's place (the old one was
+    /// still half-open). Added in protocol 6.
+    Replaced,
     /// A code this build does not know (a newer peer).
     Unknown(u64),
 }
@@ -82,6 +89,8 @@ impl CloseCode {
             CloseCode::HandshakeTimeout => 7,
             CloseCode::ServerFull => 8,
             CloseCode::Kicked => 9,
+            CloseCode::ResumeRefused => 10,
+            CloseCode::Replaced => 11,
             CloseCode::Unknown(code) => code,
         }
     }
@@ -99,6 +108,8 @@ impl CloseCode {
             7 => CloseCode::HandshakeTimeout,
             8 => CloseCode::ServerFull,
             9 => CloseCode::Kicked,
+            10 => CloseCode::ResumeRefused,
+            11 => CloseCode::Replaced,
             other => CloseCode::Unknown(other),
         }
     }
@@ -117,6 +128,8 @@ impl fmt::Display for CloseCode {
             CloseCode::HandshakeTimeout => "handshake timeout",
             CloseCode::ServerFull => "server full",
             CloseCode::Kicked => "kicked by the server",
+            CloseCode::ResumeRefused => "resume refused",
+            CloseCode::Replaced => "replaced by a resumed connection",
             CloseCode::Unknown(code) => return write!(f, "unknown close code {code}"),
         };
         f.write_str(text)

@@ -17,6 +17,8 @@
 //! - [`typed`]: applications' own serde message types, encoded with postcard.
 //! - [`zero_copy`]: decoders for the hot path that share a message's payload with the
 //!   received buffer instead of copying it.
+//! - [`resume`]: session resume: the token, and the frames a side keeps until the other
+//!   confirms them.
 //! - [`rooms`]: the requests and replies of the rooms application in `peergroup-server`.
 //!
 //! # Wire rules
@@ -36,6 +38,7 @@ pub mod ids;
 pub mod lanes;
 pub mod messages;
 pub mod probe;
+pub mod resume;
 pub mod rooms;
 pub mod schedule;
 pub mod typed;
@@ -52,9 +55,10 @@ pub use lanes::{Carrier, LaneCounters, SendOptions, DEFAULT_CHANNEL};
 pub use messages::{
     ClientDatagram, ClientStream, ClientToServer, DatagramLane, Delivery, Hello, Lane, Memberships,
     Notice, PairPath, Path, PathReason, PeerInfo, PeerToPeer, Priority, PunchOrder, PunchOutcome,
-    RefuseReason, RelayDest, ServerDatagram, ServerToClient, MAX_RELAY_DESTS,
+    RefuseReason, RelayDest, Resume, ServerDatagram, ServerToClient, MAX_RELAY_DESTS,
 };
 pub use probe::{is_probe, MalformedProbe, Probe, ProbeKind, PROBE_MAC_LEN};
+pub use resume::{ReplayGap, ResumeToken, Unconfirmed};
 pub use zero_copy::{
     decode_client_datagram, decode_client_frame, decode_peer_frame, decode_server_datagram,
     decode_server_frame, DeliverFrame,
@@ -67,7 +71,7 @@ pub const ALPN: &[u8] = b"peergroup/1";
 pub const PEER_ALPN: &[u8] = b"peergroup-p2p/1";
 
 /// The protocol version checked at connect.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Bytes the server adds to an unreliable payload when it relays it (variant, sender,
 /// group, lane, number and length), at most. A client subtracts this from the server

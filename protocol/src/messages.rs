@@ -4,6 +4,7 @@
 //! variants go at the end and the golden-byte tests in `tests/golden.rs` pin the rest.
 
 use crate::ids::{Fingerprint, GroupId, HostId, PairId};
+use crate::resume::ResumeToken;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -314,6 +315,47 @@ pub enum ClientToServer {
         /// Pings lost of the last 32, per mille.
         loss_permille: Option<u16>,
     },
+    /// Instead of [`ClientToServer::Hello`], as the first frame of a new connection: come
+    /// back as `host` after the previous connection was lost (see [`crate::resume`]).
+    /// Added in protocol 6.
+    Resume(Resume),
+    /// The client has read the first `frames` frames the server sent on its main stream
+    /// since login (the welcome counts one; a [`ServerToClient::Resumed`] does not), so
+    /// the server may forget them. Cumulative, sent at most every
+    /// [`crate::resume::CONFIRM_DELAY`] or [`crate::resume::CONFIRM_EVERY`] frames.
+    /// Added in protocol 6.
+    Received {
+        /// Frames read from the server's main stream since login.
+        frames: u64,
+    },
+}
+
+/// The first frame of a connection that resumes a session: [`ClientToServer::Resume`].
+///
+/// `version` comes first, as in [`Hello`], so a server of another version can still read
+/// it far enough to report a mismatch.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// [`crate::PROTOCOL_VERSION`] of the client.
+    pub version: u32,
+    /// The host the client was.
+    pub host: HostId,
+    /// The token of the last [`ServerToClient::ResumeToken`] or
+    /// [`ServerToClient::Resumed`]: single use.
+    pub token: ResumeToken,
+    /// Frames the client has read from the server's main stream since login: the server
+    /// sends the rest again, in order, before anything new.
+    pub received: u64,
+}
+
+impl std::fmt::Debug for Resume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resume")
+            .field("version", &self.version)
+            .field("host", &self.host)
+            .field("received", &self.received)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientStream {
@@ -339,6 +381,8 @@ impl ClientToServer {
             ClientToServer::PathReport { .. } => "a path report",
             ClientToServer::TimeRequest { .. } => "a clock request",
             ClientToServer::LinkReport { .. } => "a link report",
+            ClientToServer::Resume(_) => "a resume",
+            ClientToServer::Received { .. } => "a receipt",
         }
     }
 
@@ -346,14 +390,17 @@ impl ClientToServer {
     /// the other one with [`crate::CloseCode::ProtocolViolation`].
     pub fn stream(&self) -> ClientStream {
         match self {
-            ClientToServer::Hello(_) | ClientToServer::Relay { .. } => ClientStream::Main,
+            ClientToServer::Hello(_) | ClientToServer::Resume(_) | ClientToServer::Relay { .. } => {
+                ClientStream::Main
+            }
             ClientToServer::Ack { .. }
             | ClientToServer::HostCandidates { .. }
             | ClientToServer::WantDirect { .. }
             | ClientToServer::PunchReport { .. }
             | ClientToServer::PathReport { .. }
             | ClientToServer::TimeRequest { .. }
-            | ClientToServer::LinkReport { .. } => ClientStream::Control,
+            | ClientToServer::LinkReport { .. }
+            | ClientToServer::Received { .. } => ClientStream::Control,
         }
     }
 }
@@ -532,6 +579,35 @@ pub enum ServerToClient {
         group: Option<GroupId>,
         /// Each refused destination pair (at most [`MAX_RELAY_DESTS`]), with why.
         refused: Vec<(PairId, RefuseReason)>,
+    },
+    /// The server keeps this host for `window_ms` after its connection is lost, and
+    /// `token` brings it back ([`ClientToServer::Resume`]). Sent right after the welcome
+    /// when the server allows resuming (never otherwise). Added in protocol 6.
+    ResumeToken {
+        /// Single use; the server binds it to the client's identity.
+        token: ResumeToken,
+        /// How long the server keeps the host after a loss, milliseconds.
+        window_ms: u32,
+    },
+    /// The answer to [`ClientToServer::Resume`], the first frame on the new connection:
+    /// the session goes on. The frames the client had not read follow, then new ones.
+    /// Added in protocol 6.
+    Resumed {
+        /// Frames the server has read from the client's main stream since login: the
+        /// client sends the rest again, in order, before anything new.
+        received: u64,
+        /// The token for the next resume (the one presented is spent).
+        token: ResumeToken,
+        /// As in [`ServerToClient::ResumeToken`], milliseconds.
+        window_ms: u32,
+    },
+    /// The server has read the first `frames` frames of the client's main stream since
+    /// login (the hello does not count), so the client may forget them. Cumulative, sent
+    /// at most every [`crate::resume::CONFIRM_DELAY`] or [`crate::resume::CONFIRM_EVERY`]
+    /// frames. Added in protocol 6.
+    Received {
+        /// Frames read from the client's main stream since login.
+        frames: u64,
     },
 }
 

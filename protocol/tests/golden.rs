@@ -26,8 +26,9 @@ use peergroup_protocol::{
     datagram_to_bytes, decode_body, frame_to_bytes, is_probe, ClientDatagram, ClientToServer,
     DatagramLane, Delivery, Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, Lane,
     MalformedProbe, Memberships, Notice, PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer,
-    Priority, Probe, ProbeKind, PunchOrder, PunchOutcome, RefuseReason, RelayDest, ServerDatagram,
-    ServerToClient, DATAGRAM_DELIVER_OVERHEAD, DEFAULT_MAX_FRAME_LEN, PROBE_MAC_LEN,
+    Priority, Probe, ProbeKind, PunchOrder, PunchOutcome, RefuseReason, RelayDest, Resume,
+    ResumeToken, ServerDatagram, ServerToClient, DATAGRAM_DELIVER_OVERHEAD, DEFAULT_MAX_FRAME_LEN,
+    PROBE_MAC_LEN,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::fmt::Debug;
@@ -159,6 +160,8 @@ fn client_to_server_variant(message: &ClientToServer) -> u32 {
         ClientToServer::PathReport { .. } => 6,
         ClientToServer::TimeRequest { .. } => 7,
         ClientToServer::LinkReport { .. } => 8,
+        ClientToServer::Resume(_) => 9,
+        ClientToServer::Received { .. } => 10,
     }
 }
 
@@ -175,6 +178,9 @@ fn server_to_client_variant(message: &ServerToClient) -> u32 {
         ServerToClient::PunchOrder(_) => 8,
         ServerToClient::Time { .. } => 9,
         ServerToClient::RefusedMany { .. } => 10,
+        ServerToClient::ResumeToken { .. } => 11,
+        ServerToClient::Resumed { .. } => 12,
+        ServerToClient::Received { .. } => 13,
     }
 }
 
@@ -483,11 +489,33 @@ fn client_to_server_frames() {
                 &[0x01, 0xff, 0xff, 0x03],
             ]),
         ),
+        // Added in protocol 6; the variants before them encode as they did.
+        (
+            "Resume",
+            ClientToServer::Resume(Resume {
+                version: 6,
+                host: host(),
+                token: ResumeToken([0x11; 32]),
+                received: 5,
+            }),
+            // Variant 9, version 6, host, the token's 32 bytes as they are, received 5.
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x28, 0x09, 0x06],
+                &HOST,
+                &[0x11; 32],
+                &[0x05],
+            ]),
+        ),
+        (
+            "Received",
+            ClientToServer::Received { frames: 300 },
+            vec![0x00, 0x00, 0x00, 0x03, 0x0a, 0xac, 0x02],
+        ),
     ];
     for (name, message, expected) in &cases {
         check_frame(name, message, expected);
     }
-    assert_covers(&cases, client_to_server_variant, 9, 4);
+    assert_covers(&cases, client_to_server_variant, 11, 4);
 }
 
 #[test]
@@ -775,11 +803,39 @@ fn server_to_client_frames() {
             },
             vec![0x00, 0x00, 0x00, 0x03, 0x0a, 0x00, 0x00],
         ),
+        // Added in protocol 6.
+        (
+            "ResumeToken",
+            ServerToClient::ResumeToken {
+                token: ResumeToken([0x22; 32]),
+                window_ms: 30_000,
+            },
+            // 30,000 as a varint: b0 ea 01.
+            cat(&[
+                &[0x00, 0x00, 0x00, 0x24, 0x0b],
+                &[0x22; 32],
+                &[0xb0, 0xea, 0x01],
+            ]),
+        ),
+        (
+            "Resumed",
+            ServerToClient::Resumed {
+                received: 0,
+                token: ResumeToken([0x33; 32]),
+                window_ms: 0,
+            },
+            cat(&[&[0x00, 0x00, 0x00, 0x23, 0x0c, 0x00], &[0x33; 32], &[0x00]]),
+        ),
+        (
+            "Received with u64::MAX",
+            ServerToClient::Received { frames: u64::MAX },
+            cat(&[&[0x00, 0x00, 0x00, 0x0b, 0x0d], &U64_MAX]),
+        ),
     ];
     for (name, message, expected) in &cases {
         check_frame(name, message, expected);
     }
-    assert_covers(&cases, server_to_client_variant, 11, 4);
+    assert_covers(&cases, server_to_client_variant, 14, 4);
 }
 
 #[test]

@@ -22,6 +22,38 @@ pub struct ServerConfig {
     pub punch: PunchConfig,
     /// Limits on connections that have not logged in yet.
     pub admission: Admission,
+    /// Session resume: how long a client whose connection was lost is kept.
+    pub resume: ResumeConfig,
+}
+
+/// Session resume (ARCHITECTURE.md, "Resume"): a client whose connection ends without a
+/// leave stays, offline, for [`ResumeConfig::window`], and comes back as the same host
+/// with nothing lost if it reconnects in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeConfig {
+    /// How long a host whose connection was lost is kept: its id, groups, pairs and the
+    /// messages queued for it stay, and its peers see nothing unless the window ends.
+    /// Zero turns resume off: a lost connection removes its host at once, as before.
+    /// Default 30 s.
+    pub window: Duration,
+    /// Frames written to a client and not yet confirmed by it that are kept for a resume,
+    /// at most. Past this (or [`ResumeConfig::max_unconfirmed_bytes`]) the oldest are
+    /// dropped, and a resume that needs them is refused (the host is removed). A client
+    /// confirms every 100 ms or 256 frames, so this covers about a round trip of
+    /// traffic. Default 65,536.
+    pub max_unconfirmed_frames: u64,
+    /// Bytes of those frames kept at most, per client. Default 8 MiB.
+    pub max_unconfirmed_bytes: usize,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        Self {
+            window: RegistryConfig::default().resume_window,
+            max_unconfirmed_frames: peergroup_protocol::resume::DEFAULT_MAX_UNCONFIRMED_FRAMES,
+            max_unconfirmed_bytes: peergroup_protocol::resume::DEFAULT_MAX_UNCONFIRMED_BYTES,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -34,6 +66,7 @@ impl ServerConfig {
             timeouts: Timeouts::default(),
             punch: PunchConfig::default(),
             admission: Admission::default(),
+            resume: ResumeConfig::default(),
         }
     }
 
@@ -46,6 +79,7 @@ impl ServerConfig {
             max_group_data_len: self.limits.max_group_data_len,
             max_unacked_notices: self.limits.max_unacked_notices,
             datagram_deliveries_per_sec: self.limits.datagram_deliveries_per_sec,
+            resume_window: self.resume.window,
         }
     }
 }

@@ -8,18 +8,18 @@ use crate::auth::{AuthDecision, AuthHook, LoginRequest};
 use crate::events::{DisconnectReason, ServerEvent};
 use crate::outbound::{OutboundQueue, OutboundReceiver, Outgoing};
 use crate::registry::ProtocolViolation;
-use crate::shared::{close_with, Core, Link, Shared};
+use crate::shared::{close_with, Core, Handoff, Link, Offline, Shared};
 use bytes::{Bytes, BytesMut};
 use peergroup_protocol::{
     decode_body, decode_client_datagram, decode_client_frame, frame_to_bytes, peek_hello_version,
-    ClientStream, ClientToServer, CloseCode, Hello, HostId, ServerToClient, LENGTH_PREFIX_LEN,
-    PROTOCOL_VERSION,
+    ClientStream, ClientToServer, CloseCode, Hello, HostId, Resume, ServerToClient, Unconfirmed,
+    LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
 };
 use peergroup_transport::{
-    close, finish_stream, peer_fingerprint, read_datagram_batch, write_batch, ConnectionEnd,
-    FrameReader, ReadEnd, DATAGRAM_BATCH, WRITE_BATCH_BYTES,
+    close, finish_stream, peer_fingerprint, read_datagram_batch, ConnectionEnd, FrameReader,
+    ReadEnd, DATAGRAM_BATCH, WRITE_BATCH_BYTES,
 };
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 /// Serves one incoming connection until it ends. `slot` is its place among the
@@ -38,7 +38,7 @@ pub(crate) async fn serve(
         accept(&shared, incoming, &auth, close_reason.clone(), slot),
     )
     .await;
-    let (host, connection, recv, _client_slot) = match accepted {
+    let (host, connection, recv, _client_slot, generation) = match accepted {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(error)) => {
             // quinn's texts quote the client's close reason.
@@ -53,12 +53,12 @@ pub(crate) async fn serve(
             return;
         }
     };
-    tracing::info!(%host, %remote, "client connected");
+    tracing::info!(%host, %remote, generation, "client connected");
 
     let end = tokio::select! {
-        end = read_stream(&shared, host, recv, &connection, ClientStream::Main) => end,
-        end = read_control(&shared, host, &connection) => end,
-        end = read_datagrams(&shared, host, &connection) => end,
+        end = read_stream(&shared, (host, generation), recv, &connection, ClientStream::Main) => end,
+        end = read_control(&shared, (host, generation), &connection) => end,
+        end = read_datagrams(&shared, (host, generation), &connection) => end,
         _ = shared.shutdown.cancelled() => ReadEnd::Connection(quinn::ConnectionError::LocallyClosed),
     };
     let reason = match end {
@@ -86,14 +86,88 @@ pub(crate) async fn serve(
             "server shutting down",
         );
     }
-    shared.counters.disconnected(&reason);
-    let (_, deferred) = shared.with_core(|core| {
+    // What becomes of the host: kept offline for a resume, removed, or left to the
+    // connection that replaced this one.
+    let now = Instant::now();
+    let stopping = shared.shutdown.is_cancelled() || shared.drain.is_started();
+    let resumable = !stopping
+        && matches!(
+            reason,
+            DisconnectReason::TimedOut | DisconnectReason::ConnectionLost { .. }
+        );
+    let (fate, deferred) = shared.with_core(|core| {
+        let Some(link) = core.links.get_mut(&host) else {
+            return Fate::Replaced;
+        };
+        if link.generation != generation {
+            return Fate::Replaced;
+        }
+        if resumable && core.registry.handle_offline(host, now) {
+            let (offline, ended) = Offline::new(now);
+            link.offline = Some(offline);
+            return Fate::Offline(ended);
+        }
+        Fate::Remove
+    });
+    drop(deferred);
+    match fate {
+        Fate::Replaced => {
+            tracing::info!(%host, generation, "connection replaced by a resumed one");
+        }
+        Fate::Remove => remove(&shared, host, generation, reason).await,
+        Fate::Offline(ended) => {
+            tracing::info!(%host, %reason, "client offline; kept for a resume");
+            shared.events.push_lifecycle(ServerEvent::ClientOffline {
+                host,
+                reason: reason.clone(),
+            });
+            // The slot this task holds (`_client_slot`) stays taken while the host is
+            // kept: an offline host still counts as a client.
+            let removed = tokio::select! {
+                ended = ended => ended.is_ok(),
+                _ = shared.shutdown.cancelled() => true,
+                _ = shared.drain.started.cancelled() => true,
+            };
+            if !removed {
+                // Resumed: the new connection's task has the host now.
+                return;
+            }
+            // Whoever ended it (a kick, an overflowing queue) said why; else the window
+            // ran out on the lost connection.
+            let reason = close_reason.get().cloned().unwrap_or(reason);
+            remove(&shared, host, generation, reason).await;
+        }
+    }
+}
+
+/// What becomes of a host when its connection ends.
+enum Fate {
+    /// Another connection of the host took over: nothing to do.
+    Replaced,
+    /// Removed now.
+    Remove,
+    /// Kept offline until this fires (dropped when it resumes).
+    Offline(tokio::sync::oneshot::Receiver<()>),
+}
+
+/// Removes `host` as a disconnect does, unless a connection newer than `generation` has
+/// it: it leaves its groups, its pairs end, and the application hears it went.
+async fn remove(shared: &Shared, host: HostId, generation: u64, reason: DisconnectReason) {
+    let (removed, deferred) = shared.with_core(|core| {
+        if core.links.get(&host).map(|link| link.generation) != Some(generation) {
+            return false;
+        }
         core.links.remove(&host);
         core.registry.handle_disconnect(host, Instant::now());
+        true
     });
-    shared.link_removed.notify_waiters();
     // Only notices to the others are left: never wait on their queues from here.
     drop(deferred);
+    if !removed {
+        return;
+    }
+    shared.counters.disconnected(&reason);
+    shared.link_removed.notify_waiters();
     tracing::info!(%host, %reason, "client disconnected");
     // Behind the client's own messages, which lifecycle events would otherwise overtake:
     // the application reads everything a client sent before it hears the client went.
@@ -121,7 +195,7 @@ async fn accept(
     close_reason: Arc<OnceLock<DisconnectReason>>,
     // Held to the end: the connection counts as logging in until it is in or out.
     _slot: HandshakeSlot,
-) -> Result<(HostId, quinn::Connection, FrameReader, ClientSlot), String> {
+) -> Result<Accepted, String> {
     let admission = shared.admission_config;
     let hello_deadline = tokio::time::Instant::now() + admission.hello_timeout;
     let connection = match tokio::time::timeout_at(hello_deadline, incoming).await {
@@ -166,17 +240,36 @@ async fn accept(
                 return Err(refuse(CloseCode::HandshakeTimeout, text));
             }
         };
-        let login = check_hello(&body).map_err(|(code, text)| refuse(code, text))?;
+        let login = match check_hello(&body).map_err(|(code, text)| refuse(code, text))? {
+            Opening::Hello(login) => login,
+            // A resume is proven by its token and identity: no auth hook.
+            Opening::Resume(resume) => return Ok((send, recv, Err(resume))),
+        };
         let request = LoginRequest {
             remote_addr: connection.remote_address(),
             identity,
             login: login.clone(),
         };
-        Ok((send, recv, login, auth.decide(request).await))
+        Ok((send, recv, Ok((login, auth.decide(request).await))))
     };
-    let (send, mut recv, login, decision) = tokio::select! {
+    let (send, mut recv, opening) = tokio::select! {
         login = login => login?,
         never = drop_datagrams(&connection) => match never {},
+    };
+    let (login, decision) = match opening {
+        Ok(login) => login,
+        Err(resume) => {
+            return resume_session(
+                shared,
+                connection,
+                send,
+                recv,
+                resume,
+                identity,
+                close_reason,
+            )
+            .await;
+        }
     };
     // From here on the client's frames may be as long as any.
     recv.set_max(shared.limits.max_frame_len());
@@ -224,6 +317,13 @@ async fn accept(
         shared.slow_consumer,
     );
     let registered_close_reason = close_reason.clone();
+    let resume_on = !shared.resume.window.is_zero();
+    let unconfirmed = Arc::new(Mutex::new(Unconfirmed::new(
+        shared.resume.max_unconfirmed_frames,
+        shared.resume.max_unconfirmed_bytes,
+        resume_on,
+    )));
+    let (handoff, handoffs) = tokio::sync::mpsc::channel(1);
     let link = Link {
         connection: connection.clone(),
         outbound,
@@ -232,6 +332,10 @@ async fn accept(
         login,
         connected_at: std::time::SystemTime::now(),
         close_reason,
+        generation: 1,
+        unconfirmed: unconfirmed.clone(),
+        handoff,
+        offline: None,
     };
     let registered = shared.with_core(|core| {
         if core.links.len() >= shared.limits.max_clients {
@@ -256,9 +360,13 @@ async fn accept(
             app_data: app_data.clone(),
             max_frame_len: shared.limits.max_frame_len(),
         };
-        // The welcome is queued before the link is visible, so it is the first frame.
+        // The welcome is queued before the link is visible, so it is the first frame
+        // (frame 0 of the count a resume continues), and the resume token the second.
         if let Ok(frame) = frame_to_bytes(&welcome, shared.limits.max_frame_len()) {
             link.outbound.push_control(frame);
+        }
+        if resume_on {
+            issue_token(shared, core, host, &link);
         }
         core.links.insert(host, link);
         Ok((host, slot))
@@ -286,18 +394,166 @@ async fn accept(
         queued,
         end,
         shared.limits.max_frame_len(),
+        unconfirmed,
+        handoffs,
     ));
-    // Logged in: the connection may now have a whole stream window in flight, and open
-    // its control stream. The connection's window is the main stream's plus room for the
-    // control stream: a main stream the server has stopped reading must not use up the
-    // connection's flow-control credit, or the acks behind it could not be sent at all.
+    open_logged_in(shared, &connection);
+    Ok((host, connection, recv, client_slot, 1))
+}
+
+/// A connection that logged in or resumed: its host, its main stream's reader, its
+/// place among the logged-in clients and which of the host's connections it is.
+type Accepted = (HostId, quinn::Connection, FrameReader, ClientSlot, u64);
+
+/// Gives `host` a resume token and queues it for the client (`link` is not registered
+/// yet, or is the host's), unless the system has no randomness: then the host cannot
+/// resume.
+fn issue_token(shared: &Shared, core: &mut Core, host: HostId, link: &Link) {
+    let Ok(token) = shared.fresh_token() else {
+        tracing::error!(%host, "no randomness for a resume token; the client cannot resume");
+        return;
+    };
+    core.registry.set_resume_token(host, token);
+    let frame = ServerToClient::ResumeToken {
+        token,
+        window_ms: window_ms(shared),
+    };
+    if let Ok(frame) = frame_to_bytes(&frame, shared.limits.max_frame_len()) {
+        link.outbound.push_control(frame);
+    }
+}
+
+fn window_ms(shared: &Shared) -> u32 {
+    shared.resume.window.as_millis().min(u128::from(u32::MAX)) as u32
+}
+
+/// Logged in (or resumed): the connection may now have a whole stream window in flight,
+/// and open its control stream. The connection's window is the main stream's plus room
+/// for the control stream: a main stream the server has stopped reading must not use up
+/// the connection's flow-control credit, or the acks behind it could not be sent at all.
+fn open_logged_in(shared: &Shared, connection: &quinn::Connection) {
     let window = shared
         .limits
         .client_receive_window
         .saturating_add(CONTROL_WINDOW);
     connection.set_receive_window(window.into());
     connection.set_max_concurrent_uni_streams(1u8.into());
-    Ok((host, connection, recv, client_slot))
+}
+
+/// A new connection resumes `resume.host` (ARCHITECTURE.md, "Resume"): the registry
+/// checks the token and identity and rotates the token; the host's link takes the new
+/// connection (closing a half-open old one with `Replaced`); the host's writer writes
+/// the `Resumed` answer and every frame the client did not read, then goes on with its
+/// queue. A refusal closes the new connection with `ResumeRefused` and changes nothing;
+/// a host whose frames were no longer held is removed.
+async fn resume_session(
+    shared: &Arc<Shared>,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    mut recv: FrameReader,
+    resume: Resume,
+    identity: peergroup_protocol::Fingerprint,
+    close_reason: Arc<OnceLock<DisconnectReason>>,
+) -> Result<Accepted, String> {
+    let refuse = |code: CloseCode, text: String| {
+        let reason = DisconnectReason::ProtocolError {
+            detail: text.clone(),
+        };
+        close_with(&connection, &close_reason, code, reason, &text);
+        text
+    };
+    let source = connection.remote_address().ip();
+    let slot = ClientSlot::login(&shared.admission, source)
+        .map_err(|refusal| refuse(CloseCode::ServerFull, refusal.text().to_string()))?;
+    let next_token = shared
+        .fresh_token()
+        .map_err(|_| refuse(CloseCode::ResumeRefused, "no randomness for a token".into()))?;
+    let host = resume.host;
+    let remote = connection.remote_address();
+    let (taken, deferred) = shared.with_core(|core| {
+        let Some(link) = core.links.get(&host) else {
+            return Err("no such host is kept".to_string());
+        };
+        if link.handoff.capacity() == 0 {
+            return Err("another resume of this host is under way".to_string());
+        }
+        let resumed = core
+            .registry
+            .handle_resume(host, identity, &resume.token, next_token, remote)
+            .map_err(|refusal| refusal.to_string())?;
+        let Some(link) = core.links.get_mut(&host) else {
+            return Err("no such host is kept".to_string());
+        };
+        let reply = ServerToClient::Resumed {
+            received: resumed.uploads_read,
+            token: next_token,
+            window_ms: window_ms(shared),
+        };
+        let reply = frame_to_bytes(&reply, shared.limits.max_frame_len())
+            .map_err(|error| error.to_string())?;
+        let (done, replayed) = tokio::sync::oneshot::channel();
+        let handoff = Handoff {
+            connection: connection.clone(),
+            send,
+            reply,
+            from: resume.received,
+            done,
+            close_reason: close_reason.clone(),
+        };
+        if link.handoff.try_send(handoff).is_err() {
+            return Err("the host's writer is gone".to_string());
+        }
+        // Dropping the offline state tells the task that kept the host to let go.
+        let offline_since = link.offline.take().map(|offline| offline.since);
+        if offline_since.is_none() {
+            close_with(
+                &link.connection,
+                &link.close_reason,
+                CloseCode::Replaced,
+                DisconnectReason::ConnectionLost {
+                    detail: "replaced by a resumed connection".into(),
+                },
+                "replaced by a resumed connection",
+            );
+        }
+        link.connection = connection.clone();
+        link.remote_addr = remote;
+        link.close_reason = close_reason.clone();
+        link.generation += 1;
+        Ok((replayed, link.generation, offline_since))
+    });
+    drop(deferred);
+    let (replayed, generation, offline_since) =
+        taken.map_err(|text| refuse(CloseCode::ResumeRefused, text))?;
+    let replay = tokio::time::timeout(shared.handshake, replayed).await;
+    if let Err(text) = match replay {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(gap))) => Err(format!("the server no longer holds what was lost: {gap}")),
+        _ => Err("the host's writer did not take the connection".to_string()),
+    } {
+        // Its token was good, but the session cannot go on: remove the host.
+        shared
+            .with_core(|core| core.registry.end_resume(host))
+            .1
+            .messages
+            .clear();
+        let text = refuse(CloseCode::ResumeRefused, text);
+        let reason = DisconnectReason::ConnectionLost {
+            detail: text.clone(),
+        };
+        remove(shared, host, generation, reason).await;
+        return Err(text);
+    }
+    recv.set_max(shared.limits.max_frame_len());
+    let offline_for = offline_since.map_or(std::time::Duration::ZERO, |since| since.elapsed());
+    tracing::info!(%host, %remote, ?offline_for, received = resume.received, "client resumed");
+    shared.events.push_lifecycle(ServerEvent::ClientResumed {
+        host,
+        remote_addr: remote,
+        offline_for,
+    });
+    open_logged_in(shared, &connection);
+    Ok((host, connection, recv, slot, generation))
 }
 
 /// Connection flow-control credit kept for a client's control stream beyond its main
@@ -321,16 +577,40 @@ async fn read_hello(
     }
 }
 
-/// The login of a hello in the protocol version this server speaks, or the close code and
-/// text for anything else.
-fn check_hello(body: &Bytes) -> Result<Bytes, (CloseCode, String)> {
+/// `ClientToServer::Resume`'s variant index (postcard writes it as the first byte).
+const RESUME_VARIANT: u8 = 9;
+
+/// How a connection opens: a hello with its login, or a resume.
+enum Opening {
+    Hello(Bytes),
+    Resume(Resume),
+}
+
+/// The login of a hello (or the resume) in the protocol version this server speaks, or
+/// the close code and text for anything else.
+fn check_hello(body: &Bytes) -> Result<Opening, (CloseCode, String)> {
+    let mismatch = |theirs: u32| {
+        let text = format!(
+            "protocol version mismatch: server speaks {PROTOCOL_VERSION}, client sent {theirs}"
+        );
+        Err((CloseCode::VersionMismatch, text))
+    };
     match peek_hello_version(body) {
         Some(PROTOCOL_VERSION) => {}
-        Some(theirs) => {
-            let text = format!(
-                "protocol version mismatch: server speaks {PROTOCOL_VERSION}, client sent {theirs}"
-            );
-            return Err((CloseCode::VersionMismatch, text));
+        Some(theirs) => return mismatch(theirs),
+        // A resume (protocol 6 on) is told by decoding it whole: its version is checked
+        // then. A resume of another version that does not decode reads as no hello.
+        None if body.first() == Some(&RESUME_VARIANT) => {
+            return match decode_body::<ClientToServer>(body) {
+                Ok(ClientToServer::Resume(resume)) if resume.version == PROTOCOL_VERSION => {
+                    Ok(Opening::Resume(resume))
+                }
+                Ok(ClientToServer::Resume(resume)) => mismatch(resume.version),
+                _ => Err((
+                    CloseCode::ProtocolViolation,
+                    "the first frame must be a hello".to_string(),
+                )),
+            };
         }
         None => {
             let text = "the first frame must be a hello".to_string();
@@ -338,7 +618,7 @@ fn check_hello(body: &Bytes) -> Result<Bytes, (CloseCode, String)> {
         }
     }
     match decode_body::<ClientToServer>(body) {
-        Ok(ClientToServer::Hello(Hello { login, .. })) => Ok(login),
+        Ok(ClientToServer::Hello(Hello { login, .. })) => Ok(Opening::Hello(login)),
         Ok(_) => Err((
             CloseCode::ProtocolViolation,
             "the first frame must be a hello".to_string(),
@@ -379,28 +659,56 @@ impl WriterEnd {
 
 /// Writes queued frames in order, several at a time. Once the server drains, it finishes
 /// the stream after the last queued frame (see [`WriterEnd::finish`]).
+///
+/// It outlives a lost connection (ARCHITECTURE.md, "Resume"): every batch is recorded in
+/// `unconfirmed` before it is handed to the stream, and when the stream fails the writer
+/// stops taking frames (the queue keeps them) until a resumed connection's stream comes
+/// in a [`Handoff`], or the host is removed (the sender of `handoffs` goes with its
+/// link, and the queue with this task).
 async fn write_frames(
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut queued: OutboundReceiver,
-    end: WriterEnd,
+    mut end: WriterEnd,
     max_frame: u32,
+    unconfirmed: Arc<Mutex<Unconfirmed>>,
+    mut handoffs: tokio::sync::mpsc::Receiver<Handoff>,
 ) {
     let mut batch = Vec::with_capacity(64);
     let mut merged = BytesMut::new();
+    let mut send = Some(send);
     loop {
+        let Some(stream) = send.as_mut() else {
+            // The connection is gone: wait for a resumed one.
+            match handoffs.recv().await {
+                Some(handoff) => send = take_over(handoff, &mut end, &unconfirmed).await,
+                None => return,
+            }
+            continue;
+        };
         if end.shared.drain.is_started() && queued.is_empty() {
-            end.finish(send).await;
+            if let Some(stream) = send.take() {
+                end.finish(stream).await;
+            }
             return;
         }
         // A few tens of KiB at a time (see `WRITE_BATCH_BYTES`).
         tokio::select! {
             biased;
+            handoff = handoffs.recv() => {
+                // A resume replaced a half-open connection.
+                match handoff {
+                    Some(handoff) => send = take_over(handoff, &mut end, &unconfirmed).await,
+                    None => return,
+                }
+                continue;
+            }
             () = queued.recv_many(&mut batch, 64, WRITE_BATCH_BYTES) => {}
             // Nothing is taken from the queue until recv_many returns, so dropping it here
             // loses nothing.
             () = end.shared.drain.started.cancelled() => continue,
         }
         let bytes = batch.iter().map(Outgoing::len).sum();
+        let frames = batch.len() as u64;
         // Relayed messages are encoded only now, outside the lock, into the batch's one
         // buffer (see `write_batch`).
         for frame in batch.drain(..) {
@@ -408,11 +716,70 @@ async fn write_frames(
                 tracing::error!(%error, "frame not sent");
             }
         }
-        if write_batch(&mut send, &mut merged).await.is_err() {
-            return;
+        let chunk = merged.split().freeze();
+        // Kept (a reference to the same buffer) until the client confirms it, so a
+        // resume can send it again.
+        lock_unconfirmed(&unconfirmed).record(frames, chunk.clone());
+        if stream.write_chunk(chunk).await.is_err() {
+            send = None;
         }
         queued.written(bytes);
     }
+}
+
+fn lock_unconfirmed(unconfirmed: &Mutex<Unconfirmed>) -> std::sync::MutexGuard<'_, Unconfirmed> {
+    unconfirmed
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Takes a resumed connection's stream: the `Resumed` answer, then every frame the client
+/// did not read, go first. `None` when the frames are no longer held (the resume is
+/// refused and the host removed).
+async fn take_over(
+    handoff: Handoff,
+    end: &mut WriterEnd,
+    unconfirmed: &Mutex<Unconfirmed>,
+) -> Option<quinn::SendStream> {
+    let Handoff {
+        connection,
+        mut send,
+        reply,
+        from,
+        close_reason,
+        done,
+    } = handoff;
+    let (replay, sent) = {
+        let mut unconfirmed = lock_unconfirmed(unconfirmed);
+        (unconfirmed.replay_from(from), unconfirmed.sent())
+    };
+    let replay = match replay {
+        Ok(replay) => {
+            let bytes: usize = replay.iter().map(Bytes::len).sum();
+            tracing::info!(
+                from,
+                sent,
+                bytes,
+                "sending again what the client did not read"
+            );
+            let _ = done.send(Ok(()));
+            replay
+        }
+        Err(gap) => {
+            let _ = done.send(Err(gap));
+            return None;
+        }
+    };
+    end.connection = connection;
+    end.close_reason = close_reason;
+    // A failure shows on the next write, which then waits for another resume.
+    let _ = send.write_chunk(reply).await;
+    for chunk in replay {
+        if send.write_chunk(chunk).await.is_err() {
+            break;
+        }
+    }
+    Some(send)
 }
 
 /// Frames taken from one read at most, handled under one lock: enough to share the
@@ -422,7 +789,11 @@ const FRAMES_PER_TURN: usize = 64;
 /// The control stream: acks, reports and requests, read all the while the main stream
 /// is paused (ARCHITECTURE.md, "Streams"), so a client's acks never wait behind its
 /// messages. Nothing here waits on a receiver: notices never do.
-async fn read_control(shared: &Shared, host: HostId, connection: &quinn::Connection) -> ReadEnd {
+async fn read_control(
+    shared: &Shared,
+    host: (HostId, u64),
+    connection: &quinn::Connection,
+) -> ReadEnd {
     let recv = match connection.accept_uni().await {
         Ok(recv) => recv,
         Err(error) => return error.into(),
@@ -434,10 +805,12 @@ async fn read_control(shared: &Shared, host: HostId, connection: &quinn::Connect
 /// Reads one of a client's streams until it ends; `stream` says which frames belong on it.
 /// Every frame one read brought is handled under one lock and with one clock reading, and
 /// what they caused is sent (and, on the main stream, waited on) once: that wait is where
-/// a sender is paused while the receivers of its messages drain.
+/// a sender is paused while the receivers of its messages drain. `(host, generation)`
+/// names the host and which of its connections this is: once a resumed connection has
+/// replaced it, nothing more from this one is handled (the client sends it again there).
 async fn read_stream(
     shared: &Shared,
-    host: HostId,
+    (host, generation): (HostId, u64),
     mut recv: FrameReader,
     connection: &quinn::Connection,
     stream: ClientStream,
@@ -472,6 +845,10 @@ async fn read_stream(
             }
         }
         let (handled, deferred) = shared.with_core(|core| {
+            if !is_current(core, host, generation) {
+                bodies.clear();
+                return Err(replaced());
+            }
             let now = Instant::now();
             bodies
                 .drain(..)
@@ -505,6 +882,15 @@ fn handle_frame(
             format!("{} on the {}", frame.name(), stream.name()),
         ));
     }
+    if let ClientToServer::Received { frames } = frame {
+        // The client read this many of our frames: they need not be kept any more.
+        if let Some(link) = core.links.get(&host) {
+            lock_unconfirmed(&link.unconfirmed)
+                .confirm(frames)
+                .map_err(|gap| ReadEnd::Violation(CloseCode::ProtocolViolation, gap.to_string()))?;
+        }
+        return Ok(());
+    }
     core.registry
         .handle_frame(host, frame, now)
         .map_err(|violation: ProtocolViolation| {
@@ -513,26 +899,48 @@ fn handle_frame(
 }
 
 /// Unreliable relay uploads, in batches: what already arrived is handled under one lock
-/// (see `read_datagram_batch`).
-async fn read_datagrams(shared: &Shared, host: HostId, connection: &quinn::Connection) -> ReadEnd {
+/// (see `read_datagram_batch`). Once a resumed connection has replaced this one, nothing
+/// more from it is handled.
+async fn read_datagrams(
+    shared: &Shared,
+    (host, generation): (HostId, u64),
+    connection: &quinn::Connection,
+) -> ReadEnd {
     let mut batch = Vec::with_capacity(DATAGRAM_BATCH);
     loop {
         if let Err(error) = read_datagram_batch(connection, &mut batch).await {
             return error.into();
         }
         let (bad, deferred) = shared.with_core(|core| {
+            if !is_current(core, host, generation) {
+                return Some(Err(()));
+            }
             let now = Instant::now();
             for datagram in &batch {
                 match decode_client_datagram(datagram) {
                     Ok(datagram) => core.registry.handle_datagram(host, datagram, now),
-                    Err(error) => return Some(error),
+                    Err(error) => return Some(Ok(error)),
                 }
             }
             None
         });
         shared.settle(deferred).await;
-        if let Some(error) = bad {
-            return error.into();
+        match bad {
+            Some(Ok(error)) => return error.into(),
+            Some(Err(())) => return replaced(),
+            None => {}
         }
     }
+}
+
+/// Whether `generation` is still the host's connection (not replaced by a resume).
+fn is_current(core: &Core, host: HostId, generation: u64) -> bool {
+    core.links
+        .get(&host)
+        .is_some_and(|link| link.generation == generation)
+}
+
+/// How reading ends on a connection a resumed one replaced.
+fn replaced() -> ReadEnd {
+    ReadEnd::Connection(quinn::ConnectionError::LocallyClosed)
 }

@@ -27,6 +27,27 @@ pub enum ServerEvent {
         /// Why.
         reason: DisconnectReason,
     },
+    /// A client's connection was lost without a leave, and the server keeps it for a
+    /// resume ([`ResumeConfig::window`](crate::ResumeConfig::window), default 30 s): its
+    /// id, groups, pairs and the messages queued for it stay, and its peers are told
+    /// nothing. Then either [`ServerEvent::ClientResumed`] or, once the window ends,
+    /// [`ServerEvent::ClientDisconnected`].
+    ClientOffline {
+        /// The client.
+        host: HostId,
+        /// How the connection ended.
+        reason: DisconnectReason,
+    },
+    /// An offline client (or one whose old connection was still half-open) came back
+    /// with its resume token: same id, nothing lost.
+    ClientResumed {
+        /// The client.
+        host: HostId,
+        /// The address the server sees it at now.
+        remote_addr: SocketAddr,
+        /// How long it was offline (zero when it replaced a half-open connection).
+        offline_for: std::time::Duration,
+    },
     /// Every notice of `member`'s join into `group` was acknowledged, or the join ended
     /// before that (ProudNet's `OnP2PGroupJoinMemberAckComplete`).
     JoinAckComplete {

@@ -66,7 +66,7 @@ mod tls;
 pub use admission::Admission;
 pub use app_events::ServerEvents;
 pub use auth::{AuthDecision, AuthHook, LoginRequest};
-pub use config::{Limits, ServerConfig, Timeouts};
+pub use config::{Limits, ResumeConfig, ServerConfig, Timeouts};
 pub use drain::DrainReport;
 pub use error::{GroupError, SendError};
 pub use events::{DisconnectReason, JoinAckError, LeaveAckError, ServerEvent};

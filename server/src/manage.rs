@@ -272,9 +272,14 @@ impl Server {
     /// # Errors
     /// [`GroupError::UnknownHost`].
     pub fn disconnect(&self, host: HostId, reason: &str) -> Result<(), GroupError> {
-        let core = self.shared.lock();
+        let mut core = self.shared.lock();
         let link = core.links.get(&host).ok_or(GroupError::UnknownHost(host))?;
+        let offline = link.offline.is_some();
         link.close(CloseCode::Kicked, DisconnectReason::Kicked, reason);
+        if offline {
+            // Removed by the task that keeps it; no resume may take it back meanwhile.
+            core.registry.end_resume(host);
+        }
         Ok(())
     }
 

@@ -256,11 +256,8 @@ impl Server {
             // The clock clients synchronise to starts with the server.
             Registry::new(config.registry(), Instant::now()),
             sink,
-            config.limits,
-            config.timeouts.handshake,
-            config.timeouts.slow_consumer,
+            &config,
             shutdown.clone(),
-            config.admission,
         ));
         let fingerprint = config.identity.fingerprint();
         tracing::info!(%local_addr, %fingerprint, "peergroup server listening");

@@ -9,7 +9,7 @@
 
 use crate::admission::{Admission, AdmissionCounter, SharedAdmission};
 use crate::app_events::EventSink;
-use crate::config::Limits;
+use crate::config::{Limits, ResumeConfig, ServerConfig};
 use crate::drain_state::Drain;
 use crate::events::{DisconnectReason, ServerEvent};
 use crate::metrics::DriverCounters;
@@ -19,7 +19,7 @@ use crate::registry::{punch_start_delays, Action, Registry};
 use bytes::Bytes;
 use peergroup_protocol::{
     datagram_to_bytes, frame_to_bytes, CloseCode, DatagramLane, DeliverFrame, Fingerprint, HostId,
-    PunchOrder, RefuseReason, ServerDatagram, ServerToClient,
+    PunchOrder, RefuseReason, ResumeToken, ServerDatagram, ServerToClient, Unconfirmed,
 };
 use ring::rand::SecureRandom;
 use std::collections::HashMap;
@@ -43,12 +43,76 @@ pub(crate) struct Link {
     /// Set by whoever closes the connection from this side, so the connection task can
     /// report why.
     pub close_reason: Arc<OnceLock<DisconnectReason>>,
+    /// Which of the host's connections this is: 1 at login, one more per resume. A
+    /// connection task that finds another number here has been replaced, and leaves the
+    /// host alone.
+    pub generation: u64,
+    /// The frames written to the client and not confirmed by it, shared with the
+    /// writer (`connection.rs`, "Resume" in ARCHITECTURE.md).
+    pub unconfirmed: Arc<Mutex<Unconfirmed>>,
+    /// Gives the writer a resumed connection's stream.
+    pub handoff: tokio::sync::mpsc::Sender<Handoff>,
+    /// Set while the host is offline, waiting for a resume.
+    pub offline: Option<Offline>,
+}
+
+/// A resumed connection's stream for the host's writer, which keeps its queue across
+/// connections: it writes `reply` (the `Resumed` frame), then every frame from number
+/// `from` on that it still holds, then goes on with its queue.
+#[derive(Debug)]
+pub(crate) struct Handoff {
+    pub connection: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub reply: Bytes,
+    pub from: u64,
+    /// The new connection's close reason, for the writer's own closes (a drain).
+    pub close_reason: Arc<OnceLock<DisconnectReason>>,
+    /// Whether the replay could be made (the frames from `from` on are still held).
+    pub done: tokio::sync::oneshot::Sender<Result<(), peergroup_protocol::ReplayGap>>,
+}
+
+/// An offline host, as its links sees it.
+#[derive(Debug)]
+pub(crate) struct Offline {
+    /// When the connection was found lost.
+    pub since: std::time::Instant,
+    /// Fired to have the task that keeps the host remove it (window ended, bound passed,
+    /// kicked); dropped, with the `Offline`, when the host resumes.
+    end: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Offline {
+    /// An offline state and the receiver its keeper waits on.
+    pub fn new(since: std::time::Instant) -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (end, ended) = tokio::sync::oneshot::channel();
+        let offline = Self {
+            since,
+            end: Mutex::new(Some(end)),
+        };
+        (offline, ended)
+    }
+
+    /// Has the host removed (once).
+    pub fn end(&self) {
+        let end = self
+            .end
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(end) = end {
+            let _ = end.send(());
+        }
+    }
 }
 
 impl Link {
-    /// Closes the connection, remembering why (the first reason wins).
+    /// Closes the connection, remembering why (the first reason wins). An offline host
+    /// is removed instead (its connection is already gone).
     pub fn close(&self, code: CloseCode, reason: DisconnectReason, text: &str) {
         close_with(&self.connection, &self.close_reason, code, reason, text);
+        if let Some(offline) = &self.offline {
+            offline.end();
+        }
     }
 }
 
@@ -82,6 +146,8 @@ pub(crate) struct Deferred {
     /// Client messages for the application.
     pub messages: Vec<ServerEvent>,
     backlogged: Vec<Backlog>,
+    /// Offline hosts whose queue passed its hard limit: no resume may bring them back.
+    offline_overflowed: Vec<HostId>,
 }
 
 /// The registry and the links, locked together.
@@ -117,20 +183,24 @@ pub(crate) struct Shared {
     pub counters: DriverCounters,
     /// Limits before login (`admission.rs`).
     pub admission_config: Admission,
+    /// Session resume.
+    pub resume: ResumeConfig,
     /// Connections in their handshake and clients logged in, per source.
     pub admission: SharedAdmission,
 }
 
 impl Shared {
+    /// The shared state of a server started with `config`.
     pub fn new(
         registry: Registry,
         events: EventSink,
-        limits: Limits,
-        handshake: Duration,
-        slow_consumer: Duration,
+        config: &ServerConfig,
         shutdown: CancellationToken,
-        admission: Admission,
     ) -> Self {
+        let limits = config.limits;
+        let admission = config.admission;
+        let (handshake, slow_consumer) = (config.timeouts.handshake, config.timeouts.slow_consumer);
+        let resume = config.resume;
         Self {
             core: Mutex::new(Core {
                 registry,
@@ -148,11 +218,22 @@ impl Shared {
             drain: Drain::default(),
             counters: DriverCounters::default(),
             admission_config: admission,
+            resume,
             admission: Arc::new(Mutex::new(AdmissionCounter::new(
                 admission,
                 limits.max_clients,
             ))),
         }
+    }
+
+    /// A fresh resume token from the system's secure random source.
+    ///
+    /// # Errors
+    /// When the system has no randomness to give (then no token is issued).
+    pub fn fresh_token(&self) -> Result<ResumeToken, ring::error::Unspecified> {
+        let mut token = [0u8; 32];
+        self.random.fill(&mut token)?;
+        Ok(ResumeToken(token))
     }
 
     /// Locks the core. A panic elsewhere while holding it must not take the server down
@@ -250,6 +331,12 @@ impl Shared {
                 }
                 Action::Disconnect { host, reason } => {
                     if let Some(link) = core.links.get(&host) {
+                        if link.offline.is_some() {
+                            core.registry.end_resume(host);
+                        }
+                        let Some(link) = core.links.get(&host) else {
+                            continue;
+                        };
                         tracing::warn!(%host, reason, "disconnecting");
                         let detail = DisconnectReason::ProtocolError {
                             detail: reason.to_string(),
@@ -312,6 +399,11 @@ impl Shared {
                 }
                 Action::Event(event @ ServerEvent::Message { .. }) => deferred.messages.push(event),
                 Action::Event(event) => self.events.push_lifecycle(event),
+                Action::ResumeWindowEnded { host } => {
+                    if let Some(offline) = core.links.get(&host).and_then(|l| l.offline.as_ref()) {
+                        offline.end();
+                    }
+                }
                 Action::Punch {
                     pair,
                     attempt,
@@ -356,6 +448,9 @@ impl Shared {
         }
         for (to, frame) in notices.drain() {
             self.send_notices(core, to, frame, &mut deferred);
+        }
+        for host in deferred.offline_overflowed.drain(..) {
+            core.registry.end_resume(host);
         }
         deferred
     }
@@ -418,6 +513,20 @@ impl Shared {
     /// Acts on how full a push left `link`'s queue. Past the soft limit the link is noted
     /// in `deferred` for the caller to wait on; past the hard limit it is disconnected now.
     pub fn note_fill(&self, host: HostId, link: &Link, fill: Fill, deferred: &mut Deferred) {
+        if link.offline.is_some() {
+            // Nobody reads an offline host's queue until it resumes, so waiting for it to
+            // drain would only pause the senders; past its hard limit it cannot be kept.
+            if fill == Fill::Overflowing {
+                tracing::warn!(%host, "offline host's queue past its hard limit; removing it");
+                deferred.offline_overflowed.push(host);
+                link.close(
+                    CloseCode::SlowConsumer,
+                    DisconnectReason::SlowConsumer,
+                    SLOW_CONSUMER_TEXT,
+                );
+            }
+            return;
+        }
         match fill {
             Fill::Fine => {}
             Fill::Backlogged => {

@@ -209,6 +209,7 @@ async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     config.timeouts = settings.timeouts();
     config.punch = settings.punch();
     config.admission = settings.admission();
+    config.resume = settings.resume();
     let (server, events) =
         Server::start_with_auth(config, AuthHook::accept_all(), shutdown.clone()).await?;
 

@@ -8,9 +8,9 @@ use crate::driver::direct;
 use crate::driver::event_pipe::{emit_events, EVENT_BATCH};
 use crate::driver::login::{log_in, LoggedIn};
 use crate::driver::server_reader::receive;
-use crate::driver::shared::{Core, Inner};
+use crate::driver::shared::{Core, Inner, ResumeLink};
 use crate::driver::timer::tick;
-use crate::driver::writer::{write_control_stream, write_stream};
+use crate::driver::writer::{write_control_stream, write_server_stream};
 use crate::error::ConnectError;
 use crate::events::ClientEvent;
 use crate::outbound::UploadQueue;
@@ -19,13 +19,15 @@ use crate::socket::DemuxSocket;
 use crate::tls::{
     peer_server_config, server_client_config, ClientIdentity, ExpectedPeers, RefusedCertificate,
 };
-use peergroup_protocol::ClientToServer;
+use peergroup_protocol::resume::{DEFAULT_MAX_UNCONFIRMED_BYTES, DEFAULT_MAX_UNCONFIRMED_FRAMES};
+use peergroup_protocol::{ClientToServer, Unconfirmed};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 
 /// UDP receive buffer asked of the kernel, bytes (capped by `net.core.rmem_max`).
 const SOCKET_BUFFER: usize = 1 << 20;
@@ -116,7 +118,7 @@ pub(crate) async fn connect(
         host_id,
         app_data,
         max_frame_len,
-    } = log_in(&endpoint, client_config, &config, &refused).await?;
+    } = log_in(&endpoint, client_config.clone(), &config, &refused).await?;
 
     // The queue holds batches: about `event_queue` events in all.
     let batches = config.limits.event_queue.div_ceil(EVENT_BATCH).max(2);
@@ -127,6 +129,15 @@ pub(crate) async fn connect(
     // sends), so the queue has no limit to consult.
     let (control, queued_control) = UploadQueue::new(usize::MAX, false);
     let (punch_starts, punch_starts_rx) = mpsc::unbounded_channel();
+    // The uploads written and not yet confirmed by the server, kept for a resume (until
+    // the server's first frame after the welcome shows whether it resumes at all).
+    let unconfirmed = Arc::new(Mutex::new(Unconfirmed::new(
+        DEFAULT_MAX_UNCONFIRMED_FRAMES,
+        DEFAULT_MAX_UNCONFIRMED_BYTES,
+        !config.timeouts.resume.is_zero(),
+    )));
+    let (main_handoff, main_handoffs) = mpsc::channel(1);
+    let (control_handoff, control_handoffs) = mpsc::channel(1);
     let inner = Arc::new(Inner {
         core: Mutex::new(Core {
             session: {
@@ -151,8 +162,19 @@ pub(crate) async fn connect(
             directs: HashMap::default(),
             punches: HashMap::new(),
         }),
-        connection: connection.clone(),
+        connection: RwLock::new(connection.clone()),
         closed: AtomicBool::new(false),
+        ended: CancellationToken::new(),
+        resume: ResumeLink {
+            client_config,
+            server_addr: config.server_addr,
+            server_name: config.server_name.clone(),
+            window: config.timeouts.resume,
+            attempt_timeout: config.timeouts.connect,
+            unconfirmed: unconfirmed.clone(),
+            main: Mutex::new(Some(main_handoff)),
+            control: Mutex::new(Some(control_handoff)),
+        },
         endpoint,
         socket,
         uploads,
@@ -176,8 +198,17 @@ pub(crate) async fn connect(
         peer_transport,
         random: ring::rand::SystemRandom::new(),
     });
-    tokio::spawn(write_stream(connection.clone(), send, queued));
-    tokio::spawn(write_control_stream(connection.clone(), queued_control));
+    tokio::spawn(write_server_stream(
+        send,
+        queued,
+        unconfirmed,
+        main_handoffs,
+    ));
+    tokio::spawn(write_control_stream(
+        connection.clone(),
+        queued_control,
+        control_handoffs,
+    ));
     tokio::spawn(emit_events(inner.clone()));
     tokio::spawn(receive(inner.clone(), recv));
     tokio::spawn(direct::accept_peers(inner.clone()));

@@ -84,7 +84,7 @@ impl Inner {
             }
             Upload::Datagram(datagram) => {
                 if let Ok(bytes) = datagram_to_bytes(&datagram) {
-                    let _ = self.connection.send_datagram(bytes);
+                    let _ = self.connection().send_datagram(bytes);
                 }
             }
             Upload::Peer {

@@ -22,7 +22,7 @@ const BUSY_MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// `wait` times a random factor in [0.5, 1.5), so clients refused together do not all
 /// come back together.
-fn jittered(wait: Duration) -> Duration {
+pub(super) fn jittered(wait: Duration) -> Duration {
     use ring::rand::SecureRandom;
     let mut byte = [0u8; 1];
     let _ = ring::rand::SystemRandom::new().fill(&mut byte);

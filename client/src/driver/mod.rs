@@ -10,6 +10,8 @@
 //! - One file per task: `server_reader.rs`, `writer.rs` (one per stream), `timer.rs`,
 //!   the emitter in `event_pipe.rs`, and the direct paths in `direct/` (punches, probes,
 //!   accepting and dialling peers, serving a direct link).
+//! - `reconnect.rs`: resuming the session on a new connection after a loss, called by
+//!   the server reader when its connection ends.
 //! - `connect.rs` (with `login.rs`) sets the connection up, builds the shared state and
 //!   starts the tasks; it is the only file that knows them all.
 
@@ -18,6 +20,7 @@ mod direct;
 mod event_pipe;
 mod flush;
 mod login;
+mod reconnect;
 mod server_reader;
 pub(crate) mod shared;
 mod timer;

@@ -1,9 +1,10 @@
 //! The server reader task: reads the server's main stream and its datagrams into the
 //! session until the connection ends, then reports `Disconnected`.
 
+use crate::driver::reconnect::{is_resumable, resume_session};
 use crate::driver::shared::Inner;
 use crate::events::{ClientEvent, DisconnectReason};
-use peergroup_protocol::{decode_server_datagram, decode_server_frame, CloseCode};
+use peergroup_protocol::{decode_server_datagram, decode_server_frame, CloseCode, ServerToClient};
 use peergroup_transport::{close, read_datagram_batch, FrameReader, ReadEnd, DATAGRAM_BATCH};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,37 +15,74 @@ use std::time::{Duration, Instant};
 /// so a few round trips; 5 s covers a lossy path before calling it a protocol error.
 const STREAM_END_GRACE: Duration = Duration::from_secs(5);
 
-/// Reads the main stream and datagrams until the connection ends, then reports
-/// `Disconnected`.
+/// Reads the main stream and datagrams until the connection ends; a lost connection is
+/// resumed (`reconnect.rs`) and reading goes on with the new one. Once the session ends
+/// for good it reports `Disconnected`.
 pub(crate) async fn receive(inner: Arc<Inner>, recv: FrameReader) {
-    // Both loops run to their end (an error in one closes the connection, which ends the
-    // other): cancelling one could drop messages it was handing to the application.
-    let (frames_end, datagrams_end) = tokio::join!(
-        async {
-            let end = read_frames(&inner, recv).await;
-            if let ReadEnd::Violation(code, text) = &end {
-                close(&inner.connection, *code, text);
+    let mut recv = recv;
+    let mut connection = inner.connection();
+    let reason = loop {
+        // Both loops run to their end (an error in one closes the connection, which ends
+        // the other): cancelling one could drop messages it was handing to the
+        // application.
+        let (frames_end, datagrams_end) = tokio::join!(
+            async {
+                let end = read_frames(&inner, &connection, recv).await;
+                if let ReadEnd::Violation(code, text) = &end {
+                    close(&connection, *code, text);
+                }
+                end
+            },
+            async {
+                let end = read_datagrams(&inner, &connection).await;
+                if let ReadEnd::Violation(code, text) = &end {
+                    close(&connection, *code, text);
+                }
+                end
             }
-            end
-        },
-        async {
-            let end = read_datagrams(&inner).await;
-            if let ReadEnd::Violation(code, text) = &end {
-                close(&inner.connection, *code, text);
+        );
+        let reason = match (&frames_end, &datagrams_end) {
+            (ReadEnd::Violation(code, text), _) | (_, ReadEnd::Violation(code, text)) => {
+                tracing::warn!(%code, %text, "closed: the server broke the protocol");
+                DisconnectReason::ProtocolError {
+                    detail: text.clone(),
+                }
             }
-            end
-        }
-    );
-    let reason = match (&frames_end, &datagrams_end) {
-        (ReadEnd::Violation(code, text), _) | (_, ReadEnd::Violation(code, text)) => {
-            tracing::warn!(%code, %text, "closed: the server broke the protocol");
-            DisconnectReason::ProtocolError {
-                detail: text.clone(),
+            (ReadEnd::Connection(error), _) => {
+                let reason = DisconnectReason::from_connection_error(error);
+                if is_resumable(error) && !inner.closed.load(Ordering::Acquire) {
+                    match resume_session(&inner, reason).await {
+                        Ok(resumed) => {
+                            connection = resumed.connection;
+                            recv = resumed.recv;
+                            continue;
+                        }
+                        Err(reason) => reason,
+                    }
+                } else {
+                    reason
+                }
             }
-        }
-        (ReadEnd::Connection(error), _) => DisconnectReason::from_connection_error(error),
+        };
+        break reason;
     };
     inner.closed.store(true, Ordering::Release);
+    close(&connection, CloseCode::Normal, "session ended");
+    // The writers end, releasing their queues and whoever waits on them; the tasks that
+    // outlive single connections end too.
+    inner
+        .resume
+        .main
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    inner
+        .resume
+        .control
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    inner.ended.cancel();
     tracing::info!(%reason, "disconnected");
     // After every event before it, through the emitter.
     {
@@ -55,7 +93,11 @@ pub(crate) async fn receive(inner: Arc<Inner>, recv: FrameReader) {
     }
 }
 
-async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
+async fn read_frames(
+    inner: &Arc<Inner>,
+    connection: &quinn::Connection,
+    mut recv: FrameReader,
+) -> ReadEnd {
     loop {
         let body = match recv.next().await {
             Ok(Some(body)) => body,
@@ -64,8 +106,7 @@ async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
                 // last frame and closes the connection once we have acknowledged all of it
                 // (the server's `drain.rs`): everything has been read, so wait for that
                 // close and report its reason.
-                return match tokio::time::timeout(STREAM_END_GRACE, inner.connection.closed()).await
-                {
+                return match tokio::time::timeout(STREAM_END_GRACE, connection.closed()).await {
                     Ok(error) => ReadEnd::Connection(error),
                     Err(_) => ReadEnd::Violation(
                         CloseCode::ProtocolViolation,
@@ -86,8 +127,31 @@ async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
                     Ok(frame) => frame,
                     Err(error) => return error.into(),
                 };
+                if let ServerToClient::Received { frames } = &frame {
+                    // The server read this many uploads: they need not be kept any more.
+                    let confirmed = inner
+                        .resume
+                        .unconfirmed
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .confirm(*frames);
+                    if let Err(gap) = confirmed {
+                        return ReadEnd::Violation(CloseCode::ProtocolViolation, gap.to_string());
+                    }
+                }
+                let second = core.session.server_frames_read() == 1;
                 if let Err(text) = core.session.handle_frame(frame, now) {
                     return ReadEnd::Violation(CloseCode::ProtocolViolation, text);
+                }
+                if second && core.session.resume_token().is_none() {
+                    // The server sends its token right after the welcome when it resumes
+                    // sessions: without one, nothing need be kept for a resume.
+                    inner
+                        .resume
+                        .unconfirmed
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .disable();
                 }
                 if core.session.pending_events() >= inner.event_capacity {
                     break;
@@ -103,10 +167,10 @@ async fn read_frames(inner: &Arc<Inner>, mut recv: FrameReader) -> ReadEnd {
     }
 }
 
-async fn read_datagrams(inner: &Arc<Inner>) -> ReadEnd {
+async fn read_datagrams(inner: &Arc<Inner>, connection: &quinn::Connection) -> ReadEnd {
     let mut batch = Vec::with_capacity(DATAGRAM_BATCH);
     loop {
-        if let Err(error) = read_datagram_batch(&inner.connection, &mut batch).await {
+        if let Err(error) = read_datagram_batch(connection, &mut batch).await {
             return ReadEnd::Connection(error);
         }
         // The batch is handled under one lock and one flush, and its events go to the

@@ -15,12 +15,16 @@ use crate::session::Session;
 use crate::socket::DemuxSocket;
 use crate::tls::{ClientIdentity, ExpectedPeers};
 use bytes::Bytes;
-use peergroup_protocol::{frame_to_bytes, ClientToServer, Fingerprint, HostId, PairId, PunchOrder};
+use peergroup_protocol::{
+    frame_to_bytes, ClientToServer, Fingerprint, HostId, PairId, PunchOrder, ReplayGap, Unconfirmed,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 
 /// Everything that changes together, under one lock: the sans-IO session, the direct
 /// links and the punches under way.
@@ -32,10 +36,17 @@ pub(crate) struct Core {
 
 pub(crate) struct Inner {
     pub core: Mutex<Core>,
-    pub connection: quinn::Connection,
-    /// Set once the server connection has ended, so sends need not ask quinn (which
-    /// takes its connection lock) every time.
+    /// The server connection: replaced when the session resumes on a new one (read it
+    /// with [`Inner::connection`]).
+    pub connection: RwLock<quinn::Connection>,
+    /// Set once the session has ended (not while it is being resumed), so sends need not
+    /// ask quinn (which takes its connection lock) every time.
     pub closed: AtomicBool,
+    /// Cancelled once the session has ended for good: the tasks that live as long as the
+    /// session (the timer, the direct paths) end on it rather than on one connection.
+    pub ended: CancellationToken,
+    /// Resuming the session (`reconnect.rs`).
+    pub resume: ResumeLink,
     pub endpoint: quinn::Endpoint,
     pub socket: Arc<DemuxSocket>,
     /// Messages for the server, in the scheduler's order, for the main stream.
@@ -83,7 +94,43 @@ pub(crate) struct Inner {
     pub random: ring::rand::SystemRandom,
 }
 
+/// What reconnecting needs: how to reach the server, and the writers' inputs for a new
+/// connection's streams.
+pub(crate) struct ResumeLink {
+    pub client_config: quinn::ClientConfig,
+    pub server_addr: SocketAddr,
+    pub server_name: String,
+    /// The client's own resume window (zero: off).
+    pub window: Duration,
+    /// Each attempt's handshake and answer, at most.
+    pub attempt_timeout: Duration,
+    /// The relay uploads written to the main stream and not yet confirmed by the server.
+    pub unconfirmed: Arc<Mutex<Unconfirmed>>,
+    /// Hands the main writer a resumed connection's stream; taken (so the writers end,
+    /// releasing their queues) once the session ends.
+    pub main: Mutex<Option<mpsc::Sender<MainHandoff>>>,
+    /// Hands the control writer a resumed connection, likewise.
+    pub control: Mutex<Option<mpsc::Sender<quinn::Connection>>>,
+}
+
+/// A resumed connection's main stream for the main writer: it writes every upload from
+/// number `from` on that it still holds, then goes on with its queue.
+pub(crate) struct MainHandoff {
+    pub send: quinn::SendStream,
+    pub from: u64,
+    /// Whether the uploads from `from` on were still held.
+    pub done: tokio::sync::oneshot::Sender<Result<(), ReplayGap>>,
+}
+
 impl Inner {
+    /// The current server connection.
+    pub fn connection(&self) -> quinn::Connection {
+        self.connection
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     /// Locks the core; a panic elsewhere while holding it must not wedge the client.
     pub fn lock(&self) -> MutexGuard<'_, Core> {
         self.core

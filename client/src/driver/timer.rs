@@ -11,9 +11,6 @@ use tokio::time::Instant;
 /// runs `handle_timeout` then, and looks again whenever input moved a deadline earlier
 /// ([`Inner::flush`] wakes `timer_moved`).
 pub(crate) async fn tick(inner: Arc<Inner>) {
-    // Made once: each `closed()` registers with quinn's connection state.
-    let closed = inner.connection.closed();
-    tokio::pin!(closed);
     loop {
         let next = {
             let mut core = inner.lock();
@@ -35,7 +32,8 @@ pub(crate) async fn tick(inner: Arc<Inner>) {
         tokio::select! {
             _ = sleep => {}
             _ = inner.timer_moved.notified() => {}
-            _ = &mut closed => return,
+            // The session's, not one connection's: the timer runs on through a resume.
+            _ = inner.ended.cancelled() => return,
         }
     }
 }

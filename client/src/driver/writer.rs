@@ -3,8 +3,12 @@
 //! link's stream). Writers never take the client's lock: senders fill the queue under it,
 //! and the queue's own lock is all the two share.
 
+use crate::driver::shared::MainHandoff;
 use crate::outbound::{Next, UploadReceiver};
+use peergroup_protocol::Unconfirmed;
 use peergroup_transport::{finish_stream, write_batch, WRITE_BATCH_BYTES};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
 
 /// Writes a queue to a QUIC stream until the queue finishes, the stream fails or the
 /// connection closes (the writer holds the connection, and with it the socket, so it must
@@ -24,7 +28,7 @@ pub(crate) async fn write_stream(
             _ = &mut closed => return,
         };
         match next {
-            Next::Frames => match write_batch(&mut send, &mut merged).await {
+            Next::Frames(_) => match write_batch(&mut send, &mut merged).await {
                 Ok(len) => queue.written(len),
                 Err(_) => return,
             },
@@ -39,16 +43,167 @@ pub(crate) async fn write_stream(
     }
 }
 
-/// Opens the control stream to the server (unidirectional; the server allows it once the
-/// client is logged in) and writes the control queue to it.
-pub(crate) async fn write_control_stream(connection: quinn::Connection, queue: UploadReceiver) {
-    let send = tokio::select! {
-        opened = connection.open_uni() => match opened {
-            Ok(send) => send,
-            // The connection ended: dropping the queue releases its waiters.
-            Err(_) => return,
-        },
-        _ = connection.closed() => return,
+/// Writes the upload queue to the server's main stream, keeping every batch in
+/// `unconfirmed` (a reference to the same buffer) until the server confirms it, and
+/// outliving the connection (ARCHITECTURE.md, "Resume"): when the stream fails it stops
+/// taking frames (the queue keeps them) until the stream of a resumed connection comes
+/// in a [`MainHandoff`], or the session ends (the handoff's sender is dropped, and the
+/// queue with this task, releasing waiting senders).
+pub(crate) async fn write_server_stream(
+    send: quinn::SendStream,
+    mut queue: UploadReceiver,
+    unconfirmed: Arc<Mutex<Unconfirmed>>,
+    mut handoffs: mpsc::Receiver<MainHandoff>,
+) {
+    let mut merged = bytes::BytesMut::new();
+    let mut send = Some(send);
+    loop {
+        let Some(stream) = send.as_mut() else {
+            match handoffs.recv().await {
+                Some(handoff) => send = take_over(handoff, &unconfirmed).await,
+                None => return,
+            }
+            continue;
+        };
+        let next = tokio::select! {
+            biased;
+            handoff = handoffs.recv() => {
+                match handoff {
+                    Some(handoff) => send = take_over(handoff, &unconfirmed).await,
+                    None => return,
+                }
+                continue;
+            }
+            next = queue.next(&mut merged, WRITE_BATCH_BYTES) => next,
+        };
+        match next {
+            Next::Frames(frames) => {
+                let chunk = merged.split().freeze();
+                let len = chunk.len();
+                lock(&unconfirmed).record(frames, chunk.clone());
+                if stream.write_chunk(chunk).await.is_err() {
+                    // Kept above: a resume sends it again.
+                    send = None;
+                }
+                queue.written(len);
+            }
+            Next::Finish(done) => {
+                if finish_stream(stream).await.is_ok() {
+                    let _ = done.send(());
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn lock(unconfirmed: &Mutex<Unconfirmed>) -> std::sync::MutexGuard<'_, Unconfirmed> {
+    unconfirmed
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Takes a resumed connection's main stream: every upload from the number the server
+/// read on goes first. `None` when they are no longer held (the session cannot go on).
+async fn take_over(
+    handoff: MainHandoff,
+    unconfirmed: &Mutex<Unconfirmed>,
+) -> Option<quinn::SendStream> {
+    let MainHandoff {
+        mut send,
+        from,
+        done,
+    } = handoff;
+    let (replay, sent) = {
+        let mut unconfirmed = lock(unconfirmed);
+        (unconfirmed.replay_from(from), unconfirmed.sent())
     };
-    write_stream(connection, send, queue).await;
+    match replay {
+        Ok(replay) => {
+            let bytes: usize = replay.iter().map(bytes::Bytes::len).sum();
+            tracing::info!(
+                from,
+                sent,
+                bytes,
+                "sending again what the server did not read"
+            );
+            let _ = done.send(Ok(()));
+            for chunk in replay {
+                if send.write_chunk(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Some(send)
+        }
+        Err(gap) => {
+            let _ = done.send(Err(gap));
+            None
+        }
+    }
+}
+
+/// Writes the control queue to the server's control stream (unidirectional; the server
+/// allows it once the client is logged in), opening one on each connection the session
+/// resumes on (`handoffs`). What was written to a lost connection's control stream is
+/// lost with it: acks are cumulative and sent again on a resume.
+pub(crate) async fn write_control_stream(
+    connection: quinn::Connection,
+    mut queue: UploadReceiver,
+    mut handoffs: mpsc::Receiver<quinn::Connection>,
+) {
+    let mut merged = bytes::BytesMut::new();
+    let mut connection = Some(connection);
+    loop {
+        let Some(current) = connection.take() else {
+            match handoffs.recv().await {
+                Some(next) => connection = Some(next),
+                None => return,
+            }
+            continue;
+        };
+        let mut send = tokio::select! {
+            opened = current.open_uni() => match opened {
+                Ok(send) => send,
+                // This connection ended: wait for the next.
+                Err(_) => continue,
+            },
+            next = handoffs.recv() => match next {
+                Some(next) => {
+                    connection = Some(next);
+                    continue;
+                }
+                None => return,
+            },
+        };
+        loop {
+            let next = tokio::select! {
+                biased;
+                next = handoffs.recv() => match next {
+                    Some(next) => {
+                        connection = Some(next);
+                        break;
+                    }
+                    None => return,
+                },
+                next = queue.next(&mut merged, WRITE_BATCH_BYTES) => next,
+            };
+            match next {
+                Next::Frames(_) => {
+                    let len = merged.len();
+                    let written = write_batch(&mut send, &mut merged).await;
+                    queue.written(len);
+                    if written.is_err() {
+                        // Wait for a resumed connection.
+                        break;
+                    }
+                }
+                Next::Finish(done) => {
+                    if finish_stream(&mut send).await.is_ok() {
+                        let _ = done.send(());
+                    }
+                    return;
+                }
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@ use peergroup_protocol::schedule::SendQueue;
 use peergroup_protocol::{frame_to_bytes, Fingerprint, RefuseReason};
 
 mod direct_timers;
+mod resume;
 
 const ME: HostId = HostId::from_raw(1 << 32 | 1);
 const PEER: HostId = HostId::from_raw(1 << 32 | 2);

@@ -76,6 +76,13 @@ pub enum Action {
     },
     /// Hand an event to the server application.
     Event(ServerEvent),
+    /// An offline host's resume window ended: remove it as a disconnect would
+    /// ([`Registry::handle_disconnect`](super::Registry::handle_disconnect)); no resume
+    /// brings it back any more.
+    ResumeWindowEnded {
+        /// The host.
+        host: HostId,
+    },
     /// Order both hosts of a pair to punch. The driver adds what needs IO: a fresh secret
     /// and start delays from both hosts' RTTs
     /// ([`punch_start_delays`](super::punch_start_delays)).

@@ -468,7 +468,9 @@ impl Registry {
     ///
     /// # Errors
     /// [`GroupError::UnknownGroup`].
-    #[cfg(any(test, feature = "unstable-registry"))]
+    // Used by the rooms application's tests only (through the feature), not by this
+    // crate's own.
+    #[cfg(feature = "unstable-registry")]
     pub fn group_options(&self, group: GroupId) -> Result<GroupOptions, GroupError> {
         self.groups
             .get(group_key(group))

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProtocolViolation {
-    /// A hello after the one the connection logged in with: a client says hello once.
+    /// A hello (or a resume) after the one the connection began with: a client says
+    /// hello once.
     #[error("a second hello")]
     SecondHello,
     /// An ack of more membership notices than the client was sent.
@@ -55,7 +56,11 @@ impl Registry {
         now: Instant,
     ) -> Result<(), ProtocolViolation> {
         match frame {
-            ClientToServer::Hello(_) => return Err(ProtocolViolation::SecondHello),
+            ClientToServer::Hello(_) | ClientToServer::Resume(_) => {
+                return Err(ProtocolViolation::SecondHello)
+            }
+            // The driver keeps the frames it wrote, and takes their confirmations itself.
+            ClientToServer::Received { .. } => {}
             ClientToServer::Ack { notices } => self.handle_ack(host, notices)?,
             ClientToServer::HostCandidates { addrs } => self.handle_host_candidates(host, addrs),
             ClientToServer::WantDirect { pair } => self.handle_want_direct(host, pair, now),
@@ -74,7 +79,10 @@ impl Registry {
                 priority,
                 dests,
                 payload,
-            } => self.handle_relay(host, group, to_server, lane, priority, &dests, payload, now),
+            } => {
+                self.count_upload(host, now);
+                self.handle_relay(host, group, to_server, lane, priority, &dests, payload, now)
+            }
             ClientToServer::TimeRequest { token } => self.answer_time_request(host, token, now),
             ClientToServer::LinkReport {
                 pair,

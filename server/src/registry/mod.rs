@@ -29,6 +29,7 @@ mod pairs;
 mod punch;
 mod referee;
 mod relay;
+mod resume;
 
 pub use acks::AckBeyondSent;
 pub use action::{Action, NoticeOrder};
@@ -39,6 +40,8 @@ pub use groups::{
 pub use input::ProtocolViolation;
 pub use punch::{punch_start_delays, PunchConfig, PunchStart};
 pub use referee::{PairStats, PunchStats};
+#[cfg(any(test, feature = "unstable-registry"))]
+pub use resume::{ResumeRefusal, Resumed};
 
 use crate::error::GroupError;
 use crate::events::{JoinAckError, LeaveAckError, ServerEvent};
@@ -89,6 +92,10 @@ pub struct RegistryConfig {
     /// sender. A game sending 30 times a second to 170 members uses 5,100. Default
     /// 16,384.
     pub datagram_deliveries_per_sec: u32,
+    /// How long a host whose connection was lost without a leave is kept offline for a
+    /// resume (see [`Registry::handle_offline`]); zero turns resume off, and a lost
+    /// connection removes its host at once. Default 30 s.
+    pub resume_window: Duration,
 }
 
 /// Most host candidates kept per client; more are ignored.
@@ -104,6 +111,7 @@ impl Default for RegistryConfig {
             max_group_data_len: 4 << 10,
             max_unacked_notices: 1 << 16,
             datagram_deliveries_per_sec: 16_384,
+            resume_window: Duration::from_secs(30),
         }
     }
 }
@@ -133,6 +141,8 @@ struct HostState {
     datagram_budget: Option<TokenBucket>,
     /// Numbers the server application's messages to the host, per lane.
     app_lanes: LaneCounters,
+    /// Its token, whether it is offline, and the frames read from it (`resume.rs`).
+    resume: resume::HostResume,
 }
 
 #[derive(Debug)]
@@ -151,6 +161,10 @@ enum Timer {
     Ack(OpKey),
     PairLinger(PairId),
     PunchRetry(PairId),
+    /// A confirmation of the frames read from a host is due (`resume.rs`).
+    Confirm(HostId),
+    /// An offline host's resume window ends (`resume.rs`).
+    ResumeWindow(HostId),
 }
 
 /// How a pending join or leave ended.
@@ -373,6 +387,7 @@ impl Registry {
             closing: false,
             datagram_budget: None,
             app_lanes: LaneCounters::default(),
+            resume: resume::HostResume::default(),
         }))
     }
 
@@ -542,6 +557,8 @@ impl Registry {
                     }
                 }
                 Timer::PunchRetry(pair) => self.maybe_punch(pair, now),
+                Timer::Confirm(host) => self.confirm_uploads(host, now),
+                Timer::ResumeWindow(host) => self.end_window(host, now),
                 Timer::PairLinger(pair) => {
                     if let Some((a, b)) = self.pairs.expire(pair, now) {
                         self.send(a, ServerToClient::PeerDown { peer: b, pair });

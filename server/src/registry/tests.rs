@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 mod app_send;
 mod inputs;
+mod resume;
 
 fn identity(n: u8) -> Fingerprint {
     Fingerprint([n; 32])

@@ -30,6 +30,8 @@
 //! {"event":"member_joined","group":G,"host":H}
 //! {"event":"member_left","group":G,"host":H}
 //! {"event":"path","peer":H,"path":"relay"|"direct","at_ms":T}
+//! {"event":"connection_lost","at_ms":T}
+//! {"event":"resumed","host":H,"after_ms":T}
 //! {"event":"summary","sent":N,"peers":[{"peer":H,"received":n,"lost":n,"duplicates":n,
 //!   "out_of_order":n,"malformed":n,"path":"relay"|"direct","relay_received":n,
 //!   "direct_received":n,"rtt_ms":x,"latency_p50_us":n|null,"latency_p99_us":n|null
@@ -237,6 +239,8 @@ fn last_of_key(key: u64, keys: u64, count: u64) -> u64 {
 ///   {"event":"member_joined","group":G,"host":H}
 ///   {"event":"member_left","group":G,"host":H}
 ///   {"event":"path","peer":H,"path":"relay"|"direct","at_ms":T}
+///   {"event":"connection_lost","at_ms":T}
+///   {"event":"resumed","host":H,"after_ms":T}
 ///   {"event":"summary","sent":N,"peers":[{"peer":H,"received":n,"lost":n,
 ///     "duplicates":n,"out_of_order":n,"malformed":n,"path":"relay"|"direct",
 ///     "relay_received":n,"direct_received":n,"rtt_ms":x,
@@ -514,6 +518,18 @@ pub enum Line {
         /// Milliseconds since process start.
         at_ms: u64,
     },
+    /// The connection to the server was lost; the probe is resuming its session.
+    ConnectionLost {
+        /// Milliseconds since process start.
+        at_ms: u64,
+    },
+    /// The session resumed as the same `host` (the one of the `connected` line).
+    Resumed {
+        /// This probe's host id.
+        host: u64,
+        /// Milliseconds from the loss being noticed to the resume.
+        after_ms: u64,
+    },
     /// The results, printed once at the end.
     Summary {
         /// Messages this probe sent.
@@ -679,6 +695,16 @@ impl Run {
                 tracing::warn!(%to, ?reason, "the server refused to relay a message");
             }
             ClientEvent::Disconnected { reason } => return self.disconnect(reason.to_string()),
+            ClientEvent::ConnectionLost { reason } => {
+                tracing::warn!(%reason, "connection lost; resuming");
+                emit(&Line::ConnectionLost {
+                    at_ms: common::ms_since_start(),
+                });
+            }
+            ClientEvent::Resumed { after } => emit(&Line::Resumed {
+                host: self.me.raw(),
+                after_ms: after.as_millis().min(u128::from(u64::MAX)) as u64,
+            }),
             other => tracing::debug!(?other, "ignored event"),
         }
         Ok(())
@@ -1053,6 +1079,17 @@ mod tests {
                 at_ms: 12
             }),
             r#"{"event":"path","peer":3,"path":"relay","at_ms":12}"#
+        );
+        assert_eq!(
+            line(&Line::Resumed {
+                host: 3,
+                after_ms: 1_500
+            }),
+            r#"{"event":"resumed","host":3,"after_ms":1500}"#
+        );
+        assert_eq!(
+            line(&Line::ConnectionLost { at_ms: 7 }),
+            r#"{"event":"connection_lost","at_ms":7}"#
         );
         let mut stats = PeerStats::default();
         stats.record(&encode_payload(0, 100, 16), Path::Relay, 130);

@@ -172,7 +172,7 @@ async fn wait_until_resumed(
         tokio::select! {
             _ = resume_reading.notified() => {}
             _ = connection.closed() => return,
-            _ = inner.connection.closed() => return,
+            _ = inner.ended.cancelled() => return,
         }
     }
 }

@@ -17,7 +17,7 @@ pub(crate) async fn dispatch_probes(inner: Arc<Inner>, mut probes: ProbeReceiver
                 Some(probe) => probe,
                 None => return,
             },
-            _ = inner.connection.closed() => return,
+            _ = inner.ended.cancelled() => return,
         };
         let Ok((probe, _, _)) = Probe::decode(&bytes) else {
             continue;

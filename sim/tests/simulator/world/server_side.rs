@@ -106,6 +106,10 @@ impl World {
                 }
                 Action::AppDatagram { to, message } => self.send_datagrams(to, message),
                 Action::Event(event) => events.push(event),
+                Action::ResumeWindowEnded { host } => {
+                    // Nothing here goes offline: the simulator does not model resume.
+                    self.violation(format!("{host}'s resume window ended, never offline"));
+                }
                 Action::Punch {
                     pair,
                     attempt,

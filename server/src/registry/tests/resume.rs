@@ -1,0 +1,217 @@
+//! The registry's offline state (`registry/resume.rs`): a host whose connection was lost
+//! stays, with its groups and pairs, and its peers see nothing until its window ends; a
+//! resume needs the host's current token and identity, and rotates the token; the frames
+//! read from a host are counted and confirmed.
+
+use super::*;
+use peergroup_protocol::{ClientToServer as C, ResumeToken};
+
+const WINDOW: Duration = Duration::from_secs(30);
+
+fn token(n: u8) -> ResumeToken {
+    ResumeToken([n; 32])
+}
+
+fn addr(n: u8) -> SocketAddr {
+    SocketAddr::from(([198, 18, 1, n], 50_000))
+}
+
+/// Two hosts in a group, every notice acked, each with a token (a's is `token(1)`).
+fn two_in_a_group(w: &mut World) -> (HostId, HostId, GroupId, PairId) {
+    let (a, b) = (w.connect(1), w.connect(2));
+    w.registry.set_resume_token(a, token(1));
+    w.registry.set_resume_token(b, token(2));
+    let group = w.group(&[a, b]);
+    let pair = pair_of(&w.drain(), a, b);
+    ack_all(w, &[a, b]);
+    w.drain();
+    (a, b, group, pair)
+}
+
+#[test]
+fn an_offline_host_keeps_everything_and_its_peers_see_nothing_until_the_window_ends() {
+    let mut w = World::new();
+    let (a, b, group, pair) = two_in_a_group(&mut w);
+    assert!(w.registry.handle_offline(a, w.now));
+    assert!(w.registry.is_offline(a));
+    assert_eq!(w.registry.offline_until(a), Some(w.now + WINDOW));
+    assert!(w.registry.poll_timeout() <= Some(w.now + WINDOW));
+    assert!(w.drain().is_empty(), "nobody is told anything");
+
+    // Just before the end nothing happens; the host is still a member, the pair lives.
+    w.advance(WINDOW - Duration::from_millis(1));
+    assert!(w.drain().is_empty());
+    assert!(w.registry.is_connected(a));
+    assert_eq!(w.registry.pair_between(a, b), Some((pair, 1)));
+    assert_eq!(w.registry.host_summary(a).unwrap().groups, vec![group]);
+
+    // At the end the driver is told to remove it, and no resume brings it back.
+    w.advance(Duration::from_millis(1));
+    assert_eq!(w.drain(), vec![Action::ResumeWindowEnded { host: a }]);
+    assert!(!w.registry.is_offline(a));
+    assert_eq!(
+        w.registry
+            .handle_resume(a, identity(1), &token(1), token(9), addr(1)),
+        Err(ResumeRefusal::Ended)
+    );
+    // Removed as a disconnect: b gets an ordinary MemberLeft, then the pair ends.
+    w.registry.handle_disconnect(a, w.now);
+    let actions = w.drain();
+    assert_eq!(
+        World::frames_to(&actions, b),
+        vec![left(group, a, 1), S::PeerDown { peer: a, pair }]
+    );
+}
+
+#[test]
+fn a_resume_needs_the_current_token_and_identity_and_rotates_the_token() {
+    let mut w = World::new();
+    let (a, b, group, pair) = two_in_a_group(&mut w);
+    assert!(w.registry.handle_offline(a, w.now));
+    w.advance(Duration::from_secs(5));
+
+    // Refusals change nothing: still offline, still the same token.
+    let refusals = [
+        (b, identity(1), token(1), ResumeRefusal::WrongIdentity),
+        (a, identity(2), token(1), ResumeRefusal::WrongIdentity),
+        (a, identity(1), token(2), ResumeRefusal::BadToken),
+        (
+            HostId::from_raw(12_345),
+            identity(1),
+            token(1),
+            ResumeRefusal::UnknownHost,
+        ),
+    ];
+    for (host, who, presented, refusal) in refusals {
+        assert_eq!(
+            w.registry
+                .handle_resume(host, who, &presented, token(9), addr(1)),
+            Err(refusal)
+        );
+        assert!(w.registry.is_offline(a));
+    }
+
+    let resumed = w
+        .registry
+        .handle_resume(a, identity(1), &token(1), token(3), addr(7))
+        .unwrap();
+    assert_eq!(
+        resumed,
+        Resumed {
+            uploads_read: 0,
+            was_offline: true
+        }
+    );
+    assert!(!w.registry.is_offline(a));
+    w.advance(WINDOW);
+    assert!(
+        w.drain().is_empty(),
+        "the window's timer is gone; nobody was told anything"
+    );
+    assert_eq!(w.registry.pair_between(a, b), Some((pair, 1)));
+    assert_eq!(w.registry.host_summary(a).unwrap().groups, vec![group]);
+
+    // The token was spent: replaying it is refused, the new one works (also while the
+    // host is online: a half-open old connection is replaced).
+    assert_eq!(
+        w.registry
+            .handle_resume(a, identity(1), &token(1), token(4), addr(7)),
+        Err(ResumeRefusal::BadToken)
+    );
+    let again = w
+        .registry
+        .handle_resume(a, identity(1), &token(3), token(4), addr(7))
+        .unwrap();
+    assert!(!again.was_offline);
+}
+
+#[test]
+fn with_a_zero_window_a_lost_host_is_not_kept() {
+    let mut w = World::new();
+    w.registry = Registry::new(
+        RegistryConfig {
+            resume_window: Duration::ZERO,
+            ..RegistryConfig::default()
+        },
+        w.now,
+    );
+    let a = w.connect(1);
+    w.registry.set_resume_token(a, token(1));
+    assert!(!w.registry.handle_offline(a, w.now));
+    assert!(!w.registry.is_offline(a));
+    assert_eq!(
+        w.registry
+            .handle_resume(a, identity(1), &token(1), token(2), addr(1)),
+        Err(ResumeRefusal::Off)
+    );
+    // Nor is one without a token, or one whose resume was ended.
+    let mut w = World::new();
+    let a = w.connect(1);
+    assert!(!w.registry.handle_offline(a, w.now));
+    w.registry.set_resume_token(a, token(1));
+    w.registry.end_resume(a);
+    assert!(!w.registry.handle_offline(a, w.now));
+}
+
+#[test]
+fn ending_an_offline_hosts_resume_cancels_its_window() {
+    let mut w = World::new();
+    let (a, _, _, _) = two_in_a_group(&mut w);
+    assert!(w.registry.handle_offline(a, w.now));
+    w.registry.end_resume(a);
+    w.advance(WINDOW);
+    assert!(
+        !w.drain().contains(&Action::ResumeWindowEnded { host: a }),
+        "the driver removes it already"
+    );
+    assert_eq!(
+        w.registry
+            .handle_resume(a, identity(1), &token(1), token(2), addr(1)),
+        Err(ResumeRefusal::Ended)
+    );
+}
+
+#[test]
+fn frames_read_from_a_host_are_confirmed_on_a_timer_at_every_256_and_on_resume() {
+    let mut w = World::new();
+    let (a, _, group, pair) = two_in_a_group(&mut w);
+    let relay = |seq| C::Relay {
+        group: Some(group),
+        to_server: false,
+        lane: Lane::Ordered { channel: 0 },
+        priority: Priority::Medium,
+        dests: vec![RelayDest { pair, seq }],
+        payload: Bytes::from_static(b"m"),
+    };
+    let received = |actions: &[Action]| -> Vec<u64> {
+        World::frames_to(actions, a)
+            .into_iter()
+            .filter_map(|frame| match frame {
+                S::Received { frames } => Some(frames),
+                _ => None,
+            })
+            .collect()
+    };
+    w.registry.handle_frame(a, relay(1), w.now).unwrap();
+    assert!(received(&w.drain()).is_empty(), "not at once");
+    w.advance(peergroup_protocol::resume::CONFIRM_DELAY);
+    assert_eq!(received(&w.drain()), vec![1]);
+
+    for seq in 2..=257 {
+        w.registry.handle_frame(a, relay(seq), w.now).unwrap();
+    }
+    assert_eq!(received(&w.drain()), vec![257], "at once after 256 more");
+    w.advance(peergroup_protocol::resume::CONFIRM_DELAY);
+    assert!(received(&w.drain()).is_empty(), "nothing new to confirm");
+
+    // Offline, the count is told on the resume instead.
+    w.registry.handle_frame(a, relay(258), w.now).unwrap();
+    assert!(w.registry.handle_offline(a, w.now));
+    w.advance(peergroup_protocol::resume::CONFIRM_DELAY);
+    assert!(received(&w.drain()).is_empty());
+    let resumed = w
+        .registry
+        .handle_resume(a, identity(1), &token(1), token(2), addr(1))
+        .unwrap();
+    assert_eq!(resumed.uploads_read, 258);
+}
