@@ -17,7 +17,7 @@ use peergroup_protocol::{
 };
 use peergroup_transport::{
     close, finish_stream, peer_fingerprint, read_datagram_batch, ConnectionEnd, FrameReader,
-    ReadEnd, DATAGRAM_BATCH, WRITE_BATCH_BYTES,
+    ReadEnd, WRITE_BATCH_BYTES,
 };
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -500,7 +500,7 @@ async fn resume_session(
             done,
             close_reason: close_reason.clone(),
         };
-        if link.handoff.try_send(handoff).is_err() {
+        if link.handoff.try_send(Box::new(handoff)).is_err() {
             return Err("the host's writer is gone".to_string());
         }
         // Dropping the offline state tells the task that kept the host to let go.
@@ -671,7 +671,7 @@ async fn write_frames(
     mut end: WriterEnd,
     max_frame: u32,
     unconfirmed: Arc<Mutex<Unconfirmed>>,
-    mut handoffs: tokio::sync::mpsc::Receiver<Handoff>,
+    mut handoffs: tokio::sync::mpsc::Receiver<Box<Handoff>>,
 ) {
     let mut batch = Vec::with_capacity(64);
     let mut merged = BytesMut::new();
@@ -680,7 +680,7 @@ async fn write_frames(
         let Some(stream) = send.as_mut() else {
             // The connection is gone: wait for a resumed one.
             match handoffs.recv().await {
-                Some(handoff) => send = take_over(handoff, &mut end, &unconfirmed).await,
+                Some(handoff) => send = take_over(*handoff, &mut end, &unconfirmed).await,
                 None => return,
             }
             continue;
@@ -697,7 +697,7 @@ async fn write_frames(
             handoff = handoffs.recv() => {
                 // A resume replaced a half-open connection.
                 match handoff {
-                    Some(handoff) => send = take_over(handoff, &mut end, &unconfirmed).await,
+                    Some(handoff) => send = take_over(*handoff, &mut end, &unconfirmed).await,
                     None => return,
                 }
                 continue;
@@ -906,7 +906,8 @@ async fn read_datagrams(
     (host, generation): (HostId, u64),
     connection: &quinn::Connection,
 ) -> ReadEnd {
-    let mut batch = Vec::with_capacity(DATAGRAM_BATCH);
+    // Grown on first use: an idle connection never allocates it.
+    let mut batch = Vec::new();
     loop {
         if let Err(error) = read_datagram_batch(connection, &mut batch).await {
             return error.into();

@@ -50,8 +50,9 @@ pub(crate) struct Link {
     /// The frames written to the client and not confirmed by it, shared with the
     /// writer (`connection.rs`, "Resume" in ARCHITECTURE.md).
     pub unconfirmed: Arc<Mutex<Unconfirmed>>,
-    /// Gives the writer a resumed connection's stream.
-    pub handoff: tokio::sync::mpsc::Sender<Handoff>,
+    /// Gives the writer a resumed connection's stream. Boxed: a tokio channel allocates 32 slots up front, and a host keeps this one for
+    /// its whole session (32 unboxed handoffs were kilobytes per client).
+    pub handoff: tokio::sync::mpsc::Sender<Box<Handoff>>,
     /// Set while the host is offline, waiting for a resume.
     pub offline: Option<Offline>,
 }

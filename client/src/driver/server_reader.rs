@@ -5,7 +5,7 @@ use crate::driver::reconnect::{is_resumable, resume_session};
 use crate::driver::shared::Inner;
 use crate::events::{ClientEvent, DisconnectReason};
 use peergroup_protocol::{decode_server_datagram, decode_server_frame, CloseCode, ServerToClient};
-use peergroup_transport::{close, read_datagram_batch, FrameReader, ReadEnd, DATAGRAM_BATCH};
+use peergroup_transport::{close, read_datagram_batch, FrameReader, ReadEnd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,7 +168,8 @@ async fn read_frames(
 }
 
 async fn read_datagrams(inner: &Arc<Inner>, connection: &quinn::Connection) -> ReadEnd {
-    let mut batch = Vec::with_capacity(DATAGRAM_BATCH);
+    // Grown on first use: an idle connection never allocates it.
+    let mut batch = Vec::new();
     loop {
         if let Err(error) = read_datagram_batch(connection, &mut batch).await {
             return ReadEnd::Connection(error);

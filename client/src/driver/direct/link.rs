@@ -9,7 +9,7 @@ use peergroup_protocol::{
     decode_peer_frame, decode_server_datagram, ClientToServer, CloseCode, HostId, PairId,
     PathReason, PeerToPeer, PunchOutcome,
 };
-use peergroup_transport::{close, read_datagram_batch, FrameReader, ReadEnd, DATAGRAM_BATCH};
+use peergroup_transport::{close, read_datagram_batch, FrameReader, ReadEnd};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -182,7 +182,8 @@ async fn read_peer_datagrams(
     peer: HostId,
     connection: &quinn::Connection,
 ) -> ReadEnd {
-    let mut batch = Vec::with_capacity(DATAGRAM_BATCH);
+    // Grown on first use: an idle connection never allocates it.
+    let mut batch = Vec::new();
     loop {
         if let Err(error) = read_datagram_batch(connection, &mut batch).await {
             return ReadEnd::Connection(error);
