@@ -16,6 +16,8 @@
 //!   do not fit.
 //! - [`tls`]: the one rustls crypto provider, the handshake-signature checks every
 //!   certificate verifier shares, and certificate fingerprints.
+//! - [`websocket`]: the second carrier, WebSocket over TLS ([`WsConnection`],
+//!   [`WsReader`], [`CarrierSource`]), for clients whose network blocks UDP.
 //! - [`accept`]: the QUIC server config both accepting endpoints (the server, a client
 //!   taking direct connections) build, each saying only which identities it accepts.
 //!
@@ -51,13 +53,45 @@ pub mod end;
 pub mod reader;
 pub mod source;
 pub mod tls;
+pub mod websocket;
 pub mod write;
 
-pub use accept::{quic_server_config, AcceptIdentity};
+pub use accept::{quic_server_config, tls_server_config, AcceptIdentity};
 pub use close::{close, close_endpoint, close_text, from_varint, to_varint, MAX_CLOSE_TEXT};
 pub use datagrams::{read_datagram_batch, DATAGRAM_BATCH};
 pub use end::{peer_close, ConnectionEnd, ReadEnd};
 pub use reader::{FrameReader, READ_CHUNK};
 pub use source::{read_error, ByteSource};
 pub use tls::{fingerprint_of, peer_fingerprint, provider, Signatures};
+pub use websocket::{CarrierSource, WsConnection, WsReader, WsSender};
 pub use write::{finish_stream, write_batch, WRITE_BATCH_BYTES};
+// Both sides make and accept WebSockets with the same crates' versions.
+pub use tokio_rustls;
+pub use tokio_tungstenite;
+
+/// Which carrier a connection to the server uses (issue 14): QUIC, or the WebSocket over
+/// TLS fallback for networks that block UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// QUIC over UDP: main and control streams and datagrams; direct paths possible.
+    Quic,
+    /// WebSocket (RFC 6455) over TLS 1.3 on TCP: one stream carries everything, and the
+    /// client's pairs stay on the relay.
+    WebSocket,
+}
+
+impl Transport {
+    /// `"quic"` or `"websocket"`, as logs and `peergroup probe` print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::WebSocket => "websocket",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
