@@ -71,7 +71,9 @@ pub(super) async fn log_in(
     let quic_up = AtomicBool::new(false);
     match dial.transport {
         TransportChoice::QuicOnly => log_in_quic(endpoint, dial, config, refused, &quic_up).await,
-        TransportChoice::WebSocketOnly => log_in_websocket(dial, config).await,
+        TransportChoice::WebSocketOnly => {
+            log_in_websocket(dial, config, &AtomicBool::new(false)).await
+        }
         TransportChoice::Auto => race(endpoint, dial, config, refused, &quic_up).await,
     }
 }
@@ -89,6 +91,8 @@ async fn race(
     let mut quic: Option<Attempt<'_>> = Some(Box::pin(log_in_quic(
         endpoint, dial, config, refused, quic_up,
     )));
+    // Set once the WebSocket's TCP connection is up: its error then says more than QUIC's.
+    let tcp_up = AtomicBool::new(false);
     let mut ws: Option<Attempt<'_>> = None;
     let mut ws_started = false;
     let start_ws = tokio::time::sleep(WEBSOCKET_DELAY);
@@ -97,10 +101,13 @@ async fn race(
     loop {
         if quic.is_none() && ws.is_none() && ws_started {
             // Both failed: QUIC's error if it reached the server (the server said no,
-            // and would over WebSocket too), else WebSocket's (UDP may be blocked).
+            // and would over WebSocket too), else WebSocket's if TCP reached something
+            // (UDP may be blocked), else QUIC's (nothing answers at all).
             let quic_error = quic_error.unwrap_or(ConnectError::Lost("no QUIC attempt".into()));
+            let websocket_says_more =
+                !quic_up.load(Ordering::Relaxed) && tcp_up.load(Ordering::Relaxed);
             return Err(match ws_error {
-                Some(ws_error) if !quic_up.load(Ordering::Relaxed) => ws_error,
+                Some(ws_error) if websocket_says_more => ws_error,
                 _ => quic_error,
             });
         }
@@ -126,7 +133,7 @@ async fn race(
                 quic_error = Some(error);
                 if !ws_started {
                     ws_started = true;
-                    ws = Some(Box::pin(log_in_websocket(dial, config)));
+                    ws = Some(Box::pin(log_in_websocket(dial, config, &tcp_up)));
                 }
             }
             Step::WebSocket(Err(error)) => {
@@ -141,7 +148,7 @@ async fn race(
                     tracing::debug!("QUIC is up; no WebSocket attempt");
                 } else {
                     tracing::debug!("no QUIC handshake yet; starting WebSocket too");
-                    ws = Some(Box::pin(log_in_websocket(dial, config)));
+                    ws = Some(Box::pin(log_in_websocket(dial, config, &tcp_up)));
                 }
             }
         }
@@ -158,9 +165,14 @@ enum Step {
 
 /// WebSocket over TLS: TCP, TLS 1.3 with the same trust and identity as QUIC, the
 /// WebSocket handshake, the hello and the welcome, within the connect timeout.
-async fn log_in_websocket(dial: &Dial, config: &ClientConfig) -> Result<LoggedIn, ConnectError> {
+/// `tcp_up` is set once the TCP connection is made.
+async fn log_in_websocket(
+    dial: &Dial,
+    config: &ClientConfig,
+    tcp_up: &AtomicBool,
+) -> Result<LoggedIn, ConnectError> {
     let attempt = async {
-        let (connection, reader) = open_websocket(dial).await?;
+        let (connection, reader) = open_websocket(dial, Some(tcp_up)).await?;
         let send = connection.sender();
         let mut recv = FrameReader::new(CarrierSource::WebSocket(reader), MAX_SERVER_FRAME);
         let hello = ClientToServer::Hello(Hello {
@@ -200,11 +212,15 @@ async fn log_in_websocket(dial: &Dial, config: &ClientConfig) -> Result<LoggedIn
 /// that failed; a TLS failure as [`ConnectError::Handshake`].
 pub(super) async fn open_websocket(
     dial: &Dial,
+    tcp_up: Option<&AtomicBool>,
 ) -> Result<(Arc<WsConnection>, peergroup_transport::WsReader), ConnectError> {
     let addr = dial.websocket_addr;
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| ConnectError::Lost(format!("WebSocket: TCP connect to {addr}: {e}")))?;
+    if let Some(tcp_up) = tcp_up {
+        tcp_up.store(true, Ordering::Relaxed);
+    }
     let _ = tcp.set_nodelay(true);
     let name = rustls::pki_types::ServerName::try_from(dial.server_name.clone())
         .map_err(|e| ConnectError::TlsSetup(e.to_string()))?;

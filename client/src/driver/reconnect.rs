@@ -166,7 +166,7 @@ async fn connect_quic(inner: &Inner) -> Result<Opened, Failure> {
 
 /// A new connection, over WebSocket.
 async fn connect_websocket(inner: &Inner) -> Result<Opened, Failure> {
-    let (connection, reader) = open_websocket(&inner.resume.dial)
+    let (connection, reader) = open_websocket(&inner.resume.dial, None)
         .await
         .map_err(|error| Failure::Retry(error.to_string()))?;
     let send = ServerSend::WebSocket(connection.sender());
