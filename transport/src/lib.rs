@@ -30,21 +30,19 @@
 //! and into anything that only wants the message types; a crate of its own keeps the
 //! protocol crate pure and gives both sides one copy.
 //!
-//! # Where a second carrier plugs in
+//! # Where the second carrier plugs in
 //!
-//! Reading is already carrier-neutral: [`FrameReader`] is generic over [`ByteSource`], so
-//! a carrier such as WebSocket over TLS implements [`ByteSource`] for its read half (its
-//! binary messages' bytes, in order; `Ok(None)` at its close) and reuses the framing,
-//! limits and [`ReadEnd`] unchanged. What remains QUIC-specific, and is where that carrier
-//! adds its own counterpart, is: [`ReadEnd::Connection`] (a quinn connection error; a
-//! second carrier would add its own variant or a carrier-neutral error), the write step
-//! in [`write`] (a `write_chunk` on a [`quinn::SendStream`]), [`close`] (QUIC's
-//! application close frame; over WebSocket the same [`CloseCode`](peergroup_protocol::CloseCode)
-//! travels in a close frame's status and reason), and [`accept`] (it wraps the rustls
-//! server config in quinn's; a TLS-over-TCP listener would take the rustls config, with
-//! the same identity verifier, before that last step). Datagrams and the control stream are
-//! QUIC features the drivers use directly; a stream-only carrier would have to carry
-//! them as frames.
+//! Reading is carrier-neutral: [`FrameReader`] is generic over [`ByteSource`], and the
+//! WebSocket-over-TLS fallback (issue 14, [`websocket`]) implements it for its read half
+//! ([`WsReader`]: binary messages' bytes in order, a close frame as [`ReadEnd::Ended`]),
+//! so framing, limits and [`ReadEnd`] are shared; [`CarrierSource`] is the one source
+//! type a server connection uses on either carrier. What stays QUIC-specific here is
+//! [`ReadEnd::Connection`] (a quinn error; other carriers end in [`ReadEnd::Ended`] with a
+//! [`ConnectionEnd`]), the write step in [`write`], [`close`] (a WebSocket closes with
+//! `4000 + code`, [`websocket::to_ws_code`]) and [`accept`]'s quinn wrapper (the
+//! WebSocket listener takes [`tls_server_config`]'s rustls config, with the same identity
+//! verifier). Datagrams and the control stream are QUIC features; on WebSocket they ride
+//! the one stream as frames (ARCHITECTURE.md, "Fallback over WebSocket").
 
 pub mod accept;
 pub mod close;
