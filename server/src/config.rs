@@ -34,7 +34,9 @@ pub struct ServerConfig {
 /// identified by their certificate as on QUIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WebSocketListen {
-    /// On the QUIC listener's IP address and port number, over TCP (the default).
+    /// On the QUIC listener's IP address and port number, over TCP (the default). When
+    /// the OS picked the UDP port (`listen` port 0) and TCP has that number taken, on
+    /// another free port ([`crate::Server::websocket_addr`] says which).
     #[default]
     SamePort,
     /// On this TCP address (port 0 picks a free one; [`crate::Server::websocket_addr`]

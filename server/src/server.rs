@@ -273,9 +273,23 @@ impl Server {
             None => None,
             Some(addr) => {
                 let bind_error = |source| StartError::Bind { addr, source };
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(bind_error)?;
+                let listener = match tokio::net::TcpListener::bind(addr).await {
+                    Ok(listener) => listener,
+                    // The OS picked the UDP port (`listen` port 0), so nobody can rely on
+                    // the number: when TCP has it taken, any free port will do
+                    // (`Server::websocket_addr` tells which). A port given on purpose
+                    // must be had.
+                    Err(_)
+                        if config.websocket == WebSocketListen::SamePort
+                            && config.listen.port() == 0 =>
+                    {
+                        let any = SocketAddr::new(addr.ip(), 0);
+                        tokio::net::TcpListener::bind(any)
+                            .await
+                            .map_err(bind_error)?
+                    }
+                    Err(source) => return Err(bind_error(source)),
+                };
                 let bound = listener.local_addr().map_err(bind_error)?;
                 let tls = crate::tls::websocket_tls_config(&config.identity)?;
                 tracing::info!(%bound, "WebSocket fallback listening");
