@@ -8,7 +8,9 @@
 //! file, the line and column, and the reason (`toml`'s spans, TOML 1.0).
 
 use crate::rooms::RoomsConfig;
-use peergroup_server::{Admission, Limits, PunchConfig, PunchStart, ResumeConfig, Timeouts};
+use peergroup_server::{
+    Admission, Limits, PunchConfig, PunchStart, ResumeConfig, Timeouts, WebSocketListen,
+};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,9 @@ pub const DEFAULT_IDENTITY_DIR: &str = "./peergroup-identity";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7700";
 /// Default drain deadline of a graceful shutdown, seconds.
 pub const DEFAULT_DRAIN_SECS: f64 = 10.0;
+
+/// `websocket`'s default: the WebSocket fallback on the `listen` address, over TCP.
+pub const WEBSOCKET_SAME_PORT: &str = "same-port";
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -99,6 +104,9 @@ pub struct Settings {
     /// How long a graceful shutdown (SIGTERM, SIGINT) may take to send what is queued
     /// before closing the remaining connections, seconds. Default 10.
     pub drain_secs: Secs,
+    /// The WebSocket-over-TLS fallback for clients without UDP (TCP): `"same-port"`
+    /// (the `listen` address over TCP), `"off"`, or an address. Default `"same-port"`.
+    pub websocket: String,
     /// TCP address of the Prometheus endpoint (`/metrics`). Off unless given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<SocketAddr>,
@@ -430,6 +438,7 @@ impl Default for Settings {
             log: None,
             log_format: LogFormat::Text,
             drain_secs: Secs(Duration::from_secs_f64(DEFAULT_DRAIN_SECS)),
+            websocket: WEBSOCKET_SAME_PORT.into(),
             metrics: None,
             admin: None,
             admin_token_file: None,
@@ -454,6 +463,7 @@ struct FileSettings {
     log: Option<String>,
     log_format: Option<LogFormat>,
     drain_secs: Option<Secs>,
+    websocket: Option<String>,
     metrics: Option<SocketAddr>,
     admin: Option<SocketAddr>,
     admin_token_file: Option<PathBuf>,
@@ -488,6 +498,8 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     /// `--drain-secs`.
     pub drain_secs: Option<f64>,
+    /// `--websocket`.
+    pub websocket: Option<String>,
     /// `--metrics`.
     pub metrics: Option<SocketAddr>,
     /// `--admin`.
@@ -571,6 +583,10 @@ impl Settings {
             log: overrides.log.or(file.log),
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
             drain_secs,
+            websocket: overrides
+                .websocket
+                .or(file.websocket)
+                .unwrap_or(defaults.websocket),
             metrics: overrides.metrics.or(file.metrics),
             admin: overrides.admin.or(file.admin),
             admin_token_file: overrides.admin_token_file.or(file.admin_token_file),
@@ -606,6 +622,7 @@ impl Settings {
                 "cert and key go together: give both or neither".into(),
             ));
         }
+        self.websocket()?;
         if self.admin.is_some() && self.admin_token_file.is_none() {
             return Err(SettingsError::Invalid(
                 "the admin API needs a token: give --admin-token-file (admin_token_file)".into(),
@@ -684,6 +701,23 @@ impl Settings {
         self.resume.into()
     }
 
+    /// Where the WebSocket fallback listens.
+    ///
+    /// # Errors
+    /// [`SettingsError::Invalid`] when `websocket` is neither `same-port`, `off` nor an
+    /// address.
+    pub fn websocket(&self) -> Result<WebSocketListen, SettingsError> {
+        match self.websocket.as_str() {
+            WEBSOCKET_SAME_PORT => Ok(WebSocketListen::SamePort),
+            "off" => Ok(WebSocketListen::Off),
+            addr => addr.parse().map(WebSocketListen::At).map_err(|_| {
+                SettingsError::Invalid(format!(
+                    "websocket = {addr:?}: give \"same-port\", \"off\" or HOST:PORT"
+                ))
+            }),
+        }
+    }
+
     /// The rooms application's limits.
     pub fn rooms(&self) -> RoomsConfig {
         self.rooms.into()
@@ -742,6 +776,7 @@ mod tests {
             "#   admin = \"ADDR\"",
             "listen = \"0.0.0.0:7700\"",
             "drain_secs = 10.0",
+            "websocket = \"same-port\"",
             "[limits]",
             "max_clients = 10000",
             "[timeouts]",

@@ -29,7 +29,9 @@ impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         // Set first, so the reader does not try to resume what this closes.
         self.inner.closed.store(true, Ordering::Release);
-        close(&self.inner.connection(), CloseCode::Normal, "client closed");
+        self.inner
+            .connection()
+            .close(CloseCode::Normal, "client closed");
         // Closing the endpoint ends direct connections and the tasks that serve them.
         close_endpoint(&self.endpoint, CloseCode::Normal, "client closed");
     }
@@ -208,12 +210,13 @@ impl Client {
                 .iter()
                 .filter_map(|peer| core.directs.get(peer))
                 .map(|link| link.connection.max_datagram_size())
-                .fold(inner.connection().max_datagram_size(), |a, b| {
-                    match (a, b) {
+                .fold(
+                    inner.connection().max_datagram_size(inner.max_frame_len),
+                    |a, b| match (a, b) {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         _ => None,
-                    }
-                }),
+                    },
+                ),
             // Latest values wait too: they replace queued values of their key, but an
             // application that keeps inventing keys must not grow a queue without bound.
             Carrier::Stream(_) => {
@@ -347,9 +350,16 @@ impl Client {
         }
     }
 
-    /// Smoothed RTT to the server.
+    /// Smoothed RTT to the server (zero over WebSocket, where TCP hides it).
     pub fn server_rtt(&self) -> Duration {
         self.inner.connection().rtt()
+    }
+
+    /// The carrier the server connection uses now: QUIC, or the WebSocket fallback
+    /// (chosen at login by [`ClientConfig::transport`](crate::ClientConfig::transport);
+    /// a resume may change it).
+    pub fn transport(&self) -> crate::Transport {
+        self.inner.connection().transport()
     }
 
     /// The local UDP address.
@@ -372,7 +382,9 @@ impl Client {
         })
         .await;
         self.inner.closed.store(true, Ordering::Release);
-        close(&self.inner.connection(), CloseCode::Normal, "client closed");
+        self.inner
+            .connection()
+            .close(CloseCode::Normal, "client closed");
         close_endpoint(&self.inner.endpoint, CloseCode::Normal, "client closed");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
     }

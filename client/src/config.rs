@@ -26,7 +26,33 @@ pub struct ClientConfig {
     pub limits: Limits,
     /// Direct paths to peers.
     pub direct: DirectConfig,
+    /// Which carrier to reach the server over. Default [`TransportChoice::Auto`].
+    pub transport: TransportChoice,
+    /// The server's WebSocket-over-TLS address (TCP), for the fallback. Default: the
+    /// server's address, same port number (the server's default).
+    pub websocket_addr: Option<SocketAddr>,
 }
+
+/// Which carrier the client reaches the server over (issue 14; ARCHITECTURE.md,
+/// "Fallback over WebSocket").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportChoice {
+    /// QUIC first; WebSocket over TLS starts [`WEBSOCKET_DELAY`] later, in parallel, if
+    /// QUIC has not finished its handshake by then (at once if QUIC failed), and
+    /// whichever logs in first is used (happy eyeballs, with RFC 8305's connection
+    /// attempt delay). The default.
+    #[default]
+    Auto,
+    /// QUIC only.
+    QuicOnly,
+    /// WebSocket over TLS only: no UDP at all, so no direct paths (every pair stays on
+    /// the relay) and unreliable messages ride the stream, dropped rather than queued.
+    WebSocketOnly,
+}
+
+/// How long [`TransportChoice::Auto`] gives QUIC before starting WebSocket too: 250 ms,
+/// RFC 8305's recommended connection attempt delay (section 8).
+pub const WEBSOCKET_DELAY: Duration = Duration::from_millis(250);
 
 impl ClientConfig {
     /// A config with defaults for everything but the server and its trust.
@@ -40,7 +66,14 @@ impl ClientConfig {
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             direct: DirectConfig::default(),
+            transport: TransportChoice::default(),
+            websocket_addr: None,
         }
+    }
+
+    /// The WebSocket address: [`ClientConfig::websocket_addr`], else the server's.
+    pub(crate) fn websocket_addr(&self) -> SocketAddr {
+        self.websocket_addr.unwrap_or(self.server_addr)
     }
 
     pub(crate) fn bind_addr(&self) -> SocketAddr {

@@ -216,7 +216,12 @@ impl std::fmt::Display for DisconnectReason {
 
 impl DisconnectReason {
     pub(crate) fn from_connection_error(error: &quinn::ConnectionError) -> Self {
-        match ConnectionEnd::from(error) {
+        Self::from_end(ConnectionEnd::from(error))
+    }
+
+    /// How a connection of either carrier ended, as the application hears it.
+    pub(crate) fn from_end(end: ConnectionEnd) -> Self {
+        match end {
             ConnectionEnd::PeerClosed { code, reason } => {
                 DisconnectReason::ServerClosed { code, reason }
             }

@@ -96,7 +96,7 @@ mod tls;
 pub use client::Client;
 pub use client_events::ClientEvents;
 pub use clock::ServerTime;
-pub use config::{ClientConfig, DirectConfig, Limits, Timeouts};
+pub use config::{ClientConfig, DirectConfig, Limits, Timeouts, TransportChoice, WEBSOCKET_DELAY};
 pub use error::{ConnectError, SendError};
 pub use events::{ClientEvent, DisconnectReason, PeerFault};
 pub use peergroup_protocol::typed::{decode, encode, TypedError};
@@ -104,6 +104,7 @@ pub use peergroup_protocol::{
     CloseCode, Delivery, Fingerprint, GroupId, HostId, PairPath, ParseIdError, Path, PathReason,
     PeerInfo, Priority, RefuseReason, SendOptions,
 };
+pub use peergroup_transport::Transport;
 pub use session::{ModeCounters, PathCounters, PeerStats, Target};
 pub use session::{MAX_HELD_ARRIVALS, MAX_HELD_ARRIVAL_BYTES};
-pub use tls::{fingerprint_of, raw_quic_client_config, ServerTrust};
+pub use tls::{fingerprint_of, raw_quic_client_config, raw_tls_client_config, ServerTrust};

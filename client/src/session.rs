@@ -729,6 +729,9 @@ impl Session {
             }
             // The driver forgets the uploads it covers (it keeps them, not the session).
             ServerToClient::Received { .. } => {}
+            // A datagram carried as a frame (on a WebSocket): counted as a frame above,
+            // taken as a datagram.
+            ServerToClient::Datagram(datagram) => self.handle_datagram(datagram, now),
             ServerToClient::PeerUp { peer, pair, info } => {
                 // A new pair starts on the relay. With pings off the tracker is never
                 // polled; the interval does not matter then.

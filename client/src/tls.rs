@@ -149,13 +149,15 @@ impl ServerCertVerifier for PinnedCertificate {
     }
 }
 
-/// The quinn client config for the server connection.
-pub(crate) fn server_client_config(
+/// The rustls client config for the server connection: TLS 1.3, ALPN `peergroup/1`,
+/// the client's identity as its certificate, the server checked as `trust` says. QUIC
+/// wraps it ([`server_client_config`]); the WebSocket fallback uses it as it is, so both
+/// carriers trust and identify the same way.
+pub(crate) fn server_tls_config(
     trust: &ServerTrust,
     identity: &ClientIdentity,
-    transport: Arc<quinn::TransportConfig>,
     refused: &RefusedCertificate,
-) -> Result<quinn::ClientConfig, ConnectError> {
+) -> Result<rustls::ClientConfig, ConnectError> {
     let provider = provider();
     let tls_error = |e: rustls::Error| ConnectError::TlsSetup(e.to_string());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -187,6 +189,14 @@ pub(crate) fn server_client_config(
         .with_client_auth_cert(vec![identity.certificate.clone()], identity.key.clone_key())
         .map_err(tls_error)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(tls)
+}
+
+/// The quinn client config for the server connection, around [`server_tls_config`]'s.
+pub(crate) fn server_client_config(
+    tls: rustls::ClientConfig,
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ClientConfig, ConnectError> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
         .map_err(|e| ConnectError::TlsSetup(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -203,12 +213,41 @@ pub(crate) fn server_client_config(
 #[doc(hidden)]
 pub fn raw_quic_client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, ConnectError> {
     let identity = ClientIdentity::generate()?;
-    server_client_config(
-        trust,
-        &identity,
-        Arc::new(quinn::TransportConfig::default()),
-        &RefusedCertificate::default(),
-    )
+    let tls = server_tls_config(trust, &identity, &RefusedCertificate::default())?;
+    server_client_config(tls, Arc::new(quinn::TransportConfig::default()))
+}
+
+/// A rustls client config for the server's WebSocket listener with a fresh identity, or
+/// with no client certificate at all when `with_identity` is false: for conformance
+/// tests that speak the wire protocol by hand. Not part of the supported API.
+///
+/// # Errors
+/// [`ConnectError::TlsSetup`] when the config cannot be built.
+#[doc(hidden)]
+pub fn raw_tls_client_config(
+    trust: &ServerTrust,
+    with_identity: bool,
+) -> Result<rustls::ClientConfig, ConnectError> {
+    let identity = ClientIdentity::generate()?;
+    let mut tls = server_tls_config(trust, &identity, &RefusedCertificate::default())?;
+    if !with_identity {
+        let Some(expected) = trust.pinned() else {
+            return Err(ConnectError::TlsSetup("pinned trust only".into()));
+        };
+        let provider = provider();
+        tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| ConnectError::TlsSetup(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+                expected,
+                signatures: Signatures::new(provider),
+                refused: RefusedCertificate::default(),
+            }))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+    }
+    Ok(tls)
 }
 
 /// The identities the client accepts direct connections from: peers it is punching with

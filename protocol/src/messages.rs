@@ -328,6 +328,10 @@ pub enum ClientToServer {
         /// Frames read from the server's main stream since login.
         frames: u64,
     },
+    /// An unreliable relay upload as a frame, on a WebSocket (which has no datagrams;
+    /// issue 14). The server refuses it on QUIC. Its guarantees stay a datagram's: the
+    /// client drops it rather than queue it behind a backlog.
+    Datagram(ClientDatagram),
 }
 
 /// The first frame of a connection that resumes a session: [`ClientToServer::Resume`].
@@ -383,6 +387,7 @@ impl ClientToServer {
             ClientToServer::LinkReport { .. } => "a link report",
             ClientToServer::Resume(_) => "a resume",
             ClientToServer::Received { .. } => "a receipt",
+            ClientToServer::Datagram(_) => "a datagram frame",
         }
     }
 
@@ -400,7 +405,8 @@ impl ClientToServer {
             | ClientToServer::PathReport { .. }
             | ClientToServer::TimeRequest { .. }
             | ClientToServer::LinkReport { .. }
-            | ClientToServer::Received { .. } => ClientStream::Control,
+            | ClientToServer::Received { .. }
+            | ClientToServer::Datagram(_) => ClientStream::Control,
         }
     }
 }
@@ -609,6 +615,11 @@ pub enum ServerToClient {
         /// Frames read from the client's main stream since login.
         frames: u64,
     },
+    /// A relayed unreliable message as a frame, to a client on a WebSocket (which has no
+    /// datagrams; issue 14). Counted like every frame of the stream; the server drops it
+    /// rather than queue it behind a backlog, so it stays at most once and never older
+    /// than one delivered for sequenced lanes.
+    Datagram(ServerDatagram),
 }
 
 /// Why the server refused to relay a message.

@@ -162,6 +162,7 @@ fn client_to_server_variant(message: &ClientToServer) -> u32 {
         ClientToServer::LinkReport { .. } => 8,
         ClientToServer::Resume(_) => 9,
         ClientToServer::Received { .. } => 10,
+        ClientToServer::Datagram(_) => 11,
     }
 }
 
@@ -181,6 +182,7 @@ fn server_to_client_variant(message: &ServerToClient) -> u32 {
         ServerToClient::ResumeToken { .. } => 11,
         ServerToClient::Resumed { .. } => 12,
         ServerToClient::Received { .. } => 13,
+        ServerToClient::Datagram(_) => 14,
     }
 }
 
@@ -511,11 +513,26 @@ fn client_to_server_frames() {
             ClientToServer::Received { frames: 300 },
             vec![0x00, 0x00, 0x00, 0x03, 0x0a, 0xac, 0x02],
         ),
+        (
+            // Variant 11, then the datagram's own encoding as it is.
+            "Datagram",
+            ClientToServer::Datagram(ClientDatagram::Relay {
+                group: None,
+                to_server: true,
+                lane: DatagramLane::Plain,
+                server_seq: 0,
+                dests: Vec::new(),
+                payload: Bytes::from_static(b"x"),
+            }),
+            vec![
+                0x00, 0x00, 0x00, 0x09, 0x0b, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, b'x',
+            ],
+        ),
     ];
     for (name, message, expected) in &cases {
         check_frame(name, message, expected);
     }
-    assert_covers(&cases, client_to_server_variant, 11, 4);
+    assert_covers(&cases, client_to_server_variant, 12, 4);
 }
 
 #[test]
@@ -831,11 +848,25 @@ fn server_to_client_frames() {
             ServerToClient::Received { frames: u64::MAX },
             cat(&[&[0x00, 0x00, 0x00, 0x0b, 0x0d], &U64_MAX]),
         ),
+        (
+            // Variant 14, then the datagram's own encoding as it is.
+            "Datagram",
+            ServerToClient::Datagram(ServerDatagram::Deliver {
+                from: HostId::SERVER,
+                group: None,
+                lane: DatagramLane::Plain,
+                seq: 0,
+                payload: Bytes::from_static(b"x"),
+            }),
+            vec![
+                0x00, 0x00, 0x00, 0x08, 0x0e, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, b'x',
+            ],
+        ),
     ];
     for (name, message, expected) in &cases {
         check_frame(name, message, expected);
     }
-    assert_covers(&cases, server_to_client_variant, 14, 4);
+    assert_covers(&cases, server_to_client_variant, 15, 4);
 }
 
 #[test]

@@ -24,6 +24,26 @@ pub struct ServerConfig {
     pub admission: Admission,
     /// Session resume: how long a client whose connection was lost is kept.
     pub resume: ResumeConfig,
+    /// Where the WebSocket-over-TLS fallback listens (TCP), for clients whose network
+    /// blocks UDP. Default [`WebSocketListen::SamePort`].
+    pub websocket: WebSocketListen,
+}
+
+/// The TCP listener of the WebSocket fallback (issue 14; ARCHITECTURE.md, "Fallback over
+/// WebSocket"): WebSocket (RFC 6455) over TLS 1.3 with the server's certificate, clients
+/// identified by their certificate as on QUIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WebSocketListen {
+    /// On the QUIC listener's IP address and port number, over TCP (the default). When
+    /// the OS picked the UDP port (`listen` port 0) and TCP has that number taken, on
+    /// another free port ([`crate::Server::websocket_addr`] says which).
+    #[default]
+    SamePort,
+    /// On this TCP address (port 0 picks a free one; [`crate::Server::websocket_addr`]
+    /// says which).
+    At(SocketAddr),
+    /// No WebSocket listener: clients need UDP.
+    Off,
 }
 
 /// Session resume (ARCHITECTURE.md, "Resume"): a client whose connection ends without a
@@ -67,6 +87,7 @@ impl ServerConfig {
             punch: PunchConfig::default(),
             admission: Admission::default(),
             resume: ResumeConfig::default(),
+            websocket: WebSocketListen::default(),
         }
     }
 

@@ -6,19 +6,22 @@
 use crate::admission::{lock as lock_admission, Admission, ClientSlot, HandshakeSlot, Refusal};
 use crate::auth::{AuthDecision, AuthHook, LoginRequest};
 use crate::events::{DisconnectReason, ServerEvent};
-use crate::outbound::{OutboundQueue, OutboundReceiver, Outgoing};
+use crate::outbound::OutboundQueue;
 use crate::registry::ProtocolViolation;
 use crate::shared::{close_with, Core, Handoff, Link, Offline, Shared};
-use bytes::{Bytes, BytesMut};
+use crate::wire::{Wire, WireSend};
+use crate::writer::{lock_unconfirmed, write_frames, WriterEnd};
+use bytes::Bytes;
 use peergroup_protocol::{
     decode_body, decode_client_datagram, decode_client_frame, frame_to_bytes, peek_hello_version,
-    ClientStream, ClientToServer, CloseCode, Hello, HostId, Resume, ServerToClient, Unconfirmed,
-    LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
+    ClientStream, ClientToServer, CloseCode, Fingerprint, Hello, HostId, Resume, ServerToClient,
+    Unconfirmed, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
 };
 use peergroup_transport::{
-    close, finish_stream, peer_fingerprint, read_datagram_batch, ConnectionEnd, FrameReader,
-    ReadEnd, WRITE_BATCH_BYTES,
+    peer_fingerprint, read_datagram_batch, CarrierSource, ConnectionEnd, FrameReader, ReadEnd,
+    Transport,
 };
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -31,13 +34,24 @@ pub(crate) async fn serve(
     auth: AuthHook,
 ) {
     let remote = incoming.remote_address();
-    let handshake = shared.handshake;
     let close_reason = Arc::new(OnceLock::new());
     let accepted = tokio::time::timeout(
-        handshake,
+        shared.handshake,
         accept(&shared, incoming, &auth, close_reason.clone(), slot),
     )
     .await;
+    run(shared, remote, accepted, close_reason).await;
+}
+
+/// A connection's life after its handshake, on either carrier (`accepted` is the
+/// handshake, hello and auth's outcome): its reading until it ends, then what becomes of
+/// its host.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    accepted: Result<Result<Accepted, String>, tokio::time::error::Elapsed>,
+    close_reason: Arc<OnceLock<DisconnectReason>>,
+) {
     let (host, connection, recv, _client_slot, generation) = match accepted {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(error)) => {
@@ -53,13 +67,23 @@ pub(crate) async fn serve(
             return;
         }
     };
-    tracing::info!(%host, %remote, generation, "client connected");
+    let transport = connection.transport();
+    tracing::info!(%host, %remote, generation, %transport, "client connected");
 
-    let end = tokio::select! {
-        end = read_stream(&shared, (host, generation), recv, &connection, ClientStream::Main) => end,
-        end = read_control(&shared, (host, generation), &connection) => end,
-        end = read_datagrams(&shared, (host, generation), &connection) => end,
-        _ = shared.shutdown.cancelled() => ReadEnd::Connection(quinn::ConnectionError::LocallyClosed),
+    let id = (host, generation);
+    let shutdown = ReadEnd::Ended(ConnectionEnd::LocallyClosed);
+    let end = match &connection {
+        Wire::Quic(quic) => tokio::select! {
+            end = read_stream(&shared, id, recv, &connection, Some(ClientStream::Main)) => end,
+            end = read_control(&shared, id, quic, &connection) => end,
+            end = read_datagrams(&shared, id, quic) => end,
+            _ = shared.shutdown.cancelled() => shutdown,
+        },
+        // One stream carries everything (ARCHITECTURE.md, "Fallback over WebSocket").
+        Wire::WebSocket(_) => tokio::select! {
+            end = read_stream(&shared, id, recv, &connection, None) => end,
+            _ = shared.shutdown.cancelled() => shutdown,
+        },
     };
     let reason = match end {
         ReadEnd::Violation(code, text) => {
@@ -77,14 +101,14 @@ pub(crate) async fn serve(
         ReadEnd::Connection(error) => close_reason
             .get()
             .cloned()
-            .unwrap_or_else(|| disconnect_reason(&shared, error)),
+            .unwrap_or_else(|| disconnect_reason(&shared, (&error).into())),
+        ReadEnd::Ended(end) => close_reason
+            .get()
+            .cloned()
+            .unwrap_or_else(|| disconnect_reason(&shared, end)),
     };
     if shared.shutdown.is_cancelled() {
-        close(
-            &connection,
-            CloseCode::ServerShutdown,
-            "server shutting down",
-        );
+        connection.close(CloseCode::ServerShutdown, "server shutting down");
     }
     // What becomes of the host: kept offline for a resume, removed, or left to the
     // connection that replaced this one.
@@ -177,8 +201,8 @@ async fn remove(shared: &Shared, host: HostId, generation: u64, reason: Disconne
         .await;
 }
 
-fn disconnect_reason(shared: &Shared, error: quinn::ConnectionError) -> DisconnectReason {
-    match ConnectionEnd::from(&error) {
+fn disconnect_reason(shared: &Shared, end: ConnectionEnd) -> DisconnectReason {
+    match end {
         _ if shared.shutdown.is_cancelled() => DisconnectReason::ServerShutdown,
         ConnectionEnd::PeerClosed { reason, .. } => DisconnectReason::ClientClosed { reason },
         ConnectionEnd::TimedOut => DisconnectReason::TimedOut,
@@ -187,7 +211,7 @@ fn disconnect_reason(shared: &Shared, error: quinn::ConnectionError) -> Disconne
     }
 }
 
-/// Handshake, hello and auth; registers the client and starts its writer.
+/// The QUIC handshake, then the hello (`admit` does the rest).
 async fn accept(
     shared: &Arc<Shared>,
     incoming: quinn::Incoming,
@@ -203,74 +227,145 @@ async fn accept(
         Err(_) => return Err("TLS handshake timed out".into()),
     };
     let identity = peer_fingerprint(&connection).ok_or("no client certificate")?;
-    let source = connection.remote_address().ip();
-    let refuse = |code: CloseCode, text: String| {
-        let reason = DisconnectReason::ProtocolError {
-            detail: text.clone(),
+    let wire = Wire::Quic(connection.clone());
+    check_full(shared, &wire, &close_reason)?;
+    // Until the client is logged in its datagrams are read and dropped, so quinn holds
+    // none of them for it.
+    let login = async {
+        let hello = tokio::time::timeout_at(hello_deadline, read_hello(&connection, admission));
+        let (send, recv, body) = hello_or_refusal(shared, &wire, &close_reason, hello.await)?;
+        let opened = Opened {
+            wire: wire.clone(),
+            send: WireSend::Quic(send),
+            recv,
+            body,
+            identity,
         };
-        close_with(&connection, &close_reason, code, reason, &text);
-        text
+        admit(shared, opened, auth, close_reason.clone()).await
     };
-    // A full server spends nothing more on the connection: no hello, no auth hook.
+    tokio::select! {
+        login = login => login,
+        never = drop_datagrams(&connection) => match never {},
+    }
+}
+
+/// A full server spends nothing more on a connection: no hello, no auth hook.
+///
+/// # Errors
+/// The refusal's text, once the connection is closed with `ServerFull`.
+pub(crate) fn check_full(
+    shared: &Shared,
+    wire: &Wire,
+    close_reason: &OnceLock<DisconnectReason>,
+) -> Result<(), String> {
+    let source = wire.remote_address().ip();
     if let Err(refusal) = lock_admission(&shared.admission).check_login(source) {
         shared.counters.refused_full();
         let text = refusal.to_string();
         close_with(
-            &connection,
-            &close_reason,
+            wire,
+            close_reason,
             CloseCode::ServerFull,
             DisconnectReason::Kicked,
             &text,
         );
         return Err(text);
     }
-    // Until the client is logged in its datagrams are read and dropped, so quinn holds
-    // none of them for it.
-    let login = async {
-        let hello = tokio::time::timeout_at(hello_deadline, read_hello(&connection, admission));
-        let (send, recv, body) = match hello.await {
-            Ok(Ok(hello)) => hello,
-            Ok(Err(ReadEnd::Violation(code, text))) => return Err(refuse(code, text)),
-            Ok(Err(ReadEnd::Connection(error))) => return Err(error.to_string()),
-            Err(_) => {
-                let text = format!(
-                    "no hello within {:?} of connecting",
-                    admission.hello_timeout
-                );
-                return Err(refuse(CloseCode::HandshakeTimeout, text));
-            }
-        };
-        let login = match check_hello(&body).map_err(|(code, text)| refuse(code, text))? {
-            Opening::Hello(login) => login,
-            // A resume is proven by its token and identity: no auth hook.
-            Opening::Resume(resume) => return Ok((send, recv, Err(resume))),
-        };
-        let request = LoginRequest {
-            remote_addr: connection.remote_address(),
-            identity,
-            login: login.clone(),
-        };
-        Ok((send, recv, Ok((login, auth.decide(request).await))))
+    Ok(())
+}
+
+/// The outcome of reading a hello within its deadline; a violation or a timeout closes
+/// the connection with its code.
+///
+/// # Errors
+/// What went wrong, as text.
+pub(crate) fn hello_or_refusal<T>(
+    shared: &Shared,
+    wire: &Wire,
+    close_reason: &OnceLock<DisconnectReason>,
+    hello: Result<Result<T, ReadEnd>, tokio::time::error::Elapsed>,
+) -> Result<T, String> {
+    match hello {
+        Ok(Ok(hello)) => Ok(hello),
+        Ok(Err(ReadEnd::Violation(code, text))) => Err(refuse(wire, close_reason, code, text)),
+        Ok(Err(ReadEnd::Connection(error))) => Err(error.to_string()),
+        Ok(Err(ReadEnd::Ended(end))) => Err(format!("{end:?}")),
+        Err(_) => {
+            let text = format!(
+                "no hello within {:?} of connecting",
+                shared.admission_config.hello_timeout
+            );
+            Err(refuse(
+                wire,
+                close_reason,
+                CloseCode::HandshakeTimeout,
+                text,
+            ))
+        }
+    }
+}
+
+/// Closes `wire` with `code` and `text` as a protocol error, and returns the text.
+fn refuse(
+    wire: &Wire,
+    close_reason: &OnceLock<DisconnectReason>,
+    code: CloseCode,
+    text: String,
+) -> String {
+    let reason = DisconnectReason::ProtocolError {
+        detail: text.clone(),
     };
-    let (send, mut recv, opening) = tokio::select! {
-        login = login => login?,
-        never = drop_datagrams(&connection) => match never {},
-    };
-    let (login, decision) = match opening {
-        Ok(login) => login,
-        Err(resume) => {
-            return resume_session(
-                shared,
-                connection,
+    close_with(wire, close_reason, code, reason, &text);
+    text
+}
+
+/// A connection whose first frame has been read, on either carrier.
+pub(crate) struct Opened {
+    pub wire: Wire,
+    pub send: WireSend,
+    pub recv: FrameReader<CarrierSource>,
+    /// The first frame: a hello or a resume.
+    pub body: Bytes,
+    /// The client certificate's SHA-256.
+    pub identity: Fingerprint,
+}
+
+/// The hello (or resume) and auth hook; registers the client and starts its writer.
+pub(crate) async fn admit(
+    shared: &Arc<Shared>,
+    opened: Opened,
+    auth: &AuthHook,
+    close_reason: Arc<OnceLock<DisconnectReason>>,
+) -> Result<Accepted, String> {
+    let Opened {
+        wire,
+        send,
+        mut recv,
+        body,
+        identity,
+    } = opened;
+    let source = wire.remote_address().ip();
+    let login = match check_hello(&body) {
+        Ok(Opening::Hello(login)) => login,
+        // A resume is proven by its token and identity: no auth hook.
+        Ok(Opening::Resume(resume)) => {
+            let opened = Opened {
+                wire,
                 send,
                 recv,
-                resume,
+                body,
                 identity,
-                close_reason,
-            )
-            .await;
+            };
+            return resume_session(shared, opened, resume, close_reason).await;
         }
+        Err((code, text)) => return Err(refuse(&wire, &close_reason, code, text)),
     };
+    let request = LoginRequest {
+        remote_addr: wire.remote_address(),
+        identity,
+        login: login.clone(),
+    };
+    let decision = auth.decide(request).await;
     // From here on the client's frames may be as long as any.
     recv.set_max(shared.limits.max_frame_len());
     let app_data = match decision {
@@ -279,7 +374,7 @@ async fn accept(
             shared.counters.auth_rejected();
             let code = CloseCode::AuthRejected;
             close_with(
-                &connection,
+                &wire,
                 &close_reason,
                 code,
                 DisconnectReason::Kicked,
@@ -298,7 +393,7 @@ async fn accept(
         );
         tracing::error!(%text, "login refused");
         close_with(
-            &connection,
+            &wire,
             &close_reason,
             CloseCode::AuthRejected,
             DisconnectReason::Kicked,
@@ -325,9 +420,9 @@ async fn accept(
     )));
     let (handoff, handoffs) = tokio::sync::mpsc::channel(1);
     let link = Link {
-        connection: connection.clone(),
+        wire: wire.clone(),
         outbound,
-        remote_addr: connection.remote_address(),
+        remote_addr: wire.remote_address(),
         identity,
         login,
         connected_at: std::time::SystemTime::now(),
@@ -351,9 +446,11 @@ async fn accept(
             Ok(slot) => slot,
             Err(refusal) => return Err((Box::new(link), refusal.text())),
         };
-        let host =
-            core.registry
-                .handle_connect(identity, connection.remote_address(), app_data.clone());
+        let host = core
+            .registry
+            .handle_connect(identity, wire.remote_address(), app_data.clone());
+        core.registry
+            .set_relay_only(host, wire.transport() == Transport::WebSocket);
         let welcome = ServerToClient::Welcome {
             version: PROTOCOL_VERSION,
             host_id: host,
@@ -381,12 +478,12 @@ async fn accept(
     };
     shared.events.push_lifecycle(ServerEvent::ClientConnected {
         host,
-        remote_addr: connection.remote_address(),
+        remote_addr: wire.remote_address(),
         app_data,
     });
     let end = WriterEnd {
         shared: shared.clone(),
-        connection: connection.clone(),
+        wire: wire.clone(),
         close_reason: registered_close_reason,
     };
     tokio::spawn(write_frames(
@@ -397,13 +494,13 @@ async fn accept(
         unconfirmed,
         handoffs,
     ));
-    open_logged_in(shared, &connection);
-    Ok((host, connection, recv, client_slot, 1))
+    open_logged_in(shared, &wire);
+    Ok((host, wire, recv, client_slot, 1))
 }
 
 /// A connection that logged in or resumed: its host, its main stream's reader, its
 /// place among the logged-in clients and which of the host's connections it is.
-type Accepted = (HostId, quinn::Connection, FrameReader, ClientSlot, u64);
+pub(crate) type Accepted = (HostId, Wire, FrameReader<CarrierSource>, ClientSlot, u64);
 
 /// Gives `host` a resume token and queues it for the client (`link` is not registered
 /// yet, or is the host's), unless the system has no randomness: then the host cannot
@@ -431,7 +528,12 @@ fn window_ms(shared: &Shared) -> u32 {
 /// and open its control stream. The connection's window is the main stream's plus room
 /// for the control stream: a main stream the server has stopped reading must not use up
 /// the connection's flow-control credit, or the acks behind it could not be sent at all.
-fn open_logged_in(shared: &Shared, connection: &quinn::Connection) {
+/// A WebSocket has no such windows: TCP's own flow control and the reader's pauses
+/// stand in for them.
+fn open_logged_in(shared: &Shared, wire: &Wire) {
+    let Wire::Quic(connection) = wire else {
+        return;
+    };
     let window = shared
         .limits
         .client_receive_window
@@ -446,22 +548,23 @@ fn open_logged_in(shared: &Shared, connection: &quinn::Connection) {
 /// the `Resumed` answer and every frame the client did not read, then goes on with its
 /// queue. A refusal closes the new connection with `ResumeRefused` and changes nothing;
 /// a host whose frames were no longer held is removed.
+///
+/// The new connection may use the other carrier than the lost one (QUIC after WebSocket or
+/// the reverse): the writer, the replay and the registry do not depend on it.
 async fn resume_session(
     shared: &Arc<Shared>,
-    connection: quinn::Connection,
-    send: quinn::SendStream,
-    mut recv: FrameReader,
+    opened: Opened,
     resume: Resume,
-    identity: peergroup_protocol::Fingerprint,
     close_reason: Arc<OnceLock<DisconnectReason>>,
 ) -> Result<Accepted, String> {
-    let refuse = |code: CloseCode, text: String| {
-        let reason = DisconnectReason::ProtocolError {
-            detail: text.clone(),
-        };
-        close_with(&connection, &close_reason, code, reason, &text);
-        text
-    };
+    let Opened {
+        wire: connection,
+        send,
+        mut recv,
+        identity,
+        ..
+    } = opened;
+    let refuse = |code: CloseCode, text: String| refuse(&connection, &close_reason, code, text);
     let source = connection.remote_address().ip();
     let slot = ClientSlot::login(&shared.admission, source)
         .map_err(|refusal| refuse(CloseCode::ServerFull, refusal.text().to_string()))?;
@@ -493,7 +596,7 @@ async fn resume_session(
             .map_err(|error| error.to_string())?;
         let (done, replayed) = tokio::sync::oneshot::channel();
         let handoff = Handoff {
-            connection: connection.clone(),
+            wire: connection.clone(),
             send,
             reply,
             from: resume.received,
@@ -507,7 +610,7 @@ async fn resume_session(
         let offline_since = link.offline.take().map(|offline| offline.since);
         if offline_since.is_none() {
             close_with(
-                &link.connection,
+                &link.wire,
                 &link.close_reason,
                 CloseCode::Replaced,
                 DisconnectReason::ConnectionLost {
@@ -516,8 +619,10 @@ async fn resume_session(
                 "replaced by a resumed connection",
             );
         }
-        link.connection = connection.clone();
+        link.wire = connection.clone();
         link.remote_addr = remote;
+        core.registry
+            .set_relay_only(host, connection.transport() == Transport::WebSocket);
         link.close_reason = close_reason.clone();
         link.generation += 1;
         Ok((replayed, link.generation, offline_since))
@@ -565,9 +670,9 @@ const CONTROL_WINDOW: u32 = 64 << 10;
 async fn read_hello(
     connection: &quinn::Connection,
     admission: Admission,
-) -> Result<(quinn::SendStream, FrameReader, Bytes), ReadEnd> {
+) -> Result<(quinn::SendStream, FrameReader<CarrierSource>, Bytes), ReadEnd> {
     let (send, recv) = connection.accept_bi().await?;
-    let mut recv = FrameReader::new(recv, admission.max_hello_len);
+    let mut recv = FrameReader::new(CarrierSource::Quic(recv), admission.max_hello_len);
     match recv.next().await? {
         Some(body) => Ok((send, recv, body)),
         None => Err(ReadEnd::Violation(
@@ -633,155 +738,6 @@ async fn drop_datagrams(connection: &quinn::Connection) -> std::convert::Infalli
     std::future::pending().await
 }
 
-/// What the writer needs to end a connection itself when the server drains.
-struct WriterEnd {
-    shared: Arc<Shared>,
-    connection: quinn::Connection,
-    close_reason: Arc<OnceLock<DisconnectReason>>,
-}
-
-impl WriterEnd {
-    /// Graceful shutdown (`drain.rs`): the queue is empty, so finish the stream and close
-    /// the connection with `ServerShutdown` once the client has acknowledged all of it (or
-    /// at the drain deadline).
-    async fn finish(self, mut send: quinn::SendStream) {
-        let deadline = self.shared.drain.deadline();
-        let _ = tokio::time::timeout_at(deadline, finish_stream(&mut send)).await;
-        close_with(
-            &self.connection,
-            &self.close_reason,
-            CloseCode::ServerShutdown,
-            DisconnectReason::ServerShutdown,
-            "server shutting down",
-        );
-    }
-}
-
-/// Writes queued frames in order, several at a time. Once the server drains, it finishes
-/// the stream after the last queued frame (see [`WriterEnd::finish`]).
-///
-/// It outlives a lost connection (ARCHITECTURE.md, "Resume"): every batch is recorded in
-/// `unconfirmed` before it is handed to the stream, and when the stream fails the writer
-/// stops taking frames (the queue keeps them) until a resumed connection's stream comes
-/// in a [`Handoff`], or the host is removed (the sender of `handoffs` goes with its
-/// link, and the queue with this task).
-async fn write_frames(
-    send: quinn::SendStream,
-    mut queued: OutboundReceiver,
-    mut end: WriterEnd,
-    max_frame: u32,
-    unconfirmed: Arc<Mutex<Unconfirmed>>,
-    mut handoffs: tokio::sync::mpsc::Receiver<Box<Handoff>>,
-) {
-    let mut batch = Vec::with_capacity(64);
-    let mut merged = BytesMut::new();
-    let mut send = Some(send);
-    loop {
-        let Some(stream) = send.as_mut() else {
-            // The connection is gone: wait for a resumed one.
-            match handoffs.recv().await {
-                Some(handoff) => send = take_over(*handoff, &mut end, &unconfirmed).await,
-                None => return,
-            }
-            continue;
-        };
-        if end.shared.drain.is_started() && queued.is_empty() {
-            if let Some(stream) = send.take() {
-                end.finish(stream).await;
-            }
-            return;
-        }
-        // A few tens of KiB at a time (see `WRITE_BATCH_BYTES`).
-        tokio::select! {
-            biased;
-            handoff = handoffs.recv() => {
-                // A resume replaced a half-open connection.
-                match handoff {
-                    Some(handoff) => send = take_over(*handoff, &mut end, &unconfirmed).await,
-                    None => return,
-                }
-                continue;
-            }
-            () = queued.recv_many(&mut batch, 64, WRITE_BATCH_BYTES) => {}
-            // Nothing is taken from the queue until recv_many returns, so dropping it here
-            // loses nothing.
-            () = end.shared.drain.started.cancelled() => continue,
-        }
-        let bytes = batch.iter().map(Outgoing::len).sum();
-        let frames = batch.len() as u64;
-        // Relayed messages are encoded only now, outside the lock, into the batch's one
-        // buffer (see `write_batch`).
-        for frame in batch.drain(..) {
-            if let Err(error) = frame.write_to(&mut merged, max_frame) {
-                tracing::error!(%error, "frame not sent");
-            }
-        }
-        let chunk = merged.split().freeze();
-        // Kept (a reference to the same buffer) until the client confirms it, so a
-        // resume can send it again.
-        lock_unconfirmed(&unconfirmed).record(frames, chunk.clone());
-        if stream.write_chunk(chunk).await.is_err() {
-            send = None;
-        }
-        queued.written(bytes);
-    }
-}
-
-fn lock_unconfirmed(unconfirmed: &Mutex<Unconfirmed>) -> std::sync::MutexGuard<'_, Unconfirmed> {
-    unconfirmed
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Takes a resumed connection's stream: the `Resumed` answer, then every frame the client
-/// did not read, go first. `None` when the frames are no longer held (the resume is
-/// refused and the host removed).
-async fn take_over(
-    handoff: Handoff,
-    end: &mut WriterEnd,
-    unconfirmed: &Mutex<Unconfirmed>,
-) -> Option<quinn::SendStream> {
-    let Handoff {
-        connection,
-        mut send,
-        reply,
-        from,
-        close_reason,
-        done,
-    } = handoff;
-    let (replay, sent) = {
-        let mut unconfirmed = lock_unconfirmed(unconfirmed);
-        (unconfirmed.replay_from(from), unconfirmed.sent())
-    };
-    let replay = match replay {
-        Ok(replay) => {
-            let bytes: usize = replay.iter().map(Bytes::len).sum();
-            tracing::info!(
-                from,
-                sent,
-                bytes,
-                "sending again what the client did not read"
-            );
-            let _ = done.send(Ok(()));
-            replay
-        }
-        Err(gap) => {
-            let _ = done.send(Err(gap));
-            return None;
-        }
-    };
-    end.connection = connection;
-    end.close_reason = close_reason;
-    // A failure shows on the next write, which then waits for another resume.
-    let _ = send.write_chunk(reply).await;
-    for chunk in replay {
-        if send.write_chunk(chunk).await.is_err() {
-            break;
-        }
-    }
-    Some(send)
-}
-
 /// Frames taken from one read at most, handled under one lock: enough to share the
 /// lock's cost across a burst, few enough to keep other clients' waits short.
 const FRAMES_PER_TURN: usize = 64;
@@ -793,16 +749,18 @@ async fn read_control(
     shared: &Shared,
     host: (HostId, u64),
     connection: &quinn::Connection,
+    wire: &Wire,
 ) -> ReadEnd {
     let recv = match connection.accept_uni().await {
         Ok(recv) => recv,
         Err(error) => return error.into(),
     };
-    let recv = FrameReader::new(recv, shared.limits.max_frame_len());
-    read_stream(shared, host, recv, connection, ClientStream::Control).await
+    let recv = FrameReader::new(CarrierSource::Quic(recv), shared.limits.max_frame_len());
+    read_stream(shared, host, recv, wire, Some(ClientStream::Control)).await
 }
 
-/// Reads one of a client's streams until it ends; `stream` says which frames belong on it.
+/// Reads one of a client's streams until it ends; `stream` says which frames belong on it
+/// (`None`: a WebSocket, which carries the frames of both streams and datagram frames).
 /// Every frame one read brought is handled under one lock and with one clock reading, and
 /// what they caused is sent (and, on the main stream, waited on) once: that wait is where
 /// a sender is paused while the receivers of its messages drain. `(host, generation)`
@@ -811,9 +769,9 @@ async fn read_control(
 async fn read_stream(
     shared: &Shared,
     (host, generation): (HostId, u64),
-    mut recv: FrameReader,
-    connection: &quinn::Connection,
-    stream: ClientStream,
+    mut recv: FrameReader<CarrierSource>,
+    wire: &Wire,
+    stream: Option<ClientStream>,
 ) -> ReadEnd {
     let mut bodies = Vec::with_capacity(FRAMES_PER_TURN);
     loop {
@@ -822,8 +780,8 @@ async fn read_stream(
             Ok(None) => {
                 // A client that is leaving finishes its streams after its last frames,
                 // so all of them have been read; its close follows.
-                return match tokio::time::timeout(shared.handshake, connection.closed()).await {
-                    Ok(error) => ReadEnd::Connection(error),
+                return match tokio::time::timeout(shared.handshake, wire.closed()).await {
+                    Ok(end) => ReadEnd::Ended(end),
                     Err(_) => ReadEnd::Violation(
                         CloseCode::ProtocolViolation,
                         "stream finished without a close".into(),
@@ -855,10 +813,12 @@ async fn read_stream(
                 .try_for_each(|body| handle_frame(core, host, &body, stream, now))
         });
         match stream {
-            ClientStream::Main => shared.settle(deferred).await,
+            // On a WebSocket the one stream is paused too: its acks then wait with its
+            // messages (ARCHITECTURE.md, "Fallback over WebSocket").
+            Some(ClientStream::Main) | None => shared.settle(deferred).await,
             // Control frames cause notices only, which never wait: pausing this stream
             // on a backlogged receiver would hold the acks back again.
-            ClientStream::Control => drop(deferred),
+            Some(ClientStream::Control) => drop(deferred),
         }
         if let Some(end) = handled.err().or(ended) {
             return end;
@@ -867,20 +827,24 @@ async fn read_stream(
 }
 
 /// One frame of a client's stream `stream`, under the lock: decoded, checked against the
-/// stream it came on (which the registry does not know), and handed to the registry.
+/// stream it came on (which the registry does not know), and handed to the registry. On
+/// a WebSocket (`stream` is `None`) every frame a QUIC client may send on either stream
+/// is taken, and datagram frames too; on QUIC a datagram frame is a violation.
 fn handle_frame(
     core: &mut Core,
     host: HostId,
     body: &Bytes,
-    stream: ClientStream,
+    stream: Option<ClientStream>,
     now: Instant,
 ) -> Result<(), ReadEnd> {
     let frame = decode_client_frame(body)?;
-    if frame.stream() != stream {
-        return Err(ReadEnd::Violation(
-            CloseCode::ProtocolViolation,
-            format!("{} on the {}", frame.name(), stream.name()),
-        ));
+    if let Some(stream) = stream {
+        if frame.stream() != stream || matches!(frame, ClientToServer::Datagram(_)) {
+            return Err(ReadEnd::Violation(
+                CloseCode::ProtocolViolation,
+                format!("{} on the {}", frame.name(), stream.name()),
+            ));
+        }
     }
     if let ClientToServer::Received { frames } = frame {
         // The client read this many of our frames: they need not be kept any more.

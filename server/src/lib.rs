@@ -62,11 +62,14 @@ mod registry;
 mod server;
 mod shared;
 mod tls;
+mod websocket;
+mod wire;
+mod writer;
 
 pub use admission::Admission;
 pub use app_events::ServerEvents;
 pub use auth::{AuthDecision, AuthHook, LoginRequest};
-pub use config::{Limits, ResumeConfig, ServerConfig, Timeouts};
+pub use config::{Limits, ResumeConfig, ServerConfig, Timeouts, WebSocketListen};
 pub use drain::DrainReport;
 pub use error::{GroupError, SendError};
 pub use events::{DisconnectReason, JoinAckError, LeaveAckError, ServerEvent};
@@ -78,6 +81,7 @@ pub use peergroup_protocol::{
     Delivery, Fingerprint, GroupId, HostId, ParseIdError, Priority, SendOptions,
 };
 pub use peergroup_protocol::{PairPath, PathReason};
+pub use peergroup_transport::Transport;
 pub use registry::{
     BatchError, ChangeOutcome, GroupInfo, GroupOptions, JoinOutcome, MembershipBatch,
     MembershipChange, PairStats, PunchConfig, PunchStart, PunchStats,

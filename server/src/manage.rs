@@ -39,8 +39,11 @@ pub struct HostInfo {
     pub relayed_pairs: u32,
     /// When it logged in (wall clock).
     pub connected_at: SystemTime,
-    /// Smoothed RTT of its server connection.
+    /// Smoothed RTT of its server connection (zero on WebSocket, where TCP hides it).
     pub rtt: Duration,
+    /// Its connection's carrier: QUIC, or the WebSocket fallback (whose pairs stay on
+    /// the relay).
+    pub transport: crate::Transport,
     /// Bytes waiting in the server's queue to this client (not yet handed to QUIC). Stays
     /// under twice `Limits::client_queue_bytes`: past that the client is disconnected.
     pub queued_bytes: usize,
@@ -320,7 +323,8 @@ fn host_info(core: &crate::shared::Core, host: HostId) -> Option<HostInfo> {
         direct_pairs: summary.direct_pairs,
         relayed_pairs: summary.relayed_pairs,
         connected_at: link.connected_at,
-        rtt: link.connection.rtt(),
+        rtt: link.wire.rtt(),
+        transport: link.wire.transport(),
         queued_bytes: link.outbound.queued_bytes(),
         notices_sent: summary.notices_sent,
         notices_acked: summary.notices_acked,

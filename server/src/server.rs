@@ -2,7 +2,7 @@
 
 use crate::app_events::{EventSink, ServerEvents};
 use crate::auth::AuthHook;
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, WebSocketListen};
 use crate::error::SendError;
 use crate::identity::IdentityError;
 use crate::metrics::{AckLatency, RelayByDelivery};
@@ -59,6 +59,9 @@ pub enum ServerTarget {
 pub struct ServerStats {
     /// Connected clients.
     pub clients: usize,
+    /// Of those, the ones connected over the WebSocket fallback (offline ones counted by
+    /// their last connection).
+    pub websocket_clients: usize,
     /// Groups.
     pub groups: usize,
     /// Pairs, lingering ones included.
@@ -149,6 +152,7 @@ impl Drop for ShutdownOnDrop {
 pub struct Server {
     pub(crate) shared: Arc<Shared>,
     local_addr: SocketAddr,
+    websocket_addr: Option<SocketAddr>,
     fingerprint: Fingerprint,
     _guard: Arc<ShutdownOnDrop>,
 }
@@ -260,12 +264,51 @@ impl Server {
             shutdown.clone(),
         ));
         let fingerprint = config.identity.fingerprint();
+        let websocket = match config.websocket {
+            WebSocketListen::Off => None,
+            WebSocketListen::SamePort => Some(local_addr),
+            WebSocketListen::At(addr) => Some(addr),
+        };
+        let websocket_addr = match websocket {
+            None => None,
+            Some(addr) => {
+                let bind_error = |source| StartError::Bind { addr, source };
+                let listener = match tokio::net::TcpListener::bind(addr).await {
+                    Ok(listener) => listener,
+                    // The OS picked the UDP port (`listen` port 0), so nobody can rely on
+                    // the number: when TCP has it taken, any free port will do
+                    // (`Server::websocket_addr` tells which). A port given on purpose
+                    // must be had.
+                    Err(_)
+                        if config.websocket == WebSocketListen::SamePort
+                            && config.listen.port() == 0 =>
+                    {
+                        let any = SocketAddr::new(addr.ip(), 0);
+                        tokio::net::TcpListener::bind(any)
+                            .await
+                            .map_err(bind_error)?
+                    }
+                    Err(source) => return Err(bind_error(source)),
+                };
+                let bound = listener.local_addr().map_err(bind_error)?;
+                let tls = crate::tls::websocket_tls_config(&config.identity)?;
+                tracing::info!(%bound, "WebSocket fallback listening");
+                tokio::spawn(crate::websocket::accept_loop(
+                    listener,
+                    Arc::new(tls),
+                    shared.clone(),
+                    auth.clone(),
+                ));
+                Some(bound)
+            }
+        };
         tracing::info!(%local_addr, %fingerprint, "peergroup server listening");
         tokio::spawn(accept_loop(endpoint, shared.clone(), auth));
         tokio::spawn(timer_loop(shared.clone()));
         let server = Server {
             shared,
             local_addr,
+            websocket_addr,
             fingerprint,
             _guard: Arc::new(ShutdownOnDrop(shutdown)),
         };
@@ -275,6 +318,12 @@ impl Server {
     /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound TCP address of the WebSocket fallback; `None` when it is
+    /// [`WebSocketListen::Off`].
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.websocket_addr
     }
 
     /// SHA-256 of the server certificate: what clients pin.
@@ -343,8 +392,8 @@ impl Server {
             if let Carrier::Datagram(_) = carrier {
                 for host in &hosts {
                     let max = core.links[host]
-                        .connection
-                        .max_datagram_size()
+                        .wire
+                        .max_datagram_size(self.shared.limits.max_frame_len())
                         .unwrap_or(0)
                         .saturating_sub(DATAGRAM_DELIVER_OVERHEAD);
                     if payload.len() > max {
@@ -398,8 +447,14 @@ impl Server {
         let driver = self.shared.counters.snapshot();
         let mut core = self.shared.lock();
         let counters = core.registry.counters();
+        let websocket_clients = core
+            .links
+            .values()
+            .filter(|link| link.wire.transport() == crate::Transport::WebSocket)
+            .count();
         ServerStats {
             clients: core.registry.host_count(),
+            websocket_clients,
             groups: core.registry.group_count(),
             pairs: core.registry.pair_count(),
             relayed: counters.relayed,

@@ -16,6 +16,7 @@ use crate::metrics::DriverCounters;
 use crate::notices::{NoticeFrames, PendingFrame};
 use crate::outbound::{Fill, OutboundQueue, Outgoing, Waits};
 use crate::registry::{punch_start_delays, Action, Registry};
+use crate::wire::{DatagramRefused, Wire, WireSend};
 use bytes::Bytes;
 use peergroup_protocol::{
     datagram_to_bytes, frame_to_bytes, CloseCode, DatagramLane, DeliverFrame, Fingerprint, HostId,
@@ -32,7 +33,8 @@ use tokio_util::sync::CancellationToken;
 /// One connected client as the drivers see it.
 #[derive(Debug)]
 pub(crate) struct Link {
-    pub connection: quinn::Connection,
+    /// Its connection, QUIC or WebSocket (`wire.rs`).
+    pub wire: Wire,
     pub outbound: OutboundQueue,
     pub remote_addr: SocketAddr,
     pub identity: Fingerprint,
@@ -62,8 +64,8 @@ pub(crate) struct Link {
 /// `from` on that it still holds, then goes on with its queue.
 #[derive(Debug)]
 pub(crate) struct Handoff {
-    pub connection: quinn::Connection,
-    pub send: quinn::SendStream,
+    pub wire: Wire,
+    pub send: WireSend,
     pub reply: Bytes,
     pub from: u64,
     /// The new connection's close reason, for the writer's own closes (a drain).
@@ -110,23 +112,23 @@ impl Link {
     /// Closes the connection, remembering why (the first reason wins). An offline host
     /// is removed instead (its connection is already gone).
     pub fn close(&self, code: CloseCode, reason: DisconnectReason, text: &str) {
-        close_with(&self.connection, &self.close_reason, code, reason, text);
+        close_with(&self.wire, &self.close_reason, code, reason, text);
         if let Some(offline) = &self.offline {
             offline.end();
         }
     }
 }
 
-/// Closes `connection` with `code` and readable `text`, recording `reason` first.
+/// Closes `wire` with `code` and readable `text`, recording `reason` first.
 pub(crate) fn close_with(
-    connection: &quinn::Connection,
+    wire: &Wire,
     close_reason: &OnceLock<DisconnectReason>,
     code: CloseCode,
     reason: DisconnectReason,
     text: &str,
 ) {
     let _ = close_reason.set(reason);
-    peergroup_transport::close(connection, code, text);
+    wire.close(code, text);
 }
 
 const SLOW_CONSUMER_TEXT: &str = "send queue overflow: the client did not read fast enough";
@@ -136,7 +138,7 @@ const SLOW_CONSUMER_TEXT: &str = "send queue overflow: the client did not read f
 struct Backlog {
     host: HostId,
     queue: OutboundQueue,
-    connection: quinn::Connection,
+    wire: Wire,
     close_reason: Arc<OnceLock<DisconnectReason>>,
 }
 
@@ -167,6 +169,9 @@ pub(crate) struct Shared {
     pub limits: Limits,
     /// TLS handshake, hello and auth hook together.
     pub handshake: Duration,
+    /// How long a connection may stay silent (`Timeouts::idle`): QUIC's idle timeout, and
+    /// the WebSocket reader's (`websocket.rs` pings at half of it).
+    pub idle: Duration,
     /// How long a backlogged receiver may take to drain before it is dropped.
     pub slow_consumer: Duration,
     /// Wakes the timer task when a new deadline may be earlier than the one it sleeps to.
@@ -210,6 +215,7 @@ impl Shared {
             events,
             limits,
             handshake,
+            idle: config.timeouts.idle,
             slow_consumer,
             timer: Notify::new(),
             link_removed: Notify::new(),
@@ -287,7 +293,7 @@ impl Shared {
             {
                 tracing::warn!(host = %backlog.host, "receiver stayed backlogged; disconnecting");
                 close_with(
-                    &backlog.connection,
+                    &backlog.wire,
                     &backlog.close_reason,
                     CloseCode::SlowConsumer,
                     DisconnectReason::SlowConsumer,
@@ -386,7 +392,7 @@ impl Shared {
                     sender,
                     message,
                 } => {
-                    let too_large = send_datagrams(core, to, message)
+                    let too_large = send_datagrams(core, to, message, self.limits.max_frame_len())
                         .into_iter()
                         .map(|pair| (pair, RefuseReason::TooLargeForPath))
                         .collect();
@@ -396,7 +402,7 @@ impl Shared {
                 Action::AppDatagram { to, message } => {
                     let to = to.into_iter().map(|(host, number)| (host, (), number));
                     // The application checked the paths' sizes; see `Action::AppDatagram`.
-                    let _ = send_datagrams(core, to, message);
+                    let _ = send_datagrams(core, to, message, self.limits.max_frame_len());
                 }
                 Action::Event(event @ ServerEvent::Message { .. }) => deferred.messages.push(event),
                 Action::Event(event) => self.events.push_lifecycle(event),
@@ -419,7 +425,7 @@ impl Shared {
                         continue;
                     };
                     let (delay_a, delay_b) =
-                        punch_start_delays(link_a.connection.rtt(), link_b.connection.rtt());
+                        punch_start_delays(link_a.wire.rtt(), link_b.wire.rtt());
                     let mut secret = [0u8; 32];
                     if self.random.fill(&mut secret).is_err() {
                         tracing::error!("no randomness for a punch secret; not punching");
@@ -535,7 +541,7 @@ impl Shared {
                     deferred.backlogged.push(Backlog {
                         host,
                         queue: link.outbound.clone(),
-                        connection: link.connection.clone(),
+                        wire: link.wire.clone(),
                         close_reason: link.close_reason.clone(),
                     });
                 }
@@ -558,10 +564,16 @@ impl Shared {
 /// still connected, with its number in the lane written in, and returns the tags of the
 /// recipients whose path it did not fit. Encoded once, whatever the fan-out, unless each
 /// copy has its own number.
+///
+/// A recipient on WebSocket gets it as a [`ServerToClient::Datagram`] frame in its queue,
+/// unless the queue already holds a writer batch or more: then it is dropped rather than
+/// queued behind the backlog, so it adds no latency and stays at most once (never older
+/// than one delivered, for sequenced lanes, since queued frames keep their order).
 fn send_datagrams<T>(
     core: &Core,
     to: impl IntoIterator<Item = (HostId, T, u64)>,
     mut message: ServerDatagram,
+    max_frame: u32,
 ) -> Vec<T> {
     let ServerDatagram::Deliver { lane, .. } = &message;
     let numbered = matches!(lane, DatagramLane::Sequenced { .. });
@@ -581,10 +593,27 @@ fn send_datagrams<T>(
             };
             bytes = encoded;
         }
-        if let Err(quinn::SendDatagramError::TooLarge) =
-            link.connection.send_datagram(bytes.clone())
-        {
-            too_large.push(tag);
+        match &link.wire {
+            Wire::Quic(_) => {
+                if let Err(DatagramRefused::TooLarge) = link.wire.send_datagram(bytes.clone()) {
+                    too_large.push(tag);
+                }
+            }
+            Wire::WebSocket(_) => {
+                if link.offline.is_some()
+                    || link.outbound.queued_bytes() >= peergroup_transport::WRITE_BATCH_BYTES
+                {
+                    continue;
+                }
+                let frame = ServerToClient::Datagram(message.clone());
+                match frame_to_bytes(&frame, max_frame) {
+                    // Past the soft limit it would have been dropped above.
+                    Ok(frame) => {
+                        let _ = link.outbound.push_control(frame);
+                    }
+                    Err(_) => too_large.push(tag),
+                }
+            }
         }
     }
     too_large

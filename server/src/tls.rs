@@ -36,3 +36,11 @@ pub(crate) fn quic_server_config(
         Arc::new(transport),
     )
 }
+
+/// The rustls server config of the WebSocket listener: the same certificate, ALPN and
+/// client-certificate check as QUIC's (`peergroup_transport::tls_server_config`).
+pub(crate) fn websocket_tls_config(
+    identity: &Identity,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    peergroup_transport::tls_server_config(AnyIdentity, identity.chain(), identity.key(), ALPN)
+}

@@ -48,6 +48,10 @@ pub fn client_config(server: &Server, login: &str) -> ClientConfig {
         ServerTrust::Fingerprint(server.fingerprint()),
     );
     config.login = Bytes::copy_from_slice(login.as_bytes());
+    // QUIC only, so a slow handshake on a loaded machine never lets the WebSocket
+    // fallback win and change what a test of QUIC behaviour sees; `websocket.rs` tests
+    // the fallback and `Auto` itself.
+    config.transport = peergroup_client::TransportChoice::QuicOnly;
     config
 }
 

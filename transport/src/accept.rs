@@ -79,20 +79,19 @@ impl<A: AcceptIdentity> ClientCertVerifier for IdentityVerifier<A> {
     }
 }
 
-/// A quinn server config: TLS 1.3 only, ALPN `alpn`, our certificate `chain` (leaf
-/// first) and `key`, and a client certificate required and accepted by `accept`.
+/// A rustls server config: TLS 1.3 only, ALPN `alpn`, our certificate `chain` (leaf
+/// first) and `key`, and a client certificate required and accepted by `accept`. The
+/// QUIC endpoint wraps it ([`quic_server_config`]); the WebSocket listener (issue 14)
+/// uses it as it is, so both carriers check identities with the same verifier.
 ///
 /// # Errors
-/// rustls's error when the certificate and key do not form a usable identity; a failure
-/// to make the QUIC crypto config (which TLS 1.3 with ring never causes) as
-/// [`rustls::Error::General`].
-pub fn quic_server_config(
+/// rustls's error when the certificate and key do not form a usable identity.
+pub fn tls_server_config(
     accept: impl AcceptIdentity,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     alpn: &[u8],
-    transport: Arc<quinn::TransportConfig>,
-) -> Result<quinn::ServerConfig, rustls::Error> {
+) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = provider();
     let verifier = Arc::new(IdentityVerifier {
         accept,
@@ -103,6 +102,22 @@ pub fn quic_server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     tls.alpn_protocols = vec![alpn.to_vec()];
+    Ok(tls)
+}
+
+/// A quinn server config around [`tls_server_config`]'s.
+///
+/// # Errors
+/// As [`tls_server_config`]; a failure to make the QUIC crypto config (which TLS 1.3 with
+/// ring never causes) as [`rustls::Error::General`].
+pub fn quic_server_config(
+    accept: impl AcceptIdentity,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    alpn: &[u8],
+    transport: Arc<quinn::TransportConfig>,
+) -> Result<quinn::ServerConfig, rustls::Error> {
+    let tls = tls_server_config(accept, chain, key, alpn)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| rustls::Error::General(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));

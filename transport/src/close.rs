@@ -24,9 +24,22 @@ pub fn from_varint(code: quinn::VarInt) -> CloseCode {
     CloseCode::from_u64(code.into_inner())
 }
 
+/// The longest close reason a WebSocket close frame carries, in bytes: a control frame's
+/// 125 bytes less the two of its status code (RFC 6455, section 5.5).
+pub const MAX_WS_CLOSE_TEXT: usize = 123;
+
 /// `text` cut to at most [`MAX_CLOSE_TEXT`] bytes, at a character boundary.
 pub fn close_text(text: &str) -> &[u8] {
-    let mut end = text.len().min(MAX_CLOSE_TEXT);
+    cut(text, MAX_CLOSE_TEXT)
+}
+
+/// `text` cut to at most [`MAX_WS_CLOSE_TEXT`] bytes, at a character boundary.
+pub fn close_text_ws(text: &str) -> &[u8] {
+    cut(text, MAX_WS_CLOSE_TEXT)
+}
+
+fn cut(text: &str, max: usize) -> &[u8] {
+    let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;
     }

@@ -6,8 +6,11 @@ use peergroup_protocol::{CloseCode, FrameError};
 /// Why the read side of a connection stopped.
 #[derive(Debug)]
 pub enum ReadEnd {
-    /// The peer or the network ended the connection.
+    /// The peer or the network ended the QUIC connection.
     Connection(quinn::ConnectionError),
+    /// The peer or the network ended a connection of another carrier (WebSocket), already
+    /// sorted as both sides report it.
+    Ended(ConnectionEnd),
     /// The peer broke the protocol; the reader's owner closes with this code and text.
     Violation(CloseCode, String),
 }

@@ -1,7 +1,7 @@
 //! Where a [`FrameReader`](crate::FrameReader) gets its bytes: the carrier seam.
 //!
-//! QUIC streams are the only carrier today; a second one (WebSocket over TLS) implements
-//! [`ByteSource`] for its read half and the framing above it stays as it is.
+//! QUIC streams implement it here; the second carrier, WebSocket over TLS, implements it
+//! for its read half ([`crate::WsReader`]) and the framing above it stays as it is.
 
 use crate::end::ReadEnd;
 use bytes::Bytes;

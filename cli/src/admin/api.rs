@@ -260,7 +260,7 @@ impl DataBody {
 pub struct ClientView {
     /// Its id, e.g. `h3`.
     pub host: String,
-    /// Always `quic` today.
+    /// `quic`, or `websocket` for a client on the WebSocket-over-TLS fallback.
     pub transport: &'static str,
     /// The address the server sees (its NAT mapping).
     pub remote_addr: String,
@@ -290,7 +290,7 @@ impl From<HostInfo> for ClientView {
     fn from(info: HostInfo) -> Self {
         Self {
             host: info.host.to_string(),
-            transport: "quic",
+            transport: info.transport.name(),
             remote_addr: info.remote_addr.to_string(),
             identity: info.identity.to_string(),
             login: std::str::from_utf8(&info.login).ok().map(str::to_owned),

@@ -1,11 +1,13 @@
 //! `peergroup-server`: the peergroup server running the built-in rooms application
 //! ([`peergroup_cli::rooms`]), with its operations surface: a configuration file, a
 //! Prometheus endpoint, the admin HTTP API and status page, graceful shutdown and JSON
-//! logs. Everything beyond the UDP listener is off unless configured.
+//! logs. Everything beyond the UDP listener (and the WebSocket fallback on its port) is off
+//! unless configured.
 //!
 //! ```text
 //! peergroup-server [--config PATH] [--print-config] [--listen ADDR]
 //!                  [--cert PEM --key PEM | --identity-dir DIR]
+//!                  [--websocket same-port|off|ADDR]
 //!                  [--metrics ADDR] [--admin ADDR --admin-token-file PATH]
 //!                  [--drain-secs SECS] [--log LEVEL] [--log-format text|json]
 //! ```
@@ -19,6 +21,8 @@
 //! - `--identity-dir DIR`: loads `DIR/cert.pem` and `DIR/key.pem`, generating a
 //!   self-signed identity there on first run so the fingerprint survives restarts.
 //!   Default `./peergroup-identity` when `--cert`/`--key` are not given.
+//! - `--websocket same-port|off|ADDR`: the WebSocket-over-TLS fallback for clients whose
+//!   network blocks UDP (TCP; default `same-port`, the `--listen` address over TCP).
 //! - `--metrics ADDR`: serves Prometheus metrics at `http://ADDR/metrics`
 //!   ([`peergroup_cli::metrics`]).
 //! - `--admin ADDR` with `--admin-token-file PATH`: the admin API under `/v1` and the
@@ -97,6 +101,11 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     identity_dir: Option<PathBuf>,
 
+    /// The WebSocket-over-TLS fallback for clients without UDP: same-port (the --listen
+    /// address over TCP), off, or a TCP address [default: same-port].
+    #[arg(long, value_name = "same-port|off|ADDR")]
+    websocket: Option<String>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -133,6 +142,7 @@ impl Args {
             log: self.log.clone(),
             log_format: self.log_format,
             drain_secs: self.drain_secs,
+            websocket: self.websocket.clone(),
             metrics: self.metrics,
             admin: self.admin,
             admin_token_file: self.admin_token_file.clone(),
@@ -210,6 +220,7 @@ async fn serve(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     config.punch = settings.punch();
     config.admission = settings.admission();
     config.resume = settings.resume();
+    config.websocket = settings.websocket().map_err(|e| e.to_string())?;
     let (server, events) =
         Server::start_with_auth(config, AuthHook::accept_all(), shutdown.clone()).await?;
 

@@ -8,7 +8,7 @@ use crate::driver::direct;
 use crate::driver::event_pipe::{emit_events, EVENT_BATCH};
 use crate::driver::login::{log_in, LoggedIn};
 use crate::driver::server_reader::receive;
-use crate::driver::shared::{Core, Inner, ResumeLink};
+use crate::driver::shared::{Core, Dial, Inner, ResumeLink};
 use crate::driver::timer::tick;
 use crate::driver::writer::{write_control_stream, write_server_stream};
 use crate::error::ConnectError;
@@ -17,7 +17,8 @@ use crate::outbound::UploadQueue;
 use crate::session::{DirectWindow, Session, SessionTiming};
 use crate::socket::DemuxSocket;
 use crate::tls::{
-    peer_server_config, server_client_config, ClientIdentity, ExpectedPeers, RefusedCertificate,
+    peer_server_config, server_client_config, server_tls_config, ClientIdentity, ExpectedPeers,
+    RefusedCertificate,
 };
 use peergroup_protocol::resume::{DEFAULT_MAX_UNCONFIRMED_BYTES, DEFAULT_MAX_UNCONFIRMED_FRAMES};
 use peergroup_protocol::{ClientToServer, Unconfirmed};
@@ -67,7 +68,18 @@ pub(crate) async fn connect(
         .datagram_receive_buffer_size(Some(SERVER_DATAGRAM_BUFFER));
     let transport = Arc::new(transport);
     let refused = RefusedCertificate::default();
-    let client_config = server_client_config(&config.server_trust, &identity, transport, &refused)?;
+    let tls = server_tls_config(&config.server_trust, &identity, &refused)?;
+    let client_config = server_client_config(tls.clone(), transport)?;
+    let dial = Dial {
+        transport: config.transport,
+        client_config,
+        tls: Arc::new(tls),
+        server_addr: config.server_addr,
+        websocket_addr: config.websocket_addr(),
+        server_name: config.server_name.clone(),
+        keepalive: config.timeouts.keepalive,
+        idle: config.timeouts.idle,
+    };
     let peer_window = config.direct.peer_receive_window;
     let mut peer_transport = quinn::TransportConfig::default();
     peer_transport
@@ -118,7 +130,8 @@ pub(crate) async fn connect(
         host_id,
         app_data,
         max_frame_len,
-    } = log_in(&endpoint, client_config.clone(), &config, &refused).await?;
+    } = log_in(&endpoint, &dial, &config, &refused).await?;
+    let transport = connection.transport();
 
     // The queue holds batches: about `event_queue` events in all.
     let batches = config.limits.event_queue.div_ceil(EVENT_BATCH).max(2);
@@ -166,9 +179,7 @@ pub(crate) async fn connect(
         closed: AtomicBool::new(false),
         ended: CancellationToken::new(),
         resume: ResumeLink {
-            client_config,
-            server_addr: config.server_addr,
-            server_name: config.server_name.clone(),
+            dial,
             window: config.timeouts.resume,
             attempt_timeout: config.timeouts.connect,
             unconfirmed: unconfirmed.clone(),
@@ -220,7 +231,7 @@ pub(crate) async fn connect(
         tracing::debug!(?addrs, "host candidates");
         inner.send_server_frame(&ClientToServer::HostCandidates { addrs });
     }
-    tracing::info!(%host_id, server = %config.server_addr, "connected");
+    tracing::info!(%host_id, server = %config.server_addr, %transport, "connected");
     Ok((inner, ClientEvents::new(events_rx)))
 }
 

@@ -83,9 +83,8 @@ impl Inner {
                 }
             }
             Upload::Datagram(datagram) => {
-                if let Ok(bytes) = datagram_to_bytes(&datagram) {
-                    let _ = self.connection().send_datagram(bytes);
-                }
+                self.connection()
+                    .send_datagram(datagram, self.max_frame_len);
             }
             Upload::Peer {
                 to,

@@ -1,9 +1,12 @@
-//! The login: QUIC to the server (coming back with backoff while it refuses as busy), the
+//! The login: QUIC to the server (coming back with backoff while it refuses as busy), or
+//! WebSocket over TLS, or both raced (`TransportChoice::Auto`, happy eyeballs), then the
 //! hello on the main stream and the server's welcome, all within the connect timeout.
 //! What fails on the way is named by `connect_failure.rs`.
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, TransportChoice, WEBSOCKET_DELAY};
 use crate::connect_failure::LoginProgress;
+use crate::driver::shared::Dial;
+use crate::driver::wire::{ServerSend, ServerWire};
 use crate::error::ConnectError;
 use crate::tls::RefusedCertificate;
 use bytes::Bytes;
@@ -11,9 +14,21 @@ use peergroup_protocol::{
     decode_body, frame_to_bytes, ClientToServer, CloseCode, Hello, HostId, ServerToClient,
     DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
-use peergroup_transport::{close, FrameReader, ReadEnd};
+use peergroup_transport::tokio_rustls::TlsConnector;
+use peergroup_transport::tokio_tungstenite::client_async_with_config;
+use peergroup_transport::websocket::{self, max_ws_message, ws_config, BoxedIo};
+use peergroup_transport::{CarrierSource, ConnectionEnd, FrameReader, ReadEnd, WsConnection};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The largest frame body the client takes from the server over WebSocket, bytes, until
+/// the welcome (and for the WebSocket's message limit, which cannot change later): the
+/// server's frames are bounded by its own `max_frame_len`, which the welcome only names
+/// once the socket is set up. 16 MiB, tungstenite's default frame limit.
+const MAX_SERVER_FRAME: u32 = 16 << 20;
 
 /// The first wait before connecting again to a server that refused as busy; it doubles
 /// up to [`BUSY_MAX_BACKOFF`], each wait jittered by up to half, within the connect timeout.
@@ -31,24 +46,217 @@ pub(super) fn jittered(wait: Duration) -> Duration {
 
 /// A connection the server welcomed: its main stream, and what the welcome said.
 pub(super) struct LoggedIn {
-    pub connection: quinn::Connection,
-    pub send: quinn::SendStream,
-    pub recv: FrameReader,
+    pub connection: ServerWire,
+    pub send: ServerSend,
+    pub recv: FrameReader<CarrierSource>,
     pub host_id: HostId,
     pub app_data: Bytes,
     pub max_frame_len: u32,
 }
 
-/// Connects to the server through `endpoint`, logs in and waits for the welcome.
+/// Connects to the server over the carrier `dial` chooses, logs in and waits for the
+/// welcome. With [`TransportChoice::Auto`], QUIC first and WebSocket [`WEBSOCKET_DELAY`]
+/// later unless QUIC has finished its handshake (at once if QUIC fails before that);
+/// the first to be welcomed wins and the other is dropped (a connection it made closes).
 ///
 /// # Errors
-/// As [`crate::Client::connect`].
+/// As [`crate::Client::connect`]: with `Auto`, QUIC's error if QUIC reached the server,
+/// else WebSocket's.
 pub(super) async fn log_in(
     endpoint: &quinn::Endpoint,
-    client_config: quinn::ClientConfig,
+    dial: &Dial,
     config: &ClientConfig,
     refused: &RefusedCertificate,
 ) -> Result<LoggedIn, ConnectError> {
+    let quic_up = AtomicBool::new(false);
+    match dial.transport {
+        TransportChoice::QuicOnly => log_in_quic(endpoint, dial, config, refused, &quic_up).await,
+        TransportChoice::WebSocketOnly => {
+            log_in_websocket(dial, config, &AtomicBool::new(false)).await
+        }
+        TransportChoice::Auto => race(endpoint, dial, config, refused, &quic_up).await,
+    }
+}
+
+type Attempt<'a> = Pin<Box<dyn Future<Output = Result<LoggedIn, ConnectError>> + Send + 'a>>;
+
+/// Happy eyeballs between QUIC and WebSocket (RFC 8305, sections 5 and 8).
+async fn race(
+    endpoint: &quinn::Endpoint,
+    dial: &Dial,
+    config: &ClientConfig,
+    refused: &RefusedCertificate,
+    quic_up: &AtomicBool,
+) -> Result<LoggedIn, ConnectError> {
+    let mut quic: Option<Attempt<'_>> = Some(Box::pin(log_in_quic(
+        endpoint, dial, config, refused, quic_up,
+    )));
+    // Set once the WebSocket's TCP connection is up: its error then says more than QUIC's.
+    let tcp_up = AtomicBool::new(false);
+    let mut ws: Option<Attempt<'_>> = None;
+    let mut ws_started = false;
+    let start_ws = tokio::time::sleep(WEBSOCKET_DELAY);
+    tokio::pin!(start_ws);
+    let (mut quic_error, mut ws_error) = (None, None);
+    loop {
+        if quic.is_none() && ws.is_none() && ws_started {
+            // Both failed: QUIC's error if it reached the server (the server said no,
+            // and would over WebSocket too), else WebSocket's if TCP reached something
+            // (UDP may be blocked), else QUIC's (nothing answers at all).
+            let quic_error = quic_error.unwrap_or(ConnectError::Lost("no QUIC attempt".into()));
+            let websocket_says_more =
+                !quic_up.load(Ordering::Relaxed) && tcp_up.load(Ordering::Relaxed);
+            return Err(match ws_error {
+                Some(ws_error) if websocket_says_more => ws_error,
+                _ => quic_error,
+            });
+        }
+        // Decided inside, acted on outside: the attempts are borrowed while it waits.
+        let step = tokio::select! {
+            outcome = async { quic.as_mut().expect("checked").await }, if quic.is_some() => {
+                Step::Quic(outcome)
+            }
+            outcome = async { ws.as_mut().expect("checked").await }, if ws.is_some() => {
+                Step::WebSocket(outcome)
+            }
+            () = &mut start_ws, if !ws_started => Step::Delay,
+        };
+        match step {
+            Step::Quic(Ok(logged_in)) | Step::WebSocket(Ok(logged_in)) => return Ok(logged_in),
+            Step::Quic(Err(error)) => {
+                quic = None;
+                tracing::debug!(%error, "QUIC login failed");
+                if !ws_started && quic_up.load(Ordering::Relaxed) {
+                    // The server answered over QUIC and said no.
+                    return Err(error);
+                }
+                quic_error = Some(error);
+                if !ws_started {
+                    ws_started = true;
+                    ws = Some(Box::pin(log_in_websocket(dial, config, &tcp_up)));
+                }
+            }
+            Step::WebSocket(Err(error)) => {
+                ws = None;
+                tracing::debug!(%error, "WebSocket login failed");
+                ws_error = Some(error);
+            }
+            Step::Delay => {
+                ws_started = true;
+                if quic_up.load(Ordering::Relaxed) {
+                    // QUIC finished its handshake in time: it gets the login alone.
+                    tracing::debug!("QUIC is up; no WebSocket attempt");
+                } else {
+                    tracing::debug!("no QUIC handshake yet; starting WebSocket too");
+                    ws = Some(Box::pin(log_in_websocket(dial, config, &tcp_up)));
+                }
+            }
+        }
+    }
+}
+
+/// What the race waited for.
+enum Step {
+    Quic(Result<LoggedIn, ConnectError>),
+    WebSocket(Result<LoggedIn, ConnectError>),
+    /// The connection attempt delay passed.
+    Delay,
+}
+
+/// WebSocket over TLS: TCP, TLS 1.3 with the same trust and identity as QUIC, the
+/// WebSocket handshake, the hello and the welcome, within the connect timeout.
+/// `tcp_up` is set once the TCP connection is made.
+async fn log_in_websocket(
+    dial: &Dial,
+    config: &ClientConfig,
+    tcp_up: &AtomicBool,
+) -> Result<LoggedIn, ConnectError> {
+    let attempt = async {
+        let (connection, reader) = open_websocket(dial, Some(tcp_up)).await?;
+        let send = connection.sender();
+        let mut recv = FrameReader::new(CarrierSource::WebSocket(reader), MAX_SERVER_FRAME);
+        let hello = ClientToServer::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            login: config.login.clone(),
+        });
+        let frame = frame_to_bytes(&hello, DEFAULT_MAX_FRAME_LEN)
+            .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+        send.write_chunk(frame)
+            .await
+            .map_err(|_| ConnectError::Lost("the WebSocket closed before the hello".into()))?;
+        let welcome = match recv.next().await {
+            Ok(Some(body)) => decode_body::<ServerToClient>(&body)
+                .map_err(|e| ConnectError::Protocol(e.to_string()))?,
+            Ok(None) => return Err(ConnectError::Protocol("stream closed".into())),
+            Err(ReadEnd::Ended(end)) => return Err(websocket_failed(end)),
+            Err(ReadEnd::Connection(error)) => return Err(ConnectError::Lost(error.to_string())),
+            Err(ReadEnd::Violation(_, text)) => return Err(ConnectError::Protocol(text)),
+        };
+        Ok((
+            ServerWire::WebSocket(connection),
+            ServerSend::WebSocket(send),
+            recv,
+            welcome,
+        ))
+    };
+    let (connection, send, recv, welcome) = tokio::time::timeout(config.timeouts.connect, attempt)
+        .await
+        .map_err(|_| ConnectError::Timeout(config.timeouts.connect))??;
+    welcomed(connection, send, recv, welcome)
+}
+
+/// A WebSocket to the server, its handshakes done (each failure named).
+///
+/// # Errors
+/// [`ConnectError::Unreachable`]-like failures as [`ConnectError::Lost`] with the step
+/// that failed; a TLS failure as [`ConnectError::Handshake`].
+pub(super) async fn open_websocket(
+    dial: &Dial,
+    tcp_up: Option<&AtomicBool>,
+) -> Result<(Arc<WsConnection>, peergroup_transport::WsReader), ConnectError> {
+    let addr = dial.websocket_addr;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| ConnectError::Lost(format!("WebSocket: TCP connect to {addr}: {e}")))?;
+    if let Some(tcp_up) = tcp_up {
+        tcp_up.store(true, Ordering::Relaxed);
+    }
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(dial.server_name.clone())
+        .map_err(|e| ConnectError::TlsSetup(e.to_string()))?;
+    let tls = TlsConnector::from(dial.tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| ConnectError::Handshake(format!("WebSocket TLS: {e}")))?;
+    let io: BoxedIo = Box::new(tls);
+    let url = format!("wss://{}/peergroup", dial.server_name);
+    let limits = ws_config(max_ws_message(MAX_SERVER_FRAME));
+    let (socket, _response) = client_async_with_config(url, io, Some(limits))
+        .await
+        .map_err(|e| ConnectError::Lost(format!("WebSocket handshake: {e}")))?;
+    Ok(websocket::start(socket, addr, dial.keepalive, dial.idle))
+}
+
+/// How a WebSocket that ended during the login is reported.
+fn websocket_failed(end: ConnectionEnd) -> ConnectError {
+    match end {
+        ConnectionEnd::PeerClosed { code, reason } => ConnectError::Refused { code, reason },
+        ConnectionEnd::TimedOut => ConnectError::Lost("WebSocket timed out".into()),
+        ConnectionEnd::LocallyClosed => ConnectError::Lost("WebSocket closed".into()),
+        ConnectionEnd::Lost(detail) => ConnectError::Lost(detail),
+    }
+}
+
+/// QUIC: connect (coming back while the server refuses as busy), the hello and the
+/// welcome. `quic_up` is set once QUIC's handshake is done.
+async fn log_in_quic(
+    endpoint: &quinn::Endpoint,
+    dial: &Dial,
+    config: &ClientConfig,
+    refused: &RefusedCertificate,
+    quic_up: &AtomicBool,
+) -> Result<LoggedIn, ConnectError> {
+    let client_config = dial.client_config.clone();
     let mut progress = LoginProgress {
         addr: config.server_addr,
         started: Instant::now(),
@@ -56,7 +264,6 @@ pub(super) async fn log_in(
         refused,
         quic_up: false,
     };
-    let quic_up = AtomicBool::new(false);
     let refused_busy = AtomicBool::new(false);
     let handshake = async {
         // A server busy with other logins refuses at the first packet and means "try
@@ -93,7 +300,7 @@ pub(super) async fn log_in(
             .connection_failed(e)
         };
         let (mut send, recv) = connection.open_bi().await.map_err(failed)?;
-        let mut recv = FrameReader::new(recv, DEFAULT_MAX_FRAME_LEN);
+        let mut recv = FrameReader::new(CarrierSource::Quic(recv), DEFAULT_MAX_FRAME_LEN);
         let hello = ClientToServer::Hello(Hello {
             version: PROTOCOL_VERSION,
             login: config.login.clone(),
@@ -109,6 +316,7 @@ pub(super) async fn log_in(
                 .map_err(|e| ConnectError::Protocol(e.to_string()))?,
             Ok(None) => return Err(ConnectError::Protocol("stream closed".into())),
             Err(ReadEnd::Connection(error)) => return Err(failed(error)),
+            Err(ReadEnd::Ended(end)) => return Err(websocket_failed(end)),
             Err(ReadEnd::Violation(_, text)) => return Err(ConnectError::Protocol(text)),
         };
         Ok((connection, send, recv, welcome))
@@ -122,6 +330,21 @@ pub(super) async fn log_in(
         )
     })??;
 
+    welcomed(
+        ServerWire::Quic(connection),
+        ServerSend::Quic(send),
+        recv,
+        welcome,
+    )
+}
+
+/// The login's end on either carrier: the first frame must be a welcome in our version.
+fn welcomed(
+    connection: ServerWire,
+    send: ServerSend,
+    recv: FrameReader<CarrierSource>,
+    welcome: ServerToClient,
+) -> Result<LoggedIn, ConnectError> {
     let ServerToClient::Welcome {
         version,
         host_id,
@@ -129,11 +352,7 @@ pub(super) async fn log_in(
         max_frame_len,
     } = welcome
     else {
-        close(
-            &connection,
-            CloseCode::ProtocolViolation,
-            "expected a welcome",
-        );
+        connection.close(CloseCode::ProtocolViolation, "expected a welcome");
         return Err(ConnectError::Protocol(
             "the first frame was not a welcome".into(),
         ));
@@ -142,7 +361,7 @@ pub(super) async fn log_in(
         let text = format!(
             "protocol version mismatch: client speaks {PROTOCOL_VERSION}, server {version}"
         );
-        close(&connection, CloseCode::VersionMismatch, &text);
+        connection.close(CloseCode::VersionMismatch, &text);
         return Err(ConnectError::VersionMismatch {
             ours: PROTOCOL_VERSION,
             theirs: version,

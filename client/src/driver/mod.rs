@@ -2,9 +2,11 @@
 //! sans-IO session (`session.rs`), and owns every task a client runs.
 //!
 //! Layering, so that no two files import each other:
+//! - `wire.rs`: the server connection over either carrier, QUIC or WebSocket
+//!   (`ServerWire`, `ServerSend`). It imports nothing else in the driver.
 //! - `shared.rs`: the state all of it shares ([`Inner`](shared::Inner) with the
 //!   [`Core`](shared::Core) under the client's one lock, direct links, punch handles).
-//!   It imports nothing else in the driver.
+//!   It imports nothing else in the driver but `wire.rs`.
 //! - `flush.rs` (carrying out the session's output) and `event_pipe.rs` (handing the
 //!   session's events to the application) add `Inner`'s methods; every task calls them.
 //! - One file per task: `server_reader.rs`, `writer.rs` (one per stream), `timer.rs`,
@@ -24,4 +26,5 @@ mod reconnect;
 mod server_reader;
 pub(crate) mod shared;
 mod timer;
+mod wire;
 mod writer;

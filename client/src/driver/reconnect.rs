@@ -7,14 +7,16 @@
 //!
 //! A refusal (spent or unknown token, host no longer kept) ends the session at once.
 
-use crate::driver::login::jittered;
+use crate::config::{TransportChoice, WEBSOCKET_DELAY};
+use crate::driver::login::{jittered, open_websocket};
 use crate::driver::shared::{Inner, MainHandoff};
+use crate::driver::wire::{ServerSend, ServerWire};
 use crate::events::{ClientEvent, DisconnectReason};
 use peergroup_protocol::{
     decode_body, frame_to_bytes, ClientToServer, CloseCode, Resume, ResumeToken, ServerToClient,
     PROTOCOL_VERSION,
 };
-use peergroup_transport::{close, peer_close, FrameReader, ReadEnd};
+use peergroup_transport::{peer_close, CarrierSource, ConnectionEnd, FrameReader, ReadEnd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +30,8 @@ const STREAM_END_GRACE: Duration = Duration::from_secs(2);
 
 /// A resumed connection and its main stream's reader.
 pub(super) struct Reconnected {
-    pub connection: quinn::Connection,
-    pub recv: FrameReader,
+    pub connection: ServerWire,
+    pub recv: FrameReader<CarrierSource>,
 }
 
 /// Why an attempt failed.
@@ -40,13 +42,18 @@ enum Failure {
     Final(DisconnectReason),
 }
 
-/// Whether a connection that ended with `error` is worth resuming: it was lost (silence,
-/// or a stateless reset), not closed by either side on purpose.
-pub(super) fn is_resumable(error: &quinn::ConnectionError) -> bool {
-    matches!(
-        error,
-        quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset
-    )
+/// Whether a connection whose reading ended with `end` is worth resuming: it was lost
+/// (silence, a stateless reset; on WebSocket silence, or TCP ending without a close
+/// frame), not closed by either side on purpose.
+pub(super) fn is_resumable(end: &ReadEnd) -> bool {
+    match end {
+        ReadEnd::Connection(error) => matches!(
+            error,
+            quinn::ConnectionError::TimedOut | quinn::ConnectionError::Reset
+        ),
+        ReadEnd::Ended(end) => matches!(end, ConnectionEnd::TimedOut | ConnectionEnd::Lost(_)),
+        ReadEnd::Violation(..) => false,
+    }
 }
 
 /// Resumes the session after its connection was lost with `lost`, reporting
@@ -127,20 +134,93 @@ fn failure(error: quinn::ConnectionError) -> Failure {
     Failure::Retry(error.to_string())
 }
 
+/// A connection end as an attempt's failure, as [`failure`] sorts quinn's.
+fn end_failure(end: ConnectionEnd) -> Failure {
+    match end {
+        ConnectionEnd::PeerClosed { code, reason } if code != CloseCode::ServerFull => {
+            Failure::Final(DisconnectReason::ServerClosed { code, reason })
+        }
+        other => Failure::Retry(format!("{other:?}")),
+    }
+}
+
+/// A new connection's stream, over QUIC.
+async fn connect_quic(inner: &Inner) -> Result<Opened, Failure> {
+    let dial = &inner.resume.dial;
+    let connecting = inner
+        .endpoint
+        .connect_with(
+            dial.client_config.clone(),
+            dial.server_addr,
+            &dial.server_name,
+        )
+        .map_err(|error| Failure::Retry(error.to_string()))?;
+    let connection = connecting.await.map_err(failure)?;
+    let (send, recv) = connection.open_bi().await.map_err(failure)?;
+    Ok((
+        ServerWire::Quic(connection),
+        ServerSend::Quic(send),
+        CarrierSource::Quic(recv),
+    ))
+}
+
+/// A new connection, over WebSocket.
+async fn connect_websocket(inner: &Inner) -> Result<Opened, Failure> {
+    let (connection, reader) = open_websocket(&inner.resume.dial, None)
+        .await
+        .map_err(|error| Failure::Retry(error.to_string()))?;
+    let send = ServerSend::WebSocket(connection.sender());
+    Ok((
+        ServerWire::WebSocket(connection),
+        send,
+        CarrierSource::WebSocket(reader),
+    ))
+}
+
+/// A new connection and its stream, before anything is sent on it.
+type Opened = (ServerWire, ServerSend, CarrierSource);
+
+/// A new connection over the carrier the configuration chooses; with `Auto`, QUIC and,
+/// from [`WEBSOCKET_DELAY`] on (or at once when QUIC fails), WebSocket, the first up
+/// winning (the session may so resume over the other carrier than the lost one). Only
+/// connections race: the token is presented on the winner alone (it is single use).
+async fn connect(inner: &Inner) -> Result<Opened, Failure> {
+    match inner.resume.dial.transport {
+        TransportChoice::QuicOnly => connect_quic(inner).await,
+        TransportChoice::WebSocketOnly => connect_websocket(inner).await,
+        TransportChoice::Auto => {
+            let quic = connect_quic(inner);
+            tokio::pin!(quic);
+            tokio::select! {
+                biased;
+                opened = &mut quic => return match opened {
+                    Err(Failure::Retry(_)) => connect_websocket(inner).await,
+                    other => other,
+                },
+                () = tokio::time::sleep(WEBSOCKET_DELAY) => {}
+            }
+            let websocket = connect_websocket(inner);
+            tokio::pin!(websocket);
+            tokio::select! {
+                opened = &mut quic => match opened {
+                    Ok(opened) => Ok(opened),
+                    Err(_) => websocket.await,
+                },
+                opened = &mut websocket => match opened {
+                    Ok(opened) => Ok(opened),
+                    Err(_) => quic.await,
+                },
+            }
+        }
+    }
+}
+
 /// One attempt: connect, present the token, read the answer, hand the writers the new
 /// connection.
 async fn attempt(inner: &Arc<Inner>, token: ResumeToken) -> Result<Reconnected, Failure> {
     let link = &inner.resume;
-    let connecting = inner
-        .endpoint
-        .connect_with(
-            link.client_config.clone(),
-            link.server_addr,
-            &link.server_name,
-        )
-        .map_err(|error| Failure::Retry(error.to_string()))?;
-    let connection = connecting.await.map_err(failure)?;
-    let (mut send, recv) = connection.open_bi().await.map_err(failure)?;
+    let (connection, mut send, recv) = connect(inner).await?;
+    tracing::debug!(transport = %connection.transport(), "resuming");
     let received = inner.lock().session.server_frames_read();
     let resume = ClientToServer::Resume(Resume {
         version: PROTOCOL_VERSION,
@@ -160,13 +240,14 @@ async fn attempt(inner: &Arc<Inner>, token: ResumeToken) -> Result<Reconnected, 
             // A refusal may end the stream just before its close arrives: the close says
             // why.
             return match tokio::time::timeout(STREAM_END_GRACE, connection.closed()).await {
-                Ok(error) => Err(failure(error)),
+                Ok(end) => Err(end_failure(end)),
                 Err(_) => Err(Failure::Retry("the server ended the new stream".into())),
             };
         }
         Err(ReadEnd::Connection(error)) => return Err(failure(error)),
+        Err(ReadEnd::Ended(end)) => return Err(end_failure(end)),
         Err(ReadEnd::Violation(code, text)) => {
-            close(&connection, code, &text);
+            connection.close(code, &text);
             return Err(Failure::Final(protocol_error(text)));
         }
     };
@@ -178,7 +259,7 @@ async fn attempt(inner: &Arc<Inner>, token: ResumeToken) -> Result<Reconnected, 
     }) = answer
     else {
         let text = "the answer to a resume was not `Resumed`".to_string();
-        close(&connection, CloseCode::ProtocolViolation, &text);
+        connection.close(CloseCode::ProtocolViolation, &text);
         return Err(Failure::Final(protocol_error(text)));
     };
     // The server took the session here: from now on there is no going back to the old
@@ -201,13 +282,13 @@ async fn attempt(inner: &Arc<Inner>, token: ResumeToken) -> Result<Reconnected, 
         Some(Ok(())) => {}
         Some(Err(gap)) => {
             let text = format!("cannot send again what the server did not read: {gap}");
-            close(&connection, CloseCode::ProtocolViolation, &text);
+            connection.close(CloseCode::ProtocolViolation, &text);
             return Err(Failure::Final(DisconnectReason::ConnectionLost {
                 detail: text,
             }));
         }
         None => {
-            close(&connection, CloseCode::Normal, "client closed");
+            connection.close(CloseCode::Normal, "client closed");
             return Err(Failure::Final(DisconnectReason::Closed));
         }
     }

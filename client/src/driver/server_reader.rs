@@ -3,9 +3,12 @@
 
 use crate::driver::reconnect::{is_resumable, resume_session};
 use crate::driver::shared::Inner;
+use crate::driver::wire::ServerWire;
 use crate::events::{ClientEvent, DisconnectReason};
 use peergroup_protocol::{decode_server_datagram, decode_server_frame, CloseCode, ServerToClient};
-use peergroup_transport::{close, read_datagram_batch, FrameReader, ReadEnd};
+use peergroup_transport::{
+    read_datagram_batch, CarrierSource, ConnectionEnd, FrameReader, ReadEnd,
+};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +21,7 @@ const STREAM_END_GRACE: Duration = Duration::from_secs(5);
 /// Reads the main stream and datagrams until the connection ends; a lost connection is
 /// resumed (`reconnect.rs`) and reading goes on with the new one. Once the session ends
 /// for good it reports `Disconnected`.
-pub(crate) async fn receive(inner: Arc<Inner>, recv: FrameReader) {
+pub(crate) async fn receive(inner: Arc<Inner>, recv: FrameReader<CarrierSource>) {
     let mut recv = recv;
     let mut connection = inner.connection();
     let reason = loop {
@@ -29,18 +32,23 @@ pub(crate) async fn receive(inner: Arc<Inner>, recv: FrameReader) {
             async {
                 let end = read_frames(&inner, &connection, recv).await;
                 if let ReadEnd::Violation(code, text) = &end {
-                    close(&connection, *code, text);
+                    connection.close(*code, text);
                 }
                 end
             },
             async {
-                let end = read_datagrams(&inner, &connection).await;
+                // A WebSocket has no datagrams: they come as frames (`read_frames`).
+                let ServerWire::Quic(quic) = &connection else {
+                    return None;
+                };
+                let end = read_datagrams(&inner, quic).await;
                 if let ReadEnd::Violation(code, text) = &end {
-                    close(&connection, *code, text);
+                    connection.close(*code, text);
                 }
-                end
+                Some(end)
             }
         );
+        let datagrams_end = datagrams_end.unwrap_or(ReadEnd::Ended(ConnectionEnd::LocallyClosed));
         let reason = match (&frames_end, &datagrams_end) {
             (ReadEnd::Violation(code, text), _) | (_, ReadEnd::Violation(code, text)) => {
                 tracing::warn!(%code, %text, "closed: the server broke the protocol");
@@ -48,9 +56,15 @@ pub(crate) async fn receive(inner: Arc<Inner>, recv: FrameReader) {
                     detail: text.clone(),
                 }
             }
-            (ReadEnd::Connection(error), _) => {
-                let reason = DisconnectReason::from_connection_error(error);
-                if is_resumable(error) && !inner.closed.load(Ordering::Acquire) {
+            (ReadEnd::Connection(_) | ReadEnd::Ended(_), _) => {
+                let reason = match &frames_end {
+                    ReadEnd::Connection(error) => DisconnectReason::from_connection_error(error),
+                    ReadEnd::Ended(end) => DisconnectReason::from_end(end.clone()),
+                    ReadEnd::Violation(_, text) => DisconnectReason::ConnectionLost {
+                        detail: text.clone(),
+                    },
+                };
+                if is_resumable(&frames_end) && !inner.closed.load(Ordering::Acquire) {
                     match resume_session(&inner, reason).await {
                         Ok(resumed) => {
                             connection = resumed.connection;
@@ -67,7 +81,7 @@ pub(crate) async fn receive(inner: Arc<Inner>, recv: FrameReader) {
         break reason;
     };
     inner.closed.store(true, Ordering::Release);
-    close(&connection, CloseCode::Normal, "session ended");
+    connection.close(CloseCode::Normal, "session ended");
     // The writers end, releasing their queues and whoever waits on them; the tasks that
     // outlive single connections end too.
     inner
@@ -95,8 +109,8 @@ pub(crate) async fn receive(inner: Arc<Inner>, recv: FrameReader) {
 
 async fn read_frames(
     inner: &Arc<Inner>,
-    connection: &quinn::Connection,
-    mut recv: FrameReader,
+    connection: &ServerWire,
+    mut recv: FrameReader<CarrierSource>,
 ) -> ReadEnd {
     loop {
         let body = match recv.next().await {
@@ -107,7 +121,7 @@ async fn read_frames(
                 // (the server's `drain.rs`): everything has been read, so wait for that
                 // close and report its reason.
                 return match tokio::time::timeout(STREAM_END_GRACE, connection.closed()).await {
-                    Ok(error) => ReadEnd::Connection(error),
+                    Ok(end) => ReadEnd::Ended(end),
                     Err(_) => ReadEnd::Violation(
                         CloseCode::ProtocolViolation,
                         "main stream closed without a connection close".into(),

@@ -8,7 +8,8 @@
 //! `Inner`'s methods live with their concern: carrying out the session's output in
 //! `flush.rs`, handing events to the application in `event_pipe.rs`.
 
-use crate::config::DirectConfig;
+use crate::config::{DirectConfig, TransportChoice};
+use crate::driver::wire::{ServerSend, ServerWire};
 use crate::events::ClientEvent;
 use crate::outbound::UploadQueue;
 use crate::session::Session;
@@ -36,9 +37,9 @@ pub(crate) struct Core {
 
 pub(crate) struct Inner {
     pub core: Mutex<Core>,
-    /// The server connection: replaced when the session resumes on a new one (read it
-    /// with [`Inner::connection`]).
-    pub connection: RwLock<quinn::Connection>,
+    /// The server connection, QUIC or WebSocket: replaced when the session resumes on a
+    /// new one, maybe over the other carrier (read it with [`Inner::connection`]).
+    pub connection: RwLock<ServerWire>,
     /// Set once the session has ended (not while it is being resumed), so sends need not
     /// ask quinn (which takes its connection lock) every time.
     pub closed: AtomicBool,
@@ -97,9 +98,8 @@ pub(crate) struct Inner {
 /// What reconnecting needs: how to reach the server, and the writers' inputs for a new
 /// connection's streams.
 pub(crate) struct ResumeLink {
-    pub client_config: quinn::ClientConfig,
-    pub server_addr: SocketAddr,
-    pub server_name: String,
+    /// How the login reached the server; a resume does the same.
+    pub dial: Dial,
     /// The client's own resume window (zero: off).
     pub window: Duration,
     /// Each attempt's handshake and answer, at most.
@@ -110,13 +110,29 @@ pub(crate) struct ResumeLink {
     /// releasing their queues) once the session ends.
     pub main: Mutex<Option<mpsc::Sender<MainHandoff>>>,
     /// Hands the control writer a resumed connection, likewise.
-    pub control: Mutex<Option<mpsc::Sender<quinn::Connection>>>,
+    pub control: Mutex<Option<mpsc::Sender<ServerWire>>>,
+}
+
+/// How to reach the server over either carrier: what the login uses and a resume uses
+/// again (`login.rs`).
+#[derive(Clone)]
+pub(crate) struct Dial {
+    pub transport: TransportChoice,
+    pub client_config: quinn::ClientConfig,
+    /// The same trust and identity as QUIC's, for the WebSocket's TLS.
+    pub tls: Arc<rustls::ClientConfig>,
+    pub server_addr: SocketAddr,
+    pub websocket_addr: SocketAddr,
+    pub server_name: String,
+    /// The WebSocket's ping interval and idle timeout (QUIC's keepalive and idle).
+    pub keepalive: Duration,
+    pub idle: Duration,
 }
 
 /// A resumed connection's main stream for the main writer: it writes every upload from
 /// number `from` on that it still holds, then goes on with its queue.
 pub(crate) struct MainHandoff {
-    pub send: quinn::SendStream,
+    pub send: ServerSend,
     pub from: u64,
     /// Whether the uploads from `from` on were still held.
     pub done: tokio::sync::oneshot::Sender<Result<(), ReplayGap>>,
@@ -124,7 +140,7 @@ pub(crate) struct MainHandoff {
 
 impl Inner {
     /// The current server connection.
-    pub fn connection(&self) -> quinn::Connection {
+    pub fn connection(&self) -> ServerWire {
         self.connection
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -4,6 +4,7 @@
 //! and the queue's own lock is all the two share.
 
 use crate::driver::shared::MainHandoff;
+use crate::driver::wire::{ServerSend, ServerWire};
 use crate::outbound::{Next, UploadReceiver};
 use peergroup_protocol::Unconfirmed;
 use peergroup_transport::{finish_stream, write_batch, WRITE_BATCH_BYTES};
@@ -50,7 +51,7 @@ pub(crate) async fn write_stream(
 /// in a [`MainHandoff`], or the session ends (the handoff's sender is dropped, and the
 /// queue with this task, releasing waiting senders).
 pub(crate) async fn write_server_stream(
-    send: quinn::SendStream,
+    send: ServerSend,
     mut queue: UploadReceiver,
     unconfirmed: Arc<Mutex<Unconfirmed>>,
     mut handoffs: mpsc::Receiver<MainHandoff>,
@@ -88,7 +89,7 @@ pub(crate) async fn write_server_stream(
                 queue.written(len);
             }
             Next::Finish(done) => {
-                if finish_stream(stream).await.is_ok() {
+                if stream.finish().await.is_ok() {
                     let _ = done.send(());
                 }
                 return;
@@ -105,10 +106,7 @@ fn lock(unconfirmed: &Mutex<Unconfirmed>) -> std::sync::MutexGuard<'_, Unconfirm
 
 /// Takes a resumed connection's main stream: every upload from the number the server
 /// read on goes first. `None` when they are no longer held (the session cannot go on).
-async fn take_over(
-    handoff: MainHandoff,
-    unconfirmed: &Mutex<Unconfirmed>,
-) -> Option<quinn::SendStream> {
+async fn take_over(handoff: MainHandoff, unconfirmed: &Mutex<Unconfirmed>) -> Option<ServerSend> {
     let MainHandoff {
         mut send,
         from,
@@ -144,12 +142,13 @@ async fn take_over(
 
 /// Writes the control queue to the server's control stream (unidirectional; the server
 /// allows it once the client is logged in), opening one on each connection the session
-/// resumes on (`handoffs`). What was written to a lost connection's control stream is
-/// lost with it: acks are cumulative and sent again on a resume.
+/// resumes on (`handoffs`); on a WebSocket, to the one stream the main writer shares.
+/// What was written to a lost connection's control stream is lost with it: acks are
+/// cumulative and sent again on a resume.
 pub(crate) async fn write_control_stream(
-    connection: quinn::Connection,
+    connection: ServerWire,
     mut queue: UploadReceiver,
-    mut handoffs: mpsc::Receiver<quinn::Connection>,
+    mut handoffs: mpsc::Receiver<ServerWire>,
 ) {
     let mut merged = bytes::BytesMut::new();
     let mut connection = Some(connection);
@@ -161,11 +160,21 @@ pub(crate) async fn write_control_stream(
             }
             continue;
         };
+        let opening = async {
+            match &current {
+                ServerWire::Quic(connection) => {
+                    connection.open_uni().await.map(ServerSend::Quic).ok()
+                }
+                ServerWire::WebSocket(connection) => {
+                    Some(ServerSend::WebSocket(connection.sender()))
+                }
+            }
+        };
         let mut send = tokio::select! {
-            opened = current.open_uni() => match opened {
-                Ok(send) => send,
+            opened = opening => match opened {
+                Some(send) => send,
                 // This connection ended: wait for the next.
-                Err(_) => continue,
+                None => continue,
             },
             next = handoffs.recv() => match next {
                 Some(next) => {
@@ -190,7 +199,7 @@ pub(crate) async fn write_control_stream(
             match next {
                 Next::Frames(_) => {
                     let len = merged.len();
-                    let written = write_batch(&mut send, &mut merged).await;
+                    let written = send.write_chunk(merged.split().freeze()).await;
                     queue.written(len);
                     if written.is_err() {
                         // Wait for a resumed connection.
@@ -198,7 +207,7 @@ pub(crate) async fn write_control_stream(
                     }
                 }
                 Next::Finish(done) => {
-                    if finish_stream(&mut send).await.is_ok() {
+                    if send.finish().await.is_ok() {
                         let _ = done.send(());
                     }
                     return;

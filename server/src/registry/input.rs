@@ -61,6 +61,8 @@ impl Registry {
             }
             // The driver keeps the frames it wrote, and takes their confirmations itself.
             ClientToServer::Received { .. } => {}
+            // A datagram carried as a frame (a WebSocket client): as if it came as one.
+            ClientToServer::Datagram(datagram) => self.handle_datagram(host, datagram, now),
             ClientToServer::Ack { notices } => self.handle_ack(host, notices)?,
             ClientToServer::HostCandidates { addrs } => self.handle_host_candidates(host, addrs),
             ClientToServer::WantDirect { pair } => self.handle_want_direct(host, pair, now),

@@ -143,6 +143,9 @@ struct HostState {
     app_lanes: LaneCounters,
     /// Its token, whether it is offline, and the frames read from it (`resume.rs`).
     resume: resume::HostResume,
+    /// Connected over a carrier without UDP (WebSocket): its pairs are never ordered to
+    /// punch and stay on the relay.
+    relay_only: bool,
 }
 
 #[derive(Debug)]
@@ -388,7 +391,18 @@ impl Registry {
             datagram_budget: None,
             app_lanes: LaneCounters::default(),
             resume: resume::HostResume::default(),
+            relay_only: false,
         }))
+    }
+
+    /// Whether `host` can only use the relay: a client on WebSocket has no UDP to punch
+    /// with, so its pairs are never ordered to (issue 14). Set at login and on each
+    /// resume (the carrier may change); a pair that skipped punching for it punches at its
+    /// next occasion once both hosts may.
+    pub fn set_relay_only(&mut self, host: HostId, relay_only: bool) {
+        if let Some(state) = self.hosts.get_mut(host_key(host)) {
+            state.relay_only = relay_only;
+        }
     }
 
     /// Records a client's host candidates (at most [`MAX_HOST_CANDIDATES`]). Peers behind

@@ -180,7 +180,9 @@ impl Registry {
             return;
         }
         let (a, b) = state.hosts;
-        if !self.hosts.contains_key(host_key(a)) || !self.hosts.contains_key(host_key(b)) {
+        let relay_only = |host| self.hosts.get(host_key(host)).is_none_or(|h| h.relay_only);
+        // A host without UDP (WebSocket) cannot punch: its pairs stay on the relay.
+        if relay_only(a) || relay_only(b) {
             return;
         }
         // Both hosts must have an order left in their budget; otherwise the punch waits

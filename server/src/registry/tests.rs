@@ -953,6 +953,35 @@ fn a_new_pair_in_a_direct_group_is_ordered_to_punch_after_its_notices() {
 }
 
 #[test]
+fn a_host_on_websocket_is_never_ordered_to_punch_and_its_pairs_stay_relayed() {
+    let mut w = World::new();
+    let (a, b, c) = (w.connect(1), w.connect(2), w.connect(3));
+    // A has no UDP (WebSocket, issue 14): no pair of its punches, now or on a retry.
+    w.registry.set_relay_only(a, true);
+    w.group(&[a, b, c]);
+    let actions = w.drain();
+    let ordered = punches(&actions);
+    let pair_bc = pair_of(&actions, b, c);
+    assert!(
+        matches!(ordered.as_slice(), [Action::Punch { pair, .. }] if *pair == pair_bc),
+        "only the QUIC pair punches: {ordered:?}"
+    );
+    w.advance(Duration::from_secs(600));
+    let later = punches(&w.drain());
+    assert!(
+        later
+            .iter()
+            .all(|p| matches!(p, Action::Punch { pair, .. } if *pair == pair_bc)),
+        "{later:?}"
+    );
+    assert_eq!(w.registry.punch_stats(a).unwrap().orders, 0);
+    assert_eq!(
+        w.registry.pair_stats(a, b).unwrap().path,
+        peergroup_protocol::PairPath::Relay
+    );
+}
+
+#[test]
 fn hosts_behind_one_nat_also_get_each_others_host_candidates() {
     let mut w = World::new();
     let a = w.connect_at(1, "203.0.113.9:50001");

@@ -3,6 +3,7 @@
 
 use peergroup_client::{
     Client, ClientConfig, ClientEvent, ClientEvents, Delivery, HostId, Path, ServerTrust, Target,
+    TransportChoice,
 };
 use peergroup_protocol::rooms::{RoomsReply, RoomsRequest};
 use peergroup_protocol::{datagram_to_bytes, decode_body};
@@ -59,6 +60,27 @@ pub struct ServerArgs {
     /// ("... cert PATH").
     #[arg(long, value_name = "PATH")]
     pub server_cert: PathBuf,
+
+    /// The carrier to the server: `auto` (QUIC, and WebSocket over TLS if QUIC has not
+    /// answered within 250 ms), `quic` or `websocket`.
+    #[arg(long, value_name = "KIND", default_value = "auto")]
+    pub transport: TransportArg,
+
+    /// The server's WebSocket address, HOST:PORT (TCP). Default: --server's address
+    /// (the server listens on the same port number over TCP by default).
+    #[arg(long, value_name = "ADDR")]
+    pub websocket: Option<String>,
+}
+
+/// `--transport`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportArg {
+    /// QUIC first, WebSocket over TLS in parallel 250 ms later.
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// WebSocket over TLS only.
+    Websocket,
 }
 
 static PROCESS_START: OnceLock<Instant> = OnceLock::new();
@@ -103,10 +125,23 @@ pub async fn connect(args: &ServerArgs, login: &str) -> Result<(Client, ClientEv
         .map_err(|e| Failure::new(format!("--server-cert: {e}")))?;
     let mut config = ClientConfig::new(addr, trust);
     config.login = login.to_owned().into_bytes().into();
+    config.transport = match args.transport {
+        TransportArg::Auto => TransportChoice::Auto,
+        TransportArg::Quic => TransportChoice::QuicOnly,
+        TransportArg::Websocket => TransportChoice::WebSocketOnly,
+    };
+    if let Some(websocket) = &args.websocket {
+        let addr = tokio::net::lookup_host(websocket.as_str())
+            .await
+            .map_err(|e| Failure::new(format!("cannot resolve --websocket {websocket}: {e}")))?
+            .next()
+            .ok_or_else(|| Failure::new(format!("--websocket {websocket} resolves to nothing")))?;
+        config.websocket_addr = Some(addr);
+    }
     let (client, events) = Client::connect(config)
         .await
         .map_err(|e| Failure::new(format!("cannot connect to {addr}: {e}")))?;
-    tracing::info!(host = %client.host_id(), %addr, "connected");
+    tracing::info!(host = %client.host_id(), %addr, transport = %client.transport(), "connected");
     Ok((client, events))
 }
 

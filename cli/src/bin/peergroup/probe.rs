@@ -26,7 +26,7 @@
 //! `at_ms` counts milliseconds from process start):
 //!
 //! ```text
-//! {"event":"connected","host":ID}
+//! {"event":"connected","host":ID,"transport":"quic"|"websocket"}
 //! {"event":"member_joined","group":G,"host":H}
 //! {"event":"member_left","group":G,"host":H}
 //! {"event":"path","peer":H,"path":"relay"|"direct","at_ms":T}
@@ -235,7 +235,7 @@ fn last_of_key(key: u64, keys: u64, count: u64) -> u64 {
 ///  5. Leaves the room, disconnects, prints the summary.
 ///
 /// Stdout: one JSON object per line (ids are raw u64; at_ms = ms since process start):
-///   {"event":"connected","host":ID}
+///   {"event":"connected","host":ID,"transport":"quic"|"websocket"}
 ///   {"event":"member_joined","group":G,"host":H}
 ///   {"event":"member_left","group":G,"host":H}
 ///   {"event":"path","peer":H,"path":"relay"|"direct","at_ms":T}
@@ -494,6 +494,8 @@ pub enum Line {
     Connected {
         /// This probe's host id.
         host: u64,
+        /// The carrier it connected over: `"quic"` or `"websocket"`.
+        transport: &'static str,
     },
     /// `host` joined `group`.
     MemberJoined {
@@ -868,6 +870,7 @@ pub async fn run(args: ProbeArgs) -> Result<(), Failure> {
     let (client, mut events) = common::connect(&args.server, &args.name).await?;
     emit(&Line::Connected {
         host: client.host_id().raw(),
+        transport: client.transport().name(),
     });
     let mut backlog = Vec::new();
     let joined = common::join(
@@ -1061,8 +1064,11 @@ mod tests {
     fn lines_are_json_with_the_event_first_in_documented_order() {
         let line = |l: &Line| serde_json::to_string(l).unwrap();
         assert_eq!(
-            line(&Line::Connected { host: 3 }),
-            r#"{"event":"connected","host":3}"#
+            line(&Line::Connected {
+                host: 3,
+                transport: "websocket"
+            }),
+            r#"{"event":"connected","host":3,"transport":"websocket"}"#
         );
         assert_eq!(
             line(&Line::MemberJoined { group: 5, host: 3 }),

@@ -1,0 +1,484 @@
+//! The WebSocket-over-TLS fallback on loopback (ARCHITECTURE.md, "Fallback over
+//! WebSocket"): a WebSocket client and a QUIC client share a group and exchange reliable
+//! messages exactly once and in order, and unreliable ones at most once and never older;
+//! a WebSocket client's pair never goes direct; `Auto` picks QUIC when UDP works and
+//! WebSocket when it does not; a client that loses UDP mid-session resumes over
+//! WebSocket with nothing lost; bad input over WebSocket is refused with a clear close.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use peergroup_client::{
+    Client, ClientConfig, ClientEvent, ClientEvents, Delivery, ServerTrust, Target, Transport,
+    TransportChoice,
+};
+use peergroup_protocol::{frame_to_bytes, ClientToServer, Hello, HostId, PROTOCOL_VERSION};
+use peergroup_server::{PairPath, Server, ServerConfig, ServerEvents};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Idle timeouts here (both sides), so a cut is noticed quickly.
+const IDLE: Duration = Duration::from_secs(2);
+
+fn short_idle(config: &mut ClientConfig) {
+    config.timeouts.idle = IDLE;
+    config.timeouts.keepalive = Duration::from_millis(500);
+}
+
+async fn server() -> (Server, ServerEvents) {
+    start_server_with(
+        |config: &mut ServerConfig| config.timeouts.idle = IDLE,
+        peergroup_server::AuthHook::accept_all(),
+    )
+    .await
+}
+
+fn over_websocket(server: &Server) -> impl FnOnce(&mut ClientConfig) + '_ {
+    move |config| {
+        short_idle(config);
+        config.transport = TransportChoice::WebSocketOnly;
+        config.websocket_addr = server.websocket_addr();
+    }
+}
+
+/// The numbers of the messages read, in order, and the events that are not messages.
+#[derive(Debug, Default)]
+struct Seen {
+    numbers: Vec<u32>,
+    other: Vec<ClientEvent>,
+}
+
+/// Reads `events` until `count` reliable messages arrived, keeping every other event.
+async fn read_reliable(events: &mut ClientEvents, count: usize) -> Seen {
+    let mut seen = Seen::default();
+    while seen.numbers.len() < count {
+        let event = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {} messages: {seen:?}", seen.numbers.len()))
+            .expect("events ended");
+        match event {
+            ClientEvent::Message {
+                payload, delivery, ..
+            } if !delivery.is_unreliable() => {
+                seen.numbers
+                    .push(u32::from_be_bytes(payload[..4].try_into().unwrap()));
+            }
+            ClientEvent::Disconnected { .. } => panic!("disconnected: {event:?} after {seen:?}"),
+            other => seen.other.push(other),
+        }
+    }
+    seen
+}
+
+/// Sends `count` numbered reliable messages to `to`, a few milliseconds apart.
+fn send_numbered(client: Client, to: HostId, count: u32) -> tokio::task::JoinHandle<Client> {
+    tokio::spawn(async move {
+        for n in 0..count {
+            client
+                .send(
+                    Target::Host(to),
+                    n.to_be_bytes().to_vec(),
+                    Delivery::ReliableOrdered,
+                )
+                .await
+                .expect("send");
+            if n % 10 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        client
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_and_a_quic_client_exchange_everything_on_the_relay() {
+    const COUNT: u32 = 1_500;
+    const DATAGRAMS: u32 = 300;
+    let (server, _server_events) = server().await;
+    let (a, mut a_events, a_id) = connect_with(&server, "ws", over_websocket(&server)).await;
+    let (b, mut b_events, b_id) = connect_with(&server, "quic", |config| {
+        short_idle(config);
+        config.transport = TransportChoice::QuicOnly;
+    })
+    .await;
+    assert_eq!(a.transport(), Transport::WebSocket);
+    assert_eq!(b.transport(), Transport::Quic);
+    // A group that allows direct paths: the WebSocket client's pair still stays relayed.
+    let group = server
+        .create_group(&[a_id, b_id], peergroup_server::GroupOptions::default(), "")
+        .unwrap();
+    next_client_events(&mut a_events, 2).await;
+    next_client_events(&mut b_events, 2).await;
+
+    let a_sends = send_numbered(a, b_id, COUNT);
+    let b_sends = send_numbered(b, a_id, COUNT);
+    let (a_seen, b_seen) = tokio::join!(
+        read_reliable(&mut a_events, COUNT as usize),
+        read_reliable(&mut b_events, COUNT as usize)
+    );
+    let expected: Vec<u32> = (0..COUNT).collect();
+    assert_eq!(
+        a_seen.numbers, expected,
+        "A got B's messages once, in order"
+    );
+    assert_eq!(
+        b_seen.numbers, expected,
+        "B got A's messages once, in order"
+    );
+    let (a, b) = (a_sends.await.unwrap(), b_sends.await.unwrap());
+    for seen in [&a_seen, &b_seen] {
+        assert!(
+            !seen.other.iter().any(|e| matches!(
+                e,
+                ClientEvent::PathChanged {
+                    path: PairPath::Direct,
+                    ..
+                }
+            )),
+            "a WebSocket client's pair never goes direct: {:?}",
+            seen.other
+        );
+    }
+
+    // Unreliable sequenced both ways, then a reliable marker: at most once, never older.
+    for (client, to) in [(&a, b_id), (&b, a_id)] {
+        for n in 0..DATAGRAMS {
+            let _ = client
+                .send(
+                    Target::Host(to),
+                    n.to_be_bytes().to_vec(),
+                    Delivery::UnreliableSequenced,
+                )
+                .await;
+            if n % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        client
+            .send(
+                Target::Host(to),
+                u32::MAX.to_be_bytes().to_vec(),
+                Delivery::ReliableOrdered,
+            )
+            .await
+            .unwrap();
+    }
+    for (name, events) in [("A", &mut a_events), ("B", &mut b_events)] {
+        let mut numbers = Vec::new();
+        let mut marker_at = None;
+        loop {
+            let wait = match marker_at {
+                // Datagrams may trail the marker on QUIC.
+                Some(at) => Duration::from_millis(500).saturating_sub(Instant::now() - at),
+                None => Duration::from_secs(10),
+            };
+            let Ok(event) = tokio::time::timeout(wait, events.next()).await else {
+                break;
+            };
+            match event.expect("events") {
+                ClientEvent::Message {
+                    payload, delivery, ..
+                } => {
+                    let n = u32::from_be_bytes(payload[..4].try_into().unwrap());
+                    if !delivery.is_unreliable() {
+                        assert_eq!(n, u32::MAX);
+                        marker_at = Some(Instant::now());
+                    } else {
+                        numbers.push(n);
+                    }
+                }
+                ClientEvent::Disconnected { reason } => panic!("{name} disconnected: {reason}"),
+                _ => {}
+            }
+        }
+        assert!(marker_at.is_some(), "{name} got the marker");
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "{name}: sequenced datagrams never repeat or go back: {numbers:?}"
+        );
+        assert!(!numbers.is_empty(), "{name}: some datagrams arrived");
+    }
+
+    let pair = server.pair_stats(a_id, b_id).expect("pair");
+    assert_eq!(pair.path, PairPath::Relay);
+    assert_eq!(pair.punch_attempts, 0, "never ordered to punch");
+    let info = server.host_info(a_id).expect("host info");
+    assert_eq!(info.transport, Transport::WebSocket);
+    assert_eq!(server.host_info(b_id).unwrap().transport, Transport::Quic);
+    assert_eq!(server.stats().websocket_clients, 1);
+    let _ = group;
+    a.close().await;
+    b.close().await;
+}
+
+/// A UDP socket that takes packets and never answers: a server whose UDP path is dead.
+async fn black_hole() -> (UdpSocket, SocketAddr) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_connects_over_websocket_when_udp_is_dead_and_over_quic_when_it_works() {
+    let (server, _server_events) = server().await;
+    let (_hole, dead) = black_hole().await;
+    let started = Instant::now();
+    let (client, _events, _) = connect_with(&server, "auto", |config| {
+        config.transport = TransportChoice::Auto;
+        config.server_addr = dead;
+        config.websocket_addr = server.websocket_addr();
+    })
+    .await;
+    let took = started.elapsed();
+    assert_eq!(client.transport(), Transport::WebSocket);
+    assert!(
+        took < Duration::from_secs(3),
+        "the fallback starts after 250 ms, not after QUIC gives up: {took:?}"
+    );
+    let (quic, _events, _) = connect_with(&server, "auto-udp", |config| {
+        config.transport = TransportChoice::Auto;
+    })
+    .await;
+    assert_eq!(quic.transport(), Transport::Quic);
+    assert_eq!(server.stats().websocket_clients, 1);
+}
+
+/// Forwards UDP between one client and the server, and drops everything once cut.
+struct Forwarder {
+    addr: SocketAddr,
+    blackhole: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Forwarder {
+    async fn start(server: SocketAddr) -> Self {
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind front"));
+        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind back"));
+        back.connect(server).await.expect("connect back");
+        let addr = front.local_addr().expect("front address");
+        let blackhole = Arc::new(AtomicBool::new(false));
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let up = {
+            let (front, back, blackhole, client) = (
+                front.clone(),
+                back.clone(),
+                blackhole.clone(),
+                client.clone(),
+            );
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok((len, from)) = front.recv_from(&mut buf).await {
+                    *client.lock().unwrap() = Some(from);
+                    if !blackhole.load(Ordering::Acquire) {
+                        let _ = back.send(&buf[..len]).await;
+                    }
+                }
+            })
+        };
+        let down = {
+            let blackhole = blackhole.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok(len) = back.recv(&mut buf).await {
+                    let to = *client.lock().unwrap();
+                    if let (Some(to), false) = (to, blackhole.load(Ordering::Acquire)) {
+                        let _ = front.send_to(&buf[..len], to).await;
+                    }
+                }
+            })
+        };
+        Self {
+            addr,
+            blackhole,
+            tasks: vec![up, down],
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_loses_udp_mid_session_resumes_over_websocket_with_nothing_lost() {
+    const COUNT: u32 = 1_500;
+    let (server, _server_events) = server().await;
+    let forwarder = Forwarder::start(server.local_addr()).await;
+    let through = forwarder.addr;
+    let (a, mut a_events, a_id) = connect_with(&server, "a", |config| {
+        short_idle(config);
+        config.transport = TransportChoice::Auto;
+        config.server_addr = through;
+        config.websocket_addr = server.websocket_addr();
+    })
+    .await;
+    assert_eq!(a.transport(), Transport::Quic);
+    let (b, mut b_events, b_id) = connect_with(&server, "b", short_idle).await;
+    server
+        .create_group(&[a_id, b_id], relay_only(), "")
+        .unwrap();
+    next_client_events(&mut a_events, 2).await;
+    next_client_events(&mut b_events, 2).await;
+
+    let a_sends = send_numbered(a, b_id, COUNT);
+    let b_sends = send_numbered(b, a_id, COUNT);
+    // Mid-stream, A's UDP dies for good: only the WebSocket can bring it back.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    forwarder.blackhole.store(true, Ordering::Release);
+    let (a_seen, b_seen) = tokio::join!(
+        read_reliable(&mut a_events, COUNT as usize),
+        read_reliable(&mut b_events, COUNT as usize)
+    );
+    let expected: Vec<u32> = (0..COUNT).collect();
+    assert_eq!(
+        a_seen.numbers, expected,
+        "A got B's messages once, in order"
+    );
+    assert_eq!(
+        b_seen.numbers, expected,
+        "B got A's messages once, in order"
+    );
+    assert!(
+        a_seen
+            .other
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Resumed { .. })),
+        "A resumed: {:?}",
+        a_seen.other
+    );
+    assert!(
+        !b_seen
+            .other
+            .iter()
+            .any(|e| matches!(e, ClientEvent::MemberLeft { .. })),
+        "the peer saw no leave: {:?}",
+        b_seen.other
+    );
+    let a = a_sends.await.unwrap();
+    let _b = b_sends.await.unwrap();
+    assert_eq!(a.host_id(), a_id);
+    assert_eq!(a.transport(), Transport::WebSocket);
+    assert_eq!(
+        server.host_info(a_id).unwrap().transport,
+        Transport::WebSocket
+    );
+    a.send(
+        Target::Host(b_id),
+        COUNT.to_be_bytes().to_vec(),
+        Delivery::ReliableOrdered,
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_reliable(&mut b_events, 1).await.numbers, vec![COUNT]);
+}
+
+type RawSocket =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket to the server spoken by hand, with a client certificate or without.
+async fn raw_websocket(server: &Server, with_identity: bool) -> Result<RawSocket, String> {
+    let trust = ServerTrust::Fingerprint(server.fingerprint());
+    let tls = peergroup_client::raw_tls_client_config(&trust, with_identity).unwrap();
+    let tcp = tokio::net::TcpStream::connect(server.websocket_addr().unwrap())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("peergroup").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (socket, _) = tokio_tungstenite::client_async("wss://peergroup/", tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(socket)
+}
+
+/// The close frame the server ends `socket` with: its code and reason.
+async fn close_of(socket: &mut RawSocket) -> (u16, String) {
+    loop {
+        let next = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("the server closes in time");
+        match next {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (u16::from(frame.code), frame.reason.as_str().to_string())
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_over_websocket_is_refused_with_a_clear_close() {
+    let (server, _server_events) = server().await;
+    // A text message: nothing in the protocol is text.
+    let mut socket = raw_websocket(&server, true).await.unwrap();
+    socket.send(Message::text("hello")).await.unwrap();
+    let (code, reason) = close_of(&mut socket).await;
+    assert_eq!(code, 4003, "ProtocolViolation: {reason}");
+    assert!(reason.contains("text"), "{reason}");
+
+    // A frame over the hello's size limit (16 KiB before login).
+    let mut socket = raw_websocket(&server, true).await.unwrap();
+    let mut frame = (1u32 << 20).to_be_bytes().to_vec();
+    frame.extend_from_slice(&[0; 64]);
+    socket.send(Message::binary(frame)).await.unwrap();
+    let (code, reason) = close_of(&mut socket).await;
+    assert_eq!(code, 4004, "FrameTooLarge: {reason}");
+
+    // A message over the WebSocket's own limit (a frame plus a batch), after login.
+    let mut socket = raw_websocket(&server, true).await.unwrap();
+    let hello = ClientToServer::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        login: Default::default(),
+    });
+    let hello = frame_to_bytes(&hello, 1 << 20).unwrap();
+    socket.send(Message::binary(hello)).await.unwrap();
+    let huge = vec![0u8; 4 << 20];
+    let _ = tokio::time::timeout(WAIT, socket.send(Message::binary(huge))).await;
+    // The server stops reading at the message's header; its close frame may be lost to
+    // the reset its unread bytes cause, so a reset passes too (but never a hang).
+    loop {
+        let next = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("the server ends it in time");
+        match next {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(u16::from(frame.code), 4004, "FrameTooLarge: {frame:?}");
+                break;
+            }
+            Some(Ok(_)) => continue,
+            None | Some(Err(_)) => break,
+        }
+    }
+
+    // No client certificate: TLS 1.3 refuses it, and the WebSocket never opens.
+    let refused = raw_websocket(&server, false).await;
+    if let Ok(mut socket) = refused {
+        // TLS 1.3 reports the refusal after the client's side of the handshake: the
+        // first read then fails.
+        let next = tokio::time::timeout(WAIT, socket.next()).await.unwrap();
+        assert!(
+            !matches!(next, Some(Ok(Message::Binary(_)))),
+            "no frame without a certificate: {next:?}"
+        );
+    }
+    // The server is unharmed.
+    let (client, _events, _) = connect_with(&server, "after", over_websocket(&server)).await;
+    assert_eq!(client.transport(), Transport::WebSocket);
+    poll_until(
+        || format!("only the last client is left: {:?}", server.stats().clients),
+        || server.stats().clients == 1,
+    )
+    .await;
+}
