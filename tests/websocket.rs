@@ -436,7 +436,28 @@ async fn bad_input_over_websocket_is_refused_with_a_clear_close() {
     let (code, reason) = close_of(&mut socket).await;
     assert_eq!(code, 4004, "FrameTooLarge: {reason}");
 
-    // A message over the WebSocket's own limit (a frame plus a batch), after login.
+    // Before login, a message over the WebSocket's own limit (64 KiB) is refused by the
+    // WebSocket layer itself, before its bytes reach the frame reader (which would call
+    // these zeros a malformed hello, 4003): what an unauthenticated connection can make
+    // the server buffer is one such message.
+    let mut socket = raw_websocket(&server, true).await.unwrap();
+    let _ = tokio::time::timeout(WAIT, socket.send(Message::binary(vec![0u8; 128 << 10]))).await;
+    loop {
+        let next = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("the server ends it in time");
+        match next {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(u16::from(frame.code), 4004, "FrameTooLarge: {frame:?}");
+                break;
+            }
+            Some(Ok(_)) => continue,
+            // Its close frame may be lost to the reset the unread bytes cause.
+            None | Some(Err(_)) => break,
+        }
+    }
+
+    // A message over the WebSocket's own limit, after login.
     let mut socket = raw_websocket(&server, true).await.unwrap();
     let hello = ClientToServer::Hello(Hello {
         version: PROTOCOL_VERSION,
@@ -481,4 +502,59 @@ async fn bad_input_over_websocket_is_refused_with_a_clear_close() {
         || server.stats().clients == 1,
     )
     .await;
+}
+
+/// Messages larger than one WebSocket message (`WS_MESSAGE_BYTES`, 64 KiB) go out as
+/// several and arrive whole, both ways: the frames are a byte stream across messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_larger_than_one_websocket_message_arrive_whole() {
+    use peergroup_transport::websocket::WS_MESSAGE_BYTES;
+    let (server, _server_events) = server().await;
+    let (a, mut a_events, a_id) = connect_with(&server, "ws", over_websocket(&server)).await;
+    let (b, mut b_events, b_id) = connect_with(&server, "quic", |config| {
+        short_idle(config);
+        config.transport = TransportChoice::QuicOnly;
+    })
+    .await;
+    server
+        .create_group(&[a_id, b_id], peergroup_server::GroupOptions::default(), "")
+        .unwrap();
+    next_client_events(&mut a_events, 2).await;
+    next_client_events(&mut b_events, 2).await;
+
+    // Sizes around and well past one message; each payload's bytes say where they sit.
+    let sizes = [
+        WS_MESSAGE_BYTES - 1,
+        WS_MESSAGE_BYTES + 1,
+        3 * WS_MESSAGE_BYTES + 17,
+    ];
+    let payload = |size: usize| (0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
+    for (client, to) in [(&a, b_id), (&b, a_id)] {
+        for size in sizes {
+            client
+                .send(Target::Host(to), payload(size), Delivery::ReliableOrdered)
+                .await
+                .unwrap();
+        }
+    }
+    for (name, events) in [("B from A", &mut b_events), ("A from B", &mut a_events)] {
+        let mut got = Vec::new();
+        while got.len() < sizes.len() {
+            let event = tokio::time::timeout(Duration::from_secs(20), events.next())
+                .await
+                .unwrap_or_else(|_| panic!("{name}: timed out after {} messages", got.len()))
+                .expect("event stream ended");
+            if let ClientEvent::Message { payload, .. } = event {
+                got.push(payload);
+            }
+        }
+        for (received, size) in got.iter().zip(sizes) {
+            assert_eq!(received.len(), size, "{name}: a whole message");
+            assert!(
+                received.as_ref() == payload(size).as_slice(),
+                "{name}: the bytes of a {size}-byte message arrived as sent"
+            );
+        }
+    }
+    drop((a, b));
 }

@@ -20,7 +20,7 @@ use crate::wire::{Wire, WireSend};
 use peergroup_protocol::{CloseCode, Fingerprint};
 use peergroup_transport::tokio_rustls::TlsAcceptor;
 use peergroup_transport::tokio_tungstenite::accept_async_with_config;
-use peergroup_transport::websocket::{self, max_ws_message, ws_config, BoxedIo};
+use peergroup_transport::websocket::{self, ws_config, BoxedIo};
 use peergroup_transport::{fingerprint_of, CarrierSource, FrameReader, ReadEnd};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -125,7 +125,7 @@ async fn accept(
             .map(fingerprint_of)
             .ok_or("no client certificate")?;
         let io: BoxedIo = Box::new(tls);
-        let config = ws_config(max_ws_message(shared.limits.max_frame_len()));
+        let config = ws_config();
         let socket = accept_async_with_config(io, Some(config))
             .await
             .map_err(|error| format!("WebSocket handshake failed: {error}"))?;

@@ -70,19 +70,49 @@ pub fn from_ws_code(code: u16) -> Option<CloseCode> {
     }
 }
 
-/// The limits a peergroup WebSocket runs with: messages of at most `max_message` bytes
-/// (one writer batch plus one maximal frame), in frames of at most that too.
-pub fn ws_config(max_message: usize) -> WebSocketConfig {
+/// The largest WebSocket message either side sends or accepts, bytes. Frames are a byte
+/// stream across messages (the reader hands each message's bytes to [`crate::FrameReader`],
+/// which reassembles frames as it does from a QUIC stream), so a larger write batch or
+/// frame goes out as several messages. Small messages bound what a connection can make
+/// its peer buffer before anything is checked: before login, one message of this size
+/// rather than one maximal frame (1 MiB by default) per connection.
+pub const WS_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The limits a peergroup WebSocket runs with: messages and WebSocket frames of at most
+/// [`WS_MESSAGE_BYTES`].
+pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message))
+        .max_message_size(Some(WS_MESSAGE_BYTES))
+        .max_frame_size(Some(WS_MESSAGE_BYTES))
 }
 
-/// The largest WebSocket message a peer may send to an endpoint whose frames are at most
-/// `max_frame` bytes: one writer batch ([`crate::WRITE_BATCH_BYTES`]) plus one whole frame
-/// with its length prefix (a batch may end with one frame of any size).
-pub fn max_ws_message(max_frame: u32) -> usize {
-    crate::WRITE_BATCH_BYTES + max_frame as usize + peergroup_protocol::LENGTH_PREFIX_LEN
+/// Queues `chunk` as binary messages of at most [`WS_MESSAGE_BYTES`] (slices of the same
+/// buffer, no copy), without flushing.
+async fn feed_chunk(sink: &mut WsSink, chunk: Bytes) -> Result<(), WsError> {
+    let mut rest = chunk;
+    while rest.len() > WS_MESSAGE_BYTES {
+        let part = rest.split_to(WS_MESSAGE_BYTES);
+        sink.feed(Message::Binary(part)).await?;
+    }
+    sink.feed(Message::Binary(rest)).await
+}
+
+/// Sends `message`, a batch split as [`feed_chunk`] does, and flushes.
+async fn send_message(sink: &mut WsSink, message: Outgoing) -> Result<(), WsError> {
+    match message {
+        Outgoing::Chunk(chunk) => feed_chunk(sink, chunk).await?,
+        Outgoing::Ping => sink.feed(Message::Ping(Bytes::new())).await?,
+    }
+    sink.flush().await
+}
+
+/// The write half of a peergroup WebSocket.
+type WsSink = SplitSink<WebSocketStream<BoxedIo>, Message>;
+
+/// What the pump writes next.
+enum Outgoing {
+    Chunk(Bytes),
+    Ping,
 }
 
 /// One WebSocket connection, shared by its writers and whoever closes it. Once it and
@@ -236,7 +266,7 @@ pub fn start(
 
 /// Owns the write half: writes batches, pings when idle, and the close frame.
 async fn pump(
-    mut sink: SplitSink<WebSocketStream<BoxedIo>, Message>,
+    mut sink: WsSink,
     mut outgoing: mpsc::Receiver<Bytes>,
     state: Arc<WsState>,
     keepalive: Duration,
@@ -247,11 +277,11 @@ async fn pump(
             () = state.closing.cancelled() => break,
             () = state.ended.cancelled() => return,
             chunk = outgoing.recv() => match chunk {
-                Some(chunk) => Message::Binary(chunk),
+                Some(chunk) => Outgoing::Chunk(chunk),
                 // Every handle is gone: close normally.
                 None => break,
             },
-            () = tokio::time::sleep(keepalive) => Message::Ping(Bytes::new()),
+            () = tokio::time::sleep(keepalive) => Outgoing::Ping,
         };
         // A peer that stops reading must not hold the pump (and the socket) forever: a
         // close or the connection's end cuts the write short.
@@ -259,7 +289,7 @@ async fn pump(
             biased;
             () = state.closing.cancelled() => break,
             () = state.ended.cancelled() => return,
-            sent = sink.send(message) => sent,
+            sent = send_message(&mut sink, message) => sent,
         };
         if let Err(error) = sent {
             state.finish(ws_error_end(&error));
@@ -278,7 +308,7 @@ async fn pump(
         // What writers handed over before the close goes first (at most `PUMP_QUEUE`
         // batches), so a graceful shutdown's last frames arrive.
         while let Ok(chunk) = outgoing.try_recv() {
-            if sink.feed(Message::Binary(chunk)).await.is_err() {
+            if feed_chunk(&mut sink, chunk).await.is_err() {
                 return;
             }
         }

@@ -16,7 +16,7 @@ use peergroup_protocol::{
 };
 use peergroup_transport::tokio_rustls::TlsConnector;
 use peergroup_transport::tokio_tungstenite::client_async_with_config;
-use peergroup_transport::websocket::{self, max_ws_message, ws_config, BoxedIo};
+use peergroup_transport::websocket::{self, ws_config, BoxedIo};
 use peergroup_transport::{CarrierSource, ConnectionEnd, FrameReader, ReadEnd, WsConnection};
 use std::future::Future;
 use std::pin::Pin;
@@ -230,7 +230,7 @@ pub(super) async fn open_websocket(
         .map_err(|e| ConnectError::Handshake(format!("WebSocket TLS: {e}")))?;
     let io: BoxedIo = Box::new(tls);
     let url = format!("wss://{}/peergroup", dial.server_name);
-    let limits = ws_config(max_ws_message(MAX_SERVER_FRAME));
+    let limits = ws_config();
     let (socket, _response) = client_async_with_config(url, io, Some(limits))
         .await
         .map_err(|e| ConnectError::Lost(format!("WebSocket handshake: {e}")))?;
