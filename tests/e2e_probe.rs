@@ -254,6 +254,9 @@ fn probe(server: &Server, room: &str, name: &str, extra: &[&str]) -> Proc {
         .arg("probe")
         .args(server.args())
         .args(["--room", room, "--name", name])
+        // These tests follow QUIC paths (relay and direct): a loaded machine must not let
+        // the WebSocket fallback win the connection race.
+        .args(["--transport", "quic"])
         .args(extra);
     Proc::spawn(command)
 }
@@ -284,6 +287,11 @@ impl ProbeRun {
     fn host(&self) -> u64 {
         let connected: Vec<&Value> = self.events("connected").collect();
         assert_eq!(connected.len(), 1, "one connected line\n{}", self.output);
+        assert_eq!(
+            connected[0]["transport"], "quic",
+            "the connected line names the carrier asked for\n{}",
+            self.output
+        );
         connected[0]["host"]
             .as_u64()
             .unwrap_or_else(|| panic!("connected without a host\n{}", self.output))

@@ -81,6 +81,10 @@ fn spawn_probe(lab: &Lab, server: &LabServer, host: &Host, name: &str, extra: &[
         name,
         "--expect-peers",
         "1",
+        // The lab measures UDP paths: a loaded machine must not let the WebSocket
+        // fallback win the connection race (its pairs never go direct).
+        "--transport",
+        "quic",
     ]);
     command.args(extra);
     lab.spawn(host, command).expect("probe starts")
