@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::udp_cut::Forwarder;
 use common::*;
 use peergroup_client::{Client, ClientConfig, ClientEvent, ClientEvents, Delivery, Target};
 use peergroup_protocol::{
@@ -17,79 +18,11 @@ use peergroup_protocol::{
     ServerToClient, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 use peergroup_server::{Server, ServerConfig, ServerEvent, ServerEvents};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::net::UdpSocket;
 
 /// The idle timeout both sides use here (QUIC takes the smaller of the two).
 const IDLE: Duration = Duration::from_secs(2);
-
-/// Forwards UDP between one client and the server, and drops everything while
-/// `blackhole` is set.
-struct Forwarder {
-    addr: SocketAddr,
-    blackhole: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Forwarder {
-    async fn start(server: SocketAddr) -> Self {
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind front"));
-        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind back"));
-        back.connect(server).await.expect("connect back");
-        let addr = front.local_addr().expect("front address");
-        let blackhole = Arc::new(AtomicBool::new(false));
-        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
-        let up = {
-            let (front, back, blackhole, client) = (
-                front.clone(),
-                back.clone(),
-                blackhole.clone(),
-                client.clone(),
-            );
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65_536];
-                while let Ok((len, from)) = front.recv_from(&mut buf).await {
-                    *client.lock().unwrap() = Some(from);
-                    if !blackhole.load(Ordering::Acquire) {
-                        let _ = back.send(&buf[..len]).await;
-                    }
-                }
-            })
-        };
-        let down = {
-            let blackhole = blackhole.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65_536];
-                while let Ok(len) = back.recv(&mut buf).await {
-                    let to = *client.lock().unwrap();
-                    if let (Some(to), false) = (to, blackhole.load(Ordering::Acquire)) {
-                        let _ = front.send_to(&buf[..len], to).await;
-                    }
-                }
-            })
-        };
-        Self {
-            addr,
-            blackhole,
-            tasks: vec![up, down],
-        }
-    }
-
-    fn cut(&self, cut: bool) {
-        self.blackhole.store(cut, Ordering::Release);
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
 
 fn short_idle(config: &mut ClientConfig) {
     config.timeouts.idle = IDLE;

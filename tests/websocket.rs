@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::udp_cut::Forwarder;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use peergroup_client::{
@@ -16,8 +17,7 @@ use peergroup_client::{
 use peergroup_protocol::{frame_to_bytes, ClientToServer, Hello, HostId, PROTOCOL_VERSION};
 use peergroup_server::{PairPath, Server, ServerConfig, ServerEvents};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::Message;
@@ -248,66 +248,6 @@ async fn auto_connects_over_websocket_when_udp_is_dead_and_over_quic_when_it_wor
     assert_eq!(server.stats().websocket_clients, 1);
 }
 
-/// Forwards UDP between one client and the server, and drops everything once cut.
-struct Forwarder {
-    addr: SocketAddr,
-    blackhole: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Forwarder {
-    async fn start(server: SocketAddr) -> Self {
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind front"));
-        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind back"));
-        back.connect(server).await.expect("connect back");
-        let addr = front.local_addr().expect("front address");
-        let blackhole = Arc::new(AtomicBool::new(false));
-        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
-        let up = {
-            let (front, back, blackhole, client) = (
-                front.clone(),
-                back.clone(),
-                blackhole.clone(),
-                client.clone(),
-            );
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65_536];
-                while let Ok((len, from)) = front.recv_from(&mut buf).await {
-                    *client.lock().unwrap() = Some(from);
-                    if !blackhole.load(Ordering::Acquire) {
-                        let _ = back.send(&buf[..len]).await;
-                    }
-                }
-            })
-        };
-        let down = {
-            let blackhole = blackhole.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65_536];
-                while let Ok(len) = back.recv(&mut buf).await {
-                    let to = *client.lock().unwrap();
-                    if let (Some(to), false) = (to, blackhole.load(Ordering::Acquire)) {
-                        let _ = front.send_to(&buf[..len], to).await;
-                    }
-                }
-            })
-        };
-        Self {
-            addr,
-            blackhole,
-            tasks: vec![up, down],
-        }
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_loses_udp_mid_session_resumes_over_websocket_with_nothing_lost() {
     const COUNT: u32 = 1_500;
@@ -333,7 +273,7 @@ async fn a_client_that_loses_udp_mid_session_resumes_over_websocket_with_nothing
     let b_sends = send_numbered(b, a_id, COUNT);
     // Mid-stream, A's UDP dies for good: only the WebSocket can bring it back.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    forwarder.blackhole.store(true, Ordering::Release);
+    forwarder.cut(true);
     let (a_seen, b_seen) = tokio::join!(
         read_reliable(&mut a_events, COUNT as usize),
         read_reliable(&mut b_events, COUNT as usize)

@@ -2,6 +2,8 @@
 //! pin its certificate, and bounded waits for events.
 #![allow(dead_code)]
 
+pub mod udp_cut;
+
 use bytes::Bytes;
 use peergroup_client::{Client, ClientConfig, ClientEvent, ClientEvents, ServerTrust};
 use peergroup_protocol::{
