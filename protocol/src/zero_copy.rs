@@ -5,7 +5,7 @@
 //! small "head" struct (the same fields, with the payload's length in its place), and the
 //! payload is the rest of the received buffer, shared rather than copied
 //! ([`Bytes::slice`]). For any input these decoders give exactly what
-//! [`decode_body`](crate::decode_body) gives (the same message, or an error for the same
+//! [`decode_body`] gives (the same message, or an error for the same
 //! inputs); a property test checks it.
 //!
 //! This is the hot path of the relay and of every receiver: one allocation and one copy
