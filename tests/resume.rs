@@ -10,6 +10,7 @@
 
 mod common;
 
+use common::numbered::{read_numbered, send_numbered, Messages};
 use common::udp_cut::Forwarder;
 use common::*;
 use peergroup_client::{Client, ClientConfig, ClientEvent, ClientEvents, Delivery, Target};
@@ -63,54 +64,6 @@ async fn two_in_a_group(
     (forwarder, a, b)
 }
 
-/// What one side saw: the numbers of the messages from its peer, in order, and the
-/// other events that are not messages.
-#[derive(Debug, Default)]
-struct Seen {
-    numbers: Vec<u32>,
-    other: Vec<ClientEvent>,
-}
-
-/// Reads `events` until `count` messages arrived, keeping every other event.
-async fn read_messages(events: &mut ClientEvents, count: usize) -> Seen {
-    let mut seen = Seen::default();
-    while seen.numbers.len() < count {
-        let event = tokio::time::timeout(Duration::from_secs(30), events.next())
-            .await
-            .unwrap_or_else(|_| panic!("stalled after {} messages: {seen:?}", seen.numbers.len()))
-            .expect("events ended");
-        match event {
-            ClientEvent::Message { payload, .. } => {
-                let number = u32::from_be_bytes(payload[..4].try_into().unwrap());
-                seen.numbers.push(number);
-            }
-            ClientEvent::Disconnected { .. } => panic!("disconnected: {event:?} after {seen:?}"),
-            other => seen.other.push(other),
-        }
-    }
-    seen
-}
-
-/// Sends `count` numbered reliable messages to `to`, a few milliseconds apart.
-fn send_numbered(client: Client, to: HostId, count: u32) -> tokio::task::JoinHandle<Client> {
-    tokio::spawn(async move {
-        for n in 0..count {
-            client
-                .send(
-                    Target::Host(to),
-                    n.to_be_bytes().to_vec(),
-                    Delivery::ReliableOrdered,
-                )
-                .await
-                .expect("send");
-            if n % 10 == 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        client
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cut_off_for_seconds_resumes_as_the_same_host_and_loses_nothing() {
     const COUNT: u32 = 1_500;
@@ -133,8 +86,8 @@ async fn a_client_cut_off_for_seconds_resumes_as_the_same_host_and_loses_nothing
     });
 
     let (a_seen, b_seen) = tokio::join!(
-        read_messages(&mut a_events, COUNT as usize),
-        read_messages(&mut b_events, COUNT as usize)
+        read_numbered(&mut a_events, COUNT as usize, Messages::All),
+        read_numbered(&mut b_events, COUNT as usize, Messages::All)
     );
     restore.await.unwrap();
     let expected: Vec<u32> = (0..COUNT).collect();
@@ -191,7 +144,10 @@ async fn a_client_cut_off_for_seconds_resumes_as_the_same_host_and_loses_nothing
     )
     .await
     .unwrap();
-    assert_eq!(read_messages(&mut b_events, 1).await.numbers, vec![COUNT]);
+    assert_eq!(
+        read_numbered(&mut b_events, 1, Messages::All).await.numbers,
+        vec![COUNT]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,14 +7,14 @@
 
 mod common;
 
+use common::numbered::{read_numbered, send_numbered, Messages};
 use common::udp_cut::Forwarder;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use peergroup_client::{
-    Client, ClientConfig, ClientEvent, ClientEvents, Delivery, ServerTrust, Target, Transport,
-    TransportChoice,
+    ClientConfig, ClientEvent, Delivery, ServerTrust, Target, Transport, TransportChoice,
 };
-use peergroup_protocol::{frame_to_bytes, ClientToServer, Hello, HostId, PROTOCOL_VERSION};
+use peergroup_protocol::{frame_to_bytes, ClientToServer, Hello, PROTOCOL_VERSION};
 use peergroup_server::{PairPath, Server, ServerConfig, ServerEvents};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,55 +46,6 @@ fn over_websocket(server: &Server) -> impl FnOnce(&mut ClientConfig) + '_ {
     }
 }
 
-/// The numbers of the messages read, in order, and the events that are not messages.
-#[derive(Debug, Default)]
-struct Seen {
-    numbers: Vec<u32>,
-    other: Vec<ClientEvent>,
-}
-
-/// Reads `events` until `count` reliable messages arrived, keeping every other event.
-async fn read_reliable(events: &mut ClientEvents, count: usize) -> Seen {
-    let mut seen = Seen::default();
-    while seen.numbers.len() < count {
-        let event = tokio::time::timeout(Duration::from_secs(30), events.next())
-            .await
-            .unwrap_or_else(|_| panic!("stalled after {} messages: {seen:?}", seen.numbers.len()))
-            .expect("events ended");
-        match event {
-            ClientEvent::Message {
-                payload, delivery, ..
-            } if !delivery.is_unreliable() => {
-                seen.numbers
-                    .push(u32::from_be_bytes(payload[..4].try_into().unwrap()));
-            }
-            ClientEvent::Disconnected { .. } => panic!("disconnected: {event:?} after {seen:?}"),
-            other => seen.other.push(other),
-        }
-    }
-    seen
-}
-
-/// Sends `count` numbered reliable messages to `to`, a few milliseconds apart.
-fn send_numbered(client: Client, to: HostId, count: u32) -> tokio::task::JoinHandle<Client> {
-    tokio::spawn(async move {
-        for n in 0..count {
-            client
-                .send(
-                    Target::Host(to),
-                    n.to_be_bytes().to_vec(),
-                    Delivery::ReliableOrdered,
-                )
-                .await
-                .expect("send");
-            if n % 10 == 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        client
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_client_and_a_quic_client_exchange_everything_on_the_relay() {
     const COUNT: u32 = 1_500;
@@ -118,8 +69,8 @@ async fn a_websocket_client_and_a_quic_client_exchange_everything_on_the_relay()
     let a_sends = send_numbered(a, b_id, COUNT);
     let b_sends = send_numbered(b, a_id, COUNT);
     let (a_seen, b_seen) = tokio::join!(
-        read_reliable(&mut a_events, COUNT as usize),
-        read_reliable(&mut b_events, COUNT as usize)
+        read_numbered(&mut a_events, COUNT as usize, Messages::Reliable),
+        read_numbered(&mut b_events, COUNT as usize, Messages::Reliable)
     );
     let expected: Vec<u32> = (0..COUNT).collect();
     assert_eq!(
@@ -275,8 +226,8 @@ async fn a_client_that_loses_udp_mid_session_resumes_over_websocket_with_nothing
     tokio::time::sleep(Duration::from_millis(800)).await;
     forwarder.cut(true);
     let (a_seen, b_seen) = tokio::join!(
-        read_reliable(&mut a_events, COUNT as usize),
-        read_reliable(&mut b_events, COUNT as usize)
+        read_numbered(&mut a_events, COUNT as usize, Messages::Reliable),
+        read_numbered(&mut b_events, COUNT as usize, Messages::Reliable)
     );
     let expected: Vec<u32> = (0..COUNT).collect();
     assert_eq!(
@@ -318,7 +269,12 @@ async fn a_client_that_loses_udp_mid_session_resumes_over_websocket_with_nothing
     )
     .await
     .unwrap();
-    assert_eq!(read_reliable(&mut b_events, 1).await.numbers, vec![COUNT]);
+    assert_eq!(
+        read_numbered(&mut b_events, 1, Messages::Reliable)
+            .await
+            .numbers,
+        vec![COUNT]
+    );
 }
 
 type RawSocket =

@@ -2,6 +2,7 @@
 //! pin its certificate, and bounded waits for events.
 #![allow(dead_code)]
 
+pub mod numbered;
 pub mod udp_cut;
 
 use bytes::Bytes;
