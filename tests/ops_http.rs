@@ -865,6 +865,10 @@ async fn metrics_move_as_probes_run() {
     };
     let idle = scrape().await;
     assert_eq!(value(&idle, "peergroup_clients{transport=\"quic\"}"), 0.0);
+    assert_eq!(
+        value(&idle, "peergroup_clients{transport=\"websocket\"}"),
+        0.0
+    );
     assert_eq!(value(&idle, "peergroup_groups"), 0.0);
     assert_eq!(
         value(&idle, "peergroup_join_ack_latency_seconds_count"),
@@ -894,6 +898,8 @@ async fn metrics_move_as_probes_run() {
                 "--room", "metrics", "--name", name, "--count", "300", "--rate", "200",
             ])
             .args(["--expect-peers", "1", "--duration", "3"])
+            // The pair must go direct, which a WebSocket client never does.
+            .args(["--transport", "quic"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -913,6 +919,10 @@ async fn metrics_move_as_probes_run() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(value(&during, "peergroup_clients{transport=\"quic\"}"), 2.0);
+    assert_eq!(
+        value(&during, "peergroup_clients{transport=\"websocket\"}"),
+        0.0
+    );
     assert_eq!(value(&during, "peergroup_groups"), 1.0);
     assert!(value(&during, "peergroup_punch_attempts_total") >= 1.0);
     assert!(value(&during, "peergroup_punch_successes_total") >= 1.0);

@@ -5,6 +5,8 @@
 //! - peergroup: the library [`Server`] on a runtime of its own (two worker threads), nine
 //!   [`Client`]s in one relay-only group (`direct_p2p: false`); 1 to 1 is
 //!   `Target::Host`, 1 to 8 is `Target::Group` (one upload, fanned out by the server);
+//! - peergroup_websocket: the same, every client on the WebSocket-over-TLS fallback
+//!   (`TransportChoice::WebSocketOnly`) instead of QUIC: what a player without UDP gets;
 //! - the forwarder: on a runtime of its own too, same thread count, same fan-out;
 //! - coturn: its own process; nine allocations with channels bound both ways. TURN has no
 //!   fan-out, so 1 to 8 is eight ChannelData messages per message, and it is UDP only.
@@ -32,7 +34,8 @@ use crate::stats::Latencies;
 use crate::turn::{Coturn, TurnClient};
 use crate::Mode;
 use peergroup_client::{
-    Client, ClientConfig, ClientEvent, ClientEvents, Delivery, GroupId, HostId, ServerTrust, Target,
+    Client, ClientConfig, ClientEvent, ClientEvents, Delivery, GroupId, HostId, ServerTrust,
+    Target, TransportChoice,
 };
 use peergroup_server::{GroupOptions, Identity, Server, ServerConfig};
 use serde_json::Value;
@@ -44,7 +47,12 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 /// The relays, as named in `results.json`.
-const RELAYS: [&str; 3] = ["peergroup", "quinn_forwarder", "coturn"];
+const RELAYS: [&str; 4] = [
+    "peergroup",
+    "peergroup_websocket",
+    "quinn_forwarder",
+    "coturn",
+];
 /// Receivers per relay (the group of 8).
 const RECEIVERS: usize = 8;
 /// The latency load per sender, messages per second, unless a relay cannot take four
@@ -382,13 +390,18 @@ async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> 
         .map_err(|_| format!("timed out: {what}"))
 }
 
-/// Connects a peergroup client and waits for `Connected`.
-async fn peergroup_client(server: &Server, n: usize) -> Result<(Client, ClientEvents), String> {
+/// Connects a peergroup client over `transport` and waits for `Connected`.
+async fn peergroup_client(
+    server: &Server,
+    n: usize,
+    transport: TransportChoice,
+) -> Result<(Client, ClientEvents), String> {
     let mut config = ClientConfig::new(
         server.local_addr(),
         ServerTrust::Fingerprint(server.fingerprint()),
     );
     config.login = format!("bench-{n}").into();
+    config.transport = transport;
     let (client, mut events) = within("peergroup connect", Client::connect(config))
         .await?
         .map_err(|e| format!("peergroup connect: {e}"))?;
@@ -405,8 +418,13 @@ async fn peergroup_client(server: &Server, n: usize) -> Result<(Client, ClientEv
     Ok((client, events))
 }
 
-/// peergroup: a server on `server_rt`, nine clients in one relay-only group.
-async fn setup_peergroup(server_rt: &Handle) -> Result<Setup, String> {
+/// peergroup: a server on `server_rt`, nine clients in one relay-only group, all over
+/// `transport`; `relay` names the set-up in the results.
+async fn setup_peergroup(
+    server_rt: &Handle,
+    relay: &'static str,
+    transport: TransportChoice,
+) -> Result<Setup, String> {
     let identity = Identity::generate(&["peergroup"]).map_err(|e| e.to_string())?;
     let mut config = ServerConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), identity);
     // The section measures the relay's ceiling, not the per-client datagram rate limit
@@ -422,7 +440,7 @@ async fn setup_peergroup(server_rt: &Handle) -> Result<Setup, String> {
 
     let mut clients = Vec::new();
     for n in 0..=RECEIVERS {
-        clients.push(peergroup_client(&server, n).await?);
+        clients.push(peergroup_client(&server, n, transport).await?);
     }
     let ids: Vec<HostId> = clients.iter().map(|(c, _)| c.host_id()).collect();
     let options = GroupOptions {
@@ -478,7 +496,7 @@ async fn setup_peergroup(server_rt: &Handle) -> Result<Setup, String> {
     }
     let client = sender.ok_or("no sender")?;
     Ok(Setup {
-        relay: "peergroup",
+        relay,
         sender: Sender::Peergroup {
             client,
             first: ids[1],
@@ -793,12 +811,17 @@ async fn setup_all(
     let only = std::env::var("PEERGROUP_BENCH_RELAYS").unwrap_or_default();
     let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
     let mut setups = Vec::new();
-    if wanted("peergroup") {
-        setups.push(
-            setup_peergroup(server_rt)
-                .await
-                .map_err(|e| format!("peergroup set-up: {e}"))?,
-        );
+    for (relay, transport) in [
+        ("peergroup", TransportChoice::QuicOnly),
+        ("peergroup_websocket", TransportChoice::WebSocketOnly),
+    ] {
+        if wanted(relay) {
+            setups.push(
+                setup_peergroup(server_rt, relay, transport)
+                    .await
+                    .map_err(|e| format!("{relay} set-up: {e}"))?,
+            );
+        }
     }
     if wanted("quinn_forwarder") {
         setups.push(
@@ -1084,6 +1107,7 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
             ]);
         }
         let pg = relay(c, "peergroup");
+        let ws = relay(c, "peergroup_websocket");
         let fwd = relay(c, "quinn_forwarder");
         let turn = relay(c, "coturn");
         let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -1094,6 +1118,7 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
             case.label(),
             ratio(pg.max, fwd.max),
             ratio(p99(pg), p99(fwd)),
+            ratio(ws.max, pg.max),
             if case.reliable {
                 "n/a".into()
             } else {
@@ -1169,6 +1194,7 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
             "case",
             "msgs/s peergroup / forwarder",
             "p99 peergroup / forwarder",
+            "msgs/s WebSocket / QUIC",
             "msgs/s peergroup / coturn",
             "p99 peergroup / coturn",
         ]
@@ -1178,6 +1204,10 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
         notes: vec![
             "Throughput ratios above 1 favour peergroup; latency ratios below 1 do. The \
              target is msgs/s at least 0.9 of the forwarder's at an equal p99."
+                .into(),
+            "WebSocket / QUIC: peergroup's own two carriers, the fallback for players \
+             without UDP against the default (on WebSocket, unreliable messages ride the one \
+             TCP stream and are dropped when a backlog is in front of them)."
                 .into(),
         ],
     });
@@ -1219,6 +1249,7 @@ fn plot(path: &Path, series: &[(&str, &Latencies)], load: f64) -> Result<(), Str
         .map_err(|e| text(&e))?;
     let colors = [
         RGBColor(220, 50, 32),
+        RGBColor(230, 159, 0),
         RGBColor(0, 90, 181),
         RGBColor(26, 133, 56),
     ];

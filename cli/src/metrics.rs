@@ -9,7 +9,7 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `peergroup_clients` | gauge | `transport` (`quic`) |
+//! | `peergroup_clients` | gauge | `transport` (`quic`, `websocket`) |
 //! | `peergroup_groups` | gauge | |
 //! | `peergroup_pairs` | gauge | `path` (`direct`, `relay`) |
 //! | `peergroup_relayed_messages_total` | counter | `delivery` |
@@ -110,15 +110,22 @@ impl prometheus_client::collector::Collector for ServerCollector {
         let stats = self.server.stats();
         let e = &mut encoder;
         {
-            // Every client is on QUIC today; the label leaves room for other transports.
+            // Clients on the WebSocket fallback are counted apart from QUIC ones: a
+            // rising share is how an operator sees networks that block UDP.
             let mut family = e.encode_descriptor(
                 "peergroup_clients",
                 "Connected clients, by transport.",
                 None,
                 MetricType::Gauge,
             )?;
-            ConstGauge::new(stats.clients as i64)
-                .encode(family.encode_family(&[("transport", "quic")])?)?;
+            let websocket = stats.websocket_clients.min(stats.clients);
+            for (transport, n) in [
+                ("quic", stats.clients - websocket),
+                ("websocket", websocket),
+            ] {
+                ConstGauge::new(n as i64)
+                    .encode(family.encode_family(&[("transport", transport)])?)?;
+            }
         }
         gauge(e, "peergroup_groups", "P2P groups.", stats.groups as u64)?;
         {

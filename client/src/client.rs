@@ -350,7 +350,9 @@ impl Client {
         }
     }
 
-    /// Smoothed RTT to the server (zero over WebSocket, where TCP hides it).
+    /// Smoothed RTT to the server. Over WebSocket, where TCP hides its own, it is measured
+    /// with WebSocket pings every `timeouts.keepalive` (RFC 6298's smoothing) and is zero
+    /// until the first pong (within about one RTT of connecting).
     pub fn server_rtt(&self) -> Duration {
         self.inner.connection().rtt()
     }

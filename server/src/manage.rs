@@ -39,7 +39,8 @@ pub struct HostInfo {
     pub relayed_pairs: u32,
     /// When it logged in (wall clock).
     pub connected_at: SystemTime,
-    /// Smoothed RTT of its server connection (zero on WebSocket, where TCP hides it).
+    /// Smoothed RTT of its server connection (on WebSocket, measured by pings every half
+    /// idle timeout; zero until the first pong).
     pub rtt: Duration,
     /// Its connection's carrier: QUIC, or the WebSocket fallback (whose pairs stay on
     /// the relay).

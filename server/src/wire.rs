@@ -45,12 +45,12 @@ impl Wire {
         }
     }
 
-    /// The smoothed RTT; zero on WebSocket (TCP does not show it, and nothing that uses
-    /// it, punch timing, applies there).
+    /// The smoothed RTT: QUIC's, or on WebSocket the one measured by pings (zero until
+    /// the first pong; see [`WsConnection::rtt`](peergroup_transport::WsConnection::rtt)).
     pub fn rtt(&self) -> Duration {
         match self {
             Wire::Quic(connection) => connection.rtt(),
-            Wire::WebSocket(_) => Duration::ZERO,
+            Wire::WebSocket(connection) => connection.rtt(),
         }
     }
 

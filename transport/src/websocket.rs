@@ -9,11 +9,15 @@
 //! take).
 //!
 //! A connection is a [`WsConnection`] (shared: closing with a
-//! [`CloseCode`], its end, the address of the other side), a [`WsSender`] per writer and
-//! one [`WsReader`]. A pump task owns the socket's write half: it writes what the senders
-//! hand it, a ping after `keepalive` without writing, and the close frame. TCP never says
-//! that a path went silent, so the reader does it as QUIC's idle timeout does: nothing
-//! (not even a pong) read for `idle` ends the connection as timed out.
+//! [`CloseCode`], its end, the address of the other side, the RTT), a [`WsSender`] per
+//! writer and one [`WsReader`]. A pump task owns the socket's write half: it writes what
+//! the senders hand it, a ping at once and then every `keepalive`, and the close frame.
+//! TCP never says that a path went silent, so the reader does it as QUIC's idle timeout
+//! does: nothing (not even a pong) read for `idle` ends the connection as timed out.
+//!
+//! TCP does not show its RTT either, so each ping carries its send time and the pong
+//! that echoes it (RFC 6455 section 5.5.3: a pong carries the ping's application data)
+//! gives a sample, smoothed as RFC 6298 smooths TCP's own.
 
 use crate::end::{ConnectionEnd, ReadEnd};
 use crate::source::ByteSource;
@@ -22,8 +26,9 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use peergroup_protocol::CloseCode;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCode;
@@ -47,6 +52,13 @@ pub const WS_CLOSE_BASE: u16 = 4000;
 /// Batches queued for the pump, at most: the writer waits past it, so back-pressure
 /// reaches the queue at the writer (as a full QUIC stream window does).
 const PUMP_QUEUE: usize = 4;
+
+/// Datagram frames queued for the pump, at most; past it they are dropped, as a full
+/// datagram send buffer drops them on QUIC. Enough for a game tick's burst (a sender
+/// calling `send` many times in a row) while the pump writes; small enough that a
+/// datagram waits behind at most about this many others. The pump writes every queued
+/// datagram after each batch, with one flush.
+pub const DATAGRAM_QUEUE: usize = 128;
 
 /// How long a closing pump may take to write what was queued and the close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -97,11 +109,26 @@ async fn feed_chunk(sink: &mut WsSink, chunk: Bytes) -> Result<(), WsError> {
     sink.feed(Message::Binary(rest)).await
 }
 
-/// Sends `message`, a batch split as [`feed_chunk`] does, and flushes.
-async fn send_message(sink: &mut WsSink, message: Outgoing) -> Result<(), WsError> {
+/// Sends `message` (a batch split as [`feed_chunk`] does), then every datagram queued
+/// meanwhile, and flushes once.
+async fn send_message(
+    sink: &mut WsSink,
+    message: Outgoing,
+    datagrams: &mut mpsc::Receiver<Bytes>,
+) -> Result<(), WsError> {
     match message {
         Outgoing::Chunk(chunk) => feed_chunk(sink, chunk).await?,
-        Outgoing::Ping => sink.feed(Message::Ping(Bytes::new())).await?,
+        Outgoing::Ping(stamp) => {
+            let payload = Bytes::copy_from_slice(&stamp.to_le_bytes());
+            sink.feed(Message::Ping(payload)).await?
+        }
+    }
+    // At most one queue's worth, so a sender that keeps it full cannot hold the flush.
+    for _ in 0..DATAGRAM_QUEUE {
+        let Ok(datagram) = datagrams.try_recv() else {
+            break;
+        };
+        feed_chunk(sink, datagram).await?;
     }
     sink.flush().await
 }
@@ -112,7 +139,8 @@ type WsSink = SplitSink<WebSocketStream<BoxedIo>, Message>;
 /// What the pump writes next.
 enum Outgoing {
     Chunk(Bytes),
-    Ping,
+    /// A ping carrying its send time: µs since the connection's `born`.
+    Ping(u64),
 }
 
 /// One WebSocket connection, shared by its writers and whoever closes it. Once it and
@@ -122,6 +150,7 @@ enum Outgoing {
 pub struct WsConnection {
     remote: SocketAddr,
     sender: mpsc::Sender<Bytes>,
+    datagrams: mpsc::Sender<Bytes>,
     state: Arc<WsState>,
 }
 
@@ -135,9 +164,36 @@ struct WsState {
     /// Cancelled once the connection is over, with `end` set first.
     ended: CancellationToken,
     end: OnceLock<ConnectionEnd>,
+    /// The base of ping stamps.
+    born: Instant,
+    /// Smoothed RTT, µs; 0 until the first pong. Written by the reader only.
+    srtt_us: AtomicU64,
 }
 
 impl WsState {
+    /// µs since `born`, a ping's stamp.
+    fn stamp(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Takes a pong's payload as an RTT sample if it is one of our stamps: the first
+    /// sample sets the estimate, later ones move it by an eighth (RFC 6298 section 2).
+    /// Anything else (an unsolicited pong, a stamp from the future) is ignored.
+    fn on_pong(&self, payload: &[u8]) {
+        let Ok(stamp) = <[u8; 8]>::try_from(payload).map(u64::from_le_bytes) else {
+            return;
+        };
+        let Some(sample) = self.stamp().checked_sub(stamp) else {
+            return;
+        };
+        let sample = sample.max(1);
+        let srtt = match self.srtt_us.load(Ordering::Relaxed) {
+            0 => sample,
+            srtt => srtt - srtt / 8 + sample / 8,
+        };
+        self.srtt_us.store(srtt.max(1), Ordering::Relaxed);
+    }
+
     /// Records how the connection ended (the first account wins) and says it is over.
     fn finish(&self, end: ConnectionEnd) {
         let _ = self.end.set(end);
@@ -176,6 +232,13 @@ impl WsConnection {
         state.finish(ConnectionEnd::LocallyClosed);
     }
 
+    /// The smoothed RTT from pings and their pongs (RFC 6298's estimator); zero until
+    /// the first pong, which the first ping (sent at once) usually brings within one RTT.
+    /// A side that pauses reading (back-pressure) answers late, and its pause counts.
+    pub fn rtt(&self) -> Duration {
+        Duration::from_micros(self.state.srtt_us.load(Ordering::Relaxed))
+    }
+
     /// Whether the connection is over.
     pub fn is_closed(&self) -> bool {
         self.state.ended.is_cancelled()
@@ -189,6 +252,18 @@ impl WsConnection {
     /// A writer's handle: it hands the pump whole batches of frames.
     pub fn sender(&self) -> WsSender {
         WsSender(self.sender.clone())
+    }
+
+    /// Queues `frame` (one whole datagram frame) for the pump if fewer than
+    /// [`DATAGRAM_QUEUE`] wait: datagrams are dropped rather than queued behind a
+    /// backlog. They go out between batches, never inside one, so they may overtake
+    /// queued batches (as QUIC datagrams overtake stream data).
+    ///
+    /// # Errors
+    /// [`WsClosed`] when it was not queued (the queue is full, or the connection is
+    /// over).
+    pub fn try_send_datagram(&self, frame: Bytes) -> Result<(), WsClosed> {
+        self.datagrams.try_send(frame).map_err(|_| WsClosed)
     }
 }
 
@@ -209,15 +284,6 @@ impl WsSender {
     pub async fn write_chunk(&self, chunk: Bytes) -> Result<(), WsClosed> {
         self.0.send(chunk).await.map_err(|_| WsClosed)
     }
-
-    /// Writes `chunk` only if the pump has room now: for datagrams, which are dropped
-    /// rather than queued behind a backlog.
-    ///
-    /// # Errors
-    /// [`WsClosed`] when it was not written (no room, or the connection is over).
-    pub fn try_write_chunk(&self, chunk: Bytes) -> Result<(), WsClosed> {
-        self.0.try_send(chunk).map_err(|_| WsClosed)
-    }
 }
 
 /// The read half of a WebSocket: its binary messages' bytes, in order.
@@ -233,8 +299,8 @@ impl std::fmt::Debug for WsReader {
     }
 }
 
-/// Starts a connection on a WebSocket whose handshake is done: spawns its pump (pings
-/// every `keepalive` without writing) and returns the shared handle and the reader (which
+/// Starts a connection on a WebSocket whose handshake is done: spawns its pump (pings at
+/// once and every `keepalive`) and returns the shared handle and the reader (which
 /// ends the connection as timed out after `idle` without reading anything).
 pub fn start(
     socket: WebSocketStream<BoxedIo>,
@@ -244,13 +310,22 @@ pub fn start(
 ) -> (Arc<WsConnection>, WsReader) {
     let (sink, stream) = socket.split();
     let (sender, outgoing) = mpsc::channel(PUMP_QUEUE);
+    let (datagrams, queued_datagrams) = mpsc::channel(DATAGRAM_QUEUE);
     let state = Arc::new(WsState {
         close: Mutex::new(None),
         closing: CancellationToken::new(),
         ended: CancellationToken::new(),
         end: OnceLock::new(),
+        born: Instant::now(),
+        srtt_us: AtomicU64::new(0),
     });
-    tokio::spawn(pump(sink, outgoing, state.clone(), keepalive));
+    tokio::spawn(pump(
+        sink,
+        outgoing,
+        queued_datagrams,
+        state.clone(),
+        keepalive,
+    ));
     let reader = WsReader {
         stream,
         state: state.clone(),
@@ -259,18 +334,24 @@ pub fn start(
     let connection = Arc::new(WsConnection {
         remote,
         sender,
+        datagrams,
         state,
     });
     (connection, reader)
 }
 
-/// Owns the write half: writes batches, pings when idle, and the close frame.
+/// Owns the write half: writes batches, datagrams, pings, and the close frame.
 async fn pump(
     mut sink: WsSink,
     mut outgoing: mpsc::Receiver<Bytes>,
+    mut datagrams: mpsc::Receiver<Bytes>,
     state: Arc<WsState>,
     keepalive: Duration,
 ) {
+    // Pings go out on a fixed beat, busy or not: they keep an idle path alive and give
+    // the RTT samples, which a busy connection needs as much as an idle one.
+    let mut pings = tokio::time::interval(keepalive);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
             biased;
@@ -281,7 +362,8 @@ async fn pump(
                 // Every handle is gone: close normally.
                 None => break,
             },
-            () = tokio::time::sleep(keepalive) => Outgoing::Ping,
+            Some(datagram) = datagrams.recv() => Outgoing::Chunk(datagram),
+            _ = pings.tick() => Outgoing::Ping(state.stamp()),
         };
         // A peer that stops reading must not hold the pump (and the socket) forever: a
         // close or the connection's end cuts the write short.
@@ -289,7 +371,7 @@ async fn pump(
             biased;
             () = state.closing.cancelled() => break,
             () = state.ended.cancelled() => return,
-            sent = send_message(&mut sink, message) => sent,
+            sent = send_message(&mut sink, message, &mut datagrams) => sent,
         };
         if let Err(error) = sent {
             state.finish(ws_error_end(&error));
@@ -379,7 +461,8 @@ impl WsReader {
                 Message::Binary(bytes) if bytes.is_empty() => continue,
                 Message::Binary(bytes) => return Ok(Some(bytes)),
                 // tungstenite answers pings itself; either shows the path is alive.
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                Message::Pong(payload) => self.state.on_pong(&payload),
+                Message::Ping(_) | Message::Frame(_) => continue,
                 Message::Text(_) => {
                     return Err(ReadEnd::Violation(
                         CloseCode::ProtocolViolation,

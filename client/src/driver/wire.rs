@@ -32,11 +32,12 @@ impl ServerWire {
         }
     }
 
-    /// Smoothed RTT; zero on WebSocket (TCP does not show it).
+    /// Smoothed RTT: QUIC's, or on WebSocket the one measured by pings (zero until the
+    /// first pong).
     pub fn rtt(&self) -> Duration {
         match self {
             ServerWire::Quic(connection) => connection.rtt(),
-            ServerWire::WebSocket(_) => Duration::ZERO,
+            ServerWire::WebSocket(connection) => connection.rtt(),
         }
     }
 
@@ -58,9 +59,10 @@ impl ServerWire {
     }
 
     /// Sends an unreliable relay upload: a QUIC datagram, or on WebSocket a
-    /// [`ClientToServer::Datagram`] frame handed straight to the socket's writer if it
-    /// has room now, dropped otherwise (never queued behind a backlog). Either may be
-    /// lost, as a datagram may.
+    /// [`ClientToServer::Datagram`] frame handed straight to the socket's writer if
+    /// fewer than [`DATAGRAM_QUEUE`](peergroup_transport::websocket::DATAGRAM_QUEUE)
+    /// wait there, dropped otherwise (never queued behind a backlog). Either may be lost,
+    /// as a datagram may.
     pub fn send_datagram(&self, datagram: ClientDatagram, max_frame: u32) {
         match self {
             ServerWire::Quic(connection) => {
@@ -71,7 +73,7 @@ impl ServerWire {
             ServerWire::WebSocket(connection) => {
                 let frame = ClientToServer::Datagram(datagram);
                 if let Ok(bytes) = frame_to_bytes(&frame, max_frame) {
-                    let _ = connection.sender().try_write_chunk(bytes);
+                    let _ = connection.try_send_datagram(bytes);
                 }
             }
         }
