@@ -297,7 +297,22 @@ async fn a_spent_token_or_another_identitys_is_refused_and_changes_nothing() {
     })
     .await;
 
-    // The spent token is refused, with a reason.
+    // Until the client sends something on the new connection, the spent token would
+    // still be taken (the answer may have been lost: see
+    // `a_resume_whose_answer_was_lost_can_be_made_again_with_the_same_token` in the
+    // registry's tests). A clock request, answered, shows the client has the answer.
+    let mut control = second.open_uni().await.expect("control stream");
+    let request = ClientToServer::TimeRequest { token: 7 };
+    control
+        .write_all(&frame_to_bytes(&request, DEFAULT_MAX_FRAME_LEN).unwrap())
+        .await
+        .expect("write");
+    while !matches!(
+        read_frame(&mut second_recv).await,
+        ServerToClient::Time { token: 7, .. }
+    ) {}
+
+    // Now the spent token is refused, with a reason.
     let (replayed, _recv) = raw_resume(&server, &raw.endpoint, host, first, 2).await;
     let (code, reason) = refusal(&replayed).await;
     assert_eq!(code, CloseCode::ResumeRefused);

@@ -246,6 +246,59 @@ async fn auto_connects_over_websocket_when_udp_is_dead_and_over_quic_when_it_wor
     assert_eq!(server.stats().websocket_clients, 1);
 }
 
+/// When both carriers of an `Auto` race connect, only the first up logs in: the other
+/// closes before its hello. (Both used to say hello; the loser was dropped once the
+/// winner was welcomed, and the server, which had logged it in, kept a phantom host
+/// offline for the resume window: under load, the soak's stable groups could not form.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_race_where_both_carriers_connect_logs_in_once() {
+    // Logins wait at the auth hook, so both attempts would be inside the server at once.
+    let hellos = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hook = {
+        let hellos = hellos.clone();
+        peergroup_server::AuthHook::new(move |_| {
+            hellos.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_millis(2_500)).await;
+                peergroup_server::AuthDecision::accept()
+            }
+        })
+    };
+    let (server, _server_events) = start_server_with(
+        |config: &mut ServerConfig| config.timeouts.idle = IDLE,
+        hook,
+    )
+    .await;
+    // UDP opens after WebSocket has started (250 ms): QUIC's handshake then completes on
+    // its first retransmission (about 1 s), while WebSocket's login waits at the hook.
+    let udp = Forwarder::start(server.local_addr()).await;
+    udp.cut(true);
+    let blackhole = udp.blackhole.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        blackhole.store(false, std::sync::atomic::Ordering::Release);
+    });
+    let (client, _events, _) = connect_with(&server, "racer", |config| {
+        config.transport = TransportChoice::Auto;
+        config.server_addr = udp.addr;
+        config.websocket_addr = server.websocket_addr();
+    })
+    .await;
+    assert_eq!(
+        client.transport(),
+        Transport::WebSocket,
+        "the first carrier up"
+    );
+    // Long enough for a second login through the hook, had a hello been sent.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        hellos.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one hello reached the server"
+    );
+    assert_eq!(server.stats().clients, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_loses_udp_mid_session_resumes_over_websocket_with_nothing_lost() {
     const COUNT: u32 = 1_500;

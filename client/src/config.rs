@@ -38,9 +38,9 @@ pub struct ClientConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TransportChoice {
     /// QUIC first; WebSocket over TLS starts [`WEBSOCKET_DELAY`] later, in parallel, if
-    /// QUIC has not finished its handshake by then (at once if QUIC failed), and
-    /// whichever logs in first is used (happy eyeballs, with RFC 8305's connection
-    /// attempt delay). The default.
+    /// QUIC has not finished its handshake by then (at once if QUIC failed); the first
+    /// carrier up logs in and the other closes before its hello (happy eyeballs, with
+    /// RFC 8305's connection attempt delay). The default.
     #[default]
     Auto,
     /// QUIC only.

@@ -1,6 +1,9 @@
 //! The login: QUIC to the server (coming back with backoff while it refuses as busy), or
 //! WebSocket over TLS, or both raced (`TransportChoice::Auto`, happy eyeballs), then the
 //! hello on the main stream and the server's welcome, all within the connect timeout.
+//! In a race only the connections race (RFC 8305 races connection set-up): the first
+//! carrier up claims the login and the other closes before its hello, so the server never
+//! logs in a second host that would then go offline as a phantom.
 //! What fails on the way is named by `connect_failure.rs`.
 
 use crate::config::{ClientConfig, TransportChoice, WEBSOCKET_DELAY};
@@ -57,7 +60,8 @@ pub(super) struct LoggedIn {
 /// Connects to the server over the carrier `dial` chooses, logs in and waits for the
 /// welcome. With [`TransportChoice::Auto`], QUIC first and WebSocket [`WEBSOCKET_DELAY`]
 /// later unless QUIC has finished its handshake (at once if QUIC fails before that);
-/// the first to be welcomed wins and the other is dropped (a connection it made closes).
+/// the first carrier whose handshake completes says the hello, and the other closes
+/// without one.
 ///
 /// # Errors
 /// As [`crate::Client::connect`]: with `Auto`, QUIC's error if QUIC reached the server,
@@ -69,10 +73,13 @@ pub(super) async fn log_in(
     refused: &RefusedCertificate,
 ) -> Result<LoggedIn, ConnectError> {
     let quic_up = AtomicBool::new(false);
+    let claim = AtomicBool::new(false);
     match dial.transport {
-        TransportChoice::QuicOnly => log_in_quic(endpoint, dial, config, refused, &quic_up).await,
+        TransportChoice::QuicOnly => {
+            log_in_quic(endpoint, dial, config, refused, &quic_up, &claim).await
+        }
         TransportChoice::WebSocketOnly => {
-            log_in_websocket(dial, config, &AtomicBool::new(false)).await
+            log_in_websocket(dial, config, &AtomicBool::new(false), &claim).await
         }
         TransportChoice::Auto => race(endpoint, dial, config, refused, &quic_up).await,
     }
@@ -88,8 +95,10 @@ async fn race(
     refused: &RefusedCertificate,
     quic_up: &AtomicBool,
 ) -> Result<LoggedIn, ConnectError> {
+    // Set by the first carrier up: it alone says the hello.
+    let claim = AtomicBool::new(false);
     let mut quic: Option<Attempt<'_>> = Some(Box::pin(log_in_quic(
-        endpoint, dial, config, refused, quic_up,
+        endpoint, dial, config, refused, quic_up, &claim,
     )));
     // Set once the WebSocket's TCP connection is up: its error then says more than QUIC's.
     let tcp_up = AtomicBool::new(false);
@@ -133,7 +142,7 @@ async fn race(
                 quic_error = Some(error);
                 if !ws_started {
                     ws_started = true;
-                    ws = Some(Box::pin(log_in_websocket(dial, config, &tcp_up)));
+                    ws = Some(Box::pin(log_in_websocket(dial, config, &tcp_up, &claim)));
                 }
             }
             Step::WebSocket(Err(error)) => {
@@ -148,7 +157,7 @@ async fn race(
                     tracing::debug!("QUIC is up; no WebSocket attempt");
                 } else {
                     tracing::debug!("no QUIC handshake yet; starting WebSocket too");
-                    ws = Some(Box::pin(log_in_websocket(dial, config, &tcp_up)));
+                    ws = Some(Box::pin(log_in_websocket(dial, config, &tcp_up, &claim)));
                 }
             }
         }
@@ -163,16 +172,33 @@ enum Step {
     Delay,
 }
 
+/// Claims the login for the carrier whose handshake just completed: `true` for the
+/// first; a later one must close without a hello.
+fn claim_login(claim: &AtomicBool) -> bool {
+    !claim.swap(true, Ordering::AcqRel)
+}
+
+/// The other carrier claimed the login first.
+fn lost_the_race() -> ConnectError {
+    ConnectError::Lost("the other carrier connected first".into())
+}
+
 /// WebSocket over TLS: TCP, TLS 1.3 with the same trust and identity as QUIC, the
 /// WebSocket handshake, the hello and the welcome, within the connect timeout.
-/// `tcp_up` is set once the TCP connection is made.
+/// `tcp_up` is set once the TCP connection is made; the hello goes out only if this
+/// attempt claims `claim` first.
 async fn log_in_websocket(
     dial: &Dial,
     config: &ClientConfig,
     tcp_up: &AtomicBool,
+    claim: &AtomicBool,
 ) -> Result<LoggedIn, ConnectError> {
     let attempt = async {
         let (connection, reader) = open_websocket(dial, Some(tcp_up)).await?;
+        if !claim_login(claim) {
+            connection.close(CloseCode::Normal, "the other carrier connected first");
+            return Err(lost_the_race());
+        }
         let send = connection.sender();
         let mut recv = FrameReader::new(CarrierSource::WebSocket(reader), MAX_SERVER_FRAME);
         let hello = ClientToServer::Hello(Hello {
@@ -248,13 +274,15 @@ fn websocket_failed(end: ConnectionEnd) -> ConnectError {
 }
 
 /// QUIC: connect (coming back while the server refuses as busy), the hello and the
-/// welcome. `quic_up` is set once QUIC's handshake is done.
+/// welcome. `quic_up` is set once QUIC's handshake is done; the hello goes out only if
+/// this attempt claims `claim` first.
 async fn log_in_quic(
     endpoint: &quinn::Endpoint,
     dial: &Dial,
     config: &ClientConfig,
     refused: &RefusedCertificate,
     quic_up: &AtomicBool,
+    claim: &AtomicBool,
 ) -> Result<LoggedIn, ConnectError> {
     let client_config = dial.client_config.clone();
     let mut progress = LoginProgress {
@@ -292,6 +320,14 @@ async fn log_in_quic(
             }
         };
         quic_up.store(true, Ordering::Relaxed);
+        if !claim_login(claim) {
+            peergroup_transport::close(
+                &connection,
+                CloseCode::Normal,
+                "the other carrier connected first",
+            );
+            return Err(lost_the_race());
+        }
         let failed = |e| {
             LoginProgress {
                 quic_up: true,

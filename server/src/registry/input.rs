@@ -55,6 +55,7 @@ impl Registry {
         frame: ClientToServer,
         now: Instant,
     ) -> Result<(), ProtocolViolation> {
+        self.token_delivered(host);
         match frame {
             ClientToServer::Hello(_) | ClientToServer::Resume(_) => {
                 return Err(ProtocolViolation::SecondHello)

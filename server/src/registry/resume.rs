@@ -4,6 +4,13 @@
 //! resume with its current token (single use, rotated on every resume) and its identity
 //! brings it back; the window's end removes it as a disconnect would.
 //!
+//! A spent token stays good for one thing: the resume that spent it may lose its answer
+//! (the new connection dies before the client reads `Resumed` and the next token), and
+//! the client can only try again with the token it holds. So the presented token is kept
+//! as `previous` until the client shows it got the answer: any frame read from it on the
+//! new connection (it sends nothing there before the answer). Only the host's own
+//! identity can present either token.
+//!
 //! Also counted here: the frames the registry read from each host's main stream, which
 //! the host is told now and then ([`ServerToClient::Received`]) and on a resume, so it
 //! sends again exactly what the server did not read.
@@ -19,6 +26,9 @@ use std::time::Instant;
 pub(super) struct HostResume {
     /// The token that brings the host back; `None` until the driver issues one.
     token: Option<ResumeToken>,
+    /// The token the last resume spent, while the client has not shown that it got the
+    /// answer with `token` (see the module docs).
+    previous: Option<ResumeToken>,
     /// While the host is offline: when its window ends.
     offline_until: Option<Instant>,
     /// The window ended, or the host's kept frames passed their bound: it is being
@@ -46,7 +56,7 @@ pub enum ResumeRefusal {
     /// Another identity presented the token.
     #[error("the token belongs to another identity")]
     WrongIdentity,
-    /// Not the host's current token (spent, or never issued).
+    /// Not the host's current token (spent and superseded, or never issued).
     #[error("stale or unknown resume token")]
     BadToken,
 }
@@ -68,6 +78,15 @@ impl Registry {
     pub fn set_resume_token(&mut self, host: HostId, token: ResumeToken) {
         if let Some(state) = self.hosts.get_mut(host_key(host)) {
             state.resume.token = Some(token);
+            state.resume.previous = None;
+        }
+    }
+
+    /// `host` sent a frame on its connection: if it resumed, it got the answer and the
+    /// new token, so the token it resumed with is spent for good.
+    pub(super) fn token_delivered(&mut self, host: HostId) {
+        if let Some(state) = self.hosts.get_mut(host_key(host)) {
+            state.resume.previous = None;
         }
     }
 
@@ -92,7 +111,9 @@ impl Registry {
     }
 
     /// A new connection presents `token` to come back as `host`, from `identity` at
-    /// `addr`: if it is the host's current token and identity, the host is online again
+    /// `addr`: if it is the host's current token (or the one the last resume spent, while
+    /// the client has sent nothing since: that resume's answer may have been lost) and
+    /// identity, the host is online again
     /// (it may have been offline, or its old connection may still be half-open), its
     /// server-reflexive address is `addr`, and `next_token` is its token from now on.
     ///
@@ -121,10 +142,13 @@ impl Registry {
         if state.identity != identity {
             return Err(ResumeRefusal::WrongIdentity);
         }
-        match &resume.token {
-            Some(current) if current.matches(token) => {}
-            _ => return Err(ResumeRefusal::BadToken),
+        let current = resume.token.as_ref().is_some_and(|t| t.matches(token));
+        let previous = resume.previous.as_ref().is_some_and(|t| t.matches(token));
+        if !current && !previous {
+            return Err(ResumeRefusal::BadToken);
         }
+        // The client holds the token it presented until it reads this resume's answer.
+        resume.previous = Some(*token);
         resume.token = Some(next_token);
         let was_offline = match resume.offline_until.take() {
             Some(until) => {

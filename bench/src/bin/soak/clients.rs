@@ -40,6 +40,9 @@ struct Shared {
     connect_failures: AtomicU64,
     stable_ready: AtomicU64,
     unexpected_disconnects: AtomicU64,
+    /// Connections to the server lost and resumed (the session kept: not a disconnect).
+    connection_losses: AtomicU64,
+    resumes: AtomicU64,
     send_errors: AtomicU64,
     /// Sends skipped because a queue was full (`SendError::QueueFull`).
     sends_skipped: AtomicU64,
@@ -170,6 +173,8 @@ pub async fn run(
         connect_failures: AtomicU64::new(0),
         stable_ready: AtomicU64::new(0),
         unexpected_disconnects: AtomicU64::new(0),
+        connection_losses: AtomicU64::new(0),
+        resumes: AtomicU64::new(0),
         send_errors: AtomicU64::new(0),
         sends_skipped: AtomicU64::new(0),
         handles: std::sync::Mutex::new(vec![None; clients]),
@@ -230,13 +235,16 @@ pub async fn run(
             let totals = shared.ledger.totals();
             eprintln!(
                 "soak: t={:>4}s server RSS {} KiB, delivered {}, reliable in flight {}, \
-                 violations {:?}, disconnects {}, forced switches {}, server {}",
+                 violations {:?}, disconnects {}, resumed {} of {} lost, forced switches {}, \
+                 server {}",
                 at.as_secs(),
                 rss.last().map_or(0, |r| r.1),
                 totals.delivered,
                 totals.reliable_missing,
                 totals.violations,
                 shared.unexpected_disconnects.load(Ordering::Relaxed),
+                shared.resumes.load(Ordering::Relaxed),
+                shared.connection_losses.load(Ordering::Relaxed),
                 shared.forced_switches.load(Ordering::Relaxed),
                 server_counters
             );
@@ -385,6 +393,8 @@ fn summarize(
             "churn_reordered": v.churn_reordered,
             "foreign": v.foreign,
             "unexpected_disconnects": count(&shared.unexpected_disconnects),
+            "connection_losses_resumed": count(&shared.resumes),
+            "connection_losses": count(&shared.connection_losses),
             "send_errors": count(&shared.send_errors),
             "sends_skipped_queue_full": count(&shared.sends_skipped),
             "forced_switches": count(&shared.forced_switches),
@@ -619,6 +629,15 @@ impl Player {
                     _ => &self.shared.to_relay,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+            }
+            ClientEvent::ConnectionLost { reason } => {
+                eprintln!("soak: client {} lost its connection: {reason}", self.index);
+                self.shared
+                    .connection_losses
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            ClientEvent::Resumed { .. } => {
+                self.shared.resumes.fetch_add(1, Ordering::Relaxed);
             }
             ClientEvent::Disconnected { reason } if !self.shared.stop.is_cancelled() => {
                 eprintln!("soak: client {} disconnected: {reason}", self.index);

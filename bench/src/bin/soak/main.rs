@@ -19,8 +19,9 @@
 //!   back to the relay (and a punch back later).
 //!
 //! It prints a line every 30 s and, at the end, one JSON summary: the server's RSS over
-//! time, lost, duplicated and reordered reliable messages, unexpected disconnects, ops and
-//! path switches. It exits 1 if any reliable message was lost, duplicated or reordered or a
+//! time, lost, duplicated and reordered reliable messages, unexpected disconnects (a
+//! session ended), connections lost and resumed (the session kept; counted apart), ops
+//! and path switches. It exits 1 if any reliable message was lost, duplicated or reordered or a
 //! client was disconnected. Everything is bounded: the run stops at `--minutes` (at most
 //! 60), set-up and drain phases have their own time limits, and the server child exits
 //! when its standard input closes (this process ending, however it ends).

@@ -181,12 +181,43 @@ pub async fn serve(clients: usize, churn_per_sec: u32, seed: u64) -> Result<(), 
                 match event {
                     ServerEvent::ClientConnected { host, app_data, .. } => {
                         connected.push(host);
-                        form_stable_group(&server, clients, &app_data, host, &mut waiting);
+                        if let Some(group) = stable_group_of(clients, &app_data) {
+                            waiting.entry(group).or_default().push(host);
+                            form_stable_group(&server, clients, group, &mut waiting);
+                        }
+                    }
+                    // An offline host cannot be added to a group: churn leaves it alone,
+                    // and its stable group waits for it.
+                    ServerEvent::ClientOffline { host, .. } => {
+                        connected.retain(|h| *h != host);
+                    }
+                    ServerEvent::ClientResumed { host, .. } => {
+                        connected.push(host);
+                        let stalled: Vec<usize> = waiting
+                            .iter()
+                            .filter(|(_, hosts)| hosts.contains(&host))
+                            .map(|(group, _)| *group)
+                            .collect();
+                        for group in stalled {
+                            form_stable_group(&server, clients, group, &mut waiting);
+                        }
                     }
                     ServerEvent::ClientDisconnected { host, .. } => {
                         connected.retain(|h| *h != host);
                         for group in &mut members {
                             group.remove(&host);
+                        }
+                        // Its client may have connected again as a new host (a login
+                        // it gave up on under load): the group may be complete now.
+                        let mut affected = Vec::new();
+                        for (group, hosts) in &mut waiting {
+                            if hosts.contains(&host) {
+                                hosts.retain(|h| *h != host);
+                                affected.push(*group);
+                            }
+                        }
+                        for group in affected {
+                            form_stable_group(&server, clients, group, &mut waiting);
                         }
                     }
                     ServerEvent::JoinAckComplete { result, .. } => match result {
@@ -207,34 +238,38 @@ pub async fn serve(clients: usize, churn_per_sec: u32, seed: u64) -> Result<(), 
     Ok(())
 }
 
-/// Creates client `index`'s stable group once all of its members are in: every member
-/// joins at once, so no message to the group can precede a member's join.
+/// The stable group of the client logged in as `login` (`c<index>`).
+fn stable_group_of(clients: usize, login: &[u8]) -> Option<usize> {
+    let index = std::str::from_utf8(login)
+        .ok()?
+        .strip_prefix('c')?
+        .parse::<usize>()
+        .ok()?;
+    (index < clients).then_some(index / STABLE_SIZE)
+}
+
+/// Creates stable group `group` once all of its members are in: every member joins at
+/// once, so no message to the group can precede a member's join. If one of them is
+/// offline (losing its connection under load, resuming), the group waits in `waiting`
+/// and is tried again when a member resumes.
 fn form_stable_group(
     server: &Server,
     clients: usize,
-    login: &[u8],
-    host: HostId,
+    group: usize,
     waiting: &mut HashMap<usize, Vec<HostId>>,
 ) {
-    let Some(index) = std::str::from_utf8(login)
-        .ok()
-        .and_then(|l| l.strip_prefix('c'))
-        .and_then(|n| n.parse::<usize>().ok())
-    else {
+    let size = STABLE_SIZE.min(clients - group * STABLE_SIZE);
+    let Some(hosts) = waiting.get(&group).filter(|hosts| hosts.len() == size) else {
         return;
     };
-    let group = index / STABLE_SIZE;
-    let size = STABLE_SIZE.min(clients - group * STABLE_SIZE);
-    let hosts = waiting.entry(group).or_default();
-    hosts.push(host);
-    if hosts.len() == size {
-        let hosts = waiting.remove(&group).unwrap_or_default();
-        let options = GroupOptions {
-            direct_p2p: true,
-            ..GroupOptions::default()
-        };
-        if let Err(error) = server.create_group_with_data(&hosts, options, "stable", "") {
-            eprintln!("soak server: stable group {group}: {error}");
+    let options = GroupOptions {
+        direct_p2p: true,
+        ..GroupOptions::default()
+    };
+    match server.create_group_with_data(hosts, options, "stable", "") {
+        Ok(_) => {
+            waiting.remove(&group);
         }
+        Err(error) => eprintln!("soak server: stable group {group} waits: {error}"),
     }
 }

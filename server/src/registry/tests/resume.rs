@@ -111,8 +111,12 @@ fn a_resume_needs_the_current_token_and_identity_and_rotates_the_token() {
     assert_eq!(w.registry.pair_between(a, b), Some((pair, 1)));
     assert_eq!(w.registry.host_summary(a).unwrap().groups, vec![group]);
 
-    // The token was spent: replaying it is refused, the new one works (also while the
-    // host is online: a half-open old connection is replaced).
+    // Once the client has sent a frame it has the answer and the new token: the spent
+    // one is refused, the new one works (also while the host is online: a half-open old
+    // connection is replaced).
+    w.registry
+        .handle_frame(a, C::TimeRequest { token: 1 }, w.now)
+        .unwrap();
     assert_eq!(
         w.registry
             .handle_resume(a, identity(1), &token(1), token(4), addr(7)),
@@ -214,4 +218,45 @@ fn frames_read_from_a_host_are_confirmed_on_a_timer_at_every_256_and_on_resume()
         .handle_resume(a, identity(1), &token(1), token(2), addr(1))
         .unwrap();
     assert_eq!(resumed.uploads_read, 258);
+}
+
+#[test]
+fn a_resume_whose_answer_was_lost_can_be_made_again_with_the_same_token() {
+    let mut w = World::new();
+    let (a, _b, _group, _pair) = two_in_a_group(&mut w);
+    assert!(w.registry.handle_offline(a, w.now));
+
+    // The first resume is accepted, but its connection dies before the client reads the
+    // answer (and `token(3)`): the client still holds `token(1)` and tries again.
+    w.registry
+        .handle_resume(a, identity(1), &token(1), token(3), addr(7))
+        .unwrap();
+    assert!(w.registry.handle_offline(a, w.now));
+    let again = w
+        .registry
+        .handle_resume(a, identity(1), &token(1), token(4), addr(8))
+        .expect("the token whose resume lost its answer still works");
+    assert!(again.was_offline);
+    // Never another identity's, though.
+    assert_eq!(
+        w.registry
+            .handle_resume(a, identity(2), &token(1), token(5), addr(8)),
+        Err(ResumeRefusal::WrongIdentity)
+    );
+
+    // This time the answer arrives and the client sends: every older token is spent, and
+    // the one it was just given (`token(4)`) is the only one that works.
+    w.registry
+        .handle_frame(a, C::TimeRequest { token: 1 }, w.now)
+        .unwrap();
+    for spent in [token(1), token(3)] {
+        assert_eq!(
+            w.registry
+                .handle_resume(a, identity(1), &spent, token(6), addr(8)),
+            Err(ResumeRefusal::BadToken)
+        );
+    }
+    w.registry
+        .handle_resume(a, identity(1), &token(4), token(6), addr(8))
+        .unwrap();
 }
