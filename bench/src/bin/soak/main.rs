@@ -55,11 +55,11 @@ struct Args {
     /// groups pings every peer it has, so at high churn this is much of the load).
     #[arg(long)]
     ping_secs: Option<f64>,
-    /// Milliseconds between a client's sends to its groups. 200 is the load the soak was
-    /// built with; at 1,000 clients on two cores (clients and server on one machine) it
-    /// is more than the server can read, while at 1,000 the server keeps up (README,
-    /// "Soak").
-    #[arg(long, default_value_t = 200)]
+    /// Milliseconds between a client's sends to its groups. At 2,000, 1,000 clients and
+    /// the server share two cores and keep up; at 200 (the load the soak was first built
+    /// with) the server cannot read that fast, and at 1,000 the clients' own process
+    /// cannot take in what it is sent (README, "Soak").
+    #[arg(long, default_value_t = 2_000)]
     send_ms: u64,
     /// How long the drain after the traffic may take at most, seconds.
     #[arg(long, default_value_t = 30.0)]
