@@ -299,6 +299,45 @@ async fn an_auto_race_where_both_carriers_connect_logs_in_once() {
     assert_eq!(server.stats().clients, 1);
 }
 
+/// A server at its handshake cap closes a new TCP connection before TLS, as it refuses a
+/// QUIC connection at its first packet: "busy, try again later". A WebSocket client then
+/// comes back with back-off within its connect timeout, as a QUIC one does, instead of
+/// failing at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_refused_as_busy_comes_back_and_logs_in() {
+    let (server, _server_events) = start_server_with(
+        |config: &mut ServerConfig| {
+            config.admission.max_handshakes = 1;
+            config.admission.max_handshakes_per_source = 1;
+        },
+        peergroup_server::AuthHook::accept_all(),
+    )
+    .await;
+    // A connection that never starts TLS holds the one handshake slot for 600 ms.
+    let holder = tokio::net::TcpStream::connect(server.websocket_addr().unwrap())
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        drop(holder);
+    });
+    // Let the server take it first.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let (client, _events, _) = connect_with(&server, "patient", over_websocket(&server)).await;
+    assert_eq!(client.transport(), Transport::WebSocket);
+    assert!(
+        server.stats().admission_refusals >= 1,
+        "the first attempts were refused"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "logged in only once the slot was free: {:?}",
+        started.elapsed()
+    );
+    release.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_loses_udp_mid_session_resumes_over_websocket_with_nothing_lost() {
     const COUNT: u32 = 1_500;

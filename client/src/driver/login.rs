@@ -193,8 +193,24 @@ async fn log_in_websocket(
     tcp_up: &AtomicBool,
     claim: &AtomicBool,
 ) -> Result<LoggedIn, ConnectError> {
+    let refused_busy = AtomicBool::new(false);
     let attempt = async {
-        let (connection, reader) = open_websocket(dial, Some(tcp_up)).await?;
+        // A server busy with other logins closes the TCP connection before TLS, meaning
+        // "try again later" as QUIC's refusal at the first packet does: so the client
+        // does, backing off, within the connect timeout.
+        let mut backoff = BUSY_FIRST_BACKOFF;
+        let (connection, reader) = loop {
+            match open_websocket(dial, Some(tcp_up)).await {
+                Ok(opened) => break opened,
+                Err(WsOpenError::ClosedBeforeTls) => {
+                    refused_busy.store(true, Ordering::Relaxed);
+                    tracing::debug!(?backoff, "the server closed TCP before TLS (busy)");
+                    tokio::time::sleep(jittered(backoff)).await;
+                    backoff = (backoff * 2).min(BUSY_MAX_BACKOFF);
+                }
+                Err(WsOpenError::Failed(error)) => return Err(error),
+            }
+        };
         if !claim_login(claim) {
             connection.close(CloseCode::Normal, "the other carrier connected first");
             return Err(lost_the_race());
@@ -227,39 +243,75 @@ async fn log_in_websocket(
     };
     let (connection, send, recv, welcome) = tokio::time::timeout(config.timeouts.connect, attempt)
         .await
-        .map_err(|_| ConnectError::Timeout(config.timeouts.connect))??;
+        .map_err(|_| {
+            if refused_busy.load(Ordering::Relaxed) {
+                crate::connect_failure::busy()
+            } else {
+                ConnectError::Timeout(config.timeouts.connect)
+            }
+        })??;
     welcomed(connection, send, recv, welcome)
+}
+
+/// Why a WebSocket could not be opened.
+#[derive(Debug)]
+pub(super) enum WsOpenError {
+    /// The server took the TCP connection and closed it before TLS: how its handshake
+    /// caps refuse a connection (busy: try again later).
+    ClosedBeforeTls,
+    /// Anything else, named.
+    Failed(ConnectError),
+}
+
+impl From<WsOpenError> for ConnectError {
+    fn from(error: WsOpenError) -> Self {
+        match error {
+            WsOpenError::ClosedBeforeTls => crate::connect_failure::busy(),
+            WsOpenError::Failed(error) => error,
+        }
+    }
 }
 
 /// A WebSocket to the server, its handshakes done (each failure named).
 ///
 /// # Errors
-/// [`ConnectError::Unreachable`]-like failures as [`ConnectError::Lost`] with the step
-/// that failed; a TLS failure as [`ConnectError::Handshake`].
+/// [`WsOpenError::ClosedBeforeTls`] when the server closed the TCP connection before
+/// answering TLS; otherwise failures to reach it as [`ConnectError::Lost`] with the step
+/// that failed, and a TLS failure as [`ConnectError::Handshake`].
 pub(super) async fn open_websocket(
     dial: &Dial,
     tcp_up: Option<&AtomicBool>,
-) -> Result<(Arc<WsConnection>, peergroup_transport::WsReader), ConnectError> {
+) -> Result<(Arc<WsConnection>, peergroup_transport::WsReader), WsOpenError> {
     let addr = dial.websocket_addr;
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| ConnectError::Lost(format!("WebSocket: TCP connect to {addr}: {e}")))?;
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
+        WsOpenError::Failed(ConnectError::Lost(format!(
+            "WebSocket: TCP connect to {addr}: {e}"
+        )))
+    })?;
     if let Some(tcp_up) = tcp_up {
         tcp_up.store(true, Ordering::Relaxed);
     }
     let _ = tcp.set_nodelay(true);
     let name = rustls::pki_types::ServerName::try_from(dial.server_name.clone())
-        .map_err(|e| ConnectError::TlsSetup(e.to_string()))?;
+        .map_err(|e| WsOpenError::Failed(ConnectError::TlsSetup(e.to_string())))?;
     let tls = TlsConnector::from(dial.tls.clone())
         .connect(name, tcp)
         .await
-        .map_err(|e| ConnectError::Handshake(format!("WebSocket TLS: {e}")))?;
+        .map_err(|e| match e.kind() {
+            // Closed before the server said anything of TLS: refused, not broken.
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted => WsOpenError::ClosedBeforeTls,
+            _ => WsOpenError::Failed(ConnectError::Handshake(format!("WebSocket TLS: {e}"))),
+        })?;
     let io: BoxedIo = Box::new(tls);
     let url = format!("wss://{}/peergroup", dial.server_name);
     let limits = ws_config();
     let (socket, _response) = client_async_with_config(url, io, Some(limits))
         .await
-        .map_err(|e| ConnectError::Lost(format!("WebSocket handshake: {e}")))?;
+        .map_err(|e| {
+            WsOpenError::Failed(ConnectError::Lost(format!("WebSocket handshake: {e}")))
+        })?;
     Ok(websocket::start(socket, addr, dial.keepalive, dial.idle))
 }
 

@@ -11,6 +11,7 @@ use crate::config::{TransportChoice, WEBSOCKET_DELAY};
 use crate::driver::login::{jittered, open_websocket};
 use crate::driver::shared::{Inner, MainHandoff};
 use crate::driver::wire::{ServerSend, ServerWire};
+use crate::error::ConnectError;
 use crate::events::{ClientEvent, DisconnectReason};
 use peergroup_protocol::{
     decode_body, frame_to_bytes, ClientToServer, CloseCode, Resume, ResumeToken, ServerToClient,
@@ -168,7 +169,7 @@ async fn connect_quic(inner: &Inner) -> Result<Opened, Failure> {
 async fn connect_websocket(inner: &Inner) -> Result<Opened, Failure> {
     let (connection, reader) = open_websocket(&inner.resume.dial, None)
         .await
-        .map_err(|error| Failure::Retry(error.to_string()))?;
+        .map_err(|error| Failure::Retry(ConnectError::from(error).to_string()))?;
     let send = ServerSend::WebSocket(connection.sender());
     Ok((
         ServerWire::WebSocket(connection),
