@@ -496,7 +496,9 @@ fn a_15_s_outage_resumes_the_session_without_losing_a_message() {
             .expect("lab builds");
         let server = start_server(&lab);
         let (count, rate) = (3000u64, 100u64);
-        let args = ["--count", "3000", "--rate", "100", "--duration", "30"];
+        // 30 s of sending; staying 40 s leaves the backlog of the outage time to drain on a
+        // loaded machine.
+        let args = ["--count", "3000", "--rate", "100", "--duration", "40"];
         let spawned = Instant::now();
         let first = spawn_probe(&lab, &server, lab.client(0, 0), "a", &args);
         let second = spawn_probe(&lab, &server, lab.client(1, 0), "b", &args);
