@@ -111,7 +111,7 @@ fn every_nat_kind_reaches_the_server_with_the_public_address() {
 
 /// 2. Mapping: from one socket to two public destinations, FullCone and PortRestricted
 ///    (and no NAT) show one mapped port (EIM), Symmetric two (EDM). UdpBlocked reaches the
-///    server but not the other host.
+///    server but not the other host; NoUdp reaches neither.
 #[test]
 fn mapping_is_endpoint_independent_except_symmetric() {
     if natlab::should_skip("mapping_is_endpoint_independent_except_symmetric") {
@@ -125,6 +125,7 @@ fn mapping_is_endpoint_independent_except_symmetric() {
             .site(Nat::Symmetric)
             .site(Nat::UdpBlocked)
             .site(Nat::Open)
+            .site(Nat::NoUdp)
             .build()
             .expect("build lab");
         let _echo_server = start_echo(lab.server(), ECHO);
@@ -174,6 +175,11 @@ fn mapping_is_endpoint_independent_except_symmetric() {
                     Nat::UdpBlocked => {
                         let out = run(site);
                         assert!(out.reflexive(server).is_some(), "server reachable");
+                        assert!(out.no_reply(other), "other host blocked: {}", out.stdout);
+                    }
+                    Nat::NoUdp => {
+                        let out = run(site);
+                        assert!(out.no_reply(server), "server blocked: {}", out.stdout);
                         assert!(out.no_reply(other), "other host blocked: {}", out.stdout);
                     }
                 });
@@ -416,6 +422,69 @@ fn faults_kill_a_path_and_inject_loss() {
         lab.remove_fault(loss).expect("remove loss");
         let clean = count_received(300);
         assert!(clean >= 295, "without loss {clean}/300 arrived");
+    });
+}
+
+/// 3b. An outage cuts a site off from everyone (the server too) until it is lifted, and a
+///    mapping change gives the same local port a new external port from the new range.
+#[test]
+fn an_outage_cuts_a_site_off_and_a_mapping_change_moves_its_port() {
+    if natlab::should_skip("an_outage_cuts_a_site_off_and_a_mapping_change_moves_its_port") {
+        return;
+    }
+    natlab::bounded(LIMIT, || {
+        let lab = Lab::builder()
+            .public_hosts(1)
+            .site(Nat::FullCone)
+            .site(Nat::PortRestricted)
+            .build()
+            .expect("build lab");
+        let _echo = start_echo(lab.server(), ECHO);
+        let _other_echo = start_echo(lab.public_host(0), ECHO);
+        let server = lab.server().sock(ECHO);
+        let other = lab.public_host(0).sock(ECHO);
+        let probe = |site: usize, port: u16| {
+            lab.client(site, 0)
+                .run_tool(
+                    &Probe::new(port, &[server, other])
+                        .tries(5, Duration::from_millis(100))
+                        .tool(),
+                    STEP,
+                )
+                .expect("probe")
+        };
+
+        let fault = lab.block_all_of_site(0).expect("outage");
+        let out = probe(0, 0);
+        assert!(out.no_reply(server), "server cut off: {}", out.stdout);
+        assert!(out.no_reply(other), "everyone cut off: {}", out.stdout);
+        let out = probe(1, 0);
+        assert!(
+            out.reflexive(server).is_some(),
+            "the other site is not cut off"
+        );
+        lab.remove_fault(fault).expect("lift the outage");
+
+        for site in [0, 1] {
+            let port = 40_100 + site as u16;
+            let before = probe(site, port)
+                .reflexive(server)
+                .expect("server answered");
+            assert_eq!(before.port(), port, "MASQUERADE keeps a free port");
+            lab.site(site)
+                .change_udp_mapping((45_000, 45_099))
+                .expect("change the mapping");
+            let out = probe(site, port);
+            let after = out
+                .reflexive(server)
+                .expect("server answered after the change");
+            assert_eq!(after.ip(), before.ip());
+            assert!(
+                (45_000..=45_099).contains(&after.port()),
+                "a port from the new range: {after}"
+            );
+            assert_eq!(out.reflexive(other), Some(after), "still one mapping (EIM)");
+        }
     });
 }
 

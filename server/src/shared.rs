@@ -22,6 +22,7 @@ use peergroup_protocol::{
     datagram_to_bytes, frame_to_bytes, CloseCode, DatagramLane, DeliverFrame, Fingerprint, HostId,
     PunchOrder, RefuseReason, ResumeToken, ServerDatagram, ServerToClient, Unconfirmed,
 };
+use peergroup_transport::Transport;
 use ring::rand::SecureRandom;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +37,8 @@ pub(crate) struct Link {
     /// Its connection, QUIC or WebSocket (`wire.rs`).
     pub wire: Wire,
     pub outbound: OutboundQueue,
+    /// Where the client was seen: at login or resume, and again where a punch order
+    /// found its QUIC connection migrated (`Shared::refresh_reflexive`).
     pub remote_addr: SocketAddr,
     pub identity: Fingerprint,
     /// The login payload of its hello.
@@ -426,6 +429,12 @@ impl Shared {
                     };
                     let (delay_a, delay_b) =
                         punch_start_delays(link_a.wire.rtt(), link_b.wire.rtt());
+                    // A connection that migrated (the client's NAT gave it a new mapping)
+                    // has a new server-reflexive address, which quinn took without telling
+                    // anyone: the peer must punch to that one, not to the old mapping.
+                    let (candidates_of_controlling, candidates_of_controlled) = self
+                        .refresh_reflexive(core, controlling, controlled)
+                        .unwrap_or((candidates_of_controlling, candidates_of_controlled));
                     let mut secret = [0u8; 32];
                     if self.random.fill(&mut secret).is_err() {
                         tracing::error!("no randomness for a punch secret; not punching");
@@ -460,6 +469,38 @@ impl Shared {
             core.registry.end_resume(host);
         }
         deferred
+    }
+
+    /// Takes the addresses the connections of `a` and `b` have now as their
+    /// server-reflexive candidates, where they changed (QUIC connection migration), and
+    /// then returns the punch candidates of both anew (`a`'s first); `None` if neither
+    /// moved. An offline host's lost connection says nothing new and is left alone.
+    fn refresh_reflexive(
+        &self,
+        core: &mut Core,
+        a: HostId,
+        b: HostId,
+    ) -> Option<(Vec<SocketAddr>, Vec<SocketAddr>)> {
+        let mut moved = false;
+        for host in [a, b] {
+            let Some(link) = core.links.get_mut(&host) else {
+                continue;
+            };
+            if link.offline.is_some() || link.wire.transport() != Transport::Quic {
+                continue;
+            }
+            let now_at = link.wire.remote_address();
+            if core.registry.handle_address_change(host, now_at) {
+                tracing::info!(%host, from = %link.remote_addr, to = %now_at, "client moved");
+                link.remote_addr = now_at;
+                moved = true;
+            }
+        }
+        if moved {
+            core.registry.punch_candidates(a, b)
+        } else {
+            None
+        }
     }
 
     /// Queues one frame of gathered notices for `to`, behind the messages it must not

@@ -498,6 +498,9 @@ pub enum Nat {
     /// Like [`Nat::PortRestricted`], and all UDP to or from any address but the lab's server
     /// host is dropped: only the server is reachable over UDP.
     UdpBlocked,
+    /// No UDP at all (a network that allows only TCP): [`Nat::PortRestricted`] for TCP,
+    /// and every UDP packet through the router dropped, to and from the server too.
+    NoUdp,
 }
 
 impl fmt::Display for Nat {
@@ -869,6 +872,19 @@ impl Lab {
         self.add_fault(rules)
     }
 
+    /// Drops every packet (UDP, TCP, anything) from or to the public addresses of site
+    /// `s`, on the internet: the site is cut off from everyone, the server included, as
+    /// when its uplink fails.
+    pub fn block_all_of_site(&self, s: usize) -> io::Result<Fault> {
+        let mut rules = Vec::new();
+        for x in self.sites[s].public_addrs() {
+            let x = x.to_string();
+            rules.push(strings(&["-s", &x, "-j", "DROP"]));
+            rules.push(strings(&["-d", &x, "-j", "DROP"]));
+        }
+        self.add_fault(rules)
+    }
+
     /// Drops each UDP packet from or to public address `a` (only those exchanged with `b`, if
     /// given) with probability `probability`, independently, in both directions
     /// (`-m statistic --mode random`). The kernel here has no netem, so this is the loss model.
@@ -1150,6 +1166,46 @@ impl Site {
         .map(|_| ())
     }
 
+    /// Changes the router's NAT mapping as a router reboot or a carrier-grade NAT's
+    /// timeout would: UDP leaving the WAN is masqueraded to a port in `ports` from now on
+    /// (`MASQUERADE --to-ports`, inserted ahead of the site's own rule) and every
+    /// conntrack entry of the router is deleted (`conntrack -F`, needs the `conntrack`
+    /// tool), so each existing flow gets a new external port with its next packet. Only
+    /// for the cone kinds ([`Nat::FullCone`], [`Nat::PortRestricted`]); the full cone's
+    /// DMZ rule still forwards any port to client 0.
+    pub fn change_udp_mapping(&self, ports: (u16, u16)) -> io::Result<()> {
+        let router = match (&self.router, self.nat) {
+            (Some(r), Nat::FullCone | Nat::PortRestricted) => r,
+            _ => {
+                return Err(io::Error::other(format!(
+                    "change_udp_mapping needs a cone NAT site; site {} is {}",
+                    self.index, self.nat
+                )))
+            }
+        };
+        let range = format!("{}-{}", ports.0, ports.1);
+        ns_iptables(
+            &router.ns,
+            self.iptables,
+            &[
+                "-t",
+                "nat",
+                "-I",
+                "POSTROUTING",
+                "1",
+                "-o",
+                &self.wan_if,
+                "-p",
+                "udp",
+                "-j",
+                "MASQUERADE",
+                "--to-ports",
+                &range,
+            ],
+        )?;
+        ns_exec(&router.ns, "conntrack", &["-F"]).map(|_| ())
+    }
+
     fn install_nat(&self, server: Ipv4Addr) -> io::Result<()> {
         let Some(router) = &self.router else {
             return Ok(());
@@ -1201,7 +1257,7 @@ impl Site {
                     &dmz,
                 ])?;
             }
-            Nat::PortRestricted | Nat::Symmetric | Nat::UdpBlocked => {
+            Nat::PortRestricted | Nat::Symmetric | Nat::UdpBlocked | Nat::NoUdp => {
                 for chain in ["INPUT", "FORWARD"] {
                     ipt(&[
                         "-A",
@@ -1224,6 +1280,9 @@ impl Site {
                     ipt(&[
                         "-A", "FORWARD", "-i", wan, "-p", "udp", "!", "-s", &server, "-j", "DROP",
                     ])?;
+                }
+                if self.nat == Nat::NoUdp {
+                    ipt(&["-A", "FORWARD", "-p", "udp", "-j", "DROP"])?;
                 }
             }
         }

@@ -405,6 +405,22 @@ impl Registry {
         }
     }
 
+    /// The address the server now sees `host` at, when its connection moved there
+    /// (QUIC connection migration: its NAT gave it a new mapping, or it changed
+    /// networks). It becomes the host's server-reflexive candidate for the punches ordered
+    /// from now on; the candidates of one ordered before are not changed. Returns whether
+    /// the address differed from the one known.
+    pub fn handle_address_change(&mut self, host: HostId, addr: SocketAddr) -> bool {
+        let Some(state) = self.hosts.get_mut(host_key(host)) else {
+            return false;
+        };
+        if state.server_reflexive == addr {
+            return false;
+        }
+        state.server_reflexive = addr;
+        true
+    }
+
     /// Records a client's host candidates (at most [`MAX_HOST_CANDIDATES`]). Peers behind
     /// the same public address are told to probe them, so only addresses a host could
     /// hold are kept (see [`usable_host_candidate`]); the rest are dropped and counted.

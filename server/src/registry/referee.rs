@@ -7,6 +7,7 @@ use super::{host_key, Action, HostState, Registry, Timer};
 use crate::events::ServerEvent;
 use peergroup_protocol::budget::TokenBucket;
 use peergroup_protocol::{HostId, PairId, PairPath, PathReason, PunchOutcome};
+use std::net::SocketAddr;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -204,27 +205,9 @@ impl Registry {
             self.timers.insert((at, Timer::PunchRetry(pair)));
             return;
         }
-        let (Some(host_a), Some(host_b)) =
-            (self.hosts.get(host_key(a)), self.hosts.get(host_key(b)))
-        else {
+        let Some((candidates_of_a, candidates_of_b)) = self.punch_candidates(a, b) else {
             return;
         };
-        // Host candidates only help behind the same NAT (the same public address), where
-        // they avoid hairpinning; elsewhere they point into another private network.
-        let same_nat = host_a.server_reflexive.ip() == host_b.server_reflexive.ip();
-        let candidates = |h: &HostState| {
-            let mut out = vec![h.server_reflexive];
-            if same_nat {
-                out.extend(
-                    h.host_candidates
-                        .iter()
-                        .copied()
-                        .filter(|c| *c != h.server_reflexive),
-                );
-            }
-            out
-        };
-        let (candidates_of_a, candidates_of_b) = (candidates(host_a), candidates(host_b));
         let attempt = self
             .pairs
             .get_mut(pair)
@@ -247,6 +230,35 @@ impl Registry {
             candidates_of_controlling: candidates_of_a,
             candidates_of_controlled: candidates_of_b,
         });
+    }
+}
+
+impl Registry {
+    /// The candidates a punch between `a` and `b` hands each side about the other (`a`'s
+    /// first): its server-reflexive address and, only when both are behind the same
+    /// public address, its host candidates. `None` if either host is unknown.
+    pub fn punch_candidates(
+        &self,
+        a: HostId,
+        b: HostId,
+    ) -> Option<(Vec<SocketAddr>, Vec<SocketAddr>)> {
+        let (host_a, host_b) = (self.hosts.get(host_key(a))?, self.hosts.get(host_key(b))?);
+        // Host candidates only help behind the same NAT (the same public address), where
+        // they avoid hairpinning; elsewhere they point into another private network.
+        let same_nat = host_a.server_reflexive.ip() == host_b.server_reflexive.ip();
+        let candidates = |h: &HostState| {
+            let mut out = vec![h.server_reflexive];
+            if same_nat {
+                out.extend(
+                    h.host_candidates
+                        .iter()
+                        .copied()
+                        .filter(|c| *c != h.server_reflexive),
+                );
+            }
+            out
+        };
+        Some((candidates(host_a), candidates(host_b)))
     }
 }
 

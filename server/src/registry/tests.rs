@@ -1208,6 +1208,68 @@ fn path_reports_drive_pair_path_events_and_a_dead_direct_path_re_punches_later()
 }
 
 #[test]
+fn a_host_that_moved_is_punched_at_its_new_address_and_host_candidates_follow() {
+    let mut w = World::new();
+    let (a, b) = (w.connect(1), w.connect(2));
+    w.group(&[a, b]);
+    let pair = pair_of(&w.drain(), a, b);
+    for host in [a, b] {
+        w.registry
+            .handle_path_report(host, pair, PairPath::Direct, PathReason::Punched, w.now);
+    }
+    // A's NAT gives it a new port (its QUIC connection migrates); the direct path dies.
+    let moved: SocketAddr = "198.18.0.1:45001".parse().unwrap();
+    assert!(w.registry.handle_address_change(a, moved));
+    assert!(
+        !w.registry.handle_address_change(a, moved),
+        "no change twice"
+    );
+    let ghost = HostId::from_raw(99);
+    assert!(
+        !w.registry.handle_address_change(ghost, moved),
+        "unknown host"
+    );
+    w.registry
+        .handle_path_report(b, pair, PairPath::Relay, PathReason::DirectTimedOut, w.now);
+    w.drain();
+    w.advance(Duration::from_secs(5));
+    let Some(Action::Punch {
+        controlling,
+        candidates_of_controlling,
+        candidates_of_controlled,
+        ..
+    }) = punches(&w.drain()).pop()
+    else {
+        panic!("a punch after the direct path died")
+    };
+    let of_a = if controlling == a {
+        candidates_of_controlling
+    } else {
+        candidates_of_controlled
+    };
+    assert_eq!(of_a, vec![moved], "the new address, not the old mapping");
+    let (x, y) = w.registry.punch_candidates(a, b).unwrap();
+    assert_eq!(
+        (x, y[0]),
+        (vec![moved], "198.18.0.2:40002".parse().unwrap())
+    );
+
+    // A move that puts both behind one public address brings in host candidates.
+    let c = w.connect_at(3, "203.0.113.9:50003");
+    w.registry
+        .handle_host_candidates(c, vec!["192.168.1.13:6003".parse().unwrap()]);
+    w.registry
+        .handle_host_candidates(a, vec!["192.168.1.11:6001".parse().unwrap()]);
+    assert_eq!(w.registry.punch_candidates(a, c).unwrap().1.len(), 1);
+    assert!(w
+        .registry
+        .handle_address_change(a, "203.0.113.9:50001".parse().unwrap()));
+    let (of_a, of_c) = w.registry.punch_candidates(a, c).unwrap();
+    assert_eq!(of_a.len(), 2, "{of_a:?}");
+    assert_eq!(of_c.len(), 2, "{of_c:?}");
+}
+
+#[test]
 fn relayed_messages_are_counted_per_pair() {
     let mut w = World::new();
     let (a, b) = (w.connect(1), w.connect(2));

@@ -26,12 +26,14 @@
 //! `at_ms` counts milliseconds from process start):
 //!
 //! ```text
-//! {"event":"connected","host":ID,"transport":"quic"|"websocket"}
+//! {"event":"connected","host":ID,"transport":"quic"|"websocket","at_ms":T}
 //! {"event":"member_joined","group":G,"host":H}
 //! {"event":"member_left","group":G,"host":H}
 //! {"event":"path","peer":H,"path":"relay"|"direct","at_ms":T}
 //! {"event":"connection_lost","at_ms":T}
 //! {"event":"resumed","host":H,"after_ms":T}
+//! {"event":"session_lost","reason":R,"at_ms":T}
+//! {"event":"disconnected","reason":R,"at_ms":T}
 //! {"event":"summary","sent":N,"peers":[{"peer":H,"received":n,"lost":n,"duplicates":n,
 //!   "out_of_order":n,"malformed":n,"path":"relay"|"direct","relay_received":n,
 //!   "direct_received":n,"rtt_ms":x,"latency_p50_us":n|null,"latency_p99_us":n|null
@@ -39,7 +41,17 @@
 //!   "send_failed":n}
 //! ```
 //!
+//! - `connected`: `at_ms` is when the connection was up (login answered), so it is the
+//!   connect time including the QUIC-or-WebSocket race of `--transport auto`.
 //! - `member_joined` / `member_left`: every membership notice (the probe's own included).
+//! - `connection_lost` / `resumed`: the server connection was lost (silence for the idle
+//!   timeout) and the client is resuming its session; `resumed` when it did, `after_ms`
+//!   counting from the loss being noticed.
+//! - `session_lost`: the connection was lost and the session could not be resumed (the
+//!   resume window ended, or the server refused the resume: it no longer kept the host);
+//!   `disconnected`: the session ended in any other way while the probe ran (kicked,
+//!   server closed, protocol error). `reason` is the client's text. Either is followed by
+//!   the summary, and the probe exits with status 1.
 //! - `path`: when a peer is first seen (its `MemberJoined`: `relay`), and on every
 //!   change of the peer's path the client reports (relay to direct and back).
 //! - `summary`: exactly once, last, also after a failure once the room was joined.
@@ -235,19 +247,25 @@ fn last_of_key(key: u64, keys: u64, count: u64) -> u64 {
 ///  5. Leaves the room, disconnects, prints the summary.
 ///
 /// Stdout: one JSON object per line (ids are raw u64; at_ms = ms since process start):
-///   {"event":"connected","host":ID,"transport":"quic"|"websocket"}
+///   {"event":"connected","host":ID,"transport":"quic"|"websocket","at_ms":T}
 ///   {"event":"member_joined","group":G,"host":H}
 ///   {"event":"member_left","group":G,"host":H}
 ///   {"event":"path","peer":H,"path":"relay"|"direct","at_ms":T}
 ///   {"event":"connection_lost","at_ms":T}
 ///   {"event":"resumed","host":H,"after_ms":T}
+///   {"event":"session_lost","reason":R,"at_ms":T}
+///   {"event":"disconnected","reason":R,"at_ms":T}
 ///   {"event":"summary","sent":N,"peers":[{"peer":H,"received":n,"lost":n,
 ///     "duplicates":n,"out_of_order":n,"malformed":n,"path":"relay"|"direct",
 ///     "relay_received":n,"direct_received":n,"rtt_ms":x,
 ///     "latency_p50_us":n|null,"latency_p99_us":n|null[,"latest":{"keys":K,"sent":n,
 ///     "delivered":n,"backwards":n,"stale_keys":n}]}],"send_failed":n}
 ///
+/// connected: at_ms = when the login was answered (the connect time).
 /// member_joined/member_left: every membership notice, the probe's own included.
+/// connection_lost/resumed: the session is being resumed / was (after_ms from the loss).
+/// session_lost: lost and not resumed (window over, or refused); disconnected: ended
+/// otherwise. Both come before the summary; the exit status is then 1.
 /// path: when a peer is first seen (relay) and on every reported change of its path.
 /// summary: exactly once, last, whenever the room was joined (also on failure).
 /// received = all messages from the peer (duplicates included); lost = count -
@@ -496,6 +514,8 @@ pub enum Line {
         host: u64,
         /// The carrier it connected over: `"quic"` or `"websocket"`.
         transport: &'static str,
+        /// Milliseconds since process start when the connection was up (logged in).
+        at_ms: u64,
     },
     /// `host` joined `group`.
     MemberJoined {
@@ -531,6 +551,21 @@ pub enum Line {
         host: u64,
         /// Milliseconds from the loss being noticed to the resume.
         after_ms: u64,
+    },
+    /// The connection was lost and the session could not be resumed: the resume
+    /// window ended or the server refused the resume.
+    SessionLost {
+        /// Why, as the client library says it.
+        reason: String,
+        /// Milliseconds since process start.
+        at_ms: u64,
+    },
+    /// The session ended in another way (kicked, closed by the server, protocol error).
+    Disconnected {
+        /// Why, as the client library says it.
+        reason: String,
+        /// Milliseconds since process start.
+        at_ms: u64,
     },
     /// The results, printed once at the end.
     Summary {
@@ -614,6 +649,9 @@ struct Run {
     send_failed: u64,
     /// Why the connection ended, once it has.
     disconnected: Option<String>,
+    /// Between `ConnectionLost` and `Resumed`: a disconnect now means the session was
+    /// lost.
+    resuming: bool,
 }
 
 impl Run {
@@ -626,6 +664,7 @@ impl Run {
             present: BTreeSet::new(),
             send_failed: 0,
             disconnected: None,
+            resuming: false,
         }
     }
 
@@ -699,21 +738,46 @@ impl Run {
             ClientEvent::Disconnected { reason } => return self.disconnect(reason.to_string()),
             ClientEvent::ConnectionLost { reason } => {
                 tracing::warn!(%reason, "connection lost; resuming");
+                self.resuming = true;
                 emit(&Line::ConnectionLost {
                     at_ms: common::ms_since_start(),
                 });
             }
-            ClientEvent::Resumed { after } => emit(&Line::Resumed {
-                host: self.me.raw(),
-                after_ms: after.as_millis().min(u128::from(u64::MAX)) as u64,
-            }),
+            ClientEvent::Resumed { after } => {
+                self.resuming = false;
+                emit(&Line::Resumed {
+                    host: self.me.raw(),
+                    after_ms: after.as_millis().min(u128::from(u64::MAX)) as u64,
+                });
+            }
             other => tracing::debug!(?other, "ignored event"),
         }
         Ok(())
     }
 
+    /// The session ended: prints `session_lost` (if it was being resumed) or
+    /// `disconnected`, once, and returns the failure (exit status 1).
     fn disconnect(&mut self, reason: String) -> Result<(), Failure> {
-        let failure = Failure::new(format!("disconnected: {reason}"));
+        let (failure, line) = if self.resuming {
+            (
+                Failure::new(format!("session lost: {reason}")),
+                Line::SessionLost {
+                    reason: reason.clone(),
+                    at_ms: common::ms_since_start(),
+                },
+            )
+        } else {
+            (
+                Failure::new(format!("disconnected: {reason}")),
+                Line::Disconnected {
+                    reason: reason.clone(),
+                    at_ms: common::ms_since_start(),
+                },
+            )
+        };
+        if self.disconnected.is_none() {
+            emit(&line);
+        }
         self.disconnected = Some(reason);
         Err(failure)
     }
@@ -871,6 +935,7 @@ pub async fn run(args: ProbeArgs) -> Result<(), Failure> {
     emit(&Line::Connected {
         host: client.host_id().raw(),
         transport: client.transport().name(),
+        at_ms: common::ms_since_start(),
     });
     let mut backlog = Vec::new();
     let joined = common::join(
@@ -1066,9 +1131,24 @@ mod tests {
         assert_eq!(
             line(&Line::Connected {
                 host: 3,
-                transport: "websocket"
+                transport: "websocket",
+                at_ms: 310
             }),
-            r#"{"event":"connected","host":3,"transport":"websocket"}"#
+            r#"{"event":"connected","host":3,"transport":"websocket","at_ms":310}"#
+        );
+        assert_eq!(
+            line(&Line::SessionLost {
+                reason: "timed out".into(),
+                at_ms: 41_000
+            }),
+            r#"{"event":"session_lost","reason":"timed out","at_ms":41000}"#
+        );
+        assert_eq!(
+            line(&Line::Disconnected {
+                reason: "closed".into(),
+                at_ms: 9
+            }),
+            r#"{"event":"disconnected","reason":"closed","at_ms":9}"#
         );
         assert_eq!(
             line(&Line::MemberJoined { group: 5, host: 3 }),
@@ -1382,6 +1462,33 @@ mod tests {
         assert!(run.complete(6));
         run.checker = Checker::Unordered;
         assert!(!run.complete(6), "unordered waits for all six");
+    }
+
+    #[test]
+    fn a_disconnect_while_resuming_is_a_lost_session() {
+        use peergroup_client::DisconnectReason;
+        let lost = || ClientEvent::ConnectionLost {
+            reason: DisconnectReason::TimedOut,
+        };
+        let ended = || ClientEvent::Disconnected {
+            reason: DisconnectReason::TimedOut,
+        };
+        // Lost, not resumed, then ended: the session was lost.
+        let mut run = Run::new(HostId::from_raw(2), GroupId::from_raw(5));
+        run.handle(Some(lost())).unwrap();
+        let failure = run.handle(Some(ended())).unwrap_err();
+        assert_eq!(failure.code, common::EXIT_FAILURE);
+        assert_eq!(failure.message, "session lost: timed out");
+        // Lost and resumed, then ended: an ordinary disconnect.
+        let mut run = Run::new(HostId::from_raw(2), GroupId::from_raw(5));
+        run.handle(Some(lost())).unwrap();
+        run.handle(Some(ClientEvent::Resumed {
+            after: Duration::from_millis(5),
+        }))
+        .unwrap();
+        let failure = run.handle(Some(ended())).unwrap_err();
+        assert_eq!(failure.message, "disconnected: timed out");
+        assert!(!run.resuming);
     }
 
     #[test]
