@@ -549,6 +549,20 @@ fn a_15_s_outage_resumes_the_session_without_losing_a_message() {
         let after_ms = resumed[0]["after_ms"].as_u64().unwrap_or_default();
         let block_at = ms_between(spawned, blocked);
         let paths: Vec<String> = a.paths().into_iter().map(|(p, _)| p).collect();
+        // The punch the server ordered while A was cut off failed; after the resume the
+        // pair retries within 5 s (not the 60 s back-off of a real failure) and goes
+        // direct again well before the probes stop.
+        assert_eq!(
+            paths.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["relay", "direct", "relay", "direct"],
+            "direct, relay during the outage, direct again after the resume\n{}",
+            a.text
+        );
+        let direct_again_at = a.paths().last().map_or(0, |(_, at)| *at);
+        println!(
+            "NATLAB RESULT direct again {} ms after the resume",
+            direct_again_at.saturating_sub(lost_at + after_ms)
+        );
         println!(
             "NATLAB RESULT 15 s outage (port-restricted x port-restricted): resumed as the \
              same host, {count}/{count} each way in order; loss noticed {} ms after the \

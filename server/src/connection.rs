@@ -582,7 +582,14 @@ async fn resume_session(
         }
         let resumed = core
             .registry
-            .handle_resume(host, identity, &resume.token, next_token, remote)
+            .handle_resume(
+                host,
+                identity,
+                &resume.token,
+                next_token,
+                remote,
+                Instant::now(),
+            )
             .map_err(|refusal| refusal.to_string())?;
         let Some(link) = core.links.get_mut(&host) else {
             return Err("no such host is kept".to_string());

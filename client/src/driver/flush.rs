@@ -120,12 +120,22 @@ impl Inner {
     /// `run_punches` (`direct/punch.rs`) starts its task, and probes that come first wait
     /// in its input queue.
     fn start_punch(&self, core: &mut Core, order: PunchOrder) {
-        if core.directs.contains_key(&order.peer) || core.punches.contains_key(&order.pair) {
-            return; // already direct, or already punching: a stale order, not one to decline
+        if core.directs.contains_key(&order.peer) {
+            return; // already direct: a stale order, not one to decline
         }
+        // A newer attempt for a pair already punching supersedes the older one (an order
+        // replayed after a resume can be running when the server orders the pair again):
+        // the older task sees its input close and ends without a report. An older or
+        // equal one is stale.
+        let superseding = match core.punches.get(&order.pair) {
+            Some(running) if running.attempt >= order.attempt => return,
+            Some(_) => true,
+            None => false,
+        };
         // Punches under way count against the limit too: a client ordered to punch with a
         // whole crowd at once would otherwise start them all while it has no direct path.
-        let at_limit = core.directs.len() + core.punches.len() >= self.direct.max_direct_peers;
+        let at_limit =
+            !superseding && core.directs.len() + core.punches.len() >= self.direct.max_direct_peers;
         if !self.direct.enabled || at_limit {
             self.send_server_frame(&ClientToServer::PunchReport {
                 pair: order.pair,

@@ -157,6 +157,36 @@ impl Registry {
             .collect()
     }
 
+    /// `host` is back on a new connection at `now` (a resume): a punch ordered or failed
+    /// while its connection was down (its side could not answer, and the server may not
+    /// have known it was gone yet) must not hold its pairs on the relay for the back-off
+    /// of a real failure (60 s and more). Each of its pairs with a punch under way, or on
+    /// the relay with a retry scheduled later than [`PunchConfig::after_direct_lost`] from
+    /// now, retries then instead, the wait after a lost direct path.
+    pub(super) fn hasten_punches_after_resume(&mut self, host: HostId, now: Instant) {
+        let at = now + self.config.punch.after_direct_lost;
+        for pair in self.pairs.of_host(host) {
+            let Some(state) = self.pairs.get_mut(pair) else {
+                continue;
+            };
+            match state.punch.stage {
+                // Far off, or due while it was offline (skipped then).
+                punch::Stage::Relay {
+                    retry_at: Some(scheduled),
+                } if scheduled > at || scheduled <= now => {
+                    self.timers.remove(&(scheduled, Timer::PunchRetry(pair)));
+                }
+                // An attempt ordered while it was away: its side missed the moment (the
+                // order may yet be replayed to it, but the peer has given up), so the
+                // attempt is dropped, its late reports ignored, and not counted a failure.
+                punch::Stage::Punching { .. } => {}
+                _ => continue,
+            }
+            state.punch.stage = punch::Stage::Relay { retry_at: Some(at) };
+            self.timers.insert((at, Timer::PunchRetry(pair)));
+        }
+    }
+
     /// Orders both sides of `pair` to punch, if the policy allows it now.
     pub(super) fn maybe_punch(&mut self, pair: PairId, now: Instant) {
         let config = self.config.punch;
@@ -184,6 +214,16 @@ impl Registry {
         let relay_only = |host| self.hosts.get(host_key(host)).is_none_or(|h| h.relay_only);
         // A host without UDP (WebSocket) cannot punch: its pairs stay on the relay.
         if relay_only(a) || relay_only(b) {
+            return;
+        }
+        // An offline host cannot take its order; its resume schedules the punch again
+        // (`hasten_punches_after_resume`).
+        let offline = |host| {
+            self.hosts
+                .get(host_key(host))
+                .is_some_and(|h| h.resume.is_offline())
+        };
+        if offline(a) || offline(b) {
             return;
         }
         // Both hosts must have an order left in their budget; otherwise the punch waits

@@ -38,6 +38,13 @@ pub(super) struct HostResume {
     uploads: Confirmer,
 }
 
+impl HostResume {
+    /// Whether the host is offline, waiting for a resume.
+    pub(super) fn is_offline(&self) -> bool {
+        self.offline_until.is_some()
+    }
+}
+
 /// Why a resume was refused. Nothing changed in the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -117,6 +124,9 @@ impl Registry {
     /// (it may have been offline, or its old connection may still be half-open), its
     /// server-reflexive address is `addr`, and `next_token` is its token from now on.
     ///
+    /// Its relayed pairs whose punch retry is far off (a punch that failed while it was
+    /// away) retry soon instead: see `hasten_punches_after_resume`.
+    ///
     /// # Errors
     /// [`ResumeRefusal`]: resume off, an unknown or ending host, another identity, or
     /// not the current token. Nothing changes then.
@@ -127,6 +137,7 @@ impl Registry {
         token: &ResumeToken,
         next_token: ResumeToken,
         addr: SocketAddr,
+        now: Instant,
     ) -> Result<Resumed, ResumeRefusal> {
         if self.config.resume_window.is_zero() {
             return Err(ResumeRefusal::Off);
@@ -161,6 +172,7 @@ impl Registry {
         // The answer to the resume confirms this count.
         resume.uploads.set_confirmed(uploads_read);
         state.server_reflexive = addr;
+        self.hasten_punches_after_resume(host, now);
         Ok(Resumed {
             uploads_read,
             was_offline,

@@ -42,17 +42,21 @@ async fn punch(
 ) {
     let outcome = run_punch(&inner, &order, &mut inputs, identity).await;
     tracing::debug!(peer = %order.peer, attempt = order.attempt, ?outcome, "punch ended");
-    {
+    let superseded = {
         let mut core = inner.lock();
-        if core
-            .punches
-            .get(&order.pair)
-            .is_some_and(|p| p.attempt == order.attempt)
-        {
-            core.punches.remove(&order.pair);
+        match core.punches.get(&order.pair) {
+            Some(p) if p.attempt == order.attempt => {
+                core.punches.remove(&order.pair);
+                false
+            }
+            // A newer attempt took the pair over and expects the same peer.
+            Some(_) => true,
+            None => false,
         }
+    };
+    if !superseded {
+        inner.expected_peers.remove(&identity);
     }
-    inner.expected_peers.remove(&identity);
     if let Some(outcome) = outcome {
         inner.send_server_frame(&ClientToServer::PunchReport {
             pair: order.pair,

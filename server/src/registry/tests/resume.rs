@@ -51,7 +51,7 @@ fn an_offline_host_keeps_everything_and_its_peers_see_nothing_until_the_window_e
     assert!(!w.registry.is_offline(a));
     assert_eq!(
         w.registry
-            .handle_resume(a, identity(1), &token(1), token(9), addr(1)),
+            .handle_resume(a, identity(1), &token(1), token(9), addr(1), w.now),
         Err(ResumeRefusal::Ended)
     );
     // Removed as a disconnect: b gets an ordinary MemberLeft, then the pair ends.
@@ -85,7 +85,7 @@ fn a_resume_needs_the_current_token_and_identity_and_rotates_the_token() {
     for (host, who, presented, refusal) in refusals {
         assert_eq!(
             w.registry
-                .handle_resume(host, who, &presented, token(9), addr(1)),
+                .handle_resume(host, who, &presented, token(9), addr(1), w.now),
             Err(refusal)
         );
         assert!(w.registry.is_offline(a));
@@ -93,7 +93,7 @@ fn a_resume_needs_the_current_token_and_identity_and_rotates_the_token() {
 
     let resumed = w
         .registry
-        .handle_resume(a, identity(1), &token(1), token(3), addr(7))
+        .handle_resume(a, identity(1), &token(1), token(3), addr(7), w.now)
         .unwrap();
     assert_eq!(
         resumed,
@@ -104,9 +104,13 @@ fn a_resume_needs_the_current_token_and_identity_and_rotates_the_token() {
     );
     assert!(!w.registry.is_offline(a));
     w.advance(WINDOW);
+    // The pair's punch, under way when A went away, is ordered again (see
+    // `a_punch_that_failed_while_a_host_was_away_is_retried_soon_after_it_resumes`);
+    // nothing else happens.
+    let actions = w.drain();
     assert!(
-        w.drain().is_empty(),
-        "the window's timer is gone; nobody was told anything"
+        actions.iter().all(|a| matches!(a, Action::Punch { .. })),
+        "the window's timer is gone; nobody was told anything: {actions:?}"
     );
     assert_eq!(w.registry.pair_between(a, b), Some((pair, 1)));
     assert_eq!(w.registry.host_summary(a).unwrap().groups, vec![group]);
@@ -119,12 +123,12 @@ fn a_resume_needs_the_current_token_and_identity_and_rotates_the_token() {
         .unwrap();
     assert_eq!(
         w.registry
-            .handle_resume(a, identity(1), &token(1), token(4), addr(7)),
+            .handle_resume(a, identity(1), &token(1), token(4), addr(7), w.now),
         Err(ResumeRefusal::BadToken)
     );
     let again = w
         .registry
-        .handle_resume(a, identity(1), &token(3), token(4), addr(7))
+        .handle_resume(a, identity(1), &token(3), token(4), addr(7), w.now)
         .unwrap();
     assert!(!again.was_offline);
 }
@@ -145,7 +149,7 @@ fn with_a_zero_window_a_lost_host_is_not_kept() {
     assert!(!w.registry.is_offline(a));
     assert_eq!(
         w.registry
-            .handle_resume(a, identity(1), &token(1), token(2), addr(1)),
+            .handle_resume(a, identity(1), &token(1), token(2), addr(1), w.now),
         Err(ResumeRefusal::Off)
     );
     // Nor is one without a token, or one whose resume was ended.
@@ -170,7 +174,7 @@ fn ending_an_offline_hosts_resume_cancels_its_window() {
     );
     assert_eq!(
         w.registry
-            .handle_resume(a, identity(1), &token(1), token(2), addr(1)),
+            .handle_resume(a, identity(1), &token(1), token(2), addr(1), w.now),
         Err(ResumeRefusal::Ended)
     );
 }
@@ -215,7 +219,7 @@ fn frames_read_from_a_host_are_confirmed_on_a_timer_at_every_256_and_on_resume()
     assert!(received(&w.drain()).is_empty());
     let resumed = w
         .registry
-        .handle_resume(a, identity(1), &token(1), token(2), addr(1))
+        .handle_resume(a, identity(1), &token(1), token(2), addr(1), w.now)
         .unwrap();
     assert_eq!(resumed.uploads_read, 258);
 }
@@ -229,18 +233,18 @@ fn a_resume_whose_answer_was_lost_can_be_made_again_with_the_same_token() {
     // The first resume is accepted, but its connection dies before the client reads the
     // answer (and `token(3)`): the client still holds `token(1)` and tries again.
     w.registry
-        .handle_resume(a, identity(1), &token(1), token(3), addr(7))
+        .handle_resume(a, identity(1), &token(1), token(3), addr(7), w.now)
         .unwrap();
     assert!(w.registry.handle_offline(a, w.now));
     let again = w
         .registry
-        .handle_resume(a, identity(1), &token(1), token(4), addr(8))
+        .handle_resume(a, identity(1), &token(1), token(4), addr(8), w.now)
         .expect("the token whose resume lost its answer still works");
     assert!(again.was_offline);
     // Never another identity's, though.
     assert_eq!(
         w.registry
-            .handle_resume(a, identity(2), &token(1), token(5), addr(8)),
+            .handle_resume(a, identity(2), &token(1), token(5), addr(8), w.now),
         Err(ResumeRefusal::WrongIdentity)
     );
 
@@ -252,11 +256,69 @@ fn a_resume_whose_answer_was_lost_can_be_made_again_with_the_same_token() {
     for spent in [token(1), token(3)] {
         assert_eq!(
             w.registry
-                .handle_resume(a, identity(1), &spent, token(6), addr(8)),
+                .handle_resume(a, identity(1), &spent, token(6), addr(8), w.now),
             Err(ResumeRefusal::BadToken)
         );
     }
     w.registry
-        .handle_resume(a, identity(1), &token(4), token(6), addr(8))
+        .handle_resume(a, identity(1), &token(4), token(6), addr(8), w.now)
         .unwrap();
+}
+
+#[test]
+fn a_punch_that_failed_while_a_host_was_away_is_retried_soon_after_it_resumes() {
+    let mut w = World::new();
+    let (a, _b, _group, pair) = two_in_a_group(&mut w);
+    // The pair's first punch fails while A's connection is down (the server does not
+    // know yet): a real failure would wait 60 s for its retry.
+    w.registry
+        .handle_punch_report(a, pair, 1, PunchOutcome::NoResponse, w.now);
+    w.advance(Duration::from_secs(8));
+    assert!(w.registry.handle_offline(a, w.now));
+    w.advance(Duration::from_secs(4));
+    w.registry
+        .handle_resume(a, identity(1), &token(1), token(3), addr(7), w.now)
+        .unwrap();
+    // Retried as after a lost direct path (5 s), not at 60 s.
+    w.advance(Duration::from_secs(4));
+    assert!(punches(&w.drain()).is_empty(), "not before the wait");
+    w.advance(Duration::from_secs(1));
+    let retry = punches(&w.drain());
+    assert!(
+        matches!(retry.as_slice(), [Action::Punch { attempt: 2, .. }]),
+        "{retry:?}"
+    );
+    // And not again at the old time.
+    w.advance(Duration::from_secs(60));
+    assert!(punches(&w.drain()).is_empty());
+}
+
+#[test]
+fn a_pair_is_not_ordered_to_punch_while_a_host_is_offline_and_is_once_it_resumes() {
+    let mut w = World::new();
+    let (a, b, _group, pair) = two_in_a_group(&mut w);
+    for host in [a, b] {
+        w.registry
+            .handle_path_report(host, pair, PairPath::Direct, PathReason::Punched, w.now);
+    }
+    // The direct path dies with A's uplink: B falls back, and the server plans a punch
+    // 5 s later; A is known to be offline by then.
+    w.registry
+        .handle_path_report(b, pair, PairPath::Relay, PathReason::DirectTimedOut, w.now);
+    w.advance(Duration::from_secs(1));
+    assert!(w.registry.handle_offline(a, w.now));
+    w.advance(Duration::from_secs(10));
+    assert!(
+        punches(&w.drain()).is_empty(),
+        "no order for a host that cannot take it"
+    );
+    w.registry
+        .handle_resume(a, identity(1), &token(1), token(3), addr(7), w.now)
+        .unwrap();
+    w.advance(Duration::from_secs(5));
+    let order = punches(&w.drain());
+    assert!(
+        matches!(order.as_slice(), [Action::Punch { .. }]),
+        "{order:?}"
+    );
 }
