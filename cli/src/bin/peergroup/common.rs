@@ -163,11 +163,21 @@ pub async fn request<T>(
 ) -> Result<T, Failure> {
     let bytes = datagram_to_bytes(request)
         .map_err(|e| Failure::new(format!("cannot encode the rooms request: {e}")))?;
-    client
-        .send(Target::Server, bytes, Delivery::ReliableOrdered)
-        .await
-        .map_err(|e| Failure::new(format!("cannot send the rooms request: {e}")))?;
+    // The send waits while the upload queue is full, so it counts against the same
+    // deadline as the answer: a client whose queue never drains gets a clear failure,
+    // not a hang (a probe once waited here for over ten minutes after an overload).
     let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+    tokio::time::timeout_at(
+        deadline,
+        client.send(Target::Server, bytes, Delivery::ReliableOrdered),
+    )
+    .await
+    .map_err(|_| {
+        Failure::new(format!(
+            "the rooms request could not be queued within {REPLY_TIMEOUT:?}"
+        ))
+    })?
+    .map_err(|e| Failure::new(format!("cannot send the rooms request: {e}")))?;
     loop {
         let event = tokio::time::timeout_at(deadline, events.next())
             .await
