@@ -1172,7 +1172,9 @@ impl Site {
     /// conntrack entry of the router is deleted (`conntrack -F`, needs the `conntrack`
     /// tool), so each existing flow gets a new external port with its next packet. Only
     /// for the cone kinds ([`Nat::FullCone`], [`Nat::PortRestricted`]); the full cone's
-    /// DMZ rule still forwards any port to client 0.
+    /// DMZ rule still forwards any port to client 0. `ports` must not hold a flow's
+    /// current port: MASQUERADE keeps a source port that is in range and free, so the
+    /// mapping would not change (use ports below the ephemeral range, 32768 and up).
     pub fn change_udp_mapping(&self, ports: (u16, u16)) -> io::Result<()> {
         let router = match (&self.router, self.nat) {
             (Some(r), Nat::FullCone | Nat::PortRestricted) => r,
