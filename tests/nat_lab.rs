@@ -345,21 +345,16 @@ fn a_killed_direct_path_falls_back_and_comes_back_without_losing_a_message() {
         return;
     }
     natlab::bounded(LIMIT, || {
-        let lab = Lab::builder()
-            .site(Nat::PortRestricted)
-            .site(Nat::PortRestricted)
-            .build()
-            .expect("lab builds");
-        let server = start_server(&lab);
         let args = ["--count", "10000", "--rate", "700", "--duration", "16"];
-        let first = spawn_probe(&lab, &server, lab.client(0, 0), "a", &args);
-        let second = spawn_probe(&lab, &server, lab.client(1, 0), "b", &args);
         // Kill the direct path once it is up, hold the block past the path timeout (5 s),
         // then lift it; the server orders a new punch 5 s after the loss.
-        first
-            .wait_for_line("\"path\":\"direct\"", Duration::from_secs(20))
-            .expect("direct before the kill");
-        std::thread::sleep(Duration::from_secs(1));
+        let DirectPair {
+            lab,
+            server: _server,
+            a: first,
+            b: second,
+            ..
+        } = direct_pair(&args, "direct before the kill");
         let fault = lab.block_udp_between_sites(0, 1).expect("block");
         std::thread::sleep(Duration::from_secs(6));
         lab.remove_fault(fault).expect("unblock");

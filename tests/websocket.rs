@@ -453,6 +453,25 @@ async fn close_of(socket: &mut RawSocket) -> (u16, String) {
     }
 }
 
+/// Waits for the server to end a connection that sent an oversized message: a close
+/// with 4004 (`FrameTooLarge`), or a reset, since its close frame may be lost to the
+/// reset its unread bytes cause; never a hang, and never another close code.
+async fn too_large_or_reset(socket: &mut RawSocket) {
+    loop {
+        let next = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("the server ends it in time");
+        match next {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(u16::from(frame.code), 4004, "FrameTooLarge: {frame:?}");
+                return;
+            }
+            Some(Ok(_)) => continue,
+            None | Some(Err(_)) => return,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_over_websocket_is_refused_with_a_clear_close() {
     let (server, _server_events) = server().await;
@@ -477,20 +496,7 @@ async fn bad_input_over_websocket_is_refused_with_a_clear_close() {
     // the server buffer is one such message.
     let mut socket = raw_websocket(&server, true).await.unwrap();
     let _ = tokio::time::timeout(WAIT, socket.send(Message::binary(vec![0u8; 128 << 10]))).await;
-    loop {
-        let next = tokio::time::timeout(WAIT, socket.next())
-            .await
-            .expect("the server ends it in time");
-        match next {
-            Some(Ok(Message::Close(Some(frame)))) => {
-                assert_eq!(u16::from(frame.code), 4004, "FrameTooLarge: {frame:?}");
-                break;
-            }
-            Some(Ok(_)) => continue,
-            // Its close frame may be lost to the reset the unread bytes cause.
-            None | Some(Err(_)) => break,
-        }
-    }
+    too_large_or_reset(&mut socket).await;
 
     // A message over the WebSocket's own limit, after login.
     let mut socket = raw_websocket(&server, true).await.unwrap();
@@ -504,19 +510,7 @@ async fn bad_input_over_websocket_is_refused_with_a_clear_close() {
     let _ = tokio::time::timeout(WAIT, socket.send(Message::binary(huge))).await;
     // The server stops reading at the message's header; its close frame may be lost to
     // the reset its unread bytes cause, so a reset passes too (but never a hang).
-    loop {
-        let next = tokio::time::timeout(WAIT, socket.next())
-            .await
-            .expect("the server ends it in time");
-        match next {
-            Some(Ok(Message::Close(Some(frame)))) => {
-                assert_eq!(u16::from(frame.code), 4004, "FrameTooLarge: {frame:?}");
-                break;
-            }
-            Some(Ok(_)) => continue,
-            None | Some(Err(_)) => break,
-        }
-    }
+    too_large_or_reset(&mut socket).await;
 
     // No client certificate: TLS 1.3 refuses it, and the WebSocket never opens.
     let refused = raw_websocket(&server, false).await;

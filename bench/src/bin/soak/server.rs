@@ -192,7 +192,10 @@ pub async fn serve(clients: usize, churn_per_sec: u32, seed: u64) -> Result<(), 
                         connected.retain(|h| *h != host);
                     }
                     ServerEvent::ClientResumed { host, .. } => {
-                        connected.push(host);
+                        // A resume that replaced a half-open connection had no offline.
+                        if !connected.contains(&host) {
+                            connected.push(host);
+                        }
                         let stalled: Vec<usize> = waiting
                             .iter()
                             .filter(|(_, hosts)| hosts.contains(&host))
