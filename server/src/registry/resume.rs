@@ -221,6 +221,8 @@ impl Registry {
             // Not resumable (the driver issues every host a token when resume is on).
             return;
         }
+        // The client sent this after reading its resume's answer (`token_delivered`).
+        state.resume.previous = None;
         let uploads = &mut state.resume.uploads;
         let was_due = uploads.poll_timeout();
         if uploads.on_read(now) {

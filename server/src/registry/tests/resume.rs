@@ -227,7 +227,7 @@ fn frames_read_from_a_host_are_confirmed_on_a_timer_at_every_256_and_on_resume()
 #[test]
 fn a_resume_whose_answer_was_lost_can_be_made_again_with_the_same_token() {
     let mut w = World::new();
-    let (a, _b, _group, _pair) = two_in_a_group(&mut w);
+    let (a, _b, group, pair) = two_in_a_group(&mut w);
     assert!(w.registry.handle_offline(a, w.now));
 
     // The first resume is accepted, but its connection dies before the client reads the
@@ -263,6 +263,23 @@ fn a_resume_whose_answer_was_lost_can_be_made_again_with_the_same_token() {
     w.registry
         .handle_resume(a, identity(1), &token(4), token(6), addr(8), w.now)
         .unwrap();
+
+    // A relayed message shows it as well as any other frame: after it, the token that
+    // resume spent (`token(4)`) is refused too.
+    let upload = C::Relay {
+        group: Some(group),
+        to_server: false,
+        lane: Lane::Ordered { channel: 0 },
+        priority: Priority::Medium,
+        dests: vec![RelayDest { pair, seq: 1 }],
+        payload: Bytes::from_static(b"m"),
+    };
+    w.registry.handle_frame(a, upload, w.now).unwrap();
+    assert_eq!(
+        w.registry
+            .handle_resume(a, identity(1), &token(4), token(7), addr(8), w.now),
+        Err(ResumeRefusal::BadToken)
+    );
 }
 
 #[test]
