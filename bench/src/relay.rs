@@ -28,6 +28,7 @@
 //! relays, for profiling one of them alone; `PEERGROUP_BENCH_RELAY_CASES=1to8_64b_unreliable`
 //! (comma-separated keys, as in `results.json`) runs only those cases.
 
+use crate::cpu::{clock_ticks_per_sec, threads_cpu_ticks};
 use crate::forwarder::{Forwarder, FwdClient};
 use crate::report::{self, Report, Table};
 use crate::stats::{median, Latencies};
@@ -64,6 +65,9 @@ const WAIT: Duration = Duration::from_secs(10);
 const HEADER: usize = 12;
 /// Flooding senders yield to the scheduler after this many messages.
 const FLOOD_BATCH: usize = 16;
+/// The relay runtime's thread name: its CPU time is the relay's (coturn runs in a
+/// process of its own and is not measured this way).
+const SERVER_THREADS: &str = "relay-server";
 /// Throughput runs per case and relay, interleaved across relays; a cell reports the
 /// median. Single 0.8 s runs of the same code moved by up to 1.7x (peergroup, 1→1
 /// reliable: 344k to 586k) and the forwarder's by up to 1.5x, so one run's ratio said
@@ -628,12 +632,22 @@ struct Outcome {
     sent: u64,
     /// Deliveries of the run, counted until the drain ended.
     delivered: u64,
+    /// CPU time of the relay's threads (the `relay-server` runtime) over the run, clock
+    /// ticks; the clients' threads are not counted.
+    server_cpu_ticks: u64,
     latencies: Latencies,
     /// Something worth a note (a drain that timed out).
     note: Option<String>,
 }
 
 impl Outcome {
+    /// The relay's CPU time per delivery, ns (each of a 1→8 upload's eight deliveries
+    /// counts); `None` without deliveries.
+    fn server_ns_per_delivery(&self, ticks_per_sec: f64) -> Option<f64> {
+        (self.delivered > 0)
+            .then(|| self.server_cpu_ticks as f64 / ticks_per_sec * 1e9 / self.delivered as f64)
+    }
+
     fn loss_pct(&self, fanout: usize) -> f64 {
         let expected = self.sent * fanout as u64;
         if expected == 0 {
@@ -698,6 +712,7 @@ async fn run_once(
     if let Some(failed) = probes.iter().find_map(|p| p.failed()) {
         return Err(failed);
     }
+    let server_cpu_before = threads_cpu_ticks(SERVER_THREADS);
     let start = Instant::now();
     let from = start + warmup;
     let until = from + window;
@@ -779,6 +794,7 @@ async fn run_once(
         rate: in_window as f64 / window.as_secs_f64(),
         sent,
         delivered,
+        server_cpu_ticks: threads_cpu_ticks(SERVER_THREADS).saturating_sub(server_cpu_before),
         latencies,
         note,
     })
@@ -794,6 +810,8 @@ struct Cell {
     max: Option<f64>,
     /// Every throughput run's figure, in run order.
     rates: Vec<f64>,
+    /// The relay's CPU time per delivery in each throughput run, ns.
+    server_ns: Vec<f64>,
     /// The latency run.
     latency: Option<Outcome>,
     errors: Vec<String>,
@@ -870,6 +888,7 @@ async fn measure(
         .map(|_| RELAYS.iter().map(|_| Cell::default()).collect())
         .collect();
     let mut run = 0u32;
+    let ticks_per_sec = clock_ticks_per_sec();
 
     for (c, case) in cases.iter().enumerate() {
         // Round after round over the relays, so a slow spell of the machine is shared.
@@ -893,11 +912,15 @@ async fn measure(
                             .map(|n| format!(", {n}"))
                             .unwrap_or_default()
                     );
-                    if let Some(note) = outcome.note {
+                    if let Some(note) = &outcome.note {
                         cell.errors.push(format!("throughput: {note}"));
                     }
                     cell.rates.push(outcome.rate);
                     cell.max = median(&cell.rates);
+                    if setup.relay != "coturn" {
+                        cell.server_ns
+                            .extend(outcome.server_ns_per_delivery(ticks_per_sec));
+                    }
                 }
                 Err(error) => {
                     eprintln!("   {} {}: {error}", case.key(), setup.relay);
@@ -1081,6 +1104,22 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
         report.set("relay.min_ratio_vs_quinn", (worst * 100.0).round() / 100.0);
         report.set("relay.min_ratio_case", key.as_str());
     }
+    // The relay's own CPU per delivery against the forwarder's, the worst case: what a
+    // deployment's server pays, without the clients that share this machine.
+    let cpu_ratios: Vec<(f64, String)> = (0..measured.cases.len())
+        .filter_map(|c| {
+            let pg = median(&relay(c, "peergroup").server_ns)?;
+            let fwd = median(&relay(c, "quinn_forwarder").server_ns).filter(|f| *f > 0.0)?;
+            Some((pg / fwd, measured.cases[c].key()))
+        })
+        .collect();
+    if let Some((worst, key)) = cpu_ratios.iter().max_by(|a, b| a.0.total_cmp(&b.0)) {
+        report.set(
+            "relay.max_server_cpu_ratio_vs_quinn",
+            (worst * 100.0).round() / 100.0,
+        );
+        report.set("relay.max_server_cpu_ratio_case", key.as_str());
+    }
 
     // The breakdown and the tables.
     let mut rows = Vec::new();
@@ -1095,6 +1134,10 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
             let cell = relay(c, name);
             let prefix = format!("relay.cases.{key}.{name}");
             report.set(&format!("{prefix}.msgs_per_sec"), number(cell.max));
+            report.set(
+                &format!("{prefix}.server_cpu_ns_per_delivery"),
+                number(median(&cell.server_ns)),
+            );
             report.set(
                 &format!("{prefix}.msgs_per_sec_runs"),
                 Value::from(
@@ -1150,6 +1193,7 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
             case.label(),
             ratio(pg.max, fwd.max),
             ratio(p99(pg), p99(fwd)),
+            ratio(median(&pg.server_ns), median(&fwd.server_ns)),
             ratio(ws.max, pg.max),
             if case.reliable {
                 "n/a".into()
@@ -1229,6 +1273,7 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
             "case",
             "msgs/s peergroup / forwarder",
             "p99 peergroup / forwarder",
+            "server CPU per delivery peergroup / forwarder",
             "msgs/s WebSocket / QUIC",
             "msgs/s peergroup / coturn",
             "p99 peergroup / coturn",
@@ -1237,8 +1282,14 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
         .to_vec(),
         rows: ratio_rows,
         notes: vec![
-            "Throughput ratios above 1 favour peergroup; latency ratios below 1 do. The \
-             target is msgs/s at least 0.9 of the forwarder's at an equal p99."
+            "Throughput ratios above 1 favour peergroup; latency and CPU ratios below 1 do. \
+             The target is msgs/s at least 0.9 of the forwarder's at an equal p99."
+                .into(),
+            "Server CPU per delivery: the relay runtime's CPU time over a throughput run \
+             (warm-up, window and drain) over the deliveries of that run, median of the \
+             runs. Clients and server share the machine's two cores here, so msgs/s counts \
+             the clients' work too; this column is the relay's own cost, which is what a \
+             deployment's server pays per message."
                 .into(),
             "WebSocket / QUIC: peergroup's own two carriers, the fallback for players \
              without UDP against the default (on WebSocket, unreliable messages ride the one \
