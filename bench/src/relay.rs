@@ -826,15 +826,19 @@ struct Measured {
     notes: Vec<String>,
 }
 
+/// Whether `relay` is measured: every relay, unless `PEERGROUP_BENCH_RELAYS` names some
+/// (comma-separated), for profiling one relay alone.
+fn wanted(relay: &str) -> bool {
+    let only = std::env::var("PEERGROUP_BENCH_RELAYS").unwrap_or_default();
+    only.is_empty() || only.split(',').any(|o| o.trim() == relay)
+}
+
 /// Sets every relay up; coturn's failure is only noted.
 async fn setup_all(
     server_rt: &Handle,
     coturn: &Result<SocketAddr, String>,
     notes: &mut Vec<String>,
 ) -> Result<Vec<Setup>, String> {
-    // For profiling one relay alone: PEERGROUP_BENCH_RELAYS=peergroup (comma-separated).
-    let only = std::env::var("PEERGROUP_BENCH_RELAYS").unwrap_or_default();
-    let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
     let mut setups = Vec::new();
     for (relay, transport) in [
         ("peergroup", TransportChoice::QuicOnly),
@@ -1004,7 +1008,12 @@ pub fn run(mode: Mode, report: &mut Report, out: &Path) -> Result<(), String> {
     let _ = base();
     let server_rt = runtime("relay-server")?;
     let client_rt = runtime("relay-clients")?;
-    let coturn = Coturn::start();
+    // Not started when left out: its process would share the cores being measured.
+    let coturn = if wanted("coturn") {
+        Coturn::start()
+    } else {
+        Err("left out (PEERGROUP_BENCH_RELAYS)".to_string())
+    };
     let coturn_addr = coturn.as_ref().map(Coturn::addr).map_err(Clone::clone);
     let measured = client_rt.block_on(measure(mode, server_rt.handle().clone(), coturn_addr));
     drop(coturn);
