@@ -55,11 +55,7 @@ impl Registry {
         frame: ClientToServer,
         now: Instant,
     ) -> Result<(), ProtocolViolation> {
-        // Relay uploads, the hot path, do this in `count_upload`, which looks the host up
-        // anyway.
-        if !matches!(frame, ClientToServer::Relay { .. }) {
-            self.token_delivered(host);
-        }
+        self.token_delivered(host);
         match frame {
             ClientToServer::Hello(_) | ClientToServer::Resume(_) => {
                 return Err(ProtocolViolation::SecondHello)

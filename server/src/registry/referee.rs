@@ -218,12 +218,7 @@ impl Registry {
         }
         // An offline host cannot take its order; its resume schedules the punch again
         // (`hasten_punches_after_resume`).
-        let offline = |host| {
-            self.hosts
-                .get(host_key(host))
-                .is_some_and(|h| h.resume.is_offline())
-        };
-        if offline(a) || offline(b) {
+        if self.is_offline(a) || self.is_offline(b) {
             return;
         }
         // Both hosts must have an order left in their budget; otherwise the punch waits

@@ -38,13 +38,6 @@ pub(super) struct HostResume {
     uploads: Confirmer,
 }
 
-impl HostResume {
-    /// Whether the host is offline, waiting for a resume.
-    pub(super) fn is_offline(&self) -> bool {
-        self.offline_until.is_some()
-    }
-}
-
 /// Why a resume was refused. Nothing changed in the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -192,7 +185,6 @@ impl Registry {
     }
 
     /// Whether `host` is kept offline, waiting for a resume.
-    #[cfg(any(test, feature = "unstable-registry"))]
     pub fn is_offline(&self, host: HostId) -> bool {
         self.hosts
             .get(host_key(host))
@@ -221,8 +213,6 @@ impl Registry {
             // Not resumable (the driver issues every host a token when resume is on).
             return;
         }
-        // The client sent this after reading its resume's answer (`token_delivered`).
-        state.resume.previous = None;
         let uploads = &mut state.resume.uploads;
         let was_due = uploads.poll_timeout();
         if uploads.on_read(now) {
