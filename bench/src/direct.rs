@@ -18,27 +18,36 @@ const PAYLOAD: usize = 64;
 /// median of each figure. Single runs' RTT ratio moved between 0.8 and 1.45.
 const ROUNDS: usize = 3;
 
-/// One path's figures over [`ROUNDS`] runs: the median of each run's RTT p50 and p99 (µs)
-/// and of its message rate.
+/// One path's figures over its runs: the median of each run's RTT p50 and p99 (µs) and
+/// of its message rate (`None` for a path measured for RTT only).
 struct Summary {
     p50: u64,
     p99: u64,
-    rate: f64,
+    rate: Option<f64>,
     /// Each run's RTT p50, µs.
     p50s: Vec<u64>,
 }
 
 impl Summary {
-    fn of(runs: &[(Latencies, f64)]) -> Self {
-        let of = |f: &dyn Fn(&(Latencies, f64)) -> f64| {
-            median(&runs.iter().map(f).collect::<Vec<_>>()).unwrap_or(0.0)
+    fn of(rtts: &[&Latencies], rates: &[f64]) -> Self {
+        let at = |p: f64| rtts.iter().map(|r| r.percentile_us(p)).collect::<Vec<_>>();
+        let median_of = |values: &[u64]| {
+            median(&values.iter().map(|&v| v as f64).collect::<Vec<_>>()).unwrap_or(0.0) as u64
         };
+        let p50s = at(50.0);
         Self {
-            p50: of(&|r| r.0.percentile_us(50.0) as f64) as u64,
-            p99: of(&|r| r.0.percentile_us(99.0) as f64) as u64,
-            rate: of(&|r| r.1),
-            p50s: runs.iter().map(|r| r.0.percentile_us(50.0)).collect(),
+            p50: median_of(&p50s),
+            p99: median_of(&at(99.0)),
+            rate: median(rates),
+            p50s,
         }
+    }
+
+    /// Of repeated (RTT, rate) runs.
+    fn of_runs(runs: &[(Latencies, f64)]) -> Self {
+        let rtts: Vec<&Latencies> = runs.iter().map(|(rtt, _)| rtt).collect();
+        let rates: Vec<f64> = runs.iter().map(|(_, rate)| *rate).collect();
+        Self::of(&rtts, &rates)
     }
 }
 
@@ -54,25 +63,21 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
         quinn_runs.push(runtime.block_on(quinn_rtt(pings, window))?);
         peergroup_runs.push(peergroup_direct(&runtime, pings, window)?);
     }
-    let quinn = Summary::of(&quinn_runs);
-    let peergroup = Summary::of(&peergroup_runs);
-    let udp = Summary::of(&[(udp, 0.0)]);
+    let quinn = Summary::of_runs(&quinn_runs);
+    let peergroup = Summary::of_runs(&peergroup_runs);
+    let udp = Summary::of(&[&udp], &[]);
 
     let mut rows = Vec::new();
-    for (name, summary, has_rate) in [
-        ("peergroup direct path", &peergroup, true),
-        ("bare quinn stream", &quinn, true),
-        ("raw UDP", &udp, false),
+    for (name, summary) in [
+        ("peergroup direct path", &peergroup),
+        ("bare quinn stream", &quinn),
+        ("raw UDP", &udp),
     ] {
         rows.push(vec![
             name.to_string(),
             summary.p50.to_string(),
             summary.p99.to_string(),
-            if has_rate {
-                rate(summary.rate)
-            } else {
-                "-".into()
-            },
+            summary.rate.map_or("-".into(), rate),
         ]);
     }
     for (key, summary) in [("peergroup", &peergroup), ("quinn", &quinn), ("udp", &udp)] {
@@ -87,15 +92,16 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
         "direct.rtt_p50_us_runs.quinn",
         serde_json::Value::from(quinn.p50s.clone()),
     );
+    let (peergroup_rate, quinn_rate) = (peergroup.rate.unwrap_or(0.0), quinn.rate.unwrap_or(0.0));
     report.set(
         "direct.throughput_msgs_per_sec.peergroup",
-        peergroup.rate.round(),
+        peergroup_rate.round(),
     );
-    report.set("direct.throughput_msgs_per_sec.quinn", quinn.rate.round());
-    if quinn.rate > 0.0 {
+    report.set("direct.throughput_msgs_per_sec.quinn", quinn_rate.round());
+    if quinn_rate > 0.0 {
         report.set(
             "direct.throughput_ratio_vs_quinn",
-            (peergroup.rate / quinn.rate * 100.0).round() / 100.0,
+            (peergroup_rate / quinn_rate * 100.0).round() / 100.0,
         );
         report.set(
             "direct.rtt_p50_ratio_vs_quinn",

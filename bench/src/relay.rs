@@ -810,19 +810,25 @@ async fn run_once(
 /// What one relay measured in one case.
 #[derive(Default)]
 struct Cell {
-    /// Throughput, deliveries per second: the median of `rates`.
-    max: Option<f64>,
-    /// Every throughput run's figure, in run order.
+    /// Every throughput run's figure, deliveries per second, in run order.
     rates: Vec<f64>,
     /// The relay's CPU time per delivery in each throughput run, ns.
     server_ns: Vec<f64>,
-    /// The latency runs, until the one with the median p99 is kept in `latency`.
+    /// The latency runs, in run order.
     latency_runs: Vec<Outcome>,
-    /// Each latency run's p99, µs, in run order.
-    latency_p99s: Vec<u64>,
-    /// The latency run.
-    latency: Option<Outcome>,
     errors: Vec<String>,
+}
+
+impl Cell {
+    /// Throughput, deliveries per second: the median of the runs.
+    fn max(&self) -> Option<f64> {
+        median(&self.rates)
+    }
+
+    /// The latency run reported: the one with the median p99.
+    fn latency(&self) -> Option<&Outcome> {
+        median_run(&self.latency_runs)
+    }
 }
 
 struct Measured {
@@ -928,7 +934,6 @@ async fn measure(
                         cell.errors.push(format!("throughput: {note}"));
                     }
                     cell.rates.push(outcome.rate);
-                    cell.max = median(&cell.rates);
                     if setup.relay != "coturn" {
                         cell.server_ns
                             .extend(outcome.server_ns_per_delivery(ticks_per_sec));
@@ -958,7 +963,7 @@ async fn measure(
     for (c, case) in cases.iter().enumerate() {
         let slowest = cells[c]
             .iter()
-            .filter_map(|cell| cell.max)
+            .filter_map(Cell::max)
             .filter(|max| *max > 0.0)
             .map(|max| max / case.fanout as f64)
             .fold(f64::INFINITY, f64::min);
@@ -985,8 +990,6 @@ async fn measure(
                     if let Some(note) = &outcome.note {
                         cell.errors.push(format!("latency: {note}"));
                     }
-                    cell.latency_p99s
-                        .push(outcome.latencies.percentile_us(99.0));
                     cell.latency_runs.push(outcome);
                 }
                 Err(error) => {
@@ -996,9 +999,6 @@ async fn measure(
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-    for cell in cells.iter_mut().flatten() {
-        cell.latency = median_run(std::mem::take(&mut cell.latency_runs));
     }
     drop(setups);
     // Let the closes go out before the runtimes stop.
@@ -1051,7 +1051,7 @@ pub fn run(mode: Mode, report: &mut Report, out: &Path) -> Result<(), String> {
             .iter()
             .zip(&measured.cells[c])
             .filter_map(|(relay, cell)| {
-                let latencies = &cell.latency.as_ref()?.latencies;
+                let latencies = &cell.latency()?.latencies;
                 (!latencies.is_empty()).then_some((*relay, latencies))
             })
             .collect();
@@ -1064,10 +1064,11 @@ pub fn run(mode: Mode, report: &mut Report, out: &Path) -> Result<(), String> {
 
 /// The run with the median p99 (the lower middle one of an even count), so a row's
 /// percentiles, load and loss all come from one run; `None` without runs.
-fn median_run(mut runs: Vec<Outcome>) -> Option<Outcome> {
-    runs.sort_by_key(|run| run.latencies.percentile_us(99.0));
-    let middle = runs.len().checked_sub(1)? / 2;
-    Some(runs.swap_remove(middle))
+fn median_run(runs: &[Outcome]) -> Option<&Outcome> {
+    let mut sorted: Vec<&Outcome> = runs.iter().collect();
+    sorted.sort_by_key(|run| run.latencies.percentile_us(99.0));
+    let middle = sorted.len().checked_sub(1)? / 2;
+    Some(sorted[middle])
 }
 
 /// `min–max` of the runs behind a median, for the table.
@@ -1100,8 +1101,7 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
     };
     let number = |v: Option<f64>| v.map_or(Value::Null, |v| Value::from((v * 10.0).round() / 10.0));
     let p99 = |cell: &Cell| {
-        cell.latency
-            .as_ref()
+        cell.latency()
             .filter(|o| !o.latencies.is_empty())
             .map(|o| o.latencies.percentile_us(99.0) as f64)
     };
@@ -1113,14 +1113,14 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
         let cell = unreliable.map(|c| relay(c, name));
         report.set(
             &format!("relay.{name}.msgs_per_sec"),
-            number(cell.and_then(|c| c.max)),
+            number(cell.and_then(Cell::max)),
         );
         report.set(&format!("relay.{name}.p99_us"), number(cell.and_then(p99)));
         if name != "coturn" {
             let cell = reliable.map(|c| relay(c, name));
             report.set(
                 &format!("relay.{name}.reliable_msgs_per_sec"),
-                number(cell.and_then(|c| c.max)),
+                number(cell.and_then(Cell::max)),
             );
         }
     }
@@ -1129,8 +1129,8 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
     // is that every relay case reaches 0.9.
     let ratios: Vec<(f64, String)> = (0..measured.cases.len())
         .filter_map(|c| {
-            let pg = relay(c, "peergroup").max?;
-            let fwd = relay(c, "quinn_forwarder").max.filter(|f| *f > 0.0)?;
+            let pg = relay(c, "peergroup").max()?;
+            let fwd = relay(c, "quinn_forwarder").max().filter(|f| *f > 0.0)?;
             Some((pg / fwd, measured.cases[c].key()))
         })
         .collect();
@@ -1167,14 +1167,19 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
             }
             let cell = relay(c, name);
             let prefix = format!("relay.cases.{key}.{name}");
-            report.set(&format!("{prefix}.msgs_per_sec"), number(cell.max));
+            report.set(&format!("{prefix}.msgs_per_sec"), number(cell.max()));
             report.set(
                 &format!("{prefix}.server_cpu_ns_per_delivery"),
                 number(median(&cell.server_ns)),
             );
             report.set(
                 &format!("{prefix}.p99_us_runs"),
-                Value::from(cell.latency_p99s.clone()),
+                Value::from(
+                    cell.latency_runs
+                        .iter()
+                        .map(|run| run.latencies.percentile_us(99.0))
+                        .collect::<Vec<_>>(),
+                ),
             );
             report.set(
                 &format!("{prefix}.msgs_per_sec_runs"),
@@ -1185,7 +1190,7 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
                         .collect::<Vec<_>>(),
                 ),
             );
-            let latency = cell.latency.as_ref().filter(|o| !o.latencies.is_empty());
+            let latency = cell.latency().filter(|o| !o.latencies.is_empty());
             let at = |p: f64| latency.map(|o| o.latencies.percentile_us(p) as f64);
             report.set(&format!("{prefix}.p50_us"), number(at(50.0)));
             report.set(&format!("{prefix}.p99_us"), number(at(99.0)));
@@ -1210,7 +1215,7 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
             rows.push(vec![
                 case.label(),
                 name.to_string(),
-                cell.max.map_or_else(dash, report::rate),
+                cell.max().map_or_else(dash, report::rate),
                 spread(&cell.rates),
                 latency.map_or_else(dash, |o| report::rate(o.rate)),
                 at(50.0).map_or_else(dash, |v| us(v as u64)),
@@ -1229,14 +1234,14 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
         };
         ratio_rows.push(vec![
             case.label(),
-            ratio(pg.max, fwd.max),
+            ratio(pg.max(), fwd.max()),
             ratio(p99(pg), p99(fwd)),
             ratio(median(&pg.server_ns), median(&fwd.server_ns)),
-            ratio(ws.max, pg.max),
+            ratio(ws.max(), pg.max()),
             if case.reliable {
                 "n/a".into()
             } else {
-                ratio(pg.max, turn.max)
+                ratio(pg.max(), turn.max())
             },
             if case.reliable {
                 "n/a".into()
@@ -1428,10 +1433,10 @@ mod tests {
 
     #[test]
     fn the_latency_row_is_the_run_with_the_median_p99() {
-        assert!(median_run(Vec::new()).is_none());
+        assert!(median_run(&[]).is_none());
         let p99 = |runs: Vec<u64>| {
-            median_run(runs.into_iter().map(run_with_p99).collect())
-                .map(|run| run.latencies.percentile_us(99.0))
+            let runs: Vec<Outcome> = runs.into_iter().map(run_with_p99).collect();
+            median_run(&runs).map(|run| run.latencies.percentile_us(99.0))
         };
         assert_eq!(p99(vec![700]), Some(700));
         assert_eq!(p99(vec![2600, 300, 450]), Some(450));
