@@ -72,6 +72,8 @@ const LATENCY_ROUNDS: usize = 3;
 /// The relay runtime's thread name: its CPU time is the relay's (coturn runs in a
 /// process of its own and is not measured this way).
 const SERVER_THREADS: &str = "relay-server";
+/// The name of the clients' runtime threads.
+const CLIENT_THREADS: &str = "relay-clients";
 /// Throughput runs per case and relay, interleaved across relays; a cell reports the
 /// median. Single 0.8 s runs of the same code moved by up to 1.7x (peergroup, 1→1
 /// reliable: 344k to 586k) and the forwarder's by up to 1.5x, so one run's ratio said
@@ -639,6 +641,9 @@ struct Outcome {
     /// CPU time of the relay's threads (the `relay-server` runtime) over the run, clock
     /// ticks; the clients' threads are not counted.
     server_cpu_ticks: u64,
+    /// CPU time of the clients' threads (the `relay-clients` runtime: the sender, the
+    /// receivers and this benchmark's probes) over the run, clock ticks.
+    client_cpu_ticks: u64,
     latencies: Latencies,
     /// Something worth a note (a drain that timed out).
     note: Option<String>,
@@ -648,8 +653,17 @@ impl Outcome {
     /// The relay's CPU time per delivery, ns (each of a 1→8 upload's eight deliveries
     /// counts); `None` without deliveries.
     fn server_ns_per_delivery(&self, ticks_per_sec: f64) -> Option<f64> {
-        (self.delivered > 0)
-            .then(|| self.server_cpu_ticks as f64 / ticks_per_sec * 1e9 / self.delivered as f64)
+        self.ns_per_delivery(self.server_cpu_ticks, ticks_per_sec)
+    }
+
+    /// The clients' CPU time per delivery, ns: the sender's share of a 1→8 upload is
+    /// spread over its eight deliveries. `None` without deliveries.
+    fn client_ns_per_delivery(&self, ticks_per_sec: f64) -> Option<f64> {
+        self.ns_per_delivery(self.client_cpu_ticks, ticks_per_sec)
+    }
+
+    fn ns_per_delivery(&self, ticks: u64, ticks_per_sec: f64) -> Option<f64> {
+        (self.delivered > 0).then(|| ticks as f64 / ticks_per_sec * 1e9 / self.delivered as f64)
     }
 
     fn loss_pct(&self, fanout: usize) -> f64 {
@@ -717,6 +731,7 @@ async fn run_once(
         return Err(failed);
     }
     let server_cpu_before = threads_cpu_ticks(SERVER_THREADS);
+    let client_cpu_before = threads_cpu_ticks(CLIENT_THREADS);
     let start = Instant::now();
     let from = start + warmup;
     let until = from + window;
@@ -799,6 +814,7 @@ async fn run_once(
         sent,
         delivered,
         server_cpu_ticks: threads_cpu_ticks(SERVER_THREADS).saturating_sub(server_cpu_before),
+        client_cpu_ticks: threads_cpu_ticks(CLIENT_THREADS).saturating_sub(client_cpu_before),
         latencies,
         note,
     })
@@ -814,6 +830,8 @@ struct Cell {
     rates: Vec<f64>,
     /// The relay's CPU time per delivery in each throughput run, ns.
     server_ns: Vec<f64>,
+    /// The clients' CPU time per delivery in each throughput run, ns.
+    client_ns: Vec<f64>,
     /// The latency runs, in run order.
     latency_runs: Vec<Outcome>,
     errors: Vec<String>,
@@ -919,11 +937,12 @@ async fn measure(
             match run_once(setup, *case, run, None, timing.warmup, timing.throughput).await {
                 Ok(outcome) => {
                     eprintln!(
-                        "   {} {}: {} msgs/s (loss {:.1}%){}",
+                        "   {} {}: {} msgs/s (loss {:.1}%, clients' CPU {:.0} ns per delivery){}",
                         case.key(),
                         setup.relay,
                         report::rate(outcome.rate),
                         outcome.loss_pct(case.fanout),
+                        outcome.client_ns_per_delivery(ticks_per_sec).unwrap_or(0.0),
                         outcome
                             .note
                             .as_deref()
@@ -934,6 +953,8 @@ async fn measure(
                         cell.errors.push(format!("throughput: {note}"));
                     }
                     cell.rates.push(outcome.rate);
+                    cell.client_ns
+                        .extend(outcome.client_ns_per_delivery(ticks_per_sec));
                     if setup.relay != "coturn" {
                         cell.server_ns
                             .extend(outcome.server_ns_per_delivery(ticks_per_sec));
@@ -1024,7 +1045,7 @@ fn runtime(name: &str) -> Result<tokio::runtime::Runtime, String> {
 pub fn run(mode: Mode, report: &mut Report, out: &Path) -> Result<(), String> {
     let _ = base();
     let server_rt = runtime("relay-server")?;
-    let client_rt = runtime("relay-clients")?;
+    let client_rt = runtime(CLIENT_THREADS)?;
     // Not started when left out: its process would share the cores being measured.
     let coturn = if wanted("coturn") {
         Coturn::start()
@@ -1171,6 +1192,10 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
             report.set(
                 &format!("{prefix}.server_cpu_ns_per_delivery"),
                 number(median(&cell.server_ns)),
+            );
+            report.set(
+                &format!("{prefix}.client_cpu_ns_per_delivery"),
+                number(median(&cell.client_ns)),
             );
             report.set(
                 &format!("{prefix}.p99_us_runs"),
@@ -1426,6 +1451,7 @@ mod tests {
             sent: 0,
             delivered: 0,
             server_cpu_ticks: 0,
+            client_cpu_ticks: 0,
             latencies,
             note: None,
         }
