@@ -109,14 +109,18 @@ impl Client {
         payload: impl Into<Bytes>,
         options: impl Into<SendOptions>,
     ) -> Result<(), SendError> {
-        let payload = payload.into();
+        let mut payload = payload.into();
         let options = options.into();
         loop {
-            match self.enqueue(&target, &payload, options)? {
+            let (full, back) = match self.enqueue(&target, payload, options)? {
                 None => return Ok(()),
-                Some(Full::Queue(full)) => full.room().await,
-                Some(Full::Events) => self.inner.event_room().await,
-                Some(Full::Window(seen)) => self.window_room_after(seen).await,
+                Some(full) => full,
+            };
+            payload = back;
+            match full {
+                Full::Queue(full) => full.room().await,
+                Full::Events => self.inner.event_room().await,
+                Full::Window(seen) => self.window_room_after(seen).await,
             }
         }
     }
@@ -165,9 +169,8 @@ impl Client {
         payload: impl Into<Bytes>,
         options: impl Into<SendOptions>,
     ) -> Result<(), SendError> {
-        let payload = payload.into();
         let options = options.into();
-        match self.enqueue(&target, &payload, options)? {
+        match self.enqueue(&target, payload.into(), options)? {
             None => Ok(()),
             Some(_) => Err(SendError::QueueFull),
         }
@@ -182,14 +185,15 @@ impl Client {
         }
     }
 
-    /// Queues the send if every queue it needs has room; otherwise says what to wait on,
-    /// having assigned and queued nothing.
+    /// Queues the send if every queue it needs has room; otherwise says what to wait on
+    /// and hands the payload back, having assigned and queued nothing. The payload moves
+    /// rather than being cloned: the first clone of a `Bytes` made from a `Vec` allocates.
     fn enqueue(
         &self,
         target: &Target,
-        payload: &Bytes,
+        payload: Bytes,
         options: SendOptions,
-    ) -> Result<Option<Full>, SendError> {
+    ) -> Result<Option<(Full, Bytes)>, SendError> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(SendError::Disconnected);
@@ -201,7 +205,7 @@ impl Client {
         let route = core.session.route(target)?;
         // A copy for this client itself is an event, bounded like the others.
         if self.wants_loopback(target) && !inner.has_event_room() {
-            return Ok(Some(Full::Events));
+            return Ok(Some((Full::Events, payload)));
         }
         let max_datagram = match options.carrier() {
             // The smallest datagram size of every path the send takes.
@@ -221,7 +225,7 @@ impl Client {
             // application that keeps inventing keys must not grow a queue without bound.
             Carrier::Stream(_) => {
                 if let Some(full) = full_queue(inner, &core, &route) {
-                    return Ok(Some(Full::Queue(full)));
+                    return Ok(Some((Full::Queue(full), payload)));
                 }
                 // A direct peer that has not acked what it was sent holds its sends back
                 // like a full queue; one that never acks loses its direct path after the
@@ -232,14 +236,12 @@ impl Client {
                     .any(|&peer| core.session.direct_window_full(peer))
                 {
                     let seen = inner.window_generation.load(Ordering::Acquire);
-                    return Ok(Some(Full::Window(seen)));
+                    return Ok(Some((Full::Window(seen), payload)));
                 }
                 None
             }
         };
-        let uploads = core
-            .session
-            .plan(route, payload.clone(), options, max_datagram)?;
+        let uploads = core.session.plan(route, payload, options, max_datagram)?;
         for upload in uploads {
             inner.dispatch(&mut core, upload);
         }

@@ -25,6 +25,7 @@ use peergroup_protocol::{
     Priority, PunchOrder, RelayDest, SendOptions, ServerDatagram, ServerToClient,
     DATAGRAM_DELIVER_OVERHEAD, FRAME_HEADROOM, MAX_RELAY_DESTS,
 };
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
@@ -1585,10 +1586,11 @@ impl Session {
     /// As [`Session::plan`], for the target.
     pub fn route(&self, target: &Target) -> Result<Route, SendError> {
         let resolved = self.resolve(target)?;
-        let (direct, relayed): (Vec<HostId>, Vec<HostId>) = resolved
+        let (direct, relayed): (Hosts, Hosts) = resolved
             .peers
             .iter()
-            .partition(|&&host| self.takes_direct(host, resolved.group));
+            .copied()
+            .partition(|&host| self.takes_direct(host, resolved.group));
         Ok(Route {
             server: resolved.to_server || !relayed.is_empty(),
             direct,
@@ -1604,10 +1606,11 @@ impl Session {
     /// entitles a message to skip the server: otherwise it takes the relay, where the
     /// server applies its rule.
     fn takes_direct(&self, host: HostId, group: Option<GroupId>) -> bool {
-        let shares_group = group.is_some() || self.shares_group(host);
+        // The path first: the group scan is the dearer test, and most sends are relayed.
         self.peers
             .get(&host)
-            .is_some_and(|p| p.path == PairPath::Direct && shares_group)
+            .is_some_and(|p| p.path == PairPath::Direct)
+            && (group.is_some() || self.shares_group(host))
     }
 
     /// [`Session::route`] then [`Session::plan`], for callers that need not look at the
@@ -1625,6 +1628,7 @@ impl Session {
     ) -> Result<Vec<Upload>, SendError> {
         let route = self.route(target)?;
         self.plan(route, payload, options, max_datagram)
+            .map(Uploads::into_vec)
     }
 
     /// Turns a routed send into uploads, assigning lane numbers per destination pair, and
@@ -1637,10 +1641,10 @@ impl Session {
     pub fn plan(
         &mut self,
         route: Route,
-        payload: Bytes,
+        mut payload: Bytes,
         options: SendOptions,
         max_datagram: Option<usize>,
-    ) -> Result<Vec<Upload>, SendError> {
+    ) -> Result<Uploads, SendError> {
         let Route {
             direct,
             relayed,
@@ -1694,7 +1698,7 @@ impl Session {
                 path: Path::Loopback,
             });
         }
-        let mut uploads = Vec::new();
+        let mut uploads = Uploads::new();
         // Peers on a direct path get their copy there; the rest share one relay upload. No
         // fallback to the relay for a busy direct path: the queue paces the sender instead,
         // and the two paths never drift far apart in sequence.
@@ -1761,11 +1765,19 @@ impl Session {
         }
         loop {
             let chunk = chunks.next().unwrap_or(&[]);
+            let last = chunks.peek().is_none();
+            // The last upload takes the payload itself: the first clone of a `Bytes` made
+            // from a `Vec` allocates, and every clone costs an atomic count.
+            let body = if last {
+                std::mem::take(&mut payload)
+            } else {
+                payload.clone()
+            };
             let mut dests = Vec::with_capacity(chunk.len());
             for host in chunk {
                 let peer = self.peers.get_mut(host).expect("routed peers exist");
-                count(&mut peer.stats.relay_sent, &payload);
-                peer.stats.sent_by_mode.count(options.delivery, &payload);
+                count(&mut peer.stats.relay_sent, &body);
+                peer.stats.sent_by_mode.count(options.delivery, &body);
                 let seq = match carrier {
                     Carrier::Datagram(lane) => peer.sending.next_datagram(lane),
                     Carrier::Stream(lane) => peer.sending.next(lane),
@@ -1786,7 +1798,7 @@ impl Session {
                         0
                     },
                     dests,
-                    payload: payload.clone(),
+                    payload: body,
                 }),
                 Carrier::Stream(lane) => {
                     let flow = match lane {
@@ -1805,7 +1817,7 @@ impl Session {
                             lane,
                             priority: options.priority,
                             dests,
-                            payload: payload.clone(),
+                            payload: body,
                         },
                         // Messages for the server application are delivered to it in the
                         // order they arrive, so they must not overtake each other here.
@@ -1820,7 +1832,7 @@ impl Session {
             };
             uploads.push(upload);
             to_server = false;
-            if chunks.peek().is_none() {
+            if last {
                 return Ok(uploads);
             }
         }
@@ -1927,6 +1939,14 @@ impl Session {
     }
 }
 
+/// The hosts of one send: inline up to a group of eight peers, so routing the usual send
+/// allocates nothing (it runs under the client's lock, for every message).
+pub(crate) type Hosts = SmallVec<[HostId; 8]>;
+
+/// The uploads one send makes: one relay upload inline (the usual case), more spill to
+/// the heap (a direct copy per peer, or a relay upload per `MAX_RELAY_DESTS` peers).
+pub(crate) type Uploads = SmallVec<[Upload; 1]>;
+
 /// Where a send goes, decided once: which queues it needs (for back-pressure) and then
 /// what [`Session::plan`] uploads.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -1934,9 +1954,9 @@ pub(crate) struct Route {
     /// Whether it needs the upload queue to the server (relay or server application).
     pub server: bool,
     /// Peers whose copy goes on their direct path, each through its own queue.
-    pub direct: Vec<HostId>,
+    pub direct: Hosts,
     /// Peers whose copy goes through the relay.
-    relayed: Vec<HostId>,
+    relayed: Hosts,
     group: Option<GroupId>,
     to_server: bool,
     loopback: bool,
@@ -2025,7 +2045,7 @@ struct Resolved {
     group: Option<GroupId>,
     to_server: bool,
     loopback: bool,
-    peers: Vec<HostId>,
+    peers: Hosts,
 }
 
 mod direct_reliability;

@@ -1840,7 +1840,7 @@ fn route_names_the_server_queue_for_relayed_peers_and_the_server_and_direct_queu
 ) {
     let now = Instant::now();
     let mut s = session_in_group(now);
-    let route = |server, direct: &[HostId]| (server, direct.to_vec());
+    let route = |server, direct: &[HostId]| (server, super::Hosts::from_slice(direct));
     assert_eq!(
         s.route(&Target::Host(PEER)).map(|r| (r.server, r.direct)),
         Ok(route(true, &[]))
