@@ -11,24 +11,21 @@ use bytes::Bytes;
 use common::*;
 use peergroup_client::{Delivery, Target};
 
-/// Allocations `f` makes on this thread (the crate counts per thread).
-fn allocations_of(f: impl FnOnce()) -> u64 {
-    allocation_counter::measure(f).count_total
-}
-
 /// Messages per measurement: enough that a one-off (a queue growing) counts for little.
 const SENDS: u64 = 200;
 
 /// Allocations of [`SENDS`] `try_send`s of a 64-byte reliable message to `target` from
-/// `a`; the payloads are made outside the count (as a game's message buffer would be).
+/// `a`, counted on this thread; the payloads are made outside the count (as a game's
+/// message buffer would be).
 fn allocations_of_sends(a: &peergroup_client::Client, target: &Target) -> u64 {
     let payloads: Vec<Bytes> = (0..SENDS).map(|_| Bytes::from(vec![7u8; 64])).collect();
-    allocations_of(|| {
+    allocation_counter::measure(|| {
         for payload in payloads {
             a.try_send(target.clone(), payload, Delivery::ReliableOrdered)
                 .expect("queued");
         }
     })
+    .count_total
 }
 
 /// Two per send, and a few for queues that grow while the writer has not run (each

@@ -72,7 +72,8 @@ const LATENCY_ROUNDS: usize = 3;
 /// The relay runtime's thread name: its CPU time is the relay's (coturn runs in a
 /// process of its own and is not measured this way).
 const SERVER_THREADS: &str = "relay-server";
-/// The name of the clients' runtime threads.
+/// The clients' runtime thread name: its CPU time is the sender's, the receivers' and
+/// the probes'.
 const CLIENT_THREADS: &str = "relay-clients";
 /// Throughput runs per case and relay, interleaved across relays; a cell reports the
 /// median. Single 0.8 s runs of the same code moved by up to 1.7x (peergroup, 1→1
@@ -1044,7 +1045,7 @@ fn runtime(name: &str) -> Result<tokio::runtime::Runtime, String> {
 /// Runs the section.
 pub fn run(mode: Mode, report: &mut Report, out: &Path) -> Result<(), String> {
     let _ = base();
-    let server_rt = runtime("relay-server")?;
+    let server_rt = runtime(SERVER_THREADS)?;
     let client_rt = runtime(CLIENT_THREADS)?;
     // Not started when left out: its process would share the cores being measured.
     let coturn = if wanted("coturn") {

@@ -187,7 +187,7 @@ impl Client {
 
     /// Queues the send if every queue it needs has room; otherwise says what to wait on
     /// and hands the payload back, having assigned and queued nothing. The payload moves
-    /// rather than being cloned: the first clone of a `Bytes` made from a `Vec` allocates.
+    /// into [`Session::plan`](crate::session::Session::plan), which avoids cloning it.
     fn enqueue(
         &self,
         target: &Target,

@@ -1606,7 +1606,8 @@ impl Session {
     /// entitles a message to skip the server: otherwise it takes the relay, where the
     /// server applies its rule.
     fn takes_direct(&self, host: HostId, group: Option<GroupId>) -> bool {
-        // The path first: the group scan is the dearer test, and most sends are relayed.
+        // The path first: the group scan is the dearer test, and a relayed peer (every
+        // peer until its punch succeeds) never needs it.
         self.peers
             .get(&host)
             .is_some_and(|p| p.path == PairPath::Direct)
