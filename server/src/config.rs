@@ -148,8 +148,9 @@ pub struct Limits {
     pub datagram_deliveries_per_sec: u32,
     /// Bytes a logged-in client may send ahead of what the server has read on each of its
     /// streams (its QUIC stream receive window; the connection's is this plus 64 KiB for
-    /// the control stream): what one client can make the server buffer in quinn while
-    /// its reading is paused by back-pressure.
+    /// the control stream, and an eighth more for the lag in quinn's credit updates):
+    /// what one client can make the server buffer in quinn while its reading is paused
+    /// by back-pressure.
     /// A client uploads at most this per round trip (1 MiB at 50 ms is 20 MiB/s); a
     /// larger frame still passes, in steps. Before login the window is one hello
     /// ([`Admission::max_hello_len`]). Default 1 MiB.

@@ -534,11 +534,8 @@ fn open_logged_in(shared: &Shared, wire: &Wire) {
     let Wire::Quic(connection) = wire else {
         return;
     };
-    let window = shared
-        .limits
-        .client_receive_window
-        .saturating_add(CONTROL_WINDOW);
-    connection.set_receive_window(window.into());
+    let window = logged_in_receive_window(shared.limits.client_receive_window);
+    connection.set_receive_window(quinn::VarInt::from_u64(window).unwrap_or(quinn::VarInt::MAX));
     connection.set_max_concurrent_uni_streams(1u8.into());
 }
 
@@ -672,6 +669,20 @@ async fn resume_session(
 /// stream's window, bytes. The server reads the control stream as it comes, so a few
 /// frames' worth is plenty; a larger control frame still passes, in steps.
 const CONTROL_WINDOW: u32 = 64 << 10;
+
+/// A logged-in connection's receive window (QUIC `MAX_DATA` credit, RFC 9000 section 4.1)
+/// for a main-stream window of `stream_window` bytes: large enough that the main stream,
+/// unread, can never use up the credit the control stream needs.
+///
+/// The connection's credit is not simply the main stream's plus [`CONTROL_WINDOW`]: quinn
+/// announces a larger `MAX_DATA` only once it has grown by an eighth of the window, so the
+/// credit the client holds can trail what was read by up to an eighth, while the stream's
+/// own credit may have just been raised to a whole window. Seven eighths of the result
+/// must therefore cover the stream's window and the control stream's room.
+fn logged_in_receive_window(stream_window: u32) -> u64 {
+    let needed = u64::from(stream_window) + u64::from(CONTROL_WINDOW);
+    needed + needed.div_ceil(7)
+}
 
 /// The client's stream and its first frame, read with the hello's size limit.
 async fn read_hello(
@@ -915,4 +926,24 @@ fn is_current(core: &Core, host: HostId, generation: u64) -> bool {
 /// How reading ends on a connection a resumed one replaced.
 fn replaced() -> ReadEnd {
     ReadEnd::Connection(quinn::ConnectionError::LocallyClosed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// quinn raises the announced `MAX_DATA` only once its credit has grown by an eighth of
+    /// the window, so a client may hold up to that much less than the window beyond what
+    /// was read; the main stream, unread, may hold a whole stream window of it.
+    #[test]
+    fn a_stale_connection_credit_still_leaves_the_control_stream_its_room() {
+        for stream_window in [1u32, 4 << 10, 256 << 10, 1 << 20, 16 << 20, u32::MAX] {
+            let window = logged_in_receive_window(stream_window);
+            let least_announced = window - window / 8;
+            assert!(
+                least_announced >= u64::from(stream_window) + u64::from(CONTROL_WINDOW),
+                "stream window {stream_window}: connection window {window}"
+            );
+        }
+    }
 }
