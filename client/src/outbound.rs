@@ -194,30 +194,36 @@ impl UploadReceiver {
     /// buffer.
     pub async fn next(&mut self, merged: &mut bytes::BytesMut, max_bytes: usize) -> Next {
         loop {
-            {
-                let mut inner = lock(&self.state);
-                let mut frames = 0;
-                while merged.is_empty() || merged.len() < max_bytes {
-                    let Some(((frame, id), _)) = inner.frames.pop() else {
-                        break;
-                    };
-                    if let (Some(sent), true) = (inner.sent.as_mut(), id != 0) {
-                        sent.push_back(id);
-                    }
-                    // One buffer per batch: quinn scans a stream's unacknowledged buffers
-                    // for each packet it builds, so many small ones slow it down.
-                    merged.extend_from_slice(&frame);
-                    frames += 1;
-                }
-                if !merged.is_empty() {
-                    return Next::Frames(frames);
-                }
-                if let Some(done) = inner.finish.take() {
-                    return Next::Finish(done);
-                }
+            let frames = self.take_queued(merged, max_bytes);
+            if !merged.is_empty() {
+                return Next::Frames(frames);
+            }
+            if let Some(done) = lock(&self.state).finish.take() {
+                return Next::Finish(done);
             }
             self.state.ready.notified().await;
         }
+    }
+
+    /// Moves the frames queued now into `merged`, in scheduling order, while it holds
+    /// less than `max_bytes` (at least one frame when it is empty), without waiting;
+    /// returns how many it moved.
+    pub fn take_queued(&mut self, merged: &mut bytes::BytesMut, max_bytes: usize) -> u64 {
+        let mut inner = lock(&self.state);
+        let mut frames = 0;
+        while merged.is_empty() || merged.len() < max_bytes {
+            let Some(((frame, id), _)) = inner.frames.pop() else {
+                break;
+            };
+            if let (Some(sent), true) = (inner.sent.as_mut(), id != 0) {
+                sent.push_back(id);
+            }
+            // One buffer per batch: quinn scans a stream's unacknowledged buffers
+            // for each packet it builds, so many small ones slow it down.
+            merged.extend_from_slice(&frame);
+            frames += 1;
+        }
+        frames
     }
 
     /// Marks `bytes` as written, waking senders once there is room.

@@ -11,6 +11,26 @@ use peergroup_transport::{finish_stream, write_batch, WRITE_BATCH_BYTES};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
+/// A batch smaller than this, bytes, waits one scheduling round for more frames when the
+/// application is sending faster than the writer turns around (see [`gather_more`]):
+/// about six full QUIC packets, which quinn sends in one GSO call.
+const GATHER_BELOW_BYTES: usize = 8 << 10;
+
+/// Lets a busy sender add to a batch before it goes to quinn, returning the batch's
+/// frames: when the writer found more than one frame waiting (so frames are arriving
+/// faster than it writes), it yields once and takes what came meanwhile. Each write
+/// wakes quinn's connection driver, which packetizes what the stream holds at once,
+/// and on loopback a `sendmsg` costs several microseconds whether it carries one packet
+/// or ten: one-packet writes left the sender's client spending most of its time in
+/// system calls. A lone frame (the usual case at game rates) is written at once.
+async fn gather_more(queue: &mut UploadReceiver, merged: &mut bytes::BytesMut, frames: u64) -> u64 {
+    if frames < 2 || merged.len() >= GATHER_BELOW_BYTES {
+        return frames;
+    }
+    tokio::task::yield_now().await;
+    frames + queue.take_queued(merged, WRITE_BATCH_BYTES)
+}
+
 /// Writes a queue to a QUIC stream until the queue finishes, the stream fails or the
 /// connection closes (the writer holds the connection, and with it the socket, so it must
 /// not outlive it).
@@ -29,10 +49,13 @@ pub(crate) async fn write_stream(
             _ = &mut closed => return,
         };
         match next {
-            Next::Frames(_) => match write_batch(&mut send, &mut merged).await {
-                Ok(len) => queue.written(len),
-                Err(_) => return,
-            },
+            Next::Frames(frames) => {
+                gather_more(&mut queue, &mut merged, frames).await;
+                match write_batch(&mut send, &mut merged).await {
+                    Ok(len) => queue.written(len),
+                    Err(_) => return,
+                }
+            }
             Next::Finish(done) => {
                 if finish_stream(&mut send).await.is_err() {
                     return;
@@ -79,6 +102,7 @@ pub(crate) async fn write_server_stream(
         };
         match next {
             Next::Frames(frames) => {
+                let frames = gather_more(&mut queue, &mut merged, frames).await;
                 let chunk = merged.split().freeze();
                 let len = chunk.len();
                 lock(&unconfirmed).record(frames, chunk.clone());
@@ -214,5 +238,67 @@ pub(crate) async fn write_control_stream(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::UploadQueue;
+    use bytes::Bytes;
+    use peergroup_protocol::Priority;
+
+    /// A queue holding `frames`, and the first batch the writer takes from it.
+    async fn first_batch(
+        frames: &[&'static [u8]],
+    ) -> (UploadQueue, UploadReceiver, bytes::BytesMut, u64) {
+        let (queue, mut rx) = UploadQueue::new(1 << 20, false);
+        for frame in frames {
+            queue.push_data(Bytes::from_static(frame), Priority::Low, 0, None, 0);
+        }
+        let mut merged = bytes::BytesMut::new();
+        let Next::Frames(taken) = rx.next(&mut merged, WRITE_BATCH_BYTES).await else {
+            panic!("frames were queued");
+        };
+        (queue, rx, merged, taken)
+    }
+
+    /// The application task queues one more frame as soon as it runs.
+    fn send_soon(queue: &UploadQueue, frame: &'static [u8]) -> tokio::task::JoinHandle<()> {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            queue.push_data(Bytes::from_static(frame), Priority::Low, 0, None, 0);
+        })
+    }
+
+    // One thread: the spawned sender can only run while the writer yields.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_busy_sender_adds_its_frames_to_the_batch_before_it_is_written() {
+        let (queue, mut rx, mut merged, taken) = first_batch(&[b"[a]", b"[b]"]).await;
+        let sender = send_soon(&queue, b"[c]");
+        let frames = gather_more(&mut rx, &mut merged, taken).await;
+        assert_eq!(frames, 3);
+        assert_eq!(&merged[..], b"[a][b][c]");
+        sender.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lone_frame_is_written_at_once() {
+        let (queue, mut rx, mut merged, taken) = first_batch(&[b"[a]"]).await;
+        let sender = send_soon(&queue, b"[b]");
+        assert_eq!(gather_more(&mut rx, &mut merged, taken).await, 1);
+        assert_eq!(&merged[..], b"[a]");
+        sender.await.unwrap();
+        assert_eq!(queue.queued_bytes(), 6, "[b] waits for the next batch");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_already_large_is_written_at_once() {
+        const BIG: &[u8] = &[0; GATHER_BELOW_BYTES];
+        let (queue, mut rx, mut merged, taken) = first_batch(&[BIG, b"[b]"]).await;
+        let sender = send_soon(&queue, b"[c]");
+        assert_eq!(gather_more(&mut rx, &mut merged, taken).await, 2);
+        assert_eq!(merged.len(), GATHER_BELOW_BYTES + 3);
+        sender.await.unwrap();
     }
 }
