@@ -211,6 +211,8 @@ impl Server {
             // is unlimited): a client that never finishes its hello holds at most this.
             // The connection task raises it at login (`Connection::set_receive_window`).
             .receive_window(pre_login_window.into());
+        // Clients acknowledge what we send every tenth packet, not every second.
+        peergroup_transport::ack_less_often(&mut transport);
         let mut quic = quic_server_config(&config.identity, transport)?;
         // Connection attempts quinn holds before the accept loop has ruled on them (it
         // rules on each at once: accept, Retry or refuse). quinn's defaults (65,536

@@ -20,6 +20,7 @@
 //!   [`WsReader`], [`CarrierSource`]), for clients whose network blocks UDP.
 //! - [`accept`]: the QUIC server config both accepting endpoints (the server, a client
 //!   taking direct connections) build, each saying only which identities it accepts.
+//! - [`ack`]: how often a peer acknowledges (every tenth packet, not every second).
 //!
 //! # Why a crate and not a module
 //!
@@ -45,6 +46,7 @@
 //! the one stream as frames (ARCHITECTURE.md, "Fallback over WebSocket").
 
 pub mod accept;
+pub mod ack;
 pub mod close;
 pub mod datagrams;
 pub mod end;
@@ -55,6 +57,7 @@ pub mod websocket;
 pub mod write;
 
 pub use accept::{quic_server_config, tls_server_config, AcceptIdentity};
+pub use ack::{ack_less_often, ACK_ELICITING_THRESHOLD};
 pub use close::{close, close_endpoint, close_text, from_varint, to_varint, MAX_CLOSE_TEXT};
 pub use datagrams::{read_datagram_batch, DATAGRAM_BATCH};
 pub use end::{peer_close, ConnectionEnd, ReadEnd};

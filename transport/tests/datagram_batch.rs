@@ -2,47 +2,12 @@
 //! order, at most `DATAGRAM_BATCH` at a time, and a connection's end comes after the
 //! datagrams that arrived before it.
 
+mod common;
+
 use bytes::Bytes;
-use peergroup_transport::{provider, read_datagram_batch, DATAGRAM_BATCH};
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use std::net::SocketAddr;
-use std::sync::Arc;
+use common::connected_pair;
+use peergroup_transport::{read_datagram_batch, DATAGRAM_BATCH};
 use std::time::Duration;
-
-/// A server endpoint and a client endpoint on loopback, connected.
-async fn connected_pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
-    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let cert = key.cert.der().clone();
-    let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into());
-    let tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], private)
-        .unwrap();
-    let server_config =
-        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
-    let server =
-        quinn::Endpoint::server(server_config, SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut client = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(tls).unwrap(),
-    )));
-    let connecting = client
-        .connect(server.local_addr().unwrap(), "localhost")
-        .unwrap();
-    let accepted = server.accept().await.unwrap();
-    let (sending, receiving) = tokio::join!(connecting, accepted);
-    (client, sending.unwrap(), receiving.unwrap())
-}
 
 /// Waits until `connection` has received `count` datagrams not yet read, so a batch read
 /// finds them all queued.
@@ -58,7 +23,7 @@ async fn wait_received(connection: &quinn::Connection, count: u64) {
 
 #[tokio::test]
 async fn queued_datagrams_come_in_order_in_batches_of_at_most_the_limit() {
-    let (_endpoint, sending, receiving) = connected_pair().await;
+    let (_endpoint, sending, receiving) = connected_pair(quinn::TransportConfig::default()).await;
     let total = DATAGRAM_BATCH + DATAGRAM_BATCH / 2;
     for n in 0..total {
         sending
@@ -86,7 +51,7 @@ async fn queued_datagrams_come_in_order_in_batches_of_at_most_the_limit() {
 
 #[tokio::test]
 async fn one_datagram_is_a_batch_of_one_and_the_end_comes_after_it() {
-    let (_endpoint, sending, receiving) = connected_pair().await;
+    let (_endpoint, sending, receiving) = connected_pair(quinn::TransportConfig::default()).await;
     sending.send_datagram(Bytes::from_static(b"last")).unwrap();
     wait_received(&receiving, 1).await;
     sending.close(7u32.into(), b"done");

@@ -66,6 +66,8 @@ pub(crate) async fn connect(
         .stream_receive_window(SERVER_STREAM_WINDOW.into())
         .receive_window(SERVER_STREAM_WINDOW.into())
         .datagram_receive_buffer_size(Some(SERVER_DATAGRAM_BUFFER));
+    // The server acknowledges our uploads every tenth packet, not every second.
+    peergroup_transport::ack_less_often(&mut transport);
     let transport = Arc::new(transport);
     let refused = RefusedCertificate::default();
     let tls = server_tls_config(&config.server_trust, &identity, &refused)?;
@@ -95,6 +97,7 @@ pub(crate) async fn connect(
         // What a peer that never acknowledges can make us keep (quinn's default is
         // 10 MB per connection); the peer's own queue holds the rest.
         .send_window(2 * u64::from(peer_window));
+    peergroup_transport::ack_less_often(&mut peer_transport);
     let peer_transport = Arc::new(peer_transport);
     let expected_peers = Arc::new(ExpectedPeers::default());
     let peer_server =
