@@ -11,24 +11,30 @@ use peergroup_transport::{finish_stream, write_batch, WRITE_BATCH_BYTES};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
-/// A batch smaller than this, bytes, waits one scheduling round for more frames when the
-/// application is sending faster than the writer turns around (see [`gather_more`]):
-/// about six full QUIC packets, which quinn sends in one GSO call.
+/// A batch smaller than this, bytes, keeps gathering frames while the application is
+/// sending faster than the writer turns around (see [`gather_more`]): about six full
+/// QUIC packets, which quinn sends in one GSO call.
 const GATHER_BELOW_BYTES: usize = 8 << 10;
 
 /// Lets a busy sender add to a batch before it goes to quinn, returning the batch's
-/// frames: when the writer found more than one frame waiting (so frames are arriving
-/// faster than it writes), it yields once and takes what came meanwhile. Each write
-/// wakes quinn's connection driver, which packetizes what the stream holds at once,
-/// and on loopback a `sendmsg` costs several microseconds whether it carries one packet
-/// or ten: one-packet writes left the sender's client spending most of its time in
-/// system calls. A lone frame (the usual case at game rates) is written at once.
+/// frames: while the last look at the queue found more than one frame (so frames are
+/// arriving faster than the writer writes) and the batch is under
+/// [`GATHER_BELOW_BYTES`], it yields one scheduling round and takes what came meanwhile.
+/// Each write wakes quinn's connection driver, which packetizes what the stream holds at
+/// once, and on loopback a `sendmsg` costs several microseconds whether it carries one
+/// packet or ten: one-packet writes left the sender's client spending most of its time in
+/// system calls (ARCHITECTURE.md, "Task hand-overs"). A lone frame (the usual case at
+/// game rates) is written at once, and gathering stops as soon as a round brings one
+/// frame or none.
 async fn gather_more(queue: &mut UploadReceiver, merged: &mut bytes::BytesMut, frames: u64) -> u64 {
-    if frames < 2 || merged.len() >= GATHER_BELOW_BYTES {
-        return frames;
+    let mut frames = frames;
+    let mut added = frames;
+    while added > 1 && merged.len() < GATHER_BELOW_BYTES {
+        tokio::task::yield_now().await;
+        added = queue.take_queued(merged, WRITE_BATCH_BYTES);
+        frames += added;
     }
-    tokio::task::yield_now().await;
-    frames + queue.take_queued(merged, WRITE_BATCH_BYTES)
+    frames
 }
 
 /// Writes a queue to a QUIC stream until the queue finishes, the stream fails or the
@@ -280,6 +286,36 @@ mod tests {
         assert_eq!(frames, 3);
         assert_eq!(&merged[..], b"[a][b][c]");
         sender.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn gathering_goes_on_while_each_round_brings_several_frames() {
+        let (queue, mut rx, mut merged, taken) = first_batch(&[b"[a]", b"[b]"]).await;
+        let sender = {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                for round in [[b"[c]", b"[d]"], [b"[e]", b"[f]"]] {
+                    for frame in round {
+                        queue.push_data(Bytes::from_static(frame), Priority::Low, 0, None, 0);
+                    }
+                    tokio::task::yield_now().await;
+                }
+                // A round with a single frame ends the gathering.
+                queue.push_data(Bytes::from_static(b"[g]"), Priority::Low, 0, None, 0);
+                tokio::task::yield_now().await;
+                queue.push_data(Bytes::from_static(b"[h]"), Priority::Low, 0, None, 0);
+            })
+        };
+        let frames = gather_more(&mut rx, &mut merged, taken).await;
+        assert_eq!(&merged[..], b"[a][b][c][d][e][f][g]");
+        assert_eq!(frames, 7);
+        sender.await.unwrap();
+        // What the writer took counts until it is written.
+        assert_eq!(
+            queue.queued_bytes(),
+            merged.len() + 3,
+            "[h] waits for the next batch"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
