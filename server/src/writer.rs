@@ -12,6 +12,12 @@ use peergroup_protocol::{CloseCode, Unconfirmed};
 use peergroup_transport::WRITE_BATCH_BYTES;
 use std::sync::{Arc, Mutex, OnceLock};
 
+/// Frames written to a client in one batch at most (with at most `WRITE_BATCH_BYTES`):
+/// 256 64-byte messages fill about 15 packets, one GSO send. At 64, a relayed flood of
+/// small messages went out in writes of four packets, and the relay spent 0.91–0.98 µs of
+/// CPU a delivery against 0.79–0.89 at 256 (1→1, 64 B, reliable; three rounds each).
+const WRITE_BATCH_FRAMES: usize = 256;
+
 /// What the writer needs to end a connection itself when the server drains.
 pub(crate) struct WriterEnd {
     pub shared: Arc<Shared>,
@@ -52,7 +58,7 @@ pub(crate) async fn write_frames(
     unconfirmed: Arc<Mutex<Unconfirmed>>,
     mut handoffs: tokio::sync::mpsc::Receiver<Box<Handoff>>,
 ) {
-    let mut batch = Vec::with_capacity(64);
+    let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
     let mut merged = BytesMut::new();
     let mut send = Some(send);
     loop {
@@ -81,7 +87,7 @@ pub(crate) async fn write_frames(
                 }
                 continue;
             }
-            () = queued.recv_many(&mut batch, 64, WRITE_BATCH_BYTES) => {}
+            () = queued.recv_many(&mut batch, WRITE_BATCH_FRAMES, WRITE_BATCH_BYTES) => {}
             // Nothing is taken from the queue until recv_many returns, so dropping it here
             // loses nothing.
             () = end.shared.drain.started.cancelled() => continue,
