@@ -16,7 +16,8 @@
 //!   priority (deficit round robin), with latest-value replacement.
 //! - [`typed`]: applications' own serde message types, encoded with postcard.
 //! - [`zero_copy`]: decoders for the hot path that share a message's payload with the
-//!   received buffer instead of copying it.
+//!   received buffer instead of copying it; [`hand_encode`], their counterpart: encoders
+//!   for the same messages that write postcard's bytes without serde.
 //! - [`resume`]: session resume: the token, and the frames a side keeps until the other
 //!   confirms them.
 //! - [`rooms`]: the requests and replies of the rooms application in `peergroup-server`.
@@ -34,6 +35,7 @@
 pub mod budget;
 pub mod close;
 pub mod frame;
+pub mod hand_encode;
 pub mod ids;
 pub mod lanes;
 pub mod messages;
@@ -49,6 +51,9 @@ pub use frame::{
     body_len, datagram_to_bytes, decode_body, encode_frame, frame_to_bytes, peek_hello_version,
     FrameDecoder, FrameError, DEFAULT_MAX_FRAME_LEN, DEFAULT_MAX_MESSAGE_LEN, FRAME_HEADROOM,
     LENGTH_PREFIX_LEN,
+};
+pub use hand_encode::{
+    encode_client_datagram, encode_client_frame, encode_peer_frame, encode_server_datagram,
 };
 pub use ids::{Fingerprint, GroupId, HostId, PairId, ParseFingerprintError, ParseIdError};
 pub use lanes::{Carrier, LaneCounters, SendOptions, DEFAULT_CHANNEL};

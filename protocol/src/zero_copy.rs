@@ -12,6 +12,7 @@
 //! fewer per message.
 
 use crate::frame::{decode_body, FrameError};
+use crate::hand_encode::{deliver_head, Count, Sink};
 use crate::ids::{GroupId, HostId};
 use crate::messages::{
     ClientDatagram, ClientToServer, DatagramLane, Lane, Memberships, PeerToPeer, Priority,
@@ -22,12 +23,12 @@ use serde::Deserialize;
 
 /// Variant indices of the payload-carrying variants (postcard writes the index as a
 /// varint; all are below 128, so one byte). Pinned by the golden-byte tests.
-const CLIENT_RELAY: u8 = 2;
-const SERVER_DELIVER: u8 = 4;
+pub(crate) const CLIENT_RELAY: u8 = 2;
+pub(crate) const SERVER_DELIVER: u8 = 4;
 const SERVER_FROM_SERVER: u8 = 6;
-const PEER_DATA: u8 = 0;
-const DATAGRAM_RELAY: u8 = 0;
-const DATAGRAM_DELIVER: u8 = 0;
+pub(crate) const PEER_DATA: u8 = 0;
+pub(crate) const DATAGRAM_RELAY: u8 = 0;
+pub(crate) const DATAGRAM_DELIVER: u8 = 0;
 
 /// Decodes `T`'s fields from `body[1..]` (after the variant byte), then takes the payload
 /// whose length ends them from the rest of `body`, sharing its memory.
@@ -231,24 +232,24 @@ pub struct DeliverFrame {
 }
 
 impl DeliverFrame {
-    /// The fields before the payload, as postcard lays out the variant (its index first).
-    fn head(&self) -> (u32, HostId, Option<GroupId>, Lane, u64, u64) {
-        (
-            u32::from(SERVER_DELIVER),
+    /// Writes the fields before the payload (its length included) as postcard lays out
+    /// the variant, by hand (`hand_encode.rs` says why).
+    fn head(&self, out: &mut impl Sink) {
+        deliver_head(
+            out,
             self.from,
             self.group,
             self.lane,
             self.seq,
-            self.payload.len() as u64,
-        )
+            self.payload.len(),
+        );
     }
 
     /// The whole frame's length in bytes, length prefix included.
     pub fn frame_len(&self) -> usize {
-        let head =
-            postcard::serialize_with_flavor(&self.head(), postcard::ser_flavors::Size::default())
-                .unwrap_or(0);
-        crate::LENGTH_PREFIX_LEN + head + self.payload.len()
+        let mut head = Count::default();
+        self.head(&mut head);
+        crate::LENGTH_PREFIX_LEN + head.0 + self.payload.len()
     }
 
     /// Appends the frame (length prefix, then body) to `out`.
@@ -265,7 +266,7 @@ impl DeliverFrame {
         }
         out.reserve(crate::LENGTH_PREFIX_LEN + body);
         out.extend_from_slice(&(body as u32).to_be_bytes());
-        postcard::serialize_with_flavor(&self.head(), crate::frame::BytesMutFlavor(out))?;
+        self.head(out);
         out.extend_from_slice(&self.payload);
         Ok(())
     }

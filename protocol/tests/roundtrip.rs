@@ -6,7 +6,8 @@
 use bytes::{Bytes, BytesMut};
 use peergroup_protocol::{
     body_len, datagram_to_bytes, decode_body, decode_client_datagram, decode_client_frame,
-    decode_peer_frame, decode_server_datagram, decode_server_frame, encode_frame, frame_to_bytes,
+    decode_peer_frame, decode_server_datagram, decode_server_frame, encode_client_datagram,
+    encode_client_frame, encode_frame, encode_peer_frame, encode_server_datagram, frame_to_bytes,
     is_probe, peek_hello_version, ClientDatagram, ClientToServer, CloseCode, DatagramLane,
     DeliverFrame, Delivery, Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, Lane,
     MalformedProbe, Memberships, Notice, PairId, PairPath, PathReason, PeerInfo, PeerToPeer,
@@ -1107,5 +1108,54 @@ proptest! {
         let mut untouched = BytesMut::from(&prefix[..]);
         prop_assert!(frame.write_to(&mut untouched, body as u32 - 1).is_err());
         prop_assert_eq!(&untouched[..], &prefix[..]);
+    }
+}
+
+/// What `frame_to_bytes` gives for `message` at a limit of `max` bytes, as bytes or the
+/// refused body length.
+fn by_postcard<T: Serialize>(message: &T, max: u32) -> Result<Bytes, u64> {
+    match frame_to_bytes(message, max) {
+        Ok(bytes) => Ok(bytes),
+        Err(FrameError::TooLarge { len, .. }) => Err(len),
+        Err(other) => panic!("postcard failed: {other}"),
+    }
+}
+
+fn refused_len(result: Result<Bytes, FrameError>) -> Result<Bytes, u64> {
+    match result {
+        Ok(bytes) => Ok(bytes),
+        Err(FrameError::TooLarge { len, .. }) => Err(len),
+        Err(other) => panic!("hand encoder failed: {other}"),
+    }
+}
+
+proptest! {
+    // The hand encoders (`hand_encode.rs`) must write postcard's bytes for every message,
+    // payload-carrying or not, and refuse the same frames at the same limit. (The server's
+    // `Deliver`, kept as a `DeliverFrame`, is checked above.)
+    #[test]
+    fn the_hand_encoders_write_what_postcard_writes(
+        client in client_to_server(),
+        peer in peer_to_peer(),
+        client_datagram in client_datagram(),
+        server_datagram in server_datagram(),
+        max in prop_oneof![Just(DEFAULT_MAX_FRAME_LEN), 0u32..300],
+    ) {
+        prop_assert_eq!(
+            refused_len(encode_client_frame(&client, max)),
+            by_postcard(&client, max)
+        );
+        prop_assert_eq!(
+            refused_len(encode_peer_frame(&peer, max)),
+            by_postcard(&peer, max)
+        );
+        prop_assert_eq!(
+            encode_client_datagram(&client_datagram).unwrap(),
+            datagram_to_bytes(&client_datagram).unwrap()
+        );
+        prop_assert_eq!(
+            encode_server_datagram(&server_datagram).unwrap(),
+            datagram_to_bytes(&server_datagram).unwrap()
+        );
     }
 }

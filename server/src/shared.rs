@@ -19,8 +19,8 @@ use crate::registry::{punch_start_delays, Action, Registry};
 use crate::wire::{DatagramRefused, Wire, WireSend};
 use bytes::Bytes;
 use peergroup_protocol::{
-    datagram_to_bytes, frame_to_bytes, CloseCode, DatagramLane, DeliverFrame, Fingerprint, HostId,
-    PunchOrder, RefuseReason, ResumeToken, ServerDatagram, ServerToClient, Unconfirmed,
+    encode_server_datagram, frame_to_bytes, CloseCode, DatagramLane, DeliverFrame, Fingerprint,
+    HostId, PunchOrder, RefuseReason, ResumeToken, ServerDatagram, ServerToClient, Unconfirmed,
 };
 use peergroup_transport::Transport;
 use ring::rand::SecureRandom;
@@ -619,7 +619,7 @@ fn send_datagrams<T>(
     let ServerDatagram::Deliver { lane, .. } = &message;
     let numbered = matches!(lane, DatagramLane::Sequenced { .. });
     let mut too_large = Vec::new();
-    let Ok(mut bytes) = datagram_to_bytes(&message) else {
+    let Ok(mut bytes) = encode_server_datagram(&message) else {
         return too_large;
     };
     for (host, tag, number) in to {
@@ -629,7 +629,7 @@ fn send_datagrams<T>(
         if numbered {
             let ServerDatagram::Deliver { seq, .. } = &mut message;
             *seq = number;
-            let Ok(encoded) = datagram_to_bytes(&message) else {
+            let Ok(encoded) = encode_server_datagram(&message) else {
                 continue;
             };
             bytes = encoded;

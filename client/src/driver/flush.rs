@@ -11,8 +11,8 @@ use crate::driver::shared::{Core, Inner, PunchHandle, PunchStart};
 use crate::session::Upload;
 use bytes::Bytes;
 use peergroup_protocol::{
-    datagram_to_bytes, frame_to_bytes, ClientToServer, CloseCode, HostId, PunchOrder, PunchOutcome,
-    ServerDatagram,
+    encode_client_frame, encode_peer_frame, encode_server_datagram, frame_to_bytes, ClientToServer,
+    CloseCode, FrameError, HostId, PunchOrder, PunchOutcome, ServerDatagram,
 };
 use peergroup_transport::close;
 use std::sync::atomic::Ordering;
@@ -68,7 +68,7 @@ impl Inner {
     pub fn dispatch(&self, core: &mut Core, upload: Upload) {
         match upload {
             Upload::Control(frame) => {
-                if let Some(bytes) = encoded(&frame, self.max_frame_len) {
+                if let Some(bytes) = encoded(frame_to_bytes(&frame, self.max_frame_len)) {
                     self.control.push_control(bytes);
                 }
             }
@@ -78,7 +78,7 @@ impl Inner {
                 flow,
                 latest,
             } => {
-                if let Some(bytes) = encoded(&frame, self.max_frame_len) {
+                if let Some(bytes) = encoded(encode_client_frame(&frame, self.max_frame_len)) {
                     self.uploads.push_data(bytes, priority, flow, latest, 0);
                 }
             }
@@ -93,9 +93,10 @@ impl Inner {
                 latest,
                 id,
             } => {
-                let (Some(link), Some(bytes)) =
-                    (core.directs.get(&to), encoded(&frame, self.max_frame_len))
-                else {
+                let (Some(link), Some(bytes)) = (
+                    core.directs.get(&to),
+                    encoded(encode_peer_frame(&frame, self.max_frame_len)),
+                ) else {
                     return;
                 };
                 if let Some(replaced) = link.queue.push_data(bytes, priority, 0, latest, id) {
@@ -103,9 +104,10 @@ impl Inner {
                 }
             }
             Upload::PeerControl { to, frame } => {
-                if let (Some(link), Some(bytes)) =
-                    (core.directs.get(&to), encoded(&frame, self.max_frame_len))
-                {
+                if let (Some(link), Some(bytes)) = (
+                    core.directs.get(&to),
+                    encoded(encode_peer_frame(&frame, self.max_frame_len)),
+                ) {
                     link.queue.push_control(bytes);
                 }
             }
@@ -178,14 +180,14 @@ fn wake_resumed_readers(core: &mut Core) {
 
 /// Sends a datagram on the peer's direct link.
 fn send_peer_datagram(core: &Core, to: HostId, datagram: &ServerDatagram) {
-    if let (Some(link), Ok(bytes)) = (core.directs.get(&to), datagram_to_bytes(datagram)) {
+    if let (Some(link), Ok(bytes)) = (core.directs.get(&to), encode_server_datagram(datagram)) {
         let _ = link.connection.send_datagram(bytes);
     }
 }
 
-/// Encodes a frame, logging (and dropping) one that cannot be sent.
-fn encoded<T: serde::Serialize>(frame: &T, max_frame_len: u32) -> Option<Bytes> {
-    match frame_to_bytes(frame, max_frame_len) {
+/// An encoded frame, or `None`, logged, for one that cannot be sent.
+fn encoded(frame: Result<Bytes, FrameError>) -> Option<Bytes> {
+    match frame {
         Ok(bytes) => Some(bytes),
         Err(error) => {
             tracing::error!(%error, "frame not sent");

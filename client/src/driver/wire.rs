@@ -66,7 +66,7 @@ impl ServerWire {
     pub fn send_datagram(&self, datagram: ClientDatagram, max_frame: u32) {
         match self {
             ServerWire::Quic(connection) => {
-                if let Ok(bytes) = peergroup_protocol::datagram_to_bytes(&datagram) {
+                if let Ok(bytes) = peergroup_protocol::encode_client_datagram(&datagram) {
                     let _ = connection.send_datagram(bytes);
                 }
             }
