@@ -1,6 +1,7 @@
 //! Direct path: round-trip time of small messages on peergroup's direct path, on a bare
-//! quinn stream and on raw UDP, all on loopback; and the message rate of one direct pair
-//! against one bare quinn stream.
+//! quinn stream (alone, and behind the writer and reader tasks peergroup's client puts
+//! between the application and the stream) and on raw UDP, all on loopback; and the
+//! message rate of one direct pair against one bare quinn stream.
 
 use crate::report::{rate, ratio, Report, Table};
 use crate::setup::{self, wait_for};
@@ -58,12 +59,15 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
     let runtime = setup::client_runtime()?;
     let udp = runtime.block_on(udp_rtt(pings))?;
     let mut quinn_runs = Vec::new();
+    let mut handover_runs = Vec::new();
     let mut peergroup_runs = Vec::new();
     for _ in 0..ROUNDS {
         quinn_runs.push(runtime.block_on(quinn_rtt(pings, window))?);
+        handover_runs.push(runtime.block_on(quinn_rtt_with_handovers(pings))?);
         peergroup_runs.push(peergroup_direct(&runtime, pings, window)?);
     }
     let quinn = Summary::of_runs(&quinn_runs);
+    let handovers = Summary::of(&handover_runs.iter().collect::<Vec<_>>(), &[]);
     let peergroup = Summary::of_runs(&peergroup_runs);
     let udp = Summary::of(&[&udp], &[]);
 
@@ -71,6 +75,10 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
     for (name, summary) in [
         ("peergroup direct path", &peergroup),
         ("bare quinn stream", &quinn),
+        (
+            "bare quinn stream behind a writer and a reader task each side",
+            &handovers,
+        ),
         ("raw UDP", &udp),
     ] {
         rows.push(vec![
@@ -80,7 +88,12 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
             summary.rate.map_or("-".into(), rate),
         ]);
     }
-    for (key, summary) in [("peergroup", &peergroup), ("quinn", &quinn), ("udp", &udp)] {
+    for (key, summary) in [
+        ("peergroup", &peergroup),
+        ("quinn", &quinn),
+        ("quinn_with_handovers", &handovers),
+        ("udp", &udp),
+    ] {
         report.set(&format!("direct.rtt_p50_us.{key}"), summary.p50);
         report.set(&format!("direct.rtt_p99_us.{key}"), summary.p99);
     }
@@ -91,6 +104,10 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
     report.set(
         "direct.rtt_p50_us_runs.quinn",
         serde_json::Value::from(quinn.p50s.clone()),
+    );
+    report.set(
+        "direct.rtt_p50_us_runs.quinn_with_handovers",
+        serde_json::Value::from(handovers.p50s.clone()),
     );
     let (peergroup_rate, quinn_rate) = (peergroup.rate.unwrap_or(0.0), quinn.rate.unwrap_or(0.0));
     report.set(
@@ -122,10 +139,14 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
              loopback; the median of {ROUNDS} runs each, quinn and peergroup in turn (RTT p50 \
              per run, µs: peergroup {:?}, quinn {:?}). peergroup: reliable messages between two clients after hole punching \
              (their server is idle); bare quinn: one bidirectional stream with length-prefixed \
-             frames. RTT ratio peergroup / quinn: p50 {}, p99 {} (target at most 1.1). Rate: \
-             one sender streaming reliable messages for {:.0} s.",
+             frames; with hand-overs: the same stream, but each side's application hands frames \
+             to a writer task and gets them from a reader task through channels, as \
+             peergroup's client does (RTT p50 per run, µs: {:?}). RTT ratio peergroup / \
+             quinn: p50 {}, p99 {} (target at most 1.1). Rate: one sender streaming \
+             reliable messages for {:.0} s.",
             peergroup.p50s,
             quinn.p50s,
+            handovers.p50s,
             ratio(peergroup.p50 as f64, quinn.p50 as f64),
             ratio(peergroup.p99 as f64, quinn.p99 as f64),
             window.as_secs_f64()
@@ -258,6 +279,74 @@ async fn quinn_rtt(pings: usize, window: Duration) -> Result<(Latencies, f64), S
     connection.close(0u32.into(), b"done");
     let _ = sent;
     Ok((rtt, received as f64 / elapsed))
+}
+
+/// One frame of the ping-pong with hand-overs.
+type Frame = [u8; 4 + PAYLOAD];
+
+/// The ping-pong of [`quinn_rtt`] with the task structure of peergroup's direct path and
+/// nothing else: on each side the application hands a frame to a writer task (a channel)
+/// that writes it to the stream, and a reader task reads frames and hands them to the
+/// application (a second channel). It tells how much of the direct path's RTT over bare
+/// quinn's is those four hand-overs a round trip rather than peergroup's own work.
+async fn quinn_rtt_with_handovers(pings: usize) -> Result<Latencies, String> {
+    use tokio::sync::mpsc;
+    /// Spawns the writer and the reader task of one side; returns its two channel ends.
+    fn split(
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> (mpsc::UnboundedSender<Frame>, mpsc::UnboundedReceiver<Frame>) {
+        let (to_writer, mut writer_input) = mpsc::unbounded_channel::<Frame>();
+        let (reader_output, from_reader) = mpsc::unbounded_channel::<Frame>();
+        tokio::spawn(async move {
+            while let Some(frame) = writer_input.recv().await {
+                if send.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut frame = [0u8; 4 + PAYLOAD];
+            while recv.read_exact(&mut frame).await.is_ok() {
+                if reader_output.send(frame).is_err() {
+                    return;
+                }
+            }
+        });
+        (to_writer, from_reader)
+    }
+    let (server, client, addr) = quinn_pair()?;
+    let echo = tokio::spawn(async move {
+        let connection = server.accept().await?.await.ok()?;
+        let (send, recv) = connection.accept_bi().await.ok()?;
+        let (to_writer, mut from_reader) = split(send, recv);
+        while let Some(frame) = from_reader.recv().await {
+            to_writer.send(frame).ok()?;
+        }
+        Some(())
+    });
+    let connection = client
+        .connect(addr, "bench")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    let (to_writer, mut from_reader) = split(send, recv);
+    let mut frame = [0u8; 4 + PAYLOAD];
+    frame[..4].copy_from_slice(&(PAYLOAD as u32).to_be_bytes());
+    let mut rtt = Latencies::default();
+    for _ in 0..pings {
+        let sent = Instant::now();
+        to_writer.send(frame).map_err(|e| e.to_string())?;
+        from_reader
+            .recv()
+            .await
+            .ok_or("the quinn echo with hand-overs ended")?;
+        rtt.record(sent.elapsed());
+    }
+    connection.close(0u32.into(), b"done");
+    echo.abort();
+    Ok(rtt)
 }
 
 /// Ping-pong and a streaming window between two peergroup clients on their direct path.
