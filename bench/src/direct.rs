@@ -1,7 +1,8 @@
 //! Direct path: round-trip time of small messages on peergroup's direct path, on a bare
 //! quinn stream (alone, and behind the writer and reader tasks peergroup's client puts
-//! between the application and the stream) and on raw UDP, all on loopback; and the
-//! message rate of one direct pair against one bare quinn stream.
+//! between the application and the stream) and on raw UDP, all on loopback, on a
+//! two-thread runtime and on a one-thread one; and the message rate of one direct pair
+//! against one bare quinn stream.
 
 use crate::report::{rate, ratio, Report, Table};
 use crate::setup::{self, wait_for};
@@ -58,18 +59,29 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
     let window = mode.pick(Duration::from_secs(3), Duration::from_secs(10));
     let runtime = setup::client_runtime()?;
     let udp = runtime.block_on(udp_rtt(pings))?;
+    // The same ping-pongs, RTT only, with every task on one thread: on the runtime above a
+    // wake-up between the measuring task and a spawned one crosses threads, and those
+    // wake-ups, not the code on either side, made most of the round trip.
+    let one_thread = setup::current_thread_runtime()?;
     let mut quinn_runs = Vec::new();
     let mut handover_runs = Vec::new();
     let mut peergroup_runs = Vec::new();
+    let mut one_thread_runs: [Vec<Latencies>; 3] = Default::default();
     for _ in 0..ROUNDS {
         quinn_runs.push(runtime.block_on(quinn_rtt(pings, window))?);
         handover_runs.push(runtime.block_on(quinn_rtt_with_handovers(pings))?);
         peergroup_runs.push(peergroup_direct(&runtime, pings, window)?);
+        let [quinn, handovers, peergroup] = &mut one_thread_runs;
+        quinn.push(one_thread.block_on(quinn_rtt(pings, Duration::ZERO))?.0);
+        handovers.push(one_thread.block_on(quinn_rtt_with_handovers(pings))?);
+        peergroup.push(peergroup_direct(&one_thread, pings, Duration::ZERO)?.0);
     }
     let quinn = Summary::of_runs(&quinn_runs);
     let handovers = Summary::of(&handover_runs.iter().collect::<Vec<_>>(), &[]);
     let peergroup = Summary::of_runs(&peergroup_runs);
     let udp = Summary::of(&[&udp], &[]);
+    let [one_thread_quinn, one_thread_handovers, one_thread_peergroup] =
+        one_thread_runs.map(|runs| Summary::of(&runs.iter().collect::<Vec<_>>(), &[]));
 
     let mut rows = Vec::new();
     for (name, summary) in [
@@ -80,6 +92,15 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
             &handovers,
         ),
         ("raw UDP", &udp),
+        (
+            "peergroup direct path, one-thread runtime",
+            &one_thread_peergroup,
+        ),
+        ("bare quinn stream, one-thread runtime", &one_thread_quinn),
+        (
+            "bare quinn stream behind a writer and a reader task each side, one-thread runtime",
+            &one_thread_handovers,
+        ),
     ] {
         rows.push(vec![
             name.to_string(),
@@ -108,6 +129,23 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
     report.set(
         "direct.rtt_p50_us_runs.quinn_with_handovers",
         serde_json::Value::from(handovers.p50s.clone()),
+    );
+    for (key, summary) in [
+        ("peergroup", &one_thread_peergroup),
+        ("quinn", &one_thread_quinn),
+        ("quinn_with_handovers", &one_thread_handovers),
+    ] {
+        report.set(&format!("direct.one_thread.rtt_p50_us.{key}"), summary.p50);
+        report.set(&format!("direct.one_thread.rtt_p99_us.{key}"), summary.p99);
+        report.set(
+            &format!("direct.one_thread.rtt_p50_us_runs.{key}"),
+            serde_json::Value::from(summary.p50s.clone()),
+        );
+    }
+    report.set(
+        "direct.one_thread.rtt_p50_ratio_vs_quinn",
+        (one_thread_peergroup.p50 as f64 / (one_thread_quinn.p50 as f64).max(1.0) * 100.0).round()
+            / 100.0,
     );
     let (peergroup_rate, quinn_rate) = (peergroup.rate.unwrap_or(0.0), quinn.rate.unwrap_or(0.0));
     report.set(
@@ -143,13 +181,22 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
              to a writer task and gets them from a reader task through channels, as \
              peergroup's client does (RTT p50 per run, µs: {:?}). RTT ratio peergroup / \
              quinn: p50 {}, p99 {} (target at most 1.1). Rate: one sender streaming \
-             reliable messages for {:.0} s.",
+             reliable messages for {:.0} s. The measuring task runs on the runtime's \
+             block_on thread and every spawned task (quinn's drivers, the echo, \
+             peergroup's tasks) on its one worker, so hand-overs between them are wake-ups \
+             across threads. The one-thread rows run the same ping-pongs on a current-thread \
+             runtime, where no wake-up crosses threads (RTT p50 per run, µs: peergroup {:?}, \
+             quinn {:?}, with hand-overs {:?}; ratio peergroup / quinn: p50 {}).",
             peergroup.p50s,
             quinn.p50s,
             handovers.p50s,
             ratio(peergroup.p50 as f64, quinn.p50 as f64),
             ratio(peergroup.p99 as f64, quinn.p99 as f64),
-            window.as_secs_f64()
+            window.as_secs_f64(),
+            one_thread_peergroup.p50s,
+            one_thread_quinn.p50s,
+            one_thread_handovers.p50s,
+            ratio(one_thread_peergroup.p50 as f64, one_thread_quinn.p50 as f64),
         )],
     });
     Ok(())

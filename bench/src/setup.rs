@@ -74,11 +74,21 @@ pub async fn wait_for<T>(
     .map_err(|_| "timed out waiting for an event".to_string())?
 }
 
-/// A multi-threaded runtime for the clients of a section.
+/// A multi-threaded runtime for the clients of a section: one worker thread, and the
+/// thread that calls `block_on`, which runs the measuring task.
 pub fn client_runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("bench-clients")
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A runtime that runs every task on the thread that calls `block_on`, so no wake-up
+/// crosses threads.
+pub fn current_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())
