@@ -17,6 +17,7 @@
 
 use crate::frame::{datagram_to_bytes, frame_to_bytes, FrameError, LENGTH_PREFIX_LEN};
 use crate::ids::GroupId;
+use crate::messages::variant;
 use crate::messages::{
     ClientDatagram, ClientToServer, DatagramLane, Lane, Memberships, PeerToPeer, Priority,
     RelayDest, ServerDatagram,
@@ -139,7 +140,7 @@ pub(crate) fn deliver_head(
     seq: u64,
     payload_len: usize,
 ) {
-    varint(out, u64::from(crate::zero_copy::SERVER_DELIVER));
+    varint(out, u64::from(variant::SERVER_DELIVER));
     varint(out, from.raw());
     group(out, to_group);
     lane(out, in_lane);
@@ -167,7 +168,7 @@ impl Head for ClientToServer {
         else {
             return None;
         };
-        varint(out, u64::from(crate::zero_copy::CLIENT_RELAY));
+        varint(out, u64::from(variant::CLIENT_RELAY));
         group(out, *to_group);
         boolean(out, *to_server);
         lane(out, *in_lane);
@@ -190,7 +191,7 @@ impl Head for PeerToPeer {
         else {
             return None;
         };
-        varint(out, u64::from(crate::zero_copy::PEER_DATA));
+        varint(out, u64::from(variant::PEER_DATA));
         group(out, *to_group);
         memberships(out, *under);
         lane(out, *in_lane);
@@ -210,7 +211,7 @@ impl Head for ClientDatagram {
             dests: to,
             payload,
         } = self;
-        varint(out, u64::from(crate::zero_copy::DATAGRAM_RELAY));
+        varint(out, u64::from(variant::DATAGRAM_RELAY));
         group(out, *to_group);
         boolean(out, *to_server);
         datagram_lane(out, *in_lane);
@@ -230,7 +231,7 @@ impl Head for ServerDatagram {
             seq,
             payload,
         } = self;
-        varint(out, u64::from(crate::zero_copy::DATAGRAM_DELIVER));
+        varint(out, u64::from(variant::DATAGRAM_DELIVER));
         varint(out, from.raw());
         group(out, *to_group);
         datagram_lane(out, *in_lane);

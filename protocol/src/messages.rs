@@ -716,3 +716,21 @@ pub enum PeerToPeer {
         host: HostId,
     },
 }
+
+/// Variant indices of the payload-carrying variants, which `zero_copy.rs` decodes and
+/// `hand_encode.rs` encodes without serde (postcard writes the index as a varint; all are
+/// below 128, so one byte). Pinned by the golden-byte tests.
+pub(crate) mod variant {
+    /// [`super::ClientToServer::Relay`].
+    pub const CLIENT_RELAY: u8 = 2;
+    /// [`super::ServerToClient::Deliver`].
+    pub const SERVER_DELIVER: u8 = 4;
+    /// [`super::ServerToClient::FromServer`].
+    pub const SERVER_FROM_SERVER: u8 = 6;
+    /// [`super::PeerToPeer::Data`].
+    pub const PEER_DATA: u8 = 0;
+    /// [`super::ClientDatagram::Relay`].
+    pub const DATAGRAM_RELAY: u8 = 0;
+    /// [`super::ServerDatagram::Deliver`].
+    pub const DATAGRAM_DELIVER: u8 = 0;
+}

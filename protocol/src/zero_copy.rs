@@ -14,21 +14,15 @@
 use crate::frame::{decode_body, FrameError};
 use crate::hand_encode::{deliver_head, Count, Sink};
 use crate::ids::{GroupId, HostId};
+use crate::messages::variant::{
+    CLIENT_RELAY, DATAGRAM_DELIVER, DATAGRAM_RELAY, PEER_DATA, SERVER_DELIVER, SERVER_FROM_SERVER,
+};
 use crate::messages::{
     ClientDatagram, ClientToServer, DatagramLane, Lane, Memberships, PeerToPeer, Priority,
     RelayDest, ServerDatagram, ServerToClient,
 };
 use bytes::Bytes;
 use serde::Deserialize;
-
-/// Variant indices of the payload-carrying variants (postcard writes the index as a
-/// varint; all are below 128, so one byte). Pinned by the golden-byte tests.
-pub(crate) const CLIENT_RELAY: u8 = 2;
-pub(crate) const SERVER_DELIVER: u8 = 4;
-const SERVER_FROM_SERVER: u8 = 6;
-pub(crate) const PEER_DATA: u8 = 0;
-pub(crate) const DATAGRAM_RELAY: u8 = 0;
-pub(crate) const DATAGRAM_DELIVER: u8 = 0;
 
 /// Decodes `T`'s fields from `body[1..]` (after the variant byte), then takes the payload
 /// whose length ends them from the rest of `body`, sharing its memory.
