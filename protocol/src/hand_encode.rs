@@ -22,7 +22,7 @@ use crate::messages::{
     ClientDatagram, ClientToServer, DatagramLane, Lane, Memberships, PeerToPeer, Priority,
     RelayDest, ServerDatagram,
 };
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 /// Where a head is written: counted first, to size the buffer once, then written.
 pub(crate) trait Sink {
@@ -39,10 +39,51 @@ impl Sink for Count {
     }
 }
 
-impl Sink for BytesMut {
+/// Writes a head into space already made for it, by index.
+pub(crate) struct Cursor<'a> {
+    space: &'a mut [u8],
+    at: usize,
+}
+
+impl Sink for Cursor<'_> {
     fn byte(&mut self, byte: u8) {
-        self.put_u8(byte);
+        self.space[self.at] = byte;
+        self.at += 1;
     }
+}
+
+/// Appends one frame (with `length_prefix`) or datagram to `out`: the head that
+/// `write_head` writes, `head_len` bytes as counted with [`Count`], then `payload`. The
+/// space for the prefix and head is made once and filled by index: writing byte by byte
+/// through `BufMut` was a call per byte wherever `BytesMut::put_slice` was not inlined
+/// (the benchmark's `codec` section measured 123 ns for a relay upload that way against
+/// postcard's 94, and 57 ns this way).
+pub(crate) fn append(
+    out: &mut BytesMut,
+    length_prefix: bool,
+    head_len: usize,
+    payload: &[u8],
+    write_head: impl FnOnce(&mut Cursor<'_>),
+) {
+    let prefix = if length_prefix { LENGTH_PREFIX_LEN } else { 0 };
+    let body = head_len + payload.len();
+    out.reserve(prefix + body);
+    let start = out.len();
+    out.resize(start + prefix + head_len, 0);
+    let space = &mut out[start..];
+    if length_prefix {
+        space[..LENGTH_PREFIX_LEN].copy_from_slice(&(body as u32).to_be_bytes());
+    }
+    let mut cursor = Cursor {
+        space: &mut space[prefix..],
+        at: 0,
+    };
+    write_head(&mut cursor);
+    debug_assert_eq!(
+        cursor.at, head_len,
+        "the head counted and the head written differ"
+    );
+    out.extend_from_slice(payload);
 }
 
 fn varint(out: &mut impl Sink, mut value: u64) {
@@ -252,22 +293,16 @@ fn encode<M: Head>(message: &M, max: Option<u32>) -> Result<Bytes, FrameError> {
         };
     };
     let body = count.0 + payload.len();
-    let prefix = match max {
-        Some(max) if body > max as usize => {
-            return Err(FrameError::TooLarge {
-                len: body as u64,
-                max,
-            })
-        }
-        Some(_) => LENGTH_PREFIX_LEN,
-        None => 0,
-    };
-    let mut out = BytesMut::with_capacity(prefix + body);
-    if prefix > 0 {
-        out.put_u32(body as u32);
+    if let Some(max) = max.filter(|&max| body > max as usize) {
+        return Err(FrameError::TooLarge {
+            len: body as u64,
+            max,
+        });
     }
-    message.head(&mut out);
-    out.put_slice(payload);
+    let mut out = BytesMut::new();
+    append(&mut out, max.is_some(), count.0, payload, |cursor| {
+        message.head(cursor);
+    });
     Ok(out.freeze())
 }
 

@@ -12,7 +12,7 @@
 //! fewer per message.
 
 use crate::frame::{decode_body, FrameError};
-use crate::hand_encode::{deliver_head, Count, Sink};
+use crate::hand_encode::{append, deliver_head, Count, Sink};
 use crate::ids::{GroupId, HostId};
 use crate::messages::variant::{
     CLIENT_RELAY, DATAGRAM_DELIVER, DATAGRAM_RELAY, PEER_DATA, SERVER_DELIVER, SERVER_FROM_SERVER,
@@ -251,17 +251,16 @@ impl DeliverFrame {
     /// # Errors
     /// [`FrameError::TooLarge`] when the body exceeds `max` bytes; `out` is unchanged then.
     pub fn write_to(&self, out: &mut bytes::BytesMut, max: u32) -> Result<(), FrameError> {
-        let body = self.frame_len() - crate::LENGTH_PREFIX_LEN;
+        let mut head = Count::default();
+        self.head(&mut head);
+        let body = head.0 + self.payload.len();
         if body > max as usize {
             return Err(FrameError::TooLarge {
                 len: body as u64,
                 max,
             });
         }
-        out.reserve(crate::LENGTH_PREFIX_LEN + body);
-        out.extend_from_slice(&(body as u32).to_be_bytes());
-        self.head(out);
-        out.extend_from_slice(&self.payload);
+        append(out, true, head.0, &self.payload, |cursor| self.head(cursor));
         Ok(())
     }
 
