@@ -53,6 +53,11 @@ impl Summary {
     }
 }
 
+/// `a`'s RTT p50 over `b`'s, to two decimals.
+fn p50_ratio(a: &Summary, b: &Summary) -> f64 {
+    (a.p50 as f64 / (b.p50 as f64).max(1.0) * 100.0).round() / 100.0
+}
+
 /// Runs the section.
 pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
     let pings = mode.pick(2_000, 20_000);
@@ -64,88 +69,73 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
     // wake-ups, not the code on either side, made most of the round trip.
     let one_thread = setup::current_thread_runtime()?;
     let mut quinn_runs = Vec::new();
-    let mut handover_runs = Vec::new();
     let mut peergroup_runs = Vec::new();
-    let mut one_thread_runs: [Vec<Latencies>; 3] = Default::default();
+    // Quinn behind the hand-over tasks; then the one-thread runs of quinn, quinn behind
+    // the tasks and peergroup.
+    let mut rtt_runs: [Vec<Latencies>; 4] = Default::default();
     for _ in 0..ROUNDS {
         quinn_runs.push(runtime.block_on(quinn_rtt(pings, window))?);
-        handover_runs.push(runtime.block_on(quinn_rtt_with_handovers(pings))?);
         peergroup_runs.push(peergroup_direct(&runtime, pings, window)?);
-        let [quinn, handovers, peergroup] = &mut one_thread_runs;
-        quinn.push(one_thread.block_on(quinn_rtt(pings, Duration::ZERO))?.0);
-        handovers.push(one_thread.block_on(quinn_rtt_with_handovers(pings))?);
-        peergroup.push(peergroup_direct(&one_thread, pings, Duration::ZERO)?.0);
+        let [handovers, one_quinn, one_handovers, one_peergroup] = &mut rtt_runs;
+        handovers.push(runtime.block_on(quinn_rtt_with_handovers(pings))?);
+        one_quinn.push(one_thread.block_on(quinn_rtt(pings, Duration::ZERO))?.0);
+        one_handovers.push(one_thread.block_on(quinn_rtt_with_handovers(pings))?);
+        one_peergroup.push(peergroup_direct(&one_thread, pings, Duration::ZERO)?.0);
     }
     let quinn = Summary::of_runs(&quinn_runs);
-    let handovers = Summary::of(&handover_runs.iter().collect::<Vec<_>>(), &[]);
     let peergroup = Summary::of_runs(&peergroup_runs);
     let udp = Summary::of(&[&udp], &[]);
-    let [one_thread_quinn, one_thread_handovers, one_thread_peergroup] =
-        one_thread_runs.map(|runs| Summary::of(&runs.iter().collect::<Vec<_>>(), &[]));
+    let [handovers, one_thread_quinn, one_thread_handovers, one_thread_peergroup] =
+        rtt_runs.map(|runs| Summary::of(&runs.iter().collect::<Vec<_>>(), &[]));
 
-    let mut rows = Vec::new();
-    for (name, summary) in [
-        ("peergroup direct path", &peergroup),
-        ("bare quinn stream", &quinn),
+    let measured = [
+        ("peergroup direct path", "peergroup", &peergroup),
+        ("bare quinn stream", "quinn", &quinn),
         (
             "bare quinn stream behind a writer and a reader task each side",
+            "quinn_with_handovers",
             &handovers,
         ),
-        ("raw UDP", &udp),
+        ("raw UDP", "udp", &udp),
         (
             "peergroup direct path, one-thread runtime",
+            "one_thread.peergroup",
             &one_thread_peergroup,
         ),
-        ("bare quinn stream, one-thread runtime", &one_thread_quinn),
+        (
+            "bare quinn stream, one-thread runtime",
+            "one_thread.quinn",
+            &one_thread_quinn,
+        ),
         (
             "bare quinn stream behind a writer and a reader task each side, one-thread runtime",
+            "one_thread.quinn_with_handovers",
             &one_thread_handovers,
         ),
-    ] {
+    ];
+    let mut rows = Vec::new();
+    for (name, key, summary) in measured {
         rows.push(vec![
             name.to_string(),
             summary.p50.to_string(),
             summary.p99.to_string(),
             summary.rate.map_or("-".into(), rate),
         ]);
-    }
-    for (key, summary) in [
-        ("peergroup", &peergroup),
-        ("quinn", &quinn),
-        ("quinn_with_handovers", &handovers),
-        ("udp", &udp),
-    ] {
-        report.set(&format!("direct.rtt_p50_us.{key}"), summary.p50);
-        report.set(&format!("direct.rtt_p99_us.{key}"), summary.p99);
-    }
-    report.set(
-        "direct.rtt_p50_us_runs.peergroup",
-        serde_json::Value::from(peergroup.p50s.clone()),
-    );
-    report.set(
-        "direct.rtt_p50_us_runs.quinn",
-        serde_json::Value::from(quinn.p50s.clone()),
-    );
-    report.set(
-        "direct.rtt_p50_us_runs.quinn_with_handovers",
-        serde_json::Value::from(handovers.p50s.clone()),
-    );
-    for (key, summary) in [
-        ("peergroup", &one_thread_peergroup),
-        ("quinn", &one_thread_quinn),
-        ("quinn_with_handovers", &one_thread_handovers),
-    ] {
-        report.set(&format!("direct.one_thread.rtt_p50_us.{key}"), summary.p50);
-        report.set(&format!("direct.one_thread.rtt_p99_us.{key}"), summary.p99);
+        // `one_thread.quinn` goes to `direct.one_thread.rtt_p50_us.quinn`.
+        let (prefix, key) = match key.split_once('.') {
+            Some((runtime, key)) => (format!("direct.{runtime}"), key),
+            None => ("direct".to_string(), key),
+        };
+        report.set(&format!("{prefix}.rtt_p50_us.{key}"), summary.p50);
+        report.set(&format!("{prefix}.rtt_p99_us.{key}"), summary.p99);
         report.set(
-            &format!("direct.one_thread.rtt_p50_us_runs.{key}"),
+            &format!("{prefix}.rtt_p50_us_runs.{key}"),
             serde_json::Value::from(summary.p50s.clone()),
         );
     }
     report.set(
         "direct.one_thread.rtt_p50_ratio_vs_quinn",
-        (one_thread_peergroup.p50 as f64 / (one_thread_quinn.p50 as f64).max(1.0) * 100.0).round()
-            / 100.0,
+        p50_ratio(&one_thread_peergroup, &one_thread_quinn),
     );
     let (peergroup_rate, quinn_rate) = (peergroup.rate.unwrap_or(0.0), quinn.rate.unwrap_or(0.0));
     report.set(
@@ -160,7 +150,7 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
         );
         report.set(
             "direct.rtt_p50_ratio_vs_quinn",
-            (peergroup.p50 as f64 / (quinn.p50 as f64).max(1.0) * 100.0).round() / 100.0,
+            p50_ratio(&peergroup, &quinn),
         );
     }
     report.table(Table {
@@ -335,7 +325,7 @@ type Frame = [u8; 4 + PAYLOAD];
 /// nothing else: on each side the application hands a frame to a writer task (a channel)
 /// that writes it to the stream, and a reader task reads frames and hands them to the
 /// application (a second channel). It tells how much of the direct path's RTT over bare
-/// quinn's is those four hand-overs a round trip rather than peergroup's own work.
+/// quinn's is that task structure rather than peergroup's own work.
 async fn quinn_rtt_with_handovers(pings: usize) -> Result<Latencies, String> {
     use tokio::sync::mpsc;
     /// Spawns the writer and the reader task of one side; returns its two channel ends.

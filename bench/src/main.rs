@@ -25,6 +25,7 @@
 //!   (membership batches every tick, position updates, server CPU).
 
 mod churn;
+mod codec;
 mod cpu;
 mod direct;
 mod fanout;
@@ -73,7 +74,7 @@ struct Args {
     /// The long run.
     #[arg(long)]
     full: bool,
-    /// Run only these sections (comma-separated: relay, direct, switch, churn, scale, priority, mmo).
+    /// Run only these sections (comma-separated: relay, direct, codec, switch, churn, scale, priority, mmo).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where to write the results. Default: `target/bench` in the workspace.
@@ -99,6 +100,7 @@ fn main() -> std::process::ExitCode {
     let sections: Vec<(&str, Section)> = vec![
         ("relay", relay::run),
         ("direct", direct::run),
+        ("codec", codec::run),
         ("switch", switch::run),
         ("churn", churn::run),
         ("scale", scale::run),
