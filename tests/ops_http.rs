@@ -835,10 +835,15 @@ fn value(text: &str, sample: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_as_probes_run() {
     // Just-in-time punching, from the config file: the first messages of the pair go
-    // through the relay, so the relay counters must move too.
+    // through the relay, so the relay counters must move too. Every connection must
+    // validate its address (a QUIC Retry), so that counter moves as well.
     let dir = TempDir::new("metrics-config");
     let config = dir.0.join("server.toml");
-    std::fs::write(&config, "[punch]\nstart = \"on_first_message\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[punch]\nstart = \"on_first_message\"\n[admission]\nvalidate_above = 0\n",
+    )
+    .unwrap();
     let server = ServerProc::start("metrics", &["--config", config.to_str().unwrap()]);
     let scrape_url = format!("{}/metrics", server.metrics.as_ref().unwrap());
     let scrape = move || {
@@ -927,6 +932,25 @@ async fn metrics_move_as_probes_run() {
     assert!(value(&during, "peergroup_punch_attempts_total") >= 1.0);
     assert!(value(&during, "peergroup_punch_successes_total") >= 1.0);
     assert!(value(&during, "peergroup_join_ack_latency_seconds_count") >= 2.0);
+    assert!(value(&during, "peergroup_address_validations_total") >= 2.0);
+    // The admin API's counters agree with the exporter's.
+    let stats = server.api().get("/v1/stats").await;
+    assert_eq!(
+        (
+            stats["clients"].as_u64(),
+            stats["websocket_clients"].as_u64()
+        ),
+        (Some(2), Some(0))
+    );
+    assert!(stats["address_validations"].as_u64() >= Some(2), "{stats}");
+    assert_eq!(stats["admission_refusals"], 0);
+    assert!(stats["host_candidates_dropped"].is_u64(), "{stats}");
+    assert!(stats["punch_orders_deferred"].is_u64(), "{stats}");
+    let (notices, frames) = (
+        stats["notices_sent"].as_u64().unwrap(),
+        stats["notice_frames_sent"].as_u64().unwrap(),
+    );
+    assert!(frames >= 1 && frames <= notices, "{stats}");
     let relayed = value(
         &during,
         "peergroup_relayed_messages_total{delivery=\"reliable_ordered\"}",

@@ -946,8 +946,10 @@ impl From<AckLatency> for LatencyView {
 pub struct StatsView {
     /// Seconds since the admin API started.
     pub uptime_secs: f64,
-    /// Connected clients (all on QUIC).
+    /// Connected clients, on QUIC and on the WebSocket fallback.
     pub clients: usize,
+    /// Of those, the ones on the WebSocket fallback.
+    pub websocket_clients: usize,
     /// Groups.
     pub groups: usize,
     /// Pairs, lingering ones included.
@@ -974,16 +976,29 @@ pub struct StatsView {
     pub events_queued: usize,
     /// Membership notices sent since start.
     pub notices_sent: u64,
+    /// Frames those notices travelled in since start: one per client per operation or
+    /// batch.
+    pub notice_frames_sent: u64,
     /// Punch attempts since start.
     pub punch_attempts: u64,
     /// Pairs that went direct by punching since start.
     pub punch_successes: u64,
+    /// Punches put off since start because a host had used up its punch order budget.
+    pub punch_orders_deferred: u64,
+    /// Host candidates clients named that were dropped as unusable since start.
+    pub host_candidates_dropped: u64,
     /// Failed handshakes since start.
     pub handshake_failures: u64,
     /// Logins rejected since start.
     pub auth_failures: u64,
-    /// Connections refused since start.
+    /// Connections refused since start, after their handshake: at a client limit, with
+    /// the event backlog full, or while draining.
     pub connections_refused: u64,
+    /// Connections refused at their first packet since start: too many in their
+    /// handshake, in all or from their source.
+    pub admission_refusals: u64,
+    /// Connections asked to validate their address with a QUIC Retry since start.
+    pub address_validations: u64,
     /// Slow consumers disconnected since start.
     pub slow_consumer_disconnects: u64,
     /// Join ack latency.
@@ -1009,6 +1024,7 @@ async fn stats(State(state): State<AdminState>) -> Json<StatsView> {
     Json(StatsView {
         uptime_secs: state.started.elapsed().as_secs_f64(),
         clients: s.clients,
+        websocket_clients: s.websocket_clients,
         groups: s.groups,
         pairs: s.pairs,
         direct_pairs: s.direct_pairs,
@@ -1031,11 +1047,16 @@ async fn stats(State(state): State<AdminState>) -> Json<StatsView> {
         acks_pending: s.acks_pending,
         events_queued: s.events_queued,
         notices_sent: s.notices_sent,
+        notice_frames_sent: s.notice_frames_sent,
         punch_attempts: s.punch_attempts,
         punch_successes: s.punch_successes,
+        punch_orders_deferred: s.punch_orders_deferred,
+        host_candidates_dropped: s.host_candidates_dropped,
         handshake_failures: s.handshake_failures,
         auth_failures: s.auth_rejections,
         connections_refused: s.connections_refused,
+        admission_refusals: s.admission_refusals,
+        address_validations: s.address_validations,
         slow_consumer_disconnects: s.slow_consumer_disconnects,
         join_ack_latency: s.join_ack_latency.into(),
         leave_ack_latency: s.leave_ack_latency.into(),
