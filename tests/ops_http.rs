@@ -950,7 +950,7 @@ async fn metrics_move_as_probes_run() {
         stats["notices_sent"].as_u64().unwrap(),
         stats["notice_frames_sent"].as_u64().unwrap(),
     );
-    assert!(frames >= 1 && frames <= notices, "{stats}");
+    assert!((1..=notices).contains(&frames), "{stats}");
     let relayed = value(
         &during,
         "peergroup_relayed_messages_total{delivery=\"reliable_ordered\"}",
