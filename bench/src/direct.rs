@@ -3,35 +3,47 @@
 //! between the application and the stream) and on raw UDP, all on loopback, on a
 //! two-thread runtime and on a one-thread one; and the message rate of one direct pair
 //! against one bare quinn stream.
+//!
+//! The four ping-pongs are set up together and taken in turn, [`BLOCK`] round trips each,
+//! so every path meets the same machine state. On this virtual machine a wake-up that
+//! crosses to an idle vCPU is slow or fast depending on the hypervisor's halt polling,
+//! which adapts to what ran just before: measured one path after another, the same path's
+//! RTT p50 on the two-thread runtime moved between 26 and 92 µs, and which path happened
+//! to meet which state decided the ratio (peergroup 78 µs against quinn's 33 in one table,
+//! where either alone, measured with the other vCPU kept busy, gave 29 against 33).
+
+mod ping;
 
 use crate::report::{rate, ratio, Report, Table};
-use crate::setup::{self, wait_for};
 use crate::stats::{median, Latencies};
 use crate::Mode;
 use bytes::Bytes;
-use peergroup_client::{ClientEvent, Delivery, PairPath, Path as MessagePath, Target};
-use peergroup_server::GroupOptions;
+use peergroup_client::{ClientEvent, Delivery, Path as MessagePath, Target};
+use ping::{Pinger, PATHS};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const PAYLOAD: usize = 64;
-/// Runs of the quinn and peergroup measurements, taken in turn; the section reports the
-/// median of each figure. Single runs' RTT ratio moved between 0.8 and 1.45.
+/// Rounds of the interleaved ping-pongs, and runs of the quinn and peergroup rate
+/// measurements, taken in turn; the section reports the median of each figure.
 const ROUNDS: usize = 3;
+/// Round trips each path takes before the next path's turn.
+const BLOCK: usize = 20;
+/// A block of round trips that takes longer than this fails the section (a lost
+/// loopback datagram, a stalled path).
+const BLOCK_LIMIT: Duration = Duration::from_secs(10);
 
-/// One path's figures over its runs: the median of each run's RTT p50 and p99 (µs) and
-/// of its message rate (`None` for a path measured for RTT only).
+/// One path's RTT over its rounds: the median of each round's p50 and p99, µs.
 struct Summary {
     p50: u64,
     p99: u64,
-    rate: Option<f64>,
     /// Each run's RTT p50, µs.
     p50s: Vec<u64>,
 }
 
 impl Summary {
-    fn of(rtts: &[&Latencies], rates: &[f64]) -> Self {
+    fn of(rtts: &[&Latencies]) -> Self {
         let at = |p: f64| rtts.iter().map(|r| r.percentile_us(p)).collect::<Vec<_>>();
         let median_of = |values: &[u64]| {
             median(&values.iter().map(|&v| v as f64).collect::<Vec<_>>()).unwrap_or(0.0) as u64
@@ -40,16 +52,8 @@ impl Summary {
         Self {
             p50: median_of(&p50s),
             p99: median_of(&at(99.0)),
-            rate: median(rates),
             p50s,
         }
-    }
-
-    /// Of repeated (RTT, rate) runs.
-    fn of_runs(runs: &[(Latencies, f64)]) -> Self {
-        let rtts: Vec<&Latencies> = runs.iter().map(|(rtt, _)| rtt).collect();
-        let rates: Vec<f64> = runs.iter().map(|(_, rate)| *rate).collect();
-        Self::of(&rtts, &rates)
     }
 }
 
@@ -58,86 +62,119 @@ fn p50_ratio(a: &Summary, b: &Summary) -> f64 {
     (a.p50 as f64 / (b.p50 as f64).max(1.0) * 100.0).round() / 100.0
 }
 
+/// [`ROUNDS`] rounds of `pings` round trips on every path of [`PATHS`], taken in turn a
+/// block at a time; per round, each path's RTTs in [`PATHS`] order.
+fn interleaved_rtts(
+    runtime: &tokio::runtime::Runtime,
+    pings: usize,
+) -> Result<Vec<Vec<Latencies>>, String> {
+    // Outside `block_on`: the server's runtime may not be dropped inside another.
+    let server = crate::setup::server(|_| {})?;
+    runtime.block_on(async {
+        let mut pingers = Pinger::all(&server.server).await?;
+        let mut rounds = Vec::new();
+        for _ in 0..ROUNDS {
+            let mut rtts: Vec<Latencies> = pingers.iter().map(|_| Latencies::default()).collect();
+            for _ in 0..pings.div_ceil(BLOCK) {
+                for (pinger, rtt) in pingers.iter_mut().zip(&mut rtts) {
+                    tokio::time::timeout(BLOCK_LIMIT, async {
+                        for _ in 0..BLOCK {
+                            rtt.record(pinger.ping().await?);
+                        }
+                        Ok::<_, String>(())
+                    })
+                    .await
+                    .map_err(|_| "a block of round trips timed out".to_string())??;
+                }
+            }
+            rounds.push(rtts);
+        }
+        for pinger in pingers {
+            pinger.close(&server.server).await?;
+        }
+        Ok(rounds)
+    })
+}
+
+/// Each path's summary over the rounds of [`interleaved_rtts`], in [`PATHS`] order.
+fn summaries(rounds: &[Vec<Latencies>]) -> Vec<Summary> {
+    (0..PATHS.len())
+        .map(|path| {
+            let runs: Vec<&Latencies> = rounds.iter().map(|round| &round[path]).collect();
+            Summary::of(&runs)
+        })
+        .collect()
+}
+
+/// The summary of path `key` (one of [`PATHS`]) in `summaries`.
+fn at<'a>(summaries: &'a [Summary], key: &str) -> &'a Summary {
+    let index = PATHS
+        .iter()
+        .position(|&p| p == key)
+        .expect("a measured path");
+    &summaries[index]
+}
+
 /// Runs the section.
 pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
     let pings = mode.pick(2_000, 20_000);
     let window = mode.pick(Duration::from_secs(3), Duration::from_secs(10));
-    let runtime = setup::client_runtime()?;
-    let udp = runtime.block_on(udp_rtt(pings))?;
-    // The same ping-pongs, RTT only, with every task on one thread: on the runtime above a
-    // wake-up between the measuring task and a spawned one crosses threads, and those
-    // wake-ups, not the code on either side, made most of the round trip.
-    let one_thread = setup::current_thread_runtime()?;
-    let mut quinn_runs = Vec::new();
-    let mut peergroup_runs = Vec::new();
-    // Quinn behind the hand-over tasks; then the one-thread runs of quinn, quinn behind
-    // the tasks and peergroup.
-    let mut rtt_runs: [Vec<Latencies>; 4] = Default::default();
+    let runtime = crate::setup::client_runtime()?;
+    let two_threads = summaries(&interleaved_rtts(&runtime, pings)?);
+    // The same ping-pongs with every task on one thread: on the runtime above a wake-up
+    // between the measuring task and a spawned one crosses threads, and those wake-ups,
+    // not the code on either side, make most of the round trip.
+    let one_thread = summaries(&interleaved_rtts(
+        &crate::setup::current_thread_runtime()?,
+        pings,
+    )?);
+    let (mut quinn_rates, mut peergroup_rates) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        quinn_runs.push(runtime.block_on(quinn_rtt(pings, window))?);
-        peergroup_runs.push(peergroup_direct(&runtime, pings, window)?);
-        let [handovers, one_quinn, one_handovers, one_peergroup] = &mut rtt_runs;
-        handovers.push(runtime.block_on(quinn_rtt_with_handovers(pings))?);
-        one_quinn.push(one_thread.block_on(quinn_rtt(pings, Duration::ZERO))?.0);
-        one_handovers.push(one_thread.block_on(quinn_rtt_with_handovers(pings))?);
-        one_peergroup.push(peergroup_direct(&one_thread, pings, Duration::ZERO)?.0);
+        quinn_rates.push(runtime.block_on(quinn_rate(window))?);
+        peergroup_rates.push(peergroup_rate(&runtime, window)?);
     }
-    let quinn = Summary::of_runs(&quinn_runs);
-    let peergroup = Summary::of_runs(&peergroup_runs);
-    let udp = Summary::of(&[&udp], &[]);
-    let [handovers, one_thread_quinn, one_thread_handovers, one_thread_peergroup] =
-        rtt_runs.map(|runs| Summary::of(&runs.iter().collect::<Vec<_>>(), &[]));
+    let rate_of = |rates: &[f64]| median(rates).unwrap_or(0.0);
+    let (peergroup_rate, quinn_rate) = (rate_of(&peergroup_rates), rate_of(&quinn_rates));
 
-    let measured = [
-        ("peergroup direct path", "peergroup", &peergroup),
-        ("bare quinn stream", "quinn", &quinn),
+    let names = [
+        ("peergroup", "peergroup direct path"),
+        ("quinn", "bare quinn stream"),
         (
-            "bare quinn stream behind a writer and a reader task each side",
             "quinn_with_handovers",
-            &handovers,
+            "bare quinn stream behind a writer and a reader task each side",
         ),
-        ("raw UDP", "udp", &udp),
-        (
-            "peergroup direct path, one-thread runtime",
-            "one_thread.peergroup",
-            &one_thread_peergroup,
-        ),
-        (
-            "bare quinn stream, one-thread runtime",
-            "one_thread.quinn",
-            &one_thread_quinn,
-        ),
-        (
-            "bare quinn stream behind a writer and a reader task each side, one-thread runtime",
-            "one_thread.quinn_with_handovers",
-            &one_thread_handovers,
-        ),
+        ("udp", "raw UDP"),
     ];
     let mut rows = Vec::new();
-    for (name, key, summary) in measured {
-        rows.push(vec![
-            name.to_string(),
-            summary.p50.to_string(),
-            summary.p99.to_string(),
-            summary.rate.map_or("-".into(), rate),
-        ]);
-        // `one_thread.quinn` goes to `direct.one_thread.rtt_p50_us.quinn`.
-        let (prefix, key) = match key.split_once('.') {
-            Some((runtime, key)) => (format!("direct.{runtime}"), key),
-            None => ("direct".to_string(), key),
-        };
-        report.set(&format!("{prefix}.rtt_p50_us.{key}"), summary.p50);
-        report.set(&format!("{prefix}.rtt_p99_us.{key}"), summary.p99);
+    for (prefix, summaries, runtime_name) in [
+        ("direct", &two_threads, ""),
+        ("direct.one_thread", &one_thread, ", one-thread runtime"),
+    ] {
+        for (key, name) in names {
+            let summary = at(summaries, key);
+            let msgs_per_sec = match (prefix, key) {
+                ("direct", "peergroup") => Some(peergroup_rate),
+                ("direct", "quinn") => Some(quinn_rate),
+                _ => None,
+            };
+            rows.push(vec![
+                format!("{name}{runtime_name}"),
+                summary.p50.to_string(),
+                summary.p99.to_string(),
+                msgs_per_sec.map_or("-".into(), rate),
+            ]);
+            report.set(&format!("{prefix}.rtt_p50_us.{key}"), summary.p50);
+            report.set(&format!("{prefix}.rtt_p99_us.{key}"), summary.p99);
+            report.set(
+                &format!("{prefix}.rtt_p50_us_runs.{key}"),
+                serde_json::Value::from(summary.p50s.clone()),
+            );
+        }
         report.set(
-            &format!("{prefix}.rtt_p50_us_runs.{key}"),
-            serde_json::Value::from(summary.p50s.clone()),
+            &format!("{prefix}.rtt_p50_ratio_vs_quinn"),
+            p50_ratio(at(summaries, "peergroup"), at(summaries, "quinn")),
         );
     }
-    report.set(
-        "direct.one_thread.rtt_p50_ratio_vs_quinn",
-        p50_ratio(&one_thread_peergroup, &one_thread_quinn),
-    );
-    let (peergroup_rate, quinn_rate) = (peergroup.rate.unwrap_or(0.0), quinn.rate.unwrap_or(0.0));
     report.set(
         "direct.throughput_msgs_per_sec.peergroup",
         peergroup_rate.round(),
@@ -148,11 +185,13 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
             "direct.throughput_ratio_vs_quinn",
             (peergroup_rate / quinn_rate * 100.0).round() / 100.0,
         );
-        report.set(
-            "direct.rtt_p50_ratio_vs_quinn",
-            p50_ratio(&peergroup, &quinn),
-        );
     }
+    let (peergroup, quinn, handovers) = (
+        at(&two_threads, "peergroup"),
+        at(&two_threads, "quinn"),
+        at(&two_threads, "quinn_with_handovers"),
+    );
+    let (one_peergroup, one_quinn) = (at(&one_thread, "peergroup"), at(&one_thread, "quinn"));
     report.table(Table {
         title: "Direct path: RTT and one pair's message rate".into(),
         columns: vec![
@@ -163,68 +202,36 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
         ],
         rows,
         notes: vec![format!(
-            "Ping-pong of {PAYLOAD} B messages, {pings} round trips each, one at a time, on \
-             loopback; the median of {ROUNDS} runs each, quinn and peergroup in turn (RTT p50 \
-             per run, µs: peergroup {:?}, quinn {:?}). peergroup: reliable messages between two clients after hole punching \
-             (their server is idle); bare quinn: one bidirectional stream with length-prefixed \
-             frames; with hand-overs: the same stream, but each side's application hands frames \
-             to a writer task and gets them from a reader task through channels, as \
-             peergroup's client does (RTT p50 per run, µs: {:?}). RTT ratio peergroup / \
-             quinn: p50 {}, p99 {} (target at most 1.1). Rate: one sender streaming \
-             reliable messages for {:.0} s. The measuring task runs on the runtime's \
-             block_on thread and every spawned task (quinn's drivers, the echo, \
-             peergroup's tasks) on its one worker, so hand-overs between them are wake-ups \
-             across threads. The one-thread rows run the same ping-pongs on a current-thread \
-             runtime, where no wake-up crosses threads (RTT p50 per run, µs: peergroup {:?}, \
-             quinn {:?}, with hand-overs {:?}; ratio peergroup / quinn: p50 {}).",
+            "Ping-pong of {PAYLOAD} B messages on loopback, one at a time: the four paths \
+             are set up together and take turns, {BLOCK} round trips each, {pings} per path \
+             in each of {ROUNDS} rounds; the median of the rounds (RTT p50 per round, µs: \
+             peergroup {:?}, quinn {:?}, quinn with hand-overs {:?}). Taking turns gives \
+             every path the same machine state: measured one after another, the same path's \
+             p50 moved between 26 and 92 µs with the hypervisor's halt polling. peergroup: \
+             reliable messages between two clients after hole punching (their server is \
+             idle); bare quinn: one bidirectional stream with length-prefixed frames; with \
+             hand-overs: the same stream, but each side's application hands frames to a \
+             writer task and gets them from a reader task through channels, as peergroup's \
+             client does. RTT ratio peergroup / quinn: p50 {}, p99 {} (target at most 1.1). \
+             The measuring task runs on the runtime's block_on thread and every spawned task \
+             (quinn's drivers, the echoes, peergroup's tasks) on its one worker, so \
+             hand-overs between them are wake-ups across threads. The one-thread rows run \
+             the same rounds on a current-thread runtime, where no wake-up crosses threads \
+             (RTT p50 per round, µs: peergroup {:?}, quinn {:?}; ratio p50 {}). Rate: one \
+             sender streaming reliable messages for {:.0} s, quinn and peergroup in turn, \
+             the median of {ROUNDS} runs each.",
             peergroup.p50s,
             quinn.p50s,
             handovers.p50s,
             ratio(peergroup.p50 as f64, quinn.p50 as f64),
             ratio(peergroup.p99 as f64, quinn.p99 as f64),
+            one_peergroup.p50s,
+            one_quinn.p50s,
+            ratio(one_peergroup.p50 as f64, one_quinn.p50 as f64),
             window.as_secs_f64(),
-            one_thread_peergroup.p50s,
-            one_thread_quinn.p50s,
-            one_thread_handovers.p50s,
-            ratio(one_thread_peergroup.p50 as f64, one_thread_quinn.p50 as f64),
         )],
     });
     Ok(())
-}
-
-/// Raw UDP ping-pong on loopback.
-async fn udp_rtt(pings: usize) -> Result<Latencies, String> {
-    let io = |e: std::io::Error| e.to_string();
-    let echo = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .map_err(io)?;
-    let echo_addr = echo.local_addr().map_err(io)?;
-    let echo_task = tokio::spawn(async move {
-        let mut buf = [0u8; 2048];
-        while let Ok((len, from)) = echo.recv_from(&mut buf).await {
-            if echo.send_to(&buf[..len], from).await.is_err() {
-                return;
-            }
-        }
-    });
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .map_err(io)?;
-    socket.connect(echo_addr).await.map_err(io)?;
-    let mut rtt = Latencies::default();
-    let payload = [7u8; PAYLOAD];
-    let mut buf = [0u8; 2048];
-    for _ in 0..pings {
-        let sent = Instant::now();
-        socket.send(&payload).await.map_err(io)?;
-        tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf))
-            .await
-            .map_err(|_| "a UDP ping was lost on loopback".to_string())?
-            .map_err(io)?;
-        rtt.record(sent.elapsed());
-    }
-    echo_task.abort();
-    Ok(rtt)
 }
 
 /// A bare quinn server and client on loopback, with a self-signed certificate.
@@ -262,21 +269,17 @@ fn quinn_pair() -> Result<(quinn::Endpoint, quinn::Endpoint, std::net::SocketAdd
     Ok((server, client, addr))
 }
 
-/// Ping-pong and a streaming window on one bare quinn stream.
-async fn quinn_rtt(pings: usize, window: Duration) -> Result<(Latencies, f64), String> {
+/// One sender streaming reliable 64-byte frames on one bare quinn stream for `window`;
+/// the frames received per second.
+async fn quinn_rate(window: Duration) -> Result<f64, String> {
     let (server, client, addr) = quinn_pair()?;
-    let echo = tokio::spawn(async move {
+    let counter = tokio::spawn(async move {
         let connection = server.accept().await?.await.ok()?;
-        let (mut send, mut recv) = connection.accept_bi().await.ok()?;
+        let (_send, mut recv) = connection.accept_bi().await.ok()?;
         let mut frame = [0u8; 4 + PAYLOAD];
         let mut count = 0u64;
-        // Echo the ping phase, then count the streaming phase.
         while recv.read_exact(&mut frame).await.is_ok() {
-            if frame[4] == 1 {
-                send.write_all(&frame).await.ok()?;
-            } else {
-                count += 1;
-            }
+            count += 1;
         }
         Some(count)
     });
@@ -285,193 +288,63 @@ async fn quinn_rtt(pings: usize, window: Duration) -> Result<(Latencies, f64), S
         .map_err(|e| e.to_string())?
         .await
         .map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-    let mut frame = [0u8; 4 + PAYLOAD];
+    let (mut send, _recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    let mut frame = [2u8; 4 + PAYLOAD];
     frame[..4].copy_from_slice(&(PAYLOAD as u32).to_be_bytes());
-    frame[4] = 1;
-    let mut rtt = Latencies::default();
-    let mut reply = [0u8; 4 + PAYLOAD];
-    for _ in 0..pings {
-        let sent = Instant::now();
-        send.write_all(&frame).await.map_err(|e| e.to_string())?;
-        recv.read_exact(&mut reply)
-            .await
-            .map_err(|e| e.to_string())?;
-        rtt.record(sent.elapsed());
-    }
-    frame[4] = 2;
     let started = Instant::now();
-    let mut sent = 0u64;
     while started.elapsed() < window {
         send.write_all(&frame).await.map_err(|e| e.to_string())?;
-        sent += 1;
     }
     send.finish().map_err(|e| e.to_string())?;
-    let received = tokio::time::timeout(Duration::from_secs(10), echo)
+    let received = tokio::time::timeout(Duration::from_secs(10), counter)
         .await
         .map_err(|_| "the quinn receiver did not finish".to_string())?
         .map_err(|e| e.to_string())?
         .ok_or("the quinn receiver failed")?;
     let elapsed = started.elapsed().as_secs_f64();
     connection.close(0u32.into(), b"done");
-    let _ = sent;
-    Ok((rtt, received as f64 / elapsed))
+    Ok(received as f64 / elapsed)
 }
 
-/// One frame of the ping-pong with hand-overs.
-type Frame = [u8; 4 + PAYLOAD];
-
-/// The ping-pong of [`quinn_rtt`] with the task structure of peergroup's direct path and
-/// nothing else: on each side the application hands a frame to a writer task (a channel)
-/// that writes it to the stream, and a reader task reads frames and hands them to the
-/// application (a second channel). It tells how much of the direct path's RTT over bare
-/// quinn's is that task structure rather than peergroup's own work.
-async fn quinn_rtt_with_handovers(pings: usize) -> Result<Latencies, String> {
-    use tokio::sync::mpsc;
-    /// Spawns the writer and the reader task of one side; returns its two channel ends.
-    fn split(
-        mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
-    ) -> (mpsc::UnboundedSender<Frame>, mpsc::UnboundedReceiver<Frame>) {
-        let (to_writer, mut writer_input) = mpsc::unbounded_channel::<Frame>();
-        let (reader_output, from_reader) = mpsc::unbounded_channel::<Frame>();
-        tokio::spawn(async move {
-            while let Some(frame) = writer_input.recv().await {
-                if send.write_all(&frame).await.is_err() {
-                    return;
-                }
-            }
-        });
-        tokio::spawn(async move {
-            let mut frame = [0u8; 4 + PAYLOAD];
-            while recv.read_exact(&mut frame).await.is_ok() {
-                if reader_output.send(frame).is_err() {
-                    return;
-                }
-            }
-        });
-        (to_writer, from_reader)
-    }
-    let (server, client, addr) = quinn_pair()?;
-    let echo = tokio::spawn(async move {
-        let connection = server.accept().await?.await.ok()?;
-        let (send, recv) = connection.accept_bi().await.ok()?;
-        let (to_writer, mut from_reader) = split(send, recv);
-        while let Some(frame) = from_reader.recv().await {
-            to_writer.send(frame).ok()?;
-        }
-        Some(())
-    });
-    let connection = client
-        .connect(addr, "bench")
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-    let (to_writer, mut from_reader) = split(send, recv);
-    let mut frame = [0u8; 4 + PAYLOAD];
-    frame[..4].copy_from_slice(&(PAYLOAD as u32).to_be_bytes());
-    let mut rtt = Latencies::default();
-    for _ in 0..pings {
-        let sent = Instant::now();
-        to_writer.send(frame).map_err(|e| e.to_string())?;
-        from_reader
-            .recv()
-            .await
-            .ok_or("the quinn echo with hand-overs ended")?;
-        rtt.record(sent.elapsed());
-    }
-    connection.close(0u32.into(), b"done");
-    echo.abort();
-    Ok(rtt)
-}
-
-/// Ping-pong and a streaming window between two peergroup clients on their direct path.
-fn peergroup_direct(
-    runtime: &tokio::runtime::Runtime,
-    pings: usize,
-    window: Duration,
-) -> Result<(Latencies, f64), String> {
-    let server = setup::server(|_| {})?;
+/// One peergroup client streaming reliable 64-byte messages to another on their direct
+/// path for `window`; the messages received per second.
+fn peergroup_rate(runtime: &tokio::runtime::Runtime, window: Duration) -> Result<f64, String> {
+    // Outside `block_on`: the server's runtime may not be dropped inside another.
+    let server = crate::setup::server(|_| {})?;
     runtime.block_on(async {
-        let (a, mut a_events, a_id) = setup::client(&server.server, "a").await?;
-        let (b, mut b_events, b_id) = setup::client(&server.server, "b").await?;
-        server
-            .server
-            .create_group(&[a_id, b_id], GroupOptions::default(), "")
-            .map_err(|e| e.to_string())?;
-        let limit = Duration::from_secs(10);
-        let direct = |e: &ClientEvent| {
-            matches!(
-                e,
-                ClientEvent::PathChanged {
-                    path: PairPath::Direct,
-                    ..
-                }
-            )
-            .then_some(())
-        };
-        wait_for(&mut a_events, limit, direct).await?;
-        wait_for(&mut b_events, limit, direct).await?;
-
-        // B echoes every message back to A.
-        let echo = {
-            let b = b.clone();
-            tokio::spawn(async move {
-                let mut count = 0u64;
-                while let Some(event) = b_events.next().await {
-                    if let ClientEvent::Message { payload, path, .. } = event {
-                        if path != MessagePath::Direct {
-                            return Err("a message took the relay".to_string());
-                        }
-                        if payload[0] == 1 {
-                            b.send(Target::Host(a_id), payload, Delivery::ReliableOrdered)
-                                .await
-                                .map_err(|e| e.to_string())?;
-                        } else if payload[0] == 3 {
-                            return Ok(count);
-                        } else {
-                            count += 1;
-                        }
+        let ((a, _a_events, a_id), (b, mut b_events, b_id)) =
+            ping::direct_pair(&server.server).await?;
+        // B counts until the end marker (first byte 3).
+        let counter = tokio::spawn(async move {
+            let mut count = 0u64;
+            while let Some(event) = b_events.next().await {
+                if let ClientEvent::Message { payload, path, .. } = event {
+                    if path != MessagePath::Direct {
+                        return Err("a message took the relay".to_string());
                     }
+                    if payload[0] == 3 {
+                        return Ok(count);
+                    }
+                    count += 1;
                 }
-                Err("B's events ended".to_string())
-            })
-        };
-        let ping = Bytes::from({
-            let mut p = vec![0u8; PAYLOAD];
-            p[0] = 1;
-            p
+            }
+            Err("B's events ended".to_string())
         });
-        let mut rtt = Latencies::default();
-        for _ in 0..pings {
-            let sent = Instant::now();
-            a.send(Target::Host(b_id), ping.clone(), Delivery::ReliableOrdered)
-                .await
-                .map_err(|e| format!("ping: {e}"))?;
-            wait_for(&mut a_events, limit, |e| {
-                matches!(e, ClientEvent::Message { .. }).then_some(())
-            })
-            .await?;
-            rtt.record(sent.elapsed());
-        }
-        let data = Bytes::from({
-            let mut p = vec![0u8; PAYLOAD];
-            p[0] = 2;
-            p
-        });
+        let data = Bytes::from_static(&[2u8; PAYLOAD]);
         let started = Instant::now();
         while started.elapsed() < window {
             a.send(Target::Host(b_id), data.clone(), Delivery::ReliableOrdered)
                 .await
                 .map_err(|e| format!("stream: {e}"))?;
         }
-        let mut end = vec![0u8; PAYLOAD];
-        end[0] = 3;
-        a.send(Target::Host(b_id), end, Delivery::ReliableOrdered)
-            .await
-            .map_err(|e| e.to_string())?;
-        let received = tokio::time::timeout(Duration::from_secs(30), echo)
+        a.send(
+            Target::Host(b_id),
+            Bytes::from_static(&[3u8; PAYLOAD]),
+            Delivery::ReliableOrdered,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let received = tokio::time::timeout(Duration::from_secs(30), counter)
             .await
             .map_err(|_| "the peergroup receiver did not finish".to_string())?
             .map_err(|e| e.to_string())??;
@@ -485,6 +358,6 @@ fn peergroup_direct(
         }
         a.close().await;
         b.close().await;
-        Ok((rtt, rate))
+        Ok(rate)
     })
 }
