@@ -57,7 +57,7 @@ impl ClientEvents {
         }
         if self.buffer.is_empty() {
             match self.rx.try_recv() {
-                Ok(batch) => self.buffer.extend(batch),
+                Ok(batch) => self.absorb(batch),
                 Err(mpsc::error::TryRecvError::Empty) => return None,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     self.finished = true;
@@ -82,7 +82,7 @@ impl ClientEvents {
         let before = out.len();
         for _ in 0..self.rx.len() {
             match self.rx.try_recv() {
-                Ok(batch) => self.buffer.extend(batch),
+                Ok(batch) => self.absorb(batch),
                 Err(_) => break,
             }
         }
@@ -90,6 +90,17 @@ impl ClientEvents {
             out.push(event);
         }
         out.len() - before
+    }
+
+    /// Queues a batch behind what is buffered. An empty buffer takes the batch's
+    /// allocation as it is: each event is moved once less, which at a million messages a
+    /// second is a measurable share of a receiver's time (an event is about 150 bytes).
+    fn absorb(&mut self, batch: Vec<ClientEvent>) {
+        if self.buffer.is_empty() {
+            self.buffer = VecDeque::from(batch);
+        } else {
+            self.buffer.extend(batch);
+        }
     }
 
     fn try_next_buffered(&mut self) -> Option<ClientEvent> {
@@ -128,7 +139,7 @@ impl Stream for ClientEvents {
                 return Poll::Ready(Some(this.note(event)));
             }
             match this.rx.poll_recv(cx) {
-                Poll::Ready(Some(batch)) => this.buffer.extend(batch),
+                Poll::Ready(Some(batch)) => this.absorb(batch),
                 Poll::Ready(None) => {
                     this.finished = true;
                     return Poll::Ready(None);

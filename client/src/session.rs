@@ -400,6 +400,10 @@ enum Verdict {
     Wait,
 }
 
+/// The event queue's size when [`Session::take_events`] hands the old one over, events
+/// (about 150 bytes each): room for a few frames' messages before it grows.
+const EVENT_QUEUE_START: usize = 16;
+
 /// The client's view of its groups and peers.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -582,8 +586,29 @@ impl Session {
     }
 
     /// The next event for the application.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
+    }
+
+    /// Takes up to `max` events, oldest first. When all of them fit, the queue's
+    /// allocation goes with them and the session starts a new one sized to what it
+    /// held (at least [`EVENT_QUEUE_START`] events, so the next few events do not grow
+    /// it again): no event is moved again, and a call costs one allocation, as a batch
+    /// sized to its events would. A queue grown far past `max` by a burst is drained
+    /// instead, so a small batch never carries a large allocation away.
+    pub fn take_events(&mut self, max: usize) -> Vec<ClientEvent> {
+        let held = self.events.len();
+        if held == 0 {
+            return Vec::new();
+        }
+        if held <= max && self.events.capacity() <= 2 * max.max(1) {
+            return Vec::from(std::mem::replace(
+                &mut self.events,
+                VecDeque::with_capacity(held.max(EVENT_QUEUE_START)),
+            ));
+        }
+        self.events.drain(..held.min(max)).collect()
     }
 
     /// Events produced and not yet taken.

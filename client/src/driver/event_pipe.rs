@@ -29,11 +29,7 @@ impl Inner {
         loop {
             let batch: Vec<ClientEvent> = {
                 let mut core = self.lock();
-                // Sized to what is there: most calls carry a few events, and a
-                // 64-event allocation per call was a measurable share of a receiver's
-                // time at high message rates.
-                let mut batch = Vec::with_capacity(core.session.pending_events().min(EVENT_BATCH));
-                batch.extend(std::iter::from_fn(|| core.session.poll_event()).take(EVENT_BATCH));
+                let batch = core.session.take_events(EVENT_BATCH);
                 self.pending_events
                     .store(core.session.pending_events(), Ordering::Release);
                 batch

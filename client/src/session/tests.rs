@@ -2955,3 +2955,56 @@ fn a_direct_peer_that_acks_a_trickle_still_loses_its_direct_path() {
     assert_eq!(a.poll_stalled_link(), Some(PEER));
     assert_eq!(a.path_of(PEER), Some(PairPath::Relay));
 }
+
+/// `Resumed` events with `after` of 0, 1, .. ms: cheap, and each tells its place.
+fn numbered(s: &mut Session, from: u64, count: u64) {
+    for n in from..from + count {
+        s.push_event(ClientEvent::Resumed { after: ms(n) });
+    }
+}
+
+/// The `after` of each event, ms.
+fn numbers(events: &[ClientEvent]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|event| match event {
+            ClientEvent::Resumed { after } => after.as_millis() as u64,
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn take_events_hands_over_at_most_max_oldest_first_and_keeps_the_rest() {
+    let now = Instant::now();
+    let mut s = session(ME, NO_PINGS, now);
+    assert!(s.take_events(4).is_empty());
+
+    // All of them fit: all go, in order, and the session keeps taking events after.
+    numbered(&mut s, 0, 3);
+    assert_eq!(numbers(&s.take_events(4)), [0, 1, 2]);
+    assert_eq!(s.pending_events(), 0);
+    numbered(&mut s, 3, 2);
+    assert_eq!(numbers(&s.take_events(4)), [3, 4]);
+
+    // More than fit: the oldest `max` go, the rest wait for the next call.
+    numbered(&mut s, 5, 6);
+    assert_eq!(numbers(&s.take_events(4)), [5, 6, 7, 8]);
+    assert_eq!(s.pending_events(), 2);
+    numbered(&mut s, 11, 1);
+    assert_eq!(numbers(&s.take_events(4)), [9, 10, 11]);
+
+    // A queue a burst grew far past `max` is drained, not handed over: the batch is no
+    // larger than what it carries.
+    numbered(&mut s, 12, 300);
+    for first in (12..268).step_by(64) {
+        assert_eq!(
+            numbers(&s.take_events(64)),
+            (first..first + 64).collect::<Vec<_>>()
+        );
+    }
+    let rest = s.take_events(64);
+    assert_eq!(numbers(&rest), (268..312).collect::<Vec<_>>());
+    assert!(rest.capacity() <= 2 * 64, "capacity {}", rest.capacity());
+    assert_eq!(s.pending_events(), 0);
+}
