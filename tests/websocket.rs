@@ -1,9 +1,10 @@
 //! The WebSocket-over-TLS fallback on loopback (ARCHITECTURE.md, "Fallback over
 //! WebSocket"): a WebSocket client and a QUIC client share a group and exchange reliable
 //! messages exactly once and in order, and unreliable ones at most once and never older;
-//! a WebSocket client's pair never goes direct; `Auto` picks QUIC when UDP works and
-//! WebSocket when it does not; a client that loses UDP mid-session resumes over
-//! WebSocket with nothing lost; bad input over WebSocket is refused with a clear close.
+//! a WebSocket client's pair never goes direct, and one on WebSocket alone opens no UDP
+//! socket; `Auto` picks QUIC when UDP works and WebSocket when it does not; a client that
+//! loses UDP mid-session resumes over WebSocket with nothing lost; bad input over
+//! WebSocket is refused with a clear close.
 
 mod common;
 
@@ -178,6 +179,60 @@ async fn a_websocket_client_and_a_quic_client_exchange_everything_on_the_relay()
 /// arrives. (The client used to hand each datagram to the socket writer's queue of 4
 /// batches and drop it when full, so a burst lost most of itself: 37 % at a paced
 /// 5,000 a second in the relay benchmark.)
+/// An address no interface of this machine has (TEST-NET-1, RFC 5737): binding a UDP
+/// socket to it fails, as opening one does where UDP is not allowed at all.
+const UNBINDABLE: &str = "192.0.2.1:0";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_only_client_opens_no_udp_socket() {
+    let (server, _server_events) = server().await;
+    // Where no UDP socket can be opened, QUIC cannot even start...
+    let mut quic = client_config(&server, "quic");
+    quic.transport = TransportChoice::QuicOnly;
+    quic.bind_addr = Some(UNBINDABLE.parse().unwrap());
+    match peergroup_client::Client::connect(quic).await {
+        Err(peergroup_client::ConnectError::Bind(_)) => {}
+        other => panic!("QUIC without a UDP socket: {:?}", other.map(|_| ())),
+    }
+    // ...and WebSocket alone does not need one: it logs in and its messages go through.
+    let (ws, mut ws_events, ws_id) = connect_with(&server, "ws", |config| {
+        over_websocket(&server)(config);
+        config.bind_addr = Some(UNBINDABLE.parse().unwrap());
+    })
+    .await;
+    assert_eq!(ws.transport(), Transport::WebSocket);
+    let error = ws.local_addr().expect_err("no UDP socket");
+    assert_eq!(error.kind(), std::io::ErrorKind::Unsupported);
+    let (other, mut other_events, other_id) = connect(&server, "other").await;
+    server
+        .create_group(
+            &[ws_id, other_id],
+            peergroup_server::GroupOptions::default(),
+            "",
+        )
+        .unwrap();
+    wait_client(&mut ws_events, |e| match e {
+        ClientEvent::MemberJoined { member, .. } if *member == other_id => Some(()),
+        _ => None,
+    })
+    .await;
+    ws.send(
+        Target::Host(other_id),
+        b"hello".to_vec(),
+        Delivery::ReliableOrdered,
+    )
+    .await
+    .unwrap();
+    let got = wait_client(&mut other_events, |e| match e {
+        ClientEvent::Message { from, payload, .. } if *from == ws_id => Some(payload.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(&got[..], b"hello");
+    ws.close().await;
+    other.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_unreliable_messages_over_websocket_arrives_whole() {
     const BURST: u32 = 100;

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 /// Closes the connections when the last handle goes.
 struct CloseOnDrop {
     inner: Arc<Inner>,
-    endpoint: quinn::Endpoint,
 }
 
 impl Drop for CloseOnDrop {
@@ -33,7 +32,9 @@ impl Drop for CloseOnDrop {
             .connection()
             .close(CloseCode::Normal, "client closed");
         // Closing the endpoint ends direct connections and the tasks that serve them.
-        close_endpoint(&self.endpoint, CloseCode::Normal, "client closed");
+        if let Some(udp) = &self.inner.udp {
+            close_endpoint(&udp.endpoint, CloseCode::Normal, "client closed");
+        }
     }
 }
 
@@ -67,7 +68,6 @@ impl Client {
         let (inner, events) = driver::connect::connect(config).await?;
         let guard = Arc::new(CloseOnDrop {
             inner: inner.clone(),
-            endpoint: inner.endpoint.clone(),
         });
         Ok((
             Client {
@@ -366,12 +366,21 @@ impl Client {
         self.inner.connection().transport()
     }
 
-    /// The local UDP address.
+    /// The local UDP address: the socket the server connection (on QUIC), direct
+    /// connections and punch probes share.
     ///
     /// # Errors
-    /// What the OS reports for the socket.
+    /// What the OS reports for the socket; [`std::io::ErrorKind::Unsupported`] for a
+    /// client on [`TransportChoice::WebSocketOnly`](crate::TransportChoice), which opens
+    /// no UDP socket.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.inner.endpoint.local_addr()
+        match &self.inner.udp {
+            Some(udp) => udp.endpoint.local_addr(),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "a client on WebSocket alone has no UDP socket",
+            )),
+        }
     }
 
     /// Closes the connection gracefully: reliable messages already queued are delivered
@@ -389,8 +398,10 @@ impl Client {
         self.inner
             .connection()
             .close(CloseCode::Normal, "client closed");
-        close_endpoint(&self.inner.endpoint, CloseCode::Normal, "client closed");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
+        if let Some(udp) = &self.inner.udp {
+            close_endpoint(&udp.endpoint, CloseCode::Normal, "client closed");
+            let _ = tokio::time::timeout(Duration::from_secs(1), udp.endpoint.wait_idle()).await;
+        }
     }
 }
 

@@ -18,7 +18,8 @@ pub struct ClientConfig {
     /// The login payload for the server's auth hook. Default empty.
     pub login: Bytes,
     /// Local UDP address to bind. Default: the unspecified address of the server's
-    /// family, port 0 (the OS picks).
+    /// family, port 0 (the OS picks). Unused with [`TransportChoice::WebSocketOnly`],
+    /// which opens no UDP socket.
     pub bind_addr: Option<SocketAddr>,
     /// Timeouts.
     pub timeouts: Timeouts,
@@ -45,7 +46,8 @@ pub enum TransportChoice {
     Auto,
     /// QUIC only.
     QuicOnly,
-    /// WebSocket over TLS only: no UDP at all, so no direct paths (every pair stays on
+    /// WebSocket over TLS only: no UDP at all (the client opens no UDP socket, so it
+    /// works where UDP sockets are not allowed), so no direct paths (every pair stays on
     /// the relay) and unreliable messages ride the stream, dropped rather than queued.
     WebSocketOnly,
 }

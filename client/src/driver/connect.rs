@@ -4,18 +4,19 @@
 
 use crate::client_events::ClientEvents;
 use crate::config::ClientConfig;
+use crate::config::TransportChoice;
 use crate::driver::direct;
 use crate::driver::event_pipe::{emit_events, EVENT_BATCH};
 use crate::driver::login::{log_in, LoggedIn};
 use crate::driver::server_reader::receive;
-use crate::driver::shared::{Core, Dial, Inner, ResumeLink};
+use crate::driver::shared::{Core, Dial, Inner, ResumeLink, Udp};
 use crate::driver::timer::tick;
 use crate::driver::writer::{write_control_stream, write_server_stream};
 use crate::error::ConnectError;
 use crate::events::ClientEvent;
 use crate::outbound::UploadQueue;
 use crate::session::{DirectWindow, Session, SessionTiming};
-use crate::socket::DemuxSocket;
+use crate::socket::{DemuxSocket, ProbeReceiver};
 use crate::tls::{
     peer_server_config, server_client_config, server_tls_config, ClientIdentity, ExpectedPeers,
     RefusedCertificate,
@@ -103,28 +104,14 @@ pub(crate) async fn connect(
     let peer_server =
         peer_server_config(&identity, expected_peers.clone(), peer_transport.clone())?;
 
-    // One socket for the server connection, direct connections and punch probes, so
-    // the address the server sees is the NAT mapping peers punch to.
-    let std_socket = std::net::UdpSocket::bind(config.bind_addr()).map_err(ConnectError::Bind)?;
-    // The socket takes the server connection, every direct connection and the punch
-    // probes: a client entering a crowded area handshakes with many peers at once, and
-    // the kernel's default receive buffer (about 208 KiB on Linux) drops the burst.
-    if let Ok(state) = quinn::udp::UdpSocketState::new((&std_socket).into()) {
-        if let Err(error) = state.set_recv_buffer_size((&std_socket).into(), SOCKET_BUFFER) {
-            tracing::debug!(%error, "could not enlarge the UDP receive buffer");
+    // A client on WebSocket alone never uses UDP, so it opens no socket at all.
+    let (udp, probes) = match config.transport {
+        TransportChoice::WebSocketOnly => (None, None),
+        TransportChoice::QuicOnly | TransportChoice::Auto => {
+            let (udp, probes) = bind_udp(config.bind_addr(), peer_server)?;
+            (Some(udp), Some(probes))
         }
-    }
-    let (socket, probes) = DemuxSocket::new(std_socket).map_err(ConnectError::Bind)?;
-    let mut endpoint_config = quinn::EndpointConfig::default();
-    // Probes are told apart from QUIC by the fixed bit, so it must never be greased.
-    endpoint_config.grease_quic_bit(false);
-    let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        endpoint_config,
-        Some(peer_server),
-        socket.clone(),
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(ConnectError::Bind)?;
+    };
 
     let LoggedIn {
         connection,
@@ -133,7 +120,13 @@ pub(crate) async fn connect(
         host_id,
         app_data,
         max_frame_len,
-    } = log_in(&endpoint, &dial, &config, &refused).await?;
+    } = log_in(
+        udp.as_ref().map(|udp| &udp.endpoint),
+        &dial,
+        &config,
+        &refused,
+    )
+    .await?;
     let transport = connection.transport();
 
     // The queue holds batches: about `event_queue` events in all.
@@ -189,8 +182,7 @@ pub(crate) async fn connect(
             main: Mutex::new(Some(main_handoff)),
             control: Mutex::new(Some(control_handoff)),
         },
-        endpoint,
-        socket,
+        udp,
         uploads,
         control,
         peer_queue_bytes: config.limits.send_queue_bytes,
@@ -225,17 +217,52 @@ pub(crate) async fn connect(
     ));
     tokio::spawn(emit_events(inner.clone()));
     tokio::spawn(receive(inner.clone(), recv));
-    tokio::spawn(direct::accept_peers(inner.clone()));
-    tokio::spawn(direct::dispatch_probes(inner.clone(), probes));
+    if let Some(probes) = probes {
+        tokio::spawn(direct::accept_peers(inner.clone()));
+        tokio::spawn(direct::dispatch_probes(inner.clone(), probes));
+    }
     tokio::spawn(direct::run_punches(Arc::downgrade(&inner), punch_starts_rx));
     tokio::spawn(tick(inner.clone()));
-    if let Ok(local) = inner.endpoint.local_addr() {
+    if let Some(Ok(local)) = inner.udp.as_ref().map(|udp| udp.endpoint.local_addr()) {
         let addrs = host_candidates(local);
         tracing::debug!(?addrs, "host candidates");
         inner.send_server_frame(&ClientToServer::HostCandidates { addrs });
     }
     tracing::info!(%host_id, server = %config.server_addr, %transport, "connected");
     Ok((inner, ClientEvents::new(events_rx)))
+}
+
+/// Opens the client's one UDP socket on `bind` and the QUIC endpoint on it, which
+/// accepts direct connections with `peer_server`; returns them and the socket's punch
+/// probes.
+///
+/// # Errors
+/// [`ConnectError::Bind`] when the socket cannot be opened or the endpoint set up.
+fn bind_udp(
+    bind: SocketAddr,
+    peer_server: quinn::ServerConfig,
+) -> Result<(Udp, ProbeReceiver), ConnectError> {
+    let std_socket = std::net::UdpSocket::bind(bind).map_err(ConnectError::Bind)?;
+    // The socket takes the server connection, every direct connection and the punch
+    // probes: a client entering a crowded area handshakes with many peers at once, and
+    // the kernel's default receive buffer (about 208 KiB on Linux) drops the burst.
+    if let Ok(state) = quinn::udp::UdpSocketState::new((&std_socket).into()) {
+        if let Err(error) = state.set_recv_buffer_size((&std_socket).into(), SOCKET_BUFFER) {
+            tracing::debug!(%error, "could not enlarge the UDP receive buffer");
+        }
+    }
+    let (socket, probes) = DemuxSocket::new(std_socket).map_err(ConnectError::Bind)?;
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    // Probes are told apart from QUIC by the fixed bit, so it must never be greased.
+    endpoint_config.grease_quic_bit(false);
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config,
+        Some(peer_server),
+        socket.clone(),
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(ConnectError::Bind)?;
+    Ok((Udp { endpoint, socket }, probes))
 }
 
 /// The client's host candidates: its interface addresses (of the socket's family) on the

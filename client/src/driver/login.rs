@@ -61,27 +61,32 @@ pub(super) struct LoggedIn {
 /// welcome. With [`TransportChoice::Auto`], QUIC first and WebSocket [`WEBSOCKET_DELAY`]
 /// later unless QUIC has finished its handshake (at once if QUIC fails before that);
 /// the first carrier whose handshake completes says the hello, and the other closes
-/// without one.
+/// without one. QUIC goes out on `endpoint`, which only WebSocket alone may do without.
 ///
 /// # Errors
 /// As [`crate::Client::connect`]: with `Auto`, QUIC's error if QUIC reached the server,
-/// else WebSocket's.
+/// else WebSocket's. [`ConnectError::Bind`] if QUIC is asked for without an endpoint.
 pub(super) async fn log_in(
-    endpoint: &quinn::Endpoint,
+    endpoint: Option<&quinn::Endpoint>,
     dial: &Dial,
     config: &ClientConfig,
     refused: &RefusedCertificate,
 ) -> Result<LoggedIn, ConnectError> {
     let quic_up = AtomicBool::new(false);
     let claim = AtomicBool::new(false);
-    match dial.transport {
-        TransportChoice::QuicOnly => {
-            log_in_quic(endpoint, dial, config, refused, &quic_up, &claim).await
-        }
-        TransportChoice::WebSocketOnly => {
+    match (dial.transport, endpoint) {
+        (TransportChoice::WebSocketOnly, _) => {
             log_in_websocket(dial, config, &AtomicBool::new(false), &claim).await
         }
-        TransportChoice::Auto => race(endpoint, dial, config, refused, &quic_up).await,
+        (TransportChoice::QuicOnly, Some(endpoint)) => {
+            log_in_quic(endpoint, dial, config, refused, &quic_up, &claim).await
+        }
+        (TransportChoice::Auto, Some(endpoint)) => {
+            race(endpoint, dial, config, refused, &quic_up).await
+        }
+        (TransportChoice::QuicOnly | TransportChoice::Auto, None) => Err(ConnectError::Bind(
+            std::io::Error::other("QUIC needs the client's UDP socket"),
+        )),
     }
 }
 

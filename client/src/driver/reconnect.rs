@@ -148,7 +148,13 @@ fn end_failure(end: ConnectionEnd) -> Failure {
 /// A new connection's stream, over QUIC.
 async fn connect_quic(inner: &Inner) -> Result<Opened, Failure> {
     let dial = &inner.resume.dial;
-    let connecting = inner
+    let Some(udp) = &inner.udp else {
+        // Not reached: only WebSocket alone goes without UDP, and it never dials QUIC.
+        return Err(Failure::Final(DisconnectReason::ConnectionLost {
+            detail: "QUIC needs the client's UDP socket".into(),
+        }));
+    };
+    let connecting = udp
         .endpoint
         .connect_with(
             dial.client_config.clone(),

@@ -35,6 +35,14 @@ pub(crate) struct Core {
     pub punches: HashMap<PairId, PunchHandle>,
 }
 
+/// The one UDP socket the server connection, direct connections and punch probes share
+/// (so the address the server sees is the NAT mapping peers punch to), and the QUIC
+/// endpoint on it.
+pub(crate) struct Udp {
+    pub endpoint: quinn::Endpoint,
+    pub socket: Arc<DemuxSocket>,
+}
+
 pub(crate) struct Inner {
     pub core: Mutex<Core>,
     /// The server connection, QUIC or WebSocket: replaced when the session resumes on a
@@ -48,8 +56,10 @@ pub(crate) struct Inner {
     pub ended: CancellationToken,
     /// Resuming the session (`reconnect.rs`).
     pub resume: ResumeLink,
-    pub endpoint: quinn::Endpoint,
-    pub socket: Arc<DemuxSocket>,
+    /// The UDP side; `None` on [`TransportChoice::WebSocketOnly`](crate::TransportChoice),
+    /// which never uses UDP (the server never asks a WebSocket client to punch), so such
+    /// a client works where UDP sockets cannot even be opened.
+    pub udp: Option<Udp>,
     /// Messages for the server, in the scheduler's order, for the main stream.
     pub uploads: UploadQueue,
     /// Acks, reports and requests for the server, for the control stream: the server

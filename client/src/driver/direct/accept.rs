@@ -9,9 +9,13 @@ use peergroup_protocol::{decode_body, CloseCode, PeerToPeer};
 use peergroup_transport::{close, peer_fingerprint, FrameReader};
 use std::sync::Arc;
 
-/// Accepts direct connections from peers for as long as the endpoint is open.
+/// Accepts direct connections from peers for as long as the endpoint is open (a client
+/// without UDP has none, and accepts nothing).
 pub(crate) async fn accept_peers(inner: Arc<Inner>) {
-    while let Some(incoming) = inner.endpoint.accept().await {
+    let Some(endpoint) = inner.udp.as_ref().map(|udp| udp.endpoint.clone()) else {
+        return;
+    };
+    while let Some(incoming) = endpoint.accept().await {
         tokio::spawn(accept_peer(inner.clone(), incoming));
     }
 }

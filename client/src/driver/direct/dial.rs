@@ -22,7 +22,8 @@ pub(super) async fn dial(
     };
     let config = peer_client_config(&inner.identity, identity, inner.peer_transport.clone())
         .map_err(|e| failed(&e))?;
-    let connection = inner
+    let udp = inner.udp.as_ref().ok_or(PunchOutcome::HandshakeFailed)?;
+    let connection = udp
         .endpoint
         .connect_with(config, addr, "peergroup-peer")
         .map_err(|e| failed(&e))?

@@ -74,7 +74,13 @@ async fn run_punch(
     inputs: &mut mpsc::Receiver<PunchInput>,
     identity: Fingerprint,
 ) -> Option<PunchOutcome> {
-    let local = inner.endpoint.local_addr().ok()?;
+    // A client without UDP (on WebSocket alone) cannot punch; the server never asks one.
+    let Some(udp) = &inner.udp else {
+        return Some(PunchOutcome::Declined);
+    };
+    let Ok(local) = udp.endpoint.local_addr() else {
+        return Some(PunchOutcome::HandshakeFailed);
+    };
     let mut seed = [0u8; 8];
     let _ = inner.random.fill(&mut seed);
     let timing = PunchTiming {
@@ -96,7 +102,7 @@ async fn run_punch(
     let mut connecting: Option<tokio::task::JoinHandle<Result<(), PunchOutcome>>> = None;
     loop {
         while let Some((to, bytes)) = session.poll_transmit() {
-            if let Err(error) = inner.socket.send_probe(to, &bytes).await {
+            if let Err(error) = udp.socket.send_probe(to, &bytes).await {
                 tracing::debug!(%to, %error, "probe not sent");
             }
         }
