@@ -269,6 +269,21 @@ fn quinn_pair() -> Result<(quinn::Endpoint, quinn::Endpoint, std::net::SocketAdd
     Ok((server, client, addr))
 }
 
+/// Connects `client` to the server at `addr` (of [`quinn_pair`]) and opens a
+/// bidirectional stream.
+async fn open_stream(
+    client: &quinn::Endpoint,
+    addr: std::net::SocketAddr,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), String> {
+    let connection = client
+        .connect(addr, "bench")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    Ok((connection, send, recv))
+}
+
 /// One sender streaming reliable 64-byte frames on one bare quinn stream for `window`;
 /// the frames received per second.
 async fn quinn_rate(window: Duration) -> Result<f64, String> {
@@ -283,12 +298,7 @@ async fn quinn_rate(window: Duration) -> Result<f64, String> {
         }
         Some(count)
     });
-    let connection = client
-        .connect(addr, "bench")
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut send, _recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    let (connection, mut send, _recv) = open_stream(&client, addr).await?;
     let mut frame = [2u8; 4 + PAYLOAD];
     frame[..4].copy_from_slice(&(PAYLOAD as u32).to_be_bytes());
     let started = Instant::now();

@@ -1,6 +1,8 @@
 //! Shared set-up: an in-process peergroup server on a runtime of its own, and clients.
 
-use peergroup_client::{Client, ClientConfig, ClientEvent, ClientEvents, HostId, ServerTrust};
+use peergroup_client::{
+    Client, ClientConfig, ClientEvent, ClientEvents, HostId, PairPath, ServerTrust,
+};
 use peergroup_server::{Identity, Server, ServerConfig};
 use std::time::Duration;
 
@@ -50,6 +52,26 @@ pub async fn client(server: &Server, name: &str) -> Result<(Client, ClientEvents
         }
     };
     Ok((client, events, host))
+}
+
+/// Waits, up to 10 s each, until both clients of a pair report its direct path.
+pub async fn wait_until_direct(
+    a_events: &mut ClientEvents,
+    b_events: &mut ClientEvents,
+) -> Result<(), String> {
+    let direct = |e: &ClientEvent| {
+        matches!(
+            e,
+            ClientEvent::PathChanged {
+                path: PairPath::Direct,
+                ..
+            }
+        )
+        .then_some(())
+    };
+    let limit = Duration::from_secs(10);
+    wait_for(a_events, limit, direct).await?;
+    wait_for(b_events, limit, direct).await
 }
 
 /// Skips events until `pick` accepts one, for at most `limit`.

@@ -5,7 +5,7 @@ use crate::report::{Report, Table};
 use crate::setup::{self, wait_for};
 use crate::stats::Latencies;
 use crate::Mode;
-use peergroup_client::{ClientEvent, Delivery, PairPath, Path as MessagePath, Target};
+use peergroup_client::{ClientEvent, Delivery, Path as MessagePath, Target};
 use peergroup_server::GroupOptions;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -99,19 +99,7 @@ fn time_to_direct(runtime: &tokio::runtime::Runtime) -> Result<Duration, String>
             .server
             .create_group(&[a_id, b_id], GroupOptions::default(), "")
             .map_err(|e| e.to_string())?;
-        let direct = |e: &ClientEvent| {
-            matches!(
-                e,
-                ClientEvent::PathChanged {
-                    path: PairPath::Direct,
-                    ..
-                }
-            )
-            .then_some(())
-        };
-        let limit = Duration::from_secs(10);
-        wait_for(&mut a_events, limit, direct).await?;
-        wait_for(&mut b_events, limit, direct).await?;
+        setup::wait_until_direct(&mut a_events, &mut b_events).await?;
         let elapsed = started.elapsed();
         a.close().await;
         b.close().await;

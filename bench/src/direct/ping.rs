@@ -2,10 +2,10 @@
 //! round trip at a time ([`Pinger::ping`]), so the section can take them in turn.
 
 use super::PAYLOAD;
-use crate::setup::{self, wait_for};
+use crate::setup;
 use bytes::Bytes;
 use peergroup_client::{
-    Client, ClientEvent, ClientEvents, Delivery, HostId, PairPath, Path as MessagePath, Target,
+    Client, ClientEvent, ClientEvents, Delivery, HostId, Path as MessagePath, Target,
 };
 use peergroup_server::{GroupOptions, Server};
 use std::time::{Duration, Instant};
@@ -198,12 +198,7 @@ async fn quinn_stream() -> Result<Pinger, String> {
         }
         Some(())
     });
-    let connection = client
-        .connect(addr, "bench")
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    let (connection, send, recv) = super::open_stream(&client, addr).await?;
     Ok(Pinger::Quinn {
         connection,
         send,
@@ -249,12 +244,7 @@ async fn quinn_with_handovers() -> Result<Pinger, String> {
         }
         Some(())
     });
-    let connection = client
-        .connect(addr, "bench")
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    let (connection, send, recv) = super::open_stream(&client, addr).await?;
     let (to_writer, from_reader) = handover_tasks(send, recv);
     Ok(Pinger::Handovers {
         connection,
@@ -279,19 +269,7 @@ pub(super) async fn direct_pair(
     server
         .create_group(&[a_id, b_id], GroupOptions::default(), "")
         .map_err(|e| e.to_string())?;
-    let direct = |e: &ClientEvent| {
-        matches!(
-            e,
-            ClientEvent::PathChanged {
-                path: PairPath::Direct,
-                ..
-            }
-        )
-        .then_some(())
-    };
-    let limit = Duration::from_secs(10);
-    wait_for(&mut a_events, limit, direct).await?;
-    wait_for(&mut b_events, limit, direct).await?;
+    setup::wait_until_direct(&mut a_events, &mut b_events).await?;
     Ok(((a, a_events, a_id), (b, b_events, b_id)))
 }
 
