@@ -19,12 +19,10 @@ use crate::stats::{median, Latencies};
 use crate::Mode;
 use bytes::Bytes;
 use peergroup_client::{ClientEvent, Delivery, Path as MessagePath, Target};
-use ping::{Pinger, PATHS};
+use ping::{open_stream, quinn_pair, Pinger, PATHS, PAYLOAD};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const PAYLOAD: usize = 64;
 /// Rounds of the interleaved ping-pongs, and runs of the quinn and peergroup rate
 /// measurements, taken in turn; the section reports the median of each figure.
 const ROUNDS: usize = 3;
@@ -232,56 +230,6 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
         )],
     });
     Ok(())
-}
-
-/// A bare quinn server and client on loopback, with a self-signed certificate.
-fn quinn_pair() -> Result<(quinn::Endpoint, quinn::Endpoint, std::net::SocketAddr), String> {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["bench".into()]).map_err(|e| e.to_string())?;
-    let cert = certified.cert.der().clone();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
-        .map_err(|e| e.to_string())?;
-    let server_config = quinn::ServerConfig::with_crypto(Arc::new(
-        quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).map_err(|e| e.to_string())?,
-    ));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).map_err(|e| e.to_string())?;
-    let client_tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let client_config = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).map_err(|e| e.to_string())?,
-    ));
-    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().expect("addr"))
-        .map_err(|e| e.to_string())?;
-    let addr = server.local_addr().map_err(|e| e.to_string())?;
-    let mut client =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).map_err(|e| e.to_string())?;
-    client.set_default_client_config(client_config);
-    Ok((server, client, addr))
-}
-
-/// Connects `client` to the server at `addr` (of [`quinn_pair`]) and opens a
-/// bidirectional stream.
-async fn open_stream(
-    client: &quinn::Endpoint,
-    addr: std::net::SocketAddr,
-) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), String> {
-    let connection = client
-        .connect(addr, "bench")
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-    Ok((connection, send, recv))
 }
 
 /// One sender streaming reliable 64-byte frames on one bare quinn stream for `window`;

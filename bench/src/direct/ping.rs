@@ -1,16 +1,20 @@
 //! The four ping-pongs the direct section compares, each set up once and then driven one
-//! round trip at a time ([`Pinger::ping`]), so the section can take them in turn.
+//! round trip at a time ([`Pinger::ping`]), so the section can take them in turn; and the
+//! bare quinn pair on loopback they and the rate runs use.
 
-use super::PAYLOAD;
 use crate::setup;
 use bytes::Bytes;
 use peergroup_client::{
     Client, ClientEvent, ClientEvents, Delivery, HostId, Path as MessagePath, Target,
 };
 use peergroup_server::{GroupOptions, Server};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+/// The ping-pongs' payload, and the rate runs' message size, bytes.
+pub(super) const PAYLOAD: usize = 64;
 
 /// One frame of the quinn ping-pongs: a 4-byte length prefix and the payload.
 type Frame = [u8; 4 + PAYLOAD];
@@ -188,7 +192,7 @@ async fn udp() -> Result<Pinger, String> {
 }
 
 async fn quinn_stream() -> Result<Pinger, String> {
-    let (server, client, addr) = super::quinn_pair()?;
+    let (server, client, addr) = quinn_pair()?;
     let echo = tokio::spawn(async move {
         let connection = server.accept().await?.await.ok()?;
         let (mut send, mut recv) = connection.accept_bi().await.ok()?;
@@ -198,7 +202,7 @@ async fn quinn_stream() -> Result<Pinger, String> {
         }
         Some(())
     });
-    let (connection, send, recv) = super::open_stream(&client, addr).await?;
+    let (connection, send, recv) = open_stream(&client, addr).await?;
     Ok(Pinger::Quinn {
         connection,
         send,
@@ -234,7 +238,7 @@ fn handover_tasks(
 }
 
 async fn quinn_with_handovers() -> Result<Pinger, String> {
-    let (server, client, addr) = super::quinn_pair()?;
+    let (server, client, addr) = quinn_pair()?;
     let echo = tokio::spawn(async move {
         let connection = server.accept().await?.await.ok()?;
         let (send, recv) = connection.accept_bi().await.ok()?;
@@ -244,7 +248,7 @@ async fn quinn_with_handovers() -> Result<Pinger, String> {
         }
         Some(())
     });
-    let (connection, send, recv) = super::open_stream(&client, addr).await?;
+    let (connection, send, recv) = open_stream(&client, addr).await?;
     let (to_writer, from_reader) = handover_tasks(send, recv);
     Ok(Pinger::Handovers {
         connection,
@@ -300,4 +304,55 @@ async fn peergroup(server: &Server) -> Result<Pinger, String> {
         b_id,
         echo,
     })))
+}
+
+/// A bare quinn server and client on loopback, with a self-signed certificate.
+pub(super) fn quinn_pair(
+) -> Result<(quinn::Endpoint, quinn::Endpoint, std::net::SocketAddr), String> {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["bench".into()]).map_err(|e| e.to_string())?;
+    let cert = certified.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .map_err(|e| e.to_string())?;
+    let server_config = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).map_err(|e| e.to_string())?,
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).map_err(|e| e.to_string())?;
+    let client_tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let client_config = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).map_err(|e| e.to_string())?,
+    ));
+    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().expect("addr"))
+        .map_err(|e| e.to_string())?;
+    let addr = server.local_addr().map_err(|e| e.to_string())?;
+    let mut client =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).map_err(|e| e.to_string())?;
+    client.set_default_client_config(client_config);
+    Ok((server, client, addr))
+}
+
+/// Connects `client` to the server at `addr` (of [`quinn_pair`]) and opens a
+/// bidirectional stream.
+pub(super) async fn open_stream(
+    client: &quinn::Endpoint,
+    addr: std::net::SocketAddr,
+) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), String> {
+    let connection = client
+        .connect(addr, "bench")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    Ok((connection, send, recv))
 }
