@@ -19,7 +19,7 @@ use crate::stats::{median, Latencies};
 use crate::Mode;
 use bytes::Bytes;
 use peergroup_client::{ClientEvent, Delivery, Path as MessagePath, Target};
-use ping::{open_stream, quinn_pair, Pinger, PATHS, PAYLOAD};
+use ping::{frame, open_stream, quinn_pair, Pinger, PAYLOAD};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -34,20 +34,25 @@ const BLOCK_LIMIT: Duration = Duration::from_secs(10);
 
 /// One path's RTT over its rounds: the median of each round's p50 and p99, µs.
 struct Summary {
+    /// The path's key and name ([`Pinger::key`], [`Pinger::name`]).
+    key: &'static str,
+    name: &'static str,
     p50: u64,
     p99: u64,
-    /// Each run's RTT p50, µs.
+    /// Each round's RTT p50, µs.
     p50s: Vec<u64>,
 }
 
 impl Summary {
-    fn of(rtts: &[&Latencies]) -> Self {
+    fn of(key: &'static str, name: &'static str, rtts: &[Latencies]) -> Self {
         let at = |p: f64| rtts.iter().map(|r| r.percentile_us(p)).collect::<Vec<_>>();
         let median_of = |values: &[u64]| {
             median(&values.iter().map(|&v| v as f64).collect::<Vec<_>>()).unwrap_or(0.0) as u64
         };
         let p50s = at(50.0);
         Self {
+            key,
+            name,
             p50: median_of(&p50s),
             p99: median_of(&at(99.0)),
             p50s,
@@ -60,21 +65,25 @@ fn p50_ratio(a: &Summary, b: &Summary) -> f64 {
     (a.p50 as f64 / (b.p50 as f64).max(1.0) * 100.0).round() / 100.0
 }
 
-/// [`ROUNDS`] rounds of `pings` round trips on every path of [`PATHS`], taken in turn a
-/// block at a time; per round, each path's RTTs in [`PATHS`] order.
+/// [`ROUNDS`] rounds of `pings` round trips on every path of [`Pinger::all`], taken in
+/// turn a block at a time; each path's summary over the rounds, in that order.
 fn interleaved_rtts(
     runtime: &tokio::runtime::Runtime,
     pings: usize,
-) -> Result<Vec<Vec<Latencies>>, String> {
+) -> Result<Vec<Summary>, String> {
     // Outside `block_on`: the server's runtime may not be dropped inside another.
     let server = crate::setup::server(|_| {})?;
     runtime.block_on(async {
         let mut pingers = Pinger::all(&server.server).await?;
-        let mut rounds = Vec::new();
+        // Per path, one `Latencies` a round.
+        let mut rtts: Vec<Vec<Latencies>> = pingers.iter().map(|_| Vec::new()).collect();
         for _ in 0..ROUNDS {
-            let mut rtts: Vec<Latencies> = pingers.iter().map(|_| Latencies::default()).collect();
+            for path in &mut rtts {
+                path.push(Latencies::default());
+            }
             for _ in 0..pings.div_ceil(BLOCK) {
-                for (pinger, rtt) in pingers.iter_mut().zip(&mut rtts) {
+                for (pinger, path) in pingers.iter_mut().zip(&mut rtts) {
+                    let rtt = path.last_mut().expect("this round's");
                     tokio::time::timeout(BLOCK_LIMIT, async {
                         for _ in 0..BLOCK {
                             rtt.record(pinger.ping().await?);
@@ -85,32 +94,25 @@ fn interleaved_rtts(
                     .map_err(|_| "a block of round trips timed out".to_string())??;
                 }
             }
-            rounds.push(rtts);
         }
+        let summaries = pingers
+            .iter()
+            .zip(&rtts)
+            .map(|(pinger, rounds)| Summary::of(pinger.key(), pinger.name(), rounds))
+            .collect();
         for pinger in pingers {
             pinger.close(&server.server).await?;
         }
-        Ok(rounds)
+        Ok(summaries)
     })
 }
 
-/// Each path's summary over the rounds of [`interleaved_rtts`], in [`PATHS`] order.
-fn summaries(rounds: &[Vec<Latencies>]) -> Vec<Summary> {
-    (0..PATHS.len())
-        .map(|path| {
-            let runs: Vec<&Latencies> = rounds.iter().map(|round| &round[path]).collect();
-            Summary::of(&runs)
-        })
-        .collect()
-}
-
-/// The summary of path `key` (one of [`PATHS`]) in `summaries`.
+/// The summary of the path with `key` ([`Pinger::key`]).
 fn at<'a>(summaries: &'a [Summary], key: &str) -> &'a Summary {
-    let index = PATHS
+    summaries
         .iter()
-        .position(|&p| p == key)
-        .expect("a measured path");
-    &summaries[index]
+        .find(|summary| summary.key == key)
+        .expect("a measured path")
 }
 
 /// Runs the section.
@@ -118,14 +120,11 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
     let pings = mode.pick(2_000, 20_000);
     let window = mode.pick(Duration::from_secs(3), Duration::from_secs(10));
     let runtime = crate::setup::client_runtime()?;
-    let two_threads = summaries(&interleaved_rtts(&runtime, pings)?);
+    let two_threads = interleaved_rtts(&runtime, pings)?;
     // The same ping-pongs with every task on one thread: on the runtime above a wake-up
     // between the measuring task and a spawned one crosses threads, and those wake-ups,
     // not the code on either side, make most of the round trip.
-    let one_thread = summaries(&interleaved_rtts(
-        &crate::setup::current_thread_runtime()?,
-        pings,
-    )?);
+    let one_thread = interleaved_rtts(&crate::setup::current_thread_runtime()?, pings)?;
     let (mut quinn_rates, mut peergroup_rates) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         quinn_rates.push(runtime.block_on(quinn_rate(window))?);
@@ -134,29 +133,20 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
     let rate_of = |rates: &[f64]| median(rates).unwrap_or(0.0);
     let (peergroup_rate, quinn_rate) = (rate_of(&peergroup_rates), rate_of(&quinn_rates));
 
-    let names = [
-        ("peergroup", "peergroup direct path"),
-        ("quinn", "bare quinn stream"),
-        (
-            "quinn_with_handovers",
-            "bare quinn stream behind a writer and a reader task each side",
-        ),
-        ("udp", "raw UDP"),
-    ];
     let mut rows = Vec::new();
     for (prefix, summaries, runtime_name) in [
         ("direct", &two_threads, ""),
         ("direct.one_thread", &one_thread, ", one-thread runtime"),
     ] {
-        for (key, name) in names {
-            let summary = at(summaries, key);
+        for summary in summaries.iter() {
+            let key = summary.key;
             let msgs_per_sec = match (prefix, key) {
                 ("direct", "peergroup") => Some(peergroup_rate),
                 ("direct", "quinn") => Some(quinn_rate),
                 _ => None,
             };
             rows.push(vec![
-                format!("{name}{runtime_name}"),
+                format!("{}{runtime_name}", summary.name),
                 summary.p50.to_string(),
                 summary.p99.to_string(),
                 msgs_per_sec.map_or("-".into(), rate),
@@ -247,8 +237,7 @@ async fn quinn_rate(window: Duration) -> Result<f64, String> {
         Some(count)
     });
     let (connection, mut send, _recv) = open_stream(&client, addr).await?;
-    let mut frame = [2u8; 4 + PAYLOAD];
-    frame[..4].copy_from_slice(&(PAYLOAD as u32).to_be_bytes());
+    let frame = frame();
     let started = Instant::now();
     while started.elapsed() < window {
         send.write_all(&frame).await.map_err(|e| e.to_string())?;

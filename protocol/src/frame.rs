@@ -211,7 +211,7 @@ impl FrameDecoder {
 /// Lets postcard write straight into a `BytesMut`, copying slices whole (postcard's
 /// `to_extend` feeds bytes one at a time, which `BytesMut` copies one at a time: 8x
 /// slower for a 64-byte payload, 40x for 1 KiB).
-pub(crate) struct BytesMutFlavor<'a>(pub(crate) &'a mut BytesMut);
+struct BytesMutFlavor<'a>(&'a mut BytesMut);
 
 impl postcard::ser_flavors::Flavor for BytesMutFlavor<'_> {
     type Output = ();

@@ -52,21 +52,33 @@ impl Sink for Cursor<'_> {
     }
 }
 
-/// Appends one frame (with `length_prefix`) or datagram to `out`: the head that
-/// `write_head` writes, `head_len` bytes as counted with [`Count`], then `payload`. The
-/// space for the prefix and head is made once and filled by index: writing byte by byte
-/// through `BufMut` was a call per byte wherever `BytesMut::put_slice` was not inlined
-/// (the benchmark's `codec` section measured 123 ns for a relay upload that way against
-/// postcard's 94, and 57 ns this way).
+/// Appends one frame (with `Some(max)`: a length prefix, and a body of at most `max`
+/// bytes) or datagram (with `None`) to `out`: the head that `write_head` writes,
+/// `head_len` bytes as counted with [`Count`], then `payload`. The space for the prefix
+/// and head is made once and filled by index: writing byte by byte through `BufMut` was a
+/// call per byte wherever `BytesMut::put_slice` was not inlined (the benchmark's `codec`
+/// section measured 123 ns for a relay upload that way against postcard's 94, and 57 ns
+/// this way).
+///
+/// # Errors
+/// [`FrameError::TooLarge`] when a frame's body would exceed `max`; `out` is unchanged
+/// then.
 pub(crate) fn append(
     out: &mut BytesMut,
-    length_prefix: bool,
+    max: Option<u32>,
     head_len: usize,
     payload: &[u8],
     write_head: impl FnOnce(&mut Cursor<'_>),
-) {
-    let prefix = if length_prefix { LENGTH_PREFIX_LEN } else { 0 };
+) -> Result<(), FrameError> {
     let body = head_len + payload.len();
+    if let Some(max) = max.filter(|&max| body > max as usize) {
+        return Err(FrameError::TooLarge {
+            len: body as u64,
+            max,
+        });
+    }
+    let length_prefix = max.is_some();
+    let prefix = if length_prefix { LENGTH_PREFIX_LEN } else { 0 };
     out.reserve(prefix + body);
     let start = out.len();
     out.resize(start + prefix + head_len, 0);
@@ -84,6 +96,7 @@ pub(crate) fn append(
         "the head counted and the head written differ"
     );
     out.extend_from_slice(payload);
+    Ok(())
 }
 
 fn varint(out: &mut impl Sink, mut value: u64) {
@@ -292,17 +305,10 @@ fn encode<M: Head>(message: &M, max: Option<u32>) -> Result<Bytes, FrameError> {
             None => datagram_to_bytes(message),
         };
     };
-    let body = count.0 + payload.len();
-    if let Some(max) = max.filter(|&max| body > max as usize) {
-        return Err(FrameError::TooLarge {
-            len: body as u64,
-            max,
-        });
-    }
     let mut out = BytesMut::new();
-    append(&mut out, max.is_some(), count.0, payload, |cursor| {
+    append(&mut out, max, count.0, payload, |cursor| {
         message.head(cursor);
-    });
+    })?;
     Ok(out.freeze())
 }
 

@@ -239,11 +239,16 @@ impl DeliverFrame {
         );
     }
 
-    /// The whole frame's length in bytes, length prefix included.
-    pub fn frame_len(&self) -> usize {
+    /// The length of the fields before the payload, bytes.
+    fn head_len(&self) -> usize {
         let mut head = Count::default();
         self.head(&mut head);
-        crate::LENGTH_PREFIX_LEN + head.0 + self.payload.len()
+        head.0
+    }
+
+    /// The whole frame's length in bytes, length prefix included.
+    pub fn frame_len(&self) -> usize {
+        crate::LENGTH_PREFIX_LEN + self.head_len() + self.payload.len()
     }
 
     /// Appends the frame (length prefix, then body) to `out`.
@@ -251,17 +256,9 @@ impl DeliverFrame {
     /// # Errors
     /// [`FrameError::TooLarge`] when the body exceeds `max` bytes; `out` is unchanged then.
     pub fn write_to(&self, out: &mut bytes::BytesMut, max: u32) -> Result<(), FrameError> {
-        let mut head = Count::default();
-        self.head(&mut head);
-        let body = head.0 + self.payload.len();
-        if body > max as usize {
-            return Err(FrameError::TooLarge {
-                len: body as u64,
-                max,
-            });
-        }
-        append(out, true, head.0, &self.payload, |cursor| self.head(cursor));
-        Ok(())
+        append(out, Some(max), self.head_len(), &self.payload, |cursor| {
+            self.head(cursor)
+        })
     }
 
     /// The message this frame carries.

@@ -19,9 +19,6 @@ pub(super) const PAYLOAD: usize = 64;
 /// One frame of the quinn ping-pongs: a 4-byte length prefix and the payload.
 type Frame = [u8; 4 + PAYLOAD];
 
-/// The paths, in the order [`Pinger::all`] sets them up.
-pub(super) const PATHS: [&str; 4] = ["udp", "quinn", "quinn_with_handovers", "peergroup"];
-
 /// One path's ping-pong, set up and echoing.
 pub(super) enum Pinger {
     /// Raw UDP on loopback.
@@ -62,15 +59,37 @@ pub(super) struct PeergroupPair {
 }
 
 impl Pinger {
-    /// Sets up every path of [`PATHS`], in that order; `server` introduces the peergroup
-    /// pair.
+    /// Sets up every path, in the order the section's table lists them; `server`
+    /// introduces the peergroup pair.
     pub(super) async fn all(server: &Server) -> Result<Vec<Pinger>, String> {
         Ok(vec![
-            udp().await?,
+            peergroup(server).await?,
             quinn_stream().await?,
             quinn_with_handovers().await?,
-            peergroup(server).await?,
+            udp().await?,
         ])
+    }
+
+    /// The path's key in `results.json` (`direct.rtt_p50_us.<key>`).
+    pub(super) fn key(&self) -> &'static str {
+        match self {
+            Pinger::Udp { .. } => "udp",
+            Pinger::Quinn { .. } => "quinn",
+            Pinger::Handovers { .. } => "quinn_with_handovers",
+            Pinger::Peergroup(_) => "peergroup",
+        }
+    }
+
+    /// The path's name in the section's table.
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Pinger::Udp { .. } => "raw UDP",
+            Pinger::Quinn { .. } => "bare quinn stream",
+            Pinger::Handovers { .. } => {
+                "bare quinn stream behind a writer and a reader task each side"
+            }
+            Pinger::Peergroup(_) => "peergroup direct path",
+        }
     }
 
     /// One round trip: sends a ping and waits for its echo.
@@ -163,8 +182,8 @@ impl Pinger {
     }
 }
 
-/// A ping frame for the quinn paths.
-fn frame() -> Frame {
+/// A ping frame for the quinn paths, and the rate runs' frame.
+pub(super) fn frame() -> Frame {
     let mut frame = [1u8; 4 + PAYLOAD];
     frame[..4].copy_from_slice(&(PAYLOAD as u32).to_be_bytes());
     frame
