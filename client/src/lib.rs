@@ -80,6 +80,7 @@ mod config;
 mod connect_failure;
 mod driver;
 mod error;
+mod event_batches;
 mod events;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -13,6 +13,7 @@
 
 use crate::clock::{ServerClock, ServerTime};
 use crate::error::SendError;
+use crate::event_batches::EventBatch;
 use crate::events::{ClientEvent, PeerFault};
 use crate::ping::PingTracker;
 use crate::receive::{Accepted, LaneReceivers};
@@ -591,24 +592,26 @@ impl Session {
         self.events.pop_front()
     }
 
-    /// Takes up to `max` events, oldest first. When all of them fit, the queue's
-    /// allocation goes with them and the session starts a new one sized to what it
-    /// held (at least [`EVENT_QUEUE_START`] events, so the next few events do not grow
-    /// it again): no event is moved again, and a call costs one allocation, as a batch
-    /// sized to its events would. A queue grown far past `max` by a burst is drained
-    /// instead, so a small batch never carries a large allocation away.
-    pub fn take_events(&mut self, max: usize) -> Vec<ClientEvent> {
+    /// Takes up to `max` events, oldest first, in a batch: `spare`, an emptied batch to
+    /// reuse (or an empty one that has not allocated). When all the events fit, the
+    /// queue's allocation goes with them and `spare` becomes the queue (or, if it has
+    /// too little room, a new queue sized to what was held, at least
+    /// [`EVENT_QUEUE_START`] events): no event is moved again. A queue grown far past
+    /// `max` by a burst is drained into `spare` instead, so a batch never carries a large
+    /// allocation away. With no events, `spare` comes back empty.
+    pub fn take_events(&mut self, max: usize, mut spare: EventBatch) -> EventBatch {
         let held = self.events.len();
         if held == 0 {
-            return Vec::new();
+            return spare;
         }
         if held <= max && self.events.capacity() <= 2 * max.max(1) {
-            return Vec::from(std::mem::replace(
-                &mut self.events,
-                VecDeque::with_capacity(held.max(EVENT_QUEUE_START)),
-            ));
+            if spare.capacity() < held.max(EVENT_QUEUE_START) {
+                spare = EventBatch::with_capacity(held.max(EVENT_QUEUE_START));
+            }
+            return std::mem::replace(&mut self.events, spare);
         }
-        self.events.drain(..held.min(max)).collect()
+        spare.extend(self.events.drain(..held.min(max)));
+        spare
     }
 
     /// Events produced and not yet taken.

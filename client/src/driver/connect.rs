@@ -13,6 +13,7 @@ use crate::driver::shared::{Core, Dial, Inner, ResumeLink, Udp};
 use crate::driver::timer::tick;
 use crate::driver::writer::{write_control_stream, write_server_stream};
 use crate::error::ConnectError;
+use crate::event_batches::{EventBatch, SpareBatches};
 use crate::events::ClientEvent;
 use crate::outbound::UploadQueue;
 use crate::session::{DirectWindow, Session, SessionTiming};
@@ -132,7 +133,8 @@ pub(crate) async fn connect(
     // The queue holds batches: about `event_queue` events in all.
     let batches = config.limits.event_queue.div_ceil(EVENT_BATCH).max(2);
     let (events_tx, events_rx) = mpsc::channel(batches);
-    let _ = events_tx.try_send(vec![ClientEvent::Connected { host_id }]);
+    let _ = events_tx.try_send(EventBatch::from([ClientEvent::Connected { host_id }]));
+    let spare_events = Arc::new(SpareBatches::new(2 * EVENT_BATCH));
     let (uploads, queued) = UploadQueue::new(config.limits.send_queue_bytes, false);
     // Control frames never wait for room (they are small and bounded by what the server
     // sends), so the queue has no limit to consult.
@@ -187,6 +189,7 @@ pub(crate) async fn connect(
         control,
         peer_queue_bytes: config.limits.send_queue_bytes,
         events: events_tx,
+        spare_events: spare_events.clone(),
         event_capacity: config.limits.event_queue.max(2),
         event_ready: Notify::new(),
         emit_turn: tokio::sync::Mutex::new(()),
@@ -229,7 +232,7 @@ pub(crate) async fn connect(
         inner.send_server_frame(&ClientToServer::HostCandidates { addrs });
     }
     tracing::info!(%host_id, server = %config.server_addr, %transport, "connected");
-    Ok((inner, ClientEvents::new(events_rx)))
+    Ok((inner, ClientEvents::new(events_rx, spare_events)))
 }
 
 /// Opens the client's one UDP socket on `bind` and the QUIC endpoint on it, which

@@ -27,14 +27,16 @@ impl Inner {
         let _turn = self.emit_turn.lock().await;
         let mut disconnected = false;
         loop {
-            let batch: Vec<ClientEvent> = {
+            let spare = self.spare_events.take();
+            let batch = {
                 let mut core = self.lock();
-                let batch = core.session.take_events(EVENT_BATCH);
+                let batch = core.session.take_events(EVENT_BATCH, spare);
                 self.pending_events
                     .store(core.session.pending_events(), Ordering::Release);
                 batch
             };
             if batch.is_empty() {
+                self.spare_events.put(batch);
                 break;
             }
             disconnected |= batch

@@ -10,7 +10,7 @@
 
 use crate::config::{DirectConfig, TransportChoice};
 use crate::driver::wire::{ServerSend, ServerWire};
-use crate::events::ClientEvent;
+use crate::event_batches::{EventBatch, SpareBatches};
 use crate::outbound::UploadQueue;
 use crate::session::Session;
 use crate::socket::DemuxSocket;
@@ -70,7 +70,9 @@ pub(crate) struct Inner {
     pub peer_queue_bytes: usize,
     /// Events go to the application in batches: one channel operation (and one wake of
     /// the application) per batch rather than per event.
-    pub events: mpsc::Sender<Vec<ClientEvent>>,
+    pub events: mpsc::Sender<EventBatch>,
+    /// Batches the application emptied, for the next hand-over to reuse.
+    pub spare_events: Arc<SpareBatches>,
     /// The event queue's size; readers pause while the session holds this many events.
     pub event_capacity: usize,
     /// Wakes the emitter: the session has events.

@@ -2964,7 +2964,7 @@ fn numbered(s: &mut Session, from: u64, count: u64) {
 }
 
 /// The `after` of each event, ms.
-fn numbers(events: &[ClientEvent]) -> Vec<u64> {
+fn numbers(events: &EventBatch) -> Vec<u64> {
     events
         .iter()
         .map(|event| match event {
@@ -2978,33 +2978,63 @@ fn numbers(events: &[ClientEvent]) -> Vec<u64> {
 fn take_events_hands_over_at_most_max_oldest_first_and_keeps_the_rest() {
     let now = Instant::now();
     let mut s = session(ME, NO_PINGS, now);
-    assert!(s.take_events(4).is_empty());
+    let none = EventBatch::new;
+    assert!(s.take_events(4, none()).is_empty());
 
     // All of them fit: all go, in order, and the session keeps taking events after.
     numbered(&mut s, 0, 3);
-    assert_eq!(numbers(&s.take_events(4)), [0, 1, 2]);
+    assert_eq!(numbers(&s.take_events(4, none())), [0, 1, 2]);
     assert_eq!(s.pending_events(), 0);
     numbered(&mut s, 3, 2);
-    assert_eq!(numbers(&s.take_events(4)), [3, 4]);
+    assert_eq!(numbers(&s.take_events(4, none())), [3, 4]);
 
     // More than fit: the oldest `max` go, the rest wait for the next call.
     numbered(&mut s, 5, 6);
-    assert_eq!(numbers(&s.take_events(4)), [5, 6, 7, 8]);
+    assert_eq!(numbers(&s.take_events(4, none())), [5, 6, 7, 8]);
     assert_eq!(s.pending_events(), 2);
     numbered(&mut s, 11, 1);
-    assert_eq!(numbers(&s.take_events(4)), [9, 10, 11]);
+    assert_eq!(numbers(&s.take_events(4, none())), [9, 10, 11]);
 
     // A queue a burst grew far past `max` is drained, not handed over: the batch is no
     // larger than what it carries.
     numbered(&mut s, 12, 300);
     for first in (12..268).step_by(64) {
         assert_eq!(
-            numbers(&s.take_events(64)),
+            numbers(&s.take_events(64, none())),
             (first..first + 64).collect::<Vec<_>>()
         );
     }
-    let rest = s.take_events(64);
+    let rest = s.take_events(64, none());
     assert_eq!(numbers(&rest), (268..312).collect::<Vec<_>>());
     assert!(rest.capacity() <= 2 * 64, "capacity {}", rest.capacity());
     assert_eq!(s.pending_events(), 0);
+}
+
+#[test]
+fn take_events_reuses_the_spare_batch_it_is_given() {
+    let now = Instant::now();
+    let mut s = session(ME, NO_PINGS, now);
+    let spare = |capacity| EventBatch::with_capacity(capacity);
+
+    // Nothing to take: the spare comes back untouched.
+    let back = s.take_events(64, spare(100));
+    assert!(back.is_empty());
+    assert!(back.capacity() >= 100);
+
+    // All fit: the queue goes, and the spare becomes the queue, so the next hand-over
+    // carries the spare's allocation.
+    numbered(&mut s, 0, 2);
+    assert_eq!(numbers(&s.take_events(64, spare(100))), [0, 1]);
+    numbered(&mut s, 2, 1);
+    // A spare too small to take the queue's place is replaced by a new queue.
+    let next = s.take_events(64, spare(1));
+    assert_eq!(numbers(&next), [2]);
+    assert!(next.capacity() >= 100, "capacity {}", next.capacity());
+
+    // More than fit: the oldest go in the spare's allocation.
+    numbered(&mut s, 3, 6);
+    let drained = s.take_events(4, spare(100));
+    assert_eq!(numbers(&drained), [3, 4, 5, 6]);
+    assert!(drained.capacity() >= 100, "capacity {}", drained.capacity());
+    assert_eq!(numbers(&s.take_events(4, spare(0))), [7, 8]);
 }
