@@ -8,7 +8,7 @@
 //! - the latest lane delivers a key's message unless a newer one of that key was delivered;
 //! - sequenced datagram channels drop anything not newer than the newest delivered.
 
-use crate::sequencing::{Rejected, ReliableReceiver, Slot};
+use crate::sequencing::{Ready, Rejected, ReliableReceiver, Slot};
 use peergroup_protocol::{DatagramLane, Lane};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -38,7 +38,7 @@ pub(crate) struct LaneReceivers<T> {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Accepted<T> {
     /// These messages are now deliverable, in order (possibly none: held for a gap).
-    Deliver(Vec<T>),
+    Deliver(Ready<T>),
     /// Already delivered or held: a copy that came on the other path after a switch.
     Duplicate,
     /// Older than a message already delivered for its key ([`Lane::Latest`]).
@@ -93,15 +93,15 @@ impl<T> LaneReceivers<T> {
                     return Ok(Accepted::Duplicate);
                 }
                 Ok(Accepted::Deliver(match slot {
-                    Slot::Message(message) => vec![message],
-                    Slot::Skipped => Vec::new(),
+                    Slot::Message(message) => Ready::from_buf([message]),
+                    Slot::Skipped => Ready::new(),
                 }))
             }
             Lane::Latest { key } => match slot {
                 // Gaps mean nothing here: a skip only says an older value will not come.
-                Slot::Skipped => Ok(Accepted::Deliver(Vec::new())),
+                Slot::Skipped => Ok(Accepted::Deliver(Ready::new())),
                 Slot::Message(message) if self.latest.accept(key, seq) => {
-                    Ok(Accepted::Deliver(vec![message]))
+                    Ok(Accepted::Deliver(Ready::from_buf([message])))
                 }
                 Slot::Message(_) => Ok(Accepted::Stale),
             },
@@ -214,6 +214,7 @@ impl LatestReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use smallvec::smallvec;
 
     fn message(rx: &mut LaneReceivers<u32>, lane: Lane, seq: u64, m: u32) -> Accepted<u32> {
         rx.accept(lane, seq, Slot::Message(m), 4).unwrap()
@@ -224,9 +225,18 @@ mod tests {
         let mut rx = LaneReceivers::new(64);
         let ch = |channel| Lane::Ordered { channel };
         // Channel 0 has a gap; channel 1 is not held back by it.
-        assert_eq!(message(&mut rx, ch(0), 2, 2), Accepted::Deliver(vec![]));
-        assert_eq!(message(&mut rx, ch(1), 1, 10), Accepted::Deliver(vec![10]));
-        assert_eq!(message(&mut rx, ch(0), 1, 1), Accepted::Deliver(vec![1, 2]));
+        assert_eq!(
+            message(&mut rx, ch(0), 2, 2),
+            Accepted::Deliver(smallvec![])
+        );
+        assert_eq!(
+            message(&mut rx, ch(1), 1, 10),
+            Accepted::Deliver(smallvec![10])
+        );
+        assert_eq!(
+            message(&mut rx, ch(0), 1, 1),
+            Accepted::Deliver(smallvec![1, 2])
+        );
         assert_eq!(message(&mut rx, ch(0), 1, 1), Accepted::Duplicate);
         assert!(rx.is_early(ch(1), 3));
         assert!(!rx.is_early(ch(1), 2));
@@ -236,15 +246,24 @@ mod tests {
     fn unordered_delivers_at_once_and_drops_duplicates() {
         let mut rx = LaneReceivers::new(64);
         let lane = Lane::Unordered;
-        assert_eq!(message(&mut rx, lane, 3, 3), Accepted::Deliver(vec![3]));
-        assert_eq!(message(&mut rx, lane, 1, 1), Accepted::Deliver(vec![1]));
+        assert_eq!(
+            message(&mut rx, lane, 3, 3),
+            Accepted::Deliver(smallvec![3])
+        );
+        assert_eq!(
+            message(&mut rx, lane, 1, 1),
+            Accepted::Deliver(smallvec![1])
+        );
         assert_eq!(message(&mut rx, lane, 3, 3), Accepted::Duplicate);
-        assert_eq!(message(&mut rx, lane, 2, 2), Accepted::Deliver(vec![2]));
+        assert_eq!(
+            message(&mut rx, lane, 2, 2),
+            Accepted::Deliver(smallvec![2])
+        );
         assert_eq!(message(&mut rx, lane, 1, 1), Accepted::Duplicate);
         // A skip fills its number without a message.
         assert_eq!(
             rx.accept(lane, 4, Slot::Skipped, 0),
-            Ok(Accepted::Deliver(vec![]))
+            Ok(Accepted::Deliver(smallvec![]))
         );
         assert_eq!(message(&mut rx, lane, 4, 4), Accepted::Duplicate);
         assert_eq!(
@@ -260,7 +279,7 @@ mod tests {
         for i in 0..MAX_UNORDERED_GAPS as u64 {
             assert_eq!(
                 message(&mut rx, Lane::Unordered, 2 + 2 * i, 0),
-                Accepted::Deliver(vec![0])
+                Accepted::Deliver(smallvec![0])
             );
         }
         assert_eq!(
@@ -273,16 +292,25 @@ mod tests {
     fn latest_never_goes_back_in_time_per_key() {
         let mut rx = LaneReceivers::new(64);
         let key = |key| Lane::Latest { key };
-        assert_eq!(message(&mut rx, key(7), 5, 50), Accepted::Deliver(vec![50]));
+        assert_eq!(
+            message(&mut rx, key(7), 5, 50),
+            Accepted::Deliver(smallvec![50])
+        );
         // An older value of the same key (say, relayed before a switch) is stale.
         assert_eq!(message(&mut rx, key(7), 3, 30), Accepted::Stale);
         assert_eq!(message(&mut rx, key(7), 5, 50), Accepted::Stale);
         // Other keys are independent of key 7's number.
-        assert_eq!(message(&mut rx, key(8), 4, 40), Accepted::Deliver(vec![40]));
-        assert_eq!(message(&mut rx, key(7), 6, 60), Accepted::Deliver(vec![60]));
+        assert_eq!(
+            message(&mut rx, key(8), 4, 40),
+            Accepted::Deliver(smallvec![40])
+        );
+        assert_eq!(
+            message(&mut rx, key(7), 6, 60),
+            Accepted::Deliver(smallvec![60])
+        );
         assert_eq!(
             rx.accept(key(7), 9, Slot::Skipped, 0),
-            Ok(Accepted::Deliver(vec![]))
+            Ok(Accepted::Deliver(smallvec![]))
         );
     }
 

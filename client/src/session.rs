@@ -17,7 +17,7 @@ use crate::event_batches::EventBatch;
 use crate::events::{ClientEvent, PeerFault};
 use crate::ping::PingTracker;
 use crate::receive::{Accepted, LaneReceivers};
-use crate::sequencing::{Rejected, Slot, HELD_ENTRY_COST};
+use crate::sequencing::{Ready, Rejected, Slot, HELD_ENTRY_COST};
 use bytes::Bytes;
 use direct_reliability::{DirectReliability, DATING_DELAY};
 use peergroup_protocol::{
@@ -1026,7 +1026,13 @@ impl Session {
     }
 
     /// Hands over, drops or holds messages from `from` that are next in order.
-    fn deliver_in_order(&mut self, from: HostId, lane: Lane, ready: Vec<Delivered>, now: Instant) {
+    fn deliver_in_order(
+        &mut self,
+        from: HostId,
+        lane: Lane,
+        ready: Ready<Delivered>,
+        now: Instant,
+    ) {
         for message in ready {
             let waiting = self
                 .peers
