@@ -829,6 +829,10 @@ async fn run_once(
 struct Cell {
     /// Every throughput run's figure, deliveries per second, in run order.
     rates: Vec<f64>,
+    /// The share of each throughput run's messages (times the fan-out) that never
+    /// arrived, %: unreliable sends never wait, so a flood past what the relay carries is
+    /// dropped somewhere on the way.
+    flood_loss: Vec<f64>,
     /// The relay's CPU time per delivery in each throughput run, ns.
     server_ns: Vec<f64>,
     /// The clients' CPU time per delivery in each throughput run, ns.
@@ -954,6 +958,7 @@ async fn measure(
                         cell.errors.push(format!("throughput: {note}"));
                     }
                     cell.rates.push(outcome.rate);
+                    cell.flood_loss.push(outcome.loss_pct(case.fanout));
                     cell.client_ns
                         .extend(outcome.client_ns_per_delivery(ticks_per_sec));
                     if setup.relay != "coturn" {
@@ -1191,6 +1196,10 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
             let prefix = format!("relay.cases.{key}.{name}");
             report.set(&format!("{prefix}.msgs_per_sec"), number(cell.max()));
             report.set(
+                &format!("{prefix}.flood_loss_pct"),
+                number(median(&cell.flood_loss)),
+            );
+            report.set(
                 &format!("{prefix}.server_cpu_ns_per_delivery"),
                 number(median(&cell.server_ns)),
             );
@@ -1243,6 +1252,7 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
                 name.to_string(),
                 cell.max().map_or_else(dash, report::rate),
                 spread(&cell.rates),
+                median(&cell.flood_loss).map_or_else(dash, |loss| format!("{loss:.1}%")),
                 latency.map_or_else(dash, |o| report::rate(o.rate)),
                 at(50.0).map_or_else(dash, |v| us(v as u64)),
                 at(99.0).map_or_else(dash, |v| us(v as u64)),
@@ -1290,7 +1300,9 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
              wait, so excess datagrams are dropped) for {:.2} s of warm-up and a {:.2} s \
              window; deliveries arriving in the window, summed over receivers, per second. \
              The median of {THROUGHPUT_ROUNDS} runs, taken round after round over the relays; \
-             **runs** gives the slowest and fastest.",
+             **runs** gives the slowest and fastest. **loss at max**: the share of those \
+             runs' messages (times the fan-out) that never arrived, the median: a relay \
+             whose sender outruns it loses more but fills its packets fuller.",
             timing.warmup.as_secs_f64(),
             timing.throughput.as_secs_f64()
         ),
@@ -1327,6 +1339,7 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
             "relay",
             "max msgs/s",
             "runs",
+            "loss at max",
             "load msgs/s",
             "p50 µs",
             "p99 µs",
