@@ -1,17 +1,19 @@
-//! Encoding the messages that carry a payload: nanoseconds per message for postcard
-//! (`frame_to_bytes`, `encode_frame`, `datagram_to_bytes`) and for the hand encoders
-//! peergroup uses on its hot path (`hand_encode.rs`), on one thread, 64 B payloads. Both
-//! write the same bytes; what is left after hand encoding is mostly the frame's
+//! Encoding and decoding the messages that carry a payload: nanoseconds per message for
+//! postcard (`frame_to_bytes`, `encode_frame`, `datagram_to_bytes`, `decode_body`) and for
+//! the hand encoders and zero-copy decoders peergroup uses on its hot path
+//! (`hand_encode.rs`, `zero_copy.rs`), on one thread, 64 B payloads. Both write (and
+//! read) the same bytes; what is left after hand encoding is mostly the frame's
 //! allocation.
 
 use crate::report::{Report, Table};
 use crate::Mode;
 use bytes::{Bytes, BytesMut};
 use peergroup_protocol::{
-    datagram_to_bytes, encode_client_datagram, encode_client_frame, encode_frame,
-    encode_peer_frame, encode_server_datagram, frame_to_bytes, ClientDatagram, ClientToServer,
-    DatagramLane, DeliverFrame, GroupId, HostId, Lane, Memberships, PairId, PeerToPeer, Priority,
-    RelayDest, ServerDatagram, DEFAULT_MAX_FRAME_LEN,
+    datagram_to_bytes, decode_body, decode_client_datagram, decode_client_frame, decode_peer_frame,
+    decode_server_datagram, decode_server_frame, encode_client_datagram, encode_client_frame,
+    encode_frame, encode_peer_frame, encode_server_datagram, frame_to_bytes, ClientDatagram,
+    ClientToServer, DatagramLane, DeliverFrame, FrameError, GroupId, HostId, Lane, Memberships,
+    PairId, PeerToPeer, Priority, RelayDest, ServerDatagram, ServerToClient, DEFAULT_MAX_FRAME_LEN,
 };
 use std::hint::black_box;
 use std::path::Path;
@@ -39,6 +41,21 @@ fn ns_per_call(calls: usize, mut encode: impl FnMut() -> usize) -> f64 {
 /// The length of an encoder's output, 0 for an error (so the loop has a value to keep).
 fn len<E>(encoded: Result<Bytes, E>) -> usize {
     encoded.map_or(0, |bytes| bytes.len())
+}
+
+/// postcard's and the zero-copy decoder's ns per decode of `message`'s body (no length
+/// prefix), the fastest of [`REPEATS`] loops of `calls` each.
+fn decode_both<T: serde::Serialize + serde::de::DeserializeOwned>(
+    calls: usize,
+    message: &T,
+    zero_copy: fn(&Bytes) -> Result<T, FrameError>,
+) -> (f64, f64) {
+    let body = datagram_to_bytes(message).expect("encodes");
+    let postcard = ns_per_call(calls, || {
+        usize::from(decode_body::<T>(black_box(&body)).is_ok())
+    });
+    let hand = ns_per_call(calls, || usize::from(zero_copy(black_box(&body)).is_ok()));
+    (postcard, hand)
 }
 
 /// Runs the section.
@@ -168,6 +185,54 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
             ns_per_call(calls, || len(encode_peer_frame(black_box(&peer_data), max))),
         ),
     ]);
+    let decoded = [
+        (
+            "relay upload to 1 host",
+            "relay_upload",
+            decode_both(calls, &relay_one, decode_client_frame),
+        ),
+        (
+            "relay upload to 8 hosts",
+            "relay_upload_8",
+            decode_both(calls, &relay_eight, decode_client_frame),
+        ),
+        (
+            "relay's Deliver",
+            "deliver",
+            decode_both::<ServerToClient>(calls, &deliver_message, decode_server_frame),
+        ),
+        (
+            "client datagram",
+            "client_datagram",
+            decode_both(calls, &client_datagram, decode_client_datagram),
+        ),
+        (
+            "server datagram",
+            "server_datagram",
+            decode_both(calls, &server_datagram, decode_server_datagram),
+        ),
+        (
+            "direct path's Data",
+            "peer_data",
+            decode_both(calls, &peer_data, decode_peer_frame),
+        ),
+    ];
+    let mut decode_rows = Vec::new();
+    for (name, key, (postcard, hand)) in decoded {
+        report.set(
+            &format!("codec.decode_{key}_ns.postcard"),
+            (postcard * 10.0).round() / 10.0,
+        );
+        report.set(
+            &format!("codec.decode_{key}_ns.hand"),
+            (hand * 10.0).round() / 10.0,
+        );
+        decode_rows.push(vec![
+            name.to_string(),
+            format!("{postcard:.1}"),
+            format!("{hand:.1}"),
+        ]);
+    }
     let mut rows = Vec::new();
     for (name, key, postcard, hand) in figures {
         report.set(
@@ -199,6 +264,23 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
              encoders peergroup sends with (`encode_client_frame` and the others, and the \
              relay's `DeliverFrame`, whose length is taken when it is queued and again when \
              it is written). Both write the same bytes (a property test checks it)."
+        )],
+    });
+    report.table(Table {
+        title: "Decoding a message that carries a 64 B payload".into(),
+        columns: vec![
+            "message".into(),
+            "postcard, ns".into(),
+            "by hand, ns".into(),
+        ],
+        rows: decode_rows,
+        notes: vec![format!(
+            "One thread; the fastest of {REPEATS} loops of {calls} calls each, from the \
+             message's body. postcard: `decode_body`, which copies the payload; by hand: \
+             the decoders peergroup receives with (`decode_client_frame` and the others), \
+             which read the fields before the payload by hand and share the payload with \
+             the body. Both give the same message or refuse the same bytes (property tests \
+             check it)."
         )],
     });
     Ok(())

@@ -35,6 +35,7 @@
 pub mod budget;
 pub mod close;
 pub mod frame;
+mod hand_decode;
 pub mod hand_encode;
 pub mod ids;
 pub mod lanes;

@@ -1,37 +1,37 @@
 //! Decoding the messages that carry an application payload without copying the payload.
 //!
 //! A payload is the last field of every message that carries one, and postcard writes a
-//! byte string as its length followed by the bytes. So the fields before it decode as a
-//! small "head" struct (the same fields, with the payload's length in its place), and the
-//! payload is the rest of the received buffer, shared rather than copied
-//! ([`Bytes::slice`]). For any input these decoders give exactly what
-//! [`decode_body`] gives (the same message, or an error for the same
-//! inputs); a property test checks it.
+//! byte string as its length followed by the bytes. So the fields before it are read by
+//! hand (`hand_decode.rs`, with the payload's length last), and the payload is the rest
+//! of the received buffer, shared rather than copied ([`Bytes::slice`]). For any input
+//! these decoders give exactly what [`decode_body`] gives (the same message, or an error
+//! for the same inputs); property tests check it.
 //!
 //! This is the hot path of the relay and of every receiver: one allocation and one copy
 //! fewer per message.
 
 use crate::frame::{decode_body, FrameError};
+use crate::hand_decode::Reader;
 use crate::hand_encode::{append, deliver_head, Count, Sink};
 use crate::ids::{GroupId, HostId};
 use crate::messages::variant::{
     CLIENT_RELAY, DATAGRAM_DELIVER, DATAGRAM_RELAY, PEER_DATA, SERVER_DELIVER, SERVER_FROM_SERVER,
 };
 use crate::messages::{
-    ClientDatagram, ClientToServer, DatagramLane, Lane, Memberships, PeerToPeer, Priority,
-    RelayDest, ServerDatagram, ServerToClient,
+    ClientDatagram, ClientToServer, Lane, PeerToPeer, ServerDatagram, ServerToClient,
 };
 use bytes::Bytes;
-use serde::Deserialize;
 
-/// Decodes `T`'s fields from `body[1..]` (after the variant byte), then takes the payload
-/// whose length ends them from the rest of `body`, sharing its memory.
-fn with_payload<'a, T: Deserialize<'a>>(
-    body: &'a Bytes,
-    len_of: impl Fn(&T) -> u64,
+/// Reads the fields after the variant byte (`body[1..]`) with `read_head`, which
+/// returns them and the payload's length, the last of them; then takes the payload from
+/// the rest of `body`, sharing its memory.
+fn with_payload<T>(
+    body: &Bytes,
+    read_head: impl FnOnce(&mut Reader<'_>) -> Result<(T, u64), postcard::Error>,
 ) -> Result<(T, Bytes), FrameError> {
-    let (head, rest) = postcard::take_from_bytes::<T>(&body[1..])?;
-    let len = len_of(&head);
+    let mut reader = Reader::new(&body[1..]);
+    let (head, len) = read_head(&mut reader)?;
+    let rest = reader.rest();
     if (rest.len() as u64) < len {
         // What postcard reports for a byte string cut short.
         return Err(postcard::Error::DeserializeUnexpectedEnd.into());
@@ -46,61 +46,6 @@ fn with_payload<'a, T: Deserialize<'a>>(
     Ok((head, body.slice(start..start + len)))
 }
 
-#[derive(Deserialize)]
-struct RelayHead {
-    group: Option<GroupId>,
-    to_server: bool,
-    lane: Lane,
-    priority: Priority,
-    dests: Vec<RelayDest>,
-    payload_len: u64,
-}
-
-#[derive(Deserialize)]
-struct DeliverHead {
-    from: HostId,
-    group: Option<GroupId>,
-    lane: Lane,
-    seq: u64,
-    payload_len: u64,
-}
-
-#[derive(Deserialize)]
-struct FromServerHead {
-    group: Option<GroupId>,
-    lane: Lane,
-    seq: u64,
-    payload_len: u64,
-}
-
-#[derive(Deserialize)]
-struct DataHead {
-    group: Option<GroupId>,
-    memberships: Option<Memberships>,
-    lane: Lane,
-    seq: u64,
-    payload_len: u64,
-}
-
-#[derive(Deserialize)]
-struct DatagramRelayHead {
-    group: Option<GroupId>,
-    to_server: bool,
-    lane: DatagramLane,
-    server_seq: u64,
-    dests: Vec<RelayDest>,
-    payload_len: u64,
-}
-
-#[derive(Deserialize)]
-struct DatagramDeliverHead {
-    from: HostId,
-    group: Option<GroupId>,
-    lane: DatagramLane,
-    seq: u64,
-    payload_len: u64,
-}
-
 /// [`decode_body`] for a client's frame, sharing a relay upload's payload with `body`.
 ///
 /// # Errors
@@ -109,13 +54,22 @@ pub fn decode_client_frame(body: &Bytes) -> Result<ClientToServer, FrameError> {
     if body.first() != Some(&CLIENT_RELAY) {
         return decode_body(body);
     }
-    let (h, payload) = with_payload(body, |h: &RelayHead| h.payload_len)?;
+    let ((group, to_server, lane, priority, dests), payload) = with_payload(body, |r| {
+        let head = (
+            r.group()?,
+            r.boolean()?,
+            r.lane()?,
+            r.priority()?,
+            r.dests()?,
+        );
+        Ok((head, r.u64()?))
+    })?;
     Ok(ClientToServer::Relay {
-        group: h.group,
-        to_server: h.to_server,
-        lane: h.lane,
-        priority: h.priority,
-        dests: h.dests,
+        group,
+        to_server,
+        lane,
+        priority,
+        dests,
         payload,
     })
 }
@@ -128,21 +82,27 @@ pub fn decode_client_frame(body: &Bytes) -> Result<ClientToServer, FrameError> {
 pub fn decode_server_frame(body: &Bytes) -> Result<ServerToClient, FrameError> {
     match body.first() {
         Some(&SERVER_DELIVER) => {
-            let (h, payload) = with_payload(body, |h: &DeliverHead| h.payload_len)?;
+            let ((from, group, lane, seq), payload) = with_payload(body, |r| {
+                let head = (r.host()?, r.group()?, r.lane()?, r.u64()?);
+                Ok((head, r.u64()?))
+            })?;
             Ok(ServerToClient::Deliver {
-                from: h.from,
-                group: h.group,
-                lane: h.lane,
-                seq: h.seq,
+                from,
+                group,
+                lane,
+                seq,
                 payload,
             })
         }
         Some(&SERVER_FROM_SERVER) => {
-            let (h, payload) = with_payload(body, |h: &FromServerHead| h.payload_len)?;
+            let ((group, lane, seq), payload) = with_payload(body, |r| {
+                let head = (r.group()?, r.lane()?, r.u64()?);
+                Ok((head, r.u64()?))
+            })?;
             Ok(ServerToClient::FromServer {
-                group: h.group,
-                lane: h.lane,
-                seq: h.seq,
+                group,
+                lane,
+                seq,
                 payload,
             })
         }
@@ -158,12 +118,15 @@ pub fn decode_peer_frame(body: &Bytes) -> Result<PeerToPeer, FrameError> {
     if body.first() != Some(&PEER_DATA) {
         return decode_body(body);
     }
-    let (h, payload) = with_payload(body, |h: &DataHead| h.payload_len)?;
+    let ((group, memberships, lane, seq), payload) = with_payload(body, |r| {
+        let head = (r.group()?, r.memberships()?, r.lane()?, r.u64()?);
+        Ok((head, r.u64()?))
+    })?;
     Ok(PeerToPeer::Data {
-        group: h.group,
-        memberships: h.memberships,
-        lane: h.lane,
-        seq: h.seq,
+        group,
+        memberships,
+        lane,
+        seq,
         payload,
     })
 }
@@ -176,13 +139,22 @@ pub fn decode_client_datagram(body: &Bytes) -> Result<ClientDatagram, FrameError
     if body.first() != Some(&DATAGRAM_RELAY) {
         return decode_body(body);
     }
-    let (h, payload) = with_payload(body, |h: &DatagramRelayHead| h.payload_len)?;
+    let ((group, to_server, lane, server_seq, dests), payload) = with_payload(body, |r| {
+        let head = (
+            r.group()?,
+            r.boolean()?,
+            r.datagram_lane()?,
+            r.u64()?,
+            r.dests()?,
+        );
+        Ok((head, r.u64()?))
+    })?;
     Ok(ClientDatagram::Relay {
-        group: h.group,
-        to_server: h.to_server,
-        lane: h.lane,
-        server_seq: h.server_seq,
-        dests: h.dests,
+        group,
+        to_server,
+        lane,
+        server_seq,
+        dests,
         payload,
     })
 }
@@ -196,12 +168,15 @@ pub fn decode_server_datagram(body: &Bytes) -> Result<ServerDatagram, FrameError
     if body.first() != Some(&DATAGRAM_DELIVER) {
         return decode_body(body);
     }
-    let (h, payload) = with_payload(body, |h: &DatagramDeliverHead| h.payload_len)?;
+    let ((from, group, lane, seq), payload) = with_payload(body, |r| {
+        let head = (r.host()?, r.group()?, r.datagram_lane()?, r.u64()?);
+        Ok((head, r.u64()?))
+    })?;
     Ok(ServerDatagram::Deliver {
-        from: h.from,
-        group: h.group,
-        lane: h.lane,
-        seq: h.seq,
+        from,
+        group,
+        lane,
+        seq,
         payload,
     })
 }

@@ -1034,6 +1034,23 @@ fn agree_around<T: PartialEq + std::fmt::Debug + serde::de::DeserializeOwned>(
     agree(&longer, fast)
 }
 
+/// `agree` on `bytes` with each byte in turn replaced by each of a few values: 0 to 4 (a
+/// tag, a small varint), 0x0F and 0x10 (around a `u32` varint's largest last byte), 0x7F,
+/// 0x80 and 0xFF (a varint's continuation bit).
+fn agree_altered<T: PartialEq + std::fmt::Debug + serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    fast: fn(&Bytes) -> Result<T, FrameError>,
+) -> Result<(), TestCaseError> {
+    for at in 0..bytes.len() {
+        for value in [0, 1, 2, 3, 4, 0x0F, 0x10, 0x7F, 0x80, 0xFF] {
+            let mut altered = bytes.to_vec();
+            altered[at] = value;
+            agree(&altered, fast)?;
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #[test]
     fn zero_copy_decoders_give_what_decode_body_gives(
@@ -1048,6 +1065,24 @@ proptest! {
         agree_around(&datagram_to_bytes(&peer).unwrap(), decode_peer_frame)?;
         agree_around(&datagram_to_bytes(&client_datagram).unwrap(), decode_client_datagram)?;
         agree_around(&datagram_to_bytes(&server_datagram).unwrap(), decode_server_datagram)?;
+    }
+
+    /// Every byte of a valid message changed in turn to each value that matters to a
+    /// field (a tag just past the valid ones, a varint's continuation bit, its largest
+    /// last byte): a bad tag or varint in the middle of an otherwise good message.
+    #[test]
+    fn zero_copy_decoders_agree_on_altered_messages(
+        client in client_to_server(),
+        server in server_to_client(),
+        peer in peer_to_peer(),
+        client_datagram in client_datagram(),
+        server_datagram in server_datagram(),
+    ) {
+        agree_altered(&datagram_to_bytes(&client).unwrap(), decode_client_frame)?;
+        agree_altered(&datagram_to_bytes(&server).unwrap(), decode_server_frame)?;
+        agree_altered(&datagram_to_bytes(&peer).unwrap(), decode_peer_frame)?;
+        agree_altered(&datagram_to_bytes(&client_datagram).unwrap(), decode_client_datagram)?;
+        agree_altered(&datagram_to_bytes(&server_datagram).unwrap(), decode_server_datagram)?;
     }
 
     #[test]
