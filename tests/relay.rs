@@ -239,7 +239,7 @@ async fn a_client_cannot_forge_a_sender_or_reach_a_pair_it_is_not_in() {
         to_server: false,
         lane: Lane::Ordered { channel: 0 },
         priority: Priority::Medium,
-        dests: dests.clone(),
+        dests: dests.clone().into(),
         payload: Bytes::from_static(b"i am a"),
     })
     .await;
@@ -633,7 +633,7 @@ async fn a_peer_that_never_fills_its_gap_is_ignored_after_a_bounded_number_of_me
                     to_server: false,
                     lane: Lane::Ordered { channel: 0 },
                     priority: Priority::Medium,
-                    dests: vec![RelayDest { pair, seq }],
+                    dests: vec![RelayDest { pair, seq }].into(),
                     payload: Bytes::new(),
                 },
                 DEFAULT_MAX_FRAME_LEN,

@@ -189,7 +189,7 @@ async fn malformed_frames_close_only_the_sender_with_a_protocol_violation() {
         to_server: true,
         lane: peergroup_protocol::Lane::Unordered,
         priority: peergroup_protocol::Priority::Medium,
-        dests: Vec::new(),
+        dests: Default::default(),
         payload: Bytes::from_static(b"misplaced"),
     };
     let frame = frame_to_bytes(&relay, DEFAULT_MAX_FRAME_LEN).unwrap();

@@ -95,7 +95,8 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
         dests: vec![RelayDest {
             pair: PairId::from_raw(0x1_0000_0003),
             seq: 0,
-        }],
+        }]
+        .into(),
         payload: payload.clone(),
     };
     let server_datagram = ServerDatagram::Deliver {

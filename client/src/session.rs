@@ -23,10 +23,10 @@ use direct_reliability::{DirectReliability, DATING_DELAY};
 use peergroup_protocol::{
     Carrier, ClientDatagram, ClientToServer, DatagramLane, Delivery, GroupId, HostId, Lane,
     LaneCounters, Memberships, Notice, PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer,
-    Priority, PunchOrder, RelayDest, SendOptions, ServerDatagram, ServerToClient,
+    Priority, PunchOrder, RelayDest, RelayDests, SendOptions, ServerDatagram, ServerToClient,
     DATAGRAM_DELIVER_OVERHEAD, FRAME_HEADROOM, MAX_RELAY_DESTS,
 };
-use smallvec::SmallVec;
+use smallvec::{smallvec, SmallVec};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
@@ -1454,7 +1454,7 @@ impl Session {
                     to_server: false,
                     lane: unacked.lane,
                     priority: unacked.priority,
-                    dests: vec![RelayDest {
+                    dests: smallvec![RelayDest {
                         pair,
                         seq: unacked.seq,
                     }],
@@ -1808,7 +1808,7 @@ impl Session {
             } else {
                 payload.clone()
             };
-            let mut dests = Vec::with_capacity(chunk.len());
+            let mut dests = RelayDests::with_capacity(chunk.len());
             for host in chunk {
                 let peer = self.peers.get_mut(host).expect("routed peers exist");
                 count(&mut peer.stats.relay_sent, &body);
@@ -2070,7 +2070,7 @@ fn relay_probe(pair: PairId, lane: DatagramLane) -> Upload {
         to_server: false,
         lane,
         server_seq: 0,
-        dests: vec![RelayDest { pair, seq: 0 }],
+        dests: smallvec![RelayDest { pair, seq: 0 }],
         payload: Bytes::new(),
     })
 }

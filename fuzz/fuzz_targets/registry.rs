@@ -24,7 +24,8 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use peergroup_protocol::{
     ClientDatagram, ClientToServer, DatagramLane, Fingerprint, GroupId, HostId, Lane, PairId,
-    PairPath, PathReason, Priority, PunchOutcome, RelayDest, ServerDatagram, ServerToClient,
+    PairPath, PathReason, Priority, PunchOutcome, RelayDest, RelayDests, ServerDatagram,
+    ServerToClient,
 };
 use peergroup_server::registry::{
     Action, ChangeOutcome, GroupOptions, JoinOutcome, MembershipBatch, MembershipChange,
@@ -518,8 +519,8 @@ impl Harness {
         from: HostId,
         group: Option<GroupId>,
         dests: &[(u8, u8)],
-    ) -> (Vec<RelayDest>, Vec<HostId>) {
-        let dests: Vec<RelayDest> = dests
+    ) -> (RelayDests, Vec<HostId>) {
+        let dests: RelayDests = dests
             .iter()
             .take(24)
             .map(|&(pair, seq)| RelayDest {

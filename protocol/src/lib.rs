@@ -61,7 +61,7 @@ pub use lanes::{Carrier, LaneCounters, SendOptions, DEFAULT_CHANNEL};
 pub use messages::{
     ClientDatagram, ClientStream, ClientToServer, DatagramLane, Delivery, Hello, Lane, Memberships,
     Notice, PairPath, Path, PathReason, PeerInfo, PeerToPeer, Priority, PunchOrder, PunchOutcome,
-    RefuseReason, RelayDest, Resume, ServerDatagram, ServerToClient, MAX_RELAY_DESTS,
+    RefuseReason, RelayDest, RelayDests, Resume, ServerDatagram, ServerToClient, MAX_RELAY_DESTS,
 };
 pub use probe::{is_probe, MalformedProbe, Probe, ProbeKind, PROBE_MAC_LEN};
 pub use resume::{ReplayGap, ResumeToken, Unconfirmed};

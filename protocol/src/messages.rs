@@ -7,6 +7,7 @@ use crate::ids::{Fingerprint, GroupId, HostId, PairId};
 use crate::resume::ResumeToken;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use std::net::SocketAddr;
 
 /// How a message is delivered. Chosen per send; each mode keeps its guarantee across path
@@ -200,6 +201,13 @@ pub struct Memberships {
 /// longer destination lists into several uploads.
 pub const MAX_RELAY_DESTS: usize = 4_096;
 
+/// A relay upload's destinations, in the order the sender listed them: inline for one
+/// (a message to one peer, the usual case, costs no allocation to build or to decode),
+/// on the heap for more. On the wire a sequence like any other (a length, then the
+/// items), so it reads and writes as a `Vec<RelayDest>` would; build one from a `Vec`
+/// with `.into()`.
+pub type RelayDests = SmallVec<[RelayDest; 1]>;
+
 /// One destination of a reliable relay upload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayDest {
@@ -263,7 +271,7 @@ pub enum ClientToServer {
         /// Where the message goes in each receiver's queue at the server.
         priority: Priority,
         /// The peers to deliver to, each with its pair sequence number.
-        dests: Vec<RelayDest>,
+        dests: RelayDests,
         /// The application payload.
         payload: Bytes,
     },
@@ -660,7 +668,7 @@ pub enum ClientDatagram {
         server_seq: u64,
         /// The pairs to deliver to, each with its number in `lane` (0 for
         /// [`DatagramLane::Plain`]).
-        dests: Vec<RelayDest>,
+        dests: RelayDests,
         /// The application payload.
         payload: Bytes,
     },

@@ -26,11 +26,12 @@ use peergroup_protocol::{
     datagram_to_bytes, decode_body, frame_to_bytes, is_probe, ClientDatagram, ClientToServer,
     DatagramLane, Delivery, Fingerprint, FrameDecoder, FrameError, GroupId, Hello, HostId, Lane,
     MalformedProbe, Memberships, Notice, PairId, PairPath, Path, PathReason, PeerInfo, PeerToPeer,
-    Priority, Probe, ProbeKind, PunchOrder, PunchOutcome, RefuseReason, RelayDest, Resume,
-    ResumeToken, ServerDatagram, ServerToClient, DATAGRAM_DELIVER_OVERHEAD, DEFAULT_MAX_FRAME_LEN,
-    PROBE_MAC_LEN,
+    Priority, Probe, ProbeKind, PunchOrder, PunchOutcome, RefuseReason, RelayDest, RelayDests,
+    Resume, ResumeToken, ServerDatagram, ServerToClient, DATAGRAM_DELIVER_OVERHEAD,
+    DEFAULT_MAX_FRAME_LEN, PROBE_MAC_LEN,
 };
 use serde::{de::DeserializeOwned, Serialize};
+use smallvec::smallvec;
 use std::fmt::Debug;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 
@@ -313,7 +314,7 @@ fn client_to_server_frames() {
                 to_server: true,
                 lane: Lane::Ordered { channel: 200 },
                 priority: Priority::High,
-                dests: vec![
+                dests: smallvec![
                     RelayDest {
                         pair: pair(),
                         seq: 1,
@@ -347,7 +348,7 @@ fn client_to_server_frames() {
                 to_server: false,
                 lane: Lane::Unordered,
                 priority: Priority::default(),
-                dests: Vec::new(),
+                dests: RelayDests::new(),
                 payload: Bytes::new(),
             },
             // Variant, None, false, Lane::Unordered, Priority::Medium, no dests, no payload.
@@ -362,7 +363,7 @@ fn client_to_server_frames() {
                 to_server: false,
                 lane: Lane::Latest { key: u64::MAX },
                 priority: Priority::Low,
-                dests: vec![RelayDest {
+                dests: smallvec![RelayDest {
                     pair: pair(),
                     seq: 2,
                 }],
@@ -521,7 +522,7 @@ fn client_to_server_frames() {
                 to_server: true,
                 lane: DatagramLane::Plain,
                 server_seq: 0,
-                dests: Vec::new(),
+                dests: RelayDests::new(),
                 payload: Bytes::from_static(b"x"),
             }),
             vec![
@@ -979,7 +980,7 @@ fn client_datagrams() {
                 to_server: true,
                 lane: DatagramLane::Sequenced { channel: 2 },
                 server_seq: 300,
-                dests: vec![
+                dests: smallvec![
                     RelayDest {
                         pair: pair(),
                         seq: 5,
@@ -1013,7 +1014,7 @@ fn client_datagrams() {
                 to_server: true,
                 lane: DatagramLane::Plain,
                 server_seq: 0,
-                dests: Vec::new(),
+                dests: RelayDests::new(),
                 payload: Bytes::from_static(b"x"),
             },
             vec![0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, b'x'],
@@ -1025,7 +1026,7 @@ fn client_datagrams() {
                 to_server: false,
                 lane: DatagramLane::Plain,
                 server_seq: 0,
-                dests: vec![RelayDest {
+                dests: smallvec![RelayDest {
                     pair: pair(),
                     seq: 0,
                 }],
@@ -1044,7 +1045,7 @@ fn client_datagrams() {
                 to_server: false,
                 lane: DatagramLane::Ping { id: 300 },
                 server_seq: 0,
-                dests: vec![RelayDest {
+                dests: smallvec![RelayDest {
                     pair: PairId::from_raw(7),
                     seq: 0,
                 }],
@@ -1062,7 +1063,7 @@ fn client_datagrams() {
                 to_server: false,
                 lane: DatagramLane::Pong { id: u32::MAX },
                 server_seq: 0,
-                dests: vec![RelayDest {
+                dests: smallvec![RelayDest {
                     pair: PairId::from_raw(7),
                     seq: 0,
                 }],

@@ -226,7 +226,7 @@ fn client_to_server() -> impl Strategy<Value = ClientToServer> {
                     to_server,
                     lane,
                     priority,
-                    dests,
+                    dests: dests.into(),
                     payload,
                 }
             }),
@@ -347,7 +347,7 @@ fn client_datagram() -> impl Strategy<Value = ClientDatagram> {
                 to_server,
                 lane,
                 server_seq,
-                dests,
+                dests: dests.into(),
                 payload,
             }
         })

@@ -207,7 +207,7 @@ impl State {
             to_server: true,
             lane: LANE,
             priority: Priority::High,
-            dests,
+            dests: dests.into(),
             payload,
         })
     }
@@ -416,8 +416,8 @@ mod tests {
                 panic!("an upload to its view group");
             };
             assert_eq!(
-                dests,
-                vec![RelayDest {
+                dests[..],
+                [RelayDest {
                     pair: PairId::from_raw(7),
                     seq
                 }]

@@ -316,7 +316,7 @@ fn relay_to_peer(lane: Lane, seq: u64, priority: Priority, t: &str) -> Upload {
             to_server: false,
             lane,
             priority,
-            dests: vec![RelayDest { pair: PAIR, seq }],
+            dests: smallvec![RelayDest { pair: PAIR, seq }],
             payload: text(t),
         },
         priority,
@@ -401,7 +401,7 @@ fn a_group_send_is_one_upload_with_a_sequence_number_per_pair() {
                 to_server: false,
                 lane: CH0,
                 priority: Priority::Medium,
-                dests: vec![
+                dests: smallvec![
                     RelayDest { pair: PAIR, seq: 1 },
                     RelayDest {
                         pair: PAIR2,
@@ -487,7 +487,7 @@ fn loopback_is_delivered_locally_and_the_server_is_reached_directly() {
                 to_server: true,
                 lane: CH0,
                 priority: Priority::High,
-                dests: vec![],
+                dests: smallvec![],
                 payload: Bytes::from_static(b"s")
             },
             // The server application's messages keep their order in the upload queue.
@@ -754,7 +754,7 @@ fn a_direct_peer_gets_its_copy_direct_and_the_rest_share_one_relay_upload() {
                     to_server: false,
                     lane: CH0,
                     priority: Priority::Medium,
-                    dests: vec![RelayDest {
+                    dests: smallvec![RelayDest {
                         pair: PAIR2,
                         seq: 1
                     }],
@@ -1557,7 +1557,7 @@ fn relay_probe_to(pair: PairId, lane: DatagramLane) -> Upload {
         to_server: false,
         lane,
         server_seq: 0,
-        dests: vec![RelayDest { pair, seq: 0 }],
+        dests: smallvec![RelayDest { pair, seq: 0 }],
         payload: Bytes::new(),
     })
 }

@@ -2178,7 +2178,7 @@ fn an_upload_naming_many_bogus_destinations_gets_one_refusal_of_bounded_size() {
                 to_server: false,
                 lane: Lane::Ordered { channel: 0 },
                 priority: Priority::Medium,
-                dests: dests.to_vec(),
+                dests: dests.into(),
                 payload: Bytes::new(),
             },
             u32::MAX,

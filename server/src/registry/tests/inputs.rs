@@ -104,7 +104,7 @@ fn a_relay_frame_is_delivered_under_the_relay_rule() {
         to_server: false,
         lane: Lane::Ordered { channel: 3 },
         priority: Priority::High,
-        dests: vec![RelayDest { pair, seq: 1 }],
+        dests: vec![RelayDest { pair, seq: 1 }].into(),
         payload: Bytes::from_static(b"move"),
     };
     w.registry.handle_frame(a, upload, w.now).unwrap();
@@ -137,7 +137,7 @@ fn a_datagram_is_relayed_under_the_relay_rule() {
         to_server: false,
         lane: DatagramLane::Sequenced { channel: 1 },
         server_seq: 0,
-        dests: vec![RelayDest { pair, seq: 7 }],
+        dests: vec![RelayDest { pair, seq: 7 }].into(),
         payload: Bytes::from_static(b"pos"),
     };
     w.registry.handle_datagram(a, datagram(), w.now);

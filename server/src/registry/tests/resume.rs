@@ -188,7 +188,7 @@ fn frames_read_from_a_host_are_confirmed_on_a_timer_at_every_256_and_on_resume()
         to_server: false,
         lane: Lane::Ordered { channel: 0 },
         priority: Priority::Medium,
-        dests: vec![RelayDest { pair, seq }],
+        dests: vec![RelayDest { pair, seq }].into(),
         payload: Bytes::from_static(b"m"),
     };
     let received = |actions: &[Action]| -> Vec<u64> {
@@ -271,7 +271,7 @@ fn a_resume_whose_answer_was_lost_can_be_made_again_with_the_same_token() {
         to_server: false,
         lane: Lane::Ordered { channel: 0 },
         priority: Priority::Medium,
-        dests: vec![RelayDest { pair, seq: 1 }],
+        dests: vec![RelayDest { pair, seq: 1 }].into(),
         payload: Bytes::from_static(b"m"),
     };
     w.registry.handle_frame(a, upload, w.now).unwrap();
