@@ -58,6 +58,42 @@ fn decode_both<T: serde::Serialize + serde::de::DeserializeOwned>(
     (postcard, hand)
 }
 
+/// Sets `{prefix}{key}_ns.postcard` and `.hand` for each figure (name, key, postcard's ns,
+/// the hand code's ns) and returns the table's rows.
+fn record(
+    report: &mut Report,
+    prefix: &str,
+    figures: Vec<(&str, &str, f64, f64)>,
+) -> Vec<Vec<String>> {
+    let tenths = |ns: f64| (ns * 10.0).round() / 10.0;
+    figures
+        .into_iter()
+        .map(|(name, key, postcard, hand)| {
+            report.set(&format!("{prefix}{key}_ns.postcard"), tenths(postcard));
+            report.set(&format!("{prefix}{key}_ns.hand"), tenths(hand));
+            vec![
+                name.to_string(),
+                format!("{postcard:.1}"),
+                format!("{hand:.1}"),
+            ]
+        })
+        .collect()
+}
+
+/// A table of postcard's and the hand code's ns per message.
+fn table(title: &str, rows: Vec<Vec<String>>, note: String) -> Table {
+    Table {
+        title: title.into(),
+        columns: vec![
+            "message".into(),
+            "postcard, ns".into(),
+            "by hand, ns".into(),
+        ],
+        rows,
+        notes: vec![note],
+    }
+}
+
 /// Runs the section.
 pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
     let calls = mode.pick(200_000, 2_000_000);
@@ -186,7 +222,7 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
             ns_per_call(calls, || len(encode_peer_frame(black_box(&peer_data), max))),
         ),
     ]);
-    let decoded = [
+    let decoded: Vec<_> = [
         (
             "relay upload to 1 host",
             "relay_upload",
@@ -217,72 +253,35 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
             "peer_data",
             decode_both(calls, &peer_data, decode_peer_frame),
         ),
-    ];
-    let mut decode_rows = Vec::new();
-    for (name, key, (postcard, hand)) in decoded {
-        report.set(
-            &format!("codec.decode_{key}_ns.postcard"),
-            (postcard * 10.0).round() / 10.0,
-        );
-        report.set(
-            &format!("codec.decode_{key}_ns.hand"),
-            (hand * 10.0).round() / 10.0,
-        );
-        decode_rows.push(vec![
-            name.to_string(),
-            format!("{postcard:.1}"),
-            format!("{hand:.1}"),
-        ]);
-    }
-    let mut rows = Vec::new();
-    for (name, key, postcard, hand) in figures {
-        report.set(
-            &format!("codec.{key}_ns.postcard"),
-            (postcard * 10.0).round() / 10.0,
-        );
-        report.set(
-            &format!("codec.{key}_ns.hand"),
-            (hand * 10.0).round() / 10.0,
-        );
-        rows.push(vec![
-            name.to_string(),
-            format!("{postcard:.1}"),
-            format!("{hand:.1}"),
-        ]);
-    }
-    report.table(Table {
-        title: "Encoding a message that carries a 64 B payload".into(),
-        columns: vec![
-            "message".into(),
-            "postcard, ns".into(),
-            "by hand, ns".into(),
-        ],
+    ]
+    .into_iter()
+    .map(|(name, key, (postcard, hand))| (name, key, postcard, hand))
+    .collect();
+    let decode_rows = record(report, "codec.decode_", decoded);
+    let rows = record(report, "codec.", figures);
+    report.table(table(
+        "Encoding a message that carries a 64 B payload",
         rows,
-        notes: vec![format!(
+        format!(
             "One thread; the fastest of {REPEATS} loops of {calls} calls each. postcard: \
              `frame_to_bytes` (a frame in a buffer of its own), `encode_frame` appending to \
              a batch buffer for the relay's Deliver, `datagram_to_bytes`; by hand: the \
              encoders peergroup sends with (`encode_client_frame` and the others, and the \
              relay's `DeliverFrame`, whose length is taken when it is queued and again when \
              it is written). Both write the same bytes (a property test checks it)."
-        )],
-    });
-    report.table(Table {
-        title: "Decoding a message that carries a 64 B payload".into(),
-        columns: vec![
-            "message".into(),
-            "postcard, ns".into(),
-            "by hand, ns".into(),
-        ],
-        rows: decode_rows,
-        notes: vec![format!(
+        ),
+    ));
+    report.table(table(
+        "Decoding a message that carries a 64 B payload",
+        decode_rows,
+        format!(
             "One thread; the fastest of {REPEATS} loops of {calls} calls each, from the \
              message's body. postcard: `decode_body`, which copies the payload; by hand: \
              the decoders peergroup receives with (`decode_client_frame` and the others), \
              which read the fields before the payload by hand and share the payload with \
              the body. Both give the same message or refuse the same bytes (property tests \
              check it)."
-        )],
-    });
+        ),
+    ));
     Ok(())
 }
