@@ -2,14 +2,17 @@
 //! [`crate::zero_copy`]'s decoders, on the hot path of the relay and of every receiver.
 //!
 //! Each reader accepts exactly what postcard's deserializer accepts for the same field
-//! and gives the same value, with postcard's own error for what it refuses; a property
-//! test in `tests/roundtrip.rs` checks the decoders built on them against postcard for
-//! arbitrary messages and arbitrary bytes. The layout is postcard's
-//! (<https://postcard.jamesmunns.com/wire-format>), as `hand_encode.rs` describes it.
+//! and gives the same value, and refuses what it refuses; property tests in
+//! `tests/roundtrip.rs` check the decoders built on them against postcard for arbitrary
+//! messages, every one-byte alteration of them and arbitrary bytes. The layout is
+//! postcard's (<https://postcard.jamesmunns.com/wire-format>), as `hand_encode.rs`
+//! describes it.
 //!
-//! Why by hand: postcard's generic path (serde's visitors, a `Vec` visitor for the
-//! destinations) was 8.8 % of the relay's CPU in a 1→1 flood of 64-byte messages, and
-//! 3.8 % of the clients'.
+//! Why by hand: decoding relay uploads was 8.8 % of the relay's CPU in a 1→1 flood of
+//! 64-byte messages, and decoding deliveries 3.8 % of the clients'. The benchmark's
+//! `codec` section times these decoders against the serde-based ones they replaced: a
+//! `Deliver` 28–35 ns against 44, a direct `Data` 29 against 50, a server datagram 24
+//! against 40.
 
 use crate::ids::{GroupId, HostId, PairId};
 use crate::messages::{DatagramLane, Lane, Memberships, Priority, RelayDest, RelayDests};

@@ -22,15 +22,16 @@ use crate::messages::{
 };
 use bytes::Bytes;
 
-/// Reads the fields after the variant byte (`body[1..]`) with `read_head`, which
-/// returns them and the payload's length, the last of them; then takes the payload from
-/// the rest of `body`, sharing its memory.
+/// Reads the fields after the variant byte (`body[1..]`) with `read_head`, then the
+/// payload's length, the last of them; then takes the payload from the rest of `body`,
+/// sharing its memory.
 fn with_payload<T>(
     body: &Bytes,
-    read_head: impl FnOnce(&mut Reader<'_>) -> Result<(T, u64), postcard::Error>,
+    read_head: impl FnOnce(&mut Reader<'_>) -> Result<T, postcard::Error>,
 ) -> Result<(T, Bytes), FrameError> {
     let mut reader = Reader::new(&body[1..]);
-    let (head, len) = read_head(&mut reader)?;
+    let head = read_head(&mut reader)?;
+    let len = reader.u64()?;
     let rest = reader.rest();
     if (rest.len() as u64) < len {
         // What postcard reports for a byte string cut short.
@@ -55,14 +56,13 @@ pub fn decode_client_frame(body: &Bytes) -> Result<ClientToServer, FrameError> {
         return decode_body(body);
     }
     let ((group, to_server, lane, priority, dests), payload) = with_payload(body, |r| {
-        let head = (
+        Ok((
             r.group()?,
             r.boolean()?,
             r.lane()?,
             r.priority()?,
             r.dests()?,
-        );
-        Ok((head, r.u64()?))
+        ))
     })?;
     Ok(ClientToServer::Relay {
         group,
@@ -82,10 +82,8 @@ pub fn decode_client_frame(body: &Bytes) -> Result<ClientToServer, FrameError> {
 pub fn decode_server_frame(body: &Bytes) -> Result<ServerToClient, FrameError> {
     match body.first() {
         Some(&SERVER_DELIVER) => {
-            let ((from, group, lane, seq), payload) = with_payload(body, |r| {
-                let head = (r.host()?, r.group()?, r.lane()?, r.u64()?);
-                Ok((head, r.u64()?))
-            })?;
+            let ((from, group, lane, seq), payload) =
+                with_payload(body, |r| Ok((r.host()?, r.group()?, r.lane()?, r.u64()?)))?;
             Ok(ServerToClient::Deliver {
                 from,
                 group,
@@ -95,10 +93,8 @@ pub fn decode_server_frame(body: &Bytes) -> Result<ServerToClient, FrameError> {
             })
         }
         Some(&SERVER_FROM_SERVER) => {
-            let ((group, lane, seq), payload) = with_payload(body, |r| {
-                let head = (r.group()?, r.lane()?, r.u64()?);
-                Ok((head, r.u64()?))
-            })?;
+            let ((group, lane, seq), payload) =
+                with_payload(body, |r| Ok((r.group()?, r.lane()?, r.u64()?)))?;
             Ok(ServerToClient::FromServer {
                 group,
                 lane,
@@ -119,8 +115,7 @@ pub fn decode_peer_frame(body: &Bytes) -> Result<PeerToPeer, FrameError> {
         return decode_body(body);
     }
     let ((group, memberships, lane, seq), payload) = with_payload(body, |r| {
-        let head = (r.group()?, r.memberships()?, r.lane()?, r.u64()?);
-        Ok((head, r.u64()?))
+        Ok((r.group()?, r.memberships()?, r.lane()?, r.u64()?))
     })?;
     Ok(PeerToPeer::Data {
         group,
@@ -140,14 +135,13 @@ pub fn decode_client_datagram(body: &Bytes) -> Result<ClientDatagram, FrameError
         return decode_body(body);
     }
     let ((group, to_server, lane, server_seq, dests), payload) = with_payload(body, |r| {
-        let head = (
+        Ok((
             r.group()?,
             r.boolean()?,
             r.datagram_lane()?,
             r.u64()?,
             r.dests()?,
-        );
-        Ok((head, r.u64()?))
+        ))
     })?;
     Ok(ClientDatagram::Relay {
         group,
@@ -169,8 +163,7 @@ pub fn decode_server_datagram(body: &Bytes) -> Result<ServerDatagram, FrameError
         return decode_body(body);
     }
     let ((from, group, lane, seq), payload) = with_payload(body, |r| {
-        let head = (r.host()?, r.group()?, r.datagram_lane()?, r.u64()?);
-        Ok((head, r.u64()?))
+        Ok((r.host()?, r.group()?, r.datagram_lane()?, r.u64()?))
     })?;
     Ok(ServerDatagram::Deliver {
         from,

@@ -134,6 +134,8 @@ pub(crate) async fn connect(
     let batches = config.limits.event_queue.div_ceil(EVENT_BATCH).max(2);
     let (events_tx, events_rx) = mpsc::channel(batches);
     let _ = events_tx.try_send(EventBatch::from([ClientEvent::Connected { host_id }]));
+    // Room for every batch the session hands over whole (at most twice a batch's
+    // events, `Session::take_events`).
     let spare_events = Arc::new(SpareBatches::new(2 * EVENT_BATCH));
     let (uploads, queued) = UploadQueue::new(config.limits.send_queue_bytes, false);
     // Control frames never wait for room (they are small and bounded by what the server

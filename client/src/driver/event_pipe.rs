@@ -27,18 +27,19 @@ impl Inner {
         let _turn = self.emit_turn.lock().await;
         let mut disconnected = false;
         loop {
-            let spare = self.spare_events.take();
             let batch = {
                 let mut core = self.lock();
-                let batch = core.session.take_events(EVENT_BATCH, spare);
+                if core.session.pending_events() == 0 {
+                    self.pending_events.store(0, Ordering::Release);
+                    break;
+                }
+                let batch = core
+                    .session
+                    .take_events(EVENT_BATCH, self.spare_events.take());
                 self.pending_events
                     .store(core.session.pending_events(), Ordering::Release);
                 batch
             };
-            if batch.is_empty() {
-                self.spare_events.put(batch);
-                break;
-            }
             disconnected |= batch
                 .iter()
                 .any(|event| matches!(event, ClientEvent::Disconnected { .. }));

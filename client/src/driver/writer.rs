@@ -290,6 +290,21 @@ mod tests {
         })
     }
 
+    /// `gather_more` on a first batch of `frames` while the application queues `[z]`,
+    /// which must be left for the next batch; the frames the batch took, and the batch.
+    async fn written_at_once(frames: &[&'static [u8]]) -> (u64, bytes::BytesMut) {
+        let (queue, mut rx, mut merged, taken) = first_batch(frames).await;
+        let sender = send_soon(&queue, b"[z]");
+        let frames = gather_more(&mut rx, &mut merged, taken).await;
+        sender.await.unwrap();
+        assert_eq!(
+            queue.queued_bytes(),
+            merged.len() + 3,
+            "[z] waits for the next batch"
+        );
+        (frames, merged)
+    }
+
     /// A frame of a packet's size: with it, a batch is large enough to gather.
     const PACKET: &[u8] = &[0; GATHER_FROM_BYTES];
 
@@ -306,12 +321,9 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_burst_smaller_than_a_packet_is_written_at_once() {
-        let (queue, mut rx, mut merged, taken) = first_batch(&[b"[a]", b"[b]"]).await;
-        let sender = send_soon(&queue, b"[c]");
-        assert_eq!(gather_more(&mut rx, &mut merged, taken).await, 2);
+        let (frames, merged) = written_at_once(&[b"[a]", b"[b]"]).await;
+        assert_eq!(frames, 2);
         assert_eq!(&merged[..], b"[a][b]");
-        sender.await.unwrap();
-        assert_eq!(queue.queued_bytes(), 9, "[c] waits for the next batch");
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -346,21 +358,16 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_lone_frame_is_written_at_once() {
-        let (queue, mut rx, mut merged, taken) = first_batch(&[b"[a]"]).await;
-        let sender = send_soon(&queue, b"[b]");
-        assert_eq!(gather_more(&mut rx, &mut merged, taken).await, 1);
+        let (frames, merged) = written_at_once(&[b"[a]"]).await;
+        assert_eq!(frames, 1);
         assert_eq!(&merged[..], b"[a]");
-        sender.await.unwrap();
-        assert_eq!(queue.queued_bytes(), 6, "[b] waits for the next batch");
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_batch_already_large_is_written_at_once() {
         const BIG: &[u8] = &[0; GATHER_BELOW_BYTES];
-        let (queue, mut rx, mut merged, taken) = first_batch(&[BIG, b"[b]"]).await;
-        let sender = send_soon(&queue, b"[c]");
-        assert_eq!(gather_more(&mut rx, &mut merged, taken).await, 2);
+        let (frames, merged) = written_at_once(&[BIG, b"[b]"]).await;
+        assert_eq!(frames, 2);
         assert_eq!(merged.len(), GATHER_BELOW_BYTES + 3);
-        sender.await.unwrap();
     }
 }
