@@ -53,3 +53,92 @@ pub(crate) fn clock_ticks_per_sec() -> f64 {
         .filter(|t| *t > 0.0)
         .unwrap_or(100.0)
 }
+
+/// What this process's threads have used so far. Threads that have ended are not
+/// counted, so take differences over spans in which the threads that matter live on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ProcessUsage {
+    /// CPU time, ns: the scheduler's own count (`/proc/self/task/*/schedstat`, first
+    /// field), exact where `stat`'s clock ticks are 10 ms apart.
+    pub cpu_ns: u64,
+    /// Context switches, voluntary (a thread went to sleep: waiting for a wake-up or for
+    /// I/O) and not (`voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches` in
+    /// `/proc/self/task/*/status`).
+    pub switches: u64,
+}
+
+impl ProcessUsage {
+    /// The usage of every thread of this process now; zero where `/proc` cannot be read.
+    pub(crate) fn now() -> Self {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return Self::default();
+        };
+        tasks
+            .filter_map(|task| task.ok().map(|task| task.path()))
+            .map(|dir| Self {
+                cpu_ns: std::fs::read_to_string(dir.join("schedstat"))
+                    .ok()
+                    .and_then(|stat| stat.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0),
+                switches: std::fs::read_to_string(dir.join("status"))
+                    .map(|status| context_switches(&status))
+                    .unwrap_or(0),
+            })
+            .fold(Self::default(), |sum, thread| Self {
+                cpu_ns: sum.cpu_ns + thread.cpu_ns,
+                switches: sum.switches + thread.switches,
+            })
+    }
+
+    /// The usage from `earlier` to `self`.
+    pub(crate) fn since(self, earlier: Self) -> Self {
+        Self {
+            cpu_ns: self.cpu_ns.saturating_sub(earlier.cpu_ns),
+            switches: self.switches.saturating_sub(earlier.switches),
+        }
+    }
+}
+
+/// Voluntary plus involuntary context switches in a `/proc/*/status` text.
+fn context_switches(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.ends_with("ctxt_switches")
+                .then(|| value.trim().parse::<u64>().ok())?
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_switches_add_both_kinds() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(context_switches(status), 15);
+        assert_eq!(context_switches("Name:\tx\n"), 0);
+    }
+
+    #[test]
+    fn a_sleeping_thread_switches_and_a_busy_one_uses_cpu() {
+        let this_thread_ns = || {
+            std::fs::read_to_string("/proc/thread-self/schedstat")
+                .ok()
+                .and_then(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+                .expect("schedstat")
+        };
+        let before = ProcessUsage::now();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        // Busy until this thread alone has used 5 ms more, however loaded the machine.
+        let (start, deadline) = (this_thread_ns(), std::time::Instant::now());
+        while this_thread_ns() < start + 5_000_000 {
+            assert!(deadline.elapsed() < std::time::Duration::from_secs(30));
+        }
+        let used = ProcessUsage::now().since(before);
+        assert!(used.switches >= 1, "the sleep switched: {used:?}");
+        assert!(used.cpu_ns >= 5_000_000, "{used:?}");
+    }
+}

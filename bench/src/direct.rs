@@ -14,6 +14,7 @@
 
 mod ping;
 
+use crate::cpu::ProcessUsage;
 use crate::report::{rate, ratio, Report, Table};
 use crate::stats::{median, Latencies};
 use crate::Mode;
@@ -41,10 +42,14 @@ struct Summary {
     p99: u64,
     /// Each round's RTT p50, µs.
     p50s: Vec<u64>,
+    /// What a round trip cost the whole process, measured on this path alone after the
+    /// rounds: CPU time (µs, every thread) and context switches.
+    cpu_us: f64,
+    switches: f64,
 }
 
 impl Summary {
-    fn of(key: &'static str, name: &'static str, rtts: &[Latencies]) -> Self {
+    fn of(key: &'static str, name: &'static str, rtts: &[Latencies], cost: Cost) -> Self {
         let at = |p: f64| rtts.iter().map(|r| r.percentile_us(p)).collect::<Vec<_>>();
         let median_of = |values: &[u64]| {
             median(&values.iter().map(|&v| v as f64).collect::<Vec<_>>()).unwrap_or(0.0) as u64
@@ -56,6 +61,8 @@ impl Summary {
             p50: median_of(&p50s),
             p99: median_of(&at(99.0)),
             p50s,
+            cpu_us: cost.cpu_us,
+            switches: cost.switches,
         }
     }
 }
@@ -84,27 +91,58 @@ fn interleaved_rtts(
             for _ in 0..pings.div_ceil(BLOCK) {
                 for (pinger, path) in pingers.iter_mut().zip(&mut rtts) {
                     let rtt = path.last_mut().expect("this round's");
-                    tokio::time::timeout(BLOCK_LIMIT, async {
-                        for _ in 0..BLOCK {
-                            rtt.record(pinger.ping().await?);
-                        }
-                        Ok::<_, String>(())
-                    })
-                    .await
-                    .map_err(|_| "a block of round trips timed out".to_string())??;
+                    block(pinger, |elapsed| rtt.record(elapsed)).await?;
                 }
             }
+        }
+        // Then each path alone, for what its round trips cost: the rounds above take
+        // turns too often to tell whose work a thread did.
+        let mut costs = Vec::new();
+        for pinger in &mut pingers {
+            let before = ProcessUsage::now();
+            for _ in 0..pings.div_ceil(BLOCK) {
+                block(pinger, |_| {}).await?;
+            }
+            let used = ProcessUsage::now().since(before);
+            let round_trips = (pings.div_ceil(BLOCK) * BLOCK) as f64;
+            costs.push(Cost {
+                cpu_us: used.cpu_ns as f64 / 1_000.0 / round_trips,
+                switches: used.switches as f64 / round_trips,
+            });
         }
         let summaries = pingers
             .iter()
             .zip(&rtts)
-            .map(|(pinger, rounds)| Summary::of(pinger.key(), pinger.name(), rounds))
+            .zip(costs)
+            .map(|((pinger, rounds), cost)| Summary::of(pinger.key(), pinger.name(), rounds, cost))
             .collect();
         for pinger in pingers {
             pinger.close(&server.server).await?;
         }
         Ok(summaries)
     })
+}
+
+/// What one round trip cost the process: CPU µs and context switches.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    cpu_us: f64,
+    switches: f64,
+}
+
+/// [`BLOCK`] round trips on `pinger`, each one's time handed to `record`.
+///
+/// # Errors
+/// A ping failed, or the block took over [`BLOCK_LIMIT`].
+async fn block(pinger: &mut Pinger, mut record: impl FnMut(Duration)) -> Result<(), String> {
+    tokio::time::timeout(BLOCK_LIMIT, async {
+        for _ in 0..BLOCK {
+            record(pinger.ping().await?);
+        }
+        Ok::<_, String>(())
+    })
+    .await
+    .map_err(|_| "a block of round trips timed out".to_string())?
 }
 
 /// The summary of the path with `key` ([`Pinger::key`]).
@@ -149,8 +187,18 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
                 format!("{}{runtime_name}", summary.name),
                 summary.p50.to_string(),
                 summary.p99.to_string(),
+                format!("{:.1}", summary.cpu_us),
+                format!("{:.2}", summary.switches),
                 msgs_per_sec.map_or("-".into(), rate),
             ]);
+            report.set(
+                &format!("{prefix}.cpu_us_per_rtt.{key}"),
+                (summary.cpu_us * 10.0).round() / 10.0,
+            );
+            report.set(
+                &format!("{prefix}.switches_per_rtt.{key}"),
+                (summary.switches * 100.0).round() / 100.0,
+            );
             report.set(&format!("{prefix}.rtt_p50_us.{key}"), summary.p50);
             report.set(&format!("{prefix}.rtt_p99_us.{key}"), summary.p99);
             report.set(
@@ -186,6 +234,8 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
             "path".into(),
             "RTT p50 (µs)".into(),
             "RTT p99 (µs)".into(),
+            "CPU µs per RTT".into(),
+            "switches per RTT".into(),
             "64 B msgs/s".into(),
         ],
         rows,
@@ -207,7 +257,12 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
              the same rounds on a current-thread runtime, where no wake-up crosses threads \
              (RTT p50 per round, µs: peergroup {:?}, quinn {:?}; ratio p50 {}). Rate: one \
              sender streaming reliable messages for {:.0} s, quinn and peergroup in turn, \
-             the median of {ROUNDS} runs each.",
+             the median of {ROUNDS} runs each. CPU and switches per RTT: after the \
+             rounds, each path alone does {pings} more round trips; the CPU time of every \
+             thread of the process (from /proc/self/task/*/schedstat: the measuring task, \
+             the echo, quinn's drivers, peergroup's tasks, the idle server) and its context \
+             switches (voluntary and not), over the round trips. A wake-up of a sleeping \
+             thread is one switch; the two-thread paths make two a round trip.",
             peergroup.p50s,
             quinn.p50s,
             handovers.p50s,
