@@ -28,7 +28,7 @@
 //! relays, for profiling one of them alone; `PEERGROUP_BENCH_RELAY_CASES=1to8_64b_unreliable`
 //! (comma-separated keys, as in `results.json`) runs only those cases.
 
-use crate::cpu::{clock_ticks_per_sec, threads_cpu_ticks};
+use crate::cpu::{clock_ticks_per_sec, threads_cpu_ticks, ProcessUsage};
 use crate::forwarder::{Forwarder, FwdClient};
 use crate::report::{self, Report, Table};
 use crate::stats::{median, Latencies};
@@ -645,6 +645,9 @@ struct Outcome {
     /// CPU time of the clients' threads (the `relay-clients` runtime: the sender, the
     /// receivers and this benchmark's probes) over the run, clock ticks.
     client_cpu_ticks: u64,
+    /// What the whole process used over the run (the relay too, except coturn, which
+    /// runs in a process of its own).
+    usage: ProcessUsage,
     latencies: Latencies,
     /// Something worth a note (a drain that timed out).
     note: Option<String>,
@@ -665,6 +668,18 @@ impl Outcome {
 
     fn ns_per_delivery(&self, ticks: u64, ticks_per_sec: f64) -> Option<f64> {
         (self.delivered > 0).then(|| ticks as f64 / ticks_per_sec * 1e9 / self.delivered as f64)
+    }
+
+    /// The whole process's CPU time per delivery, µs, and its context switches per
+    /// delivery; `None` without deliveries.
+    fn usage_per_delivery(&self) -> Option<(f64, f64)> {
+        let delivered = self.delivered as f64;
+        (self.delivered > 0).then(|| {
+            (
+                self.usage.cpu_ns as f64 / 1_000.0 / delivered,
+                self.usage.switches as f64 / delivered,
+            )
+        })
     }
 
     fn loss_pct(&self, fanout: usize) -> f64 {
@@ -733,6 +748,7 @@ async fn run_once(
     }
     let server_cpu_before = threads_cpu_ticks(SERVER_THREADS);
     let client_cpu_before = threads_cpu_ticks(CLIENT_THREADS);
+    let usage_before = ProcessUsage::now();
     let start = Instant::now();
     let from = start + warmup;
     let until = from + window;
@@ -816,6 +832,7 @@ async fn run_once(
         delivered,
         server_cpu_ticks: threads_cpu_ticks(SERVER_THREADS).saturating_sub(server_cpu_before),
         client_cpu_ticks: threads_cpu_ticks(CLIENT_THREADS).saturating_sub(client_cpu_before),
+        usage: ProcessUsage::now().since(usage_before),
         latencies,
         note,
     })
@@ -1238,6 +1255,20 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
                 &format!("{prefix}.latency_loss_pct"),
                 number(latency.map(|o| o.loss_pct(case.fanout))),
             );
+            // coturn's relaying runs in its own process, which this does not count.
+            let usage = latency
+                .filter(|_| name != "coturn")
+                .and_then(Outcome::usage_per_delivery);
+            report.set(
+                &format!("{prefix}.load_cpu_us_per_delivery"),
+                number(usage.map(|(cpu, _)| cpu)),
+            );
+            report.set(
+                &format!("{prefix}.load_switches_per_delivery"),
+                usage.map_or(Value::Null, |(_, switches)| {
+                    Value::from((switches * 100.0).round() / 100.0)
+                }),
+            );
             if !cell.errors.is_empty() {
                 report.set(&format!("{prefix}.errors"), cell.errors.join("; "));
                 notes.push(format!(
@@ -1258,6 +1289,8 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
                 at(99.0).map_or_else(dash, |v| us(v as u64)),
                 at(99.9).map_or_else(dash, |v| us(v as u64)),
                 latency.map_or_else(dash, |o| format!("{:.2}%", o.loss_pct(case.fanout))),
+                usage.map_or_else(dash, |(cpu, _)| format!("{cpu:.1}")),
+                usage.map_or_else(dash, |(_, switches)| format!("{switches:.2}")),
             ]);
         }
         let pg = relay(c, "peergroup");
@@ -1314,7 +1347,15 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
              what was delivered then (summed over receivers); compare throughput at an equal \
              p99 through these rows. Of {LATENCY_ROUNDS} runs, taken round after round over \
              the relays, the row is the one with the median p99 (`p99_us_runs` in the JSON \
-             keeps each). Loads per sender: {}.",
+             keeps each). Loads per sender: {}. The sender catches up on each \
+             millisecond tick, so messages leave in bursts (5 a tick at 5,000/s) and a \
+             burst's later messages wait for the relay to carry the earlier ones. **CPU µs \
+             per delivery at load** and **switches per delivery at load**: the whole \
+             process's CPU time (every thread: relay, sender, receivers, from \
+             /proc/self/task/*/schedstat) and context switches over that run, per delivery; \
+             at this load a message costs many times its share of a flood, most of it \
+             threads going to sleep and being woken (not counted for coturn, whose relaying \
+             runs in its own process).",
             timing.latency.as_secs_f64(),
             loads.join(", ")
         ),
@@ -1345,6 +1386,8 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
             "p99 µs",
             "p99.9 µs",
             "loss at load",
+            "CPU µs per delivery at load",
+            "switches per delivery at load",
         ]
         .map(String::from)
         .to_vec(),
@@ -1466,6 +1509,7 @@ mod tests {
             delivered: 0,
             server_cpu_ticks: 0,
             client_cpu_ticks: 0,
+            usage: ProcessUsage::default(),
             latencies,
             note: None,
         }
