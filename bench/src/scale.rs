@@ -40,7 +40,7 @@ const HANDSHAKES_IN_FLIGHT: usize = 32;
 const KEEPALIVE: Duration = Duration::from_secs(4);
 /// QUIC idle timeout of the clients (as the server's default).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The whole section in quick mode stays under this.
+/// The section in quick mode stays under this, from when the server binary is ready.
 const QUICK_BUDGET: Duration = Duration::from_secs(40);
 /// Bound on one connection's handshake, hello and welcome.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -49,9 +49,11 @@ const SETTLE: Duration = Duration::from_millis(500);
 
 /// Runs the section.
 pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
-    let started = Instant::now();
     let idle_window = mode.pick(Duration::from_secs(5), Duration::from_secs(20));
     let binary = server_binary()?;
+    // The budget starts after the build: a run that had to build the server (33 s here)
+    // left the 5,000 and 10,000 levels out.
+    let started = Instant::now();
     let identity_dir = TempDir::new()?;
     let server = ServerProcess::spawn(&binary, &identity_dir.0)?;
     let ticks_per_sec = clock_ticks_per_sec();
