@@ -69,20 +69,37 @@ pub(crate) struct ProcessUsage {
 
 impl ProcessUsage {
     /// The usage of every thread of this process now; zero where `/proc` cannot be read.
+    ///
+    /// `/proc` gives a thread's CPU time as of its last switch or scheduler tick, so for
+    /// the calling thread, which is running, it could be a tick (up to 4 ms) behind: a
+    /// one-thread runtime on loopback never sleeps between round trips. That thread's
+    /// time comes from `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` instead, which is exact.
     pub(crate) fn now() -> Self {
         let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
             return Self::default();
         };
+        let this_thread = std::fs::read_link("/proc/thread-self")
+            .ok()
+            .and_then(|link| link.file_name().map(|tid| tid.to_owned()));
         tasks
-            .filter_map(|task| task.ok().map(|task| task.path()))
-            .map(|dir| Self {
-                cpu_ns: std::fs::read_to_string(dir.join("schedstat"))
-                    .ok()
-                    .and_then(|stat| stat.split_whitespace().next()?.parse().ok())
-                    .unwrap_or(0),
-                switches: std::fs::read_to_string(dir.join("status"))
-                    .map(|status| context_switches(&status))
-                    .unwrap_or(0),
+            .filter_map(|task| task.ok())
+            .map(|task| {
+                let dir = task.path();
+                let cpu_ns = if Some(task.file_name()) == this_thread {
+                    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+                    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+                } else {
+                    std::fs::read_to_string(dir.join("schedstat"))
+                        .ok()
+                        .and_then(|stat| stat.split_whitespace().next()?.parse().ok())
+                        .unwrap_or(0)
+                };
+                Self {
+                    cpu_ns,
+                    switches: std::fs::read_to_string(dir.join("status"))
+                        .map(|status| context_switches(&status))
+                        .unwrap_or(0),
+                }
             })
             .fold(Self::default(), |sum, thread| Self {
                 cpu_ns: sum.cpu_ns + thread.cpu_ns,
@@ -125,14 +142,13 @@ mod tests {
     #[test]
     fn a_sleeping_thread_switches_and_a_busy_one_uses_cpu() {
         let this_thread_ns = || {
-            std::fs::read_to_string("/proc/thread-self/schedstat")
-                .ok()
-                .and_then(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-                .expect("schedstat")
+            let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+            now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
         };
         let before = ProcessUsage::now();
         std::thread::sleep(std::time::Duration::from_millis(2));
-        // Busy until this thread alone has used 5 ms more, however loaded the machine.
+        // Busy until this thread alone has used 5 ms more, however loaded the machine;
+        // read right after, with no sleep between, so `/proc` alone could lag a tick.
         let (start, deadline) = (this_thread_ns(), std::time::Instant::now());
         while this_thread_ns() < start + 5_000_000 {
             assert!(deadline.elapsed() < std::time::Duration::from_secs(30));
