@@ -12,7 +12,7 @@
 //! - The sans-IO `Registry` alone: the same operations with every ack fed back
 //!   synchronously, no encoding and no IO. This is the core's ceiling.
 
-use crate::cpu::{clock_ticks_per_sec, this_thread_cpu_ticks, threads_cpu_ticks};
+use crate::cpu::{this_thread_cpu_ns, threads_cpu_ns};
 use crate::report::{rate, Report, Table};
 use crate::stats::Latencies;
 use crate::Mode;
@@ -550,7 +550,7 @@ fn registry_churn(window: Duration) -> Outcome {
 // ---- end to end --------------------------------------------------------------------------
 
 /// A multi-threaded runtime of `workers` threads named `name`, so their CPU time can be read
-/// by name ([`crate::cpu::threads_cpu_ticks`]).
+/// by name ([`crate::cpu::threads_cpu_ns`]).
 pub(crate) fn runtime(name: &str, workers: usize) -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
@@ -878,9 +878,9 @@ async fn churn(
 ) -> Result<Outcome, String> {
     let mut in_flight = InFlight::default();
     let cpu_before = (
-        threads_cpu_ticks("churn-server"),
-        threads_cpu_ticks("churn-clients"),
-        this_thread_cpu_ticks(),
+        threads_cpu_ns("churn-server"),
+        threads_cpu_ns("churn-clients"),
+        this_thread_cpu_ns(),
     );
     let datagrams_before = datagrams();
     let stats_before = server.stats();
@@ -929,11 +929,11 @@ async fn churn(
         }
     }
     let window = started.elapsed();
-    let ticks = clock_ticks_per_sec();
+    let secs = |ns: u64| ns as f64 / 1e9;
     let cpu = CpuSplit {
-        server: threads_cpu_ticks("churn-server").saturating_sub(cpu_before.0) as f64 / ticks,
-        clients: threads_cpu_ticks("churn-clients").saturating_sub(cpu_before.1) as f64 / ticks,
-        driver: this_thread_cpu_ticks().saturating_sub(cpu_before.2) as f64 / ticks,
+        server: secs(threads_cpu_ns("churn-server").saturating_sub(cpu_before.0)),
+        clients: secs(threads_cpu_ns("churn-clients").saturating_sub(cpu_before.1)),
+        driver: secs(this_thread_cpu_ns().saturating_sub(cpu_before.2)),
     };
     let datagrams_after = datagrams();
     let stats_after = server.stats();

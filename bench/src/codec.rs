@@ -5,7 +5,7 @@
 //! read) the same bytes; what is left after hand encoding is mostly the frame's
 //! allocation.
 
-use crate::report::{Report, Table};
+use crate::report::{round, Report, Table};
 use crate::Mode;
 use bytes::{Bytes, BytesMut};
 use peergroup_protocol::{
@@ -65,12 +65,11 @@ fn record(
     prefix: &str,
     figures: Vec<(&str, &str, f64, f64)>,
 ) -> Vec<Vec<String>> {
-    let tenths = |ns: f64| (ns * 10.0).round() / 10.0;
     figures
         .into_iter()
         .map(|(name, key, postcard, hand)| {
-            report.set(&format!("{prefix}{key}_ns.postcard"), tenths(postcard));
-            report.set(&format!("{prefix}{key}_ns.hand"), tenths(hand));
+            report.set(&format!("{prefix}{key}_ns.postcard"), round(postcard, 1));
+            report.set(&format!("{prefix}{key}_ns.hand"), round(hand, 1));
             vec![
                 name.to_string(),
                 format!("{postcard:.1}"),

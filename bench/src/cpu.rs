@@ -1,9 +1,12 @@
 //! CPU time of threads, read from `/proc` (Linux), for the benchmarks that report what
 //! the server and the clients cost.
 
-/// CPU time (user + system, clock ticks) of this process's threads whose name starts with
-/// `prefix`, from `/proc/self/task/*/stat`.
-pub(crate) fn threads_cpu_ticks(prefix: &str) -> u64 {
+/// CPU time (ns) of this process's threads whose name starts with `prefix`.
+///
+/// From each thread's `/proc/self/task/*/schedstat`, the scheduler's own count in ns
+/// (`stat`'s user and system times are whole clock ticks, 10 ms apart, too coarse for a
+/// 0.8 s run); a running thread's, as of its last switch or tick.
+pub(crate) fn threads_cpu_ns(prefix: &str) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
     };
@@ -11,35 +14,26 @@ pub(crate) fn threads_cpu_ticks(prefix: &str) -> u64 {
         .filter_map(|task| {
             let dir = task.ok()?.path();
             let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-            if !comm.starts_with(prefix) {
-                return None;
-            }
-            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-            // Fields after the name, from field 3 (state): utime is 14, stime 15.
-            let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-            let utime: u64 = fields.get(11)?.parse().ok()?;
-            let stime: u64 = fields.get(12)?.parse().ok()?;
-            Some(utime + stime)
+            comm.starts_with(prefix).then(|| task_cpu_ns(&dir))
         })
         .sum()
 }
 
-/// CPU time of the calling thread, clock ticks.
-pub(crate) fn this_thread_cpu_ticks() -> u64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
-        return 0;
-    };
-    let Some(end) = stat.rfind(')') else {
-        return 0;
-    };
-    let fields: Vec<&str> = stat[end + 1..].split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    field(11) + field(12)
+/// CPU time (ns) of the calling thread, exact (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`):
+/// `/proc` gives a running thread's time only as of its last switch or tick, and the
+/// caller is running.
+pub(crate) fn this_thread_cpu_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The CPU time (ns) in a `/proc/self/task/<tid>` directory's `schedstat` (first field);
+/// 0 if it cannot be read.
+fn task_cpu_ns(dir: &std::path::Path) -> u64 {
+    std::fs::read_to_string(dir.join("schedstat"))
+        .ok()
+        .and_then(|stat| stat.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`), 100 if that cannot be run.
@@ -58,8 +52,8 @@ pub(crate) fn clock_ticks_per_sec() -> f64 {
 /// counted, so take differences over spans in which the threads that matter live on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct ProcessUsage {
-    /// CPU time, ns: the scheduler's own count (`/proc/self/task/*/schedstat`, first
-    /// field), exact where `stat`'s clock ticks are 10 ms apart.
+    /// CPU time, ns, of every thread ([`threads_cpu_ns`]'s source; the calling
+    /// thread's from [`this_thread_cpu_ns`]).
     pub cpu_ns: u64,
     /// Context switches, voluntary (a thread went to sleep: waiting for a wake-up or for
     /// I/O) and not (`voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches` in
@@ -69,11 +63,9 @@ pub(crate) struct ProcessUsage {
 
 impl ProcessUsage {
     /// The usage of every thread of this process now; zero where `/proc` cannot be read.
-    ///
-    /// `/proc` gives a thread's CPU time as of its last switch or scheduler tick, so for
-    /// the calling thread, which is running, it could be a tick (up to 4 ms) behind: a
-    /// one-thread runtime on loopback never sleeps between round trips. That thread's
-    /// time comes from `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` instead, which is exact.
+    /// The calling thread's CPU time is exact ([`this_thread_cpu_ns`]): a one-thread
+    /// runtime on loopback never sleeps between round trips, so `/proc` alone could be a
+    /// tick (up to 4 ms) behind for it.
     pub(crate) fn now() -> Self {
         let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
             return Self::default();
@@ -86,13 +78,9 @@ impl ProcessUsage {
             .map(|task| {
                 let dir = task.path();
                 let cpu_ns = if Some(task.file_name()) == this_thread {
-                    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-                    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+                    this_thread_cpu_ns()
                 } else {
-                    std::fs::read_to_string(dir.join("schedstat"))
-                        .ok()
-                        .and_then(|stat| stat.split_whitespace().next()?.parse().ok())
-                        .unwrap_or(0)
+                    task_cpu_ns(&dir)
                 };
                 Self {
                     cpu_ns,
@@ -141,16 +129,12 @@ mod tests {
 
     #[test]
     fn a_sleeping_thread_switches_and_a_busy_one_uses_cpu() {
-        let this_thread_ns = || {
-            let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-            now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-        };
         let before = ProcessUsage::now();
         std::thread::sleep(std::time::Duration::from_millis(2));
         // Busy until this thread alone has used 5 ms more, however loaded the machine;
         // read right after, with no sleep between, so `/proc` alone could lag a tick.
-        let (start, deadline) = (this_thread_ns(), std::time::Instant::now());
-        while this_thread_ns() < start + 5_000_000 {
+        let (start, deadline) = (this_thread_cpu_ns(), std::time::Instant::now());
+        while this_thread_cpu_ns() < start + 5_000_000 {
             assert!(deadline.elapsed() < std::time::Duration::from_secs(30));
         }
         let used = ProcessUsage::now().since(before);

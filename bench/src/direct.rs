@@ -15,7 +15,7 @@
 mod ping;
 
 use crate::cpu::ProcessUsage;
-use crate::report::{rate, ratio, Report, Table};
+use crate::report::{rate, ratio, round, Report, Table};
 use crate::stats::{median, Latencies};
 use crate::Mode;
 use bytes::Bytes;
@@ -193,11 +193,11 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
             ]);
             report.set(
                 &format!("{prefix}.cpu_us_per_rtt.{key}"),
-                (summary.cpu_us * 10.0).round() / 10.0,
+                round(summary.cpu_us, 1),
             );
             report.set(
                 &format!("{prefix}.switches_per_rtt.{key}"),
-                (summary.switches * 100.0).round() / 100.0,
+                round(summary.switches, 2),
             );
             report.set(&format!("{prefix}.rtt_p50_us.{key}"), summary.p50);
             report.set(&format!("{prefix}.rtt_p99_us.{key}"), summary.p99);

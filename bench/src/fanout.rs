@@ -8,7 +8,7 @@
 //! two rounds under way as in the batched churn. Rounds per second times the operations
 //! of one batch is what batched churn could reach if peergroup cost nothing beyond QUIC.
 
-use crate::cpu::{clock_ticks_per_sec, threads_cpu_ticks};
+use crate::cpu::threads_cpu_ns;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -97,10 +97,9 @@ pub fn measure(window: Duration) -> Result<Floor, String> {
         }
         // Warm up, then the window.
         drive(&round, &replies, &answered, Duration::from_millis(500)).await?;
-        let before = threads_cpu_ticks("fanout-server");
+        let before = threads_cpu_ns("fanout-server");
         let rounds = drive(&round, &replies, &answered, window).await?;
-        let cpu = threads_cpu_ticks("fanout-server").saturating_sub(before) as f64
-            / clock_ticks_per_sec();
+        let cpu = threads_cpu_ns("fanout-server").saturating_sub(before) as f64 / 1e9;
         Ok(Floor {
             rounds_per_sec: rounds as f64 / window.as_secs_f64(),
             server_cpu_us_per_round: cpu * 1e6 / rounds.max(1) as f64,

@@ -28,7 +28,7 @@
 //! relays, for profiling one of them alone; `PEERGROUP_BENCH_RELAY_CASES=1to8_64b_unreliable`
 //! (comma-separated keys, as in `results.json`) runs only those cases.
 
-use crate::cpu::{clock_ticks_per_sec, threads_cpu_ticks, ProcessUsage};
+use crate::cpu::{threads_cpu_ns, ProcessUsage};
 use crate::forwarder::{Forwarder, FwdClient};
 use crate::report::{self, Report, Table};
 use crate::stats::{median, Latencies};
@@ -639,12 +639,12 @@ struct Outcome {
     sent: u64,
     /// Deliveries of the run, counted until the drain ended.
     delivered: u64,
-    /// CPU time of the relay's threads (the `relay-server` runtime) over the run, clock
-    /// ticks; the clients' threads are not counted.
-    server_cpu_ticks: u64,
+    /// CPU time of the relay's threads (the `relay-server` runtime) over the run, ns;
+    /// the clients' threads are not counted.
+    server_cpu_ns: u64,
     /// CPU time of the clients' threads (the `relay-clients` runtime: the sender, the
-    /// receivers and this benchmark's probes) over the run, clock ticks.
-    client_cpu_ticks: u64,
+    /// receivers and this benchmark's probes) over the run, ns.
+    client_cpu_ns: u64,
     /// What the whole process used over the run (the relay too, except coturn, which
     /// runs in a process of its own).
     usage: ProcessUsage,
@@ -656,18 +656,18 @@ struct Outcome {
 impl Outcome {
     /// The relay's CPU time per delivery, ns (each of a 1→8 upload's eight deliveries
     /// counts); `None` without deliveries.
-    fn server_ns_per_delivery(&self, ticks_per_sec: f64) -> Option<f64> {
-        self.ns_per_delivery(self.server_cpu_ticks, ticks_per_sec)
+    fn server_ns_per_delivery(&self) -> Option<f64> {
+        self.ns_per_delivery(self.server_cpu_ns)
     }
 
     /// The clients' CPU time per delivery, ns: the sender's share of a 1→8 upload is
     /// spread over its eight deliveries. `None` without deliveries.
-    fn client_ns_per_delivery(&self, ticks_per_sec: f64) -> Option<f64> {
-        self.ns_per_delivery(self.client_cpu_ticks, ticks_per_sec)
+    fn client_ns_per_delivery(&self) -> Option<f64> {
+        self.ns_per_delivery(self.client_cpu_ns)
     }
 
-    fn ns_per_delivery(&self, ticks: u64, ticks_per_sec: f64) -> Option<f64> {
-        (self.delivered > 0).then(|| ticks as f64 / ticks_per_sec * 1e9 / self.delivered as f64)
+    fn ns_per_delivery(&self, ns: u64) -> Option<f64> {
+        (self.delivered > 0).then(|| ns as f64 / self.delivered as f64)
     }
 
     /// The whole process's CPU time per delivery, µs, and its context switches per
@@ -746,8 +746,8 @@ async fn run_once(
     if let Some(failed) = probes.iter().find_map(|p| p.failed()) {
         return Err(failed);
     }
-    let server_cpu_before = threads_cpu_ticks(SERVER_THREADS);
-    let client_cpu_before = threads_cpu_ticks(CLIENT_THREADS);
+    let server_cpu_before = threads_cpu_ns(SERVER_THREADS);
+    let client_cpu_before = threads_cpu_ns(CLIENT_THREADS);
     let usage_before = ProcessUsage::now();
     let start = Instant::now();
     let from = start + warmup;
@@ -830,8 +830,8 @@ async fn run_once(
         rate: in_window as f64 / window.as_secs_f64(),
         sent,
         delivered,
-        server_cpu_ticks: threads_cpu_ticks(SERVER_THREADS).saturating_sub(server_cpu_before),
-        client_cpu_ticks: threads_cpu_ticks(CLIENT_THREADS).saturating_sub(client_cpu_before),
+        server_cpu_ns: threads_cpu_ns(SERVER_THREADS).saturating_sub(server_cpu_before),
+        client_cpu_ns: threads_cpu_ns(CLIENT_THREADS).saturating_sub(client_cpu_before),
         usage: ProcessUsage::now().since(usage_before),
         latencies,
         note,
@@ -946,7 +946,6 @@ async fn measure(
         .map(|_| RELAYS.iter().map(|_| Cell::default()).collect())
         .collect();
     let mut run = 0u32;
-    let ticks_per_sec = clock_ticks_per_sec();
 
     for (c, case) in cases.iter().enumerate() {
         // Round after round over the relays, so a slow spell of the machine is shared.
@@ -964,7 +963,7 @@ async fn measure(
                         setup.relay,
                         report::rate(outcome.rate),
                         outcome.loss_pct(case.fanout),
-                        outcome.client_ns_per_delivery(ticks_per_sec).unwrap_or(0.0),
+                        outcome.client_ns_per_delivery().unwrap_or(0.0),
                         outcome
                             .note
                             .as_deref()
@@ -976,11 +975,9 @@ async fn measure(
                     }
                     cell.rates.push(outcome.rate);
                     cell.flood_loss.push(outcome.loss_pct(case.fanout));
-                    cell.client_ns
-                        .extend(outcome.client_ns_per_delivery(ticks_per_sec));
+                    cell.client_ns.extend(outcome.client_ns_per_delivery());
                     if setup.relay != "coturn" {
-                        cell.server_ns
-                            .extend(outcome.server_ns_per_delivery(ticks_per_sec));
+                        cell.server_ns.extend(outcome.server_ns_per_delivery());
                     }
                 }
                 Err(error) => {
@@ -1266,7 +1263,7 @@ fn record(measured: &Measured, mode: Mode, report: &mut Report) {
             report.set(
                 &format!("{prefix}.load_switches_per_delivery"),
                 usage.map_or(Value::Null, |(_, switches)| {
-                    Value::from((switches * 100.0).round() / 100.0)
+                    Value::from(report::round(switches, 2))
                 }),
             );
             if !cell.errors.is_empty() {
@@ -1507,8 +1504,8 @@ mod tests {
             rate: 0.0,
             sent: 0,
             delivered: 0,
-            server_cpu_ticks: 0,
-            client_cpu_ticks: 0,
+            server_cpu_ns: 0,
+            client_cpu_ns: 0,
             usage: ProcessUsage::default(),
             latencies,
             note: None,

@@ -115,6 +115,13 @@ pub fn rate(msgs_per_sec: f64) -> String {
     }
 }
 
+/// `value` rounded to `places` decimal places, for the JSON results (`round(0.456, 2)` is
+/// 0.46).
+pub fn round(value: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (value * scale).round() / scale
+}
+
 /// Formats a ratio for a table.
 pub fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
@@ -127,6 +134,13 @@ pub fn ratio(a: f64, b: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_keeps_the_places_asked_for() {
+        assert_eq!(round(0.456, 2), 0.46);
+        assert_eq!(round(24.84, 1), 24.8);
+        assert_eq!(round(1.5, 0), 2.0);
+    }
 
     #[test]
     fn dotted_keys_nest_and_read_back() {

@@ -8,7 +8,7 @@ use super::views::{Counts, Views};
 use super::world::{self, Walker, TICK_HZ};
 use super::{NEIGHBOURS, SEED};
 use crate::churn::runtime;
-use crate::cpu::{clock_ticks_per_sec, this_thread_cpu_ticks, threads_cpu_ticks};
+use crate::cpu::{clock_ticks_per_sec, this_thread_cpu_ns, threads_cpu_ns};
 use crate::stats::Latencies;
 use peergroup_client::ServerTrust;
 use peergroup_server::{Identity, Server, ServerConfig, ServerEvents, ServerStats};
@@ -286,9 +286,9 @@ async fn drive(
 
     let ticks = clock_ticks_per_sec();
     let cpu_before = (
-        threads_cpu_ticks("mmo-server"),
-        this_thread_cpu_ticks(),
-        threads_cpu_ticks("mmo-bots"),
+        threads_cpu_ns("mmo-server"),
+        this_thread_cpu_ns(),
+        threads_cpu_ns("mmo-bots"),
         CpuClock::read(),
     );
     let drops_before = (udp_drops(&[ports.server]), udp_drops(&ports.bots));
@@ -309,12 +309,13 @@ async fn drive(
     views.recording = false;
     let window = window_started.elapsed();
     let (machine, process) = CpuClock::read().since(cpu_before.3, ticks);
+    let secs = |ns: u64| ns as f64 / 1e9;
     let cpu = Cpu {
         machine,
         process,
-        server: threads_cpu_ticks("mmo-server").saturating_sub(cpu_before.0) as f64 / ticks,
-        driver: this_thread_cpu_ticks().saturating_sub(cpu_before.1) as f64 / ticks,
-        bots: threads_cpu_ticks("mmo-bots").saturating_sub(cpu_before.2) as f64 / ticks,
+        server: secs(threads_cpu_ns("mmo-server").saturating_sub(cpu_before.0)),
+        driver: secs(this_thread_cpu_ns().saturating_sub(cpu_before.1)),
+        bots: secs(threads_cpu_ns("mmo-bots").saturating_sub(cpu_before.2)),
     };
     let datagrams_after = datagrams();
     let datagrams_window = Datagrams {

@@ -25,7 +25,7 @@ mod views;
 #[path = "../../../examples/mmo_view/world.rs"]
 mod world;
 
-use crate::report::{rate, Report, Table};
+use crate::report::{rate, round, Report, Table};
 use crate::stats::Latencies;
 use crate::Mode;
 use harness::{measure, CLIENT_ENDPOINTS, DRAIN_TIMEOUT};
@@ -62,7 +62,6 @@ pub fn run(mode: Mode, report: &mut Report, _out: &Path) -> Result<(), String> {
     let failed = m.failed_ops();
     let server_drop_share =
         m.datagrams.dropped_at_server as f64 / m.datagrams.to_server.max(1) as f64;
-    let round = |x: f64, places: i32| (x * 10f64.powi(places)).round() / 10f64.powi(places);
     let percentiles = |l: &Latencies| {
         if l.is_empty() {
             (0, 0)
